@@ -1,0 +1,36 @@
+"""Tiny configurations shared by the tests, and two logical CPU devices for MirroredStrategy."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Must happen before TensorFlow initialises its devices, hence at import time.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import tfprobunet  # noqa: E402
+
+TINY = dict(num_channels=[8, 16, 32], convs_per_block=2, latent_dim=2, fcomb_layers=2)
+
+
+def tiny_model(num_classes=2, **kwargs):
+    return tfprobunet.ProbabilisticUNet(num_classes=num_classes, **{**TINY, **kwargs})
+
+
+def random_batch(num_classes=2, batch=2, size=16, channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, size, size, channels), dtype=np.float32)
+    segmentations = rng.integers(0, num_classes, (batch, size, size)).astype(np.int32)
+    return images, segmentations
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    keras.utils.set_random_seed(1234)
+    yield

@@ -1,0 +1,192 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfprobunet
+from conftest import random_batch, tiny_model
+
+
+@pytest.mark.parametrize("num_classes,channels", [(2, 1), (5, 3)])
+def test_shapes_of_every_public_method(num_classes, channels):
+    model = tiny_model(num_classes)
+    images, segmentations = random_batch(num_classes, batch=3, size=16, channels=channels)
+    features, prior = model.features(images)
+    assert features.shape == (3, 16, 16, 8)
+    assert prior.batch_shape == (3,) and prior.event_shape == (2,)
+    assert model.decode(features, np.zeros((3, 2), np.float32)).shape == (3, 16, 16, num_classes)
+    assert model.decode(features, np.zeros((3, 4, 2), np.float32)).shape == (
+        3, 4, 16, 16, num_classes)
+    assert model.sample(images, 4).shape == (3, 4, 16, 16, num_classes)
+    assert model(images).shape == (3, 16, 16, num_classes)
+    assert model.predict(images, verbose=0).shape == (3, 16, 16, num_classes)
+    assert model.reconstruct(images, segmentations).shape == (3, 16, 16, num_classes)
+    assert model.reconstruct(images, segmentations, use_posterior_mean=False).shape == (
+        3, 16, 16, num_classes)
+    assert model.posterior_distribution(images, segmentations).event_shape == (2,)
+    terms = model.elbo_terms(images, segmentations)
+    assert {k: v.shape for k, v in terms.items()} == {k: (3,) for k in ("loss", "reconstruction",
+                                                                         "kl")}
+
+
+def test_sample_reuses_features_and_decodes_prior_draws():
+    model = tiny_model(3)
+    images, _ = random_batch(3, batch=2)
+    features, prior = model.features(images)
+    seed = tf.constant([7, 11], tf.int32)
+    # The same stateless draw the model makes: z = loc + scale * N(0, 1) with this seed.
+    noise = tf.random.stateless_normal((2, 5, 2), seed=seed)
+    z = prior.loc[:, None] + prior.stddev()[:, None] * noise
+    np.testing.assert_allclose(model.sample(images, 5, seed=seed), model.decode(features, z),
+                               rtol=1e-5, atol=1e-6)
+    # Same seed, same samples; another seed, other samples; call() decodes the prior mean.
+    np.testing.assert_array_equal(model.sample(images, 5, seed=3), model.sample(images, 5, seed=3))
+    assert not np.allclose(model.sample(images, 5, seed=3), model.sample(images, 5, seed=4))
+    np.testing.assert_allclose(model(images), model.decode(features, prior.loc), rtol=1e-6)
+
+
+def test_sample_runs_the_unet_once(monkeypatch):
+    model = tiny_model()
+    images, _ = random_batch()
+    model(images)
+    calls = []
+    original = model.unet.call
+    monkeypatch.setattr(model.unet, "call", lambda x: calls.append(1) or original(x))
+    model.sample(images, 16)
+    assert len(calls) == 1
+
+
+def test_config_and_keras_file_round_trip(tmp_path):
+    model = tiny_model(4, beta=0.5, reconstruction="mean", kl="sampled", use_posterior_mean=True,
+                       weight_decay=0.0, seed=3)
+    images, _ = random_batch(4, channels=2)
+    expected = model(images).numpy()
+    config = model.get_config()
+    clone = tfprobunet.ProbabilisticUNet.from_config(config)
+    assert clone.get_config() == config
+    clone.build(images.shape)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone(images), expected)
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, tfprobunet.ProbabilisticUNet)
+    assert loaded.get_config() == config
+    np.testing.assert_array_equal(loaded(images), expected)
+    np.testing.assert_array_equal(loaded.sample(images, 3, seed=1), model.sample(images, 3, seed=1))
+
+
+def test_one_train_step_gives_every_variable_a_gradient():
+    """The bug of existing TF2 ports: f_comb, prior or posterior weights that never train."""
+    model = tiny_model(3)
+    images, segmentations = random_batch(3, batch=4)
+    model.build(images.shape)
+    with tf.GradientTape() as tape:
+        terms = model.elbo_terms(images, segmentations)
+        loss = tf.reduce_mean(terms["loss"])
+    gradients = tape.gradient(loss, model.trainable_variables)
+    names = {"unet", "prior", "posterior", "fcomb"}
+    seen = set()
+    for variable, gradient in zip(model.trainable_variables, gradients):
+        assert gradient is not None, f"{variable.path} gets no gradient"
+        assert np.any(gradient.numpy() != 0), f"{variable.path} gets a zero gradient"
+        seen.add(variable.path.split("/")[1])
+    assert seen == names
+
+    # And a real optimizer step through fit moves every one of them.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
+    for variable, old in zip(model.trainable_variables, before):
+        assert np.any(variable.numpy() != old), f"{variable.path} did not change"
+
+
+def test_train_step_loss_matches_the_terms_and_weight_decay():
+    model = tiny_model(2, use_posterior_mean=True)
+    images, segmentations = random_batch(2, batch=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    terms = model.elbo_terms(images, segmentations)
+    decay = sum(float(loss) for loss in model.losses)
+    assert decay > 0
+    logs = model.evaluate(images, segmentations, batch_size=4, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["reconstruction"], np.mean(terms["reconstruction"]), rtol=1e-5)
+    np.testing.assert_allclose(logs["kl"], np.mean(terms["kl"]), rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], np.mean(terms["loss"]) + decay, rtol=1e-5)
+    assert set(logs) == {"loss", "reconstruction", "kl"}
+
+
+def test_random_path_is_default_and_deterministic_path_is_documented():
+    images, segmentations = random_batch(2, batch=2)
+    random_model = tiny_model(2)
+    assert random_model.use_posterior_mean is False
+    a = random_model.elbo_terms(images, segmentations)["reconstruction"]
+    b = random_model.elbo_terms(images, segmentations)["reconstruction"]
+    assert not np.allclose(a, b)
+    mean_model = tiny_model(2, use_posterior_mean=True)
+    np.testing.assert_array_equal(mean_model.elbo_terms(images, segmentations)["reconstruction"],
+                                  mean_model.elbo_terms(images, segmentations)["reconstruction"])
+
+
+BAD_INPUTS = [
+    ("rank", np.zeros((16, 16, 1), np.float32), None, "rank 4"),
+    ("channels", np.zeros((2, 16, 16, 3), np.float32), None, "must have 1 channel"),
+    ("divisible", np.zeros((2, 18, 16, 1), np.float32), None, "divisible by .* = 4.*height=18"),
+    ("dtype", np.zeros((2, 16, 16, 1), np.int32), None, "must be float"),
+    ("nan", np.full((2, 16, 16, 1), np.nan, np.float32), None, "NaN or Inf"),
+    ("label", np.zeros((2, 16, 16, 1), np.float32), np.full((2, 16, 16), 7, np.int32),
+     r"labels in \[0, 2\] \(num_classes=3\) or 255"),
+    ("label_float", np.zeros((2, 16, 16, 1), np.float32), np.zeros((2, 16, 16), np.float32),
+     "integer class labels"),
+    ("label_shape", np.zeros((2, 16, 16, 1), np.float32), np.zeros((2, 8, 8), np.int32),
+     "same height and width"),
+]
+
+
+@pytest.mark.parametrize("name,images,segmentations,message", BAD_INPUTS,
+                         ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_a_clear_error(name, images, segmentations, message):
+    model = tiny_model(3)
+    model.build((None, 16, 16, 1))
+    with pytest.raises(ValueError, match=message):
+        if segmentations is None:
+            model.sample(images, 2)
+        else:
+            model.reconstruct(images, segmentations)
+
+
+@pytest.mark.parametrize("name,images,segmentations,message",
+                         [b for b in BAD_INPUTS if b[0] in ("nan", "label", "channels")],
+                         ids=["nan", "label", "channels"])
+def test_bad_input_inside_fit_fails_with_the_same_message(name, images, segmentations, message):
+    model = tiny_model(3)
+    model.build((None, 16, 16, 1))
+    model.compile(optimizer="adam")
+    if segmentations is None:
+        segmentations = np.zeros(images.shape[:3], np.int32)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=message):
+        model.fit(images, segmentations, batch_size=2, epochs=1, verbose=0)
+
+
+def test_constructor_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        tfprobunet.ProbabilisticUNet(num_classes=1)
+    with pytest.raises(ValueError, match="reconstruction"):
+        tfprobunet.ProbabilisticUNet(reconstruction="max")
+    with pytest.raises(ValueError, match="`kl` must be one of"):
+        tfprobunet.ProbabilisticUNet(kl="mc")
+    with pytest.raises(ValueError, match="num_channels"):
+        tfprobunet.ProbabilisticUNet(num_channels=[32, 0])
+    model = tiny_model()
+    with pytest.raises(ValueError, match="num_samples"):
+        model.sample(np.zeros((1, 16, 16, 1), np.float32), 0)
+
+
+def test_summary_lists_the_four_parts():
+    model = tiny_model()
+    model.build((None, 16, 16, 1))
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    text = "\n".join(lines)
+    for part in ("unet", "prior", "posterior", "fcomb"):
+        assert part in text

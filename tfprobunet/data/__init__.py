@@ -1,0 +1,4 @@
+"""Datasets: synthetic ambiguous benchmarks and the tf.data training pipeline."""
+
+from tfprobunet.data import synthetic
+from tfprobunet.data.synthetic import flip_modes, flips, graders, training_pipeline

@@ -1,0 +1,234 @@
+"""Synthetic ambiguous segmentation benchmarks whose ground-truth distribution is known exactly.
+
+- `graders`: LIDC-like. One lesion-like blob per grey image and 4 graders who disagree on its
+  extent and on whether it is there at all (the fainter the blob, the more graders leave the mask
+  empty, up to 3 of 4). Binary labels (K = 2).
+- `flips`: the paper's Cityscapes protocol. Each RGB image shows one region of each of
+  `len(flip_probabilities)` flippable classes on a background; in a mode, flippable class c is
+  relabelled to its twin class with probability p_c, independently: 2**n modes with known
+  probabilities (default 8/17 ... 4/17: 32 modes from 10.9 % down to 0.5 %).
+
+Both are seeded `tf.data` pipelines yielding `(image (h, w, c) float32, annotations (A, h, w)
+int32)`: every grader's (or every mode's) label map. `training_pipeline` draws one annotation
+per example and step, as the model is trained.
+"""
+
+import itertools
+
+import numpy as np
+import tensorflow as tf
+
+FLIP_PROBABILITIES = (8 / 17, 7 / 17, 6 / 17, 5 / 17, 4 / 17)
+NUM_GRADERS = 4
+
+# Distinct RGB colours: background first, then one per flippable class.
+_PALETTE = np.array([
+    [0.45, 0.45, 0.45], [0.95, 0.15, 0.15], [0.15, 0.85, 0.15], [0.15, 0.25, 0.95],
+    [0.95, 0.9, 0.1], [0.85, 0.2, 0.9], [0.1, 0.9, 0.9], [0.98, 0.6, 0.2], [0.5, 0.2, 0.05],
+], np.float32)
+
+
+def _check_size(image_size):
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"`image_size` must be an integer >= 8. Received: {image_size!r}")
+
+
+def _check_probabilities(flip_probabilities):
+    flip_probabilities = tuple(float(p) for p in flip_probabilities)
+    if not flip_probabilities or len(flip_probabilities) > len(_PALETTE) - 1:
+        raise ValueError(f"`flip_probabilities` needs 1 to {len(_PALETTE) - 1} values, one per "
+                         f"flippable class. Received {len(flip_probabilities)}.")
+    if not all(0.0 < p < 1.0 for p in flip_probabilities):
+        raise ValueError("Each flip probability must lie strictly between 0 and 1. Received: "
+                         f"{flip_probabilities}")
+    return flip_probabilities
+
+
+def flips_num_classes(flip_probabilities=FLIP_PROBABILITIES):
+    """Background, the n flippable classes and their n twins: `2 * n + 1`."""
+    return 2 * len(flip_probabilities) + 1
+
+
+def flip_modes(flip_probabilities=FLIP_PROBABILITIES):
+    """All modes of the *flips* benchmark and their probabilities.
+
+    Returns:
+        `(modes, probabilities)`: modes `(2**n, n)` bool, row j says which flippable classes are
+        relabelled to their twins in mode j (row 0: none; classes in binary order, class 1 the
+        most significant bit); probabilities `(2**n,)` float64 summing to 1, in the same order.
+    """
+    p = np.asarray(_check_probabilities(flip_probabilities))
+    modes = np.array(list(itertools.product([False, True], repeat=len(p))))
+    probabilities = np.prod(np.where(modes, p, 1.0 - p), axis=1)
+    return modes, probabilities
+
+
+def mode_label_maps(base_labels, modes):
+    """The label map of every mode: flippable class c (labels 1..n) becomes its twin n + c.
+
+    Args:
+        base_labels: `(..., h, w)` int, background 0 and flippable classes 1..n.
+        modes: `(M, n)` bool from `flip_modes`.
+
+    Returns:
+        `(..., M, h, w)` int32 (a tensor if `base_labels` is one).
+    """
+    n = modes.shape[1]
+    # lookup[j, label]: the label in mode j; labels above n (e.g. 255) are kept as they are.
+    lookup = np.tile(np.arange(256, dtype=np.int32), (len(modes), 1))
+    lookup[:, 1:n + 1] += np.where(modes, n, 0)
+    offsets = np.arange(len(modes), dtype=np.int32)[:, None, None] * 256  # row j of the flat table
+    base = tf.cast(base_labels, tf.int32)[..., None, :, :]
+    return tf.gather(tf.constant(lookup.reshape(-1)), base + offsets)
+
+
+def identify_flip_modes(masks, base_labels, num_flippable):
+    """Which mode each predicted mask shows, by majority vote inside each flippable region.
+
+    Args:
+        masks: `(m, h, w)` predicted label maps of one image.
+        base_labels: `(h, w)` the image's unflipped labels.
+        num_flippable: n.
+
+    Returns:
+        `(m,)` int mode indices in the order of `flip_modes` (bit of class 1 most significant).
+    """
+    masks = np.asarray(masks)
+    base_labels = np.asarray(base_labels)
+    index = np.zeros(len(masks), np.int64)
+    for c in range(1, num_flippable + 1):
+        region = base_labels == c
+        flipped = (masks[:, region] == num_flippable + c).mean(axis=1) > 0.5 if region.any() \
+            else np.zeros(len(masks), bool)
+        index = index * 2 + flipped
+    return index
+
+
+def flips_arrays(num_examples, image_size=64, flip_probabilities=FLIP_PROBABILITIES, seed=0):
+    """The *flips* images and their unflipped label maps as numpy arrays.
+
+    Returns:
+        `(images (n, s, s, 3) float32 in [0, 1], base_labels (n, s, s) int32)`.
+    """
+    _check_size(image_size)
+    n_classes = len(_check_probabilities(flip_probabilities))
+    rng = np.random.default_rng(seed)
+    grid = int(np.ceil(np.sqrt(n_classes + 1)))
+    cell = image_size // grid
+    images = np.empty((num_examples, image_size, image_size, 3), np.float32)
+    labels = np.zeros((num_examples, image_size, image_size), np.int32)
+    yy, xx = np.mgrid[:image_size, :image_size]
+    for i in range(num_examples):
+        cells = rng.permutation(grid * grid)[:n_classes]
+        for c, k in enumerate(cells, start=1):
+            height, width = rng.integers(cell // 2, cell + 1, size=2)
+            top = (k // grid) * cell + rng.integers(0, cell - height + 1)
+            left = (k % grid) * cell + rng.integers(0, cell - width + 1)
+            labels[i, top:top + height, left:left + width] = c
+        # Colour per class plus a class-specific stripe texture, then pixel noise.
+        stripes = 0.08 * np.sin((xx + labels[i] * yy) * (0.5 + 0.25 * labels[i]))
+        images[i] = _PALETTE[labels[i]] + stripes[..., None]
+    images += rng.normal(0.0, 0.05, images.shape).astype(np.float32)
+    return np.clip(images, 0.0, 1.0), labels
+
+
+def flips(num_examples, image_size=64, flip_probabilities=FLIP_PROBABILITIES, seed=0):
+    """The *flips* benchmark (the paper's Cityscapes protocol on synthetic scenes).
+
+    Args:
+        num_examples: number of images.
+        image_size: height and width.
+        flip_probabilities: p_c for each flippable class (class c + 1); default the paper's
+            8/17, 7/17, 6/17, 5/17, 4/17.
+        seed: the same seed gives the same images.
+
+    Returns:
+        `tf.data.Dataset` of `(image (s, s, 3) float32, annotations (2**n, s, s) int32)`,
+        annotations in the order of `flip_modes(flip_probabilities)`; use those probabilities
+        as `training_pipeline(annotation_probabilities=...)`.
+    """
+    images, labels = flips_arrays(num_examples, image_size, flip_probabilities, seed)
+    modes, _ = flip_modes(flip_probabilities)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    return dataset.map(lambda image, base: (image, mode_label_maps(base, modes)),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def graders_arrays(num_examples, image_size=128, seed=0):
+    """The *graders* images and the 4 graders' masks as numpy arrays.
+
+    Returns:
+        `(images (n, s, s, 1) float32, annotations (n, 4, s, s) int32 in {0, 1})`.
+    """
+    _check_size(image_size)
+    rng = np.random.default_rng(seed)
+    s = image_size
+    yy, xx = np.mgrid[:s, :s].astype(np.float32) / s
+    images = np.empty((num_examples, s, s, 1), np.float32)
+    annotations = np.zeros((num_examples, NUM_GRADERS, s, s), np.int32)
+    for i in range(num_examples):
+        cy, cx = rng.uniform(0.3, 0.7, size=2)
+        ry, rx = rng.uniform(0.08, 0.18, size=2)
+        contrast = rng.uniform(0.15, 0.8)
+        radius = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+        # A soft-edged blob on a smooth textured background.
+        blob = contrast / (1.0 + np.exp((radius - 1.0) * 8.0))
+        background = 0.25 + 0.05 * np.sin(xx * rng.uniform(6, 12)) * np.cos(yy * rng.uniform(6, 12))
+        images[i, ..., 0] = background + blob
+        # Fainter lesions are missed by more graders: 3 empty masks at the faintest.
+        num_empty = int(np.clip((0.8 - contrast) / 0.65 * 4, 0, 3))
+        empty = rng.permutation(NUM_GRADERS)[:num_empty]
+        for g in range(NUM_GRADERS):
+            if g not in empty:
+                annotations[i, g] = radius <= rng.uniform(0.7, 1.2)
+    images += rng.normal(0.0, 0.03, images.shape).astype(np.float32)
+    return images, annotations
+
+
+def graders(num_examples, image_size=128, seed=0):
+    """The *graders* benchmark (LIDC-like: 4 graders, up to 3 empty masks per image).
+
+    Returns:
+        `tf.data.Dataset` of `(image (s, s, 1) float32, annotations (4, s, s) int32)`.
+    """
+    return tf.data.Dataset.from_tensor_slices(graders_arrays(num_examples, image_size, seed))
+
+
+def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffle=True,
+                      repeat=True, seed=0):
+    """Batches of `(images, segmentations)` with one annotation drawn per example and step.
+
+    Args:
+        dataset: yields `(image (h, w, c), annotations (A, h, w))`.
+        batch_size: global batch size (a distribution strategy splits it over replicas).
+        annotation_probabilities: `(A,)` probabilities of the annotations (the *flips* mode
+            probabilities); None draws them uniformly (graders are equally likely).
+        shuffle: shuffle the examples each epoch.
+        repeat: repeat forever (use with `steps_per_epoch`).
+        seed: seeds the shuffling and the draws; the same seed gives the same batches.
+
+    Returns:
+        `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`.
+    """
+    logits = None
+    if annotation_probabilities is not None:
+        logits = tf.math.log(tf.constant(annotation_probabilities, tf.float32))[None]
+    if shuffle:
+        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    dataset = tf.data.Dataset.zip(dataset, draws)
+
+    def draw(example, key):
+        image, annotations = example
+        key = tf.stack([tf.cast(seed, tf.int64), key])
+        if logits is None:
+            count = tf.shape(annotations, out_type=tf.int64)[0]
+            index = tf.random.stateless_uniform((), key, 0, count, dtype=tf.int64)
+        else:
+            index = tf.random.stateless_categorical(logits, 1, key)[0, 0]
+        return image, annotations[index]
+
+    dataset = dataset.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,336 @@
+"""Building blocks of the Probabilistic U-Net (Kohl et al., NeurIPS 2018).
+
+`UNet` extracts per-pixel features, `AxisAlignedGaussian` maps an image (prior) or an image
+with its segmentation (posterior) to a diagonal Gaussian over the latent space, and `FComb`
+combines the features with a latent sample into segmentation logits. Defaults follow the
+official implementation (github.com/SimonKohl/probabilistic_unet): He-normal kernels, biases
+from a truncated N(0, 0.001), 2x2 average pooling down, bilinear upsampling up, L2 weight decay on
+kernels and biases.
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+_PACKAGE = "tfprobunet"
+
+
+def check_num_channels(num_channels):
+    """Return `num_channels` as a tuple of positive ints or raise a `ValueError`."""
+    num_channels = tuple(num_channels)
+    if not num_channels or not all(isinstance(c, int) and c > 0 for c in num_channels):
+        raise ValueError(
+            "`num_channels` must be a non-empty list of positive integers, one per U-Net "
+            f"level, e.g. [32, 64, 128, 192]. Received: num_channels={list(num_channels)}"
+        )
+    return num_channels
+
+
+def size_divisor(num_channels):
+    """Image height and width must be multiples of this: one 2x2 pooling per level below the first."""
+    return 2 ** (len(num_channels) - 1)
+
+
+def check_spatial_size(height, width, num_channels):
+    """Raise a `ValueError` naming valid sizes if `height` or `width` is not divisible."""
+    divisor = size_divisor(num_channels)
+    for name, size in (("height", height), ("width", width)):
+        if size is not None and size % divisor:
+            lower = max(divisor, size // divisor * divisor)
+            raise ValueError(
+                f"Image {name} must be divisible by 2**(len(num_channels) - 1) = {divisor} for "
+                f"num_channels={list(num_channels)}. Received {name}={size}; the nearest sizes "
+                f"that work are {lower} and {lower + divisor}."
+            )
+
+
+def _regularizer(weight_decay):
+    # The official code adds weight_decay * tf.nn.l2_loss(w) = weight_decay * sum(w**2) / 2.
+    return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+
+
+def _conv(filters, kernel_size, weight_decay, name, activation="relu"):
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        padding="same",
+        activation=activation,
+        kernel_initializer="he_normal",
+        bias_initializer=keras.initializers.TruncatedNormal(stddev=0.001),
+        kernel_regularizer=_regularizer(weight_decay),
+        bias_regularizer=_regularizer(weight_decay),
+        name=name,
+    )
+
+
+def _dense(units, weight_decay, name, activation="relu"):
+    """A 1x1 convolution, written as a dense layer on the channel axis (works on any rank)."""
+    return keras.layers.Dense(
+        units,
+        activation=activation,
+        kernel_initializer="he_normal",
+        bias_initializer=keras.initializers.TruncatedNormal(stddev=0.001),
+        kernel_regularizer=_regularizer(weight_decay),
+        bias_regularizer=_regularizer(weight_decay),
+        name=name,
+    )
+
+
+def _build_convs(convs, in_channels):
+    for conv in convs:
+        conv.build((None, None, None, in_channels))
+        in_channels = conv.filters
+    return in_channels
+
+
+def _apply(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Encoder(keras.layers.Layer):
+    """VGG-style encoder: per level, 2x2 average pooling (except the first) and 3x3 convs + ReLU.
+
+    Args:
+        num_channels: filters per level, e.g. `[32, 64, 128, 192]`.
+        convs_per_block: 3x3 convolutions per level.
+        weight_decay: L2 coefficient on kernels and biases (official: 1e-5).
+
+    Call arguments:
+        inputs: `(b, h, w, c)`, h and w divisible by `2**(len(num_channels) - 1)`.
+
+    Returns:
+        A list with one `(b, h / 2**i, w / 2**i, num_channels[i])` tensor per level `i`.
+    """
+
+    def __init__(self, num_channels, convs_per_block=3, weight_decay=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_channels = check_num_channels(num_channels)
+        self.convs_per_block = convs_per_block
+        self.weight_decay = weight_decay
+        self.pool = keras.layers.AveragePooling2D(2, name="pool")
+        self.blocks = [
+            [_conv(filters, 3, weight_decay, f"level{i}_conv{j}") for j in range(convs_per_block)]
+            for i, filters in enumerate(self.num_channels)
+        ]
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        for block in self.blocks:
+            channels = _build_convs(block, channels)
+        self.built = True
+
+    def call(self, inputs):
+        outputs = []
+        x = inputs
+        for i, block in enumerate(self.blocks):
+            if i:
+                x = self.pool(x)
+            x = _apply(block, x)
+            outputs.append(x)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_channels=list(self.num_channels),
+            convs_per_block=self.convs_per_block,
+            weight_decay=self.weight_decay,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class UNet(keras.layers.Layer):
+    """The U-Net feature extractor f_U-Net(X): encoder, then bilinear upsampling + skip concat.
+
+    There is no class head: the output is the last decoder feature map, which `FComb`
+    combines with a latent sample.
+
+    Args:
+        num_channels: filters per level (LIDC configuration: `[32, 64, 128, 192]`).
+        convs_per_block: 3x3 convolutions per block, encoder and decoder.
+        weight_decay: L2 coefficient on kernels and biases.
+
+    Call arguments:
+        images: `(b, h, w, c)`, h and w divisible by `2**(len(num_channels) - 1)`.
+
+    Returns:
+        features `(b, h, w, num_channels[0])`.
+    """
+
+    def __init__(self, num_channels=(32, 64, 128, 192), convs_per_block=3, weight_decay=1e-5,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.num_channels = check_num_channels(num_channels)
+        self.convs_per_block = convs_per_block
+        self.weight_decay = weight_decay
+        self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
+        self.upsample = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample")
+        self.up_blocks = [
+            [_conv(self.num_channels[i], 3, weight_decay, f"up{i}_conv{j}")
+             for j in range(convs_per_block)]
+            for i in range(len(self.num_channels) - 2, -1, -1)
+        ]
+
+    def build(self, input_shape):
+        self.encoder.build(input_shape)
+        channels = self.num_channels[-1]
+        for i, block in zip(range(len(self.num_channels) - 2, -1, -1), self.up_blocks):
+            channels = _build_convs(block, channels + self.num_channels[i])
+        self.built = True
+
+    def call(self, images):
+        skips = self.encoder(images)
+        x = skips[-1]
+        for skip, block in zip(reversed(skips[:-1]), self.up_blocks):
+            x = keras.ops.concatenate([self.upsample(x), skip], axis=-1)
+            x = _apply(block, x)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_channels=list(self.num_channels),
+            convs_per_block=self.convs_per_block,
+            weight_decay=self.weight_decay,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AxisAlignedGaussian(keras.layers.Layer):
+    """A conv net that maps its input to a Gaussian with diagonal covariance over R^latent_dim.
+
+    Encoder, spatial mean, then a 1x1 conv to `2 * latent_dim` values split into `loc` and
+    `log_scale`. Used as the prior net P(z|X) (input: the image) and the posterior net
+    Q(z|X, Y) (input: `concat(image, one_hot(segmentation) - 0.5)`).
+
+    `log_scale` is kept in `(-max_log_scale, max_log_scale)` by a soft clamp
+    `max_log_scale * tanh(raw / max_log_scale)`: the identity near 0 (so training starts as in the
+    official code), but the scale can never reach 0 or infinity, which is how the KL term
+    otherwise turns into NaN after a few thousand steps at beta = 1.
+
+    Args:
+        latent_dim: dimension N of the latent space (official: 6).
+        num_channels: encoder filters per level.
+        convs_per_block: 3x3 convolutions per level.
+        weight_decay: L2 coefficient on kernels and biases.
+        max_log_scale: bound of the soft clamp on `log_scale`.
+
+    Call arguments:
+        inputs: `(b, h, w, c)`.
+
+    Returns:
+        `tfd.MultivariateNormalDiag` with `loc` and `scale_diag` of shape `(b, latent_dim)`.
+    """
+
+    def __init__(self, latent_dim=6, num_channels=(32, 64, 128, 192), convs_per_block=3,
+                 weight_decay=1e-5, max_log_scale=6.0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"`latent_dim` must be a positive integer. Received: {latent_dim!r}")
+        if max_log_scale <= 0:
+            raise ValueError(f"`max_log_scale` must be > 0. Received: {max_log_scale!r}")
+        self.latent_dim = latent_dim
+        self.num_channels = check_num_channels(num_channels)
+        self.convs_per_block = convs_per_block
+        self.weight_decay = weight_decay
+        self.max_log_scale = float(max_log_scale)
+        self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
+        self.head = _dense(2 * latent_dim, weight_decay, "loc_log_scale", activation=None)
+
+    def build(self, input_shape):
+        self.encoder.build(input_shape)
+        self.head.build((None, self.num_channels[-1]))
+        self.built = True
+
+    def loc_log_scale(self, inputs):
+        """`(loc, log_scale)`, each `(b, latent_dim)`: the parameters, before building a distribution."""
+        encoding = keras.ops.mean(self.encoder(inputs)[-1], axis=(1, 2))
+        loc, raw = keras.ops.split(self.head(encoding), 2, axis=-1)
+        return loc, self.max_log_scale * keras.ops.tanh(raw / self.max_log_scale)
+
+    def call(self, inputs):
+        loc, log_scale = self.loc_log_scale(inputs)
+        return tfd.MultivariateNormalDiag(loc=loc, scale_diag=keras.ops.exp(log_scale))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            latent_dim=self.latent_dim,
+            num_channels=list(self.num_channels),
+            convs_per_block=self.convs_per_block,
+            weight_decay=self.weight_decay,
+            max_log_scale=self.max_log_scale,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FComb(keras.layers.Layer):
+    """f_comb: the latent sample broadcast over the image, concatenated to the U-Net features,
+    `num_layers` 1x1 convs + ReLU and a 1x1 conv to the class logits.
+
+    The first 1x1 conv acts on `concat(features, z)`, which equals
+    `features @ W_f + z @ W_z + b`: the features' part is computed once per image and only the
+    `z @ W_z` part once per sample, so m samples cost one feature projection, not m.
+
+    Args:
+        num_classes: K, the number of output classes.
+        channels: filters of the hidden 1x1 convs (official: the U-Net's first-level channels).
+        num_layers: hidden 1x1 convs (official: 3).
+        weight_decay: L2 coefficient on the hidden layers (the logits layer is not decayed, as in
+            the official code).
+
+    Call arguments:
+        features: `(b, h, w, F)`.
+        z: `(b, N)` for one sample per image, or `(b, m, N)` for m samples per image.
+
+    Returns:
+        logits `(b, h, w, K)` for `z (b, N)`, `(b, m, h, w, K)` for `z (b, m, N)`.
+    """
+
+    def __init__(self, num_classes, channels, num_layers=3, weight_decay=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if num_layers < 1:
+            raise ValueError(f"`num_layers` must be >= 1 (official: 3). Received: {num_layers}")
+        self.num_classes = num_classes
+        self.channels = channels
+        self.num_layers = num_layers
+        self.weight_decay = weight_decay
+        self.hidden = [_dense(channels, weight_decay, f"conv1x1_{i}") for i in range(num_layers)]
+        self.logits = _dense(num_classes, 0.0, "logits", activation=None)
+
+    def build(self, features_shape, z_shape):
+        self.hidden[0].build((None, features_shape[-1] + z_shape[-1]))
+        for layer in self.hidden[1:]:
+            layer.build((None, self.channels))
+        self.logits.build((None, self.channels))
+        self.built = True
+
+    def call(self, features, z):
+        first = self.hidden[0]
+        num_features = keras.ops.shape(features)[-1]
+        kernel_f, kernel_z = first.kernel[:num_features], first.kernel[num_features:]
+        x = keras.ops.matmul(features, kernel_f)  # (b, h, w, C), once per image
+        shift = keras.ops.matmul(z, kernel_z) + first.bias  # (b, C) or (b, m, C)
+        if len(z.shape) == 3:
+            x = keras.ops.expand_dims(x, 1)
+        shift = keras.ops.expand_dims(keras.ops.expand_dims(shift, -2), -2)  # broadcast over h, w
+        x = keras.ops.relu(x + shift)
+        return self.logits(_apply(self.hidden[1:], x))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            channels=self.channels,
+            num_layers=self.num_layers,
+            weight_decay=self.weight_decay,
+        )
+        return config

@@ -1,0 +1,92 @@
+"""The terms of the Probabilistic U-Net's beta-ELBO, as pure functions on tensors.
+
+    loss = CE(Y, S(X, z)) + beta * KL(Q(z|X, Y) || P(z|X)),   z ~ Q
+
+Every function returns one value per example, shape `(b,)`, so that a caller under
+`tf.distribute` can average over the global batch (`tf.nn.compute_average_loss`).
+Gaussians are given by `loc` and `log_scale` (each `(b, N)`), never by `scale`: every term
+below is written in `log_scale` so that no `log(exp(.))` or division by a tiny scale occurs.
+"""
+
+import tensorflow as tf
+
+IGNORE_LABEL = 255
+RECONSTRUCTIONS = ("sum", "mean")
+KL_ESTIMATORS = ("analytic", "sampled")
+
+
+def pixel_cross_entropy(labels, logits, reduction="sum", ignore_label=IGNORE_LABEL):
+    """Softmax cross-entropy per example, pixels labelled `ignore_label` left out.
+
+    Args:
+        labels: int `(b, h, w)` class indices in `[0, K)` or `ignore_label`.
+        logits: float `(b, h, w, K)`.
+        reduction: `"sum"` over the valid pixels (the official code's training loss) or
+            `"mean"` over them (an example without valid pixels contributes 0).
+        ignore_label: label whose pixels contribute nothing.
+
+    Returns:
+        `(b,)` float32.
+    """
+    if reduction not in RECONSTRUCTIONS:
+        raise ValueError(f"`reduction` must be one of {RECONSTRUCTIONS}. Received: {reduction!r}")
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.not_equal(labels, ignore_label)
+    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=safe_labels, logits=tf.cast(logits, tf.float32))
+    valid = tf.cast(valid, tf.float32)
+    total = tf.reduce_sum(per_pixel * valid, axis=(1, 2))
+    if reduction == "sum":
+        return total
+    return tf.math.divide_no_nan(total, tf.reduce_sum(valid, axis=(1, 2)))
+
+
+def analytic_kl(q_loc, q_log_scale, p_loc, p_log_scale):
+    """KL(Q || P) of two diagonal Gaussians in closed form, `(b,)`.
+
+    Per dimension, with d = log s_p - log s_q:
+        KL = d + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2
+           = (expm1(-2 d) + 2 d + ((m_q - m_p) / s_p)^2) / 2,
+    the second form being exact and non-negative in floating point for d near 0.
+    """
+    d = p_log_scale - q_log_scale
+    z = (q_loc - p_loc) * tf.exp(-p_log_scale)
+    return 0.5 * tf.reduce_sum(tf.math.expm1(-2.0 * d) + 2.0 * d + tf.square(z), axis=-1)
+
+
+def sampled_kl(noise, q_loc, q_log_scale, p_loc, p_log_scale):
+    """One-sample estimate log Q(z) - log P(z) at z = q_loc + exp(q_log_scale) * noise, `(b,)`.
+
+    `noise` is the standard normal draw that produced z; the constants log(2 pi) cancel.
+    """
+    z = q_loc + tf.exp(q_log_scale) * noise
+    p_noise = (z - p_loc) * tf.exp(-p_log_scale)
+    return tf.reduce_sum(
+        0.5 * (tf.square(p_noise) - tf.square(noise)) + p_log_scale - q_log_scale, axis=-1)
+
+
+def elbo_loss(labels, logits, noise, q_loc, q_log_scale, p_loc, p_log_scale, beta=1.0,
+              reconstruction="sum", kl="analytic", ignore_label=IGNORE_LABEL):
+    """The negative beta-ELBO per example and its two terms.
+
+    Args:
+        labels: `(b, h, w)` the segmentation that the posterior saw.
+        logits: `(b, h, w, K)` decoded from z = q_loc + exp(q_log_scale) * noise.
+        noise: `(b, N)` the standard normal draw behind z (zeros when decoding the mean).
+        q_loc, q_log_scale, p_loc, p_log_scale: `(b, N)` posterior and prior parameters.
+        beta: weight of the KL term.
+        reconstruction: `"sum"` or `"mean"`, see `pixel_cross_entropy`.
+        kl: `"analytic"` (closed form) or `"sampled"` (one-sample estimate at z).
+
+    Returns:
+        dict of `(b,)` tensors: `loss`, `reconstruction`, `kl`.
+    """
+    if kl not in KL_ESTIMATORS:
+        raise ValueError(f"`kl` must be one of {KL_ESTIMATORS}. Received: {kl!r}")
+    rec = pixel_cross_entropy(labels, logits, reconstruction, ignore_label)
+    if kl == "analytic":
+        kl_value = analytic_kl(q_loc, q_log_scale, p_loc, p_log_scale)
+    else:
+        kl_value = sampled_kl(noise, q_loc, q_log_scale, p_loc, p_log_scale)
+    return {"loss": rec + beta * kl_value, "reconstruction": rec, "kl": kl_value}

@@ -1,0 +1,371 @@
+"""`ProbabilisticUNet`: the model of Kohl et al., "A Probabilistic U-Net for Segmentation of
+Ambiguous Images", NeurIPS 2018, as a subclassed `keras.Model`."""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfprobunet import layers as layers_lib
+from tfprobunet import losses
+
+tfd = tfp.distributions
+
+IGNORE_LABEL = losses.IGNORE_LABEL
+
+
+def _require(condition, message):
+    """Raise `ValueError(message)` eagerly; inside a graph, fail the step with the same message."""
+    if tf.executing_eagerly():
+        if not bool(condition):
+            raise ValueError(message)
+        return
+    tf.debugging.assert_equal(condition, True, message=message)
+
+
+def _seed_pair(seed):
+    """A stateless-RNG seed, `(2,)` int32, from an int or a `(2,)` tensor."""
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], tf.int32)
+    seed = tf.cast(seed, tf.int32)
+    if seed.shape.rank != 1 or seed.shape[0] != 2:
+        raise ValueError(f"`seed` must be an int or an int tensor of shape (2,). Received shape "
+                         f"{seed.shape}")
+    return seed
+
+
+def _params(distribution):
+    return distribution.loc, tf.math.log(distribution.stddev())
+
+
+@keras.saving.register_keras_serializable(package="tfprobunet")
+class ProbabilisticUNet(keras.Model):
+    """The Probabilistic U-Net: a U-Net whose output depends on a latent z drawn from a
+    prior net P(z|X); trained as a conditional VAE with a posterior net Q(z|X, Y).
+
+    For one image, `sample(images, m)` gives m consistent segmentations whose frequencies
+    follow the ambiguity seen in training. The U-Net and the prior run once per image; only
+    the small `FComb` head runs per sample.
+
+    Args:
+        num_classes: K, number of classes (2 for binary lesion masks).
+        num_channels: U-Net filters per level; LIDC configuration `[32, 64, 128, 192]`.
+            Image height and width must be multiples of `2**(len(num_channels) - 1)`.
+        convs_per_block: 3x3 convolutions per U-Net block (official: 3).
+        latent_dim: N, the latent dimension (official: 6).
+        fcomb_layers: hidden 1x1 convolutions in f_comb (official: 3).
+        beta: weight of the KL term in the loss (official: 1.0).
+        reconstruction: `"sum"` of the pixel cross-entropy over pixels, mean over the batch
+            (official), or `"mean"` over pixels.
+        kl: `"analytic"` KL (official) or `"sampled"` one-sample estimate.
+        use_posterior_mean: decode the posterior mean instead of a posterior sample during
+            training. Off by default (the official setting); on, training is deterministic,
+            which is what reproducibility tests and strategy comparisons use.
+        weight_decay: L2 coefficient on kernels and biases (official: 1e-5, as
+            `weight_decay * sum(w**2) / 2`). 0 disables it.
+        seed: int seed of the model's random draws (posterior samples in training, prior samples
+            in `sample` when no seed is given). None: a random seed.
+
+    Shapes: images `(b, h, w, c)` float32; segmentations `(b, h, w)` int with values in
+    `[0, num_classes)` or 255 (ignored).
+
+    Example:
+
+    ```python
+    model = tfprobunet.ProbabilisticUNet(num_classes=2, num_channels=[16, 32, 64])
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    model.fit(train_ds, epochs=10)            # yields (images, segmentations)
+    logits = model.sample(images, 16)         # (b, 16, h, w, 2)
+    masks = keras.ops.argmax(logits, -1)
+    ```
+    """
+
+    def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
+                 latent_dim=6, fcomb_layers=3, beta=1.0, reconstruction="sum", kl="analytic",
+                 use_posterior_mean=False, weight_decay=1e-5, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError("`num_classes` must be an integer >= 2 (2 for a binary mask). "
+                             f"Received: num_classes={num_classes!r}")
+        if num_classes > IGNORE_LABEL:
+            raise ValueError(f"`num_classes` must be <= {IGNORE_LABEL}: label {IGNORE_LABEL} "
+                             f"means 'ignore'. Received: num_classes={num_classes}")
+        num_channels = layers_lib.check_num_channels(num_channels)
+        if reconstruction not in losses.RECONSTRUCTIONS:
+            raise ValueError(f"`reconstruction` must be one of {losses.RECONSTRUCTIONS}. "
+                             f"Received: reconstruction={reconstruction!r}")
+        if kl not in losses.KL_ESTIMATORS:
+            raise ValueError(f"`kl` must be one of {losses.KL_ESTIMATORS}. Received: kl={kl!r}")
+        if beta < 0:
+            raise ValueError(f"`beta` must be >= 0. Received: beta={beta}")
+
+        self.unet = layers_lib.UNet(num_channels, convs_per_block, weight_decay, name="unet")
+        gaussian_args = dict(latent_dim=latent_dim, num_channels=num_channels,
+                             convs_per_block=convs_per_block, weight_decay=weight_decay)
+        self.prior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="prior")
+        self.posterior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="posterior")
+        self.fcomb = layers_lib.FComb(num_classes, num_channels[0], fcomb_layers, weight_decay,
+                                      name="fcomb")
+        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+        self.num_classes = num_classes
+        self.num_channels = num_channels
+        self.convs_per_block = convs_per_block
+        self.latent_dim = latent_dim
+        self.fcomb_layers = fcomb_layers
+        self.beta = float(beta)
+        self.reconstruction = reconstruction
+        self.kl = kl
+        self.use_posterior_mean = use_posterior_mean
+        self.weight_decay = weight_decay
+        self.seed = seed
+        self.image_channels = None
+
+    # ------------------------------------------------------------------ building
+    def build(self, input_shape):
+        """Create every weight, the posterior's included, from the images' shape `(b, h, w, c)`.
+
+        Keras builds a model by tracing `call()`, which never runs the posterior net: without
+        this, `fit` under a distribution strategy fails on the posterior's late variables.
+        """
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError("The model is built from images of shape (b, h, w, c) with a known "
+                             f"channel count c. Received: input_shape={input_shape}")
+        channels = input_shape[-1]
+        self.image_channels = channels
+        self.unet.build(input_shape)
+        self.prior.build(input_shape)
+        self.posterior.build(input_shape[:-1] + (channels + self.num_classes,))
+        self.fcomb.build((None, None, None, self.num_channels[0]), (None, self.latent_dim))
+        self.built = True
+
+    # ------------------------------------------------------------------ input checks
+    def _check_images(self, images):
+        images = tf.convert_to_tensor(images)
+        if not images.dtype.is_floating:
+            raise ValueError(f"`images` must be float, e.g. float32 scaled to [0, 1]. Received "
+                             f"dtype {images.dtype.name}.")
+        shape = images.shape
+        if shape.rank != 4:
+            raise ValueError(f"`images` must have rank 4, (b, h, w, c). Received shape {shape} "
+                             f"(rank {shape.rank}); add a batch axis for one image.")
+        if self.image_channels is not None and shape[-1] != self.image_channels:
+            raise ValueError(f"`images` must have {self.image_channels} channel(s), as the model "
+                             f"was built with. Received shape {shape} with {shape[-1]} channels.")
+        layers_lib.check_spatial_size(shape[1], shape[2], self.num_channels)
+        if shape[1] is None or shape[2] is None:
+            divisor = layers_lib.size_divisor(self.num_channels)
+            dynamic = tf.shape(images)
+            tf.debugging.assert_equal(
+                (dynamic[1] % divisor) + (dynamic[2] % divisor), 0,
+                message=f"Image height and width must be divisible by {divisor} for "
+                        f"num_channels={list(self.num_channels)}.")
+        _require(tf.reduce_all(tf.math.is_finite(images)),
+                 f"`images` contain NaN or Inf values (shape {shape}); the model needs finite "
+                 "pixel values, e.g. float32 in [0, 1].")
+        return images
+
+    def _check_segmentations(self, segmentations, images):
+        segmentations = tf.convert_to_tensor(segmentations)
+        if segmentations.shape.rank == 4 and segmentations.shape[-1] == 1:
+            segmentations = segmentations[..., 0]
+        if not segmentations.dtype.is_integer:
+            raise ValueError("`segmentations` must be integer class labels, (b, h, w). Received "
+                             f"dtype {segmentations.dtype.name}.")
+        if segmentations.shape.rank != 3:
+            raise ValueError("`segmentations` must have rank 3, (b, h, w) class labels (not one-"
+                             f"hot). Received shape {segmentations.shape}.")
+        if not segmentations.shape[1:].is_compatible_with(images.shape[1:3]):
+            raise ValueError(f"`segmentations` {segmentations.shape} and `images` {images.shape} "
+                             "must have the same height and width.")
+        segmentations = tf.cast(segmentations, tf.int32)
+        valid = ((segmentations >= 0) & (segmentations < self.num_classes)) | (
+            segmentations == IGNORE_LABEL)
+        _require(tf.reduce_all(valid),
+                 f"`segmentations` must hold labels in [0, {self.num_classes - 1}] "
+                 f"(num_classes={self.num_classes}) or {IGNORE_LABEL} (ignore); they hold other "
+                 "values.")
+        return segmentations
+
+    def _ensure_built(self, images):
+        if not self.built:
+            self.build(images.shape)
+
+    # ------------------------------------------------------------------ the model's operations
+    def _noise(self, shape, seed=None):
+        if seed is None:
+            return keras.random.normal(shape, seed=self.seed_generator)
+        return tf.random.stateless_normal(shape, seed=_seed_pair(seed))
+
+    def features(self, images):
+        """Run the U-Net and the prior net once.
+
+        Args:
+            images: `(b, h, w, c)` float.
+
+        Returns:
+            `(features, prior)`: features `(b, h, w, F)` with F = `num_channels[0]`, and the
+            prior `tfd.MultivariateNormalDiag` with batch shape `(b,)`, event shape `(N,)`.
+        """
+        images = self._check_images(images)
+        self._ensure_built(images)
+        return self.unet(images), self.prior(images)
+
+    def decode(self, features, z):
+        """Segmentation logits for given features and latents: only `FComb` runs.
+
+        Args:
+            features: `(b, h, w, F)` from `features()`.
+            z: `(b, N)` or `(b, m, N)`.
+
+        Returns:
+            logits `(b, h, w, K)` or `(b, m, h, w, K)`.
+        """
+        z = tf.convert_to_tensor(z, dtype=features.dtype)
+        if z.shape.rank not in (2, 3) or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"`z` must have shape (b, {self.latent_dim}) or (b, m, "
+                             f"{self.latent_dim}). Received shape {z.shape}.")
+        return self.fcomb(features, z)
+
+    def sample(self, images, num_samples=1, seed=None):
+        """Draw `num_samples` segmentations per image from the prior.
+
+        Args:
+            images: `(b, h, w, c)` float.
+            num_samples: m >= 1.
+            seed: None (the model's seed generator), an int, or a `(2,)` int tensor for
+                stateless, reproducible draws.
+
+        Returns:
+            logits `(b, m, h, w, K)`; `argmax(-1)` gives the label maps.
+        """
+        if isinstance(num_samples, int) and num_samples < 1:
+            raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
+        features, prior = self.features(images)
+        loc, log_scale = _params(prior)
+        batch = tf.shape(loc)[0]
+        noise = self._noise(tf.stack([batch, num_samples, self.latent_dim]), seed)
+        z = loc[:, None] + tf.exp(log_scale)[:, None] * noise
+        return self.decode(features, z)
+
+    def posterior_distribution(self, images, segmentations):
+        """Q(z | X, Y): the posterior net on `concat(images, one_hot(segmentations) - 0.5)`.
+
+        Args:
+            images: `(b, h, w, c)` float. segmentations: `(b, h, w)` int.
+
+        Returns:
+            `tfd.MultivariateNormalDiag`, batch shape `(b,)`, event shape `(N,)`.
+        """
+        images, segmentations = self._check_pair(images, segmentations)
+        return self.posterior(self._posterior_input(images, segmentations))
+
+    def _posterior_input(self, images, segmentations):
+        # Label 255 one-hot encodes to zeros, so ignored pixels read as -0.5 in every channel.
+        one_hot = tf.one_hot(segmentations, self.num_classes, dtype=images.dtype)
+        return tf.concat([images, one_hot - 0.5], axis=-1)
+
+    def reconstruct(self, images, segmentations, use_posterior_mean=True, seed=None):
+        """Logits `(b, h, w, K)` decoded from the posterior given the images and segmentations:
+        at its mean (default) or at a sample."""
+        features, _ = self.features(images)
+        posterior = self.posterior_distribution(images, segmentations)
+        if use_posterior_mean:
+            z = posterior.loc
+        else:
+            loc, log_scale = _params(posterior)
+            z = loc + tf.exp(log_scale) * self._noise(tf.shape(loc), seed)
+        return self.decode(features, z)
+
+    def call(self, images, training=None):
+        """Logits `(b, h, w, K)` decoded at the prior mean: deterministic, what `predict` gives."""
+        features, prior = self.features(images)
+        return self.decode(features, prior.loc)
+
+    # ------------------------------------------------------------------ training
+    def _unpack(self, data):
+        if not isinstance(data, (tuple, list)) or len(data) < 2:
+            raise ValueError("The model trains on (images, segmentations) pairs: images "
+                             "(b, h, w, c) float, segmentations (b, h, w) int. Received a "
+                             f"{type(data).__name__} of length "
+                             f"{len(data) if isinstance(data, (tuple, list)) else 1}.")
+        return self._check_pair(data[0], data[1])
+
+    def _check_pair(self, images, segmentations):
+        images = self._check_images(images)
+        self._ensure_built(images)
+        return images, self._check_segmentations(segmentations, images)
+
+    def elbo_terms(self, images, segmentations):
+        """Per-example `loss`, `reconstruction` and `kl`, each `(b,)`: the negative beta-ELBO
+        with z drawn from the posterior (or at its mean if `use_posterior_mean`)."""
+        return self._elbo_terms(*self._check_pair(images, segmentations))
+
+    def _elbo_terms(self, images, segmentations):
+        features = self.unet(images)
+        p_loc, p_log_scale = self.prior.loc_log_scale(images)
+        q_loc, q_log_scale = self.posterior.loc_log_scale(
+            self._posterior_input(images, segmentations))
+        if self.use_posterior_mean:
+            noise = tf.zeros_like(q_loc)
+        else:
+            noise = self._noise(tf.shape(q_loc))
+        z = q_loc + tf.exp(q_log_scale) * noise
+        logits = self.decode(features, z)
+        return losses.elbo_loss(segmentations, logits, noise, q_loc, q_log_scale, p_loc,
+                                p_log_scale, beta=self.beta, reconstruction=self.reconstruction,
+                                kl=self.kl)
+
+    def _regularization(self):
+        return tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+
+    def _update_trackers(self, terms, regularization):
+        # Weighted by the replica's batch size, so the trackers (summed over replicas) hold the
+        # global batch mean whatever the split.
+        weight = tf.cast(tf.shape(terms["loss"])[0], tf.float32)
+        self.loss_tracker.update_state(tf.reduce_mean(terms["loss"]) + regularization, weight)
+        self.reconstruction_tracker.update_state(tf.reduce_mean(terms["reconstruction"]), weight)
+        self.kl_tracker.update_state(tf.reduce_mean(terms["kl"]), weight)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        images, segmentations = self._unpack(data)
+        with tf.GradientTape() as tape:
+            terms = self._elbo_terms(images, segmentations)
+            regularization = self._regularization()
+            # Keras' optimizer sums gradients over replicas: average over the *global* batch.
+            loss = tf.nn.compute_average_loss(terms["loss"]) + tf.nn.scale_regularization_loss(
+                regularization)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._update_trackers(terms, regularization)
+
+    def test_step(self, data):
+        images, segmentations = self._unpack(data)
+        return self._update_trackers(self._elbo_terms(images, segmentations),
+                                     self._regularization())
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+
+    # ------------------------------------------------------------------ config
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            num_channels=list(self.num_channels),
+            convs_per_block=self.convs_per_block,
+            latent_dim=self.latent_dim,
+            fcomb_layers=self.fcomb_layers,
+            beta=self.beta,
+            reconstruction=self.reconstruction,
+            kl=self.kl,
+            use_posterior_mean=self.use_posterior_mean,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+        )
+        return config

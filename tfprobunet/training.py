@@ -1,0 +1,162 @@
+"""`train()`: fit a `ProbabilisticUNet` on a built-in benchmark with checkpoints that survive a
+crash, a CSV log and a guard that stops on a non-finite loss."""
+
+import csv
+import json
+import math
+import os
+
+import keras
+import tensorflow as tf
+
+from tfprobunet.data import synthetic
+from tfprobunet.model import ProbabilisticUNet
+
+DATASETS = ("flips", "graders")
+STRATEGIES = ("default", "mirrored")
+MONITORED_TERMS = ("loss", "reconstruction", "kl")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss term."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss terms are not finite.
+
+    Unlike `keras.callbacks.TerminateOnNaN`, it raises `NonFiniteLossError` naming the epoch,
+    the step and the term that went bad, and it stops before the epoch ends, so the last
+    checkpoint written by `BackupAndRestore` is the last good one.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {k: float(logs[k]) for k in MONITORED_TERMS
+               if k in (logs or {}) and not math.isfinite(float(logs[k]))}
+        if bad:
+            terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise NonFiniteLossError(
+                f"Training stopped at epoch {self._epoch + 1}, step {batch + 1}: {terms}. The "
+                "weights of this epoch are discarded; the last checkpoint is the last good one. "
+                "Check the inputs for NaN/Inf, or lower the learning rate.")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """A CSV row per epoch (`epoch` and the logs) that survives restarts: when a resumed run
+    starts at epoch e, rows of epochs >= e (written before a crash, not checkpointed) are
+    dropped, so each epoch appears exactly once."""
+
+    def __init__(self, filename):
+        super().__init__()
+        self.filename = filename
+        self._started = False
+
+    def _rows(self):
+        if not os.path.exists(self.filename):
+            return []
+        with open(self.filename, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows, fieldnames):
+        tmp = self.filename + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.filename)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._started:
+            self._started = True
+            rows = self._rows()
+            if rows:
+                self._write([r for r in rows if int(r["epoch"]) < epoch], list(rows[0]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        rows = self._rows() + [row]
+        self._write(rows, list(rows[0]))
+
+
+def make_strategy(name):
+    """`"default"`: no distribution. `"mirrored"`: `MirroredStrategy` over every GPU, or over
+    every logical CPU device when there is no GPU (so it can be exercised on a CPU machine)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def benchmark(dataset, num_examples, image_size, seed=0):
+    """`(tf.data.Dataset of (image, annotations), annotation probabilities or None,
+    num_classes)` for a built-in benchmark name."""
+    if dataset == "flips":
+        _, probabilities = synthetic.flip_modes()
+        return (synthetic.flips(num_examples, image_size, seed=seed), probabilities,
+                synthetic.flips_num_classes())
+    if dataset == "graders":
+        return synthetic.graders(num_examples, image_size, seed=seed), None, 2
+    raise ValueError(f"`dataset` must be one of {DATASETS}. Received: {dataset!r}")
+
+
+def train(workdir, dataset="flips", epochs=10, steps_per_epoch=100, batch_size=8,
+          image_size=64, num_examples=1000, learning_rate=1e-4, strategy="default", seed=0,
+          jit_compile=False, verbose=1, callbacks=None, **model_kwargs):
+    """Train a `ProbabilisticUNet` on a built-in benchmark, resuming if `workdir` holds a run.
+
+    Writes to `workdir`: `backup/` (a `BackupAndRestore` checkpoint at each epoch end: a killed
+    run started again with the same arguments continues from the last finished epoch),
+    `log.csv` (one row per epoch), `train_config.json` and, at the end, `model.keras`.
+
+    Args:
+        workdir: output directory.
+        dataset: `"flips"` or `"graders"` (see `tfprobunet.data.synthetic`).
+        epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global.
+        image_size: height and width of the synthetic images.
+        num_examples: size of the training set.
+        learning_rate: Adam's learning rate (official: 1e-4).
+        strategy: `"default"` or `"mirrored"` (see `make_strategy`).
+        seed: seeds the data, the weights and the model's random draws.
+        jit_compile: XLA-compile the train step (see bench/train_step.py: slower on CPU).
+        verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
+        callbacks: extra Keras callbacks, run after the built-in ones.
+        **model_kwargs: forwarded to `ProbabilisticUNet` (e.g. `num_channels`, `latent_dim`,
+            `beta`); `num_classes` is set by the dataset.
+
+    Returns:
+        `(model, history)`.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    data, probabilities, num_classes = benchmark(dataset, num_examples, image_size, seed)
+    pipeline = synthetic.training_pipeline(data, batch_size, probabilities, seed=seed)
+    settings = dict(dataset=dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                    batch_size=batch_size, image_size=image_size, num_examples=num_examples,
+                    learning_rate=learning_rate, strategy=strategy, seed=seed, **model_kwargs)
+    with open(os.path.join(workdir, "train_config.json"), "w") as f:
+        json.dump(settings, f, indent=2, default=list)
+
+    keras.utils.set_random_seed(seed)
+    with make_strategy(strategy).scope():
+        model = ProbabilisticUNet(num_classes=num_classes, seed=seed, **model_kwargs)
+        model.build((None, image_size, image_size, data.element_spec[0].shape[-1]))
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
+    history = model.fit(
+        pipeline,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        verbose=verbose,
+        callbacks=[
+            StopOnNonFiniteLoss(),
+            EpochLog(os.path.join(workdir, "log.csv")),
+            keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+            *(callbacks or []),
+        ],
+    )
+    path = os.path.join(workdir, "model.keras")
+    model.save(path + ".tmp.keras")
+    os.replace(path + ".tmp.keras", path)
+    return model, history
