@@ -2,6 +2,7 @@
 crash, a CSV log and a guard that stops on a non-finite loss."""
 
 import csv
+import functools
 import json
 import math
 import os
@@ -87,8 +88,20 @@ def make_strategy(name):
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return _mirrored(tuple(d.name for d in gpus), cpu=False)
+    return _mirrored(tuple(d.name for d in tf.config.list_logical_devices("CPU")), cpu=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored(devices, cpu):
+    # One strategy per device set and process: collective all-reduce keys restart with each new
+    # strategy, and a second strategy's ops then collide with the first's ("Shape mismatch in
+    # the collective instance"), e.g. in a tuner's second trial. On CPU devices, reducing to one
+    # device avoids collectives altogether.
+    cross_device_ops = tf.distribute.ReductionToOneDevice() if cpu else None
+    return tf.distribute.MirroredStrategy(list(devices), cross_device_ops=cross_device_ops)
 
 
 def benchmark(dataset, num_examples, image_size, seed=0):
@@ -148,6 +161,7 @@ def train(workdir, dataset="flips", epochs=10, steps_per_epoch=100, batch_size=8
         pipeline,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # the pipeline shuffles
         verbose=verbose,
         callbacks=[
             StopOnNonFiniteLoss(),

@@ -203,9 +203,10 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
         batch_size: global batch size (a distribution strategy splits it over replicas).
         annotation_probabilities: `(A,)` probabilities of the annotations (the *flips* mode
             probabilities); None draws them uniformly (graders are equally likely).
-        shuffle: shuffle the examples each epoch.
+        shuffle: shuffle the examples.
         repeat: repeat forever (use with `steps_per_epoch`).
-        seed: seeds the shuffling and the draws; the same seed gives the same batches.
+        seed: seeds the shuffling and the draws. With `repeat`, every iterator of the result
+            yields the same batches for the same seed.
 
     Returns:
         `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`.
@@ -213,11 +214,15 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
     logits = None
     if annotation_probabilities is not None:
         logits = tf.math.log(tf.constant(annotation_probabilities, tf.float32))[None]
-    if shuffle:
-        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
     if repeat:
+        # Shuffle the endless stream once with a fixed seed (rather than reshuffling per epoch):
+        # every fresh iterator, e.g. the one a distribution strategy makes, gives the same batches.
         dataset = dataset.repeat()
-    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        if shuffle:
+            dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=False)
+    elif shuffle:
+        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not repeat)
     dataset = tf.data.Dataset.zip(dataset, draws)
 
     def draw(example, key):

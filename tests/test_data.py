@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+
+from tfprobunet.data import synthetic
+
+
+def test_flip_modes_are_the_papers_32_with_closed_form_probabilities():
+    modes, probabilities = synthetic.flip_modes()
+    assert modes.shape == (32, 5) and len(set(map(tuple, modes))) == 32
+    np.testing.assert_allclose(probabilities.sum(), 1.0)
+    p = np.array([8, 7, 6, 5, 4]) / 17
+    np.testing.assert_allclose(probabilities[0], np.prod(1 - p))      # nothing flipped
+    np.testing.assert_allclose(probabilities[31], np.prod(p))         # everything flipped
+    # Mode 0b10100: classes 1 and 3 flipped.
+    np.testing.assert_allclose(probabilities[0b10100],
+                               p[0] * (1 - p[1]) * p[2] * (1 - p[3]) * (1 - p[4]))
+    # The paper quotes modes from 10.9 % down to 0.5 %.
+    assert round(100 * probabilities.max(), 1) == 10.9
+    assert round(100 * probabilities.min(), 1) == 0.5
+    assert synthetic.flip_modes([0.5, 0.25])[1].tolist() == [0.375, 0.125, 0.375, 0.125]
+
+
+def test_flips_annotations_relabel_exactly_the_flipped_classes():
+    images, base = synthetic.flips_arrays(6, 32, seed=1)
+    (image, annotations), = synthetic.flips(6, 32, seed=1).take(1).as_numpy_iterator()
+    np.testing.assert_array_equal(image, images[0])
+    modes, _ = synthetic.flip_modes()
+    assert annotations.shape == (32, 32, 32) and annotations.dtype == np.int32
+    for j, mode in enumerate(modes):
+        expected = base[0].copy()
+        for c in range(1, 6):
+            if mode[c - 1]:
+                expected[base[0] == c] = 5 + c
+        np.testing.assert_array_equal(annotations[j], expected)
+    # Every image shows every flippable class and the background.
+    for labels in base:
+        assert set(np.unique(labels)) == set(range(6))
+
+
+def test_flips_classes_are_recognisable_from_the_image():
+    """Nearest class-mean colour recovers the unflipped labels: the only ambiguity is the flip."""
+    images, labels = synthetic.flips_arrays(40, 32, seed=2)
+    means = np.stack([images[labels == c].mean(0) for c in range(6)])
+    predicted = np.argmin(((images[..., None, :] - means) ** 2).sum(-1), axis=-1)
+    assert np.mean(predicted == labels) > 0.97
+
+
+def test_synthetic_data_is_seeded():
+    a, b, c = (synthetic.flips_arrays(3, 16, seed=s)[0] for s in (4, 4, 5))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    g1, g2 = synthetic.graders_arrays(3, 16, seed=7), synthetic.graders_arrays(3, 16, seed=7)
+    np.testing.assert_array_equal(g1[1], g2[1])
+
+
+def test_graders_have_four_binary_masks_and_up_to_three_empty():
+    images, annotations = synthetic.graders_arrays(200, 32, seed=0)
+    assert images.shape == (200, 32, 32, 1) and annotations.shape == (200, 4, 32, 32)
+    assert set(np.unique(annotations)) == {0, 1}
+    empty = (annotations.sum(axis=(2, 3)) == 0).sum(axis=1)
+    assert empty.max() == 3 and empty.min() == 0
+    assert set(empty) == {0, 1, 2, 3}
+    # Non-empty graders disagree on the extent.
+    sizes = annotations.sum(axis=(2, 3))
+    full = sizes[empty == 0]
+    assert np.mean(full.max(1) > full.min(1)) > 0.9
+    # The lesion is where the graders draw it: brighter inside their union.
+    union = annotations.max(1).astype(bool)
+    has = union.any(axis=(1, 2))
+    inside = np.array([images[i, ..., 0][union[i]].mean() for i in np.flatnonzero(has)])
+    outside = np.array([images[i, ..., 0][~union[i]].mean() for i in np.flatnonzero(has)])
+    assert np.all(inside > outside)
+
+
+def test_training_pipeline_draws_annotations_with_the_given_probabilities():
+    _, probabilities = synthetic.flip_modes()
+    pipeline = synthetic.training_pipeline(synthetic.flips(4, 16, seed=0), batch_size=4,
+                                           annotation_probabilities=probabilities, seed=0)
+    base = synthetic.flips_arrays(4, 16, seed=0)[1]
+    images = synthetic.flips_arrays(4, 16, seed=0)[0]
+    counts = np.zeros(32)
+    for batch_images, segmentations in pipeline.take(1000).as_numpy_iterator():
+        assert batch_images.shape == (4, 16, 16, 3) and segmentations.shape == (4, 16, 16)
+        for image, seg in zip(batch_images, segmentations):
+            index = int(np.argmin(np.abs(images - image).sum(axis=(1, 2, 3))))
+            counts[synthetic.identify_flip_modes(seg[None], base[index], 5)[0]] += 1
+    frequencies = counts / counts.sum()
+    # 4000 draws: every frequency within 4 standard errors of its probability.
+    standard_error = np.sqrt(probabilities * (1 - probabilities) / counts.sum())
+    assert np.all(np.abs(frequencies - probabilities) < 4 * standard_error + 1e-3)
+
+
+def test_training_pipeline_uniform_for_graders_and_same_batches_per_iterator():
+    data = synthetic.graders(3, 16, seed=0)
+    pipeline = synthetic.training_pipeline(data, batch_size=3, shuffle=False, seed=1)
+    first = [s for _, s in pipeline.take(20).as_numpy_iterator()]
+    second = [s for _, s in pipeline.take(20).as_numpy_iterator()]
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    _, annotations = synthetic.graders_arrays(3, 16, seed=0)
+    picks = np.zeros((3, 4))
+    for segmentations in [s for _, s in pipeline.take(400).as_numpy_iterator()]:
+        for i, seg in enumerate(segmentations):
+            matches = [g for g in range(4) if np.array_equal(annotations[i, g], seg)]
+            picks[i, matches] += 1 / len(matches)
+    assert np.all(np.abs(picks / 400 - 0.25) < 0.1)
+
+
+def test_identify_flip_modes_reads_back_every_mode():
+    (_, annotations), = synthetic.flips(1, 32, seed=3).take(1).as_numpy_iterator()
+    base = synthetic.flips_arrays(1, 32, seed=3)[1][0]
+    np.testing.assert_array_equal(synthetic.identify_flip_modes(annotations, base, 5),
+                                  np.arange(32))
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        synthetic.flip_modes([0.5, 1.0])
+    with pytest.raises(ValueError, match="image_size"):
+        synthetic.flips_arrays(1, 4)
