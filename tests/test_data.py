@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tfprobunet.data import synthetic
+from tfprobunet.data import pipeline, synthetic
 
 
 def test_flip_modes_are_the_papers_32_with_closed_form_probabilities():
@@ -74,12 +74,12 @@ def test_graders_have_four_binary_masks_and_up_to_three_empty():
 
 def test_training_pipeline_draws_annotations_with_the_given_probabilities():
     _, probabilities = synthetic.flip_modes()
-    pipeline = synthetic.training_pipeline(synthetic.flips(4, 16, seed=0), batch_size=4,
+    batches = pipeline.training_pipeline(synthetic.flips(4, 16, seed=0), batch_size=4,
                                            annotation_probabilities=probabilities, seed=0)
     base = synthetic.flips_arrays(4, 16, seed=0)[1]
     images = synthetic.flips_arrays(4, 16, seed=0)[0]
     counts = np.zeros(32)
-    for batch_images, segmentations in pipeline.take(1000).as_numpy_iterator():
+    for batch_images, segmentations in batches.take(1000).as_numpy_iterator():
         assert batch_images.shape == (4, 16, 16, 3) and segmentations.shape == (4, 16, 16)
         for image, seg in zip(batch_images, segmentations):
             index = int(np.argmin(np.abs(images - image).sum(axis=(1, 2, 3))))
@@ -92,14 +92,14 @@ def test_training_pipeline_draws_annotations_with_the_given_probabilities():
 
 def test_training_pipeline_uniform_for_graders_and_same_batches_per_iterator():
     data = synthetic.graders(3, 16, seed=0)
-    pipeline = synthetic.training_pipeline(data, batch_size=3, shuffle=False, seed=1)
-    first = [s for _, s in pipeline.take(20).as_numpy_iterator()]
-    second = [s for _, s in pipeline.take(20).as_numpy_iterator()]
+    batches = pipeline.training_pipeline(data, batch_size=3, shuffle=False, seed=1)
+    first = [s for _, s in batches.take(20).as_numpy_iterator()]
+    second = [s for _, s in batches.take(20).as_numpy_iterator()]
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     _, annotations = synthetic.graders_arrays(3, 16, seed=0)
     picks = np.zeros((3, 4))
-    for segmentations in [s for _, s in pipeline.take(400).as_numpy_iterator()]:
+    for segmentations in [s for _, s in batches.take(400).as_numpy_iterator()]:
         for i, seg in enumerate(segmentations):
             matches = [g for g in range(4) if np.array_equal(annotations[i, g], seg)]
             picks[i, matches] += 1 / len(matches)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import TINY, random_batch, tiny_model
 from tfprobunet import training
-from tfprobunet.data import synthetic
+from tfprobunet.data import pipeline, synthetic
 
 
 def _two_replicas():
@@ -52,10 +52,10 @@ def test_one_mirrored_step_equals_one_step_without_strategy():
 
 
 def test_two_epoch_fit_logs_the_same_losses_with_and_without_mirroring():
-    def pipeline():
+    def batches():
         _, probabilities = synthetic.flip_modes()
         data = synthetic.flips(16, 16, seed=3)
-        return (synthetic.training_pipeline(data, 4, probabilities, seed=3),)
+        return pipeline.training_pipeline(data, 4, probabilities, seed=3)
 
     reference = tiny_model(11)
     reference.build((None, 16, 16, 3))
@@ -67,7 +67,7 @@ def test_two_epoch_fit_logs_the_same_losses_with_and_without_mirroring():
             model.build((None, 16, 16, 3))
             model.set_weights(initial)
             model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        return model.fit(*pipeline(), epochs=2, steps_per_epoch=3, verbose=0).history
+        return model.fit(batches(), epochs=2, steps_per_epoch=3, verbose=0).history
 
     single, mirrored = run(tf.distribute.get_strategy()), run(_two_replicas())
     assert set(single) == {"loss", "reconstruction", "kl"}

@@ -1,6 +1,12 @@
-"""tfprobunet: the Probabilistic U-Net (Kohl et al., NeurIPS 2018) for TensorFlow 2 / Keras 3."""
+"""tfprobunet: the Probabilistic U-Net (Kohl et al., NeurIPS 2018) for TensorFlow 2 / Keras 3.
 
+Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
+and the modules `losses` and `data`.
+"""
+
+from tfprobunet import data, losses
 from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
 from tfprobunet.model import ProbabilisticUNet
+from tfprobunet.training import train
 
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ import os
 import keras
 import tensorflow as tf
 
-from tfprobunet.data import synthetic
+from tfprobunet.data import pipeline, synthetic
 from tfprobunet.model import ProbabilisticUNet
 
 DATASETS = ("flips", "graders")
@@ -145,7 +145,7 @@ def train(workdir, dataset="flips", epochs=10, steps_per_epoch=100, batch_size=8
     """
     os.makedirs(workdir, exist_ok=True)
     data, probabilities, num_classes = benchmark(dataset, num_examples, image_size, seed)
-    pipeline = synthetic.training_pipeline(data, batch_size, probabilities, seed=seed)
+    batches = pipeline.training_pipeline(data, batch_size, probabilities, seed=seed)
     settings = dict(dataset=dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
                     batch_size=batch_size, image_size=image_size, num_examples=num_examples,
                     learning_rate=learning_rate, strategy=strategy, seed=seed, **model_kwargs)
@@ -158,7 +158,7 @@ def train(workdir, dataset="flips", epochs=10, steps_per_epoch=100, batch_size=8
         model.build((None, image_size, image_size, data.element_spec[0].shape[-1]))
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
     history = model.fit(
-        pipeline,
+        batches,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         shuffle=False,  # the pipeline shuffles

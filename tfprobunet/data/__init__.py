@@ -1,4 +1,5 @@
 """Datasets: synthetic ambiguous benchmarks and the tf.data training pipeline."""
 
 from tfprobunet.data import synthetic
-from tfprobunet.data.synthetic import flip_modes, flips, graders, training_pipeline
+from tfprobunet.data.pipeline import training_pipeline
+from tfprobunet.data.synthetic import flip_modes, flips, graders

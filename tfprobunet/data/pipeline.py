@@ -1,0 +1,48 @@
+"""tf.data pipelines from `(image, annotations)` datasets to what `ProbabilisticUNet.fit` takes."""
+
+import tensorflow as tf
+
+
+def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffle=True,
+                      repeat=True, seed=0):
+    """Batches of `(images, segmentations)` with one annotation drawn per example and step.
+
+    Args:
+        dataset: yields `(image (h, w, c), annotations (A, h, w))`.
+        batch_size: global batch size (a distribution strategy splits it over replicas).
+        annotation_probabilities: `(A,)` probabilities of the annotations (the *flips* mode
+            probabilities); None draws them uniformly (graders are equally likely).
+        shuffle: shuffle the examples.
+        repeat: repeat forever (use with `steps_per_epoch`).
+        seed: seeds the shuffling and the draws. With `repeat`, every iterator of the result
+            yields the same batches for the same seed.
+
+    Returns:
+        `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`.
+    """
+    logits = None
+    if annotation_probabilities is not None:
+        logits = tf.math.log(tf.constant(annotation_probabilities, tf.float32))[None]
+    if repeat:
+        # Shuffle the endless stream once with a fixed seed (rather than reshuffling per epoch):
+        # every fresh iterator, e.g. the one a distribution strategy makes, gives the same batches.
+        dataset = dataset.repeat()
+        if shuffle:
+            dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=False)
+    elif shuffle:
+        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not repeat)
+    dataset = tf.data.Dataset.zip(dataset, draws)
+
+    def draw(example, key):
+        image, annotations = example
+        key = tf.stack([tf.cast(seed, tf.int64), key])
+        if logits is None:
+            count = tf.shape(annotations, out_type=tf.int64)[0]
+            index = tf.random.stateless_uniform((), key, 0, count, dtype=tf.int64)
+        else:
+            index = tf.random.stateless_categorical(logits, 1, key)[0, 0]
+        return image, annotations[index]
+
+    dataset = dataset.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
