@@ -51,31 +51,25 @@ def _regularizer(weight_decay):
     return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
 
 
-def _conv(filters, kernel_size, weight_decay, name, activation="relu"):
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        padding="same",
-        activation=activation,
+def _official_init(weight_decay):
+    """Initialisers and regularisers of the official code, as Keras layer arguments."""
+    return dict(
         kernel_initializer="he_normal",
         bias_initializer=keras.initializers.TruncatedNormal(stddev=0.001),
         kernel_regularizer=_regularizer(weight_decay),
         bias_regularizer=_regularizer(weight_decay),
-        name=name,
     )
 
 
-def _dense(units, weight_decay, name, activation="relu"):
-    """A 1x1 convolution, written as a dense layer on the channel axis (works on any rank)."""
-    return keras.layers.Dense(
-        units,
-        activation=activation,
-        kernel_initializer="he_normal",
-        bias_initializer=keras.initializers.TruncatedNormal(stddev=0.001),
-        kernel_regularizer=_regularizer(weight_decay),
-        bias_regularizer=_regularizer(weight_decay),
-        name=name,
-    )
+def _conv(filters, kernel_size, weight_decay, name):
+    """A 3x3 (or k x k) convolution + ReLU."""
+    return keras.layers.Conv2D(filters, kernel_size, padding="same", activation="relu", name=name,
+                               **_official_init(weight_decay))
+
+
+def _dense(units, weight_decay, name):
+    """The weights of a 1x1 convolution, held by a dense layer (`_matmul` applies them)."""
+    return keras.layers.Dense(units, name=name, **_official_init(weight_decay))
 
 
 def _matmul(x, kernel, bias=None):
@@ -103,8 +97,27 @@ def _apply(layers, x):
     return x
 
 
+class _ConvNet(keras.layers.Layer):
+    """The arguments every conv net here shares, stored and serialised once."""
+
+    def __init__(self, num_channels, convs_per_block=3, weight_decay=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_channels = check_num_channels(num_channels)
+        self.convs_per_block = convs_per_block
+        self.weight_decay = weight_decay
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_channels=list(self.num_channels),
+            convs_per_block=self.convs_per_block,
+            weight_decay=self.weight_decay,
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Encoder(keras.layers.Layer):
+class Encoder(_ConvNet):
     """VGG-style encoder: per level, 2x2 average pooling (except the first) and 3x3 convs + ReLU.
 
     Args:
@@ -120,10 +133,7 @@ class Encoder(keras.layers.Layer):
     """
 
     def __init__(self, num_channels, convs_per_block=3, weight_decay=1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.num_channels = check_num_channels(num_channels)
-        self.convs_per_block = convs_per_block
-        self.weight_decay = weight_decay
+        super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         self.pool = keras.layers.AveragePooling2D(2, name="pool")
         self.blocks = [
             [_conv(filters, 3, weight_decay, f"level{i}_conv{j}") for j in range(convs_per_block)]
@@ -146,18 +156,9 @@ class Encoder(keras.layers.Layer):
             outputs.append(x)
         return outputs
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_channels=list(self.num_channels),
-            convs_per_block=self.convs_per_block,
-            weight_decay=self.weight_decay,
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class UNet(keras.layers.Layer):
+class UNet(_ConvNet):
     """The U-Net feature extractor f_U-Net(X): encoder, then bilinear upsampling + skip concat.
 
     There is no class head: the output is the last decoder feature map, which `FComb`
@@ -177,10 +178,7 @@ class UNet(keras.layers.Layer):
 
     def __init__(self, num_channels=(32, 64, 128, 192), convs_per_block=3, weight_decay=1e-5,
                  **kwargs):
-        super().__init__(**kwargs)
-        self.num_channels = check_num_channels(num_channels)
-        self.convs_per_block = convs_per_block
-        self.weight_decay = weight_decay
+        super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
         self.upsample = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample")
         self.up_blocks = [
@@ -204,18 +202,9 @@ class UNet(keras.layers.Layer):
             x = _apply(block, x)
         return x
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_channels=list(self.num_channels),
-            convs_per_block=self.convs_per_block,
-            weight_decay=self.weight_decay,
-        )
-        return config
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class AxisAlignedGaussian(keras.layers.Layer):
+class AxisAlignedGaussian(_ConvNet):
     """A conv net that maps its input to a Gaussian with diagonal covariance over R^latent_dim.
 
     Encoder, spatial mean, then a 1x1 conv to `2 * latent_dim` values split into `loc` and
@@ -243,18 +232,15 @@ class AxisAlignedGaussian(keras.layers.Layer):
 
     def __init__(self, latent_dim=6, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  weight_decay=1e-5, max_log_scale=6.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"`latent_dim` must be a positive integer. Received: {latent_dim!r}")
         if max_log_scale <= 0:
             raise ValueError(f"`max_log_scale` must be > 0. Received: {max_log_scale!r}")
         self.latent_dim = latent_dim
-        self.num_channels = check_num_channels(num_channels)
-        self.convs_per_block = convs_per_block
-        self.weight_decay = weight_decay
         self.max_log_scale = float(max_log_scale)
         self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
-        self.head = _dense(2 * latent_dim, weight_decay, "loc_log_scale", activation=None)
+        self.head = _dense(2 * latent_dim, weight_decay, "loc_log_scale")
 
     def build(self, input_shape):
         self.encoder.build(input_shape)
@@ -273,13 +259,7 @@ class AxisAlignedGaussian(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            latent_dim=self.latent_dim,
-            num_channels=list(self.num_channels),
-            convs_per_block=self.convs_per_block,
-            weight_decay=self.weight_decay,
-            max_log_scale=self.max_log_scale,
-        )
+        config.update(latent_dim=self.latent_dim, max_log_scale=self.max_log_scale)
         return config
 
 
@@ -316,7 +296,7 @@ class FComb(keras.layers.Layer):
         self.num_layers = num_layers
         self.weight_decay = weight_decay
         self.hidden = [_dense(channels, weight_decay, f"conv1x1_{i}") for i in range(num_layers)]
-        self.logits = _dense(num_classes, 0.0, "logits", activation=None)
+        self.logits = _dense(num_classes, 0.0, "logits")
 
     def build(self, features_shape, z_shape):
         self.hidden[0].build((None, features_shape[-1] + z_shape[-1]))
