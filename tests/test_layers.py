@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfprobunet import layers
@@ -71,3 +72,15 @@ def test_layer_configs_round_trip():
         assert clone.get_config() == config
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
         assert type(restored) is type(layer)
+
+
+def test_bilinear_upsampling_hand_worked_and_with_unknown_sizes():
+    # Half-pixel centres: output coordinate (i + 0.5) / 2 - 0.5, clamped at the edges, so a
+    # row [0, 1] becomes [0, 0.25, 0.75, 1].
+    x = np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)[None, :, :, None]
+    rows = np.array([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]], np.float32)
+    expected = rows @ x[0, :, :, 0] @ rows.T
+    np.testing.assert_allclose(layers._upsample(x)[0, :, :, 0], expected, rtol=1e-6)
+    unet = layers.UNet([4, 8], 1)
+    run = tf.function(unet, input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+    assert run(np.zeros((1, 12, 20, 1), np.float32)).shape == (1, 12, 20, 4)

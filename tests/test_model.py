@@ -155,9 +155,10 @@ def test_bad_input_raises_a_clear_error(name, images, segmentations, message):
             model.reconstruct(images, segmentations)
 
 
-@pytest.mark.parametrize("name,images,segmentations,message",
-                         [b for b in BAD_INPUTS if b[0] in ("nan", "label", "channels")],
-                         ids=["nan", "label", "channels"])
+IN_FIT = [b for b in BAD_INPUTS if b[0] in ("nan", "label", "channels")]
+
+
+@pytest.mark.parametrize("name,images,segmentations,message", IN_FIT, ids=[b[0] for b in IN_FIT])
 def test_bad_input_inside_fit_fails_with_the_same_message(name, images, segmentations, message):
     model = tiny_model(3)
     model.build((None, 16, 16, 1))
@@ -190,3 +191,15 @@ def test_summary_lists_the_four_parts():
     text = "\n".join(lines)
     for part in ("unet", "prior", "posterior", "fcomb"):
         assert part in text
+
+
+def test_graph_mode_checks_sizes_and_values_known_only_at_run_time():
+    model = tiny_model(3)
+    model.build((None, 16, 16, 1))
+    sample = tf.function(lambda images: model.sample(images, 2, seed=0),
+                         input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+    assert sample(np.zeros((1, 16, 16, 1), np.float32)).shape == (1, 2, 16, 16, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="divisible by 4"):
+        sample(np.zeros((1, 18, 16, 1), np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        sample(np.full((1, 16, 16, 1), np.inf, np.float32))

@@ -84,6 +84,16 @@ def _matmul(x, kernel, bias=None):
     return y
 
 
+def _upsample(x):
+    """Bilinear x2 upsampling (half-pixel centres). Unlike `keras.layers.UpSampling2D`, it works
+    when height and width are unknown until run time, as in an exported serving signature."""
+    size = tf.shape(x)[1:3] * 2
+    y = tf.image.resize(x, size, method="bilinear")
+    y.set_shape([x.shape[0], None if x.shape[1] is None else 2 * x.shape[1],
+                 None if x.shape[2] is None else 2 * x.shape[2], x.shape[3]])
+    return y
+
+
 def _build_convs(convs, in_channels):
     for conv in convs:
         conv.build((None, None, None, in_channels))
@@ -180,7 +190,6 @@ class UNet(_ConvNet):
                  **kwargs):
         super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
-        self.upsample = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample")
         self.up_blocks = [
             [_conv(self.num_channels[i], 3, weight_decay, f"up{i}_conv{j}")
              for j in range(convs_per_block)]
@@ -198,7 +207,7 @@ class UNet(_ConvNet):
         skips = self.encoder(images)
         x = skips[-1]
         for skip, block in zip(reversed(skips[:-1]), self.up_blocks):
-            x = keras.ops.concatenate([self.upsample(x), skip], axis=-1)
+            x = keras.ops.concatenate([_upsample(x), skip], axis=-1)
             x = _apply(block, x)
         return x
 

@@ -13,13 +13,16 @@ tfd = tfp.distributions
 IGNORE_LABEL = losses.IGNORE_LABEL
 
 
-def _require(condition, message):
-    """Raise `ValueError(message)` eagerly; inside a graph, fail the step with the same message."""
+def _require(condition, message, tensor):
+    """Return `tensor` if `condition` holds. Eagerly, raise `ValueError(message)`; in a graph, the
+    returned tensor depends on an assert with the same message, so nothing computed from it runs
+    (and fails less clearly) before the check."""
     if tf.executing_eagerly():
         if not bool(condition):
             raise ValueError(message)
-        return
-    tf.debugging.assert_equal(condition, True, message=message)
+        return tensor
+    with tf.control_dependencies([tf.debugging.assert_equal(condition, True, message=message)]):
+        return tf.identity(tensor)
 
 
 def _seed_pair(seed):
@@ -159,14 +162,13 @@ class ProbabilisticUNet(keras.Model):
         if shape[1] is None or shape[2] is None:
             divisor = layers_lib.size_divisor(self.num_channels)
             dynamic = tf.shape(images)
-            tf.debugging.assert_equal(
-                (dynamic[1] % divisor) + (dynamic[2] % divisor), 0,
-                message=f"Image height and width must be divisible by {divisor} for "
-                        f"num_channels={list(self.num_channels)}.")
-        _require(tf.reduce_all(tf.math.is_finite(images)),
-                 f"`images` contain NaN or Inf values (shape {shape}); the model needs finite "
-                 "pixel values, e.g. float32 in [0, 1].")
-        return images
+            images = _require(
+                tf.equal(dynamic[1] % divisor + dynamic[2] % divisor, 0),
+                f"Image height and width must be divisible by {divisor} for "
+                f"num_channels={list(self.num_channels)}.", images)
+        return _require(tf.reduce_all(tf.math.is_finite(images)),
+                        f"`images` contain NaN or Inf values (shape {shape}); the model needs "
+                        "finite pixel values, e.g. float32 in [0, 1].", images)
 
     def _check_segmentations(self, segmentations, images):
         segmentations = tf.convert_to_tensor(segmentations)
@@ -184,11 +186,10 @@ class ProbabilisticUNet(keras.Model):
         segmentations = tf.cast(segmentations, tf.int32)
         valid = ((segmentations >= 0) & (segmentations < self.num_classes)) | (
             segmentations == IGNORE_LABEL)
-        _require(tf.reduce_all(valid),
-                 f"`segmentations` must hold labels in [0, {self.num_classes - 1}] "
-                 f"(num_classes={self.num_classes}) or {IGNORE_LABEL} (ignore); they hold other "
-                 "values.")
-        return segmentations
+        return _require(tf.reduce_all(valid),
+                        f"`segmentations` must hold labels in [0, {self.num_classes - 1}] "
+                        f"(num_classes={self.num_classes}) or {IGNORE_LABEL} (ignore); they hold "
+                        "other values.", segmentations)
 
     def _ensure_built(self, images):
         if not self.built:
