@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfprobunet
 from conftest import TINY, random_batch, tiny_model
 from tfprobunet import training
 from tfprobunet.data import pipeline, synthetic
@@ -161,21 +162,27 @@ def test_killed_run_resumes_without_repeating_or_losing_epochs(tmp_path):
 
 
 @pytest.mark.slow
-def test_learning_on_tiny_flips_without_posterior_collapse(tmp_path):
-    model, history = training.train(
-        str(tmp_path), dataset="flips", epochs=6, steps_per_epoch=100, batch_size=16,
-        image_size=16, num_examples=1000, learning_rate=2e-3, verbose=0,
-        num_channels=[16, 32], convs_per_block=2, latent_dim=4)
-    losses = history.history["loss"]
-    assert losses[-1] < 0.5 * losses[0], losses
+def test_learning_on_tiny_flips_without_posterior_collapse():
+    """Two flippable classes with p = 0.5: four equally likely modes per image."""
+    flip_probabilities = (0.5, 0.5)
+    _, probabilities = synthetic.flip_modes(flip_probabilities)
+    batches = pipeline.training_pipeline(
+        synthetic.flips(500, 16, flip_probabilities, seed=0), 16, probabilities, seed=0)
+    model = tfprobunet.ProbabilisticUNet(num_classes=5, num_channels=[16, 32], convs_per_block=2,
+                                         latent_dim=2, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    history = model.fit(batches, epochs=4, steps_per_epoch=100, verbose=0).history
+    assert history["loss"][-1] < 0.5 * history["loss"][0], history["loss"]
     # The posterior must carry information: KL clearly above 0 at the end.
-    assert history.history["kl"][-1] > 1.0, history.history["kl"]
+    assert history["kl"][-1] > 1.0, history["kl"]
 
-    images, base = synthetic.flips_arrays(8, 16, seed=99)
+    images, base = synthetic.flips_arrays(8, 16, flip_probabilities, seed=99)
     masks = np.argmax(model.sample(images, 16, seed=0), axis=-1)
-    distinct = [len(set(synthetic.identify_flip_modes(masks[i], base[i], 5))) for i in range(8)]
-    # A collapsed posterior gives one mode per image; 16 draws of the true distribution hit ~9.
-    assert np.mean(distinct) >= 3, distinct
+    modes = [synthetic.identify_flip_modes(masks[i], base[i], 2) for i in range(8)]
+    # A collapsed posterior gives one mode per image, whatever the seed.
+    assert min(len(set(m)) for m in modes) >= 3, modes
+    frequencies = np.bincount(np.concatenate(modes), minlength=4) / (8 * 16)
+    assert np.all((frequencies > 0.1) & (frequencies < 0.4)), frequencies  # true: 0.25 each
     # The samples are segmentations of the scene, not noise: the background is right.
     background = np.broadcast_to(base[:, None] == 0, masks.shape)
     assert np.mean(masks[background] == 0) > 0.9
