@@ -36,10 +36,6 @@ def _seed_pair(seed):
     return seed
 
 
-def _params(distribution):
-    return distribution.loc, tf.math.log(distribution.stddev())
-
-
 @keras.saving.register_keras_serializable(package="tfprobunet")
 class ProbabilisticUNet(keras.Model):
     """The Probabilistic U-Net: a U-Net whose output depends on a latent z drawn from a
@@ -246,11 +242,9 @@ class ProbabilisticUNet(keras.Model):
         if isinstance(num_samples, int) and num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
         features, prior = self.features(images)
-        loc, log_scale = _params(prior)
-        batch = tf.shape(loc)[0]
-        noise = self._noise(tf.stack([batch, num_samples, self.latent_dim]), seed)
-        z = loc[:, None] + tf.exp(log_scale)[:, None] * noise
-        return self.decode(features, z)
+        noise = self._noise(tf.stack([tf.shape(prior.loc)[0], num_samples, self.latent_dim]),
+                            seed)
+        return self.decode(features, prior.loc[:, None] + prior.stddev()[:, None] * noise)
 
     def posterior_distribution(self, images, segmentations):
         """Q(z | X, Y): the posterior net on `concat(images, one_hot(segmentations) - 0.5)`.
@@ -271,15 +265,12 @@ class ProbabilisticUNet(keras.Model):
 
     def reconstruct(self, images, segmentations, use_posterior_mean=True, seed=None):
         """Logits `(b, h, w, K)` decoded from the posterior given the images and segmentations:
-        at its mean (default) or at a sample."""
-        features, _ = self.features(images)
+        at its mean (default) or at a sample. The prior net does not run."""
         posterior = self.posterior_distribution(images, segmentations)
-        if use_posterior_mean:
-            z = posterior.loc
-        else:
-            loc, log_scale = _params(posterior)
-            z = loc + tf.exp(log_scale) * self._noise(tf.shape(loc), seed)
-        return self.decode(features, z)
+        z = posterior.loc
+        if not use_posterior_mean:
+            z = z + posterior.stddev() * self._noise(tf.shape(z), seed)
+        return self.decode(self.unet(images), z)
 
     def call(self, images, training=None):
         """Logits `(b, h, w, K)` decoded at the prior mean: deterministic, what `predict` gives."""
