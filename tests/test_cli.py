@@ -12,8 +12,10 @@ from tfprobunet import cli
 
 
 def test_train_command_writes_checkpointed_run(tmp_path, capsys):
+    """Under MirroredStrategy over the 2 logical CPUs of conftest."""
     workdir = str(tmp_path / "run")
     assert cli.main(["train", "--dataset", "graders", "--workdir", workdir, "--epochs", "2",
+                     "--strategy", "mirrored",
                      "--steps-per-epoch", "2", "--batch-size", "2", "--image-size", "16",
                      "--num-examples", "8", "--num-channels", "8,16", "--convs-per-block", "1",
                      "--latent-dim", "2", "--learning-rate", "1e-3"]) == 0
