@@ -10,3 +10,5 @@ from tfprobunet.model import ProbabilisticUNet
 from tfprobunet.training import train
 
 __version__ = "0.1.0"
+
+__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "data", "losses", "train"]
