@@ -12,9 +12,9 @@ Needs PyTorch (not a project dependency): `pip install torch==2.13.0` (CPU build
 import argparse
 import json
 import resource
-import time
 
 import numpy as np
+from timing import add_step_arguments, run_times
 
 try:
     import torch
@@ -110,10 +110,7 @@ class ProbUNet(nn.Module):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
+    add_step_arguments(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -130,12 +127,8 @@ def main():
         optimizer.step()
 
     step()
-    rates = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        rates.append(args.batch * args.steps / (time.perf_counter() - start))
+    times = run_times(lambda: [step() for _ in range(args.steps)], args.repeats, warmup=False)
+    rates = [args.batch * args.steps / t for t in times]
     print(json.dumps({
         "framework": f"torch {torch.__version__}",
         "threads": torch.get_num_threads(),

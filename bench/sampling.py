@@ -7,7 +7,6 @@ at 128x128 (LIDC configuration), and 16 full forward passes for contrast. Prints
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,15 +14,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfprobunet  # noqa: E402
+from timing import run_times  # noqa: E402
 
 
 def median_seconds(fn, repeats):
-    fn()  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times = run_times(fn, repeats)  # the untimed first call traces the function
     return float(np.median(times)), float(np.percentile(times, 95))
 
 

@@ -1,7 +1,7 @@
 """Examples/s of ProbabilisticUNet.train_step, LIDC configuration (128x128x1, batch 8), with and
 without XLA (`jit_compile`), and peak memory. Prints JSON.
 
-    python bench/train_step.py [--steps 20] [--repeats 5] [--size 128] [--batch 8]
+    python bench/train_step.py [--steps 8] [--repeats 5] [--size 128] [--batch 8]
 """
 
 import argparse
@@ -10,7 +10,8 @@ import os
 import resource
 import subprocess
 import sys
-import time
+
+from timing import add_step_arguments, run_times
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,11 +29,9 @@ def measure(jit_compile, steps, repeats, size, batch):
     model = tfprobunet.ProbabilisticUNet(num_classes=2)  # official LIDC defaults
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
     model.fit(images[:batch * 2], labels[:batch * 2], batch_size=batch, epochs=1, verbose=0)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.fit(images, labels, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        rates.append(batch * steps / (time.perf_counter() - start))
+    times = run_times(lambda: model.fit(images, labels, batch_size=batch, epochs=1, verbose=0,
+                                        shuffle=False), repeats, warmup=False)
+    rates = [batch * steps / t for t in times]
     return {
         "jit_compile": jit_compile,
         "examples_per_s_median": float(np.median(rates)),
@@ -43,10 +42,7 @@ def measure(jit_compile, steps, repeats, size, batch):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
+    add_step_arguments(parser)
     parser.add_argument("--jit", choices=("true", "false"), help="one configuration, in-process")
     args = parser.parse_args()
     if args.jit:
