@@ -1,0 +1,189 @@
+"""Metrics against hand-worked cases and a plain nested-loop reference written here."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfprobunet import metrics
+from tfprobunet.data import synthetic
+
+
+def _mask(pixels, size=4, label=1):
+    """A (size, size) map with `label` at the flat pixel indices given, 0 elsewhere."""
+    m = np.zeros(size * size, np.int32)
+    m[list(pixels)] = label
+    return m.reshape(size, size)
+
+
+def _stack(*maps):
+    return np.stack(maps)[None]  # (1, n, h, w)
+
+
+A = _mask([0, 1, 2, 3])
+B = _mask([2, 3, 4, 5])  # overlaps A in 2 pixels: IoU 2/6
+C = _mask([8, 9, 10, 11])  # disjoint from A and B
+EMPTY = _mask([])
+
+
+def reference_distance(x, y, num_classes, classes=None, ignore=255):
+    """d = 1 - IoU pixel by pixel and class by class, following DESIGN section 5 literally."""
+    if classes is None:
+        classes = [1] if num_classes == 2 else range(num_classes)
+    valid = (x != ignore) & (y != ignore)
+    ious = []
+    for c in classes:
+        union = np.sum(((x == c) | (y == c)) & valid)
+        if union:
+            ious.append(np.sum((x == c) & (y == c) & valid) / union)
+    return 0.0 if not ious else 1.0 - np.mean(ious)
+
+
+def reference_ged(samples, annotations, num_classes, classes=None, weights=None):
+    """Eq. 5 of the paper with explicit loops over every pair, self-pairs included."""
+    out = []
+    for s_maps, y_maps in zip(samples, annotations):
+        w = np.full(len(y_maps), 1 / len(y_maps)) if weights is None else weights / weights.sum()
+        cross = np.mean([sum(w[j] * reference_distance(s, y, num_classes, classes)
+                             for j, y in enumerate(y_maps)) for s in s_maps])
+        diversity = np.mean([reference_distance(s, t, num_classes, classes)
+                             for s in s_maps for t in s_maps])
+        truth = sum(w[i] * w[j] * reference_distance(y, z, num_classes, classes)
+                    for i, y in enumerate(y_maps) for j, z in enumerate(y_maps))
+        out.append(2 * cross - diversity - truth)
+    return np.array(out)
+
+
+def test_distance_hand_worked():
+    d = metrics.pairwise_distances(_stack(A, EMPTY), _stack(A, B, C, EMPTY), num_classes=2)[0]
+    np.testing.assert_allclose(d[0], [0.0, 1 - 2 / 6, 1.0, 1.0])
+    # Both empty: 0; one empty: 1.
+    np.testing.assert_allclose(d[1], [1.0, 1.0, 1.0, 0.0])
+
+
+def test_multiclass_skips_classes_absent_from_both():
+    x = np.array([[0, 0, 1, 1]])
+    y = np.array([[0, 0, 1, 2]])
+    # class 0: IoU 1; class 1: 1/2; class 2: 0 (present in y only) -> mean 1/2.
+    for k in (3, 4, 6):  # classes 3..5 are absent from both and must not count
+        assert metrics.pairwise_distances(x[None, None], y[None, None], k)[0, 0, 0] == \
+            pytest.approx(0.5)
+    # Scoring only classes 1 and 2: mean(1/2, 0).
+    assert metrics.pairwise_distances(x[None, None], y[None, None], 3, classes=[1, 2])[0, 0, 0] \
+        == pytest.approx(0.75)
+    # No scored class in either map: d = 0.
+    assert metrics.pairwise_distances(x[None, None], y[None, None], 4, classes=[3])[0, 0, 0] == 0
+
+
+def test_ignore_label_left_out_of_the_pair():
+    x = _mask([0, 1])
+    y = _mask([0])
+    y[0, 1] = 255
+    assert metrics.pairwise_distances(_stack(x), _stack(y), 2)[0, 0, 0] == 0.0
+    assert metrics.pairwise_distances(_stack(x), _stack(_mask([0])), 2)[0, 0, 0] == 0.5
+
+
+def test_ged_hand_worked():
+    # Identical deterministic masks: 0.
+    assert metrics.generalized_energy_distance(_stack(A, A, A), _stack(A, A), 2)[0] == 0.0
+    # Two disjoint masks, S always A, Y always C: 2*1 - 0 - 0.
+    assert metrics.generalized_energy_distance(_stack(A, A), _stack(C), 2)[0] == 2.0
+    # S uniform on {A, C}, Y always A: 2*(1/2) - (0+1+1+0)/4 - 0 = 1/2.
+    assert metrics.generalized_energy_distance(_stack(A, C), _stack(A), 2)[0] == 0.5
+    # S always A, Y uniform on {A, B}: 2*(0 + 2/3)/2 - 0 - (2 * 2/3)/4 = 2/3 - 1/3.
+    assert metrics.generalized_energy_distance(_stack(A), _stack(A, B), 2)[0] == \
+        pytest.approx(1 / 3)
+    # Empty conventions: S = {empty}, Y = {empty, A}: 2*(0+1)/2 - 0 - (0+1+1+0)/4 = 1/2.
+    assert metrics.generalized_energy_distance(_stack(EMPTY), _stack(EMPTY, A), 2)[0] == 0.5
+
+
+@pytest.mark.parametrize("num_classes,classes", [(2, None), (4, None), (5, [1, 3])])
+def test_ged_matches_nested_loop_reference(num_classes, classes):
+    rng = np.random.default_rng(num_classes)
+    samples = rng.integers(0, num_classes, (3, 5, 6, 6))
+    annotations = rng.integers(0, num_classes, (3, 4, 6, 6))
+    samples[rng.random(samples.shape) < 0.1] = 255
+    annotations[rng.random(annotations.shape) < 0.1] = 255
+    annotations[0, 1] = 0  # an empty mask for the binary case
+    weights = rng.random(4)
+    for w in (None, weights):
+        expected = reference_ged(samples, annotations, num_classes, classes, w)
+        got = metrics.generalized_energy_distance(samples, annotations, num_classes, classes,
+                                                  annotation_weights=w)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        got_tf = metrics.generalized_energy_distance_tf(samples, annotations, num_classes,
+                                                        classes, annotation_weights=w)
+        np.testing.assert_allclose(got_tf.numpy(), expected, atol=1e-5)
+
+
+def test_exact_flips_distribution_against_itself_is_zero():
+    _, base = synthetic.flips_arrays(2, 32, seed=3)
+    modes, probabilities = synthetic.flip_modes()
+    maps = synthetic.mode_label_maps(base, modes).numpy()  # (2, 32, 32, 32)
+    k = synthetic.flips_num_classes()
+    ged = metrics.generalized_energy_distance(maps, maps, k, sample_weights=probabilities,
+                                              annotation_weights=probabilities)
+    np.testing.assert_allclose(ged, 0.0, atol=1e-12)
+    # The same 32 maps counted uniformly are a different distribution: positive distance.
+    assert np.all(metrics.generalized_energy_distance(maps, maps, k,
+                                                      annotation_weights=probabilities) > 1e-3)
+
+
+def test_weights_must_fit():
+    with pytest.raises(ValueError, match=r"shape \(2,\) or \(1, 2\)"):
+        metrics.generalized_energy_distance(_stack(A), _stack(A, B), 2, annotation_weights=[1.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.generalized_energy_distance(_stack(A), _stack(A, B), 2,
+                                            annotation_weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="argmax"):
+        metrics.generalized_energy_distance(np.zeros((1, 2, 4, 4, 2)), _stack(A), 2)
+
+
+def test_hungarian_iou_constructed():
+    assert metrics.hungarian_iou(_stack(A, C), _stack(C, A), 2)[0] == 1.0
+    assert metrics.hungarian_iou(_stack(A, A), _stack(A, C), 2)[0] == 0.5
+    # 3 samples against 2 annotations: both repeated to 6; best matching 5 of 6 pairs exact.
+    assert metrics.hungarian_iou(_stack(A, A, C), _stack(A, C), 2)[0] == pytest.approx(5 / 6)
+    # 4 samples, annotations repeated twice: {A, B, A, A} against {A, B, A, B}: 3 exact + A-B.
+    assert metrics.hungarian_iou(_stack(A, B, A, A), _stack(A, B), 2)[0] == \
+        pytest.approx((3 + 2 / 6) / 4)
+
+
+def test_assign_modes_and_frequencies():
+    near_a = _mask([0, 1, 2])  # IoU 3/4 with A, 1/5 with B
+    samples = _stack(near_a, B, EMPTY, C)
+    modes = _stack(A, B, EMPTY)
+    assignments = metrics.assign_modes(samples, modes, 2)
+    np.testing.assert_array_equal(assignments, [[0, 1, 2, 0]])  # C is 1 from A, B and EMPTY
+    np.testing.assert_allclose(metrics.mode_frequencies(assignments, 4), [0.5, 0.25, 0.25, 0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.mode_frequencies(assignments, 2)
+
+
+def test_uncertainty_maps_hand_worked():
+    p = np.zeros((1, 2, 1, 2, 2))
+    p[0, :, 0, 0] = [1.0, 0.0]  # samples agree
+    p[0, 0, 0, 1] = [1.0, 0.0]  # samples disagree
+    p[0, 1, 0, 1] = [0.0, 1.0]
+    entropy, variance = metrics.uncertainty_maps(p)
+    np.testing.assert_allclose(entropy, [[[0.0, np.log(2)]]], atol=1e-9)
+    np.testing.assert_allclose(variance, [[[0.0, 0.25]]])
+
+
+def test_keras_metric_averages_images_over_batches():
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 3, (5, 4, 8, 8))
+    annotations = rng.integers(0, 3, (5, 3, 8, 8))
+    metric = metrics.GeneralizedEnergyDistance(num_classes=3)
+    metric.update_state(samples[:2], annotations[:2])
+    metric.update_state(samples[2:], annotations[2:])
+    expected = metrics.generalized_energy_distance(samples, annotations, 3).mean()
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-5)
+    restored = metrics.GeneralizedEnergyDistance.from_config(metric.get_config())
+    assert restored.num_classes == 3 and restored.name == "ged"
+
+
+def test_tf_distance_runs_in_a_graph_with_unknown_shapes():
+    fn = tf.function(lambda a, b: metrics.pairwise_distances_tf(a, b, 2),
+                     input_signature=[tf.TensorSpec([None, None, None, None], tf.int32)] * 2)
+    d = fn(_stack(A, EMPTY).astype(np.int32), _stack(B, EMPTY).astype(np.int32))
+    np.testing.assert_allclose(d.numpy()[0], [[1 - 2 / 6, 1.0], [1.0, 0.0]], atol=1e-6)
