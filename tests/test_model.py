@@ -4,6 +4,8 @@ import pytest
 import tensorflow as tf
 
 import tfprobunet
+from tfprobunet import metrics
+from tfprobunet.model import GED_SEED
 from conftest import random_batch, tiny_model
 
 
@@ -58,7 +60,7 @@ def test_sample_runs_the_unet_once(monkeypatch):
 
 def test_config_and_keras_file_round_trip(tmp_path):
     model = tiny_model(4, beta=0.5, reconstruction="mean", kl="sampled", use_posterior_mean=True,
-                       weight_decay=0.0, seed=3)
+                       weight_decay=0.0, seed=3, ged_samples=4, ged_classes=[1, 3])
     images, _ = random_batch(4, channels=2)
     expected = model(images).numpy()
     config = model.get_config()
@@ -203,3 +205,42 @@ def test_graph_mode_checks_sizes_and_values_known_only_at_run_time():
         sample(np.zeros((1, 18, 16, 1), np.float32))
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
         sample(np.full((1, 16, 16, 1), np.inf, np.float32))
+
+
+def test_val_ged_in_history_equals_the_numpy_metric_on_the_same_samples():
+    num_classes, count = 3, 3
+    model = tiny_model(num_classes, ged_samples=4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 16, 16, 1), dtype=np.float32)
+    annotations = rng.integers(0, num_classes, (4, count, 16, 16)).astype(np.int32)
+    weights = rng.random((4, count)).astype(np.float32)
+    train = tf.data.Dataset.from_tensor_slices((images, annotations[:, 0])).batch(2)
+    # Validation on single segmentations has no ged.
+    history = model.fit(train, epochs=1, verbose=0, validation_data=train)
+    assert "val_ged" not in history.history
+    for with_weights in (True, False):
+        val = (images, annotations, weights) if with_weights else (images, annotations)
+        history = model.fit(train, epochs=1, verbose=0,
+                            validation_data=tf.data.Dataset.from_tensor_slices(val).batch(2))
+        expected = []
+        for start in (0, 2):
+            batch = slice(start, start + 2)
+            samples = np.argmax(model.sample(images[batch], 4, seed=GED_SEED), axis=-1)
+            expected.extend(metrics.generalized_energy_distance(
+                samples, annotations[batch], num_classes,
+                annotation_weights=weights[batch] if with_weights else None))
+        assert history.history["val_ged"][0] == pytest.approx(np.mean(expected), abs=1e-5)
+        assert {"val_loss", "val_reconstruction", "val_kl"} <= set(history.history)
+        assert "ged" not in history.history  # training logs only the loss terms
+    # Once Keras' relaxed trace has seen both kinds, labels arrive with unknown rank; single
+    # segmentations then count as one annotation each.
+    step = tf.function(model.test_step, input_signature=[(
+        tf.TensorSpec([None, 16, 16, 1]), tf.TensorSpec(None, tf.int32))])
+    for metric in model.metrics:
+        metric.reset_state()
+    logs = step((images[:2], annotations[:2, 0]))
+    samples = np.argmax(model.sample(images[:2], 4, seed=GED_SEED), axis=-1)
+    expected = metrics.generalized_energy_distance(samples, annotations[:2, :1], num_classes)
+    assert np.isfinite(logs["loss"]) and float(logs["ged"]) == pytest.approx(np.mean(expected),
+                                                                             abs=1e-5)

@@ -7,10 +7,14 @@ import tensorflow_probability as tfp
 
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
+from tfprobunet import metrics as metrics_lib
 
 tfd = tfp.distributions
 
 IGNORE_LABEL = losses.IGNORE_LABEL
+# Validation samples for `ged` are drawn with this stateless seed: the same weights and data give
+# the same `val_ged`, so epochs and tuner trials are compared on the same noise.
+GED_SEED = 0
 
 
 def _require(condition, message, tensor):
@@ -63,6 +67,10 @@ class ProbabilisticUNet(keras.Model):
             `weight_decay * sum(w**2) / 2`). 0 disables it.
         seed: int seed of the model's random draws (posterior samples in training, prior samples
             in `sample` when no seed is given). None: a random seed.
+        ged_samples: samples per image for the `ged` metric that `evaluate` and `fit`'s
+            validation report when the data yields all annotations per image (see `test_step`).
+        ged_classes: the classes `ged` scores (default: class 1 for K = 2, all K otherwise;
+            the official Cityscapes evaluation scores the flipped classes and their twins).
 
     Shapes: images `(b, h, w, c)` float32; segmentations `(b, h, w)` int with values in
     `[0, num_classes)` or 255 (ignored).
@@ -80,7 +88,8 @@ class ProbabilisticUNet(keras.Model):
 
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  latent_dim=6, fcomb_layers=3, beta=1.0, reconstruction="sum", kl="analytic",
-                 use_posterior_mean=False, weight_decay=1e-5, seed=None, **kwargs):
+                 use_posterior_mean=False, weight_decay=1e-5, seed=None, ged_samples=16,
+                 ged_classes=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError("`num_classes` must be an integer >= 2 (2 for a binary mask). "
@@ -96,6 +105,8 @@ class ProbabilisticUNet(keras.Model):
             raise ValueError(f"`kl` must be one of {losses.KL_ESTIMATORS}. Received: kl={kl!r}")
         if beta < 0:
             raise ValueError(f"`beta` must be >= 0. Received: beta={beta}")
+        if not isinstance(ged_samples, int) or ged_samples < 1:
+            raise ValueError(f"`ged_samples` must be an integer >= 1. Received: {ged_samples!r}")
 
         self.unet = layers_lib.UNet(num_channels, convs_per_block, weight_decay, name="unet")
         gaussian_args = dict(latent_dim=latent_dim, num_channels=num_channels,
@@ -108,6 +119,8 @@ class ProbabilisticUNet(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.ged_tracker = metrics_lib.GeneralizedEnergyDistance(num_classes, ged_classes,
+                                                                 name="ged")
 
         self.num_classes = num_classes
         self.num_channels = num_channels
@@ -120,6 +133,8 @@ class ProbabilisticUNet(keras.Model):
         self.use_posterior_mean = use_posterior_mean
         self.weight_decay = weight_decay
         self.seed = seed
+        self.ged_samples = ged_samples
+        self.ged_classes = self.ged_tracker.classes
         self.image_channels = None
 
     # ------------------------------------------------------------------ building
@@ -179,13 +194,24 @@ class ProbabilisticUNet(keras.Model):
         if not segmentations.shape[1:].is_compatible_with(images.shape[1:3]):
             raise ValueError(f"`segmentations` {segmentations.shape} and `images` {images.shape} "
                              "must have the same height and width.")
-        segmentations = tf.cast(segmentations, tf.int32)
-        valid = ((segmentations >= 0) & (segmentations < self.num_classes)) | (
-            segmentations == IGNORE_LABEL)
+        return self._check_labels("segmentations", segmentations)
+
+    def _check_annotations(self, annotations, images):
+        if not annotations.dtype.is_integer:
+            raise ValueError("`annotations` must be integer class labels, (b, A, h, w). Received "
+                             f"dtype {annotations.dtype.name}.")
+        if not annotations.shape[2:].is_compatible_with(images.shape[1:3]):
+            raise ValueError(f"`annotations` {annotations.shape} and `images` {images.shape} "
+                             "must have the same height and width: (b, A, h, w) and (b, h, w, c).")
+        return self._check_labels("annotations", annotations)
+
+    def _check_labels(self, name, labels):
+        labels = tf.cast(labels, tf.int32)
+        valid = ((labels >= 0) & (labels < self.num_classes)) | (labels == IGNORE_LABEL)
         return _require(tf.reduce_all(valid),
-                        f"`segmentations` must hold labels in [0, {self.num_classes - 1}] "
+                        f"`{name}` must hold labels in [0, {self.num_classes - 1}] "
                         f"(num_classes={self.num_classes}) or {IGNORE_LABEL} (ignore); they hold "
-                        "other values.", segmentations)
+                        "other values.", labels)
 
     def _ensure_built(self, images):
         if not self.built:
@@ -321,7 +347,8 @@ class ProbabilisticUNet(keras.Model):
         self.loss_tracker.update_state(tf.reduce_mean(terms["loss"]) + regularization, weight)
         self.reconstruction_tracker.update_state(tf.reduce_mean(terms["reconstruction"]), weight)
         self.kl_tracker.update_state(tf.reduce_mean(terms["kl"]), weight)
-        return {m.name: m.result() for m in self.metrics}
+        trackers = (self.loss_tracker, self.reconstruction_tracker, self.kl_tracker)
+        return {m.name: m.result() for m in trackers}
 
     def train_step(self, data):
         images, segmentations = self._unpack(data)
@@ -336,13 +363,53 @@ class ProbabilisticUNet(keras.Model):
         return self._update_trackers(terms, regularization)
 
     def test_step(self, data):
-        images, segmentations = self._unpack(data)
+        """The loss terms on `(images, segmentations)`; on `(images, annotations)` or
+        `(images, annotations, annotation_weights)` also `ged`.
+
+        With all annotations per image, `annotations (b, A, h, w)` and optional weights `(b, A)`
+        (e.g. the exact mode probabilities; uniform when absent), the loss terms use one
+        annotation per image drawn with those weights, and `ged` is the generalized energy
+        distance of `ged_samples` prior samples per image (stateless seed `GED_SEED`) against
+        all annotations: `fit(validation_data=...)` then logs `val_ged`. (When one `evaluate`
+        function has seen both kinds of labels, Keras' relaxed trace cannot tell them apart; a
+        single segmentation then counts as one annotation and `ged` is reported for it too.)
+        """
+        images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+        images = self._check_images(images)
+        self._ensure_built(images)
+        labels = tf.convert_to_tensor(labels)
+        if labels.shape.rank is None:
+            # Keras traces test_step with `reduce_retracing`: once it has seen (b, h, w) labels
+            # and (b, A, h, w) annotations, the relaxed trace gets labels of unknown rank. Read
+            # them as (b, A, h, w), a single map being A = 1.
+            shape = tf.shape(images)
+            labels = tf.reshape(labels, tf.concat([shape[:1], [-1], shape[1:3]], axis=0))
+        if labels.shape.rank == 4 and not (labels.shape[-1] == 1 and labels.shape[1:3]
+                                           .is_compatible_with(images.shape[1:3])):
+            return self._test_step_annotations(images, self._check_annotations(labels, images),
+                                               weights)
+        segmentations = self._check_segmentations(labels, images)
         return self._update_trackers(self._elbo_terms(images, segmentations),
                                      self._regularization())
 
+    def _test_step_annotations(self, images, annotations, weights):
+        count = tf.shape(annotations)[1]
+        if weights is None:
+            log_weights = tf.zeros(tf.stack([tf.shape(annotations)[0], count]))
+        else:
+            weights = tf.broadcast_to(tf.cast(weights, tf.float32), tf.shape(annotations)[:2])
+            log_weights = tf.math.log(weights)
+        index = keras.random.categorical(log_weights, 1, seed=self.seed_generator)
+        segmentations = tf.gather(annotations, index[:, 0], batch_dims=1)
+        logs = self._update_trackers(self._elbo_terms(images, segmentations),
+                                     self._regularization())
+        samples = tf.argmax(self.sample(images, self.ged_samples, seed=GED_SEED), axis=-1)
+        self.ged_tracker.update_state(samples, annotations, weights)
+        return {**logs, "ged": self.ged_tracker.result()}
+
     @property
     def metrics(self):
-        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.ged_tracker]
 
     # ------------------------------------------------------------------ config
     def get_config(self):
@@ -359,5 +426,7 @@ class ProbabilisticUNet(keras.Model):
             use_posterior_mean=self.use_posterior_mean,
             weight_decay=self.weight_decay,
             seed=self.seed,
+            ged_samples=self.ged_samples,
+            ged_classes=self.ged_classes,
         )
         return config
