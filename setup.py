@@ -16,11 +16,14 @@ setup(
         # TFP imports tf_keras at import time; the library never uses it.
         "tf-keras",
         "numpy",
+        # evaluation: Hungarian matching (HM-IoU) and the report's figures
+        "scipy",
+        "matplotlib",
     ],
     extras_require={
         "tune": ["keras-tuner>=1.4", "tensorboard"],
         "serving": ["tensorflow-serving-api", "grpcio"],
-        "dev": ["pytest>=8", "pytest-timeout", "scipy", "matplotlib", "pillow"],
+        "dev": ["pytest>=8", "pytest-timeout", "pillow"],
     },
     entry_points={"console_scripts": ["tfprobunet=tfprobunet.cli:main"]},
 )

@@ -1,14 +1,16 @@
 """tfprobunet: the Probabilistic U-Net (Kohl et al., NeurIPS 2018) for TensorFlow 2 / Keras 3.
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
-and the modules `losses` and `data`.
+`evaluate`, and the modules `losses`, `metrics` and `data`.
 """
 
-from tfprobunet import data, losses
+from tfprobunet import data, losses, metrics
+from tfprobunet.evaluation import evaluate
 from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
 from tfprobunet.model import ProbabilisticUNet
 from tfprobunet.training import train
 
 __version__ = "0.1.0"
 
-__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "data", "losses", "train"]
+__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "data", "evaluate",
+           "losses", "metrics", "train"]

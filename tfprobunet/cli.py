@@ -6,19 +6,43 @@ import os
 import sys
 
 
+DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes")
+DATA_HELP = ("flips, graders: synthetic; lidc: the PNG crops folder; lidc-pickle: the PyTorch "
+             "port's data_lidc.pickle; cityscapes: the folder with leftImg8bit/ and gtFine/")
+
+
 def _int_list(text):
     return [int(v) for v in text.split(",") if v]
 
 
+def _size(text):
+    """`64` or `256,512`."""
+    values = _int_list(text)
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHT,WIDTH, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _add_data_arguments(parser):
+    parser.add_argument("--dataset", choices=DATASETS, help=DATA_HELP)
+    parser.add_argument("--data-dir", help="where lidc, lidc-pickle and cityscapes are read from")
+    parser.add_argument("--image-size", type=_size,
+                        help="SIZE or HEIGHT,WIDTH (default: 64 synthetic, 128 LIDC, 256,512 "
+                             "Cityscapes)")
+    parser.add_argument("--num-examples", type=int, help="default: all (synthetic: 1000 train, "
+                                                         "100 val/test)")
+
+
 def _add_train_arguments(parser):
-    parser.add_argument("--dataset", choices=("flips", "graders"), default="flips")
+    _add_data_arguments(parser)
+    parser.set_defaults(dataset="flips")
     parser.add_argument("--workdir", required=True, help="checkpoints, log.csv, model.keras")
     parser.add_argument("--strategy", choices=("default", "mirrored"), default="default")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--num-examples", type=int, default=1000)
+    parser.add_argument("--validation-examples", type=int, default=0,
+                        help="evaluate this many val images after each epoch (val_ged)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-channels", type=_int_list, default=[32, 64, 128, 192],
@@ -35,14 +59,45 @@ def _train(args):
     from tfprobunet import training
 
     training.train(
-        args.workdir, dataset=args.dataset, epochs=args.epochs,
+        args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         image_size=args.image_size, num_examples=args.num_examples,
-        learning_rate=args.learning_rate, strategy=args.strategy, seed=args.seed,
+        validation_examples=args.validation_examples, learning_rate=args.learning_rate, strategy=args.strategy, seed=args.seed,
         jit_compile=args.jit_compile, num_channels=args.num_channels,
         convs_per_block=args.convs_per_block, latent_dim=args.latent_dim, beta=args.beta,
         reconstruction=args.reconstruction, kl=args.kl)
     print(f"model saved to {os.path.join(args.workdir, 'model.keras')}")
+
+
+def _evaluate(args):
+    from tfprobunet import evaluation
+
+    # Defaults from the training run beside the model: same data, size and split seed.
+    config_path = os.path.join(os.path.dirname(os.path.abspath(args.model)), "train_config.json")
+    trained = {}
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            trained = json.load(f)
+    size = trained.get("image_size")
+    report = evaluation.evaluate(
+        args.model,
+        dataset=args.dataset or trained.get("dataset", "flips"),
+        out_dir=args.out,
+        split=args.split,
+        data_dir=args.data_dir or trained.get("data_dir"),
+        image_size=args.image_size or (tuple(size) if isinstance(size, list) else size),
+        num_examples=args.num_examples,
+        sample_counts=args.samples,
+        batch_size=args.batch_size,
+        seed=trained.get("seed", 0) if args.seed is None else args.seed,
+    )
+    summary = {k: report[k] for k in ("dataset", "num_images", "ged", "hm_iou") if k in report}
+    for key in ("modes", "presence"):
+        if key in report:
+            summary[key] = {k: v for k, v in report[key].items()
+                            if k not in ("frequencies", "true_probabilities")}
+    print(json.dumps(summary, indent=2))
+    print(f"report and figures ({', '.join(report['figures'])}) written to {args.out}")
 
 
 def _demo(args):
@@ -57,6 +112,18 @@ def main(argv=None):
     train = commands.add_parser("train", help="train on a built-in benchmark (resumes)")
     _add_train_arguments(train)
     train.set_defaults(run=_train)
+    evaluate = commands.add_parser(
+        "evaluate", help="GED, HM-IoU, mode calibration: report.json and figures")
+    evaluate.add_argument("--model", required=True, help="a saved .keras model")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--out", required=True, help="folder for report.json and the PNGs")
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--samples", type=_int_list, default=[1, 4, 8, 16],
+                          help="numbers of samples to score, comma-separated")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--seed", type=int,
+                          help="samples and synthetic data (default: the training seed)")
+    evaluate.set_defaults(run=_evaluate)
     demo = commands.add_parser("demo", help="train a small model on flips and sample from it")
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--minutes", type=float, default=3.0, help="training time budget")

@@ -127,13 +127,32 @@ def generalized_energy_distance(samples, annotations, num_classes, classes=None,
     """
     samples = _label_maps("samples", samples)
     annotations = _label_maps("annotations", annotations)
-    u = _weights("sample_weights", sample_weights, *samples.shape[:2])
-    v = _weights("annotation_weights", annotation_weights, *annotations.shape[:2])
     args = dict(num_classes=num_classes, classes=classes, ignore_label=ignore_label)
-    cross = np.einsum("bij,bi,bj->b", pairwise_distances(samples, annotations, **args), u, v)
-    diversity = np.einsum("bij,bi,bj->b", pairwise_distances(samples, samples, **args), u, u)
-    truth = np.einsum("bij,bi,bj->b", pairwise_distances(annotations, annotations, **args), v, v)
-    return 2.0 * cross - diversity - truth
+    return energy_distance(pairwise_distances(samples, annotations, **args),
+                           pairwise_distances(samples, samples, **args),
+                           pairwise_distances(annotations, annotations, **args),
+                           sample_weights, annotation_weights)
+
+
+def energy_distance(cross, samples_pairwise, annotations_pairwise, sample_weights=None,
+                    annotation_weights=None):
+    """D²_GED from distances already computed (e.g. once for several sample counts).
+
+    Args:
+        cross: `(b, m, a)` distances between samples and annotations.
+        samples_pairwise: `(b, m, m)` distances between samples.
+        annotations_pairwise: `(b, a, a)` distances between annotations.
+        sample_weights, annotation_weights: as in `generalized_energy_distance`.
+
+    Returns:
+        `(b,)` float64.
+    """
+    cross = np.asarray(cross, np.float64)
+    u = _weights("sample_weights", sample_weights, *cross.shape[:2])
+    v = _weights("annotation_weights", annotation_weights, cross.shape[0], cross.shape[2])
+    return (2.0 * np.einsum("bij,bi,bj->b", cross, u, v)
+            - np.einsum("bij,bi,bj->b", samples_pairwise, u, u)
+            - np.einsum("bij,bi,bj->b", annotations_pairwise, v, v))
 
 
 def hungarian_iou(samples, annotations, num_classes, classes=None, ignore_label=IGNORE_LABEL):
@@ -149,9 +168,15 @@ def hungarian_iou(samples, annotations, num_classes, classes=None, ignore_label=
     Returns:
         `(b,)` float64 in [0, 1]; higher is better.
     """
+    return matched_iou(pairwise_distances(samples, annotations, num_classes, classes,
+                                          ignore_label))
+
+
+def matched_iou(cross):
+    """HM-IoU from the `(b, m, a)` distances between samples and annotations: `(b,)`."""
     from scipy.optimize import linear_sum_assignment
 
-    distances = pairwise_distances(samples, annotations, num_classes, classes, ignore_label)
+    distances = np.asarray(cross, np.float64)
     m, a = distances.shape[1:]
     size = math.lcm(m, a)
     result = np.empty(len(distances))

@@ -10,10 +10,10 @@ import os
 import keras
 import tensorflow as tf
 
-from tfprobunet.data import pipeline, synthetic
+from tfprobunet import data as data_lib
+from tfprobunet.data import pipeline
 from tfprobunet.model import ProbabilisticUNet
 
-DATASETS = ("flips", "graders")
 STRATEGIES = ("default", "mirrored")
 MONITORED_TERMS = ("loss", "reconstruction", "kl")
 
@@ -104,22 +104,11 @@ def _mirrored(devices, cpu):
     return tf.distribute.MirroredStrategy(list(devices), cross_device_ops=cross_device_ops)
 
 
-def benchmark(dataset, num_examples, image_size, seed=0):
-    """`(tf.data.Dataset of (image, annotations), annotation probabilities or None,
-    num_classes)` for a built-in benchmark name."""
-    if dataset == "flips":
-        _, probabilities = synthetic.flip_modes()
-        return (synthetic.flips(num_examples, image_size, seed=seed), probabilities,
-                synthetic.flips_num_classes())
-    if dataset == "graders":
-        return synthetic.graders(num_examples, image_size, seed=seed), None, 2
-    raise ValueError(f"`dataset` must be one of {DATASETS}. Received: {dataset!r}")
-
-
-def train(workdir, dataset="flips", epochs=10, steps_per_epoch=100, batch_size=8,
-          image_size=64, num_examples=1000, learning_rate=1e-4, strategy="default", seed=0,
-          jit_compile=False, verbose=1, callbacks=None, **model_kwargs):
-    """Train a `ProbabilisticUNet` on a built-in benchmark, resuming if `workdir` holds a run.
+def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=100,
+          batch_size=8, image_size=None, num_examples=None, validation_examples=0,
+          learning_rate=1e-4, strategy="default", seed=0, jit_compile=False, verbose=1,
+          callbacks=None, **model_kwargs):
+    """Train a `ProbabilisticUNet` on a named dataset, resuming if `workdir` holds a run.
 
     Writes to `workdir`: `backup/` (a `BackupAndRestore` checkpoint at each epoch end: a killed
     run started again with the same arguments continues from the last finished epoch),
@@ -127,10 +116,15 @@ def train(workdir, dataset="flips", epochs=10, steps_per_epoch=100, batch_size=8
 
     Args:
         workdir: output directory.
-        dataset: `"flips"` or `"graders"` (see `tfprobunet.data.synthetic`).
+        dataset: a name of `tfprobunet.data.DATASETS`: `"flips"`, `"graders"` (synthetic),
+            `"lidc"`, `"lidc-pickle"` or `"cityscapes"` (read from `data_dir`).
+        data_dir: where the real data lives (see `tfprobunet.data.load`).
         epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global.
-        image_size: height and width of the synthetic images.
-        num_examples: size of the training set.
+        image_size: height and width (default: the dataset's, see `tfprobunet.data.load`).
+        num_examples: size of the training set (default: the dataset's).
+        validation_examples: if > 0, that many examples of the `val` split with all their
+            annotations are evaluated after each epoch: `log.csv` gets `val_loss`, ... and
+            `val_ged` (16 samples per image).
         learning_rate: Adam's learning rate (official: 1e-4).
         strategy: `"default"` or `"mirrored"` (see `make_strategy`).
         seed: seeds the data, the weights and the model's random draws.
@@ -144,23 +138,34 @@ def train(workdir, dataset="flips", epochs=10, steps_per_epoch=100, batch_size=8
         `(model, history)`.
     """
     os.makedirs(workdir, exist_ok=True)
-    data, probabilities, num_classes = benchmark(dataset, num_examples, image_size, seed)
-    batches = pipeline.training_pipeline(data, batch_size, probabilities, seed=seed)
-    settings = dict(dataset=dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                    batch_size=batch_size, image_size=image_size, num_examples=num_examples,
-                    learning_rate=learning_rate, strategy=strategy, seed=seed, **model_kwargs)
+    source = data_lib.load(dataset, "train", data_dir, image_size, num_examples, seed)
+    batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
+                                         seed=seed)
+    validation = None
+    if validation_examples:
+        validation = data_lib.load(dataset, "val", data_dir, image_size, validation_examples,
+                                   seed)
+        validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
+                                                  validation.annotation_weights)
+    settings = dict(dataset=dataset, data_dir=data_dir, epochs=epochs,
+                    steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                    image_size=image_size, num_examples=num_examples,
+                    validation_examples=validation_examples, learning_rate=learning_rate,
+                    strategy=strategy, seed=seed, **model_kwargs)
     with open(os.path.join(workdir, "train_config.json"), "w") as f:
         json.dump(settings, f, indent=2, default=list)
 
     keras.utils.set_random_seed(seed)
     with make_strategy(strategy).scope():
-        model = ProbabilisticUNet(num_classes=num_classes, seed=seed, **model_kwargs)
-        model.build((None, image_size, image_size, data.element_spec[0].shape[-1]))
+        model_kwargs.setdefault("ged_classes", source.classes)
+        model = ProbabilisticUNet(num_classes=source.num_classes, seed=seed, **model_kwargs)
+        model.build((None, *source.dataset.element_spec[0].shape))
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
     history = model.fit(
         batches,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        validation_data=validation,
         shuffle=False,  # the pipeline shuffles
         verbose=verbose,
         callbacks=[

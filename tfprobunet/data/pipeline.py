@@ -1,4 +1,5 @@
-"""tf.data pipelines from `(image, annotations)` datasets to what `ProbabilisticUNet.fit` takes."""
+"""tf.data pipelines from `(image, annotations)` datasets to what `ProbabilisticUNet.fit` and
+`evaluate` take."""
 
 import tensorflow as tf
 
@@ -46,3 +47,22 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
 
     dataset = dataset.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_pipeline(dataset, batch_size, annotation_weights=None):
+    """Batches of every annotation of each image, for `evaluate` and `validation_data`.
+
+    Args:
+        dataset: yields `(image (h, w, c), annotations (A, h, w))`.
+        batch_size: images per batch (the last batch may be smaller).
+        annotation_weights: `(A,)` probabilities of the annotations, or None (equally likely).
+
+    Returns:
+        `tf.data.Dataset` of `(images (b, h, w, c), annotations (b, A, h, w))`, plus
+        `weights (b, A)` when `annotation_weights` is given: what `ProbabilisticUNet.test_step`
+        reads to report `ged`.
+    """
+    if annotation_weights is not None:
+        weights = tf.constant(annotation_weights, tf.float32)
+        dataset = dataset.map(lambda image, annotations: (image, annotations, weights))
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -63,20 +63,26 @@ def flip_modes(flip_probabilities=FLIP_PROBABILITIES):
     return modes, probabilities
 
 
-def mode_label_maps(base_labels, modes):
-    """The label map of every mode: flippable class c (labels 1..n) becomes its twin n + c.
+def mode_label_maps(base_labels, modes, flippable=None, twins=None):
+    """The label map of every mode: in mode j, flippable class `flippable[c]` becomes
+    `twins[c]` where `modes[j, c]`.
 
     Args:
-        base_labels: `(..., h, w)` int, background 0 and flippable classes 1..n.
+        base_labels: `(..., h, w)` int label maps without flips.
         modes: `(M, n)` bool from `flip_modes`.
+        flippable: the n flippable labels (default: 1..n, the *flips* layout).
+        twins: their n twin labels (default: n+1..2n).
 
     Returns:
-        `(..., M, h, w)` int32 (a tensor if `base_labels` is one).
+        `(..., M, h, w)` int32 (a tensor if `base_labels` is one). Other labels (e.g. 255) are
+        kept as they are.
     """
     n = modes.shape[1]
-    # lookup[j, label]: the label in mode j; labels above n (e.g. 255) are kept as they are.
+    flippable = np.arange(1, n + 1) if flippable is None else np.asarray(flippable)
+    twins = flippable + n if twins is None else np.asarray(twins)
+    # lookup[j, label]: the label in mode j.
     lookup = np.tile(np.arange(256, dtype=np.int32), (len(modes), 1))
-    lookup[:, 1:n + 1] += np.where(modes, n, 0)
+    lookup[:, flippable] = np.where(modes, twins, flippable)
     offsets = np.arange(len(modes), dtype=np.int32)[:, None, None] * 256  # row j of the flat table
     base = tf.cast(base_labels, tf.int32)[..., None, :, :]
     return tf.gather(tf.constant(lookup.reshape(-1)), base + offsets)

@@ -1,0 +1,102 @@
+"""`evaluate()` and `tfprobunet evaluate`: the report against independent recomputation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tfprobunet import cli, data, evaluation, metrics
+from conftest import tiny_model
+
+
+def _recompute(model, source, batch_size, counts, seed=0):
+    """GED per count and mode frequencies, sample by sample with the public metrics."""
+    ged = {k: [] for k in counts}
+    assignments = []
+    for step, (images, annotations) in enumerate(source.dataset.batch(batch_size)):
+        masks = np.argmax(model.sample(images, max(counts), seed=tf.constant([seed, step])), -1)
+        for k in counts:
+            ged[k].extend(metrics.generalized_energy_distance(
+                masks[:, :k], annotations.numpy(), source.num_classes,
+                annotation_weights=source.annotation_weights))
+        assignments.append(metrics.assign_modes(masks, annotations.numpy(), source.num_classes))
+    return ged, np.concatenate(assignments)
+
+
+def test_report_matches_the_metrics_on_the_same_samples(tmp_path):
+    source = data.load("flips", "test", image_size=16, num_examples=6)
+    model = tiny_model(source.num_classes)
+    report = evaluation.evaluate(model, source, out_dir=str(tmp_path), sample_counts=(1, 4),
+                                 batch_size=4, verbose=0)
+    ged, assignments = _recompute(model, source, 4, (1, 4))
+    for k in (1, 4):
+        assert report["ged"][str(k)]["mean"] == pytest.approx(np.mean(ged[k]), abs=1e-9)
+        assert report["ged"][str(k)]["sem"] == pytest.approx(
+            np.std(ged[k], ddof=1) / np.sqrt(6), abs=1e-9)
+    modes = report["modes"]
+    expected = metrics.mode_frequencies(assignments, 32)
+    np.testing.assert_allclose(modes["frequencies"], expected)
+    assert modes["modes_found"] == np.count_nonzero(expected) and modes["num_modes"] == 32
+    np.testing.assert_allclose(modes["true_probabilities"], data.flip_modes()[1])
+    assert report["num_images"] == 6 and "presence" not in report
+    with open(tmp_path / "report.json") as f:
+        assert json.load(f) == report
+    assert report["figures"] == ["ged.png", "mode_frequencies.png", "samples.png"]
+    for name in report["figures"]:
+        with Image.open(tmp_path / name) as png:
+            assert png.size[0] > 100 and png.size[1] > 100
+
+
+def test_noise_floor_has_its_closed_form_mean():
+    # k draws from the truth against the truth: E[GED_k] = E[d(Y, Y')] / k (self-pairs count).
+    source = data.load("flips", "test", image_size=16, num_examples=40)
+    annotations = np.stack([a for _, a in source.dataset.as_numpy_iterator()])
+    accumulator = evaluation._Accumulator(source, (1, 4), seed=0)
+    for _ in range(5):
+        accumulator.add(annotations[:, :4], annotations)
+    w = source.annotation_weights
+    pairwise = metrics.pairwise_distances(annotations, annotations, source.num_classes)
+    expected = np.einsum("bij,i,j->b", pairwise, w, w).mean()
+    for k in (1, 4):
+        floor = np.array(accumulator.noise_floor[k])
+        sem = floor.std(ddof=1) / np.sqrt(len(floor))
+        assert abs(floor.mean() - expected / k) < 4 * sem + 1e-3
+
+
+def test_graders_report_lesion_presence_disagreement():
+    source = data.load("graders", "test", image_size=16, num_examples=8)
+    report = evaluation.evaluate(tiny_model(2), source, sample_counts=(2,), verbose=0)
+    annotations = np.stack([a for _, a in source.dataset.as_numpy_iterator()])
+    empty = ~annotations.any(axis=(2, 3))
+    presence = report["presence"]
+    assert presence["graders_disagree"] == np.mean(empty.any(1) & ~empty.all(1))
+    assert presence["empty_fraction_graders"] == empty.mean()
+    assert 0 <= presence["samples_disagree"] <= 1 and "modes" not in report
+
+
+def test_evaluate_rejects_a_model_for_other_classes():
+    with pytest.raises(ValueError, match="predicts 2 classes but the dataset has 11"):
+        evaluation.evaluate(tiny_model(2), "flips", image_size=16, num_examples=2, verbose=0)
+
+
+def test_evaluate_command_reads_the_training_run(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    cli.main(["train", "--dataset", "graders", "--workdir", workdir, "--epochs", "1",
+              "--steps-per-epoch", "2", "--batch-size", "2", "--image-size", "16",
+              "--num-examples", "4", "--num-channels", "8,16", "--convs-per-block", "1",
+              "--latent-dim", "2"])
+    out = str(tmp_path / "eval")
+    assert cli.main(["evaluate", "--model", os.path.join(workdir, "model.keras"), "--out", out,
+                     "--num-examples", "3", "--samples", "1,2"]) == 0
+    printed = capsys.readouterr().out
+    assert "report and figures" in printed and "presence" in printed
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    # The dataset and image size came from the run's train_config.json.
+    assert report["dataset"] == "graders" and report["num_images"] == 3
+    assert report["sample_counts"] == [1, 2]
+    assert os.path.exists(os.path.join(out, "samples.png"))
+    assert cli.DATASETS == data.DATASETS

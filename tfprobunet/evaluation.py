@@ -1,0 +1,190 @@
+"""`evaluate()`: the paper's evaluation of a trained model (section 4, Figs. 3-5) on any dataset
+that yields all annotations per image, written as `report.json` and PNG figures."""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfprobunet import data as data_lib
+from tfprobunet import metrics, plots
+from tfprobunet.data import pipeline
+
+SAMPLE_COUNTS = (1, 4, 8, 16)
+
+
+def _mean_sem(values):
+    values = np.asarray(values, np.float64)
+    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": float(values.mean()), "sem": float(sem)}
+
+
+def _truth_distances(annotations_pairwise, weights, count, rng):
+    """Distances for `count` draws from the ground truth itself (the noise floor): the cross
+    `(b, count, a)` and pairwise `(b, count, count)` distances, read off the annotations'."""
+    b, a = annotations_pairwise.shape[:2]
+    p = np.full(a, 1.0 / a) if weights is None else np.asarray(weights) / np.sum(weights)
+    index = rng.choice(a, size=(b, count), p=p)
+    cross = np.take_along_axis(annotations_pairwise, index[:, :, None], axis=1)
+    return cross, np.take_along_axis(cross, index[:, None, :], axis=2)
+
+
+def _empty(masks, classes):
+    """`(..., n)` bool: no scored class anywhere in the map."""
+    return ~np.isin(masks, classes).any(axis=(-2, -1))
+
+
+class _Accumulator:
+    """Per-image values gathered batch by batch."""
+
+    def __init__(self, source, sample_counts, seed):
+        self.source = source
+        self.sample_counts = sample_counts
+        self.classes = metrics.scored_classes(source.num_classes, source.classes)
+        self.rng = np.random.default_rng(seed)
+        self.ged = {k: [] for k in sample_counts}
+        self.noise_floor = {k: [] for k in sample_counts}
+        self.diversity = []
+        self.hm_iou = []
+        self.assignments = []
+        self.empty_samples = []
+        self.empty_annotations = []
+
+    def add(self, masks, annotations):
+        args = dict(num_classes=self.source.num_classes, classes=self.source.classes)
+        weights = self.source.annotation_weights
+        cross = metrics.pairwise_distances(masks, annotations, **args)
+        samples_pairwise = metrics.pairwise_distances(masks, masks, **args)
+        truth_pairwise = metrics.pairwise_distances(annotations, annotations, **args)
+        for k in self.sample_counts:
+            self.ged[k].extend(metrics.energy_distance(
+                cross[:, :k], samples_pairwise[:, :k, :k], truth_pairwise,
+                annotation_weights=weights))
+            floor_cross, floor_pairwise = _truth_distances(truth_pairwise, weights, k, self.rng)
+            self.noise_floor[k].extend(metrics.energy_distance(
+                floor_cross, floor_pairwise, truth_pairwise, annotation_weights=weights))
+        self.diversity.extend(samples_pairwise.mean(axis=(1, 2)))
+        self.hm_iou.extend(metrics.matched_iou(cross))
+        if weights is not None:
+            self.assignments.append(np.argmin(cross, axis=-1))  # assign_modes
+        self.empty_samples.append(_empty(masks, self.classes))
+        self.empty_annotations.append(_empty(annotations, self.classes))
+
+    def report(self):
+        counts = [str(k) for k in self.sample_counts]
+        report = {
+            "num_images": len(self.hm_iou),
+            "ged": {c: _mean_sem(self.ged[k]) for c, k in zip(counts, self.sample_counts)},
+            "ged_noise_floor": {c: _mean_sem(self.noise_floor[k])
+                                for c, k in zip(counts, self.sample_counts)},
+            "sample_diversity": _mean_sem(self.diversity),
+            "hm_iou": _mean_sem(self.hm_iou),
+        }
+        if self.assignments:
+            report["modes"] = self._modes()
+        if self.source.num_classes == 2:
+            report["presence"] = self._presence()
+        return report
+
+    def _modes(self):
+        weights = np.asarray(self.source.annotation_weights, np.float64)
+        weights = weights / weights.sum()
+        frequencies = metrics.mode_frequencies(np.concatenate(self.assignments), len(weights))
+        return {
+            "true_probabilities": weights.tolist(),
+            "frequencies": frequencies.tolist(),
+            "pearson_r": float(np.corrcoef(frequencies, weights)[0, 1]),
+            "modes_found": int(np.count_nonzero(frequencies)),
+            "num_modes": len(weights),
+        }
+
+    def _presence(self):
+        empty_samples = np.concatenate(self.empty_samples)
+        empty_annotations = np.concatenate(self.empty_annotations)
+
+        def disagree(empty):
+            return empty.any(axis=1) & ~empty.all(axis=1)
+
+        graders, samples = disagree(empty_annotations), disagree(empty_samples)
+        return {
+            # Images where some masks show a lesion and others none.
+            "graders_disagree": float(graders.mean()),
+            "samples_disagree": float(samples.mean()),
+            "both_disagree": float((graders & samples).mean()),
+            "empty_fraction_graders": float(empty_annotations.mean()),
+            "empty_fraction_samples": float(empty_samples.mean()),
+        }
+
+
+def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
+             image_size=None, num_examples=None, sample_counts=SAMPLE_COUNTS, batch_size=8,
+             num_figure_examples=4, seed=0, verbose=1):
+    """Evaluate a model's distribution of segmentations against all annotations of each image.
+
+    For every image, `max(sample_counts)` segmentations are drawn once (seeded) and the first
+    k of them scored for each k. Reported (means with their standard errors over images):
+
+    - `ged[k]`: D²_GED of k samples against the annotations (the paper's Fig. 4), with
+      `ged_noise_floor[k]`: the same for k draws from the ground truth itself;
+    - `sample_diversity`: E[d(S, S')]; `hm_iou`: Hungarian-matched IoU;
+    - with known annotation probabilities (*flips*, Cityscapes): `modes`, the frequency with
+      which samples fall closest to each mode against its probability, Pearson r and the
+      number of modes found (Fig. 5);
+    - for binary tasks (*graders*, LIDC): `presence`, the fraction of images on which graders,
+      and the samples, disagree on whether there is a lesion at all.
+
+    Args:
+        model: a `ProbabilisticUNet` or the path of a saved `.keras` model.
+        dataset: a name of `tfprobunet.data.DATASETS`, or a `tfprobunet.data.Source` of your own.
+        out_dir: where `report.json` and the figures go; None writes nothing.
+        split, data_dir, image_size, num_examples: passed to `tfprobunet.data.load`.
+        sample_counts: the numbers of samples to score.
+        batch_size: images per `model.sample` call.
+        num_figure_examples: rows of the samples figure (Fig. 3).
+        seed: seeds the samples (and the synthetic data).
+        verbose: 1 shows a progress bar.
+
+    Returns:
+        The report as a dict (also `out_dir/report.json`), with `figures` listing the PNGs.
+    """
+    start = time.monotonic()
+    if isinstance(model, str):
+        model = keras.models.load_model(model)
+    source = dataset if isinstance(dataset, data_lib.Source) else data_lib.load(
+        dataset, split, data_dir, image_size, num_examples, seed)
+    if source.num_classes != model.num_classes:
+        raise ValueError(f"The model predicts {model.num_classes} classes but the dataset has "
+                         f"{source.num_classes}; evaluate it on the data it was trained for.")
+    sample_counts = tuple(sorted(set(int(k) for k in sample_counts)))
+    if not sample_counts or sample_counts[0] < 1:
+        raise ValueError(f"`sample_counts` must be integers >= 1. Received: {sample_counts}")
+    accumulator = _Accumulator(source, sample_counts, seed)
+    figure_rows = []
+    total = int(source.dataset.cardinality())
+    progress = keras.utils.Progbar(total if total > 0 else None, verbose=verbose,
+                                   unit_name="image")
+    batches = pipeline.evaluation_pipeline(source.dataset, batch_size)
+    for step, (images, annotations) in enumerate(batches):
+        logits = model.sample(images, sample_counts[-1], seed=tf.constant([seed, step]))
+        masks = np.argmax(logits, axis=-1)
+        annotations = annotations.numpy()
+        accumulator.add(masks, annotations)
+        if len(figure_rows) < num_figure_examples:
+            entropy, _ = metrics.uncertainty_maps(tf.nn.softmax(logits).numpy())
+            for i in range(min(len(masks), num_figure_examples - len(figure_rows))):
+                figure_rows.append((images[i].numpy(), annotations[i], masks[i], entropy[i]))
+        progress.add(len(masks))
+
+    report = {"dataset": dataset if isinstance(dataset, str) else "custom", "split": split,
+              "num_classes": source.num_classes, "sample_counts": list(sample_counts),
+              **accumulator.report()}
+    report["seconds"] = round(time.monotonic() - start, 1)
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        report["figures"] = plots.write_figures(report, figure_rows, source, out_dir)
+        with open(os.path.join(out_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    return report
