@@ -118,3 +118,16 @@ def test_bad_arguments_are_explained():
         synthetic.flip_modes([0.5, 1.0])
     with pytest.raises(ValueError, match="image_size"):
         synthetic.flips_arrays(1, 4)
+
+
+def test_shuffle_buffer_stays_within_its_memory_budget():
+    import tensorflow as tf
+
+    # A drawn Cityscapes example: 256*512*3 float32 + 256*512 int32 = 2 MiB; 512 fit in 1 GiB.
+    cityscapes = (tf.TensorSpec((256, 512, 3), tf.float32), tf.TensorSpec((256, 512), tf.int32))
+    assert pipeline.shuffle_buffer_size(cityscapes) == 512
+    flips = (tf.TensorSpec((64, 64, 3), tf.float32), tf.TensorSpec((64, 64), tf.int32))
+    assert pipeline.shuffle_buffer_size(flips) == 4096
+    # Unknown sizes count as 1024: 1024*1024*16 bytes = 16 MiB -> 64 examples.
+    unknown = (tf.TensorSpec((None, None, 3), tf.float32), tf.TensorSpec((None, None), tf.int32))
+    assert pipeline.shuffle_buffer_size(unknown) == 64

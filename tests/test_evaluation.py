@@ -20,9 +20,10 @@ def _recompute(model, source, batch_size, counts, seed=0):
         masks = np.argmax(model.sample(images, max(counts), seed=tf.constant([seed, step])), -1)
         for k in counts:
             ged[k].extend(metrics.generalized_energy_distance(
-                masks[:, :k], annotations.numpy(), source.num_classes,
+                masks[:, :k], annotations.numpy(), source.num_classes, source.classes,
                 annotation_weights=source.annotation_weights))
-        assignments.append(metrics.assign_modes(masks, annotations.numpy(), source.num_classes))
+        assignments.append(metrics.assign_modes(masks, annotations.numpy(), source.num_classes,
+                                                source.classes))
     return ged, np.concatenate(assignments)
 
 
@@ -58,7 +59,8 @@ def test_noise_floor_has_its_closed_form_mean():
     for _ in range(5):
         accumulator.add(annotations[:, :4], annotations)
     w = source.annotation_weights
-    pairwise = metrics.pairwise_distances(annotations, annotations, source.num_classes)
+    pairwise = metrics.pairwise_distances(annotations, annotations, source.num_classes,
+                                          source.classes)
     expected = np.einsum("bij,i,j->b", pairwise, w, w).mean()
     for k in (1, 4):
         floor = np.array(accumulator.noise_floor[k])

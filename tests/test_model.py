@@ -244,3 +244,13 @@ def test_val_ged_in_history_equals_the_numpy_metric_on_the_same_samples():
     expected = metrics.generalized_energy_distance(samples, annotations[:2, :1], num_classes)
     assert np.isfinite(logs["loss"]) and float(logs["ged"]) == pytest.approx(np.mean(expected),
                                                                              abs=1e-5)
+
+
+def test_evaluate_on_annotations_checks_them():
+    model = tiny_model(2)
+    model.compile(optimizer="adam")
+    images, _ = random_batch(2)
+    with pytest.raises(Exception, match=r"`annotations` must hold labels in \[0, 1\]"):
+        model.evaluate(images, np.full((2, 3, 16, 16), 5, np.int32), verbose=0)
+    with pytest.raises(Exception, match=r"same height and width: \(b, A, h, w\)"):
+        model.evaluate(images, np.zeros((2, 3, 8, 8), np.int32), verbose=0)

@@ -185,28 +185,24 @@ class ProbabilisticUNet(keras.Model):
         segmentations = tf.convert_to_tensor(segmentations)
         if segmentations.shape.rank == 4 and segmentations.shape[-1] == 1:
             segmentations = segmentations[..., 0]
-        if not segmentations.dtype.is_integer:
-            raise ValueError("`segmentations` must be integer class labels, (b, h, w). Received "
-                             f"dtype {segmentations.dtype.name}.")
         if segmentations.shape.rank != 3:
             raise ValueError("`segmentations` must have rank 3, (b, h, w) class labels (not one-"
                              f"hot). Received shape {segmentations.shape}.")
-        if not segmentations.shape[1:].is_compatible_with(images.shape[1:3]):
-            raise ValueError(f"`segmentations` {segmentations.shape} and `images` {images.shape} "
-                             "must have the same height and width.")
-        return self._check_labels("segmentations", segmentations)
+        return self._check_labels("segmentations", "(b, h, w)", segmentations, images)
 
-    def _check_annotations(self, annotations, images):
-        if not annotations.dtype.is_integer:
-            raise ValueError("`annotations` must be integer class labels, (b, A, h, w). Received "
-                             f"dtype {annotations.dtype.name}.")
-        if not annotations.shape[2:].is_compatible_with(images.shape[1:3]):
-            raise ValueError(f"`annotations` {annotations.shape} and `images` {images.shape} "
-                             "must have the same height and width: (b, A, h, w) and (b, h, w, c).")
-        return self._check_labels("annotations", annotations)
-
-    def _check_labels(self, name, labels):
+    def _check_labels(self, name, layout, labels, images):
+        """Integer labels `layout` with the images' height and width, in [0, K) or 255."""
+        if not labels.dtype.is_integer:
+            raise ValueError(f"`{name}` must be integer class labels, {layout}. Received dtype "
+                             f"{labels.dtype.name}.")
+        message = (f"`{name}` {labels.shape} and `images` {images.shape} must have the same "
+                   f"height and width: {layout} and (b, h, w, c).")
+        if not labels.shape[-2:].is_compatible_with(images.shape[1:3]):
+            raise ValueError(message)
         labels = tf.cast(labels, tf.int32)
+        if not (labels.shape[-2:].is_fully_defined() and images.shape[1:3].is_fully_defined()):
+            labels = _require(tf.reduce_all(tf.shape(labels)[-2:] == tf.shape(images)[1:3]),
+                              message, labels)
         valid = ((labels >= 0) & (labels < self.num_classes)) | (labels == IGNORE_LABEL)
         return _require(tf.reduce_all(valid),
                         f"`{name}` must hold labels in [0, {self.num_classes - 1}] "
@@ -386,8 +382,8 @@ class ProbabilisticUNet(keras.Model):
             labels = tf.reshape(labels, tf.concat([shape[:1], [-1], shape[1:3]], axis=0))
         if labels.shape.rank == 4 and not (labels.shape[-1] == 1 and labels.shape[1:3]
                                            .is_compatible_with(images.shape[1:3])):
-            return self._test_step_annotations(images, self._check_annotations(labels, images),
-                                               weights)
+            annotations = self._check_labels("annotations", "(b, A, h, w)", labels, images)
+            return self._test_step_annotations(images, annotations, weights)
         segmentations = self._check_segmentations(labels, images)
         return self._update_trackers(self._elbo_terms(images, segmentations),
                                      self._regularization())

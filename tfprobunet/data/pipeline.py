@@ -1,6 +1,8 @@
 """tf.data pipelines from `(image, annotations)` datasets to what `ProbabilisticUNet.fit` and
 `evaluate` take."""
 
+import math
+
 import tensorflow as tf
 
 
@@ -25,15 +27,8 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
     if annotation_probabilities is not None:
         logits = tf.math.log(tf.constant(annotation_probabilities, tf.float32))[None]
     if repeat:
-        # Shuffle the endless stream once with a fixed seed (rather than reshuffling per epoch):
-        # every fresh iterator, e.g. the one a distribution strategy makes, gives the same batches.
         dataset = dataset.repeat()
-        if shuffle:
-            dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=False)
-    elif shuffle:
-        dataset = dataset.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
     draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not repeat)
-    dataset = tf.data.Dataset.zip(dataset, draws)
 
     def draw(example, key):
         image, annotations = example
@@ -45,8 +40,25 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
             index = tf.random.stateless_categorical(logits, 1, key)[0, 0]
         return image, annotations[index]
 
-    dataset = dataset.map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = tf.data.Dataset.zip(dataset, draws).map(
+        draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shuffle:
+        # After the draw, so the buffer holds one label map per example rather than all A (32
+        # Cityscapes modes at 256x512 would need 16 MB each). With `repeat`, the endless stream
+        # is shuffled once with a fixed seed rather than per epoch: every fresh iterator, e.g.
+        # the one a distribution strategy makes, gives the same batches.
+        dataset = dataset.shuffle(shuffle_buffer_size(dataset.element_spec), seed=seed,
+                                  reshuffle_each_iteration=not repeat)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def shuffle_buffer_size(element_spec, budget_bytes=1 << 30, most=4096):
+    """Examples a shuffle buffer holds: `most`, or fewer so that it stays within `budget_bytes`
+    (unknown dimensions, e.g. of full-size PNGs, count as 1024)."""
+    size = 0
+    for spec in tf.nest.flatten(element_spec):
+        size += math.prod(d if d is not None else 1024 for d in spec.shape) * spec.dtype.size
+    return int(max(16, min(most, budget_bytes // max(size, 1))))
 
 
 def evaluation_pipeline(dataset, batch_size, annotation_weights=None):

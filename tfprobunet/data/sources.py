@@ -67,7 +67,9 @@ def _synthetic(name, split, image_size, num_examples, seed):
     seed = seed + SPLIT_SEEDS[split]
     if name == "flips":
         _, probabilities = synthetic.flip_modes()
-        return Source(synthetic.flips(num_examples, image_size, seed=seed),
-                      synthetic.flips_num_classes(), probabilities, None)
+        num_classes = synthetic.flips_num_classes()
+        # As the official Cityscapes evaluation: score the flippable classes and their twins.
+        return Source(synthetic.flips(num_examples, image_size, seed=seed), num_classes,
+                      probabilities, list(range(1, num_classes)))
     return Source(synthetic.graders(num_examples, image_size, seed=seed), 2, None, None)
 
