@@ -100,10 +100,40 @@ def _evaluate(args):
     print(f"report and figures ({', '.join(report['figures'])}) written to {args.out}")
 
 
+def _export(args):
+    from tfprobunet import export
+
+    path = export.export_for_serving(args.model, args.base_dir, args.name, args.version)
+    print(f"exported {args.model} to {path}; "
+          f"TF Serving config: {os.path.join(args.base_dir, export.MODELS_CONFIG)}")
+
+
+def _serve(args):
+    from tfprobunet import serving
+
+    server = serving.ModelServer(args.model_base_path, port=args.port, rest_port=args.rest_port,
+                                 host=args.host).start()
+    print(f"serving {args.model_base_path}: gRPC {args.host}:{server.port}, REST "
+          f"http://{args.host}:{server.rest_port} (Ctrl-C stops)", flush=True)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+def _predict(args):
+    from tfprobunet import serving
+
+    with serving.GrpcClient(args.target, args.model, version=args.version) as client:
+        files = serving.predict_files(client, args.image, args.num_samples, args.out, args.seed)
+    print(f"wrote {len(files) - 1} sample masks and the uncertainty map to {args.out}")
+
+
 def _demo(args):
     from tfprobunet import demo
 
-    print(json.dumps(demo.run(args.workdir, minutes=args.minutes), indent=2))
+    print(json.dumps(demo.run(args.workdir, minutes=args.minutes, base_dir=args.base_dir),
+                     indent=2))
 
 
 def main(argv=None):
@@ -124,9 +154,31 @@ def main(argv=None):
     evaluate.add_argument("--seed", type=int,
                           help="samples and synthetic data (default: the training seed)")
     evaluate.set_defaults(run=_evaluate)
+    export = commands.add_parser("export", help="write a .keras model as a TF Serving version")
+    export.add_argument("--model", required=True, help="a saved .keras model")
+    export.add_argument("--base-dir", default="saved_models", help="TF Serving model base path")
+    export.add_argument("--name", default="probunet", help="the served model's name")
+    export.add_argument("--version", type=int, help="default: the next free integer")
+    export.set_defaults(run=_export)
+    serve = commands.add_parser("serve", help="a local TF Serving stand-in (gRPC + REST)")
+    serve.add_argument("--model-base-path", default="saved_models")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port")
+    serve.add_argument("--rest-port", type=int, default=8501)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.set_defaults(run=_serve)
+    predict = commands.add_parser("predict", help="segment an image file through a server")
+    predict.add_argument("--target", default="localhost:8500", help="gRPC host:port")
+    predict.add_argument("--model", default="probunet", help="the served model's name")
+    predict.add_argument("--version", type=int)
+    predict.add_argument("--image", required=True, help="a PNG or JPEG")
+    predict.add_argument("-n", "--num-samples", type=int, default=16)
+    predict.add_argument("--seed", type=int)
+    predict.add_argument("--out", required=True, help="folder for the sample masks")
+    predict.set_defaults(run=_predict)
     demo = commands.add_parser("demo", help="train a small model on flips and sample from it")
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    demo.add_argument("--base-dir", default="saved_models", help="where the model is exported")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     args.run(args)

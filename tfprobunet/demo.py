@@ -1,6 +1,7 @@
 """`make demo`: the main job end to end on the built-in *flips* benchmark, within minutes on a
-CPU: train, save, sample 16 segmentations of an unseen image, and write the evaluation report
-(GED, HM-IoU, mode calibration) with its figures."""
+CPU: train, save, sample 16 segmentations of an unseen image, write the evaluation report
+(GED, HM-IoU, mode calibration) with its figures, export the model for TF Serving and ask a
+local server for features once and 16 samples over gRPC."""
 
 import collections
 import os
@@ -33,9 +34,10 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def run(workdir, minutes=3.0, num_samples=16, seed=0):
-    """Train on *flips* for about `minutes`, sample one held-out image, and evaluate the model
-    on `EVAL_EXAMPLES` test images (report and figures in `workdir/evaluation`).
+def run(workdir, minutes=3.0, num_samples=16, seed=0, base_dir="saved_models"):
+    """Train on *flips* for about `minutes`, sample one held-out image, evaluate the model on
+    `EVAL_EXAMPLES` test images (report and figures in `workdir/evaluation`), export it to
+    `base_dir` and segment the held-out image through a local gRPC server.
 
     Returns:
         A JSON-able summary: final losses, model path, which of the 32 modes the samples of one
@@ -66,6 +68,8 @@ def run(workdir, minutes=3.0, num_samples=16, seed=0):
                                  num_examples=EVAL_EXAMPLES, seed=seed, verbose=1)
     print(f"Evaluation report: {os.path.join(out_dir, 'report.json')}")
     print("Figures: " + ", ".join(os.path.join(out_dir, f) for f in report["figures"]))
+
+    serving_summary = serve_once(model, base_dir, images, num_samples, seed)
     return {
         "epochs": len(history.epoch),
         "train_seconds": round(train_seconds, 1),
@@ -84,7 +88,41 @@ def run(workdir, minutes=3.0, num_samples=16, seed=0):
             "mode_frequency_pearson_r": round(report["modes"]["pearson_r"], 3),
             "report": os.path.join(out_dir, "report.json"),
         },
+        "serving": serving_summary,
     }
+
+
+def serve_once(model, base_dir, images, num_samples=16, seed=0, name="probunet-demo"):
+    """Export `model` to `base_dir`, serve it on loopback, and segment `images` through gRPC:
+    `features` once, then `sample`; prints the shapes and the time per extra sample."""
+    from tfprobunet import export, serving
+
+    path = export.export_for_serving(model, base_dir, name)
+    print(f"\nExported to {path}; serving it on loopback...")
+    with serving.ModelServer(base_dir, port=0, rest_port=None) as server, \
+            serving.GrpcClient(f"127.0.0.1:{server.port}", name) as client:
+        start = time.perf_counter()
+        features = client.features(images)
+        features_ms = 1e3 * (time.perf_counter() - start)
+        outputs = client.sample(features, num_samples, seed=seed)
+        times = {}
+        for m in (1, num_samples):  # a few repeats each, medians: the machine is noisy
+            runs = []
+            for repeat in range(5):
+                start = time.perf_counter()
+                client.sample(features, m, seed=repeat, output_filter=["masks"])
+                runs.append(time.perf_counter() - start)
+            times[m] = 1e3 * float(np.median(runs))
+    per_sample = (times[num_samples] - times[1]) / (num_samples - 1)
+    shapes = {k: list(v.shape) for k, v in {**features, **outputs}.items()}
+    print(f"gRPC features: {', '.join(f'{k} {shapes[k]}' for k in features)} in "
+          f"{features_ms:.0f} ms")
+    print(f"gRPC sample({num_samples}): {', '.join(f'{k} {shapes[k]}' for k in outputs)}")
+    print(f"sample(1) {times[1]:.1f} ms, sample({num_samples}) {times[num_samples]:.1f} ms: "
+          f"{per_sample:.2f} ms per extra sample (masks only)")
+    return {"export": path, "shapes": shapes, "features_ms": round(features_ms, 1),
+            "sample_ms": {str(k): round(v, 1) for k, v in times.items()},
+            "ms_per_extra_sample": round(per_sample, 2)}
 
 
 def _expected_distinct(probabilities, num_samples):

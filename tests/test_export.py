@@ -1,0 +1,159 @@
+"""The SavedModel for TF Serving: signatures as DESIGN section 6 fixes them, equal to the model
+in process and through a TF1 session, versioned atomic export and models.config."""
+
+import json
+import os
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from tfprobunet import export, serving
+from conftest import tiny_model
+
+K, C, N, F = 3, 1, 2, 8
+FLOAT, INT = tf.float32.as_datatype_enum, tf.int32.as_datatype_enum
+EXPECTED = {
+    "serving_default": (
+        {"images": (FLOAT, [-1, -1, -1, C]), "num_samples": (INT, []), "seed": (INT, [2])},
+        {"masks": (INT, [-1, -1, -1, -1]), "probabilities": (FLOAT, [-1, -1, -1, -1, K])}),
+    "features": (
+        {"images": (FLOAT, [-1, -1, -1, C])},
+        {"features": (FLOAT, [-1, -1, -1, F]), "prior_loc": (FLOAT, [-1, N]),
+         "prior_scale": (FLOAT, [-1, N])}),
+    "sample": (
+        {"features": (FLOAT, [-1, -1, -1, F]), "prior_loc": (FLOAT, [-1, N]),
+         "prior_scale": (FLOAT, [-1, N]), "num_samples": (INT, []), "seed": (INT, [2])},
+        {"masks": (INT, [-1, -1, -1, -1]), "probabilities": (FLOAT, [-1, -1, -1, -1, K]),
+         "z": (FLOAT, [-1, -1, N])}),
+    "decode": (
+        {"features": (FLOAT, [-1, -1, -1, F]), "z": (FLOAT, [-1, -1, N])},
+        {"masks": (INT, [-1, -1, -1, -1]), "probabilities": (FLOAT, [-1, -1, -1, -1, K])}),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(7)
+    model = tiny_model(K, num_channels=[F, 16], latent_dim=N)
+    model.build((None, 16, 16, C))
+    base = str(tmp_path_factory.mktemp("saved_models"))
+    return model, base, export.export_for_serving(model, base, "pun")
+
+
+def _images(batch=2, size=16, seed=0):
+    return np.random.default_rng(seed).random((batch, size, size, C), dtype=np.float32)
+
+
+def test_signatures_are_exactly_the_contract(exported):
+    _, _, path = exported
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    signatures = dict(saved.meta_graphs[0].signature_def)
+    signatures.pop("__saved_model_init_op", None)
+    assert set(signatures) == set(EXPECTED)
+
+    def infos(tensor_infos):
+        return {k: (v.dtype, [d.size for d in v.tensor_shape.dim]) for k, v in
+                tensor_infos.items()}
+
+    for name, (inputs, outputs) in EXPECTED.items():
+        assert infos(signatures[name].inputs) == inputs, name
+        assert infos(signatures[name].outputs) == outputs, name
+    assert set(saved.meta_graphs[0].meta_info_def.tags) == {"serve"}
+
+
+def test_signatures_equal_the_model_in_process_and_through_a_tf1_session(exported):
+    model, _, path = exported
+    images = _images()
+    seed = tf.constant([5, 6])
+    expected = tf.nn.softmax(model.sample(images, 4, seed=seed)).numpy()
+    call = tf.nn.softmax(model(images)).numpy()
+
+    loaded = tf.saved_model.load(path).signatures
+    servable = serving._Servable("pun", 1, path)
+    for run in (lambda name, **kw: {k: v.numpy() for k, v in loaded[name](**kw).items()},
+                lambda name, **kw: servable.run(name, {k: np.asarray(v) for k, v in kw.items()})):
+        features = run("features", images=images)
+        sampled = run("sample", **features, num_samples=np.int32(4), seed=seed.numpy())
+        default = run("serving_default", images=images, num_samples=np.int32(4),
+                      seed=seed.numpy())
+        np.testing.assert_allclose(sampled["probabilities"], expected, atol=1e-5)
+        np.testing.assert_allclose(default["probabilities"], expected, atol=1e-5)
+        np.testing.assert_array_equal(default["masks"], expected.argmax(-1))
+        np.testing.assert_array_equal(sampled["masks"], default["masks"])
+        # decode at the prior mean is what `call` returns.
+        decoded = run("decode", features=features["features"],
+                      z=features["prior_loc"][:, None])
+        np.testing.assert_allclose(decoded["probabilities"][:, 0], call, atol=1e-5)
+        # The same seed gives the same masks; another seed other ones.
+        again = run("sample", **features, num_samples=np.int32(4), seed=seed.numpy())
+        other = run("sample", **features, num_samples=np.int32(4), seed=np.int32([5, 7]))
+        np.testing.assert_array_equal(again["z"], sampled["z"])
+        assert not np.allclose(other["z"], sampled["z"])
+    servable.close()
+
+
+def test_versions_config_asset_and_models_config(exported, tmp_path):
+    model, _, _ = exported
+    base = str(tmp_path)
+    with open(os.path.join(base, "models.config"), "w") as f:
+        f.write('model_config_list { config { name: "other" base_path: "/models/other" '
+                'model_platform: "tensorflow" } }')
+    first = export.export_for_serving(model, base, "pun")
+    second = export.export_for_serving(model, base, "pun")
+    assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
+    assert export.export_for_serving(model, base, "pun", version=10).endswith("10")
+    with pytest.raises(FileExistsError, match="Version 2 of 'pun' already exists"):
+        export.export_for_serving(model, base, "pun", version=2)
+    with pytest.raises(ValueError, match="`name`"):
+        export.export_for_serving(model, base, "a/b")
+    assert sorted(os.listdir(os.path.join(base, "pun"))) == ["1", "10", "2"]  # no leftovers
+    config = model_server_config_pb2.ModelServerConfig()
+    with open(os.path.join(base, "models.config")) as f:
+        text_format.Parse(f.read(), config)
+    entries = {c.name: (c.base_path, c.model_platform) for c in config.model_config_list.config}
+    assert entries == {"other": ("/models/other", "tensorflow"),
+                       "pun": ("/models/pun", "tensorflow")}
+    with open(os.path.join(second, export.CONFIG_ASSET)) as f:
+        asset = json.load(f)
+    assert asset["config"] == json.loads(json.dumps(model.get_config()))
+    assert asset["image_channels"] == C
+
+
+def test_a_poller_never_sees_a_half_written_version(exported, tmp_path):
+    model, _, _ = exported
+    model_dir = tmp_path / "pun"
+    seen, incomplete, done = set(), [], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            if model_dir.is_dir():
+                for version in os.listdir(model_dir):
+                    if version.isdigit():
+                        seen.add(version)
+                        folder = model_dir / version
+                        if not ((folder / "saved_model.pb").is_file()
+                                and (folder / "variables").is_dir()):
+                            incomplete.append(version)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for _ in range(2):
+            export.export_for_serving(model, str(tmp_path), "pun")
+    finally:
+        done.set()
+        poller.join()
+    assert seen == {"1", "2"} and incomplete == []
+
+
+def test_export_needs_a_built_model(tmp_path):
+    with pytest.raises(ValueError, match="Build the model"):
+        export.export_for_serving(tiny_model(2), str(tmp_path), "pun")

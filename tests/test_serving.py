@@ -1,0 +1,272 @@
+"""The gRPC and REST clients against the local server that runs signatures as TF Serving does:
+round trips, twenty bad requests, concurrent load, retries, and the CLI."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from tfprobunet import cli, export, serving
+from conftest import tiny_model
+
+K, C, N, F = 3, 1, 2, 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    keras.utils.set_random_seed(11)
+    model = tiny_model(K, num_channels=[F, 16], latent_dim=N)
+    model.build((None, 16, 16, C))
+    base = str(tmp_path_factory.mktemp("saved_models"))
+    path = export.export_for_serving(model, base, "pun")
+    with serving.ModelServer(base, port=0, rest_port=0) as running:
+        running.model, running.base, running.path = model, base, path
+        yield running
+
+
+def _images(batch=2, size=16, seed=0):
+    return np.random.default_rng(seed).random((batch, size, size, C), dtype=np.float32)
+
+
+def _grpc(server, **kwargs):
+    return serving.GrpcClient(f"127.0.0.1:{server.port}", "pun", **kwargs)
+
+
+def test_grpc_round_trip_equals_the_session_path_and_the_model(server):
+    images = _images()
+    servable = serving._Servable("pun", 1, server.path)
+    with _grpc(server) as client:
+        features = client.features(images)
+        expected = servable.run("features", {"images": images})
+        for key in expected:
+            np.testing.assert_array_equal(features[key], expected[key])
+        sampled = client.sample(features, 5, seed=[1, 2])
+        expected = servable.run("sample", {**expected, "num_samples": np.int32(5),
+                                           "seed": np.int32([1, 2])})
+        for key in ("masks", "probabilities", "z"):
+            np.testing.assert_array_equal(sampled[key], expected[key])
+        default = client.predict(images, 5, seed=[1, 2])
+        model_probabilities = tf.nn.softmax(
+            server.model.sample(images, 5, seed=tf.constant([1, 2]))).numpy()
+        np.testing.assert_allclose(default["probabilities"], model_probabilities, atol=1e-5)
+        np.testing.assert_array_equal(default["masks"], sampled["masks"])
+        decoded = client.decode(features, sampled["z"])
+        np.testing.assert_allclose(decoded["probabilities"], sampled["probabilities"], atol=1e-6)
+        assert set(client.predict(images, 2, output_filter=["masks"])) == {"masks"}
+        metadata = client.metadata()
+    servable.close()
+    assert set(metadata) == {"serving_default", "features", "sample", "decode"}
+    assert metadata["sample"]["inputs"]["features"] == ("float32", (None, None, None, F))
+    assert metadata["serving_default"]["outputs"]["masks"] == ("int32", (None,) * 4)
+
+
+def test_rest_round_trip_equals_grpc(server):
+    images = _images(seed=3)
+    rest = serving.RestClient(f"http://127.0.0.1:{server.rest_port}", "pun")
+    with _grpc(server) as client:
+        features = client.features(images)
+        expected = client.sample(features, 3, seed=[4, 4])
+    for got in (rest.sample(features, 3, seed=[4, 4]), rest.predict(images, 3, seed=[4, 4])):
+        np.testing.assert_array_equal(got["masks"], expected["masks"])
+        np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-6)
+    status = rest.status()["model_version_status"]
+    assert status == [{"version": "1", "state": "AVAILABLE",
+                       "status": {"error_code": "OK", "error_message": ""}}]
+    with pytest.raises(serving.InvalidRequestError, match="num_samples` must be >= 1"):
+        rest.predict(images, 0)
+    with pytest.raises(serving.ServingError, match="Servable not found"):
+        serving.RestClient(f"http://127.0.0.1:{server.rest_port}", "nope").status()
+
+
+def _raw_request(signature, inputs, output_filter=()):
+    """A PredictRequest built by hand, without our client's conversions."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "pun"
+    request.model_spec.signature_name = signature
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    request.output_filter.extend(output_filter)
+    return request
+
+
+def _bad_requests():
+    images = _images()
+    good = {"images": images, "num_samples": np.int32(2), "seed": np.int32([1, 2])}
+    feats = {"features": np.zeros((2, 16, 16, F), np.float32),
+             "prior_loc": np.zeros((2, N), np.float32), "prior_scale": np.ones((2, N), np.float32),
+             "num_samples": np.int32(2), "seed": np.int32([1, 2])}
+    nan = images.copy()
+    nan[0, 3, 3, 0] = np.nan
+    inf = images.copy()
+    inf[1, 0, 0, 0] = np.inf
+    return [
+        ("num_samples 0", "serving_default", {**good, "num_samples": np.int32(0)},
+         "`num_samples` must be >= 1"),
+        ("num_samples < 0 in sample", "sample", {**feats, "num_samples": np.int32(-3)},
+         "`num_samples` must be >= 1"),
+        ("images rank 3", "serving_default", {**good, "images": images[..., 0]},
+         "`images` has shape [2, 16, 16]"),
+        ("images rank 5", "features", {"images": images[None]}, "`images` has shape [1, 2,"),
+        ("images 3 channels", "serving_default", {**good, "images": np.repeat(images, 3, -1)},
+         "not compatible with the signature's [-1, -1, -1, 1]"),
+        ("images float64", "serving_default", {**good, "images": images.astype(np.float64)},
+         "`images` to be float32 but float64"),
+        ("images int32", "features", {"images": (images * 255).astype(np.int32)},
+         "`images` to be float32 but int32"),
+        ("size not divisible", "serving_default", {**good, "images": _images(size=17)},
+         "divisible by 2"),
+        ("NaN pixel", "serving_default", {**good, "images": nan}, "NaN or Inf"),
+        ("Inf pixel", "features", {"images": inf}, "NaN or Inf"),
+        ("missing seed", "serving_default", {k: good[k] for k in ("images", "num_samples")},
+         "Missing but required: {seed}"),
+        ("extra input", "features", {"images": images, "mask": images},
+         "Sent extra: {mask}"),
+        ("seed of 3", "serving_default", {**good, "seed": np.int32([1, 2, 3])},
+         "`seed` has shape [3]"),
+        ("num_samples vector", "serving_default", {**good, "num_samples": np.int32([2, 2])},
+         "`num_samples` has shape [2]"),
+        ("num_samples float", "serving_default", {**good, "num_samples": np.float32(2)},
+         "`num_samples` to be int32 but float32"),
+        ("features 4 channels", "sample", {**feats, "features": np.zeros((2, 16, 16, 4),
+                                                                         np.float32)},
+         "`features` has shape [2, 16, 16, 4]"),
+        ("batch mismatch", "sample", {**feats, "prior_loc": np.zeros((3, N), np.float32),
+                                      "prior_scale": np.ones((3, N), np.float32)},
+         "same batch size"),
+        ("prior_scale 0", "sample", {**feats, "prior_scale": np.zeros((2, N), np.float32)},
+         "`prior_scale` must be > 0"),
+        ("z latent dim", "decode", {"features": feats["features"],
+                                    "z": np.zeros((2, 1, N + 1), np.float32)},
+         "`z` has shape [2, 1, 3]"),
+        ("z rank 2", "decode", {"features": feats["features"], "z": np.zeros((2, N), np.float32)},
+         "`z` has shape [2, 2]"),
+        ("unknown output", "serving_default", good, "output tensor alias not found in "
+                                                    "signature: logits"),
+    ]
+
+
+def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    cases = _bad_requests()
+    assert len(cases) >= 20
+    for name, signature, inputs, message in cases:
+        output_filter = ["logits"] if name == "unknown output" else []
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Predict(_raw_request(signature, inputs, output_filter), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert message in caught.value.details(), (name, caught.value.details())
+    channel.close()
+    # Our client turns the same status into a ValueError with the message.
+    with _grpc(server) as client:
+        with pytest.raises(serving.InvalidRequestError, match="divisible by 2"):
+            client.predict(_images(size=17), 2)
+        # And the server still answers a good request correctly.
+        images = _images(seed=9)
+        got = client.predict(images, 3, seed=[7, 7])["probabilities"]
+    expected = tf.nn.softmax(server.model.sample(images, 3, seed=tf.constant([7, 7]))).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_unknown_model_and_signature(server):
+    with serving.GrpcClient(f"127.0.0.1:{server.port}", "nope") as client:
+        with pytest.raises(serving.ServingError) as caught:
+            client.features(_images())
+    assert caught.value.code == "NOT_FOUND" and "Latest(nope)" in caught.value.message
+    with _grpc(server) as client, pytest.raises(serving.ServingError, match="FAILED_PRECONDITION"):
+        client._predict("classify", {"images": _images()})
+
+
+def test_concurrent_mixed_requests_match_single_threaded_answers(server):
+    images = [_images(batch=1 + i % 2, seed=i) for i in range(4)]
+
+    def request(client, i):
+        kind = i % 4
+        x = images[i % 4]
+        if kind == 0:
+            return client.predict(x, 1 + i % 3, seed=[i, 1])
+        if kind == 1:
+            return client.features(x)
+        features = client.features(x)
+        if kind == 2:
+            return client.sample(features, 2 + i % 5, seed=[i, 2])
+        return client.decode(features, np.full((len(x), 2, N), 0.1 * i, np.float32))
+
+    plan = [(t, i) for t in range(8) for i in range(25)]
+    with _grpc(server) as client:
+        expected = {key: request(client, key[0] * 25 + key[1]) for key in plan}
+    results, errors = {}, []
+
+    def worker(t):
+        with _grpc(server) as client:
+            for i in range(25):
+                try:
+                    results[(t, i)] = request(client, t * 25 + i)
+                except Exception as e:  # noqa: BLE001 (counted and reported below)
+                    errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(results) == 200
+    for key, answer in expected.items():
+        assert results[key].keys() == answer.keys()
+        for name in answer:
+            np.testing.assert_array_equal(results[key][name], answer[name])
+
+
+def test_client_retries_until_the_server_is_up(server, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late = serving.ModelServer(server.base, port=port, rest_port=None)
+    starter = threading.Timer(1.0, late.start)
+    starter.start()
+    try:
+        with serving.GrpcClient(f"127.0.0.1:{port}", "pun", retries=6, backoff=0.2) as client:
+            assert client.features(_images())["features"].shape == (2, 16, 16, F)
+    finally:
+        starter.join()
+        late.stop()
+
+
+def test_cli_export_predict_and_serve(server, tmp_path, capsys):
+    model_path = str(tmp_path / "model.keras")
+    server.model.save(model_path)
+    base = str(tmp_path / "saved_models")
+    assert cli.main(["export", "--model", model_path, "--base-dir", base, "--name", "pun"]) == 0
+    assert os.path.isfile(os.path.join(base, "pun", "1", "saved_model.pb"))
+    image = tmp_path / "x.png"
+    Image.fromarray((_images(batch=1)[0, ..., 0] * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--target", f"127.0.0.1:{server.port}", "--model", "pun",
+                     "--image", str(image), "-n", "4", "--out", str(out), "--seed", "3"]) == 0
+    assert "wrote 4 sample masks" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == [f"sample_{i:02d}.png" for i in range(4)] + [
+        "uncertainty.png"]
+    with Image.open(out / "sample_00.png") as png:
+        assert png.size == (16, 16)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tfprobunet.cli", "serve", "--model-base-path", base, "--port",
+         "0", "--rest-port", "0"], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        line = process.stdout.readline()
+        port = int(line.split("gRPC 127.0.0.1:")[1].split(",")[0])
+        with serving.GrpcClient(f"127.0.0.1:{port}", "pun") as client:
+            assert client.predict(_images(), 2, seed=1)["masks"].shape == (2, 2, 16, 16)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
