@@ -27,6 +27,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/sampling.py
+	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/quality.py
 
 clean:

@@ -34,3 +34,19 @@ def random_batch(num_classes=2, batch=2, size=16, channels=1, seed=0):
 def _seeded():
     keras.utils.set_random_seed(1234)
     yield
+
+
+# The exported model of the serving tests: K classes, C channels, latent N, F feature channels.
+SERVED = dict(K=3, C=1, N=2, F=8)
+
+
+def served_model(seed):
+    """A built tiny model with the `SERVED` dimensions, weights seeded."""
+    keras.utils.set_random_seed(seed)
+    model = tiny_model(SERVED["K"], num_channels=[SERVED["F"], 16], latent_dim=SERVED["N"])
+    model.build((None, 16, 16, SERVED["C"]))
+    return model
+
+
+def served_images(batch=2, size=16, seed=0):
+    return np.random.default_rng(seed).random((batch, size, size, SERVED["C"]), dtype=np.float32)

@@ -5,7 +5,6 @@ import json
 import os
 import threading
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,9 +13,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfprobunet import export, serving
-from conftest import tiny_model
+from conftest import SERVED, served_images, served_model, tiny_model
 
-K, C, N, F = 3, 1, 2, 8
+K, C, N, F = (SERVED[k] for k in "KCNF")
 FLOAT, INT = tf.float32.as_datatype_enum, tf.int32.as_datatype_enum
 EXPECTED = {
     "serving_default": (
@@ -39,15 +38,10 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    keras.utils.set_random_seed(7)
-    model = tiny_model(K, num_channels=[F, 16], latent_dim=N)
-    model.build((None, 16, 16, C))
+    model = served_model(7)
     base = str(tmp_path_factory.mktemp("saved_models"))
     return model, base, export.export_for_serving(model, base, "pun")
 
-
-def _images(batch=2, size=16, seed=0):
-    return np.random.default_rng(seed).random((batch, size, size, C), dtype=np.float32)
 
 
 def test_signatures_are_exactly_the_contract(exported):
@@ -71,7 +65,7 @@ def test_signatures_are_exactly_the_contract(exported):
 
 def test_signatures_equal_the_model_in_process_and_through_a_tf1_session(exported):
     model, _, path = exported
-    images = _images()
+    images = served_images()
     seed = tf.constant([5, 6])
     expected = tf.nn.softmax(model.sample(images, 4, seed=seed)).numpy()
     call = tf.nn.softmax(model(images)).numpy()

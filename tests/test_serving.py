@@ -8,7 +8,6 @@ import sys
 import threading
 
 import grpc
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,16 +15,14 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfprobunet import cli, export, serving
-from conftest import tiny_model
+from conftest import SERVED, served_images, served_model
 
-K, C, N, F = 3, 1, 2, 8
+K, C, N, F = (SERVED[k] for k in "KCNF")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    keras.utils.set_random_seed(11)
-    model = tiny_model(K, num_channels=[F, 16], latent_dim=N)
-    model.build((None, 16, 16, C))
+    model = served_model(11)
     base = str(tmp_path_factory.mktemp("saved_models"))
     path = export.export_for_serving(model, base, "pun")
     with serving.ModelServer(base, port=0, rest_port=0) as running:
@@ -33,16 +30,13 @@ def server(tmp_path_factory):
         yield running
 
 
-def _images(batch=2, size=16, seed=0):
-    return np.random.default_rng(seed).random((batch, size, size, C), dtype=np.float32)
-
 
 def _grpc(server, **kwargs):
     return serving.GrpcClient(f"127.0.0.1:{server.port}", "pun", **kwargs)
 
 
 def test_grpc_round_trip_equals_the_session_path_and_the_model(server):
-    images = _images()
+    images = served_images()
     servable = serving._Servable("pun", 1, server.path)
     with _grpc(server) as client:
         features = client.features(images)
@@ -70,7 +64,7 @@ def test_grpc_round_trip_equals_the_session_path_and_the_model(server):
 
 
 def test_rest_round_trip_equals_grpc(server):
-    images = _images(seed=3)
+    images = served_images(seed=3)
     rest = serving.RestClient(f"http://127.0.0.1:{server.rest_port}", "pun")
     with _grpc(server) as client:
         features = client.features(images)
@@ -99,7 +93,7 @@ def _raw_request(signature, inputs, output_filter=()):
 
 
 def _bad_requests():
-    images = _images()
+    images = served_images()
     good = {"images": images, "num_samples": np.int32(2), "seed": np.int32([1, 2])}
     feats = {"features": np.zeros((2, 16, 16, F), np.float32),
              "prior_loc": np.zeros((2, N), np.float32), "prior_scale": np.ones((2, N), np.float32),
@@ -122,7 +116,7 @@ def _bad_requests():
          "`images` to be float32 but float64"),
         ("images int32", "features", {"images": (images * 255).astype(np.int32)},
          "`images` to be float32 but int32"),
-        ("size not divisible", "serving_default", {**good, "images": _images(size=17)},
+        ("size not divisible", "serving_default", {**good, "images": served_images(size=17)},
          "divisible by 2"),
         ("NaN pixel", "serving_default", {**good, "images": nan}, "NaN or Inf"),
         ("Inf pixel", "features", {"images": inf}, "NaN or Inf"),
@@ -169,9 +163,9 @@ def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(server):
     # Our client turns the same status into a ValueError with the message.
     with _grpc(server) as client:
         with pytest.raises(serving.InvalidRequestError, match="divisible by 2"):
-            client.predict(_images(size=17), 2)
+            client.predict(served_images(size=17), 2)
         # And the server still answers a good request correctly.
-        images = _images(seed=9)
+        images = served_images(seed=9)
         got = client.predict(images, 3, seed=[7, 7])["probabilities"]
     expected = tf.nn.softmax(server.model.sample(images, 3, seed=tf.constant([7, 7]))).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -180,14 +174,14 @@ def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(server):
 def test_unknown_model_and_signature(server):
     with serving.GrpcClient(f"127.0.0.1:{server.port}", "nope") as client:
         with pytest.raises(serving.ServingError) as caught:
-            client.features(_images())
+            client.features(served_images())
     assert caught.value.code == "NOT_FOUND" and "Latest(nope)" in caught.value.message
     with _grpc(server) as client, pytest.raises(serving.ServingError, match="FAILED_PRECONDITION"):
-        client._predict("classify", {"images": _images()})
+        client._predict("classify", {"images": served_images()})
 
 
 def test_concurrent_mixed_requests_match_single_threaded_answers(server):
-    images = [_images(batch=1 + i % 2, seed=i) for i in range(4)]
+    images = [served_images(batch=1 + i % 2, seed=i) for i in range(4)]
 
     def request(client, i):
         kind = i % 4
@@ -235,7 +229,7 @@ def test_client_retries_until_the_server_is_up(server, tmp_path):
     starter.start()
     try:
         with serving.GrpcClient(f"127.0.0.1:{port}", "pun", retries=6, backoff=0.2) as client:
-            assert client.features(_images())["features"].shape == (2, 16, 16, F)
+            assert client.features(served_images())["features"].shape == (2, 16, 16, F)
     finally:
         starter.join()
         late.stop()
@@ -248,7 +242,7 @@ def test_cli_export_predict_and_serve(server, tmp_path, capsys):
     assert cli.main(["export", "--model", model_path, "--base-dir", base, "--name", "pun"]) == 0
     assert os.path.isfile(os.path.join(base, "pun", "1", "saved_model.pb"))
     image = tmp_path / "x.png"
-    Image.fromarray((_images(batch=1)[0, ..., 0] * 255).astype(np.uint8)).save(image)
+    Image.fromarray((served_images(batch=1)[0, ..., 0] * 255).astype(np.uint8)).save(image)
     out = tmp_path / "out"
     assert cli.main(["predict", "--target", f"127.0.0.1:{server.port}", "--model", "pun",
                      "--image", str(image), "-n", "4", "--out", str(out), "--seed", "3"]) == 0
@@ -266,7 +260,7 @@ def test_cli_export_predict_and_serve(server, tmp_path, capsys):
         line = process.stdout.readline()
         port = int(line.split("gRPC 127.0.0.1:")[1].split(",")[0])
         with serving.GrpcClient(f"127.0.0.1:{port}", "pun") as client:
-            assert client.predict(_images(), 2, seed=1)["masks"].shape == (2, 2, 16, 16)
+            assert client.predict(served_images(), 2, seed=1)["masks"].shape == (2, 2, 16, 16)
     finally:
         process.terminate()
         process.wait(timeout=30)

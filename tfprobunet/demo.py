@@ -115,9 +115,10 @@ def serve_once(model, base_dir, images, num_samples=16, seed=0, name="probunet-d
             times[m] = 1e3 * float(np.median(runs))
     per_sample = (times[num_samples] - times[1]) / (num_samples - 1)
     shapes = {k: list(v.shape) for k, v in {**features, **outputs}.items()}
-    print(f"gRPC features: {', '.join(f'{k} {shapes[k]}' for k in features)} in "
+    print(f"gRPC features: {', '.join(f'{k} {shapes[k]}' for k in sorted(features))} in "
           f"{features_ms:.0f} ms")
-    print(f"gRPC sample({num_samples}): {', '.join(f'{k} {shapes[k]}' for k in outputs)}")
+    print(f"gRPC sample({num_samples}): "
+          f"{', '.join(f'{k} {shapes[k]}' for k in sorted(outputs))}")
     print(f"sample(1) {times[1]:.1f} ms, sample({num_samples}) {times[num_samples]:.1f} ms: "
           f"{per_sample:.2f} ms per extra sample (masks only)")
     return {"export": path, "shapes": shapes, "features_ms": round(features_ms, 1),

@@ -71,8 +71,14 @@ class _Servable:
         self.name, self.version, self.path = name, version, path
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
-        with self.graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")  # the TF1 loader's deprecation notice: we mean to use it
+        try:
+            with self.graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+        finally:
+            logger.setLevel(level)
         self.signatures = {k: v for k, v in meta_graph.signature_def.items()
                            if k != INIT_OP_SIGNATURE}
 

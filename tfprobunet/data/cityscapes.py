@@ -17,7 +17,6 @@ The `*_labelTrainIds.png` files are made by `cityscapesscripts`' `createTrainIdL
 
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from tfprobunet.data import synthetic
