@@ -1,11 +1,14 @@
 """The gRPC and REST clients against the local server that runs signatures as TF Serving does:
 round trips, twenty bad requests, concurrent load, retries, and the CLI."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
@@ -79,6 +82,12 @@ def test_rest_round_trip_equals_grpc(server):
         rest.predict(images, 0)
     with pytest.raises(serving.ServingError, match="Servable not found"):
         serving.RestClient(f"http://127.0.0.1:{server.rest_port}", "nope").status()
+    # The row format cannot carry the scalar inputs: a 400 that says which format works.
+    rows = json.dumps({"instances": [{"images": images[0].tolist()}]}).encode()
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{server.rest_port}/v1/models/pun:predict", data=rows), timeout=30)
+    assert caught.value.code == 400 and "columnar format" in caught.value.read().decode()
 
 
 def _raw_request(signature, inputs, output_filter=()):
