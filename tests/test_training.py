@@ -208,3 +208,24 @@ def test_train_validates_its_arguments(tmp_path):
         training.train(str(tmp_path), dataset="mnist")
     with pytest.raises(ValueError, match="`strategy` must be one of"):
         training.make_strategy("tpu")
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("crash after the checkpoint")
+
+    workdir = str(tmp_path / "run")
+    args = dict(dataset="graders", epochs=2, steps_per_epoch=1, batch_size=2, image_size=16,
+                num_examples=4, num_channels=[8, 16], convs_per_block=1, latent_dim=2, verbose=0)
+    with pytest.raises(RuntimeError, match="crash"):
+        training.train(workdir, callbacks=[Crash()], **args)
+    assert os.path.isdir(os.path.join(workdir, "backup"))
+    with pytest.raises(ValueError, match=r"learning_rate: 0\.0001 in the checkpointed run, "
+                                         r"0\.001 now.*same arguments"):
+        training.train(workdir, **{**args, "learning_rate": 1e-3})
+    with pytest.raises(ValueError, match=r"latent_dim: 2 in the checkpointed run, 3 now"):
+        training.train(workdir, **{**args, "latent_dim": 3})
+    # More epochs is a legitimate resume: epochs 2 and 3 run.
+    _, history = training.train(workdir, **{**args, "epochs": 3})
+    assert history.epoch == [1, 2]

@@ -104,6 +104,31 @@ def _mirrored(devices, cpu):
     return tf.distribute.MirroredStrategy(list(devices), cross_device_ops=cross_device_ops)
 
 
+# Settings a resumed run may change: more epochs, other devices, data moved elsewhere.
+RESUMABLE_CHANGES = ("epochs", "strategy", "data_dir")
+
+
+def _record_settings(workdir, settings):
+    """Write `train_config.json`; if `workdir` holds a checkpoint made with other settings
+    (other than `RESUMABLE_CHANGES`), refuse to resume it rather than mix two runs."""
+    path = os.path.join(workdir, "train_config.json")
+    settings = json.loads(json.dumps(settings, default=list))
+    if os.path.isdir(os.path.join(workdir, "backup")) and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = sorted(k for k in set(saved) | set(settings)
+                         if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k))
+        if changed:
+            differences = ", ".join(f"{k}: {saved.get(k)!r} in the checkpointed run, "
+                                    f"{settings.get(k)!r} now" for k in changed)
+            raise ValueError(f"{workdir} holds a checkpointed run with other settings "
+                             f"({differences}). Resume it with the same arguments (only "
+                             f"{', '.join(RESUMABLE_CHANGES)} may change), or use a new workdir.")
+    with open(path + ".tmp", "w") as f:
+        json.dump(settings, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=100,
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
           learning_rate=1e-4, strategy="default", seed=0, jit_compile=False, verbose=1,
@@ -111,7 +136,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     """Train a `ProbabilisticUNet` on a named dataset, resuming if `workdir` holds a run.
 
     Writes to `workdir`: `backup/` (a `BackupAndRestore` checkpoint at each epoch end: a killed
-    run started again with the same arguments continues from the last finished epoch),
+    run started again with the same arguments continues from the last finished epoch; other
+    arguments, except `epochs`, `strategy` and `data_dir`, are refused with a `ValueError`),
     `log.csv` (one row per epoch), `train_config.json` and, at the end, `model.keras`.
 
     Args:
@@ -138,6 +164,12 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         `(model, history)`.
     """
     os.makedirs(workdir, exist_ok=True)
+    settings = dict(dataset=dataset, data_dir=data_dir, epochs=epochs,
+                    steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                    image_size=image_size, num_examples=num_examples,
+                    validation_examples=validation_examples, learning_rate=learning_rate,
+                    strategy=strategy, seed=seed, **model_kwargs)
+    _record_settings(workdir, settings)
     source = data_lib.load(dataset, "train", data_dir, image_size, num_examples, seed)
     batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
                                          seed=seed)
@@ -147,14 +179,6 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
                                    seed)
         validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
                                                   validation.annotation_weights)
-    settings = dict(dataset=dataset, data_dir=data_dir, epochs=epochs,
-                    steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-                    image_size=image_size, num_examples=num_examples,
-                    validation_examples=validation_examples, learning_rate=learning_rate,
-                    strategy=strategy, seed=seed, **model_kwargs)
-    with open(os.path.join(workdir, "train_config.json"), "w") as f:
-        json.dump(settings, f, indent=2, default=list)
-
     keras.utils.set_random_seed(seed)
     with make_strategy(strategy).scope():
         model_kwargs.setdefault("ged_classes", source.classes)
