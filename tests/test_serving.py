@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -273,3 +274,28 @@ def test_cli_export_predict_and_serve(server, tmp_path, capsys):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_new_version_is_served_once_exported(tmp_path):
+    base = str(tmp_path)
+    first, second = served_model(1), served_model(2)
+    export.export_for_serving(first, base, "pun")
+    images = served_images(seed=4)
+
+    def expected(model):
+        return tf.nn.softmax(model.sample(images, 2, seed=tf.constant([3, 3]))).numpy()
+
+    with serving.ModelServer(base, port=0, rest_port=None, poll_seconds=0.2) as running, \
+            serving.GrpcClient(f"127.0.0.1:{running.port}", "pun") as client:
+        np.testing.assert_allclose(client.predict(images, 2, seed=[3, 3])["probabilities"],
+                                   expected(first), atol=1e-5)
+        export.export_for_serving(second, base, "pun")
+        for _ in range(100):  # the poll picks version 2 up within a few tenths of a second
+            got = client.predict(images, 2, seed=[3, 3])["probabilities"]
+            if not np.allclose(got, expected(first), atol=1e-5):
+                break
+            time.sleep(0.1)
+        np.testing.assert_allclose(got, expected(second), atol=1e-5)
+        assert running.registry.versions("pun") == [2]
+        with pytest.raises(serving.ServingError, match=r"Specific\(pun, 1\)"):
+            serving.GrpcClient(f"127.0.0.1:{running.port}", "pun", version=1).features(images)

@@ -143,40 +143,53 @@ class _Registry:
     def __init__(self, base_path):
         self.base_path = base_path
         self._servables = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _servables; held only briefly
+        self._reload_lock = threading.Lock()  # one scan at a time
         self.reload()
 
+    def _latest_on_disk(self):
+        for name in sorted(os.listdir(self.base_path)):
+            folder = os.path.join(self.base_path, name)
+            versions = [int(v) for v in os.listdir(folder) if v.isdigit() and os.path.exists(
+                os.path.join(folder, v, "saved_model.pb"))] if os.path.isdir(folder) else []
+            if versions:
+                yield name, max(versions), os.path.join(folder, str(max(versions)))
+
     def reload(self):
-        with self._lock:
-            for name in sorted(os.listdir(self.base_path)):
-                folder = os.path.join(self.base_path, name)
-                versions = [int(v) for v in os.listdir(folder) if v.isdigit() and os.path.exists(
-                    os.path.join(folder, v, "saved_model.pb"))] if os.path.isdir(folder) else []
-                if not versions or (name, max(versions)) in self._servables:
-                    continue
-                latest = max(versions)
-                servable = _Servable(name, latest, os.path.join(folder, str(latest)))
-                # Older versions stop being served; requests already running on them finish.
-                for key in [k for k in self._servables if k[0] == name]:
-                    del self._servables[key]
-                self._servables[(name, latest)] = servable
+        with self._reload_lock:
+            for name, version, path in self._latest_on_disk():
+                with self._lock:
+                    if (name, version) in self._servables:
+                        continue
+                # Loading takes a while: requests keep being served by the older version.
+                servable = _Servable(name, version, path)
+                with self._lock:
+                    # Older versions stop being served; requests running on them finish.
+                    for key in [k for k in self._servables if k[0] == name]:
+                        del self._servables[key]
+                    self._servables[(name, version)] = servable
 
     def versions(self, name):
-        return sorted(v for n, v in self._servables if n == name)
+        with self._lock:
+            return sorted(v for n, v in self._servables if n == name)
 
     def get(self, name, version=None):
         """The servable, the latest version by default (TF Serving's default policy)."""
-        if not self.versions(name) or (version and (name, version) not in self._servables):
-            self.reload()  # a version exported since the last scan
-        versions = self.versions(name)
-        if not versions:
-            raise _error("NOT_FOUND", f"Servable not found for request: Latest({name})")
-        if version:
-            if (name, version) not in self._servables:
-                raise _error("NOT_FOUND", f"Servable not found for request: "
-                             f"Specific({name}, {version})")
-            return self._servables[(name, version)]
-        return self._servables[(name, versions[-1])]
+        servable = self._find(name, version)
+        if servable is None:
+            self.reload()  # exported since the last scan
+            servable = self._find(name, version)
+        if servable is None:
+            request = f"Specific({name}, {version})" if version else f"Latest({name})"
+            raise _error("NOT_FOUND", f"Servable not found for request: {request}")
+        return servable
+
+    def _find(self, name, version):
+        with self._lock:
+            loaded = {v: s for (n, v), s in self._servables.items() if n == name}
+        if not loaded:
+            return None
+        return loaded.get(version) if version else loaded[max(loaded)]
 
     def close(self):
         for servable in self._servables.values():
@@ -327,7 +340,8 @@ def _rest_metadata(servable):
 
 
 class ModelServer:
-    """A local TF Serving stand-in: gRPC on `port`, REST on `rest_port` (0: a free port).
+    """A local TF Serving stand-in: gRPC on `port`, REST on `rest_port` (0: a free port; None:
+    no REST). The base path is scanned every `poll_seconds` for new versions, as TF Serving does.
 
     Example:
 
@@ -338,7 +352,8 @@ class ModelServer:
     ```
     """
 
-    def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=8):
+    def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=8,
+                 poll_seconds=1.0):
         if not os.path.isdir(base_path):
             raise FileNotFoundError(f"No model base path {base_path!r}: export a model there "
                                     "first (`tfprobunet export`).")
@@ -350,6 +365,8 @@ class ModelServer:
         prediction_grpc.add_PredictionServiceServicer_to_server(prediction, self._grpc)
         model_service_grpc.add_ModelServiceServicer_to_server(model_service, self._grpc)
         self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+        self.poll_seconds = poll_seconds
+        self._stopped = threading.Event()
         self.host = host
         self._http = None
         self.rest_port = None
@@ -357,13 +374,21 @@ class ModelServer:
             self._http = ThreadingHTTPServer((host, rest_port), _rest_handler(self.registry))
             self.rest_port = self._http.server_address[1]
 
+    def _poll(self):
+        # Like TF Serving's --file_system_poll_wait_seconds: new versions are picked up.
+        while not self._stopped.wait(self.poll_seconds):
+            self.registry.reload()
+
     def start(self):
         self._grpc.start()
+        if self.poll_seconds:
+            threading.Thread(target=self._poll, daemon=True).start()
         if self._http is not None:
             threading.Thread(target=self._http.serve_forever, daemon=True).start()
         return self
 
     def stop(self):
+        self._stopped.set()
         self._grpc.stop(grace=None)
         if self._http is not None:
             self._http.shutdown()
