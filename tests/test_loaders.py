@@ -183,3 +183,20 @@ def test_load_explains_bad_names_and_missing_data_dir(tmp_path):
     train = next(data.load("flips", "train", image_size=16).dataset.as_numpy_iterator())[0]
     test = next(data.load("flips", "test", image_size=16).dataset.as_numpy_iterator())[0]
     assert not np.array_equal(train, test)
+
+
+def test_lidc_training_crops_are_random_windows_shared_by_image_and_masks(tmp_path):
+    written = _write_lidc_crops(str(tmp_path), "train")
+    dataset = data.load("lidc", "train", data_dir=str(tmp_path), image_size=16).dataset
+    offsets = []
+    for image, annotations in dataset.repeat(3).as_numpy_iterator():
+        # Which written tile and which window of it (20x20 tiles, 16x16 windows)?
+        found = [(key, dy, dx) for key, (tile, _) in written.items()
+                 for dy in range(5) for dx in range(5)
+                 if np.allclose(image[..., 0], tile[dy:dy + 16, dx:dx + 16] / 255.0)]
+        assert len(found) == 1
+        key, dy, dx = found[0]
+        masks = np.stack(written[key][1])[:, dy:dy + 16, dx:dx + 16] > 0
+        np.testing.assert_array_equal(annotations, masks)
+        offsets.append((dy, dx))
+    assert len(set(offsets)) > 3  # windows differ between examples and passes

@@ -97,13 +97,17 @@ def _center(image, size):
     return tf.image.resize_with_crop_or_pad(image[..., None], size, size)[..., 0]
 
 
-def crops(data_dir, split="train", image_size=128):
+def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
     """The LIDC crops as a `tf.data.Dataset`, read lazily from the PNG files.
 
     Args:
         data_dir: folder with the `train`/`val`/`test` split folders.
         split: `"train"`, `"val"` or `"test"`.
-        image_size: center crop size (the paper trains on 128x128 crops of the 180x180 tiles).
+        image_size: crop size (the paper trains on 128x128 crops of the 180x180 tiles).
+        random_crop: a random window (the same for the image and its masks, another one each
+            time the dataset is iterated) instead of the center one: the paper's training
+            augmentation.
+        seed: seeds the random windows.
 
     Returns:
         `tf.data.Dataset` of `(image (s, s, 1) float32 in [0, 1], annotations (graders, s, s)
@@ -111,13 +115,25 @@ def crops(data_dir, split="train", image_size=128):
     """
     images, masks = crops_files(data_dir, split)
 
-    def load(image_path, mask_paths):
-        image = tf.cast(_center(_read_png(image_path), image_size), tf.float32) / 255.0
-        annotations = tf.map_fn(_read_png, mask_paths, fn_output_signature=tf.uint8)
-        annotations = tf.cast(_center(annotations, image_size) > 0, tf.int32)
-        return image[..., None], annotations
+    def load(paths, key):
+        image_path, mask_paths = paths
+        tile = tf.concat([_read_png(image_path)[None],
+                          tf.map_fn(_read_png, mask_paths, fn_output_signature=tf.uint8)], axis=0)
+        if random_crop:
+            # Pad tiles smaller than the crop, then one window for the image and its masks.
+            tile = tf.transpose(tf.image.resize_with_crop_or_pad(
+                tf.transpose(tile, (1, 2, 0)), tf.maximum(tf.shape(tile)[1], image_size),
+                tf.maximum(tf.shape(tile)[2], image_size)), (2, 0, 1))
+            tile = tf.image.stateless_random_crop(
+                tile, tf.stack([tf.shape(tile)[0], image_size, image_size]),
+                seed=tf.stack([tf.cast(seed, tf.int64), key]))
+        else:
+            tile = _center(tile, image_size)
+        image = tf.cast(tile[0], tf.float32) / 255.0
+        return image[..., None], tf.cast(tile[1:] > 0, tf.int32)
 
-    return tf.data.Dataset.from_tensor_slices((images, masks)).map(
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices((images, masks)), keys).map(
         load, num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -18,7 +18,8 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
         shuffle: shuffle the examples.
         repeat: repeat forever (use with `steps_per_epoch`).
         seed: seeds the shuffling and the draws. With `repeat`, every iterator of the result
-            yields the same batches for the same seed.
+            yields the same batches for the same seed, provided `dataset` itself does (random
+            crops, like the LIDC training crops, differ on each pass and each iterator).
 
     Returns:
         `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`.

@@ -49,7 +49,9 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         raise ValueError(f"Dataset {name!r} is read from files: pass `data_dir` (CLI: "
                          "--data-dir).")
     if name == "lidc":
-        source = Source(lidc.crops(data_dir, split, image_size or 128), 2, None, None)
+        # As in the paper: random crops of the 180x180 tiles for training, center crops else.
+        source = Source(lidc.crops(data_dir, split, image_size or 128,
+                                   random_crop=split == "train", seed=seed), 2, None, None)
     elif name == "lidc-pickle":
         source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed), 2, None, None)
     else:
