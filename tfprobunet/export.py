@@ -33,10 +33,8 @@ CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
 MODELS_CONFIG = "models.config"
 
 
-def _check(condition, message, tensor):
-    """`tensor` behind an assert: a failing request gets INVALID_ARGUMENT with `message`."""
-    with tf.control_dependencies([tf.debugging.Assert(condition, [message])]):
-        return tf.identity(tensor)
+# `tensor` behind an assert: a failing request gets INVALID_ARGUMENT with the message.
+_check = model_lib._require
 
 
 def _check_rank(tensor, rank, name, layout):
@@ -81,9 +79,7 @@ def serving_functions(model):
         num_samples = _check_num_samples(num_samples)
         prior_scale = _check(tf.reduce_all(prior_scale > 0), "`prior_scale` must be > 0.",
                              prior_scale)
-        noise = tf.random.stateless_normal(
-            tf.stack([tf.shape(prior_loc)[0], num_samples, n]), seed=seed)
-        return prior_loc[:, None] + prior_scale[:, None] * noise
+        return model._prior_latents(prior_loc, prior_scale, num_samples, seed)
 
     def check_batch(features, other, other_name):
         """Both tensors behind the check, so neither reaches an op that fails less clearly."""

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-IGNORE_LABEL = 255
+from tfprobunet.losses import IGNORE_LABEL
 
 
 def scored_classes(num_classes, classes=None):

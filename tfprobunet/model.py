@@ -264,9 +264,14 @@ class ProbabilisticUNet(keras.Model):
         if isinstance(num_samples, int) and num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
         features, prior = self.features(images)
-        noise = self._noise(tf.stack([tf.shape(prior.loc)[0], num_samples, self.latent_dim]),
-                            seed)
-        return self.decode(features, prior.loc[:, None] + prior.stddev()[:, None] * noise)
+        return self.decode(features, self._prior_latents(prior.loc, prior.stddev(), num_samples,
+                                                         seed))
+
+    def _prior_latents(self, loc, scale, num_samples, seed=None):
+        """`z (b, m, N) = loc + scale * noise`: the prior draw that `sample` and the exported
+        serving signatures share, so both give the same z for the same seed."""
+        noise = self._noise(tf.stack([tf.shape(loc)[0], num_samples, self.latent_dim]), seed)
+        return loc[:, None] + scale[:, None] * noise
 
     def posterior_distribution(self, images, segmentations):
         """Q(z | X, Y): the posterior net on `concat(images, one_hot(segmentations) - 0.5)`.

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from tfprobunet.losses import IGNORE_LABEL
 
 
 def _figure(width, height):
