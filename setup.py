@@ -10,18 +10,23 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tfprobunet", "tfprobunet.*"]),
     install_requires=[
+        # The lowest versions are Colab's; requirements-oldest.txt holds them and
+        # `make test-compat` tests them.
         "tensorflow>=2.20",
-        "keras>=3",
+        "keras>=3.10",
         "tensorflow-probability>=0.25",
-        # TFP imports tf_keras at import time; the library never uses it.
-        "tf-keras",
+        # Not listed: tf-keras, which TFP imports (the library never uses it). Every tf-keras
+        # release requires the TensorFlow of its own minor, so pip, resolving any tf-keras
+        # requirement in an environment that has TensorFlow 2.20 but no tf-keras, picks the
+        # newest tf-keras and replaces TensorFlow with the newest one (a range on both does not
+        # stop it). `import tfprobunet` names the tf-keras that matches the installed TF.
         "numpy",
         # evaluation: Hungarian matching (HM-IoU) and the report's figures
         "scipy",
         "matplotlib",
     ],
     extras_require={
-        "tune": ["keras-tuner>=1.4", "tensorboard"],
+        "tune": ["keras-tuner>=1.4.7", "tensorboard"],
         "serving": ["tensorflow-serving-api", "grpcio"],
         "dev": ["pytest>=8", "pytest-timeout", "pillow"],
     },

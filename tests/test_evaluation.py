@@ -84,6 +84,7 @@ def test_evaluate_rejects_a_model_for_other_classes():
         evaluation.evaluate(tiny_model(2), "flips", image_size=16, num_examples=2, verbose=0)
 
 
+@pytest.mark.compat
 def test_evaluate_command_reads_the_training_run(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     cli.main(["train", "--dataset", "graders", "--workdir", workdir, "--epochs", "1",

@@ -127,7 +127,11 @@ def test_a_poller_never_sees_a_half_written_version(exported, tmp_path):
     seen, incomplete, done = set(), [], threading.Event()
 
     def poll():
-        while not done.is_set():
+        finished = False
+        while not finished:
+            # Read the flag before scanning: the last scan starts after both exports ended, so
+            # it sees version 2 however the threads were scheduled.
+            finished = done.is_set()
             if model_dir.is_dir():
                 for version in os.listdir(model_dir):
                     if version.isdigit():

@@ -4,12 +4,34 @@ Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FCo
 `evaluate`, `export_for_serving`, and the modules `losses`, `metrics`, `data` and `serving`.
 """
 
-from tfprobunet import data, losses, metrics, serving
-from tfprobunet.evaluation import evaluate
-from tfprobunet.export import export_for_serving
-from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
-from tfprobunet.model import ProbabilisticUNet
-from tfprobunet.training import train
+
+def _require_tf_keras():
+    """TFP imports `tf_keras` on import; it is not a dependency of the package (see setup.py),
+    so say which one matches the installed TensorFlow instead of failing inside TFP."""
+    try:
+        import tf_keras  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name != "tf_keras":
+            raise
+        import tensorflow as tf
+
+        minor = ".".join(tf.__version__.split(".")[:2])
+        raise ModuleNotFoundError(
+            "tfprobunet needs the tf-keras package, which TensorFlow Probability imports (the "
+            f"library itself uses Keras 3), in the minor version of your TensorFlow "
+            f"{tf.__version__}: pip install \"tf-keras~={minor}.0\". It is not installed with "
+            "tfprobunet because pip would then replace your TensorFlow with the newest one.",
+            name="tf_keras") from None
+
+
+_require_tf_keras()
+
+from tfprobunet import data, losses, metrics, serving  # noqa: E402
+from tfprobunet.evaluation import evaluate  # noqa: E402
+from tfprobunet.export import export_for_serving  # noqa: E402
+from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet  # noqa: E402
+from tfprobunet.model import ProbabilisticUNet  # noqa: E402
+from tfprobunet.training import train  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -94,17 +94,57 @@ def _upsample(x):
     return y
 
 
-def _build_convs(convs, in_channels):
-    for conv in convs:
-        conv.build((None, None, None, in_channels))
-        in_channels = conv.filters
-    return in_channels
+class Container(keras.layers.Layer):
+    """A block of 3x3 convolutions + ReLU applied in order; indexable like a list of them.
 
+    Each convolution is an attribute of the block, so Keras saves every weight on every 3.x
+    version: Keras < 3.15 silently drops layers kept in nested Python lists. The class and
+    attribute names give the weight paths that tfprobunet 0.1 wrote with nested lists on Keras
+    3.15 (`blocks/container/conv2d`, `blocks/container_1/conv2d_1`, ...), so its `.keras` files
+    still load.
 
-def _apply(layers, x):
-    for layer in layers:
-        x = layer(x)
-    return x
+    Args:
+        filters: output channels of every convolution.
+        num_convs: convolutions in the block.
+        weight_decay: L2 coefficient on kernels and biases.
+        prefix: name prefix of the convolutions (`{prefix}_conv{j}`).
+
+    Call arguments:
+        inputs: `(b, h, w, c)`.
+
+    Returns:
+        `(b, h, w, filters)`.
+    """
+
+    def __init__(self, filters, num_convs, weight_decay, prefix, **kwargs):
+        super().__init__(name=prefix, **kwargs)
+        self.num_convs = num_convs
+        for j in range(num_convs):
+            setattr(self, self._attribute(j), _conv(filters, 3, weight_decay, f"{prefix}_conv{j}"))
+
+    @staticmethod
+    def _attribute(j):
+        # The names Keras' saving gave the j-th layer of a list of Conv2D layers.
+        return "conv2d" if j == 0 else f"conv2d_{j}"
+
+    def __getitem__(self, j):
+        return getattr(self, self._attribute(range(self.num_convs)[j]))
+
+    def __len__(self):
+        return self.num_convs
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        for j in range(self.num_convs):
+            self[j].build((None, None, None, channels))
+            channels = self[j].filters
+        self.built = True
+
+    def call(self, inputs):
+        x = inputs
+        for j in range(self.num_convs):
+            x = self[j](x)
+        return x
 
 
 class _ConvNet(keras.layers.Layer):
@@ -145,15 +185,14 @@ class Encoder(_ConvNet):
     def __init__(self, num_channels, convs_per_block=3, weight_decay=1e-5, **kwargs):
         super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         self.pool = keras.layers.AveragePooling2D(2, name="pool")
-        self.blocks = [
-            [_conv(filters, 3, weight_decay, f"level{i}_conv{j}") for j in range(convs_per_block)]
-            for i, filters in enumerate(self.num_channels)
-        ]
+        self.blocks = [Container(filters, convs_per_block, weight_decay, f"level{i}")
+                       for i, filters in enumerate(self.num_channels)]
 
     def build(self, input_shape):
         channels = input_shape[-1]
         for block in self.blocks:
-            channels = _build_convs(block, channels)
+            block.build((None, None, None, channels))
+            channels = block[-1].filters
         self.built = True
 
     def call(self, inputs):
@@ -162,7 +201,7 @@ class Encoder(_ConvNet):
         for i, block in enumerate(self.blocks):
             if i:
                 x = self.pool(x)
-            x = _apply(block, x)
+            x = block(x)
             outputs.append(x)
         return outputs
 
@@ -190,25 +229,22 @@ class UNet(_ConvNet):
                  **kwargs):
         super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
-        self.up_blocks = [
-            [_conv(self.num_channels[i], 3, weight_decay, f"up{i}_conv{j}")
-             for j in range(convs_per_block)]
-            for i in range(len(self.num_channels) - 2, -1, -1)
-        ]
+        self.up_blocks = [Container(self.num_channels[i], convs_per_block, weight_decay, f"up{i}")
+                          for i in range(len(self.num_channels) - 2, -1, -1)]
 
     def build(self, input_shape):
         self.encoder.build(input_shape)
         channels = self.num_channels[-1]
         for i, block in zip(range(len(self.num_channels) - 2, -1, -1), self.up_blocks):
-            channels = _build_convs(block, channels + self.num_channels[i])
+            block.build((None, None, None, channels + self.num_channels[i]))
+            channels = block[-1].filters
         self.built = True
 
     def call(self, images):
         skips = self.encoder(images)
         x = skips[-1]
         for skip, block in zip(reversed(skips[:-1]), self.up_blocks):
-            x = keras.ops.concatenate([_upsample(x), skip], axis=-1)
-            x = _apply(block, x)
+            x = block(keras.ops.concatenate([_upsample(x), skip], axis=-1))
         return x
 
 

@@ -156,6 +156,32 @@ class ProbabilisticUNet(keras.Model):
         self.fcomb.build((None, None, None, self.num_channels[0]), (None, self.latent_dim))
         self.built = True
 
+    def get_build_config(self):
+        """`{"input_shape": [b, h, w, c]}` as plain ints and None, however `build` was called
+        (a `TensorShape` is not JSON: Keras Tuner and `.keras` saving write this config)."""
+        config = super().get_build_config()
+        if config and "input_shape" in config:
+            config["input_shape"] = [None if d is None else int(d)
+                                     for d in tf.TensorShape(config["input_shape"]).as_list()]
+        return config
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Keras' `Model.export` of `call` (logits at the prior mean), with images of any batch
+        size, height and width by default: `input_signature=[(None, None, None, c) float32]`.
+
+        The serving signatures that sample (`serving_default`, `features`, `sample`,
+        `decode`) are written by `tfprobunet.export_for_serving`.
+        """
+        if input_signature is None:
+            if not self.built:
+                raise ValueError("Build the model (`model.build((None, h, w, c))`, a call or "
+                                 "`fit`) before exporting it.")
+            input_signature = [tf.TensorSpec((None, None, None, self.image_channels),
+                                             tf.float32, name="images")]
+        return super().export(filepath, format=format, verbose=verbose,
+                              input_signature=input_signature, **kwargs)
+
     # ------------------------------------------------------------------ input checks
     def _check_images(self, images):
         images = tf.convert_to_tensor(images)
@@ -211,7 +237,7 @@ class ProbabilisticUNet(keras.Model):
 
     def _ensure_built(self, images):
         if not self.built:
-            self.build(images.shape)
+            self.build(tuple(images.shape))
 
     # ------------------------------------------------------------------ the model's operations
     def _noise(self, shape, seed=None):

@@ -1,0 +1,78 @@
+"""What installing the package does to an environment: the tested versions stay in place.
+
+`make test` runs these on the pinned set (requirements.txt), `make test-compat` on the oldest
+supported set (requirements-oldest.txt, Colab's), named by `TFPROBUNET_REQUIREMENTS`.
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The packages whose replacement would cost a Colab user a runtime restart.
+FRAMEWORK = ("tensorflow", "keras", "tensorflow-probability", "tf-keras", "numpy", "protobuf")
+
+
+def _pins(filename):
+    pins = {}
+    with open(os.path.join(ROOT, filename)) as f:
+        for line in f:
+            match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line.strip())
+            if match:
+                pins[match[1].lower()] = match[2]
+    return pins
+
+
+def _canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.compat
+def test_the_environment_holds_the_tested_versions():
+    """After `pip install` of the package (with its dependencies in `make test-compat`), every
+    pinned version is still the one installed: nothing was upgraded behind the user's back."""
+    pins = _pins(os.environ.get("TFPROBUNET_REQUIREMENTS", "requirements.txt"))
+    assert "tensorflow" in pins and "keras" in pins
+    installed = {name: importlib.metadata.version(name) for name in pins}
+    assert installed == pins
+    # TFP's tf-keras belongs to the TensorFlow minor (each tf-keras requires its own minor).
+    minor = lambda version: version.split(".")[:2]  # noqa: E731
+    assert minor(importlib.metadata.version("tf-keras")) == minor(installed["tensorflow"])
+
+
+@pytest.mark.compat
+@pytest.mark.slow
+def test_installing_the_package_replaces_none_of_the_framework(tmp_path):
+    report = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet",
+                    "--report", str(report), ROOT], check=True, capture_output=True,
+                   timeout=600)
+    planned = {_canonical(item["metadata"]["name"]): item["metadata"]["version"]
+               for item in json.loads(report.read_text())["install"]}
+    replaced = {name: (importlib.metadata.version(name), planned[name])
+                for name in FRAMEWORK if name in planned}
+    assert not replaced, f"pip would replace (installed, new): {replaced}"
+    assert set(planned) <= {"tfprobunet"}, planned
+
+
+def test_missing_tf_keras_is_named_with_the_matching_version(tmp_path):
+    # A tf_keras that cannot be found, as in an environment where it was never installed.
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tf_keras':\n"
+        "            raise ModuleNotFoundError(\"No module named 'tf_keras'\", name='tf_keras')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", "import tfprobunet"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    tf_minor = ".".join(importlib.metadata.version("tensorflow").split(".")[:2])
+    assert f'pip install "tf-keras~={tf_minor}.0"' in result.stderr, result.stderr[-2000:]

@@ -1,0 +1,165 @@
+"""Saving and loading on every Keras and TensorFlow version `setup.py` admits.
+
+These tests run twice in CI: on the pinned versions (`make test`) and on the oldest supported
+ones, Colab's (`make test-compat`). Keras < 3.15 silently drops the weights of layers kept in
+nested Python lists; the weights-count checks are what catch such a loss.
+"""
+
+import io
+import json
+import os
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfprobunet
+from conftest import random_batch, tiny_model
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def saved_arrays(path, part="model"):
+    """The datasets in the `model.weights.h5` of a `.keras` file, {path: array}: the model's
+    (`part="model"`) or its optimizer's (`part="optimizer"`)."""
+    with zipfile.ZipFile(path) as archive:
+        weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+    arrays = {}
+    weights.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                       if isinstance(obj, h5py.Dataset) else None)
+    is_optimizer = {"model": False, "optimizer": True}[part]
+    return {k: v for k, v in arrays.items() if k.startswith("optimizer/") == is_optimizer}
+
+
+def trained(model, images, segmentations):
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(images, segmentations, batch_size=2, epochs=1, verbose=0, shuffle=False)
+    return model
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("train", [False, True], ids=["built", "trained"])
+def test_keras_file_holds_every_weight_and_loads_exactly(tmp_path, train):
+    images, segmentations = random_batch(3, batch=2)
+    model = tiny_model(3)
+    model.build((None, 16, 16, 1))
+    if train:
+        trained(model, images, segmentations)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+
+    arrays = saved_arrays(path)
+    assert len(arrays) == len(model.weights)
+    # Each saved array is one of the model's weights (every weight of a conv is distinct).
+    values = sorted(float(np.sum(np.abs(a))) for a in arrays.values())
+    expected = sorted(float(np.sum(np.abs(w.numpy()))) for w in model.weights)
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+
+    loaded = keras.models.load_model(path)
+    assert len(loaded.weights) == len(model.weights)
+    for a, b in zip(loaded.weights, model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
+    np.testing.assert_array_equal(loaded.sample(images, 2, seed=1), model.sample(images, 2, seed=1))
+    np.testing.assert_array_equal(loaded(images), model(images))
+    if train:  # the optimizer's state comes back too, so training continues where it stopped
+        assert len(saved_arrays(path, "optimizer")) == len(model.optimizer.variables)
+        for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
+
+
+@pytest.mark.compat
+def test_weights_file_holds_every_weight(tmp_path):
+    model = tiny_model(2)
+    model.build((None, 16, 16, 1))
+    path = str(tmp_path / "model.weights.h5")
+    model.save_weights(path)
+    with h5py.File(path, "r") as f:
+        count = []
+        f.visititems(lambda name, obj: count.append(name) if isinstance(obj, h5py.Dataset)
+                     else None)
+    assert len(count) == len(model.weights)
+    clone = tiny_model(2)
+    clone.build((None, 16, 16, 1))
+    clone.load_weights(path)
+    images, _ = random_batch(2)
+    np.testing.assert_array_equal(clone.sample(images, 2, seed=3), model.sample(images, 2, seed=3))
+
+
+@pytest.mark.compat
+def test_keras_file_written_by_version_0_1_still_loads():
+    # Written by tfprobunet 0.1 (convolutions kept in nested lists) with Keras 3.15: the
+    # blocks of today's layers keep the same weight paths, so such files load unchanged, on
+    # older Keras versions too.
+    path = os.path.join(DATA, "v0_1_model.keras")
+    expected = np.load(os.path.join(DATA, "v0_1_model_outputs.npz"))
+    loaded = keras.models.load_model(path)
+    assert len(saved_arrays(path)) == len(loaded.weights)
+    np.testing.assert_allclose(loaded(expected["images"]), expected["call"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.sample(expected["images"], 3, seed=1), expected["sample"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def _json_build_config(model):
+    config = model.get_build_config()
+    return json.loads(json.dumps(config))
+
+
+@pytest.mark.compat
+def test_build_config_is_plain_json_however_the_model_was_built():
+    images, segmentations = random_batch(2)
+    ways = {
+        "sample": lambda m: m.sample(images, 2),
+        "call": lambda m: m(images),
+        "build_tensor_shape": lambda m: m.build(tf.TensorShape((None, 16, 16, 1))),
+        "fit": lambda m: trained(m, images, segmentations),
+    }
+    for name, build in ways.items():
+        model = tiny_model(2)
+        build(model)
+        shape = _json_build_config(model)["input_shape"]
+        assert list(shape)[1:] in ([16, 16, 1], [None, None, 1]), (name, shape)
+        clone = tiny_model(2)
+        clone.build_from_config(model.get_build_config())
+        assert len(clone.weights) == len(model.weights), name
+
+
+def _served_call(export_dir, images):
+    exported = tf.saved_model.load(export_dir)
+    return exported.serve(tf.constant(images)).numpy()
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("state", ["built", "trained", "reloaded"])
+def test_keras_export_serves_call(tmp_path, state):
+    images, segmentations = random_batch(2)
+    model = tiny_model(2)
+    if state == "built":
+        model.build((None, 16, 16, 1))
+    else:
+        trained(model, images, segmentations)
+    if state == "reloaded":
+        model.save(str(tmp_path / "model.keras"))
+        model = keras.models.load_model(str(tmp_path / "model.keras"))
+    export_dir = str(tmp_path / "export")
+    model.export(export_dir, verbose=False)
+    np.testing.assert_allclose(_served_call(export_dir, images), model(images), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.compat
+def test_export_archive_of_a_reloaded_model(tmp_path):
+    images, _ = random_batch(2)
+    model = tiny_model(2)
+    model.build((None, 16, 16, 1))
+    model.save(str(tmp_path / "model.keras"))
+    model = keras.models.load_model(str(tmp_path / "model.keras"))
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", model.call,
+                         input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
+    archive.write_out(str(tmp_path / "archive"), verbose=False)
+    np.testing.assert_allclose(_served_call(str(tmp_path / "archive"), images), model(images),
+                               rtol=1e-5, atol=1e-6)
