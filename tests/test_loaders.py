@@ -1,7 +1,13 @@
 """The real-data readers on tiny files written here in the published layouts."""
 
+import codecs
+import json
 import os
 import pickle
+import re
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,12 +64,66 @@ def test_lidc_crops_explain_missing_files(tmp_path):
         data.load("lidc", "train", data_dir=str(tmp_path))
     _write_lidc_crops(str(tmp_path), "train")
     os.remove(tmp_path / "train" / "gt" / "LIDC-IDRI-0002" / "z-105.0_c0_l3.png")
-    with pytest.raises(ValueError, match="same number of grader masks"):
+    with pytest.raises(ValueError, match="same grader masks.*z-105.0_c0.*_l0, _l1, _l2 "):
         data.load("lidc", "train", data_dir=str(tmp_path))
     for g in range(3):
         os.remove(tmp_path / "train" / "gt" / "LIDC-IDRI-0002" / f"z-105.0_c0_l{g}.png")
     with pytest.raises(FileNotFoundError, match="No grader masks.*z-105.0_c0"):
         data.load("lidc", "train", data_dir=str(tmp_path))
+
+
+_DAMAGE = {
+    "empty": lambda raw: b"",
+    "garbage": lambda raw: bytes(range(256)) * 4,
+    "truncated-header": lambda raw: raw[:20],
+    "truncated": lambda raw: raw[:len(raw) // 2],
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGE))
+@pytest.mark.parametrize("folder, name", [("images", "z-110.5_c1.png"),
+                                          ("gt", "z-110.5_c1_l2.png")], ids=["image", "mask"])
+def test_lidc_crops_name_a_damaged_png_before_reading_any(tmp_path, damage, folder, name):
+    _write_lidc_crops(str(tmp_path), "train")
+    path = tmp_path / "train" / folder / "LIDC-IDRI-0002" / name
+    path.write_bytes(_DAMAGE[damage](path.read_bytes()))
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        lidc.crops(str(tmp_path), "train")
+
+
+def test_lidc_crops_name_a_mask_of_another_size_and_its_image(tmp_path):
+    _write_lidc_crops(str(tmp_path), "train")  # 20x20 tiles
+    mask = tmp_path / "train" / "gt" / "LIDC-IDRI-0001" / "z-105.0_c0_l1.png"
+    _png(str(mask), np.zeros((18, 20)))
+    image = tmp_path / "train" / "images" / "LIDC-IDRI-0001" / "z-105.0_c0.png"
+    with pytest.raises(ValueError) as refused:
+        data.load("lidc", "train", data_dir=str(tmp_path))
+    for part in (str(mask), "18x20", str(image), "20x20"):
+        assert part in str(refused.value)
+
+
+@pytest.mark.parametrize("renames, found", [({3: 7}, "_l0, _l1, _l2, _l7"),
+                                            ({3: 4, 2: 3, 1: 2, 0: 1}, "_l1, _l2, _l3, _l4")],
+                         ids=["a-stray-suffix", "the-other-numbering"])
+def test_lidc_crops_refuse_grader_suffixes_that_differ_between_images(tmp_path, renames, found):
+    _write_lidc_crops(str(tmp_path), "train")
+    folder = tmp_path / "train" / "gt" / "LIDC-IDRI-0002"
+    for old, new in renames.items():
+        os.rename(folder / f"z-110.5_c1_l{old}.png", folder / f"z-110.5_c1_l{new}.png")
+    with pytest.raises(ValueError) as refused:
+        lidc.crops_files(str(tmp_path), "train")
+    image = tmp_path / "train" / "images" / "LIDC-IDRI-0002" / "z-110.5_c1.png"
+    for part in (str(image), found, "_l0, _l1, _l2, _l3"):
+        assert part in str(refused.value)
+
+
+def test_lidc_crops_need_consecutive_grader_suffixes(tmp_path):
+    written = _write_lidc_crops(str(tmp_path), "train")
+    for patient, name in written:  # the same gap in every image
+        folder = tmp_path / "train" / "gt" / patient
+        os.rename(folder / f"{name}_l3.png", folder / f"{name}_l7.png")
+    with pytest.raises(ValueError, match=r"_l0, _l1, _l2, _l7.*_l0, _l1, _l2, _l3"):
+        lidc.crops_files(str(tmp_path), "train")
 
 
 def _lidc_entries(num_series=10, slices=3, seed=0):
@@ -112,18 +172,21 @@ def test_lidc_pickle_written_by_numpy_1_loads(tmp_path):
     np.testing.assert_array_equal(images[0, ..., 0], next(iter(entries.values()))["image"])
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
+class _Reduce:
+    """Pickles as `func(*args)`, then `BUILD state` if given: hand-made pickles."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
 
     def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
+        return (self.func, self.args) + (() if self.state is None else (self.state,))
 
 
 def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     entries = _lidc_entries(num_series=1, slices=1)
-    entries["evil"] = {"image": _Payload(marker), "masks": [], "series_uid": "x"}
+    entries["evil"] = {"image": _Reduce(os.system, (f"touch {marker}",)), "masks": [],
+                       "series_uid": "x"}
     path = tmp_path / "data_lidc.pickle"
     path.write_bytes(pickle.dumps(entries))
     with pytest.raises(lidc.UnsafePickleError, match=r"Refusing to load .*(posix|os)\.system"):
@@ -131,6 +194,108 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
     pickle.loads(path.read_bytes())  # the unrestricted unpickler does run it: the test can fail
     assert marker.exists()
+
+
+_RECONSTRUCT = np.arange(1).__reduce__()[0]  # numpy's own names, numpy.core or numpy._core
+_FROMBUFFER = np.arange(1).__reduce_ex__(5)[0]
+_DOUBLED = b"a"
+for _ in range(40):  # hex doubles the bytes at each step: 2**40 bytes from 40 small calls
+    _DOUBLED = _Reduce(codecs.encode, (_DOUBLED, "hex"))
+# What a hostile pickle of a few hundred bytes may ask numpy (or pickle) to build, and what the
+# refusal says; each would take far more memory than the 1 GB the reading process is allowed.
+_HUGE = {
+    "reconstruct": (_Reduce(_RECONSTRUCT, (np.ndarray, (2**20, 2**20), b"b")),
+                    r"\(1048576, 1048576\) int8 .*1,099,511,627,776 bytes"),
+    "reconstruct-dtype": (_Reduce(_RECONSTRUCT, (np.ndarray, (10**6, 10**6), np.dtype("f8"))),
+                          r"float64 .*8,000,000,000,000 bytes"),
+    "ndarray": (_Reduce(np.ndarray, ((10**6, 10**6), "f8")), r"numpy\.ndarray"),
+    "setstate": (_Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                         (1, (2**20, 2**20), np.dtype("f8"), False, b"")),
+                 r"\(1048576, 1048576\) float64 .*8,796,093,022,208 bytes"),
+    "setstate-object": (_Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                                (1, (2**17, 2**17), np.dtype(object), False, [])), r"'O8'"),
+    "subarray-dtype": (_Reduce(_RECONSTRUCT, (np.ndarray, (4,), np.dtype(("f8", (2**14, 2**13))))),
+                       r"'V1073741824'"),
+    "frombuffer": (_Reduce(_FROMBUFFER, (b"12345678", np.dtype("f8"), (2**20, 2**20), "C")),
+                   r"\(1048576, 1048576\) float64 .*8,796,093,022,208 bytes"),
+    "doubling-bytes": (_DOUBLED, r"_codecs\.encode.*'hex'"),
+}
+# Pickle's memo: index 2**30 made CPython's unpickler allocate and zero 16 GB for this 10-byte file.
+_MEMO_AT_2_30 = b"\x80\x02K\x01r" + struct.pack("<I", 2**30) + b"."
+_READ_IN_1_GB = """
+import json, resource, sys
+from tfprobunet.data import lidc
+
+with open("/proc/self/status") as status:
+    in_use = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 2**30, resource.RLIM_INFINITY))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+outcomes = []
+for path in sys.argv[1:]:
+    try:
+        outcomes.append(["loaded", repr(lidc.read_pickle(path))])
+    except Exception as error:
+        outcomes.append([type(error).__name__, str(error)])
+print(json.dumps([outcomes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_lidc_pickle_cannot_make_the_reader_allocate_more_than_the_file_holds(tmp_path):
+    """Each hostile pickle is refused before numpy allocates: read in a process allowed 1 GB
+    more address space (so that a failure here is a MemoryError, not a swapping machine)."""
+    paths = []
+    for name, (attack, _) in _HUGE.items():
+        paths.append(tmp_path / f"{name}.pickle")
+        paths[-1].write_bytes(pickle.dumps(attack))
+        assert paths[-1].stat().st_size < 1000
+    paths.append(tmp_path / "memo.pickle")
+    paths[-1].write_bytes(_MEMO_AT_2_30)
+    run = subprocess.run([sys.executable, "-c", _READ_IN_1_GB, *map(str, paths)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcomes, grown_kb = json.loads(run.stdout.splitlines()[-1])
+    for (name, (_, expected)), path, (error, message) in zip(_HUGE.items(), paths, outcomes):
+        assert error == "UnsafePickleError", (name, error, message)
+        assert str(path) in message and re.search(expected, message), (name, message)
+    assert outcomes[-1] == ["loaded", "1"]
+    assert grown_kb < 200 * 1024
+
+
+def test_lidc_pickle_arrays_are_bounded_by_the_file_size(tmp_path):
+    """An honest pickle stores the bytes of its arrays; one asking for more is refused."""
+    path = tmp_path / "data_lidc.pickle"
+    path.write_bytes(pickle.dumps(_Reduce(_RECONSTRUCT, (np.ndarray, (100, 1000), b"d"))))
+    with pytest.raises(lidc.UnsafePickleError) as refused:
+        lidc.read_pickle(str(path))
+    for part in (str(path), "(100, 1000) float64", "800,000 bytes",
+                 f"{path.stat().st_size:,}-byte file"):
+        assert part in str(refused.value)
+    array = np.arange(100_000, dtype=np.float64).reshape(100, 1000)
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):  # the same array, stored: loads
+        path.write_bytes(pickle.dumps({"a": array, "t": array.T, "x": np.float32(2)}, protocol))
+        loaded = lidc.read_pickle(str(path))
+        np.testing.assert_array_equal(loaded["t"], array.T)
+        assert type(loaded["a"]) is np.ndarray and loaded["x"] == np.float32(2)
+    # A dtype whose state changes its item size would misdescribe arrays already made with it.
+    path.write_bytes(pickle.dumps(_Reduce(np.dtype, ("S8", False, True),
+                                          (3, "|", None, None, None, 10**6, 1, 0))))
+    with pytest.raises(lidc.UnsafePickleError, match="item size"):
+        lidc.read_pickle(str(path))
+
+
+def test_lidc_pickle_entries_sharing_arrays_cannot_multiply_memory(tmp_path):
+    entry = next(iter(_lidc_entries(num_series=1, slices=1).values()))
+    path = tmp_path / "data_lidc.pickle"
+    # One entry stored once and referenced 5000 times: 5000 copies once stacked.
+    path.write_bytes(pickle.dumps({f"slice{k}": entry for k in range(5000)}))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*5000 entries.*share"):
+        lidc.pickle_arrays(str(path))
+    entry["masks"][2] = entry["masks"][2][:8]
+    path.write_bytes(pickle.dumps({"slice0": entry}))
+    with pytest.raises(ValueError, match=r"'slice0'.*\(8, 16\).*\(16, 16\)"):
+        lidc.pickle_arrays(str(path))
 
 
 def _write_cityscapes(root):

@@ -7,20 +7,26 @@
       <data_dir>/<split>/gt/<patient>/<slice>_l0.png ... <slice>_l3.png
 
   `<split>` is `train`, `val` or `test` (folders named `lidc_crops_<split>` work too); grader
-  suffixes `_l0`..`_l3` and `_l1`..`_l4` are both accepted.
+  suffixes `_l0`..`_l3` and `_l1`..`_l4` are both accepted, the same for every image. Every
+  PNG's header and end are checked before anything is decoded.
 - `pickle_dataset(path, split)`: the `data_lidc.pickle` of the popular PyTorch port (a dict of
   `{'image': (128, 128) float, 'masks': [4 x (128, 128)], 'series_uid': str}` entries), read
-  with an unpickler that builds nothing but numpy arrays and plain containers, and split by
-  series (patient scan) with a seed.
+  with an unpickler that builds nothing but numpy arrays and plain containers, and no more array
+  bytes than the file holds, and split by series (patient scan) with a seed.
 
 Both yield `(image (s, s, 1) float32 in [0, 1], annotations (4, s, s) int32 in {0, 1})`.
 """
 
 import collections
+import functools
 import io
+import math
+import operator
 import os
 import pickle
 import re
+import struct
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +34,8 @@ import tensorflow as tf
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 _MASK = re.compile(r"^(?P<slice>.+)_l(?P<grader>\d+)\.png$")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))  # the last 12 bytes of a PNG
 
 
 def _check_split(split):
@@ -47,12 +55,72 @@ def _split_dir(data_dir, split):
         "Probabilistic U-Net.")
 
 
+def _suffixes(graders):
+    return ", ".join(f"_l{g}" for g in graders)
+
+
+def _check_graders(images, graders):
+    """Every image has the same grader suffixes, numbered up from 0 or 1."""
+    sets = collections.Counter(graders)
+    expected = sets.most_common(1)[0][0]
+    for image, found in zip(images, graders):
+        if found != expected:
+            raise ValueError(
+                f"Every image needs the same grader masks: {image} has {_suffixes(found)} "
+                f"but {sets[expected]} of the {len(images)} images have {_suffixes(expected)}. "
+                "Add the missing masks or rename the stray ones.")
+    if expected not in (tuple(range(len(expected))), tuple(range(1, len(expected) + 1))):
+        raise ValueError(
+            f"Every image has the grader masks {_suffixes(expected)} (e.g. {images[0]}), but "
+            f"grader suffixes must count up: {_suffixes(range(len(expected)))} or "
+            f"{_suffixes(range(1, len(expected) + 1))}. Rename the misnumbered grader's masks.")
+
+
+def _png_size(path):
+    """`(h, w)` from the header of the PNG at `path`, reading its first 24 and last 12 bytes.
+
+    Raises:
+        ValueError: naming `path`, if it is empty, not a PNG, or cut short (no end chunk).
+            Damage between the header and the end (say, bytes flipped inside the image data) is
+            found only when TensorFlow decodes the file, in an error that does not name it.
+    """
+    with open(path, "rb") as f:
+        head = f.read(24)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - len(_PNG_END), 0))
+        tail = f.read()
+    if not size:
+        problem = "it is empty"
+    elif not head.startswith(_PNG_SIGNATURE):
+        problem = f"it does not start with the PNG signature but with {head[:8]!r}"
+    elif len(head) < 24 or head[12:16] != b"IHDR":
+        problem = f"its header is cut short or has no IHDR chunk ({size} bytes)"
+    elif tail != _PNG_END:
+        problem = f"it does not end with the PNG end chunk (IEND): it is cut short ({size} bytes)"
+    else:
+        width, height = struct.unpack(">II", head[16:24])
+        if width and height:
+            return height, width
+        problem = f"its header gives a size of {height}x{width} pixels"
+    raise ValueError(f"{path} is not a readable PNG: {problem}. Replace it with an intact copy "
+                     "(download or export it again).")
+
+
 def crops_files(data_dir, split="train"):
     """The image files of a split of the LIDC crops and their graders' mask files.
+
+    Every file is checked before it is returned (two small reads each, no decoding): grader
+    suffixes, PNG headers and ends, and mask sizes, so that a broken dataset fails
+    here, naming the files, rather than in the middle of training.
 
     Returns:
         `(images, masks)`: sorted image paths `(n,)` and mask paths `(n, graders)`, graders in
         the order of their suffix numbers.
+
+    Raises:
+        FileNotFoundError: no split folder, no images, or an image without masks.
+        ValueError: grader suffixes that differ between images or skip a number; an empty,
+            foreign or truncated PNG; a mask of another size than its image.
     """
     _check_split(split)
     root = _split_dir(data_dir, split)
@@ -64,7 +132,7 @@ def crops_files(data_dir, split="train"):
             if match:
                 key = (patient, match["slice"])
                 masks[key][int(match["grader"])] = os.path.join(folder, name)
-    images, annotations = [], []
+    images, annotations, graders = [], [], []
     for patient in sorted(os.listdir(os.path.join(root, "images"))):
         folder = os.path.join(root, "images", patient)
         for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
@@ -75,14 +143,20 @@ def crops_files(data_dir, split="train"):
                 raise FileNotFoundError(f"No grader masks for {os.path.join(folder, name)}: "
                                         f"expected {key[1]}_l0.png ... in gt/{patient}/.")
             images.append(os.path.join(folder, name))
-            annotations.append([masks[key][g] for g in sorted(masks[key])])
+            graders.append(tuple(sorted(masks[key])))
+            annotations.append([masks[key][g] for g in graders[-1]])
     if not images:
         raise FileNotFoundError(f"No PNG images under {os.path.join(root, 'images')}.")
-    counts = collections.Counter(len(a) for a in annotations)
-    if len(counts) > 1:
-        odd = next(i for i, a in zip(images, annotations) if len(a) != counts.most_common(1)[0][0])
-        raise ValueError(f"Every image needs the same number of grader masks; found "
-                         f"{dict(counts)} (masks per image: images), e.g. {odd}.")
+    _check_graders(images, graders)
+    for image, image_masks in zip(images, annotations):
+        size = _png_size(image)
+        for mask in image_masks:
+            mask_size = _png_size(mask)
+            if mask_size != size:
+                raise ValueError(
+                    f"Grader mask {mask} is {mask_size[0]}x{mask_size[1]} pixels (height x "
+                    f"width) but its image {image} is {size[0]}x{size[1]}: every mask must have "
+                    "its image's size.")
     return np.array(images), np.array(annotations)
 
 
@@ -112,6 +186,9 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
     Returns:
         `tf.data.Dataset` of `(image (s, s, 1) float32 in [0, 1], annotations (graders, s, s)
         int32)`, masks binarised (any non-zero pixel is lesion).
+
+    Raises:
+        FileNotFoundError, ValueError: as `crops_files`, which checks every file up front.
     """
     images, masks = crops_files(data_dir, split)
 
@@ -139,12 +216,27 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
 
 # ---------------------------------------------------------------------- the PyTorch port's pickle
 class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle asks to build an object other than numpy arrays and plain containers."""
+    """The pickle asks to build an object other than numpy arrays and plain containers, or more
+    array bytes than the file holds."""
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    """Builds only numpy arrays, dtypes, scalars and the plain containers pickle itself makes
-    (dict, list, tuple, str, numbers): no other class, so no `__reduce__` payload can run."""
+# An intact pickle stores the bytes of every array it holds, so its arrays fit in the file; the
+# slack covers rounding in tiny files.
+_ARRAY_BYTES_SLACK = 1 << 16
+# bool, integers, floats, complex, bytes and str: no objects, records or sub-arrays.
+_PLAIN_KINDS = "biufcSU"
+
+
+class _NumpyUnpickler(pickle._Unpickler):
+    """Builds only numpy arrays of numbers or strings, their dtypes and scalars, and the plain
+    containers pickle itself makes (dict, list, tuple, str, bytes, numbers): no other class, so
+    no `__reduce__` payload can run. And no more array bytes, all arrays together, than the file
+    holds (plus `_ARRAY_BYTES_SLACK`): shapes are counted before numpy allocates.
+
+    The pure-Python unpickler, not the C one: its memo is a dict (the C one allocates a table as
+    long as the largest memo index, 16 GB for a 10-byte pickle), and its BUILD opcode, through
+    which numpy sets array data and dtype item sizes, can be checked.
+    """
 
     _ALLOWED = {
         ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -153,25 +245,156 @@ class _NumpyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),  # protocol 2 writes bytes as _codecs.encode(str, 'latin1')
     }
 
-    def __init__(self, file, source):
-        super().__init__(file)
+    def __init__(self, data, source):
+        super().__init__(io.BytesIO(data))
         self.source = source
+        self.file_size = len(data)
+        self.limit = len(data) + _ARRAY_BYTES_SLACK
+        self.built = 0  # array bytes so far
+        self.unset = {}  # id -> array from _reconstruct still waiting for its data (BUILD)
+        self.ndarray = self._ndarray  # one object, recognised by identity
+
+    def _unsafe(self, what):
+        return UnsafePickleError(
+            f"Refusing to load {self.source}: it {what}. The LIDC pickle reader builds only numpy "
+            "arrays of numbers or strings and plain containers (dict, list, str), and no more "
+            "array bytes than the file holds. Nothing from the file was run. If you trust the "
+            "file, convert it to .npz yourself.")
 
     def find_class(self, module, name):
         # Pickles written by numpy 1.x name numpy.core, numpy 2 numpy._core.
         canonical = re.sub(r"^numpy\.core\b", "numpy._core", module)
-        if (canonical, name) in self._ALLOWED:
-            return super().find_class(canonical, name)
-        raise UnsafePickleError(
-            f"Refusing to load {self.source}: it asks to build `{module}.{name}`, and the LIDC "
-            "pickle reader only builds numpy arrays and plain containers (dict, list, str). "
-            "Nothing from the file was run. If you trust the file, convert it to .npz yourself.")
+        if (canonical, name) not in self._ALLOWED:
+            raise self._unsafe(f"asks to build `{module}.{name}`")
+        if name == "ndarray":  # only as _reconstruct's argument: called, it allocates any shape
+            return self.ndarray
+        checked = getattr(self, f"_checked_{name.strip('_')}")
+        return functools.partial(checked, super().find_class(canonical, name))
+
+    def _ndarray(self, *args, **kwargs):
+        raise self._unsafe("calls `numpy.ndarray(...)`, which allocates an array of any shape "
+                           "(numpy's pickles only name it for _reconstruct)")
+
+    def _plain(self, dtype, asked):
+        if (not isinstance(dtype, np.dtype) or dtype.kind not in _PLAIN_KINDS
+                or dtype.fields is not None or dtype.subdtype is not None):
+            raise self._unsafe(f"asks for numpy dtype {asked!r:.100}, not one of numbers or "
+                               "strings (no objects, records or sub-arrays)")
+        return dtype
+
+    def _count(self, shape, dtype):
+        """`shape` as a tuple, its bytes counted against the limit before anything allocates."""
+        try:
+            shape = tuple(map(operator.index, shape if isinstance(shape, (tuple, list))
+                              else (shape,)))
+        except TypeError:
+            shape = None
+        if shape is None or any(n < 0 for n in shape):
+            raise self._unsafe(f"asks for an array of shape {shape!r:.100}")
+        nbytes = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+        if self.built + nbytes > self.limit:
+            raise UnsafePickleError(
+                f"Refusing to load {self.source}: it asks for an array of shape {shape} {dtype} "
+                f"({nbytes:,} bytes), but a {self.file_size:,}-byte file can hold at most "
+                f"{self.limit:,} bytes of arrays ({self.built:,} built so far). An intact pickle "
+                "stores the bytes of its arrays: this one is truncated or forged. Download it "
+                "again, or save it again where it was made. Nothing was allocated.")
+        self.built += nbytes
+        return shape
+
+    def _checked_dtype(self, make, obj, align=False, copy=False):
+        # Always a new dtype (numpy's pickles ask for one): BUILD then sets its state in place.
+        if not isinstance(obj, str):
+            raise self._unsafe(f"asks for a numpy dtype made from {obj!r:.100}")
+        return self._plain(make(obj, bool(align), True), obj)
+
+    def _checked_reconstruct(self, make, subtype, shape, typecode):
+        if subtype is not self.ndarray:
+            raise self._unsafe(f"asks numpy's _reconstruct for a {subtype!r:.100}")
+        if not isinstance(typecode, np.dtype):
+            typecode = self._checked_dtype(
+                np.dtype, typecode.decode("latin1") if isinstance(typecode, bytes) else typecode)
+        dtype = self._plain(typecode, typecode)
+        array = make(np.ndarray, self._count(shape, dtype), dtype)
+        self.unset[id(array)] = array
+        return array
+
+    def _checked_frombuffer(self, make, buffer, dtype, shape, order, *axis_order):
+        # Only pickle's own bytes: numpy would view any buffer, say an array's the pickle resizes.
+        if not isinstance(buffer, (bytes, bytearray)):
+            raise self._unsafe(f"asks numpy's _frombuffer to view a {type(buffer).__name__}")
+        dtype = self._plain(dtype, dtype)
+        return make(buffer, dtype, self._count(shape, dtype), order, *axis_order)
+
+    def _checked_scalar(self, make, dtype, data):
+        self._count((), self._plain(dtype, dtype))
+        return make(dtype, data)
+
+    def _checked_encode(self, make, text, encoding="utf-8", errors="strict"):
+        # Latin-1 makes one byte per character; other codecs (hex, base64) grow what they encode.
+        if not isinstance(text, str) or encoding != "latin1":
+            raise self._unsafe(f"asks for `_codecs.encode({type(text).__name__}, {encoding!r:.50})`"
+                               " (protocol 2 pickles use only 'latin1', on text)")
+        return make(text, encoding, errors)
+
+    def load_build(self):
+        """BUILD: numpy sets an array's shape and data, or a dtype's byte order, this way."""
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if isinstance(target, np.ndarray) and self.unset.pop(id(target), None) is target:
+            # (version, shape, dtype, is_fortran, data); numpy's version 0 leaves out the version.
+            if not isinstance(state, tuple) or len(state) not in (4, 5):
+                raise self._unsafe(f"asks to set an array's state to {state!r:.100}")
+            self._count(state[-4], self._plain(state[-3], state[-3]))
+            target.__setstate__(state)
+        elif isinstance(target, np.dtype):
+            # Arrays already made with this dtype would read past their data if it grew. (A
+            # plain dtype is all in its .str; np.dtype(target, copy=True) may return target.)
+            trial = np.dtype(self._plain(target, target).str, False, True)
+            trial.__setstate__(state)
+            if self._plain(trial, trial).itemsize != target.itemsize:
+                raise self._unsafe(f"asks to change the item size of numpy dtype {target} from "
+                                   f"{target.itemsize} to {trial.itemsize} bytes")
+            target.__setstate__(state)
+        else:
+            raise self._unsafe(f"asks to set the state of a {type(target).__name__} (only new "
+                               "numpy arrays and dtypes have one)")
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def read_pickle(path):
-    """Load a pickle with `_NumpyUnpickler`; raises `UnsafePickleError` for anything else."""
+    """Load a pickle with `_NumpyUnpickler`: numpy arrays and plain containers, and no more array
+    bytes than the file holds. Raises `UnsafePickleError` for anything else, and
+    `pickle.UnpicklingError` naming the file if it is truncated or damaged."""
     with open(path, "rb") as f:
-        return _NumpyUnpickler(io.BytesIO(f.read()), path).load()
+        data = f.read()
+    try:
+        return _NumpyUnpickler(data, path).load()
+    except UnsafePickleError:
+        raise
+    except Exception as error:  # a truncated or damaged file: say which
+        raise pickle.UnpicklingError(
+            f"Cannot read {path}: {type(error).__name__}: {error}. It is not a complete pickle "
+            "of numpy arrays: download it again.") from error
+
+
+# Stacked as float32 and int32, arrays stored at 1 byte a pixel or more grow at most 4 times;
+# beyond 8, entries share arrays (one array referenced many times, each reference a copy once
+# stacked): a few kB of pickle could ask for GBs.
+_STACKED_PER_STORED_BYTE = 8
+
+
+def _described(value):
+    """What an entry holds, in a line: shapes of arrays (in a list), else type names."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v.shape) if isinstance(v, np.ndarray) else type(v).__name__
+                 for v in value[:8]]
+        return f"a {type(value).__name__} of {', '.join(items)}{', ...' if len(value) > 8 else ''}"
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    return f"a {type(value).__name__}"
 
 
 def pickle_arrays(path):
@@ -180,6 +403,13 @@ def pickle_arrays(path):
     Returns:
         `(images (n, h, w, 1) float32, annotations (n, 4, h, w) int32, series (n,) str)`,
         sorted by key.
+
+    Raises:
+        UnsafePickleError: a file asks to build anything but numpy arrays and plain containers,
+            or more array bytes than it holds (see `read_pickle`).
+        ValueError: entries that are not `{'image': 2-D array, 'masks': [arrays of its shape],
+            'series_uid': str}`, or that share arrays so much that stacking them would take
+            more than 8 times the files' size.
     """
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(path, f) for f in os.listdir(path) if f.endswith(".pickle")) \
@@ -187,22 +417,45 @@ def pickle_arrays(path):
     if not files:
         raise FileNotFoundError(f"No LIDC pickle at {path!r}: pass the data_lidc.pickle file or "
                                 "a folder holding *.pickle files.")
-    entries = {}
+    entries, origin = {}, {}
     for file in files:
         data = read_pickle(file)
         if not isinstance(data, dict):
             raise ValueError(f"{file}: expected a dict of {{'image', 'masks', 'series_uid'}} "
                              f"entries, found a {type(data).__name__}.")
         entries.update(data)
+        origin.update(dict.fromkeys(data, file))
+    pixels = 0  # counted before anything is copied
+    for key in sorted(entries):
+        entry, where = entries[key], f"Entry {key!r} of {origin[key]}"
+        if not isinstance(entry, dict) or not {"image", "masks", "series_uid"} <= set(entry):
+            raise ValueError(f"{where} must be a dict with keys 'image', 'masks' and "
+                             f"'series_uid'. Received: {entry!r:.200}")
+        image, masks = entry["image"], entry["masks"]
+        if not isinstance(image, np.ndarray) or image.ndim != 2:
+            raise ValueError(f"{where}: 'image' must be a 2-D numpy array. Received: "
+                             f"{_described(image)}.")
+        if (not isinstance(masks, (list, tuple)) or not masks
+                or any(not isinstance(m, np.ndarray) or m.shape != image.shape for m in masks)):
+            raise ValueError(f"{where}: 'masks' must be a list of numpy arrays of the image's "
+                             f"shape {image.shape}. Received: {_described(masks)}.")
+        if not isinstance(entry["series_uid"], str):
+            raise ValueError(f"{where}: 'series_uid' must be a str. Received: "
+                             f"{_described(entry['series_uid'])}.")
+        pixels += image.size * (1 + len(masks))
+    stored = sum(os.path.getsize(f) for f in files)
+    if 4 * pixels > _STACKED_PER_STORED_BYTE * stored + _ARRAY_BYTES_SLACK:
+        raise ValueError(
+            f"{path}: its {len(entries)} entries would stack into {4 * pixels:,} bytes of "
+            f"float32 and int32 arrays, more than {_STACKED_PER_STORED_BYTE} times the "
+            f"{stored:,} bytes of pickle: entries share arrays (one array referenced many "
+            "times), and each reference would be copied. Save every entry's arrays separately.")
     images, annotations, series = [], [], []
     for key in sorted(entries):
         entry = entries[key]
-        if not isinstance(entry, dict) or not {"image", "masks", "series_uid"} <= set(entry):
-            raise ValueError(f"Entry {key!r} must be a dict with keys 'image', 'masks' and "
-                             f"'series_uid'. Received: {entry!r:.200}")
         images.append(np.asarray(entry["image"], np.float32))
-        annotations.append(np.stack([np.asarray(m) > 0 for m in entry["masks"]]).astype(np.int32))
-        series.append(str(entry["series_uid"]))
+        annotations.append(np.stack([m > 0 for m in entry["masks"]]).astype(np.int32))
+        series.append(entry["series_uid"])
     images = np.stack(images)[..., None]
     if images.max() > 1.0:  # stored as 0..255
         images = images / 255.0
