@@ -1,3 +1,7 @@
+import os
+import tempfile
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -254,3 +258,39 @@ def test_evaluate_on_annotations_checks_them():
         model.evaluate(images, np.full((2, 3, 16, 16), 5, np.int32), verbose=0)
     with pytest.raises(Exception, match=r"same height and width: \(b, A, h, w\)"):
         model.evaluate(images, np.zeros((2, 3, 8, 8), np.int32), verbose=0)
+
+
+@pytest.mark.compat
+def test_keras_callbacks_know_that_lower_val_ged_is_better():
+    model = tiny_model(2, ged_samples=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, segmentations = random_batch(2, batch=4)
+    annotations = np.stack([segmentations, 1 - segmentations], axis=1)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_ged", patience=5)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        os.path.join(tempfile.mkdtemp(), "best.keras"), monitor="val_ged", save_best_only=True)
+    history = model.fit(images, segmentations, batch_size=2, epochs=2, verbose=0,
+                        validation_data=(images, annotations), callbacks=[stopper, checkpoint])
+    assert len(history.history["val_ged"]) == 2
+    for callback in (stopper, checkpoint):
+        assert callback.monitor_op(0.1, 0.2) and not callback.monitor_op(0.2, 0.1)
+
+
+def test_compile_refuses_a_loss_or_metrics_the_model_would_ignore():
+    model = tiny_model(2)
+    for kwargs in (dict(loss="sparse_categorical_crossentropy"), dict(metrics=["accuracy"])):
+        with pytest.raises(ValueError, match=r"built-in beta-ELBO.*optimizer only.*Received: "
+                                             + next(iter(kwargs))):
+            model.compile(optimizer="adam", **kwargs)
+    model.compile(optimizer="adam", jit_compile=False)  # what is meant is accepted
+
+
+def test_fit_on_a_dataset_does_not_warn_about_shuffle():
+    model = tiny_model(2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, segmentations = random_batch(2, batch=4)
+    dataset = tf.data.Dataset.from_tensor_slices((images, segmentations)).batch(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(dataset, epochs=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]

@@ -438,6 +438,41 @@ class ProbabilisticUNet(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.ged_tracker]
 
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
+                weighted_metrics=None, **kwargs):
+        """`keras.Model.compile` with an optimizer only: the loss is the built-in beta-ELBO
+        and the model reports `loss`, `reconstruction`, `kl` and, on validation data with all
+        annotations, `ged`. A `loss` or `metrics` would be ignored, so they are refused."""
+        given = {name: value for name, value in (
+            ("loss", loss), ("loss_weights", loss_weights), ("metrics", metrics),
+            ("weighted_metrics", weighted_metrics)) if value}
+        if given:
+            raise ValueError(
+                "ProbabilisticUNet trains on its built-in beta-ELBO (cross-entropy + beta * KL) "
+                "and reports loss, reconstruction, kl and ged itself: compile it with an "
+                "optimizer only, e.g. model.compile(optimizer=keras.optimizers.Adam(1e-4)). "
+                f"Received: {', '.join(f'{k}={v!r}' for k, v in given.items())}.")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with two defaults that suit this model:
+
+        - on a `tf.data.Dataset`, which shuffles itself (`tfprobunet.data.training_pipeline`),
+          `shuffle` defaults to False instead of True, which Keras ignores with a warning;
+        - callbacks that monitor `ged` / `val_ged` in `mode="auto"` (`EarlyStopping`,
+          `ModelCheckpoint`, `ReduceLROnPlateau`) minimise it: Keras finds the direction of
+          compiled metrics only, and would otherwise stop with "isn't able to automatically
+          determine whether that metric should be maximized or minimized".
+        """
+        if isinstance(x, tf.data.Dataset) and "shuffle" not in kwargs and len(args) < 7:
+            kwargs["shuffle"] = False
+        callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
+        for callback in callbacks or ():
+            if (getattr(callback, "monitor", None) in ("ged", "val_ged")
+                    and getattr(callback, "mode", None) == "auto"):
+                callback.mode = "min"
+        return super().fit(x, y, *args, **kwargs)
+
     # ------------------------------------------------------------------ config
     def get_config(self):
         config = super().get_config()
