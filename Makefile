@@ -42,7 +42,9 @@ test-compat: $(OLDEST)/.installed
 	TFPROBUNET_REQUIREMENTS=requirements-oldest.txt $(OLDEST)/bin/python -m pytest tests -m compat \
 		--ignore=tests/test_export.py --ignore=tests/test_serving.py
 
+# A fresh run each time: `train` would otherwise continue the finished demo run.
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(BIN)/tfprobunet demo --workdir runs/demo
 
 bench: $(STAMP)

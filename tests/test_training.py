@@ -1,7 +1,10 @@
-"""Training: MirroredStrategy equivalence, learning, resume after a kill, the non-finite guard."""
+"""Training: MirroredStrategy equivalence, learning, resume after a kill (even mid-save), damaged
+checkpoints, continuing a finished run, the non-finite guard."""
 
 import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,14 +128,33 @@ KILLED_RUN = textwrap.dedent("""
     import keras
     from tfprobunet import training
 
-    class KillAfterFirstEpoch(keras.callbacks.Callback):
+    # KILL="end:E": SIGKILL once epoch E (1-based) is over: its log row and checkpoint written.
+    # KILL="save:E": SIGKILL inside epoch E's checkpoint write, 96 bytes of the file on disk
+    # (every weights file is written by `Model.save_weights`, whatever the checkpoint scheme).
+    moment, _, at = os.environ.get("KILL", "").partition(":")
+    current = {"epoch": 0}
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            current["epoch"] = epoch + 1
+
         def on_epoch_end(self, epoch, logs=None):
-            if epoch == 0 and os.environ.get("KILL") == "1":
+            if moment == "end" and epoch + 1 == int(at):
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    save_weights = keras.Model.save_weights
+
+    def save_weights_and_die(self, filepath, *args, **kwargs):
+        save_weights(self, filepath, *args, **kwargs)
+        if moment == "save" and current["epoch"] == int(at):
+            with open(filepath, "r+b") as f:
+                f.truncate(96)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.Model.save_weights = save_weights_and_die
     training.train(sys.argv[1], dataset="graders", epochs=3, steps_per_epoch=3, batch_size=4,
                    image_size=16, num_examples=12, learning_rate=1e-3, verbose=2,
-                   callbacks=[KillAfterFirstEpoch()], num_channels=[8, 16, 32],
+                   callbacks=[Kill()], num_channels=[8, 16, 32],
                    convs_per_block=2, latent_dim=2, fcomb_layers=2)
     print("EPOCHS-DONE")
 """)
@@ -140,24 +162,31 @@ KILLED_RUN = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_repeating_or_losing_epochs(tmp_path):
+    """Five runs of one training: the first four are killed, inside the first checkpoint's
+    write, after epoch 1, inside the writes of epochs 2 and 3; each resumes from the last
+    complete checkpoint, and log.csv ends with each epoch once."""
     workdir = str(tmp_path / "run")
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
-    env = dict(os.environ, KILL="1")
-    killed = subprocess.run([sys.executable, str(script), workdir], env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert _logged_epochs(workdir) == [0]
-    assert not os.path.exists(os.path.join(workdir, "model.keras"))
-
-    env["KILL"] = "0"
-    resumed = subprocess.run([sys.executable, str(script), workdir], env=env, capture_output=True,
+    checkpointed = 0  # epochs whose checkpoint is complete
+    for kill in ["save:1", "end:1", "save:2", "save:3", ""]:
+        env = dict(os.environ, KILL=kill, PYTHONUNBUFFERED="1")  # keep a killed run's output
+        run = subprocess.run([sys.executable, str(script), workdir], env=env, capture_output=True,
                              text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "EPOCHS-DONE" in resumed.stdout
-    # Keras prints "Epoch k/3" for each epoch it runs: the resumed run ran 2 and 3 only.
-    ran = [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("Epoch ")]
-    assert ran == ["2/3", "3/3"]
+        # Keras prints "Epoch k/3" for each epoch it runs.
+        ran = [line.split()[1] for line in run.stdout.splitlines() if line.startswith("Epoch ")]
+        if not kill:
+            break
+        moment, _, at = kill.partition(":")
+        assert run.returncode == -signal.SIGKILL, (kill, run.stderr[-3000:])
+        assert ran == [f"{e}/3" for e in range(checkpointed + 1, int(at) + 1)], (kill, ran)
+        # The killed epoch's row is logged before its checkpoint; a resume drops it.
+        assert _logged_epochs(workdir) == list(range(int(at))), kill
+        assert not os.path.exists(os.path.join(workdir, "model.keras"))
+        checkpointed = int(at) if moment == "end" else int(at) - 1
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "EPOCHS-DONE" in run.stdout
+    assert ran == [f"{e}/3" for e in range(checkpointed + 1, 4)]
     assert _logged_epochs(workdir) == [0, 1, 2]
     assert os.path.exists(os.path.join(workdir, "model.keras"))
 
@@ -210,22 +239,141 @@ def test_train_validates_its_arguments(tmp_path):
         training.make_strategy("tpu")
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path):
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            raise RuntimeError("crash after the checkpoint")
+SMALL = dict(dataset="graders", steps_per_epoch=1, batch_size=2, image_size=16, num_examples=4,
+             num_channels=[8, 16], convs_per_block=1, latent_dim=2, verbose=0)
 
-    workdir = str(tmp_path / "run")
-    args = dict(dataset="graders", epochs=2, steps_per_epoch=1, batch_size=2, image_size=16,
-                num_examples=4, num_channels=[8, 16], convs_per_block=1, latent_dim=2, verbose=0)
+
+class CrashAfterEpoch(keras.callbacks.Callback):
+    """Raise at the end of epoch `at` (1-based), once its log row and checkpoint are written."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.at:
+            raise RuntimeError(f"crash after epoch {self.at}")
+
+
+def _crash_after(workdir, at, epochs=3):
     with pytest.raises(RuntimeError, match="crash"):
-        training.train(workdir, callbacks=[Crash()], **args)
+        training.train(workdir, epochs=epochs, callbacks=[CrashAfterEpoch(at)], **SMALL)
+
+
+def _weights_files(workdir):
+    backup = os.path.join(workdir, "backup")
+    return sorted(os.path.join(backup, name) for name in os.listdir(backup)
+                  if name.endswith(".weights.h5") and not name.startswith("."))
+
+
+def _truncate(path, size=96):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _read(path, mode="rb"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = {**SMALL, "epochs": 2}
+    _crash_after(workdir, 1, epochs=2)
     assert os.path.isdir(os.path.join(workdir, "backup"))
-    with pytest.raises(ValueError, match=r"learning_rate: 0\.0001 in the checkpointed run, "
-                                         r"0\.001 now.*same arguments"):
+    with pytest.raises(ValueError, match=r"learning_rate: 0\.0001 before, 0\.001 now.*"
+                                         r"same arguments"):
         training.train(workdir, **{**args, "learning_rate": 1e-3})
-    with pytest.raises(ValueError, match=r"latent_dim: 2 in the checkpointed run, 3 now"):
+    with pytest.raises(ValueError, match=r"latent_dim: 2 before, 3 now"):
         training.train(workdir, **{**args, "latent_dim": 3})
     # More epochs is a legitimate resume: epochs 2 and 3 run.
     _, history = training.train(workdir, **{**args, "epochs": 3})
     assert history.epoch == [1, 2]
+
+
+def test_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    workdir = str(tmp_path / "run")
+    _crash_after(workdir, 2, epochs=2)
+    files = _weights_files(workdir)
+    assert len(files) == 2  # epochs 1 and 2: the previous checkpoint stays until the next is in
+    _truncate(files[-1])
+    with pytest.warns(UserWarning, match=rf"{os.path.basename(files[-1])} is unreadable.*"
+                                         r"resuming from .*after epoch 1"):
+        _, history = training.train(workdir, epochs=2, **SMALL)
+    assert history.epoch == [1]
+    assert _logged_epochs(workdir) == [0, 1]
+
+
+def test_unreadable_checkpoint_error_names_the_folder_and_the_fix(tmp_path):
+    workdir = str(tmp_path / "run")
+    backup = os.path.join(workdir, "backup")
+    _crash_after(workdir, 1)
+    [checkpoint] = _weights_files(workdir)
+    _truncate(checkpoint)
+    with pytest.raises(training.WorkdirError) as error:
+        training.train(workdir, epochs=3, **SMALL)
+    message = str(error.value)
+    assert os.path.basename(checkpoint) in message and "truncated" in message, message
+    assert f"Delete {backup}" in message and "from epoch 1" in message, message
+
+    # The layout of `keras.callbacks.BackupAndRestore` (earlier tfprobunet versions), its
+    # epoch record emptied.
+    os.replace(checkpoint, os.path.join(backup, "latest.weights.h5"))
+    with open(os.path.join(backup, "training_metadata.json"), "w"):
+        pass
+    with pytest.raises(training.WorkdirError) as error:
+        training.train(workdir, epochs=3, **SMALL)
+    message = str(error.value)
+    assert "training_metadata.json" in message and f"Delete {backup}" in message, message
+
+    # The advice works: a new start, logged from epoch 0.
+    shutil.rmtree(backup)
+    _, history = training.train(workdir, epochs=2, **SMALL)
+    assert history.epoch == [0, 1]
+    assert _logged_epochs(workdir) == [0, 1]
+
+
+def test_finished_run_continues_with_more_epochs_and_refuses_otherwise(tmp_path):
+    workdir = str(tmp_path / "run")
+    model_path = os.path.join(workdir, "model.keras")
+    log_path = os.path.join(workdir, "log.csv")
+    first, _ = training.train(workdir, epochs=2, **SMALL)
+    finished, log = _read(model_path), _read(log_path, "r")
+    for epochs in (1, 2):
+        with pytest.raises(training.WorkdirError,
+                           match=rf"finished run of 2 epochs.*epochs={epochs}.*epochs > 2.*"
+                                 r"new workdir"):
+            training.train(workdir, epochs=epochs, **SMALL)
+    with pytest.raises(training.WorkdirError, match=r"learning_rate: 0\.0001 before, 0\.001 now"):
+        training.train(workdir, epochs=3, **{**SMALL, "learning_rate": 1e-3})
+    assert _read(model_path) == finished and _read(log_path, "r") == log
+
+    class FromTheFinishedModel(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            assert int(self.model.optimizer.iterations) == 2  # its optimizer state too
+            for a, b in zip(self.model.get_weights(), first.get_weights()):
+                np.testing.assert_array_equal(a, b)
+
+        def on_epoch_end(self, epoch, logs=None):
+            assert _read(model_path) == finished  # replaced only at the end
+
+    model, history = training.train(workdir, epochs=4, callbacks=[FromTheFinishedModel()],
+                                    **SMALL)
+    assert history.epoch == [2, 3]
+    assert int(model.optimizer.iterations) == 4
+    assert _read(log_path, "r").startswith(log) and _logged_epochs(workdir) == [0, 1, 2, 3]
+    assert _read(model_path) != finished
+    assert not os.path.exists(os.path.join(workdir, "backup"))
+
+    # A model.keras whose epochs are not on record is never overwritten.
+    config_path = os.path.join(workdir, "train_config.json")
+    config = json.loads(_read(config_path, "r"))
+    del config["finished_epochs"]
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(training.WorkdirError, match=r"model\.keras.*new workdir"):
+        training.train(workdir, epochs=5, **SMALL)
+    with open(config_path, "w"):
+        pass
+    with pytest.raises(training.WorkdirError, match=r"train_config\.json is unreadable"):
+        training.train(workdir, epochs=5, **SMALL)

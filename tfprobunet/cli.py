@@ -58,14 +58,18 @@ def _add_train_arguments(parser):
 def _train(args):
     from tfprobunet import training
 
-    training.train(
-        args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        image_size=args.image_size, num_examples=args.num_examples,
-        validation_examples=args.validation_examples, learning_rate=args.learning_rate, strategy=args.strategy, seed=args.seed,
-        jit_compile=args.jit_compile, num_channels=args.num_channels,
-        convs_per_block=args.convs_per_block, latent_dim=args.latent_dim, beta=args.beta,
-        reconstruction=args.reconstruction, kl=args.kl)
+    try:
+        training.train(
+            args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+            image_size=args.image_size, num_examples=args.num_examples,
+            validation_examples=args.validation_examples, learning_rate=args.learning_rate,
+            strategy=args.strategy, seed=args.seed, jit_compile=args.jit_compile,
+            num_channels=args.num_channels, convs_per_block=args.convs_per_block,
+            latent_dim=args.latent_dim, beta=args.beta, reconstruction=args.reconstruction,
+            kl=args.kl)
+    except training.WorkdirError as error:  # a refusal that says what to do: no traceback
+        raise SystemExit(f"tfprobunet train: {error}") from None
     print(f"model saved to {os.path.join(args.workdir, 'model.keras')}")
 
 
@@ -139,7 +143,9 @@ def _demo(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tfprobunet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train on a built-in benchmark (resumes)")
+    train = commands.add_parser(
+        "train", help="train on a built-in benchmark (resumes a killed run, continues a finished "
+                      "one to more --epochs)")
     _add_train_arguments(train)
     train.set_defaults(run=_train)
     evaluate = commands.add_parser(

@@ -454,6 +454,14 @@ class ProbabilisticUNet(keras.Model):
                 f"Received: {', '.join(f'{k}={v!r}' for k, v in given.items())}.")
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """What `keras.models.load_model` calls: compile as saved and create the optimizer's
+        variables, so that its saved state loads too. (Keras skips, with a warning, models whose
+        `compile` is overridden, unless they override this.)"""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with two defaults that suit this model:
 

@@ -1,11 +1,15 @@
 """`train()`: fit a `ProbabilisticUNet` on a built-in benchmark with checkpoints that survive a
-crash, a CSV log and a guard that stops on a non-finite loss."""
+kill at any moment, a CSV log, a guard that stops on a non-finite loss, and runs that continue
+where they stopped (never overwriting a finished model)."""
 
 import csv
 import functools
 import json
 import math
 import os
+import re
+import shutil
+import warnings
 
 import keras
 import tensorflow as tf
@@ -22,12 +26,31 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss term."""
 
 
+class WorkdirError(ValueError):
+    """The work directory holds a run that `train` cannot continue as asked (other settings,
+    nothing left to train, no readable checkpoint). The message says what to do."""
+
+
+def _commit(tmp, path):
+    """Rename the finished file `tmp` to `path`, both on disk first: a kill (or a power cut) at
+    any moment leaves the old `path` or the new one, never a partial file."""
+    with open(tmp, "r+b") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stop training at the first batch whose loss terms are not finite.
 
     Unlike `keras.callbacks.TerminateOnNaN`, it raises `NonFiniteLossError` naming the epoch,
     the step and the term that went bad, and it stops before the epoch ends, so the last
-    checkpoint written by `BackupAndRestore` is the last good one.
+    checkpoint written by `EpochCheckpoint` is the last good one.
     """
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -45,14 +68,18 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """A CSV row per epoch (`epoch` and the logs) that survives restarts: when a resumed run
-    starts at epoch e, rows of epochs >= e (written before a crash, not checkpointed) are
-    dropped, so each epoch appears exactly once."""
+    """A CSV row per epoch (`epoch` and the logs) that survives restarts.
 
-    def __init__(self, filename):
+    A run that starts at `initial_epoch` first drops the rows of epochs >= `initial_epoch`
+    (logged before a kill, without a checkpoint), so each epoch appears exactly once. Put it
+    before the checkpoint callback: a kill then leaves at worst a row without its checkpoint,
+    which the resumed run drops and writes again, never a checkpoint without its row.
+    """
+
+    def __init__(self, filename, initial_epoch=0):
         super().__init__()
         self.filename = filename
-        self._started = False
+        self.initial_epoch = initial_epoch
 
     def _rows(self):
         if not os.path.exists(self.filename):
@@ -66,19 +93,122 @@ class EpochLog(keras.callbacks.Callback):
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.filename)
+        _commit(tmp, self.filename)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._started:
-            self._started = True
-            rows = self._rows()
-            if rows:
-                self._write([r for r in rows if int(r["epoch"]) < epoch], list(rows[0]))
+    def on_train_begin(self, logs=None):
+        rows = self._rows()
+        if rows:
+            self._write([r for r in rows if int(r["epoch"]) < self.initial_epoch], list(rows[0]))
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
         rows = self._rows() + [row]
         self._write(rows, list(rows[0]))
+
+
+CHECKPOINT = re.compile(r"epoch-(\d+)\.weights\.h5")
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save the weights and the optimizer state after every epoch, safe against a kill at any
+    moment; `restore` (used by `train`) loads the newest readable checkpoint.
+
+    After epoch n (counted from 1) it writes `directory/.epoch-000n.weights.h5`, flushes it to
+    disk and renames it to `epoch-000n.weights.h5`, so a checkpoint file is complete or absent.
+    The previous checkpoint is deleted only once the new one is in place; the newest `keep`
+    are kept, for `restore` to fall back on if the newest is damaged later.
+
+    `keras.callbacks.BackupAndRestore` rewrites `latest.weights.h5` in place: a kill during the
+    write leaves a truncated file and no way back. Its `double_checkpoint=True` (the same code
+    in Keras 3.10 and 3.15) copies the file to `.bkp` first and falls back to it on an `OSError`,
+    but it loses the only checkpoint when the first write is killed, repeats an epoch silently
+    when a kill lands between the weights and its `training_metadata.json`, and fails with a
+    bare `JSONDecodeError` when that JSON is left empty.
+
+    Args:
+        directory: where the checkpoints go; `train` uses `workdir/backup`.
+        keep: how many checkpoints to keep (>= 1; default 2).
+    """
+
+    def __init__(self, directory, keep=2):
+        super().__init__()
+        if keep < 1:
+            raise ValueError(f"`keep` must be at least 1. Received: keep={keep}")
+        self.directory = directory
+        self.keep = keep
+
+    def path(self, epochs):
+        """The checkpoint written after `epochs` epochs."""
+        return os.path.join(self.directory, f"epoch-{epochs:04d}.weights.h5")
+
+    def epochs(self):
+        """The epoch counts of the checkpoints in `directory`, ascending."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(int(m[1]) for m in map(CHECKPOINT.fullmatch, os.listdir(self.directory))
+                      if m)
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        path = self.path(epoch + 1)
+        tmp = os.path.join(self.directory, "." + os.path.basename(path))
+        self.model.save_weights(tmp)
+        _commit(tmp, path)
+        for old in self.epochs()[:-self.keep]:
+            os.remove(self.path(old))
+        for name in os.listdir(self.directory):  # a write cut short by an earlier kill
+            if name.startswith(".") and CHECKPOINT.fullmatch(name[1:]):
+                os.remove(os.path.join(self.directory, name))
+
+    def checkpoints(self):
+        """`(epochs, path, problem)` of every checkpoint in `directory`, newest first; `problem`
+        is why one cannot be used, if that is known without loading it. Includes the layout of
+        `keras.callbacks.BackupAndRestore` (`latest.weights.h5` and `training_metadata.json`),
+        which earlier versions of `train` wrote."""
+        found = [(n, self.path(n), None) for n in reversed(self.epochs())]
+        legacy = os.path.join(self.directory, "latest.weights.h5")
+        if os.path.exists(legacy):
+            record = os.path.join(self.directory, "training_metadata.json")
+            try:
+                with open(record) as f:
+                    found.append((int(json.load(f)["epoch"]), legacy, None))
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                found.append((None, legacy, f"its epoch record {record} is unreadable "
+                                            f"({type(error).__name__}: {error})"))
+            found.sort(key=lambda c: -1 if c[0] is None else c[0], reverse=True)
+        return found
+
+    def restore(self, model, candidates=None):
+        """Load the newest readable checkpoint (of `candidates`, default `checkpoints()`) into
+        the compiled, built `model`, optimizer state included, and return its epoch count (0
+        when there is none). A damaged newest checkpoint is skipped with a warning that names
+        it; when none is readable, `WorkdirError` names every file and says what to do."""
+        candidates = self.checkpoints() if candidates is None else candidates
+        if not candidates:
+            return 0
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # its variables are in the files
+        failures = []
+        for epochs, path, problem in candidates:
+            if problem is None:
+                try:
+                    model.load_weights(path)
+                    break
+                except Exception as error:  # h5py, zipfile and Keras all raise their own
+                    problem = f"{type(error).__name__}: {error}"
+            failures.append(f"{path} is unreadable ({problem})")
+        else:
+            if all(os.path.dirname(c[1]) == self.directory for c in candidates):
+                fix = (f"Delete {self.directory} to start this run again from epoch 1 (log.csv "
+                       "is rewritten from there), or put back good copies of these files.")
+            else:
+                fix = "Put back good copies of these files, or use a new workdir."
+            raise WorkdirError(f"No readable checkpoint to resume from: {'; '.join(failures)}. "
+                               + fix)
+        if failures:
+            warnings.warn(f"{'; '.join(failures)}; resuming from {path} (after epoch {epochs}) "
+                          "instead: the epochs after it run again.", stacklevel=2)
+        return epochs
 
 
 def make_strategy(name):
@@ -104,48 +234,116 @@ def _mirrored(devices, cpu):
     return tf.distribute.MirroredStrategy(list(devices), cross_device_ops=cross_device_ops)
 
 
-# Settings a resumed run may change: more epochs, other devices, data moved elsewhere.
+# Settings a resumed or continued run may change: more epochs, other devices, data moved elsewhere.
 RESUMABLE_CHANGES = ("epochs", "strategy", "data_dir")
+CONFIG = "train_config.json"
 
 
-def _record_settings(workdir, settings):
-    """Write `train_config.json`; if `workdir` holds a checkpoint made with other settings
-    (other than `RESUMABLE_CHANGES`), refuse to resume it rather than mix two runs."""
-    path = os.path.join(workdir, "train_config.json")
-    settings = json.loads(json.dumps(settings, default=list))
-    if os.path.isdir(os.path.join(workdir, "backup")) and os.path.exists(path):
+def _read_config(path):
+    """The settings recorded at `path`, `None` if there is no such file."""
+    if not os.path.exists(path):
+        return None
+    try:
         with open(path) as f:
-            saved = json.load(f)
-        changed = sorted(k for k in set(saved) | set(settings)
-                         if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k))
-        if changed:
-            differences = ", ".join(f"{k}: {saved.get(k)!r} in the checkpointed run, "
-                                    f"{settings.get(k)!r} now" for k in changed)
-            raise ValueError(f"{workdir} holds a checkpointed run with other settings "
-                             f"({differences}). Resume it with the same arguments (only "
-                             f"{', '.join(RESUMABLE_CHANGES)} may change), or use a new workdir.")
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise WorkdirError(
+            f"{path} is unreadable ({type(error).__name__}: {error}). `train` writes it whole or "
+            "not at all, so it was changed from outside: put back a good copy, or use a new "
+            "workdir.") from error
+
+
+def _write_config(path, settings):
     with open(path + ".tmp", "w") as f:
         json.dump(settings, f, indent=2)
-    os.replace(path + ".tmp", path)
+    _commit(path + ".tmp", path)
+
+
+def _check_settings(workdir, saved, settings):
+    """Refuse to continue a run made with other settings (other than `RESUMABLE_CHANGES`)."""
+    changed = sorted(k for k in set(saved) | set(settings)
+                     if k not in (*RESUMABLE_CHANGES, "finished_epochs")
+                     and saved.get(k) != settings.get(k))
+    if changed:
+        differences = ", ".join(f"{k}: {saved.get(k)!r} before, {settings.get(k)!r} now"
+                                for k in changed)
+        raise WorkdirError(f"{workdir} holds a run with other settings ({differences}). "
+                           f"Continue it with the same arguments (only "
+                           f"{', '.join(RESUMABLE_CHANGES)} may change), or use a new workdir "
+                           "to start a new run.")
+
+
+def _resume_points(workdir, checkpoint, saved, settings):
+    """What a run in `workdir` can continue from, newest first, as `(epochs, path, problem)`
+    (see `EpochCheckpoint.checkpoints`): the checkpoints newer than the finished model, then
+    `model.keras`. Raises `WorkdirError` when the run has other settings, when `epochs` leaves
+    nothing to train, or when `model.keras` holds an unknown number of epochs."""
+    model_path = os.path.join(workdir, "model.keras")
+    finished = (saved or {}).get("finished_epochs") if os.path.exists(model_path) else None
+    # Older checkpoints are left over from the clean-up at the end of a finished run.
+    points = [c for c in checkpoint.checkpoints()
+              if finished is None or c[0] is None or c[0] > finished]
+    if os.path.exists(model_path):
+        if finished is not None:
+            points.append((finished, model_path, None))
+        elif not points:
+            raise WorkdirError(
+                f"{model_path} exists but {CONFIG} does not say how many epochs it was trained "
+                f"for (a run of an earlier tfprobunet?); `train` does not overwrite it. Move it "
+                f"away to start a new run in {workdir}, or use a new workdir.")
+    if saved is not None and points:
+        _check_settings(workdir, saved, settings)
+    epochs = settings["epochs"]
+    newest = max((c[0] for c in points if c[0] is not None), default=None)
+    if finished is not None and newest == finished and epochs <= finished:
+        raise WorkdirError(
+            f"{workdir} holds a finished run of {finished} epochs ({model_path}); "
+            f"epochs={epochs} leaves nothing to train. Pass epochs > {finished} to continue "
+            "training it (log.csv gets the new epochs), load it with keras.models.load_model, "
+            "or use a new workdir to start a new run.")
+    if newest is not None and epochs < newest:
+        raise WorkdirError(
+            f"{workdir} holds a run checkpointed after epoch {newest} ({checkpoint.directory}); "
+            f"epochs={epochs} is fewer. Pass epochs >= {newest} to finish it, or use a new "
+            "workdir to start a new run.")
+    return points
 
 
 def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=100,
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
           learning_rate=1e-4, strategy="default", seed=0, jit_compile=False, verbose=1,
           callbacks=None, **model_kwargs):
-    """Train a `ProbabilisticUNet` on a named dataset, resuming if `workdir` holds a run.
+    """Train a `ProbabilisticUNet` on a named dataset, continuing the run `workdir` holds.
 
-    Writes to `workdir`: `backup/` (a `BackupAndRestore` checkpoint at each epoch end: a killed
-    run started again with the same arguments continues from the last finished epoch; other
-    arguments, except `epochs`, `strategy` and `data_dir`, are refused with a `ValueError`),
-    `log.csv` (one row per epoch), `train_config.json` and, at the end, `model.keras`.
+    Writes to `workdir`:
+    - `backup/`: an `EpochCheckpoint` after each epoch (weights and optimizer state, written
+      to a temporary file and renamed, the previous one kept until the new one is in place).
+      A run killed at any moment, even during a save, and started again with the same
+      arguments continues from the last complete checkpoint. A damaged newest checkpoint is
+      skipped with a warning (the previous one is used); if none is readable, `WorkdirError`
+      names the files and says that deleting `backup/` starts the run again from epoch 1.
+    - `log.csv`: one row per epoch, written before the epoch's checkpoint; a resumed or
+      continued run first drops the rows of the epochs it runs again, so each epoch is logged
+      once.
+    - `train_config.json`: the settings and, once a run is finished, `finished_epochs`.
+    - `model.keras` at the end (optimizer state included); `backup/` is then deleted.
+
+    A finished run (`model.keras` and its `finished_epochs`) is never overwritten from scratch:
+    with `epochs` > `finished_epochs`, training continues from `model.keras` (weights and
+    optimizer state) at epoch `finished_epochs`, appending to `log.csv`, and `model.keras` is
+    replaced when the continued run finishes; with `epochs` <= `finished_epochs` there is
+    nothing to train and `WorkdirError` says so. Resuming or continuing with other arguments
+    than `epochs`, `strategy` and `data_dir` raises `WorkdirError` too (use a new `workdir` to
+    start a new run). Refusals happen before anything in `workdir` is written. The data
+    pipeline restarts from `seed` on every resume.
 
     Args:
         workdir: output directory.
         dataset: a name of `tfprobunet.data.DATASETS`: `"flips"`, `"graders"` (synthetic),
             `"lidc"`, `"lidc-pickle"` or `"cityscapes"` (read from `data_dir`).
         data_dir: where the real data lives (see `tfprobunet.data.load`).
-        epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global.
+        epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global. `epochs`
+            counts every epoch of the run, those of earlier calls included.
         image_size: height and width (default: the dataset's, see `tfprobunet.data.load`).
         num_examples: size of the training set (default: the dataset's).
         validation_examples: if > 0, that many examples of the `val` split with all their
@@ -156,12 +354,16 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         seed: seeds the data, the weights and the model's random draws.
         jit_compile: XLA-compile the train step (see bench/train_step.py: slower on CPU).
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
-        callbacks: extra Keras callbacks, run after the built-in ones.
+        callbacks: extra Keras callbacks, run after the built-in ones (after the checkpoint).
         **model_kwargs: forwarded to `ProbabilisticUNet` (e.g. `num_channels`, `latent_dim`,
             `beta`); `num_classes` is set by the dataset.
 
     Returns:
-        `(model, history)`.
+        `(model, history)`; `history.epoch` lists the epochs this call ran.
+
+    Raises:
+        WorkdirError: `workdir` holds a run that cannot continue as asked (see above).
+        NonFiniteLossError: a loss term became NaN or infinite (see `StopOnNonFiniteLoss`).
     """
     os.makedirs(workdir, exist_ok=True)
     settings = dict(dataset=dataset, data_dir=data_dir, epochs=epochs,
@@ -169,7 +371,17 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
                     image_size=image_size, num_examples=num_examples,
                     validation_examples=validation_examples, learning_rate=learning_rate,
                     strategy=strategy, seed=seed, **model_kwargs)
-    _record_settings(workdir, settings)
+    settings = json.loads(json.dumps(settings, default=list))  # as train_config.json has them
+    config_path = os.path.join(workdir, CONFIG)
+    model_path = os.path.join(workdir, "model.keras")
+    saved = _read_config(config_path)
+    checkpoint = EpochCheckpoint(os.path.join(workdir, "backup"))
+    points = _resume_points(workdir, checkpoint, saved, settings)
+    record = dict(settings)
+    if "finished_epochs" in (saved or {}) and os.path.exists(model_path):
+        record["finished_epochs"] = saved["finished_epochs"]
+    _write_config(config_path, record)
+
     source = data_lib.load(dataset, "train", data_dir, image_size, num_examples, seed)
     batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
                                          seed=seed)
@@ -185,21 +397,27 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         model = ProbabilisticUNet(num_classes=source.num_classes, seed=seed, **model_kwargs)
         model.build((None, *source.dataset.element_spec[0].shape))
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
+        initial_epoch = checkpoint.restore(model, points)
     history = model.fit(
         batches,
         epochs=epochs,
+        initial_epoch=initial_epoch,
         steps_per_epoch=steps_per_epoch,
         validation_data=validation,
         shuffle=False,  # the pipeline shuffles
         verbose=verbose,
         callbacks=[
             StopOnNonFiniteLoss(),
-            EpochLog(os.path.join(workdir, "log.csv")),
-            keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+            EpochLog(os.path.join(workdir, "log.csv"), initial_epoch=initial_epoch),
+            checkpoint,
             *(callbacks or []),
         ],
     )
-    path = os.path.join(workdir, "model.keras")
-    model.save(path + ".tmp.keras")
-    os.replace(path + ".tmp.keras", path)
+    # model.keras, then its epoch count, then the checkpoints go: a kill in between leaves a
+    # checkpoint at least as new as the recorded model.keras, which the next call finishes from.
+    model.save(model_path + ".tmp.keras")
+    _commit(model_path + ".tmp.keras", model_path)
+    _write_config(config_path, {**settings,
+                                "finished_epochs": initial_epoch + len(history.epoch)})
+    shutil.rmtree(checkpoint.directory, ignore_errors=True)
     return model, history
