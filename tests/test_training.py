@@ -377,3 +377,98 @@ def test_finished_run_continues_with_more_epochs_and_refuses_otherwise(tmp_path)
         pass
     with pytest.raises(training.WorkdirError, match=r"train_config\.json is unreadable"):
         training.train(workdir, epochs=5, **SMALL)
+
+
+def _snapshot(workdir):
+    """Every file under `workdir`: {relative path: (bytes, mtime)}."""
+    files = {}
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, workdir)] = (_read(path), os.stat(path).st_mtime_ns)
+    return files
+
+
+def test_python_and_cli_spellings_of_the_same_settings_continue_one_run(tmp_path):
+    """The CLI passes the model's defaults explicitly (beta, kl, reconstruction); Python callers
+    usually leave them out. Both are the same run."""
+    workdir = str(tmp_path / "run")
+    training.train(workdir, epochs=1, **SMALL)
+    _, history = training.train(workdir, epochs=2, beta=1.0, kl="analytic",
+                                reconstruction="sum", **SMALL)
+    assert history.epoch == [1]
+    with pytest.raises(training.WorkdirError, match=r"beta: 1\.0 before, 2\.0 now"):
+        training.train(workdir, epochs=3, beta=2.0, **SMALL)
+
+
+def test_refusals_write_nothing_and_a_missing_finished_model_is_not_retrained(tmp_path):
+    workdir = str(tmp_path / "run")
+    # No readable checkpoint: refused before train_config.json (or anything) is written.
+    _crash_after(workdir, 1)
+    for path in _weights_files(workdir):
+        _truncate(path)
+    before = _snapshot(workdir)
+    with pytest.raises(training.WorkdirError, match="No readable checkpoint"):
+        training.train(workdir, epochs=5, **SMALL)
+    assert _snapshot(workdir) == before
+
+    # A finished run whose model.keras was moved away is refused, not trained from scratch.
+    shutil.rmtree(os.path.join(workdir, "backup"))
+    training.train(workdir, epochs=1, **SMALL)
+    moved = str(tmp_path / "elsewhere.keras")
+    os.replace(os.path.join(workdir, "model.keras"), moved)
+    before = _snapshot(workdir)
+    for epochs in (1, 2):
+        with pytest.raises(training.WorkdirError, match=r"finished run of 1 epoch.*model\.keras "
+                                                        r"is missing.*put it back"):
+            training.train(workdir, epochs=epochs, **SMALL)
+    assert _snapshot(workdir) == before
+
+    # A folder where model.keras goes is refused up front, not after training.
+    os.makedirs(os.path.join(workdir, "model.keras"))
+    with pytest.raises(training.WorkdirError, match=r"model\.keras is not a file"):
+        training.train(workdir, epochs=2, **SMALL)
+    assert _snapshot(workdir) == before
+
+
+def test_unusable_run_records_are_named(tmp_path):
+    workdir = str(tmp_path / "run")
+    _crash_after(workdir, 1)
+    config = os.path.join(workdir, "train_config.json")
+    with open(config, "w") as f:
+        f.write("[]")
+    with pytest.raises(training.WorkdirError, match=r"train_config\.json.*not a JSON object"):
+        training.train(workdir, epochs=3, **SMALL)
+    # Checkpoints whose settings are unknown are not resumed with whatever is asked now.
+    os.remove(config)
+    with pytest.raises(training.WorkdirError, match=r"train_config\.json is missing.*Delete "):
+        training.train(workdir, epochs=3, **{**SMALL, "learning_rate": 0.5})
+
+
+def test_checkpoint_with_non_finite_weights_falls_back_to_the_previous_one(tmp_path):
+    workdir = str(tmp_path / "run")
+    _crash_after(workdir, 2, epochs=2)
+    newest = _weights_files(workdir)[-1]
+    import h5py
+    with h5py.File(newest, "r+") as f:
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(obj)
+                     if isinstance(obj, h5py.Dataset) and obj.size > 1 else None)
+        datasets[0][...] = np.nan
+    with pytest.warns(UserWarning, match=rf"{os.path.basename(newest)} is unreadable.*"
+                                         r"non-finite.*after epoch 1"):
+        _, history = training.train(workdir, epochs=2, **SMALL)
+    assert history.epoch == [1]
+
+
+def test_kill_after_the_finish_was_recorded_leaves_no_stale_checkpoints(tmp_path):
+    workdir = str(tmp_path / "run")
+    training.train(workdir, epochs=2, **SMALL)
+    # What a kill between recording the finish and deleting backup/ leaves behind.
+    _crash_after(str(tmp_path / "other"), 2, epochs=2)
+    shutil.copytree(os.path.join(tmp_path, "other", "backup"), os.path.join(workdir, "backup"))
+    with pytest.raises(training.WorkdirError, match="finished run of 2 epochs"):
+        training.train(workdir, epochs=2, **SMALL)
+    assert not os.path.exists(os.path.join(workdir, "backup"))
+    _, history = training.train(workdir, epochs=3, **SMALL)
+    assert history.epoch == [2]

@@ -4,6 +4,7 @@ where they stopped (never overwriting a finished model)."""
 
 import csv
 import functools
+import inspect
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import shutil
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfprobunet import data as data_lib
@@ -193,9 +195,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
             if problem is None:
                 try:
                     model.load_weights(path)
-                    break
                 except Exception as error:  # h5py, zipfile and Keras all raise their own
                     problem = f"{type(error).__name__}: {error}"
+                else:
+                    bad = [v.path for v in model.weights
+                           if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+                    if not bad:
+                        break
+                    # Training never checkpoints NaN weights (StopOnNonFiniteLoss): damage.
+                    problem = f"non-finite values in {len(bad)} weights, e.g. {bad[0]}"
             failures.append(f"{path} is unreadable ({problem})")
         else:
             if all(os.path.dirname(c[1]) == self.directory for c in candidates):
@@ -245,12 +253,31 @@ def _read_config(path):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            saved = json.load(f)
     except (OSError, ValueError) as error:
-        raise WorkdirError(
-            f"{path} is unreadable ({type(error).__name__}: {error}). `train` writes it whole or "
-            "not at all, so it was changed from outside: put back a good copy, or use a new "
-            "workdir.") from error
+        saved = error
+    if saved is None or isinstance(saved, dict):
+        return saved
+    problem = (f"{type(saved).__name__}: {saved}" if isinstance(saved, Exception)
+               else f"it holds a {type(saved).__name__}, not a JSON object")
+    raise WorkdirError(
+        f"{path} is unreadable ({problem}). `train` writes it whole or not at all, so it was "
+        "changed from outside. It holds the run's settings (and, for a finished run, its epoch "
+        "count): put back a good copy, or use a new workdir.")
+
+
+def _model_defaults():
+    """The `ProbabilisticUNet` arguments `train` may forward, with their defaults."""
+    skip = ("self", "num_classes", "seed", "kwargs")
+    return {name: p.default for name, p in
+            inspect.signature(ProbabilisticUNet.__init__).parameters.items()
+            if name not in skip and p.default is not p.empty}
+
+
+def _effective(settings):
+    """`settings` with every model default filled in, as JSON has them: `beta=1.0` given or
+    left out is the same run (the CLI passes the defaults, Python callers rarely do)."""
+    return json.loads(json.dumps({**_model_defaults(), **settings}, default=list))
 
 
 def _write_config(path, settings):
@@ -261,6 +288,7 @@ def _write_config(path, settings):
 
 def _check_settings(workdir, saved, settings):
     """Refuse to continue a run made with other settings (other than `RESUMABLE_CHANGES`)."""
+    saved, settings = _effective(saved), _effective(settings)
     changed = sorted(k for k in set(saved) | set(settings)
                      if k not in (*RESUMABLE_CHANGES, "finished_epochs")
                      and saved.get(k) != settings.get(k))
@@ -279,10 +307,29 @@ def _resume_points(workdir, checkpoint, saved, settings):
     `model.keras`. Raises `WorkdirError` when the run has other settings, when `epochs` leaves
     nothing to train, or when `model.keras` holds an unknown number of epochs."""
     model_path = os.path.join(workdir, "model.keras")
-    finished = (saved or {}).get("finished_epochs") if os.path.exists(model_path) else None
-    # Older checkpoints are left over from the clean-up at the end of a finished run.
-    points = [c for c in checkpoint.checkpoints()
-              if finished is None or c[0] is None or c[0] > finished]
+    if os.path.lexists(model_path) and not os.path.isfile(model_path):
+        raise WorkdirError(f"{model_path} is not a file, and `train` writes the trained model "
+                           "there: move it away, or use a new workdir.")
+    finished = (saved or {}).get("finished_epochs")
+    if finished is not None and not os.path.exists(model_path):
+        raise WorkdirError(
+            f"{workdir} holds a finished run of {finished} epochs, but its {model_path} is "
+            "missing: put it back to continue training it, or use a new workdir to start a new "
+            "run (this one is not trained again from scratch).")
+    if checkpoint.checkpoints() and saved is None:
+        raise WorkdirError(
+            f"{checkpoint.directory} holds checkpoints but {os.path.join(workdir, CONFIG)} is "
+            "missing, so the settings they were made with are unknown: put it back to resume, "
+            f"or Delete {checkpoint.directory} to start the run again from epoch 1.")
+    if finished is not None:
+        # Checkpoints no newer than the finished model are what a kill during the end of that
+        # run left behind (model.keras holds their state): finish its clean-up.
+        for epochs, path, _ in checkpoint.checkpoints():
+            if epochs is not None and epochs <= finished:
+                os.remove(path)
+        if not checkpoint.checkpoints():
+            shutil.rmtree(checkpoint.directory, ignore_errors=True)
+    points = checkpoint.checkpoints()
     if os.path.exists(model_path):
         if finished is not None:
             points.append((finished, model_path, None))
@@ -377,10 +424,6 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     saved = _read_config(config_path)
     checkpoint = EpochCheckpoint(os.path.join(workdir, "backup"))
     points = _resume_points(workdir, checkpoint, saved, settings)
-    record = dict(settings)
-    if "finished_epochs" in (saved or {}) and os.path.exists(model_path):
-        record["finished_epochs"] = saved["finished_epochs"]
-    _write_config(config_path, record)
 
     source = data_lib.load(dataset, "train", data_dir, image_size, num_examples, seed)
     batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
@@ -398,6 +441,11 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         model.build((None, *source.dataset.element_spec[0].shape))
         model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
         initial_epoch = checkpoint.restore(model, points)
+    # Only now, once every refusal is past: a refused call leaves the workdir as it was.
+    record = _effective(settings)
+    if "finished_epochs" in (saved or {}):
+        record["finished_epochs"] = saved["finished_epochs"]
+    _write_config(config_path, record)
     history = model.fit(
         batches,
         epochs=epochs,
@@ -417,7 +465,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     # checkpoint at least as new as the recorded model.keras, which the next call finishes from.
     model.save(model_path + ".tmp.keras")
     _commit(model_path + ".tmp.keras", model_path)
-    _write_config(config_path, {**settings,
+    _write_config(config_path, {**record,
                                 "finished_epochs": initial_epoch + len(history.epoch)})
     shutil.rmtree(checkpoint.directory, ignore_errors=True)
     return model, history
