@@ -5,7 +5,6 @@ supported set (requirements-oldest.txt, Colab's), named by `TFPROBUNET_REQUIREME
 """
 
 import importlib.metadata
-import json
 import os
 import re
 import subprocess
@@ -14,8 +13,6 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The packages whose replacement would cost a Colab user a runtime restart.
-FRAMEWORK = ("tensorflow", "keras", "tensorflow-probability", "tf-keras", "numpy", "protobuf")
 
 
 def _pins(filename):
@@ -26,10 +23,6 @@ def _pins(filename):
             if match:
                 pins[match[1].lower()] = match[2]
     return pins
-
-
-def _canonical(name):
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @pytest.mark.compat
@@ -43,21 +36,6 @@ def test_the_environment_holds_the_tested_versions():
     # TFP's tf-keras belongs to the TensorFlow minor (each tf-keras requires its own minor).
     minor = lambda version: version.split(".")[:2]  # noqa: E731
     assert minor(importlib.metadata.version("tf-keras")) == minor(installed["tensorflow"])
-
-
-@pytest.mark.compat
-@pytest.mark.slow
-def test_installing_the_package_replaces_none_of_the_framework(tmp_path):
-    report = tmp_path / "report.json"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet",
-                    "--report", str(report), ROOT], check=True, capture_output=True,
-                   timeout=600)
-    planned = {_canonical(item["metadata"]["name"]): item["metadata"]["version"]
-               for item in json.loads(report.read_text())["install"]}
-    replaced = {name: (importlib.metadata.version(name), planned[name])
-                for name in FRAMEWORK if name in planned}
-    assert not replaced, f"pip would replace (installed, new): {replaced}"
-    assert set(planned) <= {"tfprobunet"}, planned
 
 
 def test_missing_tf_keras_is_named_with_the_matching_version(tmp_path):

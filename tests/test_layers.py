@@ -84,3 +84,21 @@ def test_bilinear_upsampling_hand_worked_and_with_unknown_sizes():
     unet = layers.UNet([4, 8], 1)
     run = tf.function(unet, input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32)])
     assert run(np.zeros((1, 12, 20, 1), np.float32)).shape == (1, 12, 20, 4)
+
+
+def test_conv_block_config_round_trip_and_list_access():
+    block = layers.Container(4, 2, weight_decay=0.0, name="level1")
+    images = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    out = block(images)
+    assert out.shape == (2, 8, 8, 4) and len(block) == 2
+    assert [conv.name for conv in block] == ["level1_conv0", "level1_conv1"]
+    clone = layers.Container.from_config(block.get_config())
+    assert clone.get_config() == block.get_config()
+    clone.build(images.shape)
+    clone.set_weights(block.get_weights())
+    np.testing.assert_array_equal(clone(images), out)
+    # The two convolutions applied in order, by hand.
+    expected = images
+    for conv in (block[0], block[1]):
+        expected = np.maximum(conv.convolution_op(expected, conv.kernel) + conv.bias, 0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

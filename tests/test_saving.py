@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfprobunet
 from conftest import random_batch, tiny_model
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -72,6 +71,30 @@ def test_keras_file_holds_every_weight_and_loads_exactly(tmp_path, train):
         assert len(saved_arrays(path, "optimizer")) == len(model.optimizer.variables)
         for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
+
+
+@pytest.mark.compat
+def test_a_loss_and_metrics_saved_by_version_0_1_are_dropped_on_load(tmp_path):
+    # Version 0.1 accepted compile(loss=..., metrics=...) and ignored them; Keras wrote them
+    # into the file's compile config, which load_model passes to compile_from_config.
+    images, segmentations = random_batch(2)
+    model = trained(tiny_model(2), images, segmentations)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    old = str(tmp_path / "old.keras")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["compile_config"].update(loss="sparse_categorical_crossentropy",
+                                                metrics=["accuracy"])
+                data = json.dumps(config)
+            target.writestr(item, data)
+    with pytest.warns(UserWarning, match=r"Dropped loss, metrics from the saved compile"):
+        loaded = keras.models.load_model(old)
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations)
+    np.testing.assert_array_equal(loaded.sample(images, 2, seed=1), model.sample(images, 2, seed=1))
 
 
 @pytest.mark.compat

@@ -441,7 +441,7 @@ def test_unusable_run_records_are_named(tmp_path):
         training.train(workdir, epochs=3, **SMALL)
     # Checkpoints whose settings are unknown are not resumed with whatever is asked now.
     os.remove(config)
-    with pytest.raises(training.WorkdirError, match=r"train_config\.json is missing.*Delete "):
+    with pytest.raises(training.WorkdirError, match=r"train_config\.json is missing.*delete "):
         training.train(workdir, epochs=3, **{**SMALL, "learning_rate": 0.5})
 
 
@@ -472,3 +472,25 @@ def test_kill_after_the_finish_was_recorded_leaves_no_stale_checkpoints(tmp_path
     assert not os.path.exists(os.path.join(workdir, "backup"))
     _, history = training.train(workdir, epochs=3, **SMALL)
     assert history.epoch == [2]
+
+
+def test_killed_mirrored_run_resumes_on_one_device(tmp_path):
+    """Checkpoints written under MirroredStrategy resume without it (strategy may change)."""
+    workdir = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="crash"):
+        training.train(workdir, epochs=2, strategy="mirrored", callbacks=[CrashAfterEpoch(1)],
+                       **SMALL)
+    expected = tfprobunet.ProbabilisticUNet(num_classes=2, **{
+        k: SMALL[k] for k in ("num_channels", "convs_per_block", "latent_dim")})
+    expected.build((None, 16, 16, 1))
+    expected.compile(optimizer="adam")
+    expected.optimizer.build(expected.trainable_variables)
+    expected.load_weights(_weights_files(workdir)[-1])
+
+    class FromTheCheckpoint(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            for a, b in zip(self.model.get_weights(), expected.get_weights()):
+                np.testing.assert_array_equal(a, b)
+
+    _, history = training.train(workdir, epochs=2, callbacks=[FromTheCheckpoint()], **SMALL)
+    assert history.epoch == [1] and _logged_epochs(workdir) == [0, 1]

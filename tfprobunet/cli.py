@@ -74,10 +74,10 @@ def _train(args):
 
 
 def _evaluate(args):
-    from tfprobunet import evaluation
+    from tfprobunet import evaluation, training
 
     # Defaults from the training run beside the model: same data, size and split seed.
-    config_path = os.path.join(os.path.dirname(os.path.abspath(args.model)), "train_config.json")
+    config_path = os.path.join(os.path.dirname(os.path.abspath(args.model)), training.CONFIG)
     trained = {}
     if os.path.exists(config_path):
         with open(config_path) as f:

@@ -94,6 +94,7 @@ def _upsample(x):
     return y
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class Container(keras.layers.Layer):
     """A block of 3x3 convolutions + ReLU applied in order; indexable like a list of them.
 
@@ -101,13 +102,14 @@ class Container(keras.layers.Layer):
     version: Keras < 3.15 silently drops layers kept in nested Python lists. The class and
     attribute names give the weight paths that tfprobunet 0.1 wrote with nested lists on Keras
     3.15 (`blocks/container/conv2d`, `blocks/container_1/conv2d_1`, ...), so its `.keras` files
-    still load.
+    still load. Do not rename the class or the attributes: Keras derives the paths of saved
+    weights from them (the snake-cased class name, the attribute names).
 
     Args:
         filters: output channels of every convolution.
         num_convs: convolutions in the block.
         weight_decay: L2 coefficient on kernels and biases.
-        prefix: name prefix of the convolutions (`{prefix}_conv{j}`).
+        name: the block's name, also the prefix of its convolutions' (`{name}_conv{j}`).
 
     Call arguments:
         inputs: `(b, h, w, c)`.
@@ -116,11 +118,14 @@ class Container(keras.layers.Layer):
         `(b, h, w, filters)`.
     """
 
-    def __init__(self, filters, num_convs, weight_decay, prefix, **kwargs):
-        super().__init__(name=prefix, **kwargs)
+    def __init__(self, filters, num_convs, weight_decay=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
         self.num_convs = num_convs
+        self.weight_decay = weight_decay
         for j in range(num_convs):
-            setattr(self, self._attribute(j), _conv(filters, 3, weight_decay, f"{prefix}_conv{j}"))
+            setattr(self, self._attribute(j),
+                    _conv(filters, 3, weight_decay, f"{self.name}_conv{j}"))
 
     @staticmethod
     def _attribute(j):
@@ -145,6 +150,12 @@ class Container(keras.layers.Layer):
         for j in range(self.num_convs):
             x = self[j](x)
         return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, num_convs=self.num_convs,
+                      weight_decay=self.weight_decay)
+        return config
 
 
 class _ConvNet(keras.layers.Layer):
@@ -185,14 +196,14 @@ class Encoder(_ConvNet):
     def __init__(self, num_channels, convs_per_block=3, weight_decay=1e-5, **kwargs):
         super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         self.pool = keras.layers.AveragePooling2D(2, name="pool")
-        self.blocks = [Container(filters, convs_per_block, weight_decay, f"level{i}")
+        self.blocks = [Container(filters, convs_per_block, weight_decay, name=f"level{i}")
                        for i, filters in enumerate(self.num_channels)]
 
     def build(self, input_shape):
         channels = input_shape[-1]
         for block in self.blocks:
             block.build((None, None, None, channels))
-            channels = block[-1].filters
+            channels = block.filters
         self.built = True
 
     def call(self, inputs):
@@ -229,7 +240,8 @@ class UNet(_ConvNet):
                  **kwargs):
         super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
         self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
-        self.up_blocks = [Container(self.num_channels[i], convs_per_block, weight_decay, f"up{i}")
+        self.up_blocks = [Container(self.num_channels[i], convs_per_block, weight_decay,
+                                    name=f"up{i}")
                           for i in range(len(self.num_channels) - 2, -1, -1)]
 
     def build(self, input_shape):
@@ -237,7 +249,7 @@ class UNet(_ConvNet):
         channels = self.num_channels[-1]
         for i, block in zip(range(len(self.num_channels) - 2, -1, -1), self.up_blocks):
             block.build((None, None, None, channels + self.num_channels[i]))
-            channels = block[-1].filters
+            channels = block.filters
         self.built = True
 
     def call(self, images):

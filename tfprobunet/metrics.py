@@ -308,9 +308,6 @@ class GeneralizedEnergyDistance(keras.metrics.Mean):
 
     def __init__(self, num_classes, classes=None, name="ged", dtype=None):
         super().__init__(name=name, dtype=dtype)
-        # Lower is better: Keras' callbacks (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau)
-        # read this in mode="auto", as for its own metrics.
-        self._direction = "down"
         scored_classes(num_classes, classes)  # validates
         self.num_classes = num_classes
         self.classes = None if classes is None else [int(c) for c in classes]

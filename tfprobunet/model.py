@@ -1,6 +1,9 @@
 """`ProbabilisticUNet`: the model of Kohl et al., "A Probabilistic U-Net for Segmentation of
 Ambiguous Images", NeurIPS 2018, as a subclassed `keras.Model`."""
 
+import inspect
+import warnings
+
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -457,22 +460,34 @@ class ProbabilisticUNet(keras.Model):
     def compile_from_config(self, config):
         """What `keras.models.load_model` calls: compile as saved and create the optimizer's
         variables, so that its saved state loads too. (Keras skips, with a warning, models whose
-        `compile` is overridden, unless they override this.)"""
-        self.compile(**keras.saving.deserialize_keras_object(config))
+        `compile` is overridden, unless they override this.) A `loss` or `metrics` in a file
+        written by version 0.1, which accepted and ignored them, is dropped with a warning."""
+        config = dict(keras.saving.deserialize_keras_object(config))
+        ignored = {k: config.pop(k) for k in ("loss", "loss_weights", "metrics",
+                                              "weighted_metrics") if config.get(k)}
+        if ignored:
+            warnings.warn(f"Dropped {', '.join(sorted(ignored))} from the saved compile "
+                          "settings: the model trains on its built-in beta-ELBO and never used "
+                          "them.", stacklevel=2)
+        self.compile(**{k: v for k, v in config.items() if k not in ignored})
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with two defaults that suit this model:
 
-        - on a `tf.data.Dataset`, which shuffles itself (`tfprobunet.data.training_pipeline`),
-          `shuffle` defaults to False instead of True, which Keras ignores with a warning;
+        - on a dataset, which shuffles itself (`tfprobunet.data.training_pipeline`), or a
+          generator, `shuffle` defaults to False instead of True, which Keras ignores there
+          with a warning (arrays are still shuffled by default);
         - callbacks that monitor `ged` / `val_ged` in `mode="auto"` (`EarlyStopping`,
-          `ModelCheckpoint`, `ReduceLROnPlateau`) minimise it: Keras finds the direction of
-          compiled metrics only, and would otherwise stop with "isn't able to automatically
-          determine whether that metric should be maximized or minimized".
+          `ModelCheckpoint`, `ReduceLROnPlateau`) get `mode="min"` set on them: Keras finds the
+          direction of compiled metrics only, and would otherwise stop with "isn't able to
+          automatically determine whether that metric should be maximized or minimized".
         """
-        if isinstance(x, tf.data.Dataset) and "shuffle" not in kwargs and len(args) < 7:
+        self_shuffling = (tf.data.Dataset, tf.distribute.DistributedDataset,
+                          keras.utils.PyDataset)
+        if ((isinstance(x, self_shuffling) or inspect.isgenerator(x))
+                and "shuffle" not in kwargs and len(args) < 7):
             kwargs["shuffle"] = False
         callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
         for callback in callbacks or ():

@@ -320,7 +320,7 @@ def _resume_points(workdir, checkpoint, saved, settings):
         raise WorkdirError(
             f"{checkpoint.directory} holds checkpoints but {os.path.join(workdir, CONFIG)} is "
             "missing, so the settings they were made with are unknown: put it back to resume, "
-            f"or Delete {checkpoint.directory} to start the run again from epoch 1.")
+            f"or delete {checkpoint.directory} to start the run again from epoch 1.")
     if finished is not None:
         # Checkpoints no newer than the finished model are what a kill during the end of that
         # run left behind (model.keras holds their state): finish its clean-up.
@@ -381,8 +381,9 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     replaced when the continued run finishes; with `epochs` <= `finished_epochs` there is
     nothing to train and `WorkdirError` says so. Resuming or continuing with other arguments
     than `epochs`, `strategy` and `data_dir` raises `WorkdirError` too (use a new `workdir` to
-    start a new run). Refusals happen before anything in `workdir` is written. The data
-    pipeline restarts from `seed` on every resume.
+    start a new run). Refusals happen before anything in `workdir` is written, except that
+    checkpoints left over from a kill at the very end of a finished run (none newer than its
+    `model.keras`) are removed first. The data pipeline restarts from `seed` on every resume.
 
     Args:
         workdir: output directory.
