@@ -18,6 +18,8 @@ IGNORE_LABEL = losses.IGNORE_LABEL
 # Validation samples for `ged` are drawn with this stateless seed: the same weights and data give
 # the same `val_ged`, so epochs and tuner trials are compared on the same noise.
 GED_SEED = 0
+# `compile` arguments the model has its own of (the beta-ELBO, its trackers): refused if given.
+_BUILT_IN_COMPILE_ARGS = ("loss", "loss_weights", "metrics", "weighted_metrics")
 
 
 def _require(condition, message, tensor):
@@ -441,14 +443,12 @@ class ProbabilisticUNet(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.ged_tracker]
 
-    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
-                weighted_metrics=None, **kwargs):
+    def compile(self, optimizer="rmsprop", **kwargs):
         """`keras.Model.compile` with an optimizer only: the loss is the built-in beta-ELBO
         and the model reports `loss`, `reconstruction`, `kl` and, on validation data with all
-        annotations, `ged`. A `loss` or `metrics` would be ignored, so they are refused."""
-        given = {name: value for name, value in (
-            ("loss", loss), ("loss_weights", loss_weights), ("metrics", metrics),
-            ("weighted_metrics", weighted_metrics)) if value}
+        annotations, `ged`. A `loss`, `loss_weights`, `metrics` or `weighted_metrics` would be
+        ignored, so they are refused."""
+        given = {name: kwargs.pop(name) for name in _BUILT_IN_COMPILE_ARGS if kwargs.get(name)}
         if given:
             raise ValueError(
                 "ProbabilisticUNet trains on its built-in beta-ELBO (cross-entropy + beta * KL) "
@@ -463,13 +463,12 @@ class ProbabilisticUNet(keras.Model):
         `compile` is overridden, unless they override this.) A `loss` or `metrics` in a file
         written by version 0.1, which accepted and ignored them, is dropped with a warning."""
         config = dict(keras.saving.deserialize_keras_object(config))
-        ignored = {k: config.pop(k) for k in ("loss", "loss_weights", "metrics",
-                                              "weighted_metrics") if config.get(k)}
+        ignored = {k: config.pop(k) for k in _BUILT_IN_COMPILE_ARGS if config.get(k)}
         if ignored:
             warnings.warn(f"Dropped {', '.join(sorted(ignored))} from the saved compile "
                           "settings: the model trains on its built-in beta-ELBO and never used "
                           "them.", stacklevel=2)
-        self.compile(**{k: v for k, v in config.items() if k not in ignored})
+        self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
 

@@ -2,6 +2,7 @@
 kill at any moment, a CSV log, a guard that stops on a non-finite loss, and runs that continue
 where they stopped (never overwriting a finished model)."""
 
+import contextlib
 import csv
 import functools
 import inspect
@@ -33,9 +34,13 @@ class WorkdirError(ValueError):
     nothing left to train, no readable checkpoint). The message says what to do."""
 
 
-def _commit(tmp, path):
-    """Rename the finished file `tmp` to `path`, both on disk first: a kill (or a power cut) at
-    any moment leaves the old `path` or the new one, never a partial file."""
+@contextlib.contextmanager
+def _replacing(path):
+    """Yield a temporary path beside `path` (`.<name>`, same extension) to write the new file
+    to; then put it on disk and rename it over `path`. A kill (or a power cut) at any moment
+    leaves the old `path` or the new one, never a partial file."""
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    yield tmp
     with open(tmp, "r+b") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -90,12 +95,10 @@ class EpochLog(keras.callbacks.Callback):
             return list(csv.DictReader(f))
 
     def _write(self, rows, fieldnames):
-        tmp = self.filename + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        with _replacing(self.filename) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
-        _commit(tmp, self.filename)
 
     def on_train_begin(self, logs=None):
         rows = self._rows()
@@ -152,10 +155,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.directory, exist_ok=True)
-        path = self.path(epoch + 1)
-        tmp = os.path.join(self.directory, "." + os.path.basename(path))
-        self.model.save_weights(tmp)
-        _commit(tmp, path)
+        with _replacing(self.path(epoch + 1)) as tmp:
+            self.model.save_weights(tmp)
         for old in self.epochs()[:-self.keep]:
             os.remove(self.path(old))
         for name in os.listdir(self.directory):  # a write cut short by an earlier kill
@@ -281,9 +282,8 @@ def _effective(settings):
 
 
 def _write_config(path, settings):
-    with open(path + ".tmp", "w") as f:
+    with _replacing(path) as tmp, open(tmp, "w") as f:
         json.dump(settings, f, indent=2)
-    _commit(path + ".tmp", path)
 
 
 def _check_settings(workdir, saved, settings):
@@ -316,7 +316,8 @@ def _resume_points(workdir, checkpoint, saved, settings):
             f"{workdir} holds a finished run of {finished} epochs, but its {model_path} is "
             "missing: put it back to continue training it, or use a new workdir to start a new "
             "run (this one is not trained again from scratch).")
-    if checkpoint.checkpoints() and saved is None:
+    points = checkpoint.checkpoints()
+    if points and saved is None:
         raise WorkdirError(
             f"{checkpoint.directory} holds checkpoints but {os.path.join(workdir, CONFIG)} is "
             "missing, so the settings they were made with are unknown: put it back to resume, "
@@ -324,12 +325,12 @@ def _resume_points(workdir, checkpoint, saved, settings):
     if finished is not None:
         # Checkpoints no newer than the finished model are what a kill during the end of that
         # run left behind (model.keras holds their state): finish its clean-up.
-        for epochs, path, _ in checkpoint.checkpoints():
-            if epochs is not None and epochs <= finished:
-                os.remove(path)
-        if not checkpoint.checkpoints():
+        stale = [c for c in points if c[0] is not None and c[0] <= finished]
+        for _, path, _ in stale:
+            os.remove(path)
+        points = [c for c in points if c not in stale]
+        if not points:
             shutil.rmtree(checkpoint.directory, ignore_errors=True)
-    points = checkpoint.checkpoints()
     if os.path.exists(model_path):
         if finished is not None:
             points.append((finished, model_path, None))
@@ -464,8 +465,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     )
     # model.keras, then its epoch count, then the checkpoints go: a kill in between leaves a
     # checkpoint at least as new as the recorded model.keras, which the next call finishes from.
-    model.save(model_path + ".tmp.keras")
-    _commit(model_path + ".tmp.keras", model_path)
+    with _replacing(model_path) as tmp:
+        model.save(tmp)
     _write_config(config_path, {**record,
                                 "finished_epochs": initial_epoch + len(history.epoch)})
     shutil.rmtree(checkpoint.directory, ignore_errors=True)
