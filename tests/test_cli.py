@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -47,3 +48,58 @@ def test_console_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "tfprobunet.cli", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout and "demo" in out.stdout
+
+
+def _write_npz_splits(folder, rng):
+    """Two-class data of 16x16 grey images, 3 graders each, one file per split."""
+    os.makedirs(folder)
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        images = rng.integers(0, 256, (n, 16, 16, 1)).astype(np.uint8)
+        annotations = rng.integers(0, 2, (n, 3, 16, 16)).astype(np.int64)
+        np.savez(os.path.join(folder, f"{split}.npz"), images=images, annotations=annotations)
+        yield images, annotations
+
+
+def test_train_and_evaluate_read_your_own_npz_folder_with_a_preset(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    (train_images, train_annotations), *_ = _write_npz_splits(data, np.random.default_rng(0))
+    # Read back as written: uint8 images scaled to [0, 1], all annotations, 2 classes.
+    source = tfprobunet.data.load("npz", "train", data_dir=data)
+    images, annotations = next(iter(source.dataset.batch(8)))
+    np.testing.assert_allclose(images, train_images / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(annotations, train_annotations)
+    assert source.num_classes == 2 and source.annotation_weights is None
+
+    workdir = str(tmp_path / "run")
+    assert cli.main(["train", "--preset", "paper", "--dataset", "npz", "--data-dir", data,
+                     "--workdir", workdir, "--epochs", "1", "--steps-per-epoch", "1",
+                     "--batch-size", "2", "--num-channels", "8,16", "--convs-per-block", "1",
+                     "--latent-dim", "2", "--validation-examples", "4"]) == 0
+    with open(os.path.join(workdir, "train_config.json")) as f:
+        config = json.load(f)
+    # The preset's settings, except where a flag said otherwise.
+    assert config["schedule"] == "piecewise" and config["learning_rate"] == 1e-4
+    assert config["num_channels"] == [8, 16] and config["batch_size"] == 2
+    out = str(tmp_path / "eval")
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", os.path.join(workdir, "model.keras"), "--out",
+                     out]) == 0
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["num_images"] == 4 and "presence" in report
+
+
+def test_npz_errors_name_the_file_and_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train.npz, val.npz and test.npz"):
+        tfprobunet.data.load("npz", "train", data_dir=str(tmp_path))
+    np.savez(tmp_path / "train.npz", images=np.zeros((2, 8, 8, 1)), labels=np.zeros((2, 8, 8)))
+    with pytest.raises(ValueError, match=r"Missing: \['annotations'\]; unknown: \['labels'\]"):
+        tfprobunet.data.load("npz", "train", data_dir=str(tmp_path))
+    np.savez(tmp_path / "train.npz", images=np.zeros((2, 8, 8, 1)),
+             annotations=np.full((2, 8, 8), 7), num_classes=3)
+    with pytest.raises(ValueError, match=r"labels outside \[0, 3\)"):
+        tfprobunet.data.load("npz", "train", data_dir=str(tmp_path))
+    np.savez(tmp_path / "train.npz", images=np.zeros((2, 8, 8, 1)),
+             annotations=np.zeros((2, 2, 4, 4), int))
+    with pytest.raises(ValueError, match=r"same n, h and w"):
+        tfprobunet.data.load("npz", "train", data_dir=str(tmp_path))

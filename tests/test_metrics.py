@@ -187,3 +187,32 @@ def test_tf_distance_runs_in_a_graph_with_unknown_shapes():
                      input_signature=[tf.TensorSpec([None, None, None, None], tf.int32)] * 2)
     d = fn(_stack(A, EMPTY).astype(np.int32), _stack(B, EMPTY).astype(np.int32))
     np.testing.assert_allclose(d.numpy()[0], [[1 - 2 / 6, 1.0], [1.0, 0.0]], atol=1e-6)
+
+
+def test_log_pearson_r_equals_the_hand_worked_cases():
+    # log2 p = (-1, -2, -2), log2 f = (-2, -1, -2): deviations (2, -1, -1)/3 and (-1, 2, -1)/3,
+    # covariance -3/9 over variance 6/9: r = -1/2.
+    assert metrics.log_pearson_r([0.25, 0.5, 0.25], [0.5, 0.25, 0.25], 100) == pytest.approx(-0.5)
+    # A mode never sampled counts as half a sample: with 2 samples, 0 -> 1/4, so log2 f =
+    # (-1, -1, -2), deviations (1, 1, -2)/3: covariance 3/9 over 6/9, r = 1/2.
+    assert metrics.log_pearson_r([0.5, 0.5, 0.0], [0.5, 0.25, 0.25], 2) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="> 0"):
+        metrics.log_pearson_r([0.5, 0.5], [1.0, 0.0], 10)
+
+
+def test_flip_frequencies_equal_a_hand_count():
+    # One image, 1x4 pixels: class 1 at pixels 0-1 (twin 3), class 2 at pixel 2 (twin 4), 0.
+    # Annotation 0 is unflipped; annotation 1 flips class 1; annotation 2 flips class 2.
+    annotations = np.array([[[[1, 1, 2, 0]], [[3, 3, 2, 0]], [[1, 1, 4, 0]]]])
+    weights = [0.5, 0.3, 0.2]
+    samples = np.array([[[[3, 1, 2, 0]],    # half of class 1 flipped
+                         [[3, 3, 4, 0]],    # both flipped
+                         [[1, 1, 2, 0]],    # none
+                         [[1, 1, 4, 0]]]])  # class 2 flipped
+    assert metrics.flip_pairs(annotations) == [(1, 3), (2, 4)]
+    result = metrics.flip_frequencies(samples, annotations, weights)
+    # Class 1: 8 sample pixels, 3 say 3; truth 0.3. Class 2: 4 sample pixels, 2 say 4; truth 0.2.
+    assert result[(1, 3)] == pytest.approx((3 / 8, 0.3))
+    assert result[(2, 4)] == pytest.approx((2 / 4, 0.2))
+    # Equally likely annotations: 1/3 each.
+    assert metrics.flip_frequencies(samples, annotations)[(2, 4)][1] == pytest.approx(1 / 3)

@@ -294,3 +294,55 @@ def test_fit_on_a_dataset_does_not_warn_about_shuffle():
         warnings.simplefilter("always")
         model.fit(dataset, epochs=1, verbose=0)
     assert not [w for w in caught if "shuffle" in str(w.message)]
+
+
+def test_geco_multiplier_follows_the_hand_computed_update():
+    images, segmentations = random_batch(3, batch=4, seed=2)
+    kappa, rate = 0.5, 0.1
+    model = tiny_model(3, use_posterior_mean=True, geco_target=kappa, geco_rate=rate)
+    model.build(images.shape)
+    assert float(model.geco_lambda) == 1.0 and float(model.geco_average) == 0.0
+    # The step's reconstruction is the one of the weights before it (posterior mean: exact).
+    per_pixel = float(np.mean(model.elbo_terms(images, segmentations)["reconstruction"])) / 256
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    average = 0.01 * (per_pixel - kappa)
+    assert float(model.geco_average) == pytest.approx(average, rel=1e-4)
+    assert float(model.geco_lambda) == pytest.approx(np.exp(rate * np.tanh(average / kappa)),
+                                                     rel=1e-5)
+
+
+def test_geco_step_is_lambda_times_reconstruction_plus_beta_kl():
+    """With lambda = 1 the first GECO step is the beta-ELBO's; with lambda = 0 only the KL moves
+    the weights, so the U-Net and f_comb (which only the reconstruction reaches) stay put
+    (without weight decay, whose gradient would move them too)."""
+    images, segmentations = random_batch(3, batch=4, seed=3)
+    reference = tiny_model(3, use_posterior_mean=True, weight_decay=0.0)
+    reference.build(images.shape)
+    initial = [v.numpy() for v in reference.trainable_weights]
+
+    def step(model, geco_lambda=None):
+        model.build(images.shape)
+        for variable, value in zip(model.trainable_weights, initial):
+            variable.assign(value)
+        if geco_lambda is not None:
+            model.geco_lambda.assign(geco_lambda)
+        model.compile(optimizer=keras.optimizers.SGD(1e-3))
+        model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0, shuffle=False)
+        return model
+
+    plain = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0))
+    geco = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0, geco_target=0.1), 1.0)
+    for a, b in zip(plain.trainable_weights, geco.trainable_weights):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    kl_only = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0, geco_target=0.1), 0.0)
+    for v, start in zip(kl_only.trainable_weights, initial):
+        moved = not np.array_equal(v.numpy(), start)
+        assert moved == ("prior" in v.path or "posterior" in v.path), v.path
+
+
+def test_geco_arguments_are_checked():
+    with pytest.raises(ValueError, match="`geco_target` must be None or > 0"):
+        tiny_model(geco_target=0.0)
+    with pytest.raises(ValueError, match="`geco_rate` must be > 0"):
+        tiny_model(geco_target=0.1, geco_rate=-1.0)

@@ -494,3 +494,102 @@ def test_killed_mirrored_run_resumes_on_one_device(tmp_path):
 
     _, history = training.train(workdir, epochs=2, callbacks=[FromTheCheckpoint()], **SMALL)
     assert history.epoch == [1] and _logged_epochs(workdir) == [0, 1]
+
+
+def _rate(schedule, step):
+    return float(schedule(step)) if callable(schedule) else schedule
+
+
+def test_schedules_give_the_hand_computed_learning_rates():
+    assert training.learning_rate_schedule("constant", 1e-3, 300) == 1e-3
+    # The official 1e-4 -> 5e-5 -> 1e-5 (-> 5e-7) at 80k/160k/240k of 240k, scaled to 300 steps:
+    # Keras' PiecewiseConstantDecay keeps a value up to and including its boundary.
+    piecewise = training.learning_rate_schedule("piecewise", 1e-3, 300)
+    for step, expected in [(0, 1e-3), (100, 1e-3), (101, 5e-4), (200, 5e-4), (201, 1e-4),
+                           (300, 1e-4), (301, 5e-6)]:
+        assert _rate(piecewise, step) == pytest.approx(expected), step
+    # 105 steps: round(0.05 * 105) = 5 warm-up steps from 0, then half a cosine over 100 steps.
+    cosine = training.learning_rate_schedule("cosine", 1e-3, 105)
+    for step, expected in [(0, 0.0), (1, 2e-4), (5, 1e-3), (30, 1e-3 * (1 + np.cos(np.pi / 4)) / 2),
+                           (55, 5e-4), (105, 0.0)]:
+        assert _rate(cosine, step) == pytest.approx(expected, abs=1e-9), step
+    with pytest.raises(ValueError, match="`schedule` must be one of"):
+        training.learning_rate_schedule("linear", 1e-3, 10)
+
+
+def test_a_resumed_run_continues_the_schedule_where_it_stopped(tmp_path):
+    workdir = str(tmp_path)
+    kwargs = dict(SMALL, steps_per_epoch=3, schedule="piecewise", learning_rate=1e-2)
+    with pytest.raises(RuntimeError, match="crash"):
+        training.train(workdir, epochs=3, callbacks=[CrashAfterEpoch(1)], **kwargs)
+    model, history = training.train(workdir, epochs=3, **kwargs)
+    assert history.epoch == [1, 2]
+    # Restored at step 3, then 6 more: a restarted schedule would stand at 6.
+    assert int(model.optimizer.iterations) == 9
+    # 9 steps: boundaries at 3, 6, 9, so step 9 is in the third piece, 0.1 x 1e-2.
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    loaded = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    assert int(loaded.optimizer.iterations) == 9
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+def test_max_minutes_stops_at_an_epoch_end_and_the_run_continues(tmp_path):
+    workdir = str(tmp_path)
+    # A budget spent before the first epoch ends: training stops after that epoch, whole.
+    model, history = training.train(workdir, epochs=4, max_minutes=1e-6, **SMALL)
+    assert history.epoch == [0]
+    assert _logged_epochs(workdir) == [0]
+    with open(os.path.join(workdir, training.CONFIG)) as f:
+        assert json.load(f)["finished_epochs"] == 1
+    assert int(model.optimizer.iterations) == SMALL["steps_per_epoch"]
+    # The same call continues from there; without a budget it trains to `epochs`.
+    _, history = training.train(workdir, epochs=4, max_minutes=1e-6, **SMALL)
+    assert history.epoch == [1]
+    _, history = training.train(workdir, epochs=4, **SMALL)
+    assert history.epoch == [2, 3] and _logged_epochs(workdir) == [0, 1, 2, 3]
+
+
+def test_train_and_evaluate_take_your_own_source_with_its_mode_probabilities(tmp_path):
+    flips = (0.5, 0.2)  # 4 modes: 0.4, 0.1, 0.4, 0.1
+    _, probabilities = synthetic.flip_modes(flips)
+    num_classes = synthetic.flips_num_classes(flips)
+
+    def source(n, seed):
+        return tfprobunet.data.Source(synthetic.flips(n, 16, flips, seed=seed), num_classes,
+                                      probabilities, None)
+
+    model, history = training.train(
+        str(tmp_path), dataset=source(8, 0), validation_data=source(4, 1), epochs=1,
+        steps_per_epoch=2, batch_size=4, num_channels=[8, 16], convs_per_block=1,
+        latent_dim=2, verbose=0)
+    assert model.num_classes == num_classes and "val_ged" in history.history
+    with open(os.path.join(str(tmp_path), training.CONFIG)) as f:
+        assert json.load(f)["dataset"] == "custom"
+    # The calibration of the last epoch's weights on the validation images, logged: the same as
+    # evaluating the final model on them with the same seed.
+    with open(os.path.join(str(tmp_path), "log.csv"), newline="") as f:
+        logged = list(csv.DictReader(f))[-1]
+    check = tfprobunet.evaluate(model, source(4, 1), sample_counts=(16,), verbose=0)["modes"]
+    assert float(logged["val_mode_r"]) == pytest.approx(check["pearson_r"], abs=1e-6)
+    assert float(logged["val_mode_log_r"]) == pytest.approx(check["log_pearson_r"], abs=1e-6)
+    assert float(logged["val_flip_2_4"]) == pytest.approx(check["flips"][1]["sampled"], abs=1e-6)
+    report = tfprobunet.evaluate(model, source(6, 2), sample_counts=(2,), verbose=0)
+    assert report["modes"]["num_modes"] == 4
+    np.testing.assert_allclose(report["modes"]["true_probabilities"], [0.4, 0.1, 0.4, 0.1])
+    assert sum(report["modes"]["frequencies"]) == pytest.approx(1.0)
+    # Per-class flip frequencies against the flip probabilities: class 1 -> 3 and 2 -> 4.
+    assert [(f["class"], f["twin"]) for f in report["modes"]["flips"]] == [(1, 3), (2, 4)]
+    np.testing.assert_allclose([f["true"] for f in report["modes"]["flips"]], flips)
+
+
+def test_your_own_dataset_needs_num_classes_and_consistent_weights(tmp_path):
+    dataset = synthetic.flips(4, 16, (0.5,), seed=0)
+    with pytest.raises(ValueError, match="needs `num_classes=`"):
+        training.train(str(tmp_path), dataset=dataset)
+    with pytest.raises(ValueError, match="one probability per annotation"):
+        training.train(str(tmp_path), dataset=tfprobunet.data.Source(dataset, 3, [0.2, 0.3, 0.5],
+                                                                     None))
+    with pytest.raises(ValueError, match=r"\(image \(h, w, c\) float, annotations"):
+        training.train(str(tmp_path), dataset=dataset.map(lambda image, annotations: image),
+                       num_classes=3)
+    assert not os.listdir(str(tmp_path))

@@ -5,10 +5,13 @@ import json
 import os
 import sys
 
+from tfprobunet.training import PRESETS, SCHEDULES
 
-DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes")
+
+DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz")
 DATA_HELP = ("flips, graders: synthetic; lidc: the PNG crops folder; lidc-pickle: the PyTorch "
-             "port's data_lidc.pickle; cityscapes: the folder with leftImg8bit/ and gtFine/")
+             "port's data_lidc.pickle; cityscapes: the folder with leftImg8bit/ and gtFine/; "
+             "npz: your own data, a folder with train.npz, val.npz, test.npz (see README)")
 
 
 def _int_list(text):
@@ -43,7 +46,16 @@ def _add_train_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size")
     parser.add_argument("--validation-examples", type=int, default=0,
                         help="evaluate this many val images after each epoch (val_ged)")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=1e-4,
+                        help="Adam's (initial) learning rate")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="learning-rate schedule over epochs * steps-per-epoch: constant, "
+                             "piecewise (the official one, scaled), cosine (warm-up + decay)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="stop at the end of the first epoch past this many minutes")
+    parser.add_argument("--mixed-precision", choices=("mixed_float16", "mixed_bfloat16"),
+                        help="compute in float16 (GPUs) or bfloat16 (TPUs, AMX/AVX-512-BF16 "
+                             "CPUs); variables and losses stay float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-channels", type=_int_list, default=[32, 64, 128, 192],
                         help="U-Net filters per level, comma-separated")
@@ -53,6 +65,20 @@ def _add_train_arguments(parser):
     parser.add_argument("--reconstruction", choices=("sum", "mean"), default="sum")
     parser.add_argument("--kl", choices=("analytic", "sampled"), default="analytic")
     parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="defaults for the training recipe (explicit flags override them): "
+                             + "; ".join(f"{k}: {v['description']}" for k, v in
+                                         sorted(PRESETS.items())))
+
+
+def _apply_preset(parser, argv):
+    """Make the `--preset` named in `argv` give `parser` its defaults, so flags still override."""
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--preset", choices=sorted(PRESETS))
+    known, _ = finder.parse_known_args(argv)
+    if known.preset:
+        parser.set_defaults(**{k: v for k, v in PRESETS[known.preset].items()
+                               if k != "description"})
 
 
 def _train(args):
@@ -64,10 +90,11 @@ def _train(args):
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
             image_size=args.image_size, num_examples=args.num_examples,
             validation_examples=args.validation_examples, learning_rate=args.learning_rate,
-            strategy=args.strategy, seed=args.seed, jit_compile=args.jit_compile,
-            num_channels=args.num_channels, convs_per_block=args.convs_per_block,
-            latent_dim=args.latent_dim, beta=args.beta, reconstruction=args.reconstruction,
-            kl=args.kl)
+            schedule=args.schedule, max_minutes=args.max_minutes,
+            mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
+            jit_compile=args.jit_compile, num_channels=args.num_channels,
+            convs_per_block=args.convs_per_block, latent_dim=args.latent_dim, beta=args.beta,
+            reconstruction=args.reconstruction, kl=args.kl)
     except training.WorkdirError as error:  # a refusal that says what to do: no traceback
         raise SystemExit(f"tfprobunet train: {error}") from None
     print(f"model saved to {os.path.join(args.workdir, 'model.keras')}")
@@ -148,6 +175,7 @@ def main(argv=None):
                       "one to more --epochs)")
     _add_train_arguments(train)
     train.set_defaults(run=_train)
+    _apply_preset(train, sys.argv[1:] if argv is None else argv)
     evaluate = commands.add_parser(
         "evaluate", help="GED, HM-IoU, mode calibration: report.json and figures")
     evaluate.add_argument("--model", required=True, help="a saved .keras model")

@@ -50,6 +50,7 @@ class _Accumulator:
         self.diversity = []
         self.hm_iou = []
         self.assignments = []
+        self.flips = {}  # (c, t): [sampled, expected, pixels]
         self.empty_samples = []
         self.empty_annotations = []
 
@@ -70,6 +71,12 @@ class _Accumulator:
         self.hm_iou.extend(metrics.matched_iou(cross))
         if weights is not None:
             self.assignments.append(np.argmin(cross, axis=-1))  # assign_modes
+            pairs = metrics.flip_pairs(annotations)
+            for pair, *counts in zip(pairs, *metrics.flip_counts(masks, annotations, pairs,
+                                                                 weights)):
+                totals = self.flips.setdefault(pair, [0.0, 0.0, 0.0])
+                for j, value in enumerate(counts):
+                    totals[j] += value
         self.empty_samples.append(_empty(masks, self.classes))
         self.empty_annotations.append(_empty(annotations, self.classes))
 
@@ -92,13 +99,20 @@ class _Accumulator:
     def _modes(self):
         weights = np.asarray(self.source.annotation_weights, np.float64)
         weights = weights / weights.sum()
-        frequencies = metrics.mode_frequencies(np.concatenate(self.assignments), len(weights))
+        assignments = np.concatenate(self.assignments)
+        frequencies = metrics.mode_frequencies(assignments, len(weights))
         return {
             "true_probabilities": weights.tolist(),
             "frequencies": frequencies.tolist(),
             "pearson_r": float(np.corrcoef(frequencies, weights)[0, 1]),
+            "log_pearson_r": metrics.log_pearson_r(frequencies, weights, assignments.size),
             "modes_found": int(np.count_nonzero(frequencies)),
             "num_modes": len(weights),
+            # The official Cityscapes evaluation's per-class flip frequencies: of the pixels of
+            # class c in the unflipped annotation, the share the samples label t.
+            "flips": [{"class": c, "twin": t, "sampled": sampled / pixels,
+                       "true": expected / pixels}
+                      for (c, t), (sampled, expected, pixels) in sorted(self.flips.items())],
         }
 
     def _presence(self):
@@ -131,8 +145,10 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
       `ged_noise_floor[k]`: the same for k draws from the ground truth itself;
     - `sample_diversity`: E[d(S, S')]; `hm_iou`: Hungarian-matched IoU;
     - with known annotation probabilities (*flips*, Cityscapes): `modes`, the frequency with
-      which samples fall closest to each mode against its probability, Pearson r and the
-      number of modes found (Fig. 5);
+      which samples fall closest to each mode against its probability, Pearson r on linear and
+      on log frequencies (`metrics.log_pearson_r`), the number of modes found (Fig. 5), and
+      `flips`: per flippable class c and twin t, the share of c's pixels the samples label t
+      against its probability (the official per-class flip frequencies);
     - for binary tasks (*graders*, LIDC): `presence`, the fraction of images on which graders,
       and the samples, disagree on whether there is a lesion at all.
 
@@ -140,7 +156,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         model: a `ProbabilisticUNet` or the path of a saved `.keras` model.
         dataset: a name of `tfprobunet.data.DATASETS`, or a `tfprobunet.data.Source` of your own.
         out_dir: where `report.json` and the figures go; None writes nothing.
-        split, data_dir, image_size, num_examples: passed to `tfprobunet.data.load`.
+        split, data_dir, image_size, num_examples: passed to `tfprobunet.data.load` (default
+            test sizes: 500 images for *flips*, as the official evaluation, 100 for *graders*).
         sample_counts: the numbers of samples to score.
         batch_size: images per `model.sample` call.
         num_figure_examples: rows of the samples figure (Fig. 3).

@@ -98,7 +98,9 @@ def serving_functions(model):
     @tf.function(input_signature=[images_spec])
     def features(images):
         features, prior = model.features(check_images(images))
-        return {"features": features, "prior_loc": prior.loc, "prior_scale": prior.stddev()}
+        # float32 on the wire under mixed precision too: `sample` and `decode` take float32.
+        return {"features": tf.cast(features, tf.float32), "prior_loc": prior.loc,
+                "prior_scale": prior.stddev()}
 
     @tf.function(input_signature=[images_spec, num_samples_spec, seed_spec])
     def serving_default(images, num_samples, seed):

@@ -305,9 +305,11 @@ class AxisAlignedGaussian(_ConvNet):
         self.built = True
 
     def loc_log_scale(self, inputs):
-        """`(loc, log_scale)`, each `(b, latent_dim)`: the parameters, before building a distribution."""
+        """`(loc, log_scale)`, each `(b, latent_dim)` float32 whatever the layer's compute dtype
+        (mixed precision keeps the distributions in float32): the parameters, before building a
+        distribution."""
         encoding = keras.ops.mean(self.encoder(inputs)[-1], axis=(1, 2))
-        loc, raw = keras.ops.split(self.head(encoding), 2, axis=-1)
+        loc, raw = keras.ops.split(keras.ops.cast(self.head(encoding), "float32"), 2, axis=-1)
         return loc, self.max_log_scale * keras.ops.tanh(raw / self.max_log_scale)
 
     def call(self, inputs):
@@ -341,7 +343,8 @@ class FComb(keras.layers.Layer):
         z: `(b, N)` for one sample per image, or `(b, m, N)` for m samples per image.
 
     Returns:
-        logits `(b, h, w, K)` for `z (b, N)`, `(b, m, h, w, K)` for `z (b, m, N)`.
+        logits `(b, h, w, K)` for `z (b, N)`, `(b, m, h, w, K)` for `z (b, m, N)`, float32 (under
+        mixed precision too: computed in the compute dtype, then cast for the softmax).
     """
 
     def __init__(self, num_classes, channels, num_layers=3, weight_decay=1e-5, **kwargs):
@@ -363,6 +366,8 @@ class FComb(keras.layers.Layer):
         self.built = True
 
     def call(self, features, z):
+        features = keras.ops.cast(features, self.compute_dtype)
+        z = keras.ops.cast(z, self.compute_dtype)
         first = self.hidden[0]
         num_features = features.shape[-1]
         projected = _matmul(features, first.kernel[:num_features])  # (b, h, w, C), once per image
@@ -378,7 +383,7 @@ class FComb(keras.layers.Layer):
             per_sample = tf.stack([self._head(projected + s[:, None, None, :]) for s in shifts])
         else:
             per_sample = tf.map_fn(lambda s: self._head(projected + s[:, None, None, :]), shifts,
-                                   fn_output_signature=features.dtype)
+                                   fn_output_signature=tf.float32)
         return tf.transpose(per_sample, (1, 0, 2, 3, 4))
 
     def _head(self, x):
@@ -386,7 +391,7 @@ class FComb(keras.layers.Layer):
         x = tf.nn.relu(x)
         for layer in self.hidden[1:]:
             x = tf.nn.relu(_matmul(x, layer.kernel, layer.bias))
-        return _matmul(x, self.logits.kernel, self.logits.bias)
+        return keras.ops.cast(_matmul(x, self.logits.kernel, self.logits.bias), "float32")
 
     def get_config(self):
         config = super().get_config()

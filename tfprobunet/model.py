@@ -20,6 +20,10 @@ IGNORE_LABEL = losses.IGNORE_LABEL
 GED_SEED = 0
 # `compile` arguments the model has its own of (the beta-ELBO, its trackers): refused if given.
 _BUILT_IN_COMPILE_ARGS = ("loss", "loss_weights", "metrics", "weighted_metrics")
+# GECO: the moving average's decay (the Hierarchical Probabilistic U-Net's) and the range the
+# Lagrange multiplier is kept in.
+GECO_DECAY = 0.99
+GECO_LAMBDA_RANGE = (1e-6, 1e6)
 
 
 def _require(condition, message, tensor):
@@ -76,6 +80,15 @@ class ProbabilisticUNet(keras.Model):
             validation report when the data yields all annotations per image (see `test_step`).
         ged_classes: the classes `ged` scores (default: class 1 for K = 2, all K otherwise;
             the official Cityscapes evaluation scores the flipped classes and their twins).
+        geco_target: None (the paper's beta-ELBO), or kappa in nats per pixel: train with GECO
+            (Rezende & Viola 2018, as the Hierarchical Probabilistic U-Net does), minimising
+            `beta * KL` subject to a reconstruction of at most kappa per pixel. The loss becomes
+            `lambda * reconstruction + beta * KL`; the Lagrange multiplier lambda (a model
+            weight, `geco_lambda`, starting at 1) grows while the moving average (decay 0.99)
+            of the reconstruction per pixel is above kappa and shrinks while below, so the KL
+            pushes the posteriors as wide as the reconstruction allows. Not in the paper.
+        geco_rate: lambda changes by a factor of at most `exp(geco_rate)` per step:
+            `lambda *= exp(geco_rate * tanh(average / kappa - 1))`.
 
     Shapes: images `(b, h, w, c)` float32; segmentations `(b, h, w)` int with values in
     `[0, num_classes)` or 255 (ignored).
@@ -94,7 +107,7 @@ class ProbabilisticUNet(keras.Model):
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  latent_dim=6, fcomb_layers=3, beta=1.0, reconstruction="sum", kl="analytic",
                  use_posterior_mean=False, weight_decay=1e-5, seed=None, ged_samples=16,
-                 ged_classes=None, **kwargs):
+                 ged_classes=None, geco_target=None, geco_rate=0.01, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError("`num_classes` must be an integer >= 2 (2 for a binary mask). "
@@ -110,6 +123,11 @@ class ProbabilisticUNet(keras.Model):
             raise ValueError(f"`kl` must be one of {losses.KL_ESTIMATORS}. Received: kl={kl!r}")
         if beta < 0:
             raise ValueError(f"`beta` must be >= 0. Received: beta={beta}")
+        if geco_target is not None and not geco_target > 0:
+            raise ValueError("`geco_target` must be None or > 0 (nats per pixel, e.g. 0.01). "
+                             f"Received: geco_target={geco_target!r}")
+        if not geco_rate > 0:
+            raise ValueError(f"`geco_rate` must be > 0. Received: geco_rate={geco_rate!r}")
         if not isinstance(ged_samples, int) or ged_samples < 1:
             raise ValueError(f"`ged_samples` must be an integer >= 1. Received: {ged_samples!r}")
 
@@ -140,6 +158,8 @@ class ProbabilisticUNet(keras.Model):
         self.seed = seed
         self.ged_samples = ged_samples
         self.ged_classes = self.ged_tracker.classes
+        self.geco_target = None if geco_target is None else float(geco_target)
+        self.geco_rate = float(geco_rate)
         self.image_channels = None
 
     # ------------------------------------------------------------------ building
@@ -159,6 +179,12 @@ class ProbabilisticUNet(keras.Model):
         self.prior.build(input_shape)
         self.posterior.build(input_shape[:-1] + (channels + self.num_classes,))
         self.fcomb.build((None, None, None, self.num_channels[0]), (None, self.latent_dim))
+        if self.geco_target is not None:
+            # Every replica computes the same update from all-reduced values.
+            geco = dict(shape=(), trainable=False, aggregation="only_first_replica")
+            self.geco_lambda = self.add_weight(initializer="ones", name="geco_lambda", **geco)
+            self.geco_average = self.add_weight(initializer="zeros", name="geco_average",
+                                                **geco)
         self.built = True
 
     def get_build_config(self):
@@ -274,7 +300,7 @@ class ProbabilisticUNet(keras.Model):
         Returns:
             logits `(b, h, w, K)` or `(b, m, h, w, K)`.
         """
-        z = tf.convert_to_tensor(z, dtype=features.dtype)
+        z = tf.cast(tf.convert_to_tensor(z), tf.float32)
         if z.shape.rank not in (2, 3) or z.shape[-1] != self.latent_dim:
             raise ValueError(f"`z` must have shape (b, {self.latent_dim}) or (b, m, "
                              f"{self.latent_dim}). Received shape {z.shape}.")
@@ -370,7 +396,9 @@ class ProbabilisticUNet(keras.Model):
                                 kl=self.kl)
 
     def _regularization(self):
-        return tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+        if not self.losses:
+            return tf.constant(0.0)
+        return tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses])
 
     def _update_trackers(self, terms, regularization):
         # Weighted by the replica's batch size, so the trackers (summed over replicas) hold the
@@ -382,17 +410,42 @@ class ProbabilisticUNet(keras.Model):
         trackers = (self.loss_tracker, self.reconstruction_tracker, self.kl_tracker)
         return {m.name: m.result() for m in trackers}
 
+    def _geco_update(self, reconstruction, segmentations):
+        """One GECO step of the Lagrange multiplier from the batch's reconstruction `(b,)`."""
+        if self.reconstruction == "sum":
+            pixels = tf.reduce_sum(tf.cast(segmentations != IGNORE_LABEL, tf.float32), (1, 2))
+            reconstruction = tf.math.divide_no_nan(reconstruction, pixels)
+        value = tf.reduce_mean(reconstruction)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            value = context.all_reduce("mean", value)
+        average = GECO_DECAY * self.geco_average + (1.0 - GECO_DECAY) * (value - self.geco_target)
+        self.geco_average.assign(average)
+        step = tf.exp(self.geco_rate * tf.tanh(average / self.geco_target))
+        self.geco_lambda.assign(tf.clip_by_value(self.geco_lambda * step, *GECO_LAMBDA_RANGE))
+
     def train_step(self, data):
         images, segmentations = self._unpack(data)
         with tf.GradientTape() as tape:
             terms = self._elbo_terms(images, segmentations)
             regularization = self._regularization()
+            objective = terms["loss"]
+            if self.geco_target is not None:
+                objective = (tf.stop_gradient(self.geco_lambda) * terms["reconstruction"]
+                             + self.beta * terms["kl"])
             # Keras' optimizer sums gradients over replicas: average over the *global* batch.
-            loss = tf.nn.compute_average_loss(terms["loss"]) + tf.nn.scale_regularization_loss(
+            loss = tf.nn.compute_average_loss(objective) + tf.nn.scale_regularization_loss(
                 regularization)
-        gradients = tape.gradient(loss, self.trainable_variables)
+            # Under mixed_float16, `compile` wraps the optimizer in a LossScaleOptimizer, whose
+            # `apply` unscales the gradients (and skips a step whose gradients overflowed).
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        return self._update_trackers(terms, regularization)
+        logs = self._update_trackers(terms, regularization)
+        if self.geco_target is not None:
+            self._geco_update(terms["reconstruction"], segmentations)
+            logs["geco_lambda"] = tf.identity(self.geco_lambda)
+        return logs
 
     def test_step(self, data):
         """The loss terms on `(images, segmentations)`; on `(images, annotations)` or
@@ -512,5 +565,7 @@ class ProbabilisticUNet(keras.Model):
             seed=self.seed,
             ged_samples=self.ged_samples,
             ged_classes=self.ged_classes,
+            geco_target=self.geco_target,
+            geco_rate=self.geco_rate,
         )
         return config

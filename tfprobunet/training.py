@@ -17,12 +17,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet import callbacks as callbacks_lib
 from tfprobunet import data as data_lib
 from tfprobunet.data import pipeline
 from tfprobunet.model import ProbabilisticUNet
 
 STRATEGIES = ("default", "mirrored")
 MONITORED_TERMS = ("loss", "reconstruction", "kl")
+SCHEDULES = ("constant", "piecewise", "cosine")
+# The official schedule (1e-4, then 5e-5, 1e-5 and 5e-7 at 80k, 160k and 240k of 240k
+# iterations), as fractions of the run and of the initial learning rate.
+PIECEWISE_BOUNDARIES = (1 / 3, 2 / 3, 1.0)
+PIECEWISE_FACTORS = (1.0, 0.5, 0.1, 0.005)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -220,6 +226,58 @@ class EpochCheckpoint(keras.callbacks.Callback):
         return epochs
 
 
+# Named training recipes: `tfprobunet train --preset NAME` (flags override), or from Python
+# `train(workdir, **preset(NAME, epochs=...))`. See the README's ablation for the evidence.
+PRESETS = {
+    "paper": dict(
+        description="the official LIDC configuration and schedule (slow to calibrate on CPU)",
+        num_channels=[32, 64, 128, 192], convs_per_block=3, latent_dim=6, beta=1.0,
+        learning_rate=1e-4, schedule="piecewise", batch_size=8),
+}
+
+
+def preset(name, **overrides):
+    """The `train` arguments of the preset `name` (see `PRESETS`), updated with `overrides`."""
+    if name not in PRESETS:
+        raise ValueError(f"`preset` must be one of {sorted(PRESETS)}. Received: {name!r}")
+    settings = {k: v for k, v in PRESETS[name].items() if k != "description"}
+    return {**settings, **overrides}
+
+
+def learning_rate_schedule(name, learning_rate, total_steps, warmup_fraction=0.05):
+    """The learning rate of a run of `total_steps` optimizer steps, for `keras.optimizers.Adam`.
+
+    Args:
+        name: `"constant"`: `learning_rate` throughout. `"piecewise"`: the official schedule
+            scaled to the run: `learning_rate`, then x0.5 after a third of the steps, x0.1 after
+            two thirds (and x0.005 after `total_steps`, should a run continue past them).
+            `"cosine"`: linear warm-up from 0 over `warmup_fraction` of the steps, then cosine
+            decay to 0 at `total_steps`.
+        learning_rate: the initial (peak, for `"cosine"`) learning rate.
+        total_steps: the run's optimizer steps, `epochs * steps_per_epoch`.
+        warmup_fraction: the share of the steps that `"cosine"` warms up over.
+
+    Returns:
+        A float or a `keras.optimizers.schedules.LearningRateSchedule` of the optimizer's
+        `iterations`, which checkpoints hold: a resumed run continues the schedule where it
+        stopped.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {SCHEDULES}. Received: {name!r}")
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"`total_steps` must be a positive integer. Received: {total_steps!r}")
+    if name == "constant":
+        return float(learning_rate)
+    if name == "piecewise":
+        boundaries = [max(1, round(total_steps * f)) for f in PIECEWISE_BOUNDARIES]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [learning_rate * f for f in PIECEWISE_FACTORS])
+    warmup = min(total_steps - 1, round(total_steps * warmup_fraction))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps - warmup, alpha=0.0, warmup_target=float(learning_rate),
+        warmup_steps=warmup)
+
+
 def make_strategy(name):
     """`"default"`: no distribution. `"mirrored"`: `MirroredStrategy` over every GPU, or over
     every logical CPU device when there is no GPU (so it can be exercised on a CPU machine)."""
@@ -357,10 +415,54 @@ def _resume_points(workdir, checkpoint, saved, settings):
     return points
 
 
+MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    """Keras' global dtype policy set to `name` (None: leave it) while models are built."""
+    if name not in MIXED_PRECISION:
+        raise ValueError(f"`mixed_precision` must be one of {MIXED_PRECISION}. Received: "
+                         f"{name!r}")
+    previous = keras.config.dtype_policy()
+    if name is not None:
+        keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _source(dataset, split, data_dir, image_size, num_examples, seed, model_kwargs):
+    """`dataset` as a `Source`: a name is loaded, a `Source` kept, a `tf.data.Dataset` wrapped
+    with `num_classes` from `model_kwargs`."""
+    if isinstance(dataset, str):
+        return data_lib.load(dataset, split, data_dir, image_size, num_examples, seed)
+    if isinstance(dataset, tf.data.Dataset):
+        if "num_classes" not in model_kwargs:
+            raise ValueError(
+                "Training on a tf.data.Dataset of (image, annotations) needs `num_classes=`, "
+                "or pass a tfprobunet.data.Source(dataset, num_classes, annotation_weights, "
+                "classes) that says it.")
+        dataset = data_lib.Source(dataset, model_kwargs["num_classes"], None, None)
+    if not isinstance(dataset, data_lib.Source):
+        raise ValueError(f"`dataset` must be a name of {data_lib.DATASETS}, a "
+                         "tfprobunet.data.Source or a tf.data.Dataset of (image (h, w, c), "
+                         f"annotations (A, h, w)). Received: {type(dataset).__name__}")
+    data_lib.check_source(dataset)
+    if "num_classes" in model_kwargs and model_kwargs["num_classes"] != dataset.num_classes:
+        raise ValueError(f"`num_classes={model_kwargs['num_classes']}` contradicts the "
+                         f"dataset's num_classes={dataset.num_classes}.")
+    if num_examples is not None:
+        dataset = dataset._replace(dataset=dataset.dataset.take(num_examples))
+    return dataset
+
+
 def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=100,
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
-          learning_rate=1e-4, strategy="default", seed=0, jit_compile=False, verbose=1,
-          callbacks=None, **model_kwargs):
+          learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
+          seed=0, jit_compile=False, mixed_precision=None, verbose=1, callbacks=None,
+          validation_data=None, **model_kwargs):
     """Train a `ProbabilisticUNet` on a named dataset, continuing the run `workdir` holds.
 
     Writes to `workdir`:
@@ -389,7 +491,11 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     Args:
         workdir: output directory.
         dataset: a name of `tfprobunet.data.DATASETS`: `"flips"`, `"graders"` (synthetic),
-            `"lidc"`, `"lidc-pickle"` or `"cityscapes"` (read from `data_dir`).
+            `"lidc"`, `"lidc-pickle"`, `"cityscapes"` or `"npz"` (read from `data_dir`); or
+            your own data: a `tfprobunet.data.Source`, or a `tf.data.Dataset` of `(image
+            (h, w, c) float32, annotations (A, h, w) int)` with `num_classes=` given.
+            `train_config.json` records your own data as `"custom"`: resuming is then up to
+            you passing the same data.
         data_dir: where the real data lives (see `tfprobunet.data.load`).
         epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global. `epochs`
             counts every epoch of the run, those of earlier calls included.
@@ -397,11 +503,25 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         num_examples: size of the training set (default: the dataset's).
         validation_examples: if > 0, that many examples of the `val` split with all their
             annotations are evaluated after each epoch: `log.csv` gets `val_loss`, ... and
-            `val_ged` (16 samples per image).
-        learning_rate: Adam's learning rate (official: 1e-4).
+            `val_ged` (16 samples per image) and, where the annotation probabilities are known
+            (*flips*, Cityscapes), the mode and flip frequencies of `CalibrationLog`.
+        validation_data: your own validation data instead (a `Source` or a dataset of
+            `(image, annotations)`), evaluated after each epoch like `validation_examples`.
+        learning_rate: Adam's (initial) learning rate (official: 1e-4).
+        schedule: `"constant"` (default), `"piecewise"` (the official schedule scaled to
+            `epochs * steps_per_epoch`) or `"cosine"` (warm-up, then cosine decay); see
+            `learning_rate_schedule`. A continued run (more `epochs`) stretches the schedule to
+            its new length.
+        max_minutes: stop at the end of the first epoch that ends after this many minutes of
+            this call (`tfprobunet.callbacks.TimeBudget`); the model is saved as if `epochs`
+            had been reached, and the same call again continues to `epochs`.
         strategy: `"default"` or `"mirrored"` (see `make_strategy`).
         seed: seeds the data, the weights and the model's random draws.
         jit_compile: XLA-compile the train step (see bench/train_step.py: slower on CPU).
+        mixed_precision: None (float32), `"mixed_float16"` (GPUs; with dynamic loss scaling)
+            or `"mixed_bfloat16"` (TPUs, CPUs with AMX or AVX-512-BF16): the model computes in
+            that precision, its variables, distributions, losses and metrics stay float32.
+            `model.keras` keeps the policy; the global Keras policy is left as it was.
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
         callbacks: extra Keras callbacks, run after the built-in ones (after the checkpoint).
         **model_kwargs: forwarded to `ProbabilisticUNet` (e.g. `num_channels`, `latent_dim`,
@@ -414,12 +534,23 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         WorkdirError: `workdir` holds a run that cannot continue as asked (see above).
         NonFiniteLossError: a loss term became NaN or infinite (see `StopOnNonFiniteLoss`).
     """
+    source = _source(dataset, "train", data_dir, image_size, num_examples, seed, model_kwargs)
+    validation = None
+    if validation_data is not None:
+        validation = _source(validation_data, "val", data_dir, image_size, None, seed,
+                             model_kwargs)
+    elif validation_examples:
+        validation = _source(dataset, "val", data_dir, image_size, validation_examples, seed,
+                             model_kwargs)
+    schedule_value = learning_rate_schedule(schedule, learning_rate, epochs * steps_per_epoch)
+    budget = None if max_minutes is None else callbacks_lib.TimeBudget(max_minutes)
     os.makedirs(workdir, exist_ok=True)
-    settings = dict(dataset=dataset, data_dir=data_dir, epochs=epochs,
-                    steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-                    image_size=image_size, num_examples=num_examples,
+    settings = dict(dataset=dataset if isinstance(dataset, str) else "custom",
+                    data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                    batch_size=batch_size, image_size=image_size, num_examples=num_examples,
                     validation_examples=validation_examples, learning_rate=learning_rate,
-                    strategy=strategy, seed=seed, **model_kwargs)
+                    schedule=schedule, mixed_precision=mixed_precision, strategy=strategy,
+                    seed=seed, **model_kwargs)
     settings = json.loads(json.dumps(settings, default=list))  # as train_config.json has them
     config_path = os.path.join(workdir, CONFIG)
     model_path = os.path.join(workdir, "model.keras")
@@ -427,21 +558,21 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     checkpoint = EpochCheckpoint(os.path.join(workdir, "backup"))
     points = _resume_points(workdir, checkpoint, saved, settings)
 
-    source = data_lib.load(dataset, "train", data_dir, image_size, num_examples, seed)
     batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
                                          seed=seed)
-    validation = None
-    if validation_examples:
-        validation = data_lib.load(dataset, "val", data_dir, image_size, validation_examples,
-                                   seed)
+    monitors = []
+    if validation is not None and validation.annotation_weights is not None:
+        monitors.append(callbacks_lib.CalibrationLog(validation, seed=seed))
+    if validation is not None:
         validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
                                                   validation.annotation_weights)
     keras.utils.set_random_seed(seed)
-    with make_strategy(strategy).scope():
+    with make_strategy(strategy).scope(), _dtype_policy(mixed_precision):
+        model_kwargs = {**model_kwargs, "num_classes": source.num_classes}
         model_kwargs.setdefault("ged_classes", source.classes)
-        model = ProbabilisticUNet(num_classes=source.num_classes, seed=seed, **model_kwargs)
+        model = ProbabilisticUNet(seed=seed, **model_kwargs)
         model.build((None, *source.dataset.element_spec[0].shape))
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
+        model.compile(optimizer=keras.optimizers.Adam(schedule_value), jit_compile=jit_compile)
         initial_epoch = checkpoint.restore(model, points)
     # Only now, once every refusal is past: a refused call leaves the workdir as it was.
     record = _effective(settings)
@@ -458,8 +589,10 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         verbose=verbose,
         callbacks=[
             StopOnNonFiniteLoss(),
+            *monitors,
             EpochLog(os.path.join(workdir, "log.csv"), initial_epoch=initial_epoch),
             checkpoint,
+            *([budget] if budget else []),
             *(callbacks or []),
         ],
     )

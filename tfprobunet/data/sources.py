@@ -2,13 +2,19 @@
 
 import collections
 
-from tfprobunet.data import cityscapes, lidc, synthetic
+import numpy as np
+import tensorflow as tf
 
-DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes")
+from tfprobunet.data import arrays, cityscapes, lidc, synthetic
+
+DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz")
 SYNTHETIC = ("flips", "graders")
 SPLITS = ("train", "val", "test")
 # The synthetic splits are drawn with these offsets added to the seed, so they never overlap.
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+# Default sizes of the synthetic splits; flips' test split has the official evaluation's 500.
+DEFAULT_EXAMPLES = {"flips": {"train": 1000, "val": 100, "test": 500},
+                    "graders": {"train": 1000, "val": 100, "test": 100}}
 
 Source = collections.namedtuple("Source", "dataset num_classes annotation_weights classes")
 Source.__doc__ = """A loaded dataset and what evaluating it needs.
@@ -19,7 +25,41 @@ Fields:
     annotation_weights: `(A,)` probabilities of the annotations (the flip modes), or None when
         the annotations are equally likely (graders).
     classes: the classes the metrics score, or None for the default (class 1 for K = 2, all K).
+
+Your own data trains and evaluates as a `Source`, e.g. *flips* with other flip probabilities:
+
+```python
+p = (0.5, 0.3, 0.1)
+source = tfprobunet.data.Source(synthetic.flips(1000, 32, p), synthetic.flips_num_classes(p),
+                                synthetic.flip_modes(p)[1], None)
+tfprobunet.train("runs/mine", dataset=source, ...)
+```
 """
+
+
+def check_source(source):
+    """Raise `ValueError` naming what is wrong if `source` cannot be trained or evaluated on."""
+    if not isinstance(source.dataset, tf.data.Dataset):
+        raise ValueError("`Source.dataset` must be a tf.data.Dataset. Received: "
+                         f"{type(source.dataset).__name__}")
+    spec = source.dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2 and spec[0].shape.rank == 3
+            and spec[1].shape.rank == 3 and spec[0].dtype.is_floating
+            and spec[1].dtype.is_integer):
+        raise ValueError("The dataset must yield (image (h, w, c) float, annotations (A, h, w) "
+                         f"int): every annotation of an image. Received element_spec {spec}.")
+    if not isinstance(source.num_classes, (int, np.integer)) or source.num_classes < 2:
+        raise ValueError(f"`num_classes` must be an integer >= 2. Received: "
+                         f"{source.num_classes!r}")
+    if source.annotation_weights is not None:
+        weights = np.asarray(source.annotation_weights, np.float64)
+        count = spec[1].shape[0]
+        if weights.ndim != 1 or (count is not None and len(weights) != count):
+            raise ValueError(f"`annotation_weights` must hold one probability per annotation "
+                             f"({count}). Received shape {weights.shape}.")
+        if not (np.all(weights >= 0) and weights.sum() > 0):
+            raise ValueError("`annotation_weights` must be non-negative with a positive sum. "
+                             f"Received: {weights.tolist()}")
 
 
 def load(name, split="train", data_dir=None, image_size=None, num_examples=None, seed=0):
@@ -27,13 +67,15 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
 
     Args:
         name: `"flips"` or `"graders"` (synthetic, see `tfprobunet.data.synthetic`), `"lidc"`
-            (the PNG crops), `"lidc-pickle"` (the PyTorch port's pickle) or `"cityscapes"`.
+            (the PNG crops), `"lidc-pickle"` (the PyTorch port's pickle), `"cityscapes"`, or
+            `"npz"`: your own arrays, `data_dir/<split>.npz` (see `tfprobunet.data.arrays`).
         split: `"train"`, `"val"` or `"test"`.
         data_dir: where the real data lives (the crops folder, the pickle file or folder, the
             Cityscapes root); unused for the synthetic sets.
         image_size: height and width (an int, or `(h, w)` for Cityscapes). Default: 64 for the
             synthetic sets, 128 for LIDC, `(256, 512)` for Cityscapes.
-        num_examples: the first n examples; default all (synthetic: 1000 for train, 100 else).
+        num_examples: the first n examples; default all (synthetic: `DEFAULT_EXAMPLES`, 1000
+            for train, 100 for val, 100 for graders' test and 500 for flips' test).
         seed: synthetic data and the LIDC pickle's split by series.
 
     Returns:
@@ -52,6 +94,8 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         # As in the paper: random crops of the 180x180 tiles for training, center crops else.
         source = Source(lidc.crops(data_dir, split, image_size or 128,
                                    random_crop=split == "train", seed=seed), 2, None, None)
+    elif name == "npz":
+        source = Source(*arrays.npz_split(data_dir, split))
     elif name == "lidc-pickle":
         source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed), 2, None, None)
     else:
@@ -65,7 +109,7 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
 
 def _synthetic(name, split, image_size, num_examples, seed):
     if num_examples is None:
-        num_examples = 1000 if split == "train" else 100
+        num_examples = DEFAULT_EXAMPLES[name][split]
     seed = seed + SPLIT_SEEDS[split]
     if name == "flips":
         _, probabilities = synthetic.flip_modes()
