@@ -1,7 +1,12 @@
-"""Examples/s of ProbabilisticUNet.train_step, LIDC configuration (128x128x1, batch 8), with and
-without XLA (`jit_compile`), and peak memory. Prints JSON.
+"""Examples/s of `ProbabilisticUNet.train_step`, LIDC configuration (128x128x1, batch 8), in
+float32, in `mixed_bfloat16` and with XLA, against the PyTorch reference of the same shape
+(`bench/pytorch_reference.py`), interleaved: every round runs each configuration once, each in
+a fresh process, so that the machine's slow and fast phases hit them all alike. Prints JSON
+with every run, the median and best of each configuration, their ratios, and the CPU's flags
+(bfloat16 is fast only where the CPU has AMX or AVX-512-BF16).
 
-    python bench/train_step.py [--steps 8] [--repeats 5] [--size 128] [--batch 8]
+    python bench/train_step.py [--rounds 5] [--configs float32,mixed_bfloat16,torch]
+        [--torch-python PATH]   # an interpreter with PyTorch (default: this one)
 """
 
 import argparse
@@ -14,57 +19,104 @@ import sys
 from timing import add_step_arguments, run_times
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = ("float32", "mixed_bfloat16", "xla", "torch")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
-def measure(jit_compile, steps, repeats, size, batch):
+def measure(config, steps, repeats, size, batch):
+    """One configuration in this process: `repeats` timed runs of `steps` steps."""
     import keras
     import numpy as np
 
     import tfprobunet
 
+    if config == "mixed_bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     images = rng.random((batch * steps, size, size, 1), dtype=np.float32)
     labels = rng.integers(0, 2, (batch * steps, size, size)).astype(np.int32)
     model = tfprobunet.ProbabilisticUNet(num_classes=2)  # official LIDC defaults
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=config == "xla")
     model.fit(images[:batch * 2], labels[:batch * 2], batch_size=batch, epochs=1, verbose=0)
     times = run_times(lambda: model.fit(images, labels, batch_size=batch, epochs=1, verbose=0,
                                         shuffle=False), repeats, warmup=False)
-    rates = [batch * steps / t for t in times]
-    return {
-        "jit_compile": jit_compile,
-        "examples_per_s_median": float(np.median(rates)),
-        "examples_per_s_runs": [round(r, 2) for r in rates],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return {"examples_per_s_runs": [batch * steps / t for t in times],
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def cpu():
+    """The CPU's model name and the flags that decide low-precision speed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {"model": "unknown", "flags": []}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return {"model": model, "cores": os.cpu_count(),
+            "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def _run(config, args):
+    common = ["--steps", str(args.steps), "--repeats", str(args.repeats), "--size",
+              str(args.size), "--batch", str(args.batch)]
+    if config == "torch":
+        command = [args.torch_python, os.path.join(HERE, "pytorch_reference.py"), *common]
+    else:
+        command = [sys.executable, __file__, "--one", config, *common]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    result = json.loads(out[out.index("{"):])
+    return result["examples_per_s_runs"], result.get("peak_rss_mib")
+
+
+def _summary(rates):
+    import numpy as np
+
+    return {"median": round(float(np.median(rates)), 3), "best": round(max(rates), 3),
+            "worst": round(min(rates), 3), "runs": [round(r, 3) for r in rates]}
 
 
 def main():
     parser = argparse.ArgumentParser()
     add_step_arguments(parser)
-    parser.add_argument("--jit", choices=("true", "false"), help="one configuration, in-process")
+    parser.set_defaults(repeats=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--configs", default="float32,mixed_bfloat16,torch")
+    parser.add_argument("--torch-python", default=sys.executable)
+    parser.add_argument("--one", choices=CONFIGS[:3], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.jit:
-        print(json.dumps(measure(args.jit == "true", args.steps, args.repeats, args.size,
-                                 args.batch)))
+    if args.one:
+        print(json.dumps(measure(args.one, args.steps, args.repeats, args.size, args.batch)))
         return
-    # Each configuration in its own process, so peak memory is its own.
-    results = {}
-    for jit in ("false", "true"):
-        out = subprocess.run([sys.executable, __file__, "--jit", jit, "--steps", str(args.steps),
-                              "--repeats", str(args.repeats), "--size", str(args.size),
-                              "--batch", str(args.batch)], capture_output=True, text=True,
-                             check=True).stdout
-        results[f"jit_{jit}"] = json.loads(out.strip().splitlines()[-1])
-    no_jit = results["jit_false"]["examples_per_s_median"]
-    jit = results["jit_true"]["examples_per_s_median"]
+    configs = args.configs.split(",")
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        raise SystemExit(f"unknown configurations {sorted(unknown)}; choose from {CONFIGS}")
+    rates = {c: [] for c in configs}
+    memory = {}
+    for _ in range(args.rounds):
+        for config in configs:
+            runs, memory[config] = _run(config, args)
+            rates[config].extend(runs)
+    summary = {c: _summary(r) for c, r in rates.items()}
+    ratios = {}
+    for a, b in (("float32", "torch"), ("mixed_bfloat16", "float32"), ("xla", "float32")):
+        if a in summary and b in summary:
+            ratios[f"{a}_over_{b}"] = {k: round(summary[a][k] / summary[b][k], 3)
+                                       for k in ("median", "best")}
     print(json.dumps({
         "config": {"image": [args.size, args.size, 1], "batch": args.batch,
-                   "num_channels": [32, 64, 128, 192], "convs_per_block": 3, "latent_dim": 6},
-        **results,
-        "jit_over_no_jit": jit / no_jit,
-        "faster": "jit_compile=True" if jit > no_jit else "jit_compile=False",
+                   "num_channels": [32, 64, 128, 192], "convs_per_block": 3, "latent_dim": 6,
+                   "steps_per_run": args.steps, "runs_per_process": args.repeats,
+                   "rounds": args.rounds},
+        "cpu": cpu(),
+        "examples_per_s": summary,
+        "ratios": ratios,
+        "peak_rss_mib": memory,
     }, indent=2))
 
 

@@ -131,3 +131,11 @@ def test_shuffle_buffer_stays_within_its_memory_budget():
     # Unknown sizes count as 1024: 1024*1024*16 bytes = 16 MiB -> 64 examples.
     unknown = (tf.TensorSpec((None, None, 3), tf.float32), tf.TensorSpec((None, None), tf.int32))
     assert pipeline.shuffle_buffer_size(unknown) == 64
+
+
+def test_flips_test_split_has_the_official_500_images_by_default():
+    from tfprobunet import data
+
+    assert int(data.load("flips", "test", image_size=16).dataset.cardinality()) == 500
+    assert int(data.load("graders", "test", image_size=16).dataset.cardinality()) == 100
+    assert int(data.load("flips", "val", image_size=16).dataset.cardinality()) == 100

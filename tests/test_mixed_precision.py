@@ -73,3 +73,19 @@ def test_save_load_and_export_round_trip_in_float32(policy, tmp_path):
     # precision's rounding (in float32 they are exactly equal, tests/test_export.py).
     expected = tf.nn.softmax(model.sample(images, 3, seed=tf.constant([1, 0])))
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=0.02)
+
+
+def test_train_with_mixed_precision_keeps_it_in_the_file_and_restores_the_global_policy(tmp_path):
+    from tfprobunet import training
+
+    model, history = training.train(
+        str(tmp_path), dataset="graders", epochs=1, steps_per_epoch=2, batch_size=2,
+        image_size=16, num_examples=4, num_channels=[8, 16], convs_per_block=1, latent_dim=2,
+        mixed_precision="mixed_bfloat16", verbose=0)
+    assert keras.config.dtype_policy().name == "float32"
+    assert np.isfinite(history.history["loss"]).all()
+    loaded = keras.models.load_model(str(tmp_path / "model.keras"))
+    assert loaded.compute_dtype == "bfloat16" and loaded.unet.compute_dtype == "bfloat16"
+    assert {v.dtype for v in loaded.weights} == {"float32"}
+    with pytest.raises(ValueError, match="`mixed_precision` must be one of"):
+        training.train(str(tmp_path / "other"), dataset="graders", mixed_precision="float8")

@@ -346,3 +346,29 @@ def test_geco_arguments_are_checked():
         tiny_model(geco_target=0.0)
     with pytest.raises(ValueError, match="`geco_rate` must be > 0"):
         tiny_model(geco_target=0.1, geco_rate=-1.0)
+
+
+def test_beta_warmup_ramps_the_kl_weight_from_zero():
+    """The first step of a warm-up (KL weight 0) is the step of a model with beta = 0; after k
+    of n warm-up steps the weight is beta * k / n."""
+    images, segmentations = random_batch(3, batch=4, seed=4)
+    initial = None
+    models = {}
+    for name, kwargs in (("warmup", dict(beta=2.0, beta_warmup_steps=4)),
+                         ("beta0", dict(beta=0.0))):
+        model = tiny_model(3, use_posterior_mean=True, weight_decay=0.0, **kwargs)
+        model.build(images.shape)
+        if initial is None:
+            initial = [v.numpy() for v in model.trainable_weights]
+        for variable, value in zip(model.trainable_weights, initial):
+            variable.assign(value)
+        model.compile(optimizer=keras.optimizers.SGD(1e-3))
+        model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0, shuffle=False)
+        models[name] = model
+    for a, b in zip(models["warmup"].trainable_weights, models["beta0"].trainable_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert float(models["warmup"]._kl_weight()) == pytest.approx(2.0 * 1 / 4)
+    models["warmup"].fit(images, segmentations, batch_size=2, epochs=2, verbose=0)
+    assert float(models["warmup"]._kl_weight()) == pytest.approx(2.0)  # 5 steps >= 4
+    with pytest.raises(ValueError, match="`beta_warmup_steps` must be an integer >= 0"):
+        tiny_model(beta_warmup_steps=-1)

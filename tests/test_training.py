@@ -513,6 +513,14 @@ def test_schedules_give_the_hand_computed_learning_rates():
     for step, expected in [(0, 0.0), (1, 2e-4), (5, 1e-3), (30, 1e-3 * (1 + np.cos(np.pi / 4)) / 2),
                            (55, 5e-4), (105, 0.0)]:
         assert _rate(cosine, step) == pytest.approx(expected, abs=1e-9), step
+    # Warm-up over round(0.05 * 300) = 15 steps, 1e-3 until step 200, half a cosine to 300.
+    wsd = training.learning_rate_schedule("wsd", 1e-3, 300)
+    for step, expected in [(0, 0.0), (3, 2e-4), (15, 1e-3), (200, 1e-3), (250, 5e-4),
+                           (300, 0.0), (400, 0.0)]:
+        assert _rate(wsd, step) == pytest.approx(expected, abs=1e-9), step
+    # Saved with the optimizer in .keras files: the config round-trips.
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(wsd))
+    assert [_rate(restored, t) for t in (3, 250)] == [_rate(wsd, t) for t in (3, 250)]
     with pytest.raises(ValueError, match="`schedule` must be one of"):
         training.learning_rate_schedule("linear", 1e-3, 10)
 
@@ -593,3 +601,21 @@ def test_your_own_dataset_needs_num_classes_and_consistent_weights(tmp_path):
         training.train(str(tmp_path), dataset=dataset.map(lambda image, annotations: image),
                        num_classes=3)
     assert not os.listdir(str(tmp_path))
+
+
+def test_a_run_recorded_before_schedules_existed_resumes(tmp_path):
+    """Settings added later (`schedule`, `mixed_precision`) read as their defaults in an older
+    train_config.json: its run resumes instead of being refused as one with other settings."""
+    workdir = str(tmp_path)
+    _crash_after(workdir, 1)
+    path = os.path.join(workdir, training.CONFIG)
+    with open(path) as f:
+        record = json.load(f)
+    for key in ("schedule", "mixed_precision"):
+        del record[key]
+    with open(path, "w") as f:
+        json.dump(record, f)
+    _, history = training.train(workdir, epochs=3, **SMALL)
+    assert history.epoch == [1, 2]
+    with pytest.raises(training.WorkdirError, match="schedule: 'constant' before, 'cosine' now"):
+        training.train(workdir, epochs=4, schedule="cosine", **SMALL)

@@ -1,7 +1,8 @@
 """tfprobunet: the Probabilistic U-Net (Kohl et al., NeurIPS 2018) for TensorFlow 2 / Keras 3.
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
-`evaluate`, `export_for_serving`, and the modules `losses`, `metrics`, `data` and `serving`.
+`evaluate`, `export_for_serving`, and the modules `callbacks`, `losses`, `metrics`, `data`,
+`serving` and `training` (presets, schedules).
 """
 
 
@@ -26,7 +27,7 @@ def _require_tf_keras():
 
 _require_tf_keras()
 
-from tfprobunet import data, losses, metrics, serving  # noqa: E402
+from tfprobunet import callbacks, data, losses, metrics, serving, training  # noqa: E402
 from tfprobunet.evaluation import evaluate  # noqa: E402
 from tfprobunet.export import export_for_serving  # noqa: E402
 from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet  # noqa: E402
@@ -35,5 +36,5 @@ from tfprobunet.training import train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "data", "evaluate",
-           "export_for_serving", "losses", "metrics", "serving", "train"]
+__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "callbacks", "data",
+           "evaluate", "export_for_serving", "losses", "metrics", "serving", "train", "training"]

@@ -50,7 +50,8 @@ def _add_train_arguments(parser):
                         help="Adam's (initial) learning rate")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="learning-rate schedule over epochs * steps-per-epoch: constant, "
-                             "piecewise (the official one, scaled), cosine (warm-up + decay)")
+                             "piecewise (the official one, scaled), cosine (warm-up + decay), "
+                             "wsd (warm-up, stable, cosine decay over the last third)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop at the end of the first epoch past this many minutes")
     parser.add_argument("--mixed-precision", choices=("mixed_float16", "mixed_bfloat16"),
@@ -62,6 +63,10 @@ def _add_train_arguments(parser):
     parser.add_argument("--convs-per-block", type=int, default=3)
     parser.add_argument("--latent-dim", type=int, default=6)
     parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--beta-warmup-steps", type=int, default=0,
+                        help="KL weight rising from 0 to --beta over this many steps")
+    parser.add_argument("--geco-target", type=float,
+                        help="GECO: minimise beta * KL subject to this reconstruction, nats/pixel")
     parser.add_argument("--reconstruction", choices=("sum", "mean"), default="sum")
     parser.add_argument("--kl", choices=("analytic", "sampled"), default="analytic")
     parser.add_argument("--jit-compile", action="store_true")
@@ -94,6 +99,7 @@ def _train(args):
             mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
             jit_compile=args.jit_compile, num_channels=args.num_channels,
             convs_per_block=args.convs_per_block, latent_dim=args.latent_dim, beta=args.beta,
+            beta_warmup_steps=args.beta_warmup_steps, geco_target=args.geco_target,
             reconstruction=args.reconstruction, kl=args.kl)
     except training.WorkdirError as error:  # a refusal that says what to do: no traceback
         raise SystemExit(f"tfprobunet train: {error}") from None
@@ -163,8 +169,8 @@ def _predict(args):
 def _demo(args):
     from tfprobunet import demo
 
-    print(json.dumps(demo.run(args.workdir, minutes=args.minutes, base_dir=args.base_dir),
-                     indent=2))
+    print(json.dumps(demo.run(args.workdir, steps=args.steps, seed=args.seed,
+                              base_dir=args.base_dir), indent=2))
 
 
 def main(argv=None):
@@ -211,7 +217,9 @@ def main(argv=None):
     predict.set_defaults(run=_predict)
     demo = commands.add_parser("demo", help="train a small model on flips and sample from it")
     demo.add_argument("--workdir", default="runs/demo")
-    demo.add_argument("--minutes", type=float, default=3.0, help="training time budget")
+    demo.add_argument("--steps", type=int, default=6000,
+                      help="training steps (a multiple of 500): the same model on every machine")
+    demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--base-dir", default="saved_models", help="where the model is exported")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)

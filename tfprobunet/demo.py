@@ -1,55 +1,46 @@
 """`make demo`: the main job end to end on the built-in *flips* benchmark, within minutes on a
-CPU: train, save, sample 16 segmentations of an unseen image, write the evaluation report
-(GED, HM-IoU, mode calibration) with its figures, export the model for TF Serving and ask a
-local server for features once and 16 samples over gRPC."""
+CPU: train for a fixed number of steps, save, sample 16 segmentations of an unseen image, write
+the evaluation report (GED, HM-IoU, mode calibration) with its figures, export the model for TF
+Serving and ask a local server for features once and 16 samples over gRPC."""
 
 import collections
 import os
 import time
 
-import keras
 import numpy as np
 
 from tfprobunet import evaluation, training
 from tfprobunet.data import synthetic
 
 IMAGE_SIZE = 32
-# A small model that learns the 32 modes of *flips* in a few CPU minutes.
-DEMO_MODEL = dict(num_channels=[16, 32, 64], convs_per_block=2, latent_dim=6)
-EVAL_EXAMPLES = 100
+# The recipe of the demo: the `cpu` preset (see the README's ablation) for a fixed number of
+# steps, so that every machine trains the same model and reproduces the README's figures.
+STEPS = 6000
+STEPS_PER_EPOCH = 500
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stop training at the end of the first epoch that finishes after `seconds`."""
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self._start = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if time.monotonic() - self._start > self.seconds:
-            self.model.stop_training = True
-
-
-def run(workdir, minutes=3.0, num_samples=16, seed=0, base_dir="saved_models"):
-    """Train on *flips* for about `minutes`, sample one held-out image, evaluate the model on
-    `EVAL_EXAMPLES` test images (report and figures in `workdir/evaluation`), export it to
-    `base_dir` and segment the held-out image through a local gRPC server.
+def run(workdir, steps=STEPS, num_samples=16, seed=0, base_dir="saved_models",
+        eval_examples=None):
+    """Train on *flips* with the `cpu` preset for `steps` steps, sample one held-out image,
+    evaluate the model on `eval_examples` images of the test split (default all 500; report
+    and figures in `workdir/evaluation`), export it to `base_dir` and segment the held-out image
+    through a local gRPC server.
 
     Returns:
         A JSON-able summary: final losses, model path, which of the 32 modes the samples of one
         image hit, and the evaluation's headline numbers.
     """
+    if steps % STEPS_PER_EPOCH and steps > STEPS_PER_EPOCH:
+        raise ValueError(f"`steps` must be a multiple of {STEPS_PER_EPOCH} (or fewer). "
+                         f"Received: {steps}")
+    epochs, per_epoch = max(1, steps // STEPS_PER_EPOCH), min(steps, STEPS_PER_EPOCH)
     print(f"Training a Probabilistic U-Net on flips ({IMAGE_SIZE}x{IMAGE_SIZE}, 32 modes) for "
-          f"about {minutes:g} minutes...")
+          f"{steps} steps ({epochs} epochs of {per_epoch}, preset `cpu`)...")
     start = time.monotonic()
     model, history = training.train(
-        workdir, dataset="flips", epochs=1000, steps_per_epoch=100, batch_size=16,
-        image_size=IMAGE_SIZE, num_examples=2000, learning_rate=1e-3, seed=seed, verbose=2,
-        callbacks=[TimeBudget(minutes * 60)], **DEMO_MODEL)
+        workdir, **training.preset("cpu", dataset="flips", epochs=epochs,
+                                   steps_per_epoch=per_epoch, image_size=IMAGE_SIZE,
+                                   num_examples=2000, seed=seed, verbose=2))
     train_seconds = time.monotonic() - start
 
     images, base_labels = synthetic.flips_arrays(1, IMAGE_SIZE, seed=seed + 12345)
@@ -63,15 +54,16 @@ def run(workdir, minutes=3.0, num_samples=16, seed=0, base_dir="saved_models"):
               f"{100 * probabilities[mode]:.1f} %)")
 
     out_dir = os.path.join(workdir, "evaluation")
-    print(f"\nEvaluating on {EVAL_EXAMPLES} test images ({num_samples} samples each)...")
+    print(f"\nEvaluating on the flips test split ({num_samples} samples per image)...")
     report = evaluation.evaluate(model, "flips", out_dir=out_dir, image_size=IMAGE_SIZE,
-                                 num_examples=EVAL_EXAMPLES, seed=seed, verbose=1)
+                                 num_examples=eval_examples, seed=seed, verbose=1)
     print(f"Evaluation report: {os.path.join(out_dir, 'report.json')}")
     print("Figures: " + ", ".join(os.path.join(out_dir, f) for f in report["figures"]))
 
     serving_summary = serve_once(model, base_dir, images, num_samples, seed)
+    modes = report["modes"]
     return {
-        "epochs": len(history.epoch),
+        "steps": int(model.optimizer.iterations),
         "train_seconds": round(train_seconds, 1),
         "final": {k: round(v[-1], 3) for k, v in history.history.items()},
         "model": os.path.join(workdir, "model.keras"),
@@ -80,12 +72,17 @@ def run(workdir, minutes=3.0, num_samples=16, seed=0, base_dir="saved_models"):
         # 16 draws from the true distribution hit this many distinct modes on average.
         "distinct_modes_expected": round(_expected_distinct(probabilities, num_samples), 2),
         "evaluation": {
+            "images": report["num_images"],
             "ged": {k: round(v["mean"], 4) for k, v in report["ged"].items()},
             "ged_noise_floor": {k: round(v["mean"], 4)
                                 for k, v in report["ged_noise_floor"].items()},
             "hm_iou": round(report["hm_iou"]["mean"], 4),
-            "modes_found": report["modes"]["modes_found"],
-            "mode_frequency_pearson_r": round(report["modes"]["pearson_r"], 3),
+            "modes_found": modes["modes_found"],
+            "mode_frequency_pearson_r": round(modes["pearson_r"], 3),
+            "mode_frequency_log_r": round(modes["log_pearson_r"], 3),
+            "flip_frequencies": {f"{f['class']}->{f['twin']}": [round(f["sampled"], 3),
+                                                                round(f["true"], 3)]
+                                 for f in modes["flips"]},
             "report": os.path.join(out_dir, "report.json"),
         },
         "serving": serving_summary,

@@ -8,6 +8,8 @@ from a truncated N(0, 0.001), 2x2 average pooling down, bilinear upsampling up, 
 kernels and biases.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -44,6 +46,20 @@ def check_spatial_size(height, width, num_channels):
                 f"num_channels={list(num_channels)}. Received {name}={size}; the nearest sizes "
                 f"that work are {lower} and {lower + divisor}."
             )
+
+
+@contextlib.contextmanager
+def own_policy(layer):
+    """Keras' global dtype policy set to `layer`'s while the block runs: a layer (or model) that
+    creates sublayers creates them within it, so they compute with its policy. Keras gives new
+    layers the global policy; without this, a model saved under `mixed_bfloat16` and loaded in
+    a float32 session would compute in float32 inside and bfloat16 only at its top."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(layer.dtype_policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _regularizer(weight_decay):
@@ -123,9 +139,10 @@ class Container(keras.layers.Layer):
         self.filters = filters
         self.num_convs = num_convs
         self.weight_decay = weight_decay
-        for j in range(num_convs):
-            setattr(self, self._attribute(j),
-                    _conv(filters, 3, weight_decay, f"{self.name}_conv{j}"))
+        with own_policy(self):
+            for j in range(num_convs):
+                setattr(self, self._attribute(j),
+                        _conv(filters, 3, weight_decay, f"{self.name}_conv{j}"))
 
     @staticmethod
     def _attribute(j):
@@ -195,9 +212,10 @@ class Encoder(_ConvNet):
 
     def __init__(self, num_channels, convs_per_block=3, weight_decay=1e-5, **kwargs):
         super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
-        self.pool = keras.layers.AveragePooling2D(2, name="pool")
-        self.blocks = [Container(filters, convs_per_block, weight_decay, name=f"level{i}")
-                       for i, filters in enumerate(self.num_channels)]
+        with own_policy(self):
+            self.pool = keras.layers.AveragePooling2D(2, name="pool")
+            self.blocks = [Container(filters, convs_per_block, weight_decay, name=f"level{i}")
+                           for i, filters in enumerate(self.num_channels)]
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -239,10 +257,12 @@ class UNet(_ConvNet):
     def __init__(self, num_channels=(32, 64, 128, 192), convs_per_block=3, weight_decay=1e-5,
                  **kwargs):
         super().__init__(num_channels, convs_per_block, weight_decay, **kwargs)
-        self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
-        self.up_blocks = [Container(self.num_channels[i], convs_per_block, weight_decay,
-                                    name=f"up{i}")
-                          for i in range(len(self.num_channels) - 2, -1, -1)]
+        with own_policy(self):
+            self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay,
+                                   name="encoder")
+            self.up_blocks = [Container(self.num_channels[i], convs_per_block, weight_decay,
+                                        name=f"up{i}")
+                              for i in range(len(self.num_channels) - 2, -1, -1)]
 
     def build(self, input_shape):
         self.encoder.build(input_shape)
@@ -296,8 +316,10 @@ class AxisAlignedGaussian(_ConvNet):
             raise ValueError(f"`max_log_scale` must be > 0. Received: {max_log_scale!r}")
         self.latent_dim = latent_dim
         self.max_log_scale = float(max_log_scale)
-        self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay, name="encoder")
-        self.head = _dense(2 * latent_dim, weight_decay, "loc_log_scale")
+        with own_policy(self):
+            self.encoder = Encoder(self.num_channels, convs_per_block, weight_decay,
+                                   name="encoder")
+            self.head = _dense(2 * latent_dim, weight_decay, "loc_log_scale")
 
     def build(self, input_shape):
         self.encoder.build(input_shape)
@@ -355,8 +377,10 @@ class FComb(keras.layers.Layer):
         self.channels = channels
         self.num_layers = num_layers
         self.weight_decay = weight_decay
-        self.hidden = [_dense(channels, weight_decay, f"conv1x1_{i}") for i in range(num_layers)]
-        self.logits = _dense(num_classes, 0.0, "logits")
+        with own_policy(self):
+            self.hidden = [_dense(channels, weight_decay, f"conv1x1_{i}")
+                           for i in range(num_layers)]
+            self.logits = _dense(num_classes, 0.0, "logits")
 
     def build(self, features_shape, z_shape):
         self.hidden[0].build((None, features_shape[-1] + z_shape[-1]))

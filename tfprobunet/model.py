@@ -89,6 +89,10 @@ class ProbabilisticUNet(keras.Model):
             pushes the posteriors as wide as the reconstruction allows. Not in the paper.
         geco_rate: lambda changes by a factor of at most `exp(geco_rate)` per step:
             `lambda *= exp(geco_rate * tanh(average / kappa - 1))`.
+        beta_warmup_steps: train with a KL weight rising linearly from 0 to `beta` over this
+            many optimizer steps (KL annealing, not in the paper), so that the posterior puts
+            information into every latent direction before the KL pulls it towards the prior.
+            The logged `loss` is the beta-ELBO with the full `beta` throughout. 0: off.
 
     Shapes: images `(b, h, w, c)` float32; segmentations `(b, h, w)` int with values in
     `[0, num_classes)` or 255 (ignored).
@@ -107,7 +111,8 @@ class ProbabilisticUNet(keras.Model):
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  latent_dim=6, fcomb_layers=3, beta=1.0, reconstruction="sum", kl="analytic",
                  use_posterior_mean=False, weight_decay=1e-5, seed=None, ged_samples=16,
-                 ged_classes=None, geco_target=None, geco_rate=0.01, **kwargs):
+                 ged_classes=None, geco_target=None, geco_rate=0.01, beta_warmup_steps=0,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError("`num_classes` must be an integer >= 2 (2 for a binary mask). "
@@ -126,18 +131,22 @@ class ProbabilisticUNet(keras.Model):
         if geco_target is not None and not geco_target > 0:
             raise ValueError("`geco_target` must be None or > 0 (nats per pixel, e.g. 0.01). "
                              f"Received: geco_target={geco_target!r}")
+        if not isinstance(beta_warmup_steps, int) or beta_warmup_steps < 0:
+            raise ValueError("`beta_warmup_steps` must be an integer >= 0. Received: "
+                             f"beta_warmup_steps={beta_warmup_steps!r}")
         if not geco_rate > 0:
             raise ValueError(f"`geco_rate` must be > 0. Received: geco_rate={geco_rate!r}")
         if not isinstance(ged_samples, int) or ged_samples < 1:
             raise ValueError(f"`ged_samples` must be an integer >= 1. Received: {ged_samples!r}")
 
-        self.unet = layers_lib.UNet(num_channels, convs_per_block, weight_decay, name="unet")
         gaussian_args = dict(latent_dim=latent_dim, num_channels=num_channels,
                              convs_per_block=convs_per_block, weight_decay=weight_decay)
-        self.prior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="prior")
-        self.posterior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="posterior")
-        self.fcomb = layers_lib.FComb(num_classes, num_channels[0], fcomb_layers, weight_decay,
-                                      name="fcomb")
+        with layers_lib.own_policy(self):  # mixed precision: the parts compute as the model
+            self.unet = layers_lib.UNet(num_channels, convs_per_block, weight_decay, name="unet")
+            self.prior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="prior")
+            self.posterior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="posterior")
+            self.fcomb = layers_lib.FComb(num_classes, num_channels[0], fcomb_layers,
+                                          weight_decay, name="fcomb")
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
@@ -160,6 +169,7 @@ class ProbabilisticUNet(keras.Model):
         self.ged_classes = self.ged_tracker.classes
         self.geco_target = None if geco_target is None else float(geco_target)
         self.geco_rate = float(geco_rate)
+        self.beta_warmup_steps = beta_warmup_steps
         self.image_channels = None
 
     # ------------------------------------------------------------------ building
@@ -424,15 +434,22 @@ class ProbabilisticUNet(keras.Model):
         step = tf.exp(self.geco_rate * tf.tanh(average / self.geco_target))
         self.geco_lambda.assign(tf.clip_by_value(self.geco_lambda * step, *GECO_LAMBDA_RANGE))
 
+    def _kl_weight(self):
+        """beta, ramped up from 0 over the first `beta_warmup_steps` optimizer steps."""
+        if not self.beta_warmup_steps:
+            return self.beta
+        progress = tf.cast(self.optimizer.iterations, tf.float32) / self.beta_warmup_steps
+        return self.beta * tf.minimum(progress, 1.0)
+
     def train_step(self, data):
         images, segmentations = self._unpack(data)
         with tf.GradientTape() as tape:
             terms = self._elbo_terms(images, segmentations)
             regularization = self._regularization()
             objective = terms["loss"]
-            if self.geco_target is not None:
-                objective = (tf.stop_gradient(self.geco_lambda) * terms["reconstruction"]
-                             + self.beta * terms["kl"])
+            if self.geco_target is not None or self.beta_warmup_steps:
+                weight = 1.0 if self.geco_target is None else tf.stop_gradient(self.geco_lambda)
+                objective = weight * terms["reconstruction"] + self._kl_weight() * terms["kl"]
             # Keras' optimizer sums gradients over replicas: average over the *global* batch.
             loss = tf.nn.compute_average_loss(objective) + tf.nn.scale_regularization_loss(
                 regularization)
@@ -567,5 +584,6 @@ class ProbabilisticUNet(keras.Model):
             ged_classes=self.ged_classes,
             geco_target=self.geco_target,
             geco_rate=self.geco_rate,
+            beta_warmup_steps=self.beta_warmup_steps,
         )
         return config

@@ -24,7 +24,7 @@ from tfprobunet.model import ProbabilisticUNet
 
 STRATEGIES = ("default", "mirrored")
 MONITORED_TERMS = ("loss", "reconstruction", "kl")
-SCHEDULES = ("constant", "piecewise", "cosine")
+SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # The official schedule (1e-4, then 5e-5, 1e-5 and 5e-7 at 80k, 160k and 240k of 240k
 # iterations), as fractions of the run and of the initial learning rate.
 PIECEWISE_BOUNDARIES = (1 / 3, 2 / 3, 1.0)
@@ -229,6 +229,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
 # Named training recipes: `tfprobunet train --preset NAME` (flags override), or from Python
 # `train(workdir, **preset(NAME, epochs=...))`. See the README's ablation for the evidence.
 PRESETS = {
+    "cpu": dict(
+        description="calibrates the 32 modes of flips at 32x32 in 6000 steps on 2 CPU cores: "
+                    "a small U-Net, latent 8, Adam 1e-3 with warm-up, stable phase and "
+                    "cosine decay (wsd), batch 16",
+        num_channels=[16, 32, 64], convs_per_block=2, latent_dim=8, beta=1.0,
+        learning_rate=1e-3, schedule="wsd", batch_size=16),
     "paper": dict(
         description="the official LIDC configuration and schedule (slow to calibrate on CPU)",
         num_channels=[32, 64, 128, 192], convs_per_block=3, latent_dim=6, beta=1.0,
@@ -244,6 +250,39 @@ def preset(name, **overrides):
     return {**settings, **overrides}
 
 
+@keras.saving.register_keras_serializable(package="tfprobunet")
+class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, `peak` until `decay_start`, then
+    cosine decay to 0 at `total_steps` (and 0 after).
+
+    Args:
+        peak: the learning rate of the stable phase.
+        total_steps, warmup_steps, decay_start: steps, `0 <= warmup_steps <= decay_start <
+            total_steps`.
+    """
+
+    def __init__(self, peak, total_steps, warmup_steps, decay_start):
+        if not 0 <= warmup_steps <= decay_start < total_steps:
+            raise ValueError("Needs 0 <= warmup_steps <= decay_start < total_steps. Received: "
+                             f"{warmup_steps}, {decay_start}, {total_steps}")
+        self.peak = float(peak)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_start = int(decay_start)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = step / max(self.warmup_steps, 1)
+        progress = tf.clip_by_value((step - self.decay_start)
+                                    / (self.total_steps - self.decay_start), 0.0, 1.0)
+        decay = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return self.peak * tf.minimum(tf.minimum(warmup, 1.0), decay)
+
+    def get_config(self):
+        return dict(peak=self.peak, total_steps=self.total_steps,
+                    warmup_steps=self.warmup_steps, decay_start=self.decay_start)
+
+
 def learning_rate_schedule(name, learning_rate, total_steps, warmup_fraction=0.05):
     """The learning rate of a run of `total_steps` optimizer steps, for `keras.optimizers.Adam`.
 
@@ -252,7 +291,9 @@ def learning_rate_schedule(name, learning_rate, total_steps, warmup_fraction=0.0
             scaled to the run: `learning_rate`, then x0.5 after a third of the steps, x0.1 after
             two thirds (and x0.005 after `total_steps`, should a run continue past them).
             `"cosine"`: linear warm-up from 0 over `warmup_fraction` of the steps, then cosine
-            decay to 0 at `total_steps`.
+            decay to 0 at `total_steps`. `"wsd"` (warm-up, stable, decay): the same warm-up,
+            `learning_rate` until two thirds of the steps, then cosine decay to 0 over the last
+            third (`WarmupStableDecay`).
         learning_rate: the initial (peak, for `"cosine"`) learning rate.
         total_steps: the run's optimizer steps, `epochs * steps_per_epoch`.
         warmup_fraction: the share of the steps that `"cosine"` warms up over.
@@ -273,6 +314,9 @@ def learning_rate_schedule(name, learning_rate, total_steps, warmup_fraction=0.0
         return keras.optimizers.schedules.PiecewiseConstantDecay(
             boundaries, [learning_rate * f for f in PIECEWISE_FACTORS])
     warmup = min(total_steps - 1, round(total_steps * warmup_fraction))
+    if name == "wsd":
+        return WarmupStableDecay(learning_rate, total_steps, warmup,
+                                 max(warmup, round(total_steps * 2 / 3)))
     return keras.optimizers.schedules.CosineDecay(
         0.0, total_steps - warmup, alpha=0.0, warmup_target=float(learning_rate),
         warmup_steps=warmup)
@@ -333,10 +377,23 @@ def _model_defaults():
             if name not in skip and p.default is not p.empty}
 
 
+# `train` arguments that are not settings of the run (not recorded in train_config.json).
+UNRECORDED = ("workdir", "max_minutes", "jit_compile", "verbose", "callbacks", "validation_data",
+              "model_kwargs")
+
+
+def _train_defaults():
+    """The recorded `train` arguments with their defaults: settings added in later versions
+    (`schedule`, `mixed_precision`) read as their defaults in the records of earlier ones."""
+    return {name: p.default for name, p in inspect.signature(train).parameters.items()
+            if name not in UNRECORDED and p.default is not p.empty}
+
+
 def _effective(settings):
-    """`settings` with every model default filled in, as JSON has them: `beta=1.0` given or
-    left out is the same run (the CLI passes the defaults, Python callers rarely do)."""
-    return json.loads(json.dumps({**_model_defaults(), **settings}, default=list))
+    """`settings` with every default filled in, as JSON has them: `beta=1.0` given or left out
+    is the same run (the CLI passes the defaults, Python callers rarely do)."""
+    return json.loads(json.dumps({**_train_defaults(), **_model_defaults(), **settings},
+                                 default=list))
 
 
 def _write_config(path, settings):
