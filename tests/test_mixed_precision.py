@@ -12,54 +12,59 @@ from conftest import random_batch, tiny_model
 POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 
-@pytest.fixture(params=POLICIES)
-def policy(request):
+@pytest.fixture(scope="module", params=POLICIES)
+def trained(request):
+    """A tiny model built and trained for 16 steps under the policy; the global policy is
+    float32 again for the test (a model keeps the policy it was built with)."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(request.param)
-    yield request.param
-    keras.config.set_dtype_policy(previous)
+    try:
+        keras.utils.set_random_seed(0)
+        model = tiny_model(3)
+        images, segmentations = random_batch(3, batch=16, size=16)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.build(images.shape)
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        history = model.fit(images, segmentations, batch_size=1, epochs=1, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return dict(policy=request.param, model=model, images=images[:4],
+                segmentations=segmentations[:4], before=before, history=history)
 
 
-def _trained(steps=16):
-    model = tiny_model(3)
-    images, segmentations = random_batch(3, batch=4, size=16)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.build(images.shape)
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    history = model.fit(images, segmentations, batch_size=4, epochs=steps, verbose=0)
-    return model, images, segmentations, before, history
-
-
-def test_a_train_step_is_finite_and_moves_every_float32_variable(policy):
+@pytest.mark.compat
+def test_a_train_step_is_finite_and_moves_every_float32_variable(trained):
     # float16's dynamic loss scale starts at 2**15 and halves at each step whose gradients
     # overflow, which is skipped: a few of the first steps leave the variables unchanged.
-    model, _, _, before, history = _trained()
+    model, history = trained["model"], trained["history"]
     for name in ("loss", "reconstruction", "kl"):
         assert np.all(np.isfinite(history.history[name])), (name, history.history[name])
-    assert model.compute_dtype == policy.split("_")[1]
+    assert model.compute_dtype == trained["policy"].split("_")[1]
     assert {v.dtype for v in model.weights} == {"float32"}
-    unmoved = [v.path for v, b in zip(model.trainable_variables, before)
+    unmoved = [v.path for v, b in zip(model.trainable_variables, trained["before"])
                if np.array_equal(v.numpy(), b)]
     assert not unmoved
 
 
-def test_distributions_and_losses_stay_float32(policy):
-    model, images, segmentations, _, _ = _trained(1)
+@pytest.mark.compat
+def test_distributions_and_losses_stay_float32(trained):
+    model, images = trained["model"], trained["images"]
     features, prior = model.features(images)
-    assert features.dtype == policy.split("_")[1]
+    assert features.dtype == trained["policy"].split("_")[1]
     assert prior.dtype == tf.float32
-    terms = model.elbo_terms(images, segmentations)
+    terms = model.elbo_terms(images, trained["segmentations"])
     assert {t.dtype for t in terms.values()} == {tf.float32}
     logits = model.sample(images, 3, seed=1)
     assert logits.dtype == tf.float32 and np.all(np.isfinite(logits))
     assert model(images).dtype == tf.float32
 
 
-def test_save_load_and_export_round_trip_in_float32(policy, tmp_path):
-    model, images, _, _, _ = _trained(1)
+def test_save_load_and_export_round_trip_in_float32(trained, tmp_path):
+    model, images = trained["model"], trained["images"]
     path = str(tmp_path / "m.keras")
     model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = keras.models.load_model(path)  # in a float32 session: the file's policy holds
+    assert loaded.unet.compute_dtype == model.unet.compute_dtype
     assert {v.dtype for v in loaded.weights} == {"float32"}
     np.testing.assert_array_equal(loaded.sample(images, 3, seed=1), model.sample(images, 3,
                                                                                seed=1))
