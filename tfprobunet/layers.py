@@ -49,17 +49,23 @@ def check_spatial_size(height, width, num_channels):
 
 
 @contextlib.contextmanager
-def own_policy(layer):
-    """Keras' global dtype policy set to `layer`'s while the block runs: a layer (or model) that
-    creates sublayers creates them within it, so they compute with its policy. Keras gives new
-    layers the global policy; without this, a model saved under `mixed_bfloat16` and loaded in
-    a float32 session would compute in float32 inside and bfloat16 only at its top."""
+def global_dtype_policy(policy):
+    """Keras' global dtype policy set to `policy` (a name or a `DTypePolicy`) while the block
+    runs, and restored after it."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(layer.dtype_policy)
+    keras.config.set_dtype_policy(policy)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def own_policy(layer):
+    """`global_dtype_policy(layer.dtype_policy)`: a layer (or model) that creates sublayers
+    creates them within it, so they compute with its policy. Keras gives new layers the global
+    policy; without this, a model saved under `mixed_bfloat16` and loaded in a float32 session
+    would compute in float32 inside and bfloat16 only at its top."""
+    return global_dtype_policy(layer.dtype_policy)
 
 
 def _regularizer(weight_decay):

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfprobunet import callbacks as callbacks_lib
 from tfprobunet import data as data_lib
+from tfprobunet import layers as layers_lib
 from tfprobunet.data import pipeline
 from tfprobunet.model import ProbabilisticUNet
 
@@ -475,19 +476,12 @@ def _resume_points(workdir, checkpoint, saved, settings):
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
 
 
-@contextlib.contextmanager
 def _dtype_policy(name):
-    """Keras' global dtype policy set to `name` (None: leave it) while models are built."""
+    """Keras' global dtype policy set to `name` (None: left as it is) while models are built."""
     if name not in MIXED_PRECISION:
         raise ValueError(f"`mixed_precision` must be one of {MIXED_PRECISION}. Received: "
                          f"{name!r}")
-    previous = keras.config.dtype_policy()
-    if name is not None:
-        keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
+    return contextlib.nullcontext() if name is None else layers_lib.global_dtype_policy(name)
 
 
 def _source(dataset, split, data_dir, image_size, num_examples, seed, model_kwargs):
