@@ -17,6 +17,7 @@ and the median and range over seeds.
 """
 
 import argparse
+import csv
 import json
 import os
 import tempfile
@@ -56,16 +57,30 @@ def _recipe(name):
     return recipe
 
 
-def run(dataset, recipe, steps, seed, eval_examples=None, name="recipe"):
-    """Train `recipe` (`train` arguments) on `dataset` for `steps` steps and evaluate it on the
-    test split (`eval_examples` images, default all); returns the row of one seed."""
+class StopAfter(keras.callbacks.Callback):
+    """Stop at the first epoch end at or past `steps` optimizer steps."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+
+    def on_epoch_end(self, epoch, logs=None):
+        if int(self.model.optimizer.iterations) >= self.steps:
+            self.model.stop_training = True
+
+
+def run(dataset, recipe, steps, seed, eval_examples=None, name="recipe", stop_after=None):
+    """Train `recipe` (`train` arguments) on `dataset` for `steps` steps (or the first
+    `stop_after` of them) and evaluate it on the test split (`eval_examples` images, default
+    all); returns the row of one seed, with the reconstruction term of each epoch."""
     steps_per_epoch = 100 if steps % 500 else min(steps, 500)
     workdir = tempfile.mkdtemp(prefix=f"quality-{dataset}-{name}-")
     start = time.monotonic()
     model, _ = tfprobunet.train(
         workdir, dataset=dataset, epochs=max(1, steps // steps_per_epoch),
         steps_per_epoch=steps_per_epoch, image_size=IMAGE_SIZES[dataset], num_examples=2000,
-        seed=seed, verbose=0, **recipe)
+        seed=seed, verbose=0, callbacks=[StopAfter(stop_after)] if stop_after else None,
+        **recipe)
     train_seconds = time.monotonic() - start
     report = tfprobunet.evaluate(model, dataset, image_size=IMAGE_SIZES[dataset],
                                  num_examples=eval_examples, seed=seed, verbose=0)
@@ -77,7 +92,8 @@ def run(dataset, recipe, steps, seed, eval_examples=None, name="recipe"):
            "ged16_sem": round(report["ged"]["16"]["sem"], 4),
            "noise_floor16": round(floor16, 4),
            "ged16_over_noise_floor": round(ged16 / floor16, 3),
-           "hm_iou": round(report["hm_iou"]["mean"], 4)}
+           "hm_iou": round(report["hm_iou"]["mean"], 4),
+           "reconstruction": [round(float(r["reconstruction"]), 1) for r in _log(workdir)]}
     if "modes" in report:
         modes = report["modes"]
         row.update(pearson_r=round(modes["pearson_r"], 4),
@@ -88,6 +104,11 @@ def run(dataset, recipe, steps, seed, eval_examples=None, name="recipe"):
     if "presence" in report:
         row["presence"] = {k: round(v, 3) for k, v in report["presence"].items()}
     return row
+
+
+def _log(workdir):
+    with open(os.path.join(workdir, "log.csv")) as f:
+        return list(csv.DictReader(f))
 
 
 def summary(rows):

@@ -74,12 +74,14 @@ def test_train_and_evaluate_read_your_own_npz_folder_with_a_preset(tmp_path, cap
     assert cli.main(["train", "--preset", "paper", "--dataset", "npz", "--data-dir", data,
                      "--workdir", workdir, "--epochs", "1", "--steps-per-epoch", "1",
                      "--batch-size", "2", "--num-channels", "8,16", "--convs-per-block", "1",
-                     "--latent-dim", "2", "--validation-examples", "4"]) == 0
+                     "--latent-dim", "2", "--fcomb-channels", "4",
+                     "--validation-examples", "4"]) == 0
     with open(os.path.join(workdir, "train_config.json")) as f:
         config = json.load(f)
     # The preset's settings, except where a flag said otherwise.
     assert config["schedule"] == "piecewise" and config["learning_rate"] == 1e-4
     assert config["num_channels"] == [8, 16] and config["batch_size"] == 2
+    assert config["fcomb_channels"] == 4 and config["fcomb_layers"] == 3
     out = str(tmp_path / "eval")
     capsys.readouterr()
     assert cli.main(["evaluate", "--model", os.path.join(workdir, "model.keras"), "--out",

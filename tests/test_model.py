@@ -64,7 +64,8 @@ def test_sample_runs_the_unet_once(monkeypatch):
 
 def test_config_and_keras_file_round_trip(tmp_path):
     model = tiny_model(4, beta=0.5, reconstruction="mean", kl="sampled", use_posterior_mean=True,
-                       weight_decay=0.0, seed=3, ged_samples=4, ged_classes=[1, 3])
+                       weight_decay=0.0, seed=3, ged_samples=4, ged_classes=[1, 3],
+                       fcomb_channels=5)
     images, _ = random_batch(4, channels=2)
     expected = model(images).numpy()
     config = model.get_config()
@@ -81,6 +82,18 @@ def test_config_and_keras_file_round_trip(tmp_path):
     assert loaded.get_config() == config
     np.testing.assert_array_equal(loaded(images), expected)
     np.testing.assert_array_equal(loaded.sample(images, 3, seed=1), model.sample(images, 3, seed=1))
+
+
+@pytest.mark.parametrize("fcomb_channels,width", [(None, 8), (24, 24)])
+def test_fcomb_width_is_the_first_unet_level_unless_given(fcomb_channels, width):
+    model = tfprobunet.ProbabilisticUNet(num_classes=3, num_channels=[8, 16], convs_per_block=1,
+                                         latent_dim=2, fcomb_layers=2,
+                                         fcomb_channels=fcomb_channels)
+    model.build((None, 8, 8, 1))
+    hidden = [layer.kernel.shape for layer in model.fcomb.hidden]
+    # The first 1x1 conv sees the U-Net's last features (8) and z (2).
+    assert hidden == [(8 + 2, width), (width, width)]
+    assert model.fcomb.logits.kernel.shape == (width, 3)
 
 
 def test_one_train_step_gives_every_variable_a_gradient():
@@ -184,6 +197,9 @@ def test_constructor_rejects_bad_arguments():
         tfprobunet.ProbabilisticUNet(kl="mc")
     with pytest.raises(ValueError, match="num_channels"):
         tfprobunet.ProbabilisticUNet(num_channels=[32, 0])
+    with pytest.raises(ValueError, match=r"`fcomb_channels` must be None .*Received: "
+                                         r"fcomb_channels=0"):
+        tfprobunet.ProbabilisticUNet(fcomb_channels=0)
     model = tiny_model()
     with pytest.raises(ValueError, match="num_samples"):
         model.sample(np.zeros((1, 16, 16, 1), np.float32), 0)

@@ -62,6 +62,10 @@ def _add_train_arguments(parser):
                         help="U-Net filters per level, comma-separated")
     parser.add_argument("--convs-per-block", type=int, default=3)
     parser.add_argument("--latent-dim", type=int, default=6)
+    parser.add_argument("--fcomb-layers", type=int, default=3,
+                        help="hidden 1x1 convolutions of f_comb")
+    parser.add_argument("--fcomb-channels", type=int,
+                        help="their filters (default: the first --num-channels)")
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--beta-warmup-steps", type=int, default=0,
                         help="KL weight rising from 0 to --beta over this many steps")
@@ -98,7 +102,8 @@ def _train(args):
             schedule=args.schedule, max_minutes=args.max_minutes,
             mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
             jit_compile=args.jit_compile, num_channels=args.num_channels,
-            convs_per_block=args.convs_per_block, latent_dim=args.latent_dim, beta=args.beta,
+            convs_per_block=args.convs_per_block, latent_dim=args.latent_dim,
+            fcomb_layers=args.fcomb_layers, fcomb_channels=args.fcomb_channels, beta=args.beta,
             beta_warmup_steps=args.beta_warmup_steps, geco_target=args.geco_target,
             reconstruction=args.reconstruction, kl=args.kl)
     except training.WorkdirError as error:  # a refusal that says what to do: no traceback

@@ -65,6 +65,11 @@ class ProbabilisticUNet(keras.Model):
         convs_per_block: 3x3 convolutions per U-Net block (official: 3).
         latent_dim: N, the latent dimension (official: 6).
         fcomb_layers: hidden 1x1 convolutions in f_comb (official: 3).
+        fcomb_channels: filters of those convolutions; None (official) takes the U-Net's
+            first-level channels, `num_channels[0]`. A U-Net whose first level is narrow (the
+            `cpu` preset's 16) gives f_comb too few units to decode every mode: with 16, one of
+            the five *flips* classes was never decoded from z on some seeds, with 64 on none
+            (README, "What calibrates at CPU budgets"). Not in the paper.
         beta: weight of the KL term in the loss (official: 1.0).
         reconstruction: `"sum"` of the pixel cross-entropy over pixels, mean over the batch
             (official), or `"mean"` over pixels.
@@ -109,7 +114,7 @@ class ProbabilisticUNet(keras.Model):
     """
 
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
-                 latent_dim=6, fcomb_layers=3, beta=1.0, reconstruction="sum", kl="analytic",
+                 latent_dim=6, fcomb_layers=3, fcomb_channels=None, beta=1.0, reconstruction="sum", kl="analytic",
                  use_posterior_mean=False, weight_decay=1e-5, seed=None, ged_samples=16,
                  ged_classes=None, geco_target=None, geco_rate=0.01, beta_warmup_steps=0,
                  **kwargs):
@@ -136,6 +141,10 @@ class ProbabilisticUNet(keras.Model):
                              f"beta_warmup_steps={beta_warmup_steps!r}")
         if not geco_rate > 0:
             raise ValueError(f"`geco_rate` must be > 0. Received: geco_rate={geco_rate!r}")
+        if fcomb_channels is not None and (not isinstance(fcomb_channels, int)
+                                           or fcomb_channels < 1):
+            raise ValueError("`fcomb_channels` must be None (the U-Net's first-level channels) "
+                             f"or a positive integer. Received: fcomb_channels={fcomb_channels!r}")
         if not isinstance(ged_samples, int) or ged_samples < 1:
             raise ValueError(f"`ged_samples` must be an integer >= 1. Received: {ged_samples!r}")
 
@@ -145,8 +154,8 @@ class ProbabilisticUNet(keras.Model):
             self.unet = layers_lib.UNet(num_channels, convs_per_block, weight_decay, name="unet")
             self.prior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="prior")
             self.posterior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="posterior")
-            self.fcomb = layers_lib.FComb(num_classes, num_channels[0], fcomb_layers,
-                                          weight_decay, name="fcomb")
+            self.fcomb = layers_lib.FComb(num_classes, fcomb_channels or num_channels[0],
+                                          fcomb_layers, weight_decay, name="fcomb")
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
@@ -159,6 +168,7 @@ class ProbabilisticUNet(keras.Model):
         self.convs_per_block = convs_per_block
         self.latent_dim = latent_dim
         self.fcomb_layers = fcomb_layers
+        self.fcomb_channels = fcomb_channels
         self.beta = float(beta)
         self.reconstruction = reconstruction
         self.kl = kl
@@ -574,6 +584,7 @@ class ProbabilisticUNet(keras.Model):
             convs_per_block=self.convs_per_block,
             latent_dim=self.latent_dim,
             fcomb_layers=self.fcomb_layers,
+            fcomb_channels=self.fcomb_channels,
             beta=self.beta,
             reconstruction=self.reconstruction,
             kl=self.kl,

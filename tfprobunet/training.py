@@ -232,9 +232,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
 PRESETS = {
     "cpu": dict(
         description="for small images on a CPU, runs of ~6000 steps (flips at 32x32: 6 "
-                    "minutes on 2 cores): a small U-Net, latent 8, KL warm-up over 2000 steps, "
-                    "Adam 1e-3 with warm-up, stable phase and cosine decay (wsd), batch 16",
-        num_channels=[16, 32, 64], convs_per_block=2, latent_dim=8, beta=1.0,
+                    "minutes on 2 cores): a small U-Net with a 64-channel f_comb, latent 8, KL "
+                    "warm-up over 2000 steps, Adam 1e-3 with warm-up, stable phase and cosine "
+                    "decay (wsd), batch 16",
+        num_channels=[16, 32, 64], convs_per_block=2, latent_dim=8, fcomb_channels=64, beta=1.0,
         beta_warmup_steps=2000, learning_rate=1e-3, schedule="wsd", batch_size=16),
     "paper": dict(
         description="the official LIDC configuration and schedule (slow to calibrate on CPU)",
