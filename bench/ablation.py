@@ -28,25 +28,21 @@ CONFIGS = {
     "piecewise": dict(learning_rate=1e-3, schedule="piecewise"),
     "wsd": dict(learning_rate=1e-3, schedule="wsd"),
     "wsd-latent8": dict(learning_rate=1e-3, schedule="wsd", latent_dim=8),
-    "wsd-latent8-warmup": dict(learning_rate=1e-3, schedule="wsd", latent_dim=8,
-                               beta_warmup_steps=2000),
-    # Variations of the one above (the `cpu` preset is the first).
-    "wsd-latent8-warmup-fcomb64": dict(learning_rate=1e-3, schedule="wsd", latent_dim=8,
-                                       beta_warmup_steps=2000, fcomb_channels=64),
-    "wsd-latent8-warmup-fcomb1": dict(learning_rate=1e-3, schedule="wsd", latent_dim=8,
-                                      beta_warmup_steps=2000, fcomb_layers=1),
-    "wsd-latent16-warmup": dict(learning_rate=1e-3, schedule="wsd", latent_dim=16,
-                                beta_warmup_steps=2000),
-    "wsd-latent8-warmup4000": dict(learning_rate=1e-3, schedule="wsd", latent_dim=8,
-                                   beta_warmup_steps=4000),
-    "wsd3e-4-latent8-warmup": dict(learning_rate=3e-4, schedule="wsd", latent_dim=8,
-                                   beta_warmup_steps=2000),
-    "wsd-latent8-warmup-nowd": dict(learning_rate=1e-3, schedule="wsd", latent_dim=8,
-                                    beta_warmup_steps=2000, weight_decay=0.0),
     "geco": dict(learning_rate=1e-3, geco_target=0.01),
     "geco-cosine": dict(learning_rate=1e-3, geco_target=0.01, schedule="cosine"),
     "geco.03-cosine": dict(learning_rate=1e-3, geco_target=0.03, schedule="cosine"),
 }
+# Variations of the old `cpu` preset (the first is today's).
+WARMUP = dict(learning_rate=1e-3, schedule="wsd", latent_dim=8, beta_warmup_steps=2000)
+CONFIGS.update({
+    "wsd-latent8-warmup": WARMUP,
+    "wsd-latent8-warmup-fcomb64": {**WARMUP, "fcomb_channels": 64},
+    "wsd-latent8-warmup-fcomb1": {**WARMUP, "fcomb_layers": 1},
+    "wsd-latent16-warmup": {**WARMUP, "latent_dim": 16},
+    "wsd-latent8-warmup4000": {**WARMUP, "beta_warmup_steps": 4000},
+    "wsd3e-4-latent8-warmup": {**WARMUP, "learning_rate": 3e-4},
+    "wsd-latent8-warmup-nowd": {**WARMUP, "weight_decay": 0.0},
+})
 
 
 def main():

@@ -17,7 +17,6 @@ and the median and range over seeds.
 """
 
 import argparse
-import csv
 import json
 import os
 import tempfile
@@ -76,7 +75,7 @@ def run(dataset, recipe, steps, seed, eval_examples=None, name="recipe", stop_af
     steps_per_epoch = 100 if steps % 500 else min(steps, 500)
     workdir = tempfile.mkdtemp(prefix=f"quality-{dataset}-{name}-")
     start = time.monotonic()
-    model, _ = tfprobunet.train(
+    model, history = tfprobunet.train(
         workdir, dataset=dataset, epochs=max(1, steps // steps_per_epoch),
         steps_per_epoch=steps_per_epoch, image_size=IMAGE_SIZES[dataset], num_examples=2000,
         seed=seed, verbose=0, callbacks=[StopAfter(stop_after)] if stop_after else None,
@@ -93,7 +92,7 @@ def run(dataset, recipe, steps, seed, eval_examples=None, name="recipe", stop_af
            "noise_floor16": round(floor16, 4),
            "ged16_over_noise_floor": round(ged16 / floor16, 3),
            "hm_iou": round(report["hm_iou"]["mean"], 4),
-           "reconstruction": [round(float(r["reconstruction"]), 1) for r in _log(workdir)]}
+           "reconstruction": [round(r, 1) for r in history.history["reconstruction"]]}
     if "modes" in report:
         modes = report["modes"]
         row.update(pearson_r=round(modes["pearson_r"], 4),
@@ -104,11 +103,6 @@ def run(dataset, recipe, steps, seed, eval_examples=None, name="recipe", stop_af
     if "presence" in report:
         row["presence"] = {k: round(v, 3) for k, v in report["presence"].items()}
     return row
-
-
-def _log(workdir):
-    with open(os.path.join(workdir, "log.csv")) as f:
-        return list(csv.DictReader(f))
 
 
 def summary(rows):

@@ -114,10 +114,10 @@ class ProbabilisticUNet(keras.Model):
     """
 
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
-                 latent_dim=6, fcomb_layers=3, fcomb_channels=None, beta=1.0, reconstruction="sum", kl="analytic",
-                 use_posterior_mean=False, weight_decay=1e-5, seed=None, ged_samples=16,
-                 ged_classes=None, geco_target=None, geco_rate=0.01, beta_warmup_steps=0,
-                 **kwargs):
+                 latent_dim=6, fcomb_layers=3, fcomb_channels=None, beta=1.0,
+                 reconstruction="sum", kl="analytic", use_posterior_mean=False, weight_decay=1e-5,
+                 seed=None, ged_samples=16, ged_classes=None, geco_target=None, geco_rate=0.01,
+                 beta_warmup_steps=0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError("`num_classes` must be an integer >= 2 (2 for a binary mask). "
