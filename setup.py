@@ -26,7 +26,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "tune": ["keras-tuner>=1.4.7", "tensorboard"],
+        # scikit-learn: the bayesian tuner's Gaussian process
+        "tune": ["keras-tuner>=1.4.7", "tensorboard", "scikit-learn"],
         "serving": ["tensorflow-serving-api", "grpcio"],
         "dev": ["pytest>=8", "pytest-timeout", "pillow"],
     },

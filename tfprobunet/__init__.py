@@ -2,7 +2,8 @@
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
 `evaluate`, `export_for_serving`, and the modules `callbacks`, `losses`, `metrics`, `data`,
-`serving` and `training` (presets, schedules).
+`serving` and `training` (presets, schedules); `tfprobunet.tuning` (Keras Tuner, with the `tune`
+extra) is imported on its own.
 """
 
 

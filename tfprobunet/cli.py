@@ -171,6 +171,44 @@ def _predict(args):
     print(f"wrote {len(files) - 1} sample masks and the uncertainty map to {args.out}")
 
 
+def _fixed(text):
+    """`NAME=VALUE`, the value read as JSON when it is JSON (`8`, `0.0`, `[16, 32]`)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.replace("-", "_"), json.loads(value)
+    except ValueError:
+        return name.replace("-", "_"), value
+
+
+def _tune(args):
+    from tfprobunet import tuning
+
+    if args.chief or args.worker is not None:
+        host, _, port = (args.oracle or "").rpartition(":")
+        if not host or not port.isdigit():
+            raise SystemExit("tfprobunet tune: --chief and --worker need --oracle HOST:PORT (the "
+                             f"chief's address). Received: --oracle {args.oracle!r}")
+        os.environ.update({tuning.ORACLE_IP: host, tuning.ORACLE_PORT: port,
+                           tuning.TUNER_ID: "chief" if args.chief else f"tuner{args.worker}"})
+    try:
+        trials = tuning.tune(
+            args.directory, dataset=args.dataset, data_dir=args.data_dir, tuner=args.tuner,
+            max_trials=args.max_trials, epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch, image_size=args.image_size,
+            num_examples=args.num_examples, validation_examples=args.validation_examples,
+            strategy=args.strategy, seed=args.seed, verbose=args.verbose, **dict(args.fixed))
+    except tuning.TuningError as error:
+        raise SystemExit(f"tfprobunet tune: {error}") from None
+    if args.worker is not None:
+        print(f"worker {args.worker}: no more trials; the chief reports the best one")
+        return
+    print(json.dumps({"best_trials": trials[:args.show]}, indent=2))
+    print(f"best model: {os.path.join(args.directory, tuning.BEST_MODEL)}; its hyper-parameters: "
+          f"{os.path.join(args.directory, tuning.BEST_HYPERPARAMETERS)}")
+
+
 def _demo(args):
     from tfprobunet import demo
 
@@ -220,6 +258,33 @@ def main(argv=None):
     predict.add_argument("--seed", type=int)
     predict.add_argument("--out", required=True, help="folder for the sample masks")
     predict.set_defaults(run=_predict)
+    tune = commands.add_parser(
+        "tune", help="Keras Tuner search on val_ged (resumes an interrupted search)")
+    _add_data_arguments(tune)
+    tune.set_defaults(dataset="flips")
+    tune.add_argument("--directory", required=True,
+                      help="the search's trials, TensorBoard logs, best model and JSON")
+    tune.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
+    tune.add_argument("--max-trials", type=int, default=10, help="random and bayesian")
+    tune.add_argument("--epochs", type=int, default=5,
+                      help="per trial (hyperband: the longest trials')")
+    tune.add_argument("--steps-per-epoch", type=int, default=100)
+    tune.add_argument("--validation-examples", type=int, default=100,
+                      help="val images scored for the objective, val_ged")
+    tune.add_argument("--strategy", choices=("default", "mirrored"), default="default")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--fixed", type=_fixed, action="append", default=[],
+                      metavar="NAME=VALUE", help="a setting not searched (repeatable): a "
+                      "hyper-parameter (latent_dim=8) or a ProbabilisticUNet argument")
+    role = tune.add_mutually_exclusive_group()
+    role.add_argument("--chief", action="store_true",
+                      help="distributed: run the oracle at --oracle and wait for the workers")
+    role.add_argument("--worker", type=int, metavar="ID",
+                      help="distributed: run trials for the chief at --oracle")
+    tune.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address")
+    tune.add_argument("--show", type=int, default=5, help="best trials to print")
+    tune.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    tune.set_defaults(run=_tune)
     demo = commands.add_parser("demo", help="train a small model on flips and sample from it")
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--steps", type=int, default=6000,
