@@ -71,6 +71,9 @@ def test_channels_per_level_and_bad_settings():
         tuning.make_tuner("grid", tuning.ProbabilisticUNetHyperModel(2, (16, 16, 1)), "x")
     with pytest.raises(ValueError, match="max_epochs"):
         tuning.make_tuner("hyperband", tuning.ProbabilisticUNetHyperModel(2, (16, 16, 1)), "x")
+    own = data.load("flips", "train", image_size=16, num_examples=4)
+    with pytest.raises(ValueError, match="needs `validation_data=`"):
+        tuning.tune("x", dataset=own)
 
 
 @pytest.mark.compat

@@ -231,7 +231,7 @@ def distributed_role():
 
 def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=10, epochs=5,
          steps_per_epoch=100, image_size=None, num_examples=None, validation_examples=100,
-         strategy="default", seed=0, verbose=1, **fixed):
+         validation_data=None, strategy="default", seed=0, verbose=1, **fixed):
     """Search the hyper-parameters of `ProbabilisticUNetHyperModel` on `val_ged`, resuming a
     search that `directory` already holds, and keep the best model.
 
@@ -248,15 +248,18 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
     Args:
         directory: the search's folder.
         dataset, data_dir, image_size, num_examples: the training data, as `train` takes them
-            (a name or a `tfprobunet.data.Source`).
+            (a name, a `tfprobunet.data.Source`, or a dataset with `num_classes=`).
         tuner: `"random"`, `"bayesian"` or `"hyperband"`.
         max_trials: trials (random, bayesian); hyperband runs as many as `epochs` allows.
         epochs, steps_per_epoch: each trial's training (hyperband: the longest trials').
         validation_examples: val images whose `val_ged` is the objective (all annotations).
+        validation_data: your own validation data instead (a `Source`, or a dataset of
+            `(image, annotations)`); needed when `dataset` is not a name.
         strategy: `"default"` or `"mirrored"` (`training.make_strategy`): each trial's devices.
         seed: the search's, the data's and the models' seed.
         verbose: Keras Tuner's and Keras' progress output (0: silent).
-        **fixed: passed to `ProbabilisticUNetHyperModel` (settings not searched).
+        **fixed: passed to `ProbabilisticUNetHyperModel` (settings not searched);
+            `num_classes=` for a plain dataset, as `train` takes it.
 
     Returns:
         The completed trials, best first, as dicts: `trial_id`, `score` (`val_ged`), `values`
@@ -265,9 +268,15 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
     Raises:
         TuningError: no trial completed (the first one's error is in the message).
     """
-    source = training._source(dataset, "train", data_dir, image_size, num_examples, seed, {})
-    validation = training._source(dataset, "val", data_dir, image_size, validation_examples,
-                                  seed, {})
+    given = {"num_classes": fixed.pop("num_classes")} if "num_classes" in fixed else {}
+    source = training._source(dataset, "train", data_dir, image_size, num_examples, seed, given)
+    if validation_data is None and not isinstance(dataset, str):
+        raise ValueError("A search on your own `dataset` needs `validation_data=` (a Source or "
+                         "a dataset of (image, annotations)) to compute val_ged on.")
+    validation = training._source(
+        dataset if validation_data is None else validation_data, "val", data_dir, image_size,
+        validation_examples if validation_data is None else None, seed,
+        {"num_classes": source.num_classes})
     hypermodel = ProbabilisticUNetHyperModel(
         source.num_classes, source.dataset.element_spec[0].shape, ged_classes=source.classes,
         steps=epochs * steps_per_epoch, seed=seed, **fixed)
