@@ -74,6 +74,8 @@ def test_channels_per_level_and_bad_settings():
     own = data.load("flips", "train", image_size=16, num_examples=4)
     with pytest.raises(ValueError, match="needs `validation_data=`"):
         tuning.tune("x", dataset=own)
+    with pytest.raises(ValueError, match="chief and workers instead. Received: strategy="):
+        tuning.tune("x", strategy="multi_worker")
 
 
 @pytest.mark.compat

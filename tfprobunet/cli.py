@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from tfprobunet.training import PRESETS, SCHEDULES
+from tfprobunet.training import PRESETS, SCHEDULES, STRATEGIES
 
 
 DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz")
@@ -40,7 +40,8 @@ def _add_train_arguments(parser):
     _add_data_arguments(parser)
     parser.set_defaults(dataset="flips")
     parser.add_argument("--workdir", required=True, help="checkpoints, log.csv, model.keras")
-    parser.add_argument("--strategy", choices=("default", "mirrored"), default="default")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="default",
+                        help="multi_worker: one process per worker, configured by TF_CONFIG")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size")

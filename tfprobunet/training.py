@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import warnings
 
 import keras
@@ -23,7 +24,7 @@ from tfprobunet import layers as layers_lib
 from tfprobunet.data import pipeline
 from tfprobunet.model import ProbabilisticUNet
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 MONITORED_TERMS = ("loss", "reconstruction", "kl")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # The official schedule (1e-4, then 5e-5, 1e-5 and 5e-7 at 80k, 160k and 240k of 240k
@@ -326,15 +327,50 @@ def learning_rate_schedule(name, learning_rate, total_steps, warmup_fraction=0.0
 
 def make_strategy(name):
     """`"default"`: no distribution. `"mirrored"`: `MirroredStrategy` over every GPU, or over
-    every logical CPU device when there is no GPU (so it can be exercised on a CPU machine)."""
+    every logical CPU device when there is no GPU (so it can be exercised on a CPU machine).
+    `"multi_worker"`: `MultiWorkerMirroredStrategy`, configured by the `TF_CONFIG` variable (one
+    worker without it). One strategy per process: the same name gives the same strategy.
+
+    A multi-worker strategy must be made before TensorFlow runs anything else in the process
+    (it configures collective ops at start-up): `train(strategy="multi_worker")` makes it first;
+    in a script that uses TensorFlow before, call `make_strategy("multi_worker")` at its top.
+    """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        return _multi_worker()
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return _mirrored(tuple(d.name for d in gpus), cpu=False)
     return _mirrored(tuple(d.name for d in tf.config.list_logical_devices("CPU")), cpu=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _multi_worker():
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as error:
+        if "program startup" not in str(error):
+            raise
+        raise RuntimeError(
+            "strategy='multi_worker' must be set up before TensorFlow runs anything else in "
+            "this process (TensorFlow configures collective ops at start-up). Call "
+            "tfprobunet.training.make_strategy('multi_worker') at the top of your script, "
+            "before loading data or building models.") from None
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: always, except on the non-chief workers of
+    a multi-worker strategy (the chief is task `chief`, or worker 0 when there is none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
 
 
 @functools.lru_cache(maxsize=None)
@@ -345,6 +381,66 @@ def _mirrored(devices, cpu):
     # device avoids collectives altogether.
     cross_device_ops = tf.distribute.ReductionToOneDevice() if cpu else None
     return tf.distribute.MirroredStrategy(list(devices), cross_device_ops=cross_device_ops)
+
+
+def _logs(model, keys):
+    """The model's metric results named `keys` (what its step returned), over all replicas."""
+    results = model.get_metrics_result()
+    return {k: float(results[k]) for k in keys}
+
+
+def fit_distributed(model, dataset, epochs, steps_per_epoch, initial_epoch=0,
+                    validation_data=None, callbacks=None, verbose=1):
+    """`model.fit` for a model built under `model.distribute_strategy`, as a `strategy.run`
+    loop over the model's own `train_step` (and `test_step` on `validation_data`): the same
+    loss, trackers, callbacks and `History`. Keras 3's `fit` fails under
+    `MultiWorkerMirroredStrategy` ("Attempt to convert a value (PerReplica...)",
+    keras-team/keras#20585; Keras 3.15), which this replaces.
+
+    `dataset` yields global batches; each worker takes its share of every batch, so one step
+    over W workers is one step on the global batch in one process.
+
+    Returns:
+        `keras.callbacks.History`.
+    """
+    strategy = model.distribute_strategy
+    history = keras.callbacks.History()
+    callback_list = keras.callbacks.CallbackList(
+        [*(callbacks or []), history], add_history=False, add_progbar=verbose != 0,
+        model=model, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
+    batches = iter(strategy.experimental_distribute_dataset(dataset))
+
+    @tf.function
+    def train_step(iterator):
+        return strategy.run(model.train_step, args=(next(iterator),))
+
+    @tf.function
+    def test_step(batch):
+        return strategy.run(model.test_step, args=(batch,))
+
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs = {}
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        for step in range(steps_per_epoch):
+            callback_list.on_train_batch_begin(step)
+            logs = _logs(model, train_step(batches))
+            callback_list.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        if validation_data is not None:
+            model.reset_metrics()
+            keys = ()
+            for batch in strategy.experimental_distribute_dataset(validation_data):
+                keys = test_step(batch)
+            logs.update({f"val_{k}": v for k, v in _logs(model, keys).items()})
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return history
 
 
 # Settings a resumed or continued run may change: more epochs, other devices, data moved elsewhere.
@@ -567,7 +663,10 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         max_minutes: stop at the end of the first epoch that ends after this many minutes of
             this call (`tfprobunet.callbacks.TimeBudget`); the model is saved as if `epochs`
             had been reached, and the same call again continues to `epochs`.
-        strategy: `"default"` or `"mirrored"` (see `make_strategy`).
+        strategy: `"default"`, `"mirrored"` or `"multi_worker"` (see `make_strategy`; one
+            process per worker, each with its `TF_CONFIG` and the same arguments, `workdir` on
+            a file system they share: the chief writes the run's files, the others resume from
+            them; trained with `fit_distributed`).
         seed: seeds the data, the weights and the model's random draws.
         jit_compile: XLA-compile the train step (see bench/train_step.py: slower on CPU).
         mixed_precision: None (float32), `"mixed_float16"` (GPUs; with dynamic loss scaling)
@@ -586,6 +685,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         WorkdirError: `workdir` holds a run that cannot continue as asked (see above).
         NonFiniteLossError: a loss term became NaN or infinite (see `StopOnNonFiniteLoss`).
     """
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    distribution = make_strategy(strategy)
     source = _source(dataset, "train", data_dir, image_size, num_examples, seed, model_kwargs)
     validation = None
     if validation_data is not None:
@@ -618,8 +719,12 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     if validation is not None:
         validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
                                                   validation.annotation_weights)
+    # Multi-worker: the non-chief workers write what the chief writes to a folder of their
+    # own, deleted at the end (saving may need every worker), and resume from the chief's.
+    chief = is_chief(distribution)
+    writable = workdir if chief else tempfile.mkdtemp(prefix="tfprobunet-worker-")
     keras.utils.set_random_seed(seed)
-    with make_strategy(strategy).scope(), _dtype_policy(mixed_precision):
+    with distribution.scope(), _dtype_policy(mixed_precision):
         model_kwargs = {**model_kwargs, "num_classes": source.num_classes}
         model_kwargs.setdefault("ged_classes", source.classes)
         model = ProbabilisticUNet(seed=seed, **model_kwargs)
@@ -630,29 +735,30 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     record = _effective(settings)
     if "finished_epochs" in (saved or {}):
         record["finished_epochs"] = saved["finished_epochs"]
-    _write_config(config_path, record)
-    history = model.fit(
-        batches,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=validation,
-        shuffle=False,  # the pipeline shuffles
-        verbose=verbose,
-        callbacks=[
-            StopOnNonFiniteLoss(),
-            *monitors,
-            EpochLog(os.path.join(workdir, "log.csv"), initial_epoch=initial_epoch),
-            checkpoint,
-            *([budget] if budget else []),
-            *(callbacks or []),
-        ],
-    )
+    if chief:
+        _write_config(config_path, record)
+    callbacks = [
+        StopOnNonFiniteLoss(),
+        *monitors,
+        EpochLog(os.path.join(writable, "log.csv"), initial_epoch=initial_epoch),
+        checkpoint if chief else EpochCheckpoint(os.path.join(writable, "backup")),
+        *([budget] if budget else []),
+        *(callbacks or []),
+    ]
+    if strategy == "multi_worker":
+        history = fit_distributed(model, batches, epochs, steps_per_epoch, initial_epoch,
+                                  validation, callbacks, verbose)
+    else:
+        history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
+                            steps_per_epoch=steps_per_epoch, validation_data=validation,
+                            shuffle=False,  # the pipeline shuffles
+                            verbose=verbose, callbacks=callbacks)
     # model.keras, then its epoch count, then the checkpoints go: a kill in between leaves a
     # checkpoint at least as new as the recorded model.keras, which the next call finishes from.
-    with _replacing(model_path) as tmp:
+    with _replacing(os.path.join(writable, "model.keras")) as tmp:
         model.save(tmp)
-    _write_config(config_path, {**record,
-                                "finished_epochs": initial_epoch + len(history.epoch)})
-    shutil.rmtree(checkpoint.directory, ignore_errors=True)
+    if chief:
+        _write_config(config_path, {**record,
+                                    "finished_epochs": initial_epoch + len(history.epoch)})
+    shutil.rmtree(checkpoint.directory if chief else writable, ignore_errors=True)
     return model, history

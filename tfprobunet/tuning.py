@@ -268,6 +268,11 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
     Raises:
         TuningError: no trial completed (the first one's error is in the message).
     """
+    if strategy not in ("default", "mirrored"):
+        raise ValueError("`strategy` must be 'default' or 'mirrored': trials train with Keras' "
+                         "fit, which fails under MultiWorkerMirroredStrategy (keras-team/keras"
+                         "#20585); spread a search over machines with chief and workers "
+                         f"instead. Received: strategy={strategy!r}")
     given = {"num_classes": fixed.pop("num_classes")} if "num_classes" in fixed else {}
     source = training._source(dataset, "train", data_dir, image_size, num_examples, seed, given)
     if validation_data is None and not isinstance(dataset, str):

@@ -1,0 +1,143 @@
+"""Multi-worker training on loopback: worker processes with `TF_CONFIG` train exactly as one
+process on the same global batch, and a killed worker's run resumes from the last checkpoint."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from tfprobunet import training
+
+RUN = """
+import os, signal, sys, time
+import keras
+from tfprobunet import training
+
+class KillAtEpochStart(keras.callbacks.Callback):
+    # Kill this worker as epoch `at` (1-based) begins, once the chief's checkpoint of the epoch
+    # before is in place.
+    def __init__(self, at, checkpoint):
+        super().__init__()
+        self.at, self.checkpoint = at, checkpoint
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch + 1 == self.at:
+            while not os.path.exists(self.checkpoint):
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+workdir, strategy, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kill_at = int(os.environ.get("KILL_AT", 0))
+callbacks = [KillAtEpochStart(kill_at, training.EpochCheckpoint(os.path.join(
+    workdir, "backup")).path(kill_at - 1))] if kill_at else []
+training.train(workdir, dataset="flips", epochs=epochs, steps_per_epoch=2, batch_size=4,
+               image_size=16, num_examples=8, validation_examples=int(os.environ["VAL"]),
+               learning_rate=1e-3, strategy=strategy, verbose=2,
+               callbacks=callbacks, num_channels=[8, 16], convs_per_block=1, latent_dim=2,
+               fcomb_layers=1, use_posterior_mean=True, seed=0)
+print("EPOCHS-DONE")
+"""
+
+
+def _ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(script, workdir, epochs, tmp, kill_at=None, validation_examples=0):
+    ports = _ports(2)
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                     "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp),
+                   PYTHONUNBUFFERED="1", KILL_AT=str(kill_at if index == 1 and kill_at else 0),
+                   VAL=str(validation_examples))
+        processes.append(subprocess.Popen(
+            [sys.executable, str(script), workdir, "multi_worker", str(epochs)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return processes
+
+
+def _epochs_run(output):
+    return [line.split()[1] for line in output.splitlines() if line.startswith("Epoch ")]
+
+
+def _logged_epochs(workdir):
+    with open(os.path.join(workdir, "log.csv")) as f:
+        return [int(line.split(",")[0]) for line in f.readlines()[1:]]
+
+
+@pytest.mark.slow
+def test_two_workers_train_as_one_process_on_the_global_batch(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    (tmp_path / "tmp").mkdir()
+    # With validation: val_ged and the calibration log of every epoch, as one process has them.
+    workers = _workers(script, str(tmp_path / "multi"), 2, tmp_path / "tmp",
+                       validation_examples=2)
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "default",
+                             "2"], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, VAL="2"))
+    outputs = [p.communicate(timeout=300)[0] for p in workers]
+    assert [p.returncode for p in workers] == [0, 0], outputs
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi = keras.saving.load_model(tmp_path / "multi" / "model.keras")
+    one = keras.saving.load_model(tmp_path / "single" / "model.keras")
+    for a, b in zip(multi.weights, one.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+    logged = [np.genfromtxt(tmp_path / run / "log.csv", delimiter=",", names=True)
+              for run in ("multi", "single")]
+    assert logged[0].dtype.names == logged[1].dtype.names
+    assert {"val_ged", "val_loss", "kl", "loss"} <= set(logged[0].dtype.names)
+    # Training's terms (and the calibration log, sampled by a callback) are the same. The val_
+    # terms draw an annotation and the GED samples per replica, so they are other draws of
+    # the same estimates.
+    differ = [name for name in logged[0].dtype.names if not name.startswith("val_")
+              and not np.allclose(logged[0][name], logged[1][name], rtol=1e-5, atol=0)]
+    assert differ == [], [(n, logged[0][n], logged[1][n]) for n in differ]
+    assert np.all((logged[0]["val_ged"] > 0) & (logged[0]["val_ged"] < 2)), logged[0]["val_ged"]
+    np.testing.assert_allclose(logged[0]["val_ged"], logged[1]["val_ged"], atol=0.2)
+    # Only the chief wrote the run's files; the other worker's folder is gone.
+    assert sorted(os.listdir(tmp_path / "multi")) == ["log.csv", "model.keras",
+                                                      "train_config.json"]
+    assert os.listdir(tmp_path / "tmp") == []
+    with open(tmp_path / "multi" / training.CONFIG) as f:
+        assert json.load(f)["strategy"] == "multi_worker"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    (tmp_path / "tmp").mkdir()
+    workdir = str(tmp_path / "run")
+    chief, worker = _workers(script, workdir, 3, tmp_path / "tmp", kill_at=3)
+    worker.communicate(timeout=300)
+    assert worker.returncode == -signal.SIGKILL
+    # The chief now waits for the dead worker in the next collective: stop it as a cluster
+    # manager would, then start both again.
+    time.sleep(1)
+    chief.kill()
+    first = chief.communicate(timeout=60)[0]
+    assert _epochs_run(first)[:2] == ["1/3", "2/3"], first
+    assert _logged_epochs(workdir)[:2] == [0, 1]
+    outputs = [p.communicate(timeout=300)[0] for p in _workers(script, workdir, 3,
+                                                                tmp_path / "tmp")]
+    assert all("EPOCHS-DONE" in out for out in outputs), outputs
+    assert [_epochs_run(out) for out in outputs] == [["3/3"], ["3/3"]]
+    assert _logged_epochs(workdir) == [0, 1, 2]
+    assert os.path.exists(os.path.join(workdir, "model.keras"))
+    assert not os.path.exists(os.path.join(workdir, "backup"))
