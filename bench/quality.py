@@ -14,6 +14,7 @@ and the median and range over seeds.
 
     python bench/quality.py                       # preset cpu on flips, 6000 steps, seeds 0,1,2
     python bench/quality.py --dataset graders --recipe default --minutes 20 --seeds 0
+    python bench/quality.py --dataset graders --recipe cpu --set beta=30 --steps 7100 --seeds 0
 """
 
 import argparse
@@ -128,17 +129,23 @@ def main():
                         help="a time budget instead: the steps this recipe runs in that time "
                              "here and now (timed on 30 steps first), rounded to 100")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a train() argument on top of the recipe (repeatable; the value "
+                             "as JSON), e.g. --set beta=30")
     args = parser.parse_args()
+    overrides = {name: json.loads(value) for name, _, value in
+                 (item.partition("=") for item in args.set)}
+    recipe = {**_recipe(args.recipe), **overrides}
     if args.minutes:
         # Steps, not a stop at a deadline: the schedule must know the run's length.
-        step = seconds_per_step(args, _recipe(args.recipe), 0)
+        step = seconds_per_step(args, recipe, 0)
         args.steps = max(100, int(args.minutes * 60 / step) // 100 * 100)
         print(json.dumps({"seconds_per_step": round(step, 3), "steps": args.steps}), flush=True)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        rows.append(run(args.dataset, _recipe(args.recipe), args.steps, seed, name=args.recipe))
+        rows.append(run(args.dataset, recipe, args.steps, seed, name=args.recipe))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"dataset": args.dataset, "recipe": args.recipe,
+    result = {"dataset": args.dataset, "recipe": args.recipe, "overrides": overrides,
               "budget": {"minutes": args.minutes} if args.minutes else {"steps": args.steps},
               "seeds": rows, "summary": summary(rows)}
     if args.dataset == "flips":
