@@ -65,7 +65,7 @@ class ProbabilisticUNetHyperModel(keras_tuner.HyperModel):
     | `latent_dim` | 2-16 | 6 |
     | `beta` | 0.1-30, log | 1.0 |
     | `learning_rate` | 1e-5-1e-2, log (Adam) | 1e-4 |
-    | `num_levels`, `base_channels` | 3-5; 16, 32, 64 (`num_channels(num_levels, base_channels)`) | 4, 32 |
+    | `num_levels`, `base_channels` (`num_channels(...)`) | 3-5; 16, 32, 64 | 4, 32 |
     | `convs_per_block` | 1-3 | 3 |
     | `fcomb_layers` | 1-4 | 3 |
     | `schedule` | `training.SCHEDULES`, only when `steps` is given | `"constant"` |
@@ -86,8 +86,7 @@ class ProbabilisticUNetHyperModel(keras_tuner.HyperModel):
     def __init__(self, num_classes, input_shape, ged_classes=None, steps=None, name=None,
                  tunable=True, **fixed):
         super().__init__(name=name, tunable=tunable)
-        unknown = sorted(set(fixed) - set(HYPERPARAMETERS) - _model_arguments()
-                         - {"num_classes", "seed"})
+        unknown = sorted(set(fixed) - set(HYPERPARAMETERS) - _model_arguments())
         if unknown:
             raise ValueError(f"Unknown fixed settings {unknown}: give hyper-parameters of "
                              f"{HYPERPARAMETERS} or ProbabilisticUNet arguments.")
@@ -99,38 +98,33 @@ class ProbabilisticUNetHyperModel(keras_tuner.HyperModel):
         self.steps = steps
         self.fixed = fixed
 
-    def _value(self, hp, name, declare):
-        """`hp.Fixed(name, ...)` when `name` is fixed, else `declare()`."""
+    def _value(self, hp, kind, name, *args, **kwargs):
+        """`hp.Fixed(name, value)` when `name` is fixed, else the hyper-parameter `hp.<kind>(name,
+        *args, **kwargs)` (`kind`: `"Int"`, `"Float"`, `"Choice"`)."""
         if name in self.fixed:
             return hp.Fixed(name, self.fixed[name])
-        return declare()
+        return getattr(hp, kind)(name, *args, **kwargs)
 
     def build(self, hp):
         """A built `ProbabilisticUNet` compiled with Adam at `learning_rate` (and `schedule`)."""
         kwargs = {k: v for k, v in self.fixed.items() if k not in HYPERPARAMETERS}
         if "num_channels" not in kwargs:
             kwargs["num_channels"] = num_channels(
-                self._value(hp, "num_levels", lambda: hp.Int("num_levels", 3, 5, default=4)),
-                self._value(hp, "base_channels",
-                            lambda: hp.Choice("base_channels", [16, 32, 64], default=32)))
+                self._value(hp, "Int", "num_levels", 3, 5, default=4),
+                self._value(hp, "Choice", "base_channels", [16, 32, 64], default=32))
         model = ProbabilisticUNet(
             num_classes=self.num_classes, ged_classes=self.ged_classes,
-            latent_dim=self._value(hp, "latent_dim",
-                                   lambda: hp.Int("latent_dim", 2, 16, default=6)),
-            beta=self._value(hp, "beta", lambda: hp.Float("beta", 0.1, 30.0, sampling="log",
-                                                          default=1.0)),
-            convs_per_block=self._value(hp, "convs_per_block",
-                                        lambda: hp.Int("convs_per_block", 1, 3, default=3)),
-            fcomb_layers=self._value(hp, "fcomb_layers",
-                                     lambda: hp.Int("fcomb_layers", 1, 4, default=3)),
+            latent_dim=self._value(hp, "Int", "latent_dim", 2, 16, default=6),
+            beta=self._value(hp, "Float", "beta", 0.1, 30.0, sampling="log", default=1.0),
+            convs_per_block=self._value(hp, "Int", "convs_per_block", 1, 3, default=3),
+            fcomb_layers=self._value(hp, "Int", "fcomb_layers", 1, 4, default=3),
             **kwargs)
         model.build((None, *self.input_shape))
-        learning_rate = self._value(
-            hp, "learning_rate",
-            lambda: hp.Float("learning_rate", 1e-5, 1e-2, sampling="log", default=1e-4))
+        learning_rate = self._value(hp, "Float", "learning_rate", 1e-5, 1e-2, sampling="log",
+                                    default=1e-4)
         if self.steps is not None:
-            schedule = self._value(hp, "schedule", lambda: hp.Choice(
-                "schedule", list(training.SCHEDULES), default="constant"))
+            schedule = self._value(hp, "Choice", "schedule", list(training.SCHEDULES),
+                                   default="constant")
             learning_rate = training.learning_rate_schedule(schedule, learning_rate,
                                                             self.steps)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate))
@@ -141,8 +135,7 @@ class ProbabilisticUNetHyperModel(keras_tuner.HyperModel):
         `batch_size` (`training_pipeline`), one as `validation_data` with all its annotations
         (`evaluation_pipeline`), which gives `val_ged`."""
         if isinstance(x, data_lib.Source):
-            batch_size = self._value(hp, "batch_size",
-                                     lambda: hp.Choice("batch_size", [4, 8, 16], default=8))
+            batch_size = self._value(hp, "Choice", "batch_size", [4, 8, 16], default=8)
             x = pipeline.training_pipeline(x.dataset, batch_size, x.annotation_weights,
                                            seed=self.fixed.get("seed") or 0)
         if isinstance(validation_data, data_lib.Source):
