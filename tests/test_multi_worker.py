@@ -16,7 +16,7 @@ import pytest
 from tfprobunet import training
 
 RUN = """
-import os, signal, sys, time
+import json, os, signal, sys, time
 import keras
 from tfprobunet import training
 
@@ -37,13 +37,14 @@ workdir, strategy, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 kill_at = int(os.environ.get("KILL_AT", 0))
 callbacks = [KillAtEpochStart(kill_at, training.EpochCheckpoint(os.path.join(
     workdir, "backup")).path(kill_at - 1))] if kill_at else []
-training.train(workdir, dataset="flips", epochs=epochs, steps_per_epoch=2, batch_size=4,
-               image_size=16, num_examples=8, validation_examples=int(os.environ["VAL"]),
-               learning_rate=1e-3, strategy=strategy, verbose=2,
-               callbacks=callbacks, num_channels=[8, 16], convs_per_block=1, latent_dim=2,
-               fcomb_layers=1, use_posterior_mean=True, seed=0)
+training.train(workdir, **json.loads(os.environ["SETTINGS"]), epochs=epochs,
+               validation_examples=int(os.environ["VAL"]), strategy=strategy, verbose=2,
+               callbacks=callbacks)
 print("EPOCHS-DONE")
 """
+SETTINGS = dict(dataset="flips", steps_per_epoch=2, batch_size=4, image_size=16, num_examples=8,
+                learning_rate=1e-3, num_channels=[8, 16], convs_per_block=1, latent_dim=2,
+                fcomb_layers=1, use_posterior_mean=True, seed=0)
 
 
 def _ports(count):
@@ -64,7 +65,7 @@ def _workers(script, workdir, epochs, tmp, kill_at=None, validation_examples=0):
                      "task": {"type": "worker", "index": index}}
         env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp),
                    PYTHONUNBUFFERED="1", KILL_AT=str(kill_at if index == 1 and kill_at else 0),
-                   VAL=str(validation_examples))
+                   VAL=str(validation_examples), SETTINGS=json.dumps(SETTINGS))
         processes.append(subprocess.Popen(
             [sys.executable, str(script), workdir, "multi_worker", str(epochs)], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -90,7 +91,7 @@ def test_two_workers_train_as_one_process_on_the_global_batch(tmp_path):
                        validation_examples=2)
     single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "default",
                              "2"], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, VAL="2"))
+                            env=dict(os.environ, VAL="2", SETTINGS=json.dumps(SETTINGS)))
     outputs = [p.communicate(timeout=300)[0] for p in workers]
     assert [p.returncode for p in workers] == [0, 0], outputs
     assert single.returncode == 0, single.stderr[-3000:]
