@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import keras
@@ -258,6 +259,22 @@ class CrashAfterEpoch(keras.callbacks.Callback):
 def _crash_after(workdir, at, epochs=3):
     with pytest.raises(RuntimeError, match="crash"):
         training.train(workdir, epochs=epochs, callbacks=[CrashAfterEpoch(at)], **SMALL)
+
+
+def test_a_crashed_non_chief_worker_leaves_neither_its_temporary_folder_nor_files(
+        tmp_path, monkeypatch):
+    """A multi-worker worker other than the chief writes to a temporary folder of its own; an
+    error mid-training must not leave it behind (one more per crash), nor write to the
+    chief's workdir. The role is forced here; tests/test_multi_worker.py runs real workers."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(training, "is_chief", lambda strategy: False)
+    workdir = str(tmp_path / "run")
+    _crash_after(workdir, at=1)
+    # (TensorFlow's autograph keeps its own files there.)
+    assert [n for n in os.listdir(scratch) if n.startswith("tfprobunet-worker-")] == []
+    assert os.listdir(workdir) == []
 
 
 def _weights_files(workdir):

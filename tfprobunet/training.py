@@ -373,6 +373,21 @@ def is_chief(strategy):
             and "chief" not in resolver.cluster_spec().as_dict())
 
 
+@contextlib.contextmanager
+def _writable_folder(workdir, chief):
+    """Yield where this process writes the run's files: `workdir` on the chief, a temporary
+    folder on the other workers of a multi-worker run, deleted however training ends (as TF's
+    multi-worker guide prescribes)."""
+    if chief:
+        yield workdir
+        return
+    folder = tempfile.mkdtemp(prefix="tfprobunet-worker-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _mirrored(devices, cpu):
     # One strategy per device set and process: collective all-reduce keys restart with each new
@@ -720,45 +735,47 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
                                                   validation.annotation_weights)
     # Multi-worker: the non-chief workers write what the chief writes to a folder of their
-    # own, deleted at the end (saving may need every worker), and resume from the chief's.
+    # own (saving may need every worker), and resume from the chief's.
     chief = is_chief(distribution)
-    writable = workdir if chief else tempfile.mkdtemp(prefix="tfprobunet-worker-")
-    keras.utils.set_random_seed(seed)
-    with distribution.scope(), _dtype_policy(mixed_precision):
-        model_kwargs = {**model_kwargs, "num_classes": source.num_classes}
-        model_kwargs.setdefault("ged_classes", source.classes)
-        model = ProbabilisticUNet(seed=seed, **model_kwargs)
-        model.build((None, *source.dataset.element_spec[0].shape))
-        model.compile(optimizer=keras.optimizers.Adam(schedule_value), jit_compile=jit_compile)
-        initial_epoch = checkpoint.restore(model, points)
-    # Only now, once every refusal is past: a refused call leaves the workdir as it was.
-    record = _effective(settings)
-    if "finished_epochs" in (saved or {}):
-        record["finished_epochs"] = saved["finished_epochs"]
-    if chief:
-        _write_config(config_path, record)
-    callbacks = [
-        StopOnNonFiniteLoss(),
-        *monitors,
-        EpochLog(os.path.join(writable, "log.csv"), initial_epoch=initial_epoch),
-        checkpoint if chief else EpochCheckpoint(os.path.join(writable, "backup")),
-        *([budget] if budget else []),
-        *(callbacks or []),
-    ]
-    if strategy == "multi_worker":
-        history = fit_distributed(model, batches, epochs, steps_per_epoch, initial_epoch,
-                                  validation, callbacks, verbose)
-    else:
-        history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
-                            steps_per_epoch=steps_per_epoch, validation_data=validation,
-                            shuffle=False,  # the pipeline shuffles
-                            verbose=verbose, callbacks=callbacks)
-    # model.keras, then its epoch count, then the checkpoints go: a kill in between leaves a
-    # checkpoint at least as new as the recorded model.keras, which the next call finishes from.
-    with _replacing(os.path.join(writable, "model.keras")) as tmp:
-        model.save(tmp)
-    if chief:
-        _write_config(config_path, {**record,
-                                    "finished_epochs": initial_epoch + len(history.epoch)})
-    shutil.rmtree(checkpoint.directory if chief else writable, ignore_errors=True)
-    return model, history
+    with _writable_folder(workdir, chief) as writable:
+        keras.utils.set_random_seed(seed)
+        with distribution.scope(), _dtype_policy(mixed_precision):
+            model_kwargs = {**model_kwargs, "num_classes": source.num_classes}
+            model_kwargs.setdefault("ged_classes", source.classes)
+            model = ProbabilisticUNet(seed=seed, **model_kwargs)
+            model.build((None, *source.dataset.element_spec[0].shape))
+            model.compile(optimizer=keras.optimizers.Adam(schedule_value),
+                          jit_compile=jit_compile)
+            initial_epoch = checkpoint.restore(model, points)
+        # Only now, once every refusal is past: a refused call leaves the workdir as it was.
+        record = _effective(settings)
+        if "finished_epochs" in (saved or {}):
+            record["finished_epochs"] = saved["finished_epochs"]
+        if chief:
+            _write_config(config_path, record)
+        callbacks = [
+            StopOnNonFiniteLoss(),
+            *monitors,
+            EpochLog(os.path.join(writable, "log.csv"), initial_epoch=initial_epoch),
+            checkpoint if chief else EpochCheckpoint(os.path.join(writable, "backup")),
+            *([budget] if budget else []),
+            *(callbacks or []),
+        ]
+        if strategy == "multi_worker":
+            history = fit_distributed(model, batches, epochs, steps_per_epoch, initial_epoch,
+                                      validation, callbacks, verbose)
+        else:
+            history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
+                                steps_per_epoch=steps_per_epoch, validation_data=validation,
+                                shuffle=False,  # the pipeline shuffles
+                                verbose=verbose, callbacks=callbacks)
+        # model.keras, then its epoch count, then the checkpoints go: a kill in between leaves
+        # a checkpoint at least as new as the recorded model.keras, which the next call
+        # finishes from.
+        with _replacing(os.path.join(writable, "model.keras")) as tmp:
+            model.save(tmp)
+        if chief:
+            _write_config(config_path, {**record,
+                                        "finished_epochs": initial_epoch + len(history.epoch)})
+            shutil.rmtree(checkpoint.directory, ignore_errors=True)
+        return model, history
