@@ -1,7 +1,8 @@
 """A small Keras Tuner search on *flips* against the default configuration at the same per-trial
 budget: every trial (and the default model) trains `--epochs x --steps-per-epoch` steps and is
 scored on `val_ged` (16 samples per val image, all 32 annotations). Prints JSON: the default's
-val_ged, every trial (hyper-parameters, val_ged, seconds), the best, and the CPU.
+val_ged and seconds, every trial (hyper-parameters, val_ged), the search's seconds, the best,
+and the CPU.
 
     python bench/tuning.py --max-trials 8 --epochs 3 --steps-per-epoch 100
 """

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -105,3 +106,38 @@ def test_npz_errors_name_the_file_and_the_layout(tmp_path):
              annotations=np.zeros((2, 2, 4, 4), int))
     with pytest.raises(ValueError, match=r"same n, h and w"):
         tfprobunet.data.load("npz", "train", data_dir=str(tmp_path))
+
+
+STARTUP_LINES = re.compile(r"oneDNN custom operations|cuda drivers|cuInit|cudart_stub|"
+                           r"absl::InitializeLog")
+
+
+def _command(args, **env):
+    """Run `tfprobunet ...` as a user would, output captured: no TF_CPP_MIN_LOG_LEVEL."""
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("TF_CPP_MIN_LOG_LEVEL", "TFPROBUNET_VERBOSE")}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=600, env={**environment, **env})
+
+
+@pytest.mark.slow
+def test_captured_output_has_no_escape_codes_and_no_start_up_lines_unless_asked(tmp_path):
+    train = ["train", "--dataset", "graders", "--epochs", "2", "--steps-per-epoch", "2",
+             "--batch-size", "2", "--image-size", "16", "--num-examples", "8",
+             "--num-channels", "8,16", "--convs-per-block", "1", "--latent-dim", "2"]
+    quiet = _command(["-m", "tfprobunet.cli", *train, "--workdir", str(tmp_path / "a")])
+    assert quiet.returncode == 0, quiet.stderr
+    assert "\x1b" not in quiet.stdout + quiet.stderr  # one line per epoch, no progress bar
+    assert not STARTUP_LINES.search(quiet.stdout + quiet.stderr), quiet.stderr
+    assert re.findall(r"^Epoch \d/2$", quiet.stdout, re.M) == ["Epoch 1/2", "Epoch 2/2"]
+    assert "model saved to" in quiet.stdout
+
+    # --debug shows what was held back, and what comes later.
+    loud = _command(["-m", "tfprobunet.cli", "--debug", *train, "--workdir",
+                     str(tmp_path / "b")])
+    assert loud.returncode == 0, loud.stderr
+    assert STARTUP_LINES.search(loud.stderr), loud.stderr
+    # So does the environment switch, for the library itself.
+    imported = _command(["-c", "import tfprobunet"], TFPROBUNET_VERBOSE="1")
+    assert STARTUP_LINES.search(imported.stderr), imported.stderr
+    assert not STARTUP_LINES.search(_command(["-c", "import tfprobunet"]).stderr)

@@ -54,3 +54,19 @@ def test_missing_tf_keras_is_named_with_the_matching_version(tmp_path):
     assert result.returncode != 0
     tf_minor = ".".join(importlib.metadata.version("tensorflow").split(".")[:2])
     assert f'pip install "tf-keras~={tf_minor}.0"' in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.compat
+def test_the_readme_python_example_runs(tmp_path):
+    """The README's "Python" example, as written but for its training length, in this
+    environment (Colab's versions under `make test-compat`)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    example = re.search(r"## Python\n\n```python\n(.*?)```", readme, re.S)[1]
+    shortened = example.replace("epochs=12, steps_per_epoch=500", "epochs=1, steps_per_epoch=2")
+    shortened = shortened.replace("synthetic.flips(2000, 32)", "synthetic.flips(64, 32)")
+    assert shortened.count("steps_per_epoch=2") == 1 and "flips(64, 32)" in shortened
+    shortened += "\nassert tuple(masks.shape) == (4, 16, 32, 32), masks.shape\nprint('ok')\n"
+    result = subprocess.run([sys.executable, "-c", shortened], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.endswith("ok\n"), result.stderr[-3000:]

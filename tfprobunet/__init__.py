@@ -1,9 +1,9 @@
 """tfprobunet: the Probabilistic U-Net (Kohl et al., NeurIPS 2018) for TensorFlow 2 / Keras 3.
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
-`evaluate`, `export_for_serving`, and the modules `callbacks`, `losses`, `metrics`, `data`,
-`serving` and `training` (presets, schedules); `tfprobunet.tuning` (Keras Tuner, with the `tune`
-extra) is imported on its own.
+`evaluate`, `export_for_serving`, and the modules `callbacks`, `latent` (what the latent space
+encodes), `losses`, `metrics`, `data`, `serving` and `training` (presets, schedules);
+`tfprobunet.tuning` (Keras Tuner, with the `tune` extra) is imported on its own.
 """
 
 
@@ -26,16 +26,21 @@ def _require_tf_keras():
             name="tf_keras") from None
 
 
-_require_tf_keras()
+from tfprobunet import _console  # noqa: E402
 
-from tfprobunet import callbacks, data, losses, metrics, serving, training  # noqa: E402
-from tfprobunet.evaluation import evaluate  # noqa: E402
-from tfprobunet.export import export_for_serving  # noqa: E402
-from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet  # noqa: E402
-from tfprobunet.model import ProbabilisticUNet  # noqa: E402
-from tfprobunet.training import train  # noqa: E402
+# TensorFlow's start-up lines stay out of the output (TFPROBUNET_VERBOSE=1 shows them).
+with _console.filtered_stderr():
+    _require_tf_keras()
+
+    from tfprobunet import callbacks, data, latent, losses, metrics, serving, training
+    from tfprobunet.evaluation import evaluate
+    from tfprobunet.export import export_for_serving
+    from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
+    from tfprobunet.model import ProbabilisticUNet
+    from tfprobunet.training import train
 
 __version__ = "0.1.0"
 
 __all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "callbacks", "data",
-           "evaluate", "export_for_serving", "losses", "metrics", "serving", "train", "training"]
+           "evaluate", "export_for_serving", "latent", "losses", "metrics", "serving", "train",
+           "training"]

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from tfprobunet import _console
 from tfprobunet.training import PRESETS, SCHEDULES, STRATEGIES
 
 
@@ -55,6 +56,9 @@ def _add_train_arguments(parser):
                              "wsd (warm-up, stable, cosine decay over the last third)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop at the end of the first epoch past this many minutes")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="TensorBoard logs: losses, val_ged and calibration scalars, and "
+                             "sample grids of 4 validation images each epoch")
     parser.add_argument("--mixed-precision", choices=("mixed_float16", "mixed_bfloat16"),
                         help="compute in float16 (GPUs) or bfloat16 (TPUs, AMX/AVX-512-BF16 "
                              "CPUs); variables and losses stay float32")
@@ -106,34 +110,38 @@ def _train(args):
             convs_per_block=args.convs_per_block, latent_dim=args.latent_dim,
             fcomb_layers=args.fcomb_layers, fcomb_channels=args.fcomb_channels, beta=args.beta,
             beta_warmup_steps=args.beta_warmup_steps, geco_target=args.geco_target,
-            reconstruction=args.reconstruction, kl=args.kl)
+            reconstruction=args.reconstruction, kl=args.kl, tensorboard=args.tensorboard,
+            verbose=_console.progress_verbosity())
     except training.WorkdirError as error:  # a refusal that says what to do: no traceback
         raise SystemExit(f"tfprobunet train: {error}") from None
     print(f"model saved to {os.path.join(args.workdir, 'model.keras')}")
 
 
-def _evaluate(args):
-    from tfprobunet import evaluation, training
+def _data_settings(args):
+    """`dataset`, `data_dir`, `image_size` and `seed` from the arguments, defaulting to the
+    training run's beside `args.model` (its train_config.json): same data, size and seed."""
+    from tfprobunet import training
 
-    # Defaults from the training run beside the model: same data, size and split seed.
     config_path = os.path.join(os.path.dirname(os.path.abspath(args.model)), training.CONFIG)
     trained = {}
     if os.path.exists(config_path):
         with open(config_path) as f:
             trained = json.load(f)
     size = trained.get("image_size")
-    report = evaluation.evaluate(
-        args.model,
-        dataset=args.dataset or trained.get("dataset", "flips"),
-        out_dir=args.out,
-        split=args.split,
-        data_dir=args.data_dir or trained.get("data_dir"),
-        image_size=args.image_size or (tuple(size) if isinstance(size, list) else size),
-        num_examples=args.num_examples,
-        sample_counts=args.samples,
-        batch_size=args.batch_size,
-        seed=trained.get("seed", 0) if args.seed is None else args.seed,
-    )
+    seed = getattr(args, "seed", None)
+    return dict(dataset=args.dataset or trained.get("dataset", "flips"),
+                data_dir=args.data_dir or trained.get("data_dir"),
+                image_size=args.image_size or (tuple(size) if isinstance(size, list) else size),
+                seed=trained.get("seed", 0) if seed is None else seed)
+
+
+def _evaluate(args):
+    from tfprobunet import evaluation
+
+    report = evaluation.evaluate(args.model, out_dir=args.out, split=args.split,
+                                 num_examples=args.num_examples, sample_counts=args.samples,
+                                 batch_size=args.batch_size,
+                                 verbose=_console.progress_verbosity(), **_data_settings(args))
     summary = {k: report[k] for k in ("dataset", "num_images", "ged", "hm_iou") if k in report}
     for key in ("modes", "presence"):
         if key in report:
@@ -141,6 +149,44 @@ def _evaluate(args):
                             if k not in ("frequencies", "true_probabilities")}
     print(json.dumps(summary, indent=2))
     print(f"report and figures ({', '.join(report['figures'])}) written to {args.out}")
+
+
+def _inspect(args):
+    import keras
+
+    from tfprobunet import data, latent, plots, serving
+
+    if (args.image is None) == (args.dataset is None):
+        raise SystemExit("tfprobunet inspect: give either --image PATH (a PNG or JPEG) or "
+                         "--dataset NAME with --index I (an image and its annotations). "
+                         f"Received: --image {args.image!r}, --dataset {args.dataset!r}")
+    model = keras.saving.load_model(args.model)
+    annotations = None
+    if args.image is not None:
+        image = serving.read_image(args.image, model.image_channels)[0]
+    else:
+        settings = _data_settings(args)
+        # All of the split, as `evaluate` loads it: synthetic images depend on how many.
+        source = data.load(settings.pop("dataset"), args.split, num_examples=args.num_examples,
+                           **settings)
+        examples = list(source.dataset.skip(args.index).take(1).as_numpy_iterator())
+        if not examples:
+            raise SystemExit(f"tfprobunet inspect: the {args.split} split has no image "
+                             f"--index {args.index}.")
+        image, annotations = examples[0]
+    try:
+        inspection = latent.inspect(model, image, annotations, axes=args.axes,
+                                    extent=args.extent, num_steps=args.steps)
+    except ValueError as error:
+        raise SystemExit(f"tfprobunet inspect: {error}") from None
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    plots.latent_space(inspection, args.out)
+    rounded = lambda values: [round(float(v), 3) for v in values]  # noqa: E731
+    summary = {"axes": list(inspection["axes"]), "prior_scale": rounded(inspection["prior_scale"])}
+    if annotations is not None:
+        summary["posterior_spread"] = rounded(inspection["spread"])
+    print(json.dumps(summary))
+    print(f"wrote {args.out}")
 
 
 def _export(args):
@@ -199,7 +245,9 @@ def _tune(args):
             max_trials=args.max_trials, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, image_size=args.image_size,
             num_examples=args.num_examples, validation_examples=args.validation_examples,
-            strategy=args.strategy, seed=args.seed, verbose=args.verbose, **dict(args.fixed))
+            strategy=args.strategy, seed=args.seed,
+            verbose=_console.progress_verbosity() if args.verbose is None else args.verbose,
+            **dict(args.fixed))
     except tuning.TuningError as error:
         raise SystemExit(f"tfprobunet tune: {error}") from None
     if args.worker is not None:
@@ -219,6 +267,9 @@ def _demo(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tfprobunet", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show TensorFlow's start-up and C++ log lines, which are held "
+                             f"back otherwise (also: {_console.VERBOSE_VARIABLE}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train", help="train on a built-in benchmark (resumes a killed run, continues a finished "
@@ -238,6 +289,22 @@ def main(argv=None):
     evaluate.add_argument("--seed", type=int,
                           help="samples and synthetic data (default: the training seed)")
     evaluate.set_defaults(run=_evaluate)
+    inspect = commands.add_parser(
+        "inspect", help="decode one image over two latent axes, with its annotations' "
+                        "posteriors: a figure like the paper's latent-space one")
+    inspect.add_argument("--model", required=True, help="a saved .keras model")
+    inspect.add_argument("--image", help="a PNG or JPEG; or take one from --dataset")
+    _add_data_arguments(inspect)
+    inspect.add_argument("--split", choices=("train", "val", "test"), default="test")
+    inspect.add_argument("--index", type=int, default=0, help="with --dataset: which image")
+    inspect.add_argument("--axes", type=_int_list,
+                         help="two latent axes, e.g. 0,3 (default: with annotations, the two "
+                              "their posteriors spread most along; else 0,1)")
+    inspect.add_argument("--extent", type=float, default=2.0,
+                         help="the grid spans +-this many prior standard deviations")
+    inspect.add_argument("--steps", type=int, default=5, help="grid points per axis")
+    inspect.add_argument("--out", required=True, help="the figure, a .png file")
+    inspect.set_defaults(run=_inspect)
     export = commands.add_parser("export", help="write a .keras model as a TF Serving version")
     export.add_argument("--model", required=True, help="a saved .keras model")
     export.add_argument("--base-dir", default="saved_models", help="TF Serving model base path")
@@ -284,7 +351,9 @@ def main(argv=None):
                       help="distributed: run trials for the chief at --oracle")
     tune.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address")
     tune.add_argument("--show", type=int, default=5, help="best trials to print")
-    tune.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    tune.add_argument("--verbose", type=int, choices=(0, 1, 2),
+                      help="Keras: 1 progress bars, 2 a line per epoch, 0 silent (default: 1 "
+                           "on a terminal, else 2)")
     tune.set_defaults(run=_tune)
     demo = commands.add_parser("demo", help="train a small model on flips and sample from it")
     demo.add_argument("--workdir", default="runs/demo")
@@ -294,7 +363,13 @@ def main(argv=None):
     demo.add_argument("--base-dir", default="saved_models", help="where the model is exported")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
-    args.run(args)
+    if args.debug:
+        os.environ[_console.VERBOSE_VARIABLE] = "1"
+        print("\n".join(_console.hidden), file=sys.stderr)
+        args.run(args)
+    else:
+        with _console.filtered_stderr():
+            args.run(args)
     return 0
 
 

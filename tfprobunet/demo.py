@@ -7,9 +7,10 @@ import collections
 import os
 import time
 
+import keras
 import numpy as np
 
-from tfprobunet import evaluation, training
+from tfprobunet import _console, evaluation, training
 from tfprobunet.data import synthetic
 
 IMAGE_SIZE = 32
@@ -38,9 +39,9 @@ def run(workdir, steps=STEPS, num_samples=16, seed=0, base_dir="saved_models",
           f"{steps} steps ({epochs} epochs of {per_epoch}, preset `cpu`)...")
     start = time.monotonic()
     model, history = training.train(
-        workdir, **training.preset("cpu", dataset="flips", epochs=epochs,
-                                   steps_per_epoch=per_epoch, image_size=IMAGE_SIZE,
-                                   num_examples=2000, seed=seed, verbose=2))
+        workdir, callbacks=[_EpochLine()],
+        **training.preset("cpu", dataset="flips", epochs=epochs, steps_per_epoch=per_epoch,
+                          image_size=IMAGE_SIZE, num_examples=2000, seed=seed, verbose=0))
     train_seconds = time.monotonic() - start
 
     images, base_labels = synthetic.flips_arrays(1, IMAGE_SIZE, seed=seed + 12345)
@@ -48,15 +49,17 @@ def run(workdir, steps=STEPS, num_samples=16, seed=0, base_dir="saved_models",
     found = synthetic.identify_flip_modes(masks, base_labels[0], len(synthetic.FLIP_PROBABILITIES))
     _, probabilities = synthetic.flip_modes()
     counts = collections.Counter(int(m) for m in found)
-    print(f"\n{num_samples} samples of an unseen image hit {len(counts)} distinct modes of 32:")
-    for mode, count in counts.most_common():
-        print(f"  mode {mode:2d}: {count:2d} samples (true probability "
-              f"{100 * probabilities[mode]:.1f} %)")
+    print(f"\n{num_samples} samples of an unseen image hit {len(counts)} distinct modes of 32 "
+          f"({_expected_distinct(probabilities, num_samples):.1f} on average for "
+          f"{num_samples} draws from the truth); the most sampled:")
+    print("  " + ", ".join(f"mode {mode} x{count} (p = {100 * probabilities[mode]:.1f} %)"
+                           for mode, count in counts.most_common(3)))
 
     out_dir = os.path.join(workdir, "evaluation")
     print(f"\nEvaluating on the flips test split ({num_samples} samples per image)...")
     report = evaluation.evaluate(model, "flips", out_dir=out_dir, image_size=IMAGE_SIZE,
-                                 num_examples=eval_examples, seed=seed, verbose=1)
+                                 num_examples=eval_examples, seed=seed,
+                                 verbose=_console.progress_verbosity())
     print(f"Evaluation report: {os.path.join(out_dir, 'report.json')}")
     print("Figures: " + ", ".join(os.path.join(out_dir, f) for f in report["figures"]))
 
@@ -121,6 +124,22 @@ def serve_once(model, base_dir, images, num_samples=16, seed=0, name="probunet-d
     return {"export": path, "shapes": shapes, "features_ms": round(features_ms, 1),
             "sample_ms": {str(k): round(v, 1) for k, v in times.items()},
             "ms_per_extra_sample": round(per_sample, 2)}
+
+
+class _EpochLine(keras.callbacks.Callback):
+    """One short line per epoch: the demo's training output fits on a screen."""
+
+    def on_train_begin(self, logs=None):
+        self._epochs = self.params["epochs"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        print(f"epoch {epoch + 1:2d}/{self._epochs}: loss {logs['loss']:8.2f}, reconstruction "
+              f"{logs['reconstruction']:8.2f}, kl {logs['kl']:6.2f} "
+              f"({time.monotonic() - self._start:.0f} s)", flush=True)
 
 
 def _expected_distinct(probabilities, num_samples):

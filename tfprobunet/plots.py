@@ -1,6 +1,7 @@
 """The evaluation figures, drawn with matplotlib's object API (no pyplot state, no display):
 GED against the number of samples (Kohl et al. Fig. 4), mode frequencies against their true
-probabilities (Fig. 5), and images with their annotations, samples and uncertainty (Fig. 3)."""
+probabilities (Fig. 5), images with their annotations, samples and uncertainty (Fig. 3), and
+one image decoded over two latent axes with its annotations' posteriors (the appendix)."""
 
 import os
 
@@ -100,6 +101,62 @@ def _show(axes, picture, num_classes, is_image):
     labels = np.ma.masked_equal(picture, IGNORE_LABEL)
     axes.imshow(labels, cmap="gray" if num_classes == 2 else "tab20", vmin=0,
                 vmax=max(num_classes - 1, 1), interpolation="nearest")
+
+
+def latent_space(inspection, path, max_annotations=6):
+    """One image decoded on a grid over two latent axes, in prior standard deviations, with the
+    prior's 1 and 2 sigma circles and each annotation's posterior mean (numbered), beside the
+    image and those annotations.
+
+    Args:
+        inspection: what `tfprobunet.latent.inspect` returns.
+    """
+    offsets, logits = inspection["offsets"], inspection["logits"]
+    s, h, w, num_classes = len(offsets), *logits.shape[2:]
+    labels = logits.argmax(-1)
+    pad = max(1, h // 32)  # around each tile, so tile centres fall on the offsets
+    mosaic = np.ma.masked_all((s * (h + 2 * pad), s * (w + 2 * pad)))
+    for i in range(s):  # the row axis grows upwards
+        top = (s - 1 - i) * (h + 2 * pad) + pad
+        for j in range(s):
+            left = j * (w + 2 * pad) + pad
+            mosaic[top:top + h, left:left + w] = labels[i, j]
+    half = (offsets[1] - offsets[0]) / 2
+    bounds = (offsets[0] - half, offsets[-1] + half)
+    annotations = inspection["annotations"]
+    shown = 0 if annotations is None else min(len(annotations), max_annotations)
+    figure = _figure(7.5, 5.5)
+    left, right = figure.subfigures(1, 2, width_ratios=[3, 1])
+    axes = left.add_subplot()
+    axes.imshow(mosaic, extent=(*bounds, *bounds), cmap="gray" if num_classes == 2 else "tab20",
+                vmin=0, vmax=max(num_classes - 1, 1), interpolation="nearest")
+    angle = np.linspace(0, 2 * np.pi, 200)
+    for radius in (1, 2):
+        axes.plot(radius * np.cos(angle), radius * np.sin(angle), "--", color="tab:orange",
+                  lw=1, label="prior: 1 and 2 sigma" if radius == 1 else None)
+    row, column = inspection["axes"]
+    if annotations is not None:
+        points = inspection["posterior_offsets"]
+        axes.plot(points[:, column], points[:, row], "o", color="tab:red", mfc="none",
+                  label="annotations' posterior means")
+        for k, point in enumerate(points):
+            axes.annotate(str(k), (point[column], point[row]), color="tab:red", fontsize=8,
+                          xytext=(3, 3), textcoords="offset points")
+    axes.set_xlim(*bounds)
+    axes.set_ylim(*bounds)
+    axes.set_xlabel(f"latent axis {column} (prior standard deviations)")
+    axes.set_ylabel(f"latent axis {row}")
+    axes.set_title("decoded at each grid point, the other axes at the prior mean", fontsize=9)
+    axes.legend(loc="lower right", fontsize=7)
+    panels = right.subplots(1 + shown, 1, squeeze=False)[:, 0]
+    _show(panels[0], inspection["image"], num_classes, is_image=True)
+    panels[0].set_title("image", fontsize=8)
+    for k in range(shown):
+        _show(panels[1 + k], annotations[k], num_classes, is_image=False)
+        panels[1 + k].set_title(f"annotation {k}", fontsize=8)
+    for panel in panels:
+        panel.set_axis_off()
+    figure.savefig(path, dpi=110)
 
 
 def write_figures(report, rows, source, out_dir):

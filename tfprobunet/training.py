@@ -373,6 +373,14 @@ def is_chief(strategy):
             and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def _tensorboard_callbacks(log_dir, source, seed, num_images=4):
+    """Keras' `TensorBoard` and `TensorBoardSamples` on the first images of `source`."""
+    images, annotations = zip(*source.dataset.take(num_images).as_numpy_iterator())
+    return [keras.callbacks.TensorBoard(log_dir),
+            callbacks_lib.TensorBoardSamples(log_dir, np.stack(images), np.stack(annotations),
+                                             seed=seed)]
+
+
 @contextlib.contextmanager
 def _writable_folder(workdir, chief):
     """Yield where this process writes the run's files: `workdir` on the chief, a temporary
@@ -625,7 +633,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
           learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
           seed=0, jit_compile=False, mixed_precision=None, verbose=1, callbacks=None,
-          validation_data=None, **model_kwargs):
+          validation_data=None, tensorboard=None, **model_kwargs):
     """Train a `ProbabilisticUNet` on a named dataset, continuing the run `workdir` holds.
 
     Writes to `workdir`:
@@ -690,6 +698,11 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             `model.keras` keeps the policy; the global Keras policy is left as it was.
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
         callbacks: extra Keras callbacks, run after the built-in ones (after the checkpoint).
+        tensorboard: a TensorBoard log folder: Keras' `TensorBoard` callback (losses, with
+            `val_ged` and the calibration diagnostics when validating) and
+            `tfprobunet.callbacks.TensorBoardSamples` on 4 validation images (training images
+            without validation) with their annotations. Not a setting of the run: it may
+            change when resuming.
         **model_kwargs: forwarded to `ProbabilisticUNet` (e.g. `num_channels`, `latent_dim`,
             `beta`); `num_classes` is set by the dataset.
 
@@ -728,6 +741,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
 
     batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
                                          seed=seed)
+    shown = validation or source  # the images TensorBoardSamples draws samples for
     monitors = []
     if validation is not None and validation.annotation_weights is not None:
         monitors.append(callbacks_lib.CalibrationLog(validation, seed=seed))
@@ -757,6 +771,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             StopOnNonFiniteLoss(),
             *monitors,
             EpochLog(os.path.join(writable, "log.csv"), initial_epoch=initial_epoch),
+            *([] if tensorboard is None else _tensorboard_callbacks(
+                tensorboard if chief else os.path.join(writable, "tensorboard"), shown, seed)),
             checkpoint if chief else EpochCheckpoint(os.path.join(writable, "backup")),
             *([budget] if budget else []),
             *(callbacks or []),

@@ -1,0 +1,90 @@
+"""What the library's entry points print: not TensorFlow's start-up lines, and progress bars only
+where they can be drawn. Imports nothing heavy: `tfprobunet/__init__.py` uses it before
+TensorFlow is imported.
+
+TensorFlow's C++ code writes its start-up lines (the oneDNN notice, CUDA probes and `cuInit`
+failures on CPU-only machines, absl's pre-initialisation warning) straight to file descriptor 2,
+some of them before `TF_CPP_MIN_LOG_LEVEL` is read. `filtered_stderr()` routes descriptor 2
+through a pipe while it is active: a thread passes every line on to the real stderr at once,
+except those matching `NOISE`, which it keeps in `hidden` (`tfprobunet --debug ...` prints
+them). `TFPROBUNET_VERBOSE=1` turns the filter off.
+"""
+
+import contextlib
+import os
+import re
+import sys
+import threading
+
+VERBOSE_VARIABLE = "TFPROBUNET_VERBOSE"
+
+NOISE = re.compile(
+    rb"oneDNN custom operations are on"
+    rb"|Could not find cuda drivers|cudart_stub\.cc|failed call to cuInit|cuda_platform\.cc"
+    rb"|cuda_diagnostics|kernel driver does not appear to be running"
+    rb"|All log messages before absl::InitializeLog\(\) is called"
+    rb"|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
+    rb"|TensorFlow binary is optimized to use available CPU instructions"
+    rb"|rebuild TensorFlow with the appropriate compiler flags")
+
+hidden = []  # the lines held back, as text
+_lock = threading.Lock()
+
+
+def verbose():
+    """Whether the user asked to see everything (`TFPROBUNET_VERBOSE` set, not 0)."""
+    return os.environ.get(VERBOSE_VARIABLE, "0") not in ("", "0")
+
+
+def _forward(read, out):
+    with os.fdopen(read, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(1 << 16):
+            for line in chunk.splitlines(keepends=True):
+                if NOISE.search(line):
+                    hidden.append(line.decode(errors="replace").rstrip("\n"))
+                else:
+                    try:
+                        os.write(out, line)
+                    except OSError:
+                        pass
+    os.close(out)
+
+
+@contextlib.contextmanager
+def filtered_stderr():
+    """Hold TensorFlow's start-up lines back from file descriptor 2 within the block; pass
+    everything else on as it comes. Does nothing when verbose, when nested, or without a
+    descriptor 2."""
+    if verbose() or not _lock.acquire(blocking=False):
+        yield
+        return
+    try:
+        os.fstat(2)
+    except OSError:
+        _lock.release()
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    thread = threading.Thread(target=_forward, args=(read, os.dup(saved)), daemon=True,
+                              name="tfprobunet-stderr")
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # drops the pipe's last write end: the thread drains it and ends
+        os.close(saved)
+        thread.join(timeout=2.0)  # a child process still holding the pipe delays its end
+        _lock.release()
+
+
+def progress_verbosity():
+    """Keras' `verbose` for the entry points: the progress bar (1) on a terminal or in a
+    notebook, one line per epoch (2) otherwise, e.g. when the output goes to a log file."""
+    interactive = "ipykernel" in sys.modules or (hasattr(sys.stdout, "isatty")
+                                                 and sys.stdout.isatty())
+    return 1 if interactive else 2
