@@ -132,12 +132,11 @@ def test_captured_output_has_no_escape_codes_and_no_start_up_lines_unless_asked(
     assert re.findall(r"^Epoch \d/2$", quiet.stdout, re.M) == ["Epoch 1/2", "Epoch 2/2"]
     assert "model saved to" in quiet.stdout
 
-    # --debug shows what was held back, and what comes later.
-    loud = _command(["-m", "tfprobunet.cli", "--debug", *train, "--workdir",
-                     str(tmp_path / "b")])
-    assert loud.returncode == 0, loud.stderr
+    # --debug shows what was held back (here before a command that fails at once).
+    loud = _command(["-m", "tfprobunet.cli", "--debug", "export", "--model",
+                     str(tmp_path / "missing.keras"), "--base-dir", str(tmp_path / "served")])
+    assert loud.returncode != 0 and "missing.keras" in loud.stderr
     assert STARTUP_LINES.search(loud.stderr), loud.stderr
     # So does the environment switch, for the library itself.
     imported = _command(["-c", "import tfprobunet"], TFPROBUNET_VERBOSE="1")
     assert STARTUP_LINES.search(imported.stderr), imported.stderr
-    assert not STARTUP_LINES.search(_command(["-c", "import tfprobunet"]).stderr)
