@@ -57,7 +57,7 @@ def test_missing_tf_keras_is_named_with_the_matching_version(tmp_path):
 
 
 @pytest.mark.compat
-def test_the_readme_python_example_runs(tmp_path):
+def test_the_readme_python_example_runs():
     """The README's "Python" example, as written but for its training length, in this
     environment (Colab's versions under `make test-compat`)."""
     with open(os.path.join(ROOT, "README.md")) as f:
@@ -66,7 +66,7 @@ def test_the_readme_python_example_runs(tmp_path):
     shortened = example.replace("epochs=12, steps_per_epoch=500", "epochs=1, steps_per_epoch=2")
     shortened = shortened.replace("synthetic.flips(2000, 32)", "synthetic.flips(64, 32)")
     assert shortened.count("steps_per_epoch=2") == 1 and "flips(64, 32)" in shortened
-    shortened += "\nassert tuple(masks.shape) == (4, 16, 32, 32), masks.shape\nprint('ok')\n"
-    result = subprocess.run([sys.executable, "-c", shortened], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and result.stdout.endswith("ok\n"), result.stderr[-3000:]
+    namespace = {}
+    exec(compile(shortened, "README.md", "exec"), namespace)  # in this process: no new import
+    assert tuple(namespace["masks"].shape) == (4, 16, 32, 32)
+    assert namespace["model"].optimizer.iterations.numpy() == 2

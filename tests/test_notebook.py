@@ -14,6 +14,7 @@ TINY = """epochs = 2
 steps_per_epoch = 2
 image_size = 16
 num_examples = 16
+eval_examples = 8
 launch_tensorboard = False
 """
 

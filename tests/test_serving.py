@@ -251,6 +251,12 @@ def test_cli_export_predict_and_serve(server, tmp_path, capsys):
     base = str(tmp_path / "saved_models")
     assert cli.main(["export", "--model", model_path, "--base-dir", base, "--name", "pun"]) == 0
     assert os.path.isfile(os.path.join(base, "pun", "1", "saved_model.pb"))
+    os.makedirs(os.path.join(base, "pun", ".tmp-2-killed", "variables"))  # a kill -9 leaves it
+    assert cli.main(["export", "--clean", "--base-dir", base, "--name", "pun"]) == 0
+    assert "removed 1 temporary folder(s) of killed exports of 'pun'" in capsys.readouterr().out
+    assert os.listdir(os.path.join(base, "pun")) == ["1"]
+    with pytest.raises(SystemExit, match="--model PATH .* is required unless --clean"):
+        cli.main(["export", "--base-dir", base, "--name", "pun"])
     image = tmp_path / "x.png"
     Image.fromarray((served_images(batch=1)[0, ..., 0] * 255).astype(np.uint8)).save(image)
     out = tmp_path / "out"

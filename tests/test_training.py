@@ -225,7 +225,7 @@ def test_official_defaults_stay_finite_on_graders(tmp_path):
     """The official architecture and loss (beta = 1, summed cross-entropy, analytic KL) on the
     LIDC-like benchmark, with a 10x learning rate to stress it within the test's budget."""
     model, history = training.train(
-        str(tmp_path), dataset="graders", epochs=2, steps_per_epoch=100, batch_size=8,
+        str(tmp_path), dataset="graders", epochs=2, steps_per_epoch=50, batch_size=8,
         image_size=32, num_examples=800, learning_rate=1e-3, verbose=0)
     for key in ("loss", "reconstruction", "kl"):
         assert np.all(np.isfinite(history.history[key])), history.history

@@ -192,6 +192,15 @@ def _inspect(args):
 def _export(args):
     from tfprobunet import export
 
+    if args.clean:
+        removed = export.clean_stale_exports(args.base_dir, args.name)
+        print(f"removed {len(removed)} temporary folder(s) of killed exports of {args.name!r}"
+              + "".join(f"\n  {path}" for path in removed))
+    if args.model is None:
+        if not args.clean:
+            raise SystemExit("tfprobunet export: --model PATH (a .keras model) is required "
+                             "unless --clean is given alone.")
+        return
     path = export.export_for_serving(args.model, args.base_dir, args.name, args.version)
     print(f"exported {args.model} to {path}; "
           f"TF Serving config: {os.path.join(args.base_dir, export.MODELS_CONFIG)}")
@@ -306,7 +315,10 @@ def main(argv=None):
     inspect.add_argument("--out", required=True, help="the figure, a .png file")
     inspect.set_defaults(run=_inspect)
     export = commands.add_parser("export", help="write a .keras model as a TF Serving version")
-    export.add_argument("--model", required=True, help="a saved .keras model")
+    export.add_argument("--model", help="a saved .keras model")
+    export.add_argument("--clean", action="store_true",
+                        help="remove what killed exports of --name left (every export does "
+                             "this too); alone, only that")
     export.add_argument("--base-dir", default="saved_models", help="TF Serving model base path")
     export.add_argument("--name", default="probunet", help="the served model's name")
     export.add_argument("--version", type=int, help="default: the next free integer")

@@ -15,9 +15,15 @@ needs: only f_comb runs per sample. Sampling is stateless, driven by `seed`: the
 gives the same masks, and `features` + `sample` give exactly what `serving_default` gives.
 
 Versions are written to a temporary sibling folder and renamed into place, so TF Serving, which
-polls `<base_dir>/<name>/`, never sees a half-written version.
+polls `<base_dir>/<name>/`, never sees a half-written version. The temporary folder is marked as
+being written by a file lock beside it, which the system releases when its writer dies: the
+next export removes what killed exports left (`clean_stale_exports`), never a folder another
+export is writing. `models.config` is updated under a file lock too, so exports of different
+models that finish together all appear in it.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -31,6 +37,8 @@ from tfprobunet import model as model_lib
 SIGNATURES = ("serving_default", "features", "sample", "decode")
 CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
 MODELS_CONFIG = "models.config"
+TMP_PREFIX = ".tmp-"  # TF Serving ignores folders whose names are not integers
+LOCK_SUFFIX = ".lock"
 
 
 # `tensor` behind an assert: a failing request gets INVALID_ARGUMENT with the message.
@@ -149,6 +157,7 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
     functions = serving_functions(model)  # checks that the model is built
     model_dir = os.path.join(base_dir, name)
     os.makedirs(model_dir, exist_ok=True)
+    clean_stale_exports(base_dir, name)
     if version is None:
         version = next_version(model_dir)
     if not isinstance(version, int) or version < 1:
@@ -159,7 +168,14 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
                               "Serving versions are immutable. Pass another version or None.")
 
     # TF Serving ignores folders whose names are not integers: write there, then rename.
-    tmp = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex}")
+    tmp = os.path.join(model_dir, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex}")
+    with _writing(tmp):
+        _write_version(model, functions, tmp, final)
+    write_models_config(base_dir, name, config_base_path)
+    return final
+
+
+def _write_version(model, functions, tmp, final):
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -173,13 +189,70 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_models_config(base_dir, name, config_base_path)
-    return final
+
+
+@contextlib.contextmanager
+def _locked(path, blocking=True):
+    """Hold an exclusive lock on the file `path` (created if missing) within the block; other
+    processes and threads wait for it (or, not `blocking`, the block gets False at once)."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _writing(tmp):
+    """Mark the temporary folder `tmp` as being written while the block runs: its lock file
+    (`tmp` + `.lock`, created first) is held, and released by the system if the writer dies."""
+    lock = tmp + LOCK_SUFFIX
+    with _locked(lock):
+        try:
+            yield
+        finally:
+            os.remove(lock)
+
+
+def clean_stale_exports(base_dir, name):
+    """Remove the temporary folders (and lock files) that killed exports of `name` left in
+    `<base_dir>/<name>/`: those whose lock no process holds. A folder being written by a live
+    export, in this process or another, is kept.
+
+    Returns:
+        The removed folders' paths.
+    """
+    model_dir = os.path.join(base_dir, name)
+    entries = sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []
+    removed = []
+    for entry in entries:
+        if not entry.startswith(TMP_PREFIX) or entry.endswith(LOCK_SUFFIX):
+            continue
+        path = os.path.join(model_dir, entry)
+        with _locked(path + LOCK_SUFFIX, blocking=False) as stale:
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                os.remove(path + LOCK_SUFFIX)
+    for entry in entries:  # lock files of exports killed between their rename and unlock
+        path = os.path.join(model_dir, entry)
+        if entry.startswith(TMP_PREFIX) and entry.endswith(LOCK_SUFFIX) \
+                and not os.path.exists(path[:-len(LOCK_SUFFIX)]) and os.path.exists(path):
+            with _locked(path, blocking=False) as stale:
+                if stale:
+                    os.remove(path)
+    return removed
 
 
 def write_models_config(base_dir, name, config_base_path="/models"):
     """Add (or keep) `name` in `<base_dir>/models.config`, TF Serving's `ModelServerConfig` in
-    text format; other models listed there are kept. Written atomically."""
+    text format; other models listed there are kept. Written atomically, under a lock on
+    `models.config.lock` (concurrent calls, from threads or processes, all land)."""
     try:
         from google.protobuf import text_format
         from tensorflow_serving.config import model_server_config_pb2
@@ -187,18 +260,20 @@ def write_models_config(base_dir, name, config_base_path="/models"):
         raise ImportError("Writing models.config needs tensorflow-serving-api: "
                           "pip install 'tfprobunet[serving]'") from e
     path = os.path.join(base_dir, MODELS_CONFIG)
-    config = model_server_config_pb2.ModelServerConfig()
-    if os.path.exists(path):
-        with open(path) as f:
-            text_format.Parse(f.read(), config)
-    entries = config.model_config_list.config
-    if not any(entry.name == name for entry in entries):
-        entry = entries.add()
-        entry.name = name
-        entry.base_path = f"{config_base_path.rstrip('/')}/{name}"
-        entry.model_platform = "tensorflow"
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "w") as f:
-        f.write(text_format.MessageToString(config))
-    os.replace(tmp, path)
+    os.makedirs(base_dir, exist_ok=True)
+    with _locked(path + LOCK_SUFFIX):  # read, modify and replace: one writer at a time
+        config = model_server_config_pb2.ModelServerConfig()
+        if os.path.exists(path):
+            with open(path) as f:
+                text_format.Parse(f.read(), config)
+        entries = config.model_config_list.config
+        if not any(entry.name == name for entry in entries):
+            entry = entries.add()
+            entry.name = name
+            entry.base_path = f"{config_base_path.rstrip('/')}/{name}"
+            entry.model_platform = "tensorflow"
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "w") as f:
+            f.write(text_format.MessageToString(config))
+        os.replace(tmp, path)
     return path
