@@ -388,3 +388,23 @@ def test_beta_warmup_ramps_the_kl_weight_from_zero():
     assert float(models["warmup"]._kl_weight()) == pytest.approx(2.0)  # 5 steps >= 4
     with pytest.raises(ValueError, match="`beta_warmup_steps` must be an integer >= 0"):
         tiny_model(beta_warmup_steps=-1)
+
+
+def test_fit_traces_the_training_step_once(monkeypatch):
+    """The optimizer's variables exist before the first step: creating them inside it made
+    TensorFlow trace the whole step twice."""
+    traces = []
+    train_step = tfprobunet.ProbabilisticUNet.train_step
+
+    def counting(self, data):
+        traces.append(1)  # Python runs only while TensorFlow traces
+        return train_step(self, data)
+
+    monkeypatch.setattr(tfprobunet.ProbabilisticUNet, "train_step", counting)
+    images, segmentations = random_batch(2, batch=8)
+    dataset = tf.data.Dataset.from_tensor_slices((images, segmentations)).batch(4).repeat()
+    model = tiny_model(2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(dataset, epochs=2, steps_per_epoch=2, verbose=0)
+    assert len(traces) == 1
+    assert int(model.optimizer.iterations) == 4

@@ -561,7 +561,10 @@ class ProbabilisticUNet(keras.Model):
         - callbacks that monitor `ged` / `val_ged` in `mode="auto"` (`EarlyStopping`,
           `ModelCheckpoint`, `ReduceLROnPlateau`) get `mode="min"` set on them: Keras finds the
           direction of compiled metrics only, and would otherwise stop with "isn't able to
-          automatically determine whether that metric should be maximized or minimized".
+          automatically determine whether that metric should be maximized or minimized";
+        - the model (from a dataset's element spec) and the optimizer's variables are built
+          before the first step: otherwise the optimizer creates them inside the first traced
+          step and TensorFlow traces the whole step a second time (twice the start-up).
         """
         self_shuffling = (tf.data.Dataset, tf.distribute.DistributedDataset,
                           keras.utils.PyDataset)
@@ -573,6 +576,14 @@ class ProbabilisticUNet(keras.Model):
             if (getattr(callback, "monitor", None) in ("ged", "val_ged")
                     and getattr(callback, "mode", None) == "auto"):
                 callback.mode = "min"
+        if not self.built and isinstance(x, tf.data.Dataset) \
+                and isinstance(x.element_spec, (tuple, list)):
+            shape = tuple(x.element_spec[0].shape)
+            if len(shape) == 4 and shape[-1] is not None:
+                self.build(shape)
+        if self.built and self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         return super().fit(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ config
