@@ -113,9 +113,7 @@ def sample_grid_image(images, annotations, logits, max_annotations=4):
 
     images, logits = np.asarray(images, np.float32), np.asarray(logits, np.float32)
     num_classes = logits.shape[-1]
-    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
-    entropy, _ = metrics.uncertainty_maps(probabilities)
+    entropy, _ = metrics.uncertainty_maps(tf.nn.softmax(logits).numpy())
     entropy = np.clip(entropy / np.log(num_classes), 0.0, 1.0).astype(np.float32)
     shown = 0 if annotations is None else min(np.shape(annotations)[1], max_annotations)
     rows = []

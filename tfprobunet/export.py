@@ -228,24 +228,20 @@ def clean_stale_exports(base_dir, name):
         The removed folders' paths.
     """
     model_dir = os.path.join(base_dir, name)
-    entries = sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []
+    entries = os.listdir(model_dir) if os.path.isdir(model_dir) else []
+    # Each export's folder and its lock file; either may be left alone by a kill (the lock
+    # file alone when killed between the rename into place and the unlock).
+    stems = {entry[:-len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else entry
+             for entry in entries if entry.startswith(TMP_PREFIX)}
     removed = []
-    for entry in entries:
-        if not entry.startswith(TMP_PREFIX) or entry.endswith(LOCK_SUFFIX):
-            continue
-        path = os.path.join(model_dir, entry)
+    for stem in sorted(stems):
+        path = os.path.join(model_dir, stem)
         with _locked(path + LOCK_SUFFIX, blocking=False) as stale:
             if stale:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
                 os.remove(path + LOCK_SUFFIX)
-    for entry in entries:  # lock files of exports killed between their rename and unlock
-        path = os.path.join(model_dir, entry)
-        if entry.startswith(TMP_PREFIX) and entry.endswith(LOCK_SUFFIX) \
-                and not os.path.exists(path[:-len(LOCK_SUFFIX)]) and os.path.exists(path):
-            with _locked(path, blocking=False) as stale:
-                if stale:
-                    os.remove(path)
     return removed
 
 

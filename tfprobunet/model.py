@@ -549,8 +549,14 @@ class ProbabilisticUNet(keras.Model):
                           "settings: the model trains on its built-in beta-ELBO and never used "
                           "them.", stacklevel=2)
         self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        self._build_optimizer()
+
+    def _build_optimizer(self):
+        """Create the optimizer's variables now, in the model's strategy, if the model is built
+        and they do not exist yet."""
+        if self.built and self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with two defaults that suit this model:
@@ -581,9 +587,7 @@ class ProbabilisticUNet(keras.Model):
             shape = tuple(x.element_spec[0].shape)
             if len(shape) == 4 and shape[-1] is not None:
                 self.build(shape)
-        if self.built and self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+        self._build_optimizer()
         return super().fit(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ config

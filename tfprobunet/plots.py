@@ -90,7 +90,9 @@ def sample_grid(rows, num_classes, path, annotation_order=None, max_annotations=
     figure.savefig(path, dpi=100)
 
 
-def _show(axes, picture, num_classes, is_image):
+def _show(axes, picture, num_classes, is_image, **imshow):
+    """Draw an image, or a label map (ignored pixels left blank; `imshow`: more arguments of
+    `axes.imshow` for label maps, e.g. `extent`)."""
     if is_image:
         picture = np.clip(picture, 0.0, 1.0)
         if picture.shape[-1] == 1:
@@ -100,7 +102,7 @@ def _show(axes, picture, num_classes, is_image):
         return
     labels = np.ma.masked_equal(picture, IGNORE_LABEL)
     axes.imshow(labels, cmap="gray" if num_classes == 2 else "tab20", vmin=0,
-                vmax=max(num_classes - 1, 1), interpolation="nearest")
+                vmax=max(num_classes - 1, 1), interpolation="nearest", **imshow)
 
 
 def latent_space(inspection, path, max_annotations=6):
@@ -128,8 +130,7 @@ def latent_space(inspection, path, max_annotations=6):
     figure = _figure(7.5, 5.5)
     left, right = figure.subfigures(1, 2, width_ratios=[3, 1])
     axes = left.add_subplot()
-    axes.imshow(mosaic, extent=(*bounds, *bounds), cmap="gray" if num_classes == 2 else "tab20",
-                vmin=0, vmax=max(num_classes - 1, 1), interpolation="nearest")
+    _show(axes, mosaic, num_classes, is_image=False, extent=(*bounds, *bounds))
     angle = np.linspace(0, 2 * np.pi, 200)
     for radius in (1, 2):
         axes.plot(radius * np.cos(angle), radius * np.sin(angle), "--", color="tab:orange",
