@@ -40,7 +40,8 @@ test-fast: $(STAMP)
 # TensorFlow of its own minor, so its tests (and their imports) stay with `make test`.
 test-compat: $(OLDEST)/.installed
 	TFPROBUNET_REQUIREMENTS=requirements-oldest.txt $(OLDEST)/bin/python -m pytest tests -m compat \
-		--ignore=tests/test_export.py --ignore=tests/test_serving.py
+		--ignore=tests/test_export.py --ignore=tests/test_serving.py \
+		--ignore=tests/test_local_server.py
 
 # A fresh run each time: `train` would otherwise continue the finished demo run.
 demo: $(STAMP)

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfprobunet  # noqa: E402
-from tfprobunet import export, serving  # noqa: E402
+from tfprobunet import serving  # noqa: E402
 from timing import run_times  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main():
     model = tfprobunet.ProbabilisticUNet(num_classes=2)
     model.build((None, args.size, args.size, 1))
     base = tempfile.mkdtemp(prefix="serving-bench-")
-    path = export.export_for_serving(model, base, "probunet")
+    path = serving.export_for_serving(model, base, "probunet")
     images = np.random.default_rng(0).random((1, args.size, args.size, 1), dtype=np.float32)
     seed = np.int32([1, 2])
 

@@ -1,6 +1,9 @@
 """Tiny configurations shared by the tests, and two logical CPU devices for MirroredStrategy."""
 
+import contextlib
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,3 +53,34 @@ def served_model(seed):
 
 def served_images(batch=2, size=16, seed=0):
     return np.random.default_rng(seed).random((batch, size, size, SERVED["C"]), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def serve_process(base):
+    """`tfprobunet serve` on `base` in a subprocess, on free ports: yields (process, gRPC port,
+    REST port) once it listens; terminated on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tfprobunet.cli", "serve", "--model-base-path", base, "--port",
+         "0", "--rest-port", "0"], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        line = process.stdout.readline()
+        port = int(line.split("gRPC 127.0.0.1:")[1].split(",")[0])
+        rest_port = int(line.split("REST http://127.0.0.1:")[1].split()[0])
+        yield process, port, rest_port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def raw_request(signature, inputs, output_filter=(), model="pun"):
+    """A PredictRequest built by hand, without our client's conversions."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    request.output_filter.extend(output_filter)
+    return request

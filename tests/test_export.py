@@ -74,7 +74,7 @@ def test_signatures_equal_the_model_in_process_and_through_a_tf1_session(exporte
     call = tf.nn.softmax(model(images)).numpy()
 
     loaded = tf.saved_model.load(path).signatures
-    servable = serving._Servable("pun", 1, path)
+    servable = serving.Servable("pun", 1, path)
     for run in (lambda name, **kw: {k: v.numpy() for k, v in loaded[name](**kw).items()},
                 lambda name, **kw: servable.run(name, {k: np.asarray(v) for k, v in kw.items()})):
         features = run("features", images=images)
@@ -222,3 +222,43 @@ def test_stale_temporary_exports_are_removed_and_live_ones_kept(exported, tmp_pa
     # Once its writer is gone, the next clean removes it too.
     assert export.clean_stale_exports(str(tmp_path), "pun") == [str(live)]
     assert sorted(os.listdir(model_dir)) == ["1"]
+
+
+def test_the_export_enforces_its_recorded_request_limits(exported, tmp_path):
+    """TF Serving bounds neither the sample count nor the image size: the signatures do, with
+    the limits the export recorded (overridable at export time)."""
+    model, _, default_path = exported
+    with open(os.path.join(default_path, export.CONFIG_ASSET)) as f:
+        assert json.load(f)["limits"] == {"max_samples": 1000, "max_pixels": 2**20,
+                                          "max_sample_pixels": 2**24}
+    path = export.export_for_serving(model, str(tmp_path), "pun", max_samples=4, max_pixels=600,
+                                     max_sample_pixels=2000)
+    with open(os.path.join(path, export.CONFIG_ASSET)) as f:
+        assert json.load(f)["limits"] == {"max_samples": 4, "max_pixels": 600,
+                                          "max_sample_pixels": 2000}
+    signatures = tf.saved_model.load(path).signatures
+    images = served_images()  # 2 x 16 x 16 = 512 pixels
+    seed = np.int32([1, 2])
+    answer = signatures["serving_default"](images=images, num_samples=np.int32(3), seed=seed)
+    assert answer["masks"].shape == (2, 3, 16, 16)  # 3 x 512 = 1536 sample pixels <= 2000
+    features = {k: v for k, v in signatures["features"](images=images).items()}
+    one = served_images(batch=1)  # 5 samples of it: 1280 sample pixels, only max_samples fails
+    refused = [
+        ("serving_default", dict(images=one, num_samples=np.int32(5), seed=seed),
+         "`num_samples` is 5, above max_samples = 4 (recorded in this export)"),
+        ("sample", dict(**signatures["features"](images=one), num_samples=np.int32(5),
+                        seed=seed),
+         "`num_samples` is 5, above max_samples = 4 (recorded in this export)"),
+        ("features", dict(images=served_images(batch=3)),
+         "3 x 16 x 16 = 768 pixels, above max_pixels = 600 (recorded in this export)"),
+        ("serving_default", dict(images=images, num_samples=np.int32(4), seed=seed),
+         "2 x 4 x 16 x 16 = 2048 sample pixels, above max_sample_pixels = 2000 (recorded in this export)"),
+        ("decode", dict(features=features["features"][:1], z=np.zeros((1, 5, N), np.float32)),
+         "`z` holds 5 samples per image, above max_samples = 4 (recorded in this export)"),
+    ]
+    for name, inputs, message in refused:
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            signatures[name](**inputs)
+        assert message in caught.value.message, (name, caught.value.message)
+    with pytest.raises(ValueError, match="`max_samples` must be an integer >= 1. Received: 0"):
+        export.export_for_serving(model, str(tmp_path), "pun", max_samples=0)

@@ -34,9 +34,9 @@ with _console.filtered_stderr():
 
     from tfprobunet import callbacks, data, latent, losses, metrics, serving, training
     from tfprobunet.evaluation import evaluate
-    from tfprobunet.export import export_for_serving
     from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
     from tfprobunet.model import ProbabilisticUNet
+    from tfprobunet.serving import export_for_serving
     from tfprobunet.training import train
 
 __version__ = "0.1.0"

@@ -6,6 +6,8 @@ import os
 import sys
 
 from tfprobunet import _console
+from tfprobunet.serving.client import MAX_MESSAGE_BYTES
+from tfprobunet.serving.export import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 from tfprobunet.training import PRESETS, SCHEDULES, STRATEGIES
 
 
@@ -201,7 +203,11 @@ def _export(args):
             raise SystemExit("tfprobunet export: --model PATH (a .keras model) is required "
                              "unless --clean is given alone.")
         return
-    path = export.export_for_serving(args.model, args.base_dir, args.name, args.version)
+    if not os.path.exists(args.model):
+        raise SystemExit(f"tfprobunet export: no model at {args.model!r}; pass a .keras file "
+                         "saved by `tfprobunet train` or `model.save`.")
+    path = export.export_for_serving(args.model, args.base_dir, args.name, args.version,
+                                     **_limits(args))
     print(f"exported {args.model} to {path}; "
           f"TF Serving config: {os.path.join(args.base_dir, export.MODELS_CONFIG)}")
 
@@ -209,14 +215,30 @@ def _export(args):
 def _serve(args):
     from tfprobunet import serving
 
-    server = serving.ModelServer(args.model_base_path, port=args.port, rest_port=args.rest_port,
-                                 host=args.host).start()
+    server = serving.ModelServer(
+        args.model_base_path, port=args.port, rest_port=args.rest_port, host=args.host,
+        poll_seconds=args.poll_seconds, max_message_bytes=args.max_message_bytes,
+        request_timeout=args.request_timeout, **_limits(args)).start()
     print(f"serving {args.model_base_path}: gRPC {args.host}:{server.port}, REST "
           f"http://{args.host}:{server.rest_port} (Ctrl-C stops)", flush=True)
     try:
         server.wait()
     except KeyboardInterrupt:
         server.stop()
+
+
+def _limits(args):
+    return {"max_samples": args.max_samples, "max_pixels": args.max_pixels,
+            "max_sample_pixels": args.max_sample_pixels}
+
+
+def _add_limit_arguments(parser, whose):
+    parser.add_argument("--max-samples", type=int, default=MAX_SAMPLES,
+                        help=f"{whose}: the most samples per image one request may ask for")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help=f"{whose}: the most image pixels (b*h*w) per request")
+    parser.add_argument("--max-sample-pixels", type=int, default=MAX_SAMPLE_PIXELS,
+                        help=f"{whose}: the most sampled pixels (b*m*h*w) per request")
 
 
 def _predict(args):
@@ -322,12 +344,20 @@ def main(argv=None):
     export.add_argument("--base-dir", default="saved_models", help="TF Serving model base path")
     export.add_argument("--name", default="probunet", help="the served model's name")
     export.add_argument("--version", type=int, help="default: the next free integer")
+    _add_limit_arguments(export, "recorded in the export")
     export.set_defaults(run=_export)
     serve = commands.add_parser("serve", help="a local TF Serving stand-in (gRPC + REST)")
     serve.add_argument("--model-base-path", default="saved_models")
     serve.add_argument("--port", type=int, default=8500, help="gRPC port")
     serve.add_argument("--rest-port", type=int, default=8501)
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--poll-seconds", type=float, default=1.0,
+                       help="seconds between scans for new versions")
+    _add_limit_arguments(serve, "on top of each export's own")
+    serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
+                       help="the largest gRPC message or REST body, both ways")
+    serve.add_argument("--request-timeout", type=float, default=30.0,
+                       help="seconds a REST client may take to send its request")
     serve.set_defaults(run=_serve)
     predict = commands.add_parser("predict", help="segment an image file through a server")
     predict.add_argument("--target", default="localhost:8500", help="gRPC host:port")

@@ -95,9 +95,9 @@ def run(workdir, steps=STEPS, num_samples=16, seed=0, base_dir="saved_models",
 def serve_once(model, base_dir, images, num_samples=16, seed=0, name="probunet-demo"):
     """Export `model` to `base_dir`, serve it on loopback, and segment `images` through gRPC:
     `features` once, then `sample`; prints the shapes and the time per extra sample."""
-    from tfprobunet import export, serving
+    from tfprobunet import serving
 
-    path = export.export_for_serving(model, base_dir, name)
+    path = serving.export_for_serving(model, base_dir, name)
     print(f"\nExported to {path}; serving it on loopback...")
     with serving.ModelServer(base_dir, port=0, rest_port=None) as server, \
             serving.GrpcClient(f"127.0.0.1:{server.port}", name) as client:

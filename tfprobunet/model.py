@@ -341,12 +341,24 @@ class ProbabilisticUNet(keras.Model):
         if isinstance(num_samples, int) and num_samples < 1:
             raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
         features, prior = self.features(images)
-        return self.decode(features, self._prior_latents(prior.loc, prior.stddev(), num_samples,
-                                                         seed))
+        return self.decode(features, self.prior_latents(prior.loc, prior.stddev(), num_samples,
+                                                        seed))
 
-    def _prior_latents(self, loc, scale, num_samples, seed=None):
-        """`z (b, m, N) = loc + scale * noise`: the prior draw that `sample` and the exported
-        serving signatures share, so both give the same z for the same seed."""
+    def prior_latents(self, loc, scale, num_samples, seed=None):
+        """Draw `num_samples` latents per image from the prior N(loc, diag(scale^2)).
+
+        The draw that `sample` and the exported serving signatures share: the same seed gives
+        the same z in both.
+
+        Args:
+            loc: `(b, N)` prior means, e.g. `features(images)[1].loc`.
+            scale: `(b, N)` prior standard deviations, `> 0`.
+            num_samples: m >= 1, an int or an int32 scalar tensor.
+            seed: as for `sample`.
+
+        Returns:
+            z `(b, m, N)` = `loc + scale * noise`.
+        """
         noise = self._noise(tf.stack([tf.shape(loc)[0], num_samples, self.latent_dim]), seed)
         return loc[:, None] + scale[:, None] * noise
 

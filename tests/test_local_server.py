@@ -1,0 +1,232 @@
+"""The local TF Serving stand-in against a hostile client: request limits with the server's memory
+measured, a reload loop that survives broken versions, REST that answers every malformed body
+with a JSON 4xx, read timeouts, and a bounded mixed load with bad requests among good ones."""
+
+import http.client
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tfprobunet import export, serving
+from conftest import SERVED, raw_request, serve_process, served_images, served_model
+
+K, C, N, F = (SERVED[k] for k in "KCNF")
+
+
+def _peak_rss_mb(pid):
+    """The process's peak resident memory (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM line")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("saved_models"))
+    export.export_for_serving(served_model(3), base, "pun")
+    return base
+
+
+@pytest.mark.slow
+def test_huge_requests_are_refused_before_memory_is_spent(base):
+    """`num_samples=100000` and a 4096x4096 image once took the server past 6 GB:
+    each is now refused, naming the limit, and the server's peak memory barely moves."""
+    with serve_process(base) as (process, port, rest_port):
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        images = served_images(batch=1)
+        good = {"images": images, "num_samples": np.int32(4), "seed": np.int32([1, 2])}
+        stub.Predict(raw_request("serving_default", good), timeout=60)  # warm
+        before = _peak_rss_mb(process.pid)
+        cases = [
+            ("serving_default", {**good, "num_samples": np.int32(100000)},
+             grpc.StatusCode.INVALID_ARGUMENT, "max_samples"),
+            ("features", {"images": np.zeros((1, 2048, 2048, C), np.float32)},
+             grpc.StatusCode.INVALID_ARGUMENT, "max_pixels"),
+            ("features", {"images": np.zeros((1, 4096, 4096, C), np.float32)},
+             grpc.StatusCode.INVALID_ARGUMENT, "max_pixels"),
+        ]
+        for signature, inputs, code, limit in cases:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Predict(raw_request(signature, inputs), timeout=60)
+            assert caught.value.code() == code, (signature, caught.value.details())
+            assert limit in caught.value.details(), caught.value.details()
+        # Over REST too: the sample count, and a body over the size limit (413).
+        connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
+        body = json.dumps({"signature_name": "serving_default", "inputs": {
+            "images": images.tolist(), "num_samples": 100000, "seed": [1, 2]}})
+        connection.request("POST", "/v1/models/pun:predict", body)
+        response = connection.getresponse()
+        assert response.status == 400 and "max_samples" in json.loads(response.read())["error"]
+        connection.close()
+        grown = _peak_rss_mb(process.pid) - before
+        assert grown < 400, f"the server's peak memory grew by {grown:.0f} MB"
+        # And it keeps serving.
+        answer = stub.Predict(raw_request("serving_default", good), timeout=60)
+        assert tf.make_ndarray(answer.outputs["masks"]).shape == (1, 4, 16, 16)
+        channel.close()
+
+
+def test_messages_and_responses_beyond_the_size_limit_are_resource_exhausted(base):
+    """gRPC messages are bounded (TF Serving: --grpc_channel_arguments), and a response that
+    would exceed the bound is refused before it is computed, naming `output_filter`."""
+    with serving.ModelServer(base, port=0, rest_port=0, max_message_bytes=2**20) as running, \
+            serving.GrpcClient(f"127.0.0.1:{running.port}", "pun") as client:
+        with pytest.raises(serving.ServingError) as caught:
+            client.features(np.zeros((1, 512, 512, C), np.float32))  # a 1 MB request
+        assert caught.value.code == "RESOURCE_EXHAUSTED", caught.value
+        # 2 x 300 x 16 x 16 masks (int32) and 3-class probabilities: 2.5 MB; masks alone 0.6 MB.
+        with pytest.raises(serving.ServingError) as caught:
+            client.predict(served_images(), 300)
+        assert caught.value.code == "RESOURCE_EXHAUSTED", caught.value
+        assert "max_message_bytes" in caught.value.message
+        assert "output_filter" in caught.value.message
+        masks = client.predict(served_images(), 300, output_filter=["masks"])["masks"]
+        assert masks.shape == (2, 300, 16, 16)
+        status, answer = _post(running.rest_port, {"signature_name": "serving_default", "inputs": {
+            "images": served_images().tolist(), "num_samples": 300, "seed": [1, 2]}})
+        assert status == 413 and "max_message_bytes" in answer["error"], answer
+
+
+def _break(version_dir):
+    """What a non-atomic `cp -r` caught halfway leaves: the graph, but no weights yet."""
+    shutil.rmtree(os.path.join(version_dir, "variables"))
+    os.makedirs(os.path.join(version_dir, "variables"))
+
+
+def _wait_for(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_broken_version_is_skipped_and_a_later_good_one_served(tmp_path, caplog):
+    """New versions are picked up by polling; one that fails to load is logged once and skipped
+    while the previous one keeps serving, and the poll goes on."""
+    base = str(tmp_path)
+    first, third = served_model(1), served_model(2)
+    export.export_for_serving(first, base, "pun")
+    images = served_images(seed=5)
+
+    def expected(model):
+        return tf.nn.softmax(model.sample(images, 2, seed=tf.constant([3, 3]))).numpy()
+
+    caplog.set_level(logging.WARNING)
+    with serving.ModelServer(base, port=0, rest_port=None, poll_seconds=0.1) as running, \
+            serving.GrpcClient(f"127.0.0.1:{running.port}", "pun") as client:
+        broken = os.path.join(base, "pun", "2")
+        shutil.copytree(os.path.join(base, "pun", "1"), broken)
+        _break(broken)
+        time.sleep(1.0)  # ten polls
+        # Version 1 keeps serving, the failure was logged with its path once, not every poll.
+        np.testing.assert_allclose(client.predict(images, 2, seed=[3, 3])["probabilities"],
+                                   expected(first), atol=1e-5)
+        failures = [r for r in caplog.records if broken in r.getMessage()]
+        assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+        # A model whose only version is broken is NOT_FOUND, and does not affect the others.
+        shutil.copytree(broken, os.path.join(base, "bad", "1"))
+        with serving.GrpcClient(f"127.0.0.1:{running.port}", "bad") as bad:
+            for _ in range(3):
+                with pytest.raises(serving.ServingError) as caught:
+                    bad.features(images)
+                assert caught.value.code == "NOT_FOUND", caught.value
+        with serving.GrpcClient(f"127.0.0.1:{running.port}", "nope") as nope:
+            with pytest.raises(serving.ServingError) as caught:
+                nope.features(images)
+        assert caught.value.code == "NOT_FOUND"
+        # The poll thread is alive: a later good version is served.
+        export.export_for_serving(third, base, "pun", version=3)
+        _wait_for(lambda: running.registry.versions("pun") == [3])
+        np.testing.assert_allclose(client.predict(images, 2, seed=[3, 3])["probabilities"],
+                                   expected(third), atol=1e-5)
+        with pytest.raises(serving.ServingError, match=r"Specific\(pun, 1\)"):
+            serving.GrpcClient(f"127.0.0.1:{running.port}", "pun", version=1).features(images)
+        # A broken folder that changes (the copy completes) is tried again.
+        shutil.rmtree(os.path.join(base, "bad", "1"))
+        shutil.copytree(os.path.join(base, "pun", "1"), os.path.join(base, "bad", "1"))
+        _wait_for(lambda: running.registry.versions("bad") == [1])
+
+
+REST_CASES = [
+    # (name, raw body or JSON-able body, expected status, text in the error)
+    ("num_samples 10**10", {"inputs": {"num_samples": 10**10}}, 400, "num_samples"),
+    ("num_samples 2.7", {"inputs": {"num_samples": 2.7}}, 400, "integer"),
+    ("signature_name a list", {"signature_name": ["sample"], "inputs": {}}, 400,
+     "signature_name"),
+    ("nested brackets", b"[" * (8 << 20), 400, "JSON"),
+    ("not JSON", b"{images: 1", 400, "JSON"),
+    ("inputs a list", {"inputs": [1, 2]}, 400, "inputs"),
+    ("ragged images", {"inputs": {"images": [[1.0], [1.0, 2.0]], "num_samples": 2,
+                                  "seed": [1, 2]}}, 400, "images"),
+    ("seed strings", {"inputs": {"images": [[[[0.5]]]], "num_samples": 2, "seed": ["a", "b"]}},
+     400, "seed"),
+    ("output_filter", {"inputs": {}, "output_filter": ["masks"]}, 400, "output_filter"),
+    ("not an object", [1, 2, 3], 400, "object"),
+]
+
+
+def _post(port, body, headers=None, path="/v1/models/pun:predict"):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    connection.putrequest("POST", path)
+    for key, value in {"Content-Length": str(len(data)), **(headers or {})}.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    try:
+        connection.send(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered before reading it all
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    return response.status, json.loads(payload)
+
+
+def test_every_malformed_rest_body_gets_a_json_4xx(base):
+    with serving.ModelServer(base, port=0, rest_port=0) as running:
+        for name, body, status, text in REST_CASES:
+            got, answer = _post(running.rest_port, body)
+            assert got == status, (name, got, answer)
+            assert text in answer["error"], (name, answer)
+        # A body announced beyond the limit is refused before it is read.
+        got, answer = _post(running.rest_port, b"{}", {"Content-Length": str(10**15)})
+        assert got == 413 and "max_message_bytes" in answer["error"], answer
+        got, answer = _post(running.rest_port, b"{}", {"Content-Length": "lots"})
+        assert got == 400 and "Content-Length" in answer["error"], answer
+        # The server still answers a good request.
+        got, answer = _post(running.rest_port, {"signature_name": "features", "inputs": {
+            "images": served_images(batch=1).tolist()}})
+        assert got == 200 and np.shape(answer["outputs"]["features"]) == (1, 16, 16, F)
+
+
+def test_clients_that_stop_sending_are_dropped_after_the_read_timeout(base):
+    with serving.ModelServer(base, port=0, rest_port=0, request_timeout=1.0) as running:
+        stalled = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", running.rest_port))
+            s.sendall(b"POST /v1/models/pun:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{")
+            stalled.append(s)
+        time.sleep(2.5)
+        for s in stalled:  # the server answered 408 and closed the connection
+            s.settimeout(5)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            assert data.startswith(b"HTTP/1.0 408") or data.startswith(b"HTTP/1.1 408"), data
+            s.close()
+        got, _ = _post(running.rest_port, {"signature_name": "features", "inputs": {
+            "images": served_images(batch=1).tolist()}})
+        assert got == 200

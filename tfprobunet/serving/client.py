@@ -1,0 +1,279 @@
+"""Clients of a served Probabilistic U-Net: TF Serving's gRPC and REST APIs.
+
+`GrpcClient` speaks TF Serving's gRPC API (`tensorflow_serving.apis`): `features(images)` once
+per image, then `sample(features, num_samples)` as often as needed; `predict` is both in one
+call (`serving_default`), `decode` runs f_comb on given latents, `metadata` lists the
+signatures. `RestClient` does the same over TF Serving's REST API. Both talk to
+`tensorflow_model_server` (README) and to the local stand-in, `tfprobunet.serving.ModelServer`.
+`predict_files` segments an image file through either.
+"""
+
+import json
+import os
+import time
+from urllib import error as urllib_error
+from urllib import request as urllib_request
+
+import numpy as np
+import tensorflow as tf
+
+try:  # the `serving` extra
+    import grpc
+    from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
+                                         prediction_service_pb2_grpc)
+except ImportError:
+    grpc = None
+
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+# gRPC message sizes, both ways (TF Serving: --grpc_channel_arguments). A response of 1000
+# samples of one 128 x 128 image with 2 classes is 0.2 GB.
+MAX_MESSAGE_BYTES = 2**28
+
+
+def require_serving_extra():
+    """Raise an ImportError naming the extra when grpcio or tensorflow-serving-api is missing."""
+    if grpc is None:
+        raise ImportError("Serving needs grpcio and tensorflow-serving-api: "
+                          "pip install 'tfprobunet[serving]'")
+
+
+def grpc_options(max_message_bytes=MAX_MESSAGE_BYTES):
+    """gRPC channel and server options bounding message sizes."""
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+class ServingError(RuntimeError):
+    """A request failed on the server. `code` is the gRPC status name (e.g. `"NOT_FOUND"`)."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class InvalidRequestError(ServingError, ValueError):
+    """The server rejected the request's inputs (INVALID_ARGUMENT); `message` says why."""
+
+
+def status_error(code, message):
+    """The `ServingError` for a status name: `InvalidRequestError` for INVALID_ARGUMENT."""
+    cls = InvalidRequestError if code == "INVALID_ARGUMENT" else ServingError
+    return cls(code, message)
+
+
+# ---------------------------------------------------------------------- clients
+def _seed(seed):
+    if seed is None:
+        seed = np.random.randint(0, 2**31 - 1, size=2)
+    seed = np.asarray([seed, 0] if np.ndim(seed) == 0 else seed, np.int32)
+    if seed.shape != (2,):
+        raise ValueError(f"`seed` must be an int or 2 ints. Received shape {seed.shape}.")
+    return seed
+
+
+def _features_inputs(features):
+    """The `sample` signature's feature inputs from what `features()` returned."""
+    missing = {"features", "prior_loc", "prior_scale"} - set(features)
+    if missing:
+        raise ValueError(f"`features` must be the dict returned by `features()`; missing "
+                         f"{sorted(missing)}.")
+    return {k: np.asarray(features[k], np.float32)
+            for k in ("features", "prior_loc", "prior_scale")}
+
+
+class _Client:
+    """The signature calls shared by the gRPC and REST clients."""
+
+    def features(self, images):
+        """`features` signature: `{"features", "prior_loc", "prior_scale"}` for `images
+        (b, h, w, c)` float32."""
+        return self._predict("features", {"images": np.asarray(images, np.float32)})
+
+    def sample(self, features, num_samples, seed=None, output_filter=None):
+        """`sample` signature: `{"masks" (b, m, h, w), "probabilities" (b, m, h, w, K),
+        "z" (b, m, N)}` from the dict `features()` returned; only f_comb runs."""
+        inputs = {**_features_inputs(features), "num_samples": np.int32(num_samples),
+                  "seed": _seed(seed)}
+        return self._predict("sample", inputs, output_filter)
+
+    def predict(self, images, num_samples, seed=None, output_filter=None):
+        """`serving_default`: features and `num_samples` samples in one call."""
+        inputs = {"images": np.asarray(images, np.float32), "num_samples": np.int32(num_samples),
+                  "seed": _seed(seed)}
+        return self._predict("serving_default", inputs, output_filter)
+
+    def decode(self, features, z, output_filter=None):
+        """`decode` signature: masks and probabilities for latents `z (b, m, N)`."""
+        if isinstance(features, dict):
+            features = features["features"]
+        inputs = {"features": np.asarray(features, np.float32), "z": np.asarray(z, np.float32)}
+        return self._predict("decode", inputs, output_filter)
+
+
+class GrpcClient(_Client):
+    """A TF Serving gRPC client for an exported Probabilistic U-Net.
+
+    Args:
+        target: `host:port` of `tensorflow_model_server` (or `ModelServer`).
+        model_name: the served model's name.
+        version: a specific version; None serves the latest.
+        timeout: seconds per request.
+        retries: attempts on UNAVAILABLE (server starting, a restart), with exponential
+            backoff from `backoff` seconds.
+        max_message_bytes: the largest message sent or received (default 256 MiB, as
+            `ModelServer`'s).
+
+    Every method returns a dict of numpy arrays keyed by the signature's output names;
+    `output_filter=["masks"]` asks for masks only. A rejected request raises
+    `InvalidRequestError` (a `ValueError`) with the server's message.
+    """
+
+    def __init__(self, target, model_name, version=None, timeout=30.0, retries=5, backoff=0.1,
+                 max_message_bytes=MAX_MESSAGE_BYTES):
+        require_serving_extra()
+        self.model_name, self.version, self.timeout = model_name, version, timeout
+        self.retries, self.backoff = retries, backoff
+        self._channel = grpc.insecure_channel(target, options=grpc_options(max_message_bytes))
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def _spec(self, message):
+        message.model_spec.name = self.model_name
+        if self.version is not None:
+            message.model_spec.version.value = self.version
+
+    def _call(self, method, request):
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                code = e.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(self.backoff * 2 ** attempt)
+                    continue
+                raise status_error(code.name, e.details()) from None
+
+    def _predict(self, signature, inputs, output_filter=None):
+        request = predict_pb2.PredictRequest()
+        self._spec(request)
+        request.model_spec.signature_name = signature
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        request.output_filter.extend(output_filter or [])
+        response = self._call(self._stub.Predict, request)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def metadata(self):
+        """The signatures: `{name: {"inputs": {key: (dtype, shape)}, "outputs": {...}}}` with
+        `None` for unknown dimensions (TF Serving's `__saved_model_init_op` left out)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._spec(request)
+        request.metadata_field.append("signature_def")
+        response = self._call(self._stub.GetModelMetadata, request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return {name: {"inputs": _tensor_infos(sig.inputs), "outputs": _tensor_infos(sig.outputs)}
+                for name, sig in signatures.signature_def.items() if name != INIT_OP_SIGNATURE}
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _tensor_infos(infos):
+    return {key: (tf.dtypes.as_dtype(info.dtype).name,
+                  tuple(None if d.size == -1 else d.size for d in info.tensor_shape.dim))
+            for key, info in infos.items()}
+
+
+class RestClient(_Client):
+    """A TF Serving REST client (columnar `inputs` format), with the methods of `GrpcClient`.
+
+    TF Serving's REST API has no `output_filter`: the server computes and sends every output,
+    and `output_filter` here only selects what the methods return. To fetch masks alone for
+    many samples, use `GrpcClient`.
+
+    Args:
+        url: `http://host:port` of the REST API (TF Serving's `--rest_api_port`).
+        model_name, version, timeout: as for `GrpcClient`.
+    """
+
+    _DTYPES = {"masks": np.int32}
+    # HTTP statuses back to the gRPC status names of `ServingError.code`.
+    _STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
+               413: "RESOURCE_EXHAUSTED"}
+
+    def __init__(self, url, model_name, version=None, timeout=30.0):
+        self.url, self.model_name, self.version, self.timeout = (url.rstrip("/"), model_name,
+                                                                  version, timeout)
+
+    def _model_url(self):
+        version = f"/versions/{self.version}" if self.version is not None else ""
+        return f"{self.url}/v1/models/{self.model_name}{version}"
+
+    def _request(self, url, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib_request.Request(url, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib_request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib_error.HTTPError as e:
+            message = e.read().decode(errors="replace")
+            try:
+                message = json.loads(message)["error"]
+            except (ValueError, KeyError):
+                pass
+            raise status_error(self._STATUS.get(e.code, "INTERNAL"), message) from None
+
+    def _predict(self, signature, inputs, output_filter=None):
+        body = {"signature_name": signature,
+                "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}
+        outputs = self._request(self._model_url() + ":predict", body)["outputs"]
+        arrays = {k: np.asarray(v, self._DTYPES.get(k, np.float32)) for k, v in outputs.items()}
+        return {k: arrays[k] for k in output_filter} if output_filter else arrays
+
+    def status(self):
+        """`GET /v1/models/NAME`: the versions and their states."""
+        return self._request(self._model_url())
+
+
+# ---------------------------------------------------------------------- files in, files out
+def read_image(path, channels):
+    """A PNG or JPEG as `(1, h, w, channels)` float32 in [0, 1]."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    return tf.image.convert_image_dtype(image, tf.float32)[None].numpy()
+
+
+def predict_files(client, image_path, num_samples, out_dir, seed=None):
+    """Segment one image file through a served model: `features` once, then `sample`.
+
+    Writes `sample_00.png`, ... (labels scaled to 0..255) and `uncertainty.png` (entropy of the
+    mean probabilities, scaled by its maximum log K) to `out_dir`.
+
+    Returns:
+        The list of files written.
+    """
+    from PIL import Image
+
+    from tfprobunet import metrics
+
+    channels = client.metadata()["features"]["inputs"]["images"][1][-1]
+    outputs = client.sample(client.features(read_image(image_path, channels)), num_samples, seed)
+    masks, probabilities = outputs["masks"][0], outputs["probabilities"]
+    num_classes = probabilities.shape[-1]
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for i, mask in enumerate(masks):
+        path = os.path.join(out_dir, f"sample_{i:02d}.png")
+        Image.fromarray((mask * (255 // (num_classes - 1))).astype(np.uint8)).save(path)
+        written.append(path)
+    entropy, _ = metrics.uncertainty_maps(probabilities)
+    path = os.path.join(out_dir, "uncertainty.png")
+    Image.fromarray(np.uint8(np.clip(entropy[0] / np.log(num_classes), 0, 1) * 255)).save(path)
+    return written + [path]

@@ -1,0 +1,392 @@
+"""Export a `ProbabilisticUNet` as a SavedModel for TensorFlow Serving (DESIGN section 6).
+
+Four signatures, their input and output keys part of the public API (b batch, h x w image,
+m samples, F feature channels, N latent dimension, K classes; `None` dimensions throughout):
+
+- `serving_default`: `images (b, h, w, C) float32`, `num_samples () int32`, `seed (2,) int32`
+  -> `masks (b, m, h, w) int32`, `probabilities (b, m, h, w, K) float32`
+- `features`: `images` -> `features (b, h, w, F)`, `prior_loc (b, N)`, `prior_scale (b, N)`
+- `sample`: `features`, `prior_loc`, `prior_scale`, `num_samples`, `seed`
+  -> `masks`, `probabilities`, `z (b, m, N)`
+- `decode`: `features`, `z (b, m, N)` -> `masks`, `probabilities`
+
+Every input is checked inside the graph, where TF Serving runs it: batch sizes that disagree,
+NaN or Inf values, empty batches or images, and requests beyond the limits the export records
+(`max_samples`, `max_pixels`, `max_sample_pixels`) are INVALID_ARGUMENT with a message that says
+what was received and what would work.
+
+A client computes `features` once per image and asks `sample` for as many segmentations as it
+needs: only f_comb runs per sample. Sampling is stateless, driven by `seed`: the same request
+gives the same masks, and `features` + `sample` give exactly what `serving_default` gives.
+
+Versions are written to a temporary sibling folder and renamed into place, so TF Serving, which
+polls `<base_dir>/<name>/`, never sees a half-written version. The temporary folder is marked as
+being written by a file lock beside it, which the system releases when its writer dies: the
+next export removes what killed exports left (`clean_stale_exports`), never a folder another
+export is writing. `models.config` is updated under a file lock too, so exports of different
+models that finish together all appear in it.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+
+import keras
+import tensorflow as tf
+
+SIGNATURES = ("serving_default", "features", "sample", "decode")
+CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
+MODELS_CONFIG = "models.config"
+TMP_PREFIX = ".tmp-"  # TF Serving ignores folders whose names are not integers
+LOCK_SUFFIX = ".lock"
+# Request limits recorded in an export (TF Serving itself bounds neither): the sample count per
+# request, image pixels per request (b * h * w; the U-Net's activations take about 1 KB per
+# pixel on the LIDC configuration: 2**20 pixels, 1 GB) and sampled pixels per request
+# (b * m * h * w; about 25 bytes each in f_comb: 2**24, 1000 samples of 128 x 128, 0.4 GB).
+MAX_SAMPLES = 1000
+MAX_PIXELS = 2**20
+MAX_SAMPLE_PIXELS = 2**24
+
+
+def _checked(tensors, checks):
+    """`tensors` behind the assert ops `checks`: nothing computed from them runs before every
+    check passed, and a failing one answers INVALID_ARGUMENT with its message."""
+    with tf.control_dependencies(checks):
+        return [tf.identity(t) for t in tensors]
+
+
+def _assert(condition, template, *values):
+    """An assert whose message is `template` formatted with the tensors `values` (`{}`)."""
+    return tf.debugging.Assert(condition, [tf.strings.format(template, values)])
+
+
+def _finite(tensor, name):
+    return _assert(tf.reduce_all(tf.math.is_finite(tensor)),
+                   f"`{name}` contain NaN or Inf values; send finite values.")
+
+
+def _outputs(logits):
+    return {"masks": tf.argmax(logits, axis=-1, output_type=tf.int32),
+            "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+
+def _check_limit(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1. Received: {value!r}")
+    return value
+
+
+class _Checks:
+    """The signatures' input checks, against the limits an export records."""
+
+    def __init__(self, model, max_samples, max_pixels, max_sample_pixels):
+        self.channels, self.features_channels = model.image_channels, model.num_channels[0]
+        self.max_samples, self.max_pixels = max_samples, max_pixels
+        self.max_sample_pixels = max_sample_pixels
+
+    @staticmethod
+    def rank(tensor, rank, name, layout):
+        # First, alone: the other checks index the shape.
+        return _checked([tensor], [_assert(tf.equal(tf.rank(tensor), rank),
+                                           f"`{name}` must have rank {rank}, {layout}.")])[0]
+
+    def image_like(self, tensor, name, channels):
+        """Checks of `images` or `features (b, h, w, c)`: rank, channels, not empty, pixels."""
+        tensor = self.rank(tensor, 4, name, f"(b, h, w, {channels})")
+        shape = tf.shape(tensor)
+        pixels = tf.reduce_prod(tf.cast(shape[:3], tf.int64))
+        return [
+            _assert(tf.equal(shape[3], channels),
+                    f"`{name}` must have {channels} channel(s), (b, h, w, {channels})."),
+            _assert(pixels > 0, f"`{name}` is empty: shape {{}}; send at least one image of at "
+                                "least one pixel.", shape),
+            _assert(pixels <= self.max_pixels,
+                    f"`{name}` holds {{}} x {{}} x {{}} = {{}} pixels, above max_pixels = "
+                    f"{self.max_pixels} (recorded in this export): send fewer or smaller images "
+                    "per request, or export with a larger `max_pixels`.", shape[0], shape[1], shape[2],
+                    pixels),
+        ], tensor
+
+    def samples(self, num_samples, shape, what="`num_samples` is {}"):
+        """Checks of `num_samples` (m) per image for `shape = (b, h, w, ...)`: at most
+        `max_samples`, and b * m * h * w at most `max_sample_pixels`. `what` names m."""
+        num_samples = tf.cast(num_samples, tf.int64)
+        sample_pixels = num_samples * tf.reduce_prod(tf.cast(shape[:3], tf.int64))
+        return [
+            _assert(num_samples <= self.max_samples,
+                    f"{what}, above max_samples = {self.max_samples} (recorded in this export): "
+                    "ask in several requests, or export with a larger `max_samples`.",
+                    num_samples),
+            _assert(sample_pixels <= self.max_sample_pixels,
+                    f"The request asks for {{}} x {{}} x {{}} x {{}} = {{}} sample pixels, above "
+                    f"max_sample_pixels = {self.max_sample_pixels} (recorded in this export): "
+                    "ask for fewer samples or images per request, or export with a larger "
+                    "`max_sample_pixels`.", shape[0], num_samples, shape[1], shape[2],
+                    sample_pixels),
+        ]
+
+    def same_batch(self, named):
+        """All `(name, tensor)` pairs have the first one's batch size."""
+        (first, reference), *others = named
+        return [_assert(tf.equal(tf.shape(reference)[0], tf.shape(tensor)[0]),
+                        f"`{first}` and `{name}` must have the same batch size; received {{}} "
+                        f"and {{}}.", tf.shape(reference)[0], tf.shape(tensor)[0])
+                for name, tensor in others]
+
+    def images(self, images):
+        checks, images = self.image_like(images, "images", self.channels)
+        # `model.features` then checks that h and w are divisible and the values finite.
+        return _checked([images], checks)[0]
+
+    def num_samples(self, num_samples, shape):
+        return [_assert(num_samples >= 1, "`num_samples` must be >= 1; received {}.",
+                        num_samples)] + self.samples(num_samples, shape)
+
+    def prior(self, prior_loc, prior_scale, num_samples, shape):
+        checks = [_finite(prior_loc, "prior_loc"), _finite(prior_scale, "prior_scale")]
+        checks += self.num_samples(num_samples, shape)
+        prior_loc, prior_scale = _checked([prior_loc, prior_scale], checks)
+        # After the finiteness check: NaN is not > 0 either, and that message says less.
+        scale_positive = _assert(tf.reduce_all(prior_scale > 0), "`prior_scale` must be > 0.")
+        return prior_loc, _checked([prior_scale], [scale_positive])[0]
+
+    def features(self, features, **others):
+        checks, features = self.image_like(features, "features", self.features_channels)
+        checks += [_finite(features, "features")]
+        checks += self.same_batch([("features", features), *others.items()])
+        return _checked([features, *others.values()], checks)
+
+
+def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
+                      max_sample_pixels=MAX_SAMPLE_PIXELS):
+    """The four signature functions of `model`, as `tf.function`s with named input signatures.
+
+    Args:
+        model: a built `ProbabilisticUNet`.
+        max_samples, max_pixels, max_sample_pixels: the request limits the signatures enforce
+            (see `export_for_serving`).
+
+    Returns:
+        dict name -> `tf.function`, in the order of `SIGNATURES`.
+    """
+    if not model.built or model.image_channels is None:
+        raise ValueError("Build the model before exporting it (call it on images, or "
+                         "`model.build((None, h, w, c))`), so its channel count is known.")
+    checks = _Checks(model, _check_limit("max_samples", max_samples),
+                     _check_limit("max_pixels", max_pixels),
+                     _check_limit("max_sample_pixels", max_sample_pixels))
+    channels, n, f = model.image_channels, model.latent_dim, model.num_channels[0]
+    images_spec = tf.TensorSpec([None, None, None, channels], tf.float32, name="images")
+    num_samples_spec = tf.TensorSpec([], tf.int32, name="num_samples")
+    seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
+    features_spec = tf.TensorSpec([None, None, None, f], tf.float32, name="features")
+    loc_spec = tf.TensorSpec([None, n], tf.float32, name="prior_loc")
+    scale_spec = tf.TensorSpec([None, n], tf.float32, name="prior_scale")
+    z_spec = tf.TensorSpec([None, None, n], tf.float32, name="z")
+
+    @tf.function(input_signature=[features_spec, loc_spec, scale_spec, num_samples_spec,
+                                  seed_spec])
+    def sample(features, prior_loc, prior_scale, num_samples, seed):
+        features, prior_loc, prior_scale = checks.features(
+            features, prior_loc=checks.rank(prior_loc, 2, "prior_loc", f"(b, {n})"),
+            prior_scale=checks.rank(prior_scale, 2, "prior_scale", f"(b, {n})"))
+        prior_loc, prior_scale = checks.prior(prior_loc, prior_scale, num_samples,
+                                              tf.shape(features))
+        z = model.prior_latents(prior_loc, prior_scale, num_samples, seed)
+        return {**_outputs(model.decode(features, z)), "z": z}
+
+    @tf.function(input_signature=[images_spec])
+    def features(images):
+        features, prior = model.features(checks.images(images))
+        # float32 on the wire under mixed precision too: `sample` and `decode` take float32.
+        return {"features": tf.cast(features, tf.float32), "prior_loc": prior.loc,
+                "prior_scale": prior.stddev()}
+
+    @tf.function(input_signature=[images_spec, num_samples_spec, seed_spec])
+    def serving_default(images, num_samples, seed):
+        images = checks.images(images)
+        [images] = _checked([images], checks.num_samples(num_samples, tf.shape(images)))
+        features, prior = model.features(images)
+        z = model.prior_latents(prior.loc, prior.stddev(), num_samples, seed)
+        return _outputs(model.decode(features, z))
+
+    @tf.function(input_signature=[features_spec, z_spec])
+    def decode(features, z):
+        features, z = checks.features(features, z=checks.rank(z, 3, "z", f"(b, m, {n})"))
+        [z] = _checked([z], [_finite(z, "z")] + checks.samples(
+            tf.shape(z)[1], tf.shape(features), "`z` holds {} samples per image"))
+        return _outputs(model.decode(features, z))
+
+    return {"serving_default": serving_default, "features": features, "sample": sample,
+            "decode": decode}
+
+
+def next_version(model_dir):
+    """1 + the highest integer version folder in `model_dir` (1 if there is none)."""
+    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()] \
+        if os.path.isdir(model_dir) else []
+    return max(versions, default=0) + 1
+
+
+def export_for_serving(model, base_dir, name, version=None, config_base_path="/models",
+                       max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
+                       max_sample_pixels=MAX_SAMPLE_PIXELS):
+    """Write `model` as version `version` of `name` under `base_dir`, as TF Serving expects.
+
+    Args:
+        model: a built `ProbabilisticUNet`, or the path of a saved `.keras` model.
+        base_dir: the model base folder (e.g. `saved_models/`), holding `<name>/<version>/`.
+        name: the model's serving name (letters, digits, `-`, `_`, `.`).
+        version: integer version; default the next free one.
+        config_base_path: where `base_dir` is mounted in the serving container, for the
+            `models.config` written beside the models (default `/models`, as in the
+            `tensorflow/serving` image).
+        max_samples: the most samples per image one request may ask for (`num_samples`, or
+            the samples of `z` in `decode`); default 1000.
+        max_pixels: the most image pixels one request may send, b * h * w of `images` or
+            `features`; default 2**20 (one 1024 x 1024 image, 64 of 128 x 128; about 1 GB of
+            activations on the LIDC configuration).
+        max_sample_pixels: the most sampled pixels one request may ask for, b * m * h * w;
+            default 2**24 (1000 samples of one 128 x 128 image).
+
+    The signatures refuse requests beyond these limits with INVALID_ARGUMENT before any
+    memory is spent: TF Serving itself bounds neither the sample count nor the image size.
+    They are recorded in the version's `assets.extra/tfprobunet_config.json` (`"limits"`).
+
+    Returns:
+        The version folder's path, `<base_dir>/<name>/<version>`.
+    """
+    if isinstance(model, str):
+        model = keras.models.load_model(model)
+    missing = [m for m in ("features", "decode", "prior_latents")
+               if not callable(getattr(model, m, None))]
+    if not isinstance(model, keras.Model) or missing:
+        raise TypeError("Expected a ProbabilisticUNet (a keras.Model with `features`, `decode` "
+                        f"and `prior_latents`), received {type(model).__name__}.")
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError("`name` must be a non-empty string of letters, digits, '-', '_' or '.'. "
+                         f"Received: {name!r}")
+    limits = {"max_samples": max_samples, "max_pixels": max_pixels,
+              "max_sample_pixels": max_sample_pixels}
+    functions = serving_functions(model, **limits)  # checks the model is built, and the limits
+    model_dir = os.path.join(base_dir, name)
+    os.makedirs(model_dir, exist_ok=True)
+    clean_stale_exports(base_dir, name)
+    if version is None:
+        version = next_version(model_dir)
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"`version` must be an integer >= 1. Received: {version!r}")
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"Version {version} of {name!r} already exists at {final}; TF "
+                              "Serving versions are immutable. Pass another version or None.")
+
+    # TF Serving ignores folders whose names are not integers: write there, then rename.
+    tmp = os.path.join(model_dir, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex}")
+    with _writing(tmp):
+        _write_version(model, functions, limits, tmp, final)
+    write_models_config(base_dir, name, config_base_path)
+    return final
+
+
+def _write_version(model, functions, limits, tmp, final):
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for signature, fn in functions.items():
+            archive.add_endpoint(signature, fn)
+        archive.write_out(tmp, verbose=False)
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with open(os.path.join(tmp, CONFIG_ASSET), "w") as f:
+            json.dump({"class_name": type(model).__name__, "config": model.get_config(),
+                       "image_channels": model.image_channels, "limits": limits}, f, indent=2)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path, blocking=True):
+    """Hold an exclusive lock on the file `path` (created if missing) within the block; other
+    processes and threads wait for it (or, not `blocking`, the block gets False at once)."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _writing(tmp):
+    """Mark the temporary folder `tmp` as being written while the block runs: its lock file
+    (`tmp` + `.lock`, created first) is held, and released by the system if the writer dies."""
+    lock = tmp + LOCK_SUFFIX
+    with _locked(lock):
+        try:
+            yield
+        finally:
+            os.remove(lock)
+
+
+def clean_stale_exports(base_dir, name):
+    """Remove the temporary folders (and lock files) that killed exports of `name` left in
+    `<base_dir>/<name>/`: those whose lock no process holds. A folder being written by a live
+    export, in this process or another, is kept.
+
+    Returns:
+        The removed folders' paths.
+    """
+    model_dir = os.path.join(base_dir, name)
+    entries = os.listdir(model_dir) if os.path.isdir(model_dir) else []
+    # Each export's folder and its lock file; either may be left alone by a kill (the lock
+    # file alone when killed between the rename into place and the unlock).
+    stems = {entry[:-len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else entry
+             for entry in entries if entry.startswith(TMP_PREFIX)}
+    removed = []
+    for stem in sorted(stems):
+        path = os.path.join(model_dir, stem)
+        with _locked(path + LOCK_SUFFIX, blocking=False) as stale:
+            if stale:
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+                os.remove(path + LOCK_SUFFIX)
+    return removed
+
+
+def write_models_config(base_dir, name, config_base_path="/models"):
+    """Add (or keep) `name` in `<base_dir>/models.config`, TF Serving's `ModelServerConfig` in
+    text format; other models listed there are kept. Written atomically, under a lock on
+    `models.config.lock` (concurrent calls, from threads or processes, all land)."""
+    try:
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+    except ImportError as e:
+        raise ImportError("Writing models.config needs tensorflow-serving-api: "
+                          "pip install 'tfprobunet[serving]'") from e
+    path = os.path.join(base_dir, MODELS_CONFIG)
+    os.makedirs(base_dir, exist_ok=True)
+    with _locked(path + LOCK_SUFFIX):  # read, modify and replace: one writer at a time
+        config = model_server_config_pb2.ModelServerConfig()
+        if os.path.exists(path):
+            with open(path) as f:
+                text_format.Parse(f.read(), config)
+        entries = config.model_config_list.config
+        if not any(entry.name == name for entry in entries):
+            entry = entries.add()
+            entry.name = name
+            entry.base_path = f"{config_base_path.rstrip('/')}/{name}"
+            entry.model_platform = "tensorflow"
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "w") as f:
+            f.write(text_format.MessageToString(config))
+        os.replace(tmp, path)
+    return path

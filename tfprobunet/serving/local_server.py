@@ -1,0 +1,680 @@
+"""A local stand-in for TensorFlow Serving's `tensorflow_model_server`, for tests and development.
+
+TF Serving is the production server (README); this one answers the same APIs on loopback so that
+the clients, the exported signatures and the demo can be tested where the TF Serving binary
+cannot be installed:
+
+- `Servable` runs a signature the way TF Serving does: the version's SavedModel loaded into a
+  TF1 session (`tf.compat.v1.saved_model.loader.load`, tag `serve`), fed and fetched by the
+  tensor names of its SignatureDef, never through the Python objects.
+- `ModelServer` serves the latest version of every model under `<base_path>/<name>/<version>/`
+  over gRPC (`PredictionService.Predict`, `GetModelMetadata`; `ModelService.GetModelStatus`) and
+  REST (`GET /v1/models/NAME[/versions/N][/metadata]`, `POST /v1/models/NAME[/versions/N]:predict`
+  in the columnar `inputs` format), and picks up new versions by polling.
+
+It cannot be knocked over by one request: request limits (`max_samples`, `max_pixels`,
+`max_sample_pixels`, `max_message_bytes`) are checked before anything runs; a version that fails
+to load is logged and skipped while the previous one keeps serving; every malformed REST body
+gets a JSON 4xx; clients that stop sending are dropped after `request_timeout` seconds.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import tensorflow as tf
+
+from tfprobunet.serving.client import (INIT_OP_SIGNATURE, MAX_MESSAGE_BYTES, ServingError,
+                                       grpc_options, require_serving_extra, status_error)
+from tfprobunet.serving.export import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+
+try:  # the `serving` extra
+    import grpc
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                         model_service_pb2_grpc, predict_pb2,
+                                         prediction_service_pb2_grpc)
+except ImportError:
+    grpc = None
+
+logger = logging.getLogger("tfprobunet.serving")
+
+# HTTP statuses of the REST API for the gRPC status names (TF Serving's mapping).
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
+               "DEADLINE_EXCEEDED": 408, "RESOURCE_EXHAUSTED": 413}
+# Bytes per output value in a response: 4 in a TensorProto, up to about 20 as JSON text.
+GRPC_BYTES_PER_VALUE, JSON_BYTES_PER_VALUE = 4, 20
+
+
+def _status_name(code):
+    names = {tf.errors.INVALID_ARGUMENT: "INVALID_ARGUMENT", tf.errors.NOT_FOUND: "NOT_FOUND",
+             tf.errors.RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
+             tf.errors.FAILED_PRECONDITION: "FAILED_PRECONDITION",
+             tf.errors.OUT_OF_RANGE: "OUT_OF_RANGE"}
+    return names.get(code, "INTERNAL")
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask of the server; beyond it, the request is refused before it runs.
+
+    Attributes:
+        max_samples: samples per image (`num_samples`, or the samples of `z`).
+        max_pixels: image pixels per request, b * h * w of `images` or `features`.
+        max_sample_pixels: sampled pixels per request, b * m * h * w.
+        max_message_bytes: the largest request or response (gRPC message, REST body).
+    """
+
+    max_samples: int = MAX_SAMPLES
+    max_pixels: int = MAX_PIXELS
+    max_sample_pixels: int = MAX_SAMPLE_PIXELS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{field.name}` must be an integer >= 1. Received: {value!r}")
+
+    def check(self, signature, inputs, output_names, bytes_per_value):
+        """Raise INVALID_ARGUMENT for a request beyond the sample and pixel limits, and
+        RESOURCE_EXHAUSTED for one whose response would exceed `max_message_bytes`.
+
+        Args:
+            signature: the `SignatureDef` the request runs.
+            inputs: name -> ndarray, already checked against the signature's dtypes and shapes.
+            output_names: the outputs the response carries.
+            bytes_per_value: the response's size per output value.
+        """
+        key = "images" if "images" in inputs else "features"
+        if key not in inputs:
+            return
+        b, h, w = inputs[key].shape[:3]
+        if b * h * w > self.max_pixels:
+            raise status_error("INVALID_ARGUMENT", (
+                f"`{key}` holds {b} x {h} x {w} = {b * h * w} pixels, above max_pixels = "
+                f"{self.max_pixels} (a limit of this server): send fewer or smaller images per "
+                "request (`tfprobunet serve --max-pixels` raises it)."))
+        m = None
+        if "num_samples" in inputs:
+            m, what = max(int(inputs["num_samples"]), 0), "`num_samples` is"
+        elif "z" in inputs:
+            m, what = inputs["z"].shape[1], "`z` holds samples per image:"
+        if m is not None and m > self.max_samples:
+            raise status_error("INVALID_ARGUMENT", (
+                f"{what} {m}, above max_samples = {self.max_samples} (a limit of this server): "
+                "ask in several requests (`tfprobunet serve --max-samples` raises it)."))
+        if m is not None and b * m * h * w > self.max_sample_pixels:
+            raise status_error("INVALID_ARGUMENT", (
+                f"The request asks for {b} x {m} x {h} x {w} = {b * m * h * w} sample pixels, "
+                f"above max_sample_pixels = {self.max_sample_pixels} (a limit of this server): "
+                "ask for fewer samples or images per request (`tfprobunet serve "
+                "--max-sample-pixels` raises it)."))
+        # Unknown output dimensions are, in order, b, m (when sampling), h and w.
+        sizes = [b, m, h, w] if m is not None else [b, h, w]
+        values = sum(math.prod(sizes[i] if d == -1 and i < len(sizes) else max(d, 1)
+                               for i, d in enumerate(_dims(signature.outputs[name])))
+                     for name in output_names)
+        if values * bytes_per_value > self.max_message_bytes:
+            raise status_error("RESOURCE_EXHAUSTED", (
+                f"The response would take about {values * bytes_per_value / 2**20:.0f} MiB, "
+                f"above max_message_bytes = {self.max_message_bytes} "
+                f"({self.max_message_bytes / 2**20:.0f} MiB, a limit of this server): ask for "
+                "fewer samples or images per request, or for masks alone (gRPC "
+                "`output_filter=['masks']`)."))
+
+
+def _dims(tensor_info):
+    return [d.size for d in tensor_info.tensor_shape.dim]
+
+
+class Servable:
+    """One version of a model: a TF1 session on its SavedModel, run by SignatureDef tensor names.
+
+    Args:
+        name: the model's name. version: its integer version.
+        path: the version folder (`<base_path>/<name>/<version>`).
+
+    Raises whatever the loader raises for a folder that is not a complete SavedModel.
+    """
+
+    def __init__(self, name, version, path):
+        self.name, self.version, self.path = name, version, path
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        tf_logger = tf.get_logger()
+        level = tf_logger.level
+        tf_logger.setLevel("ERROR")  # the TF1 loader's deprecation notice: we mean to use it
+        try:
+            with self.graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+        except BaseException:
+            self.session.close()
+            raise
+        finally:
+            tf_logger.setLevel(level)
+        self.signatures = {k: v for k, v in meta_graph.signature_def.items()
+                           if k != INIT_OP_SIGNATURE}
+
+    def run(self, signature_name, inputs, output_filter=(), limits=None,
+            bytes_per_value=GRPC_BYTES_PER_VALUE):
+        """Feed `inputs` (name -> ndarray) to the signature's tensors.
+
+        Args:
+            signature_name: e.g. `"serving_default"`.
+            inputs: name -> ndarray.
+            output_filter: the outputs to fetch; empty: all.
+            limits: a `RequestLimits` checked before running, or None.
+            bytes_per_value: the response's size per value, for `limits.max_message_bytes`.
+
+        Returns:
+            name -> ndarray. Raises `ServingError` with TF Serving's status codes.
+        """
+        if signature_name not in self.signatures:
+            raise status_error("FAILED_PRECONDITION", (
+                f"Serving signature key \"{signature_name}\" not found. Signatures: "
+                f"{sorted(self.signatures)}."))
+        signature = self.signatures[signature_name]
+        expected, sent = set(signature.inputs), set(inputs)
+        if expected != sent:
+            raise status_error("INVALID_ARGUMENT", (
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(sorted(sent - expected))}}}. Missing but required: "
+                f"{{{','.join(sorted(expected - sent))}}}."))
+        for alias in output_filter:
+            if alias not in signature.outputs:
+                raise status_error("INVALID_ARGUMENT", (
+                    f"output tensor alias not found in signature: {alias} Outputs expected to "
+                    f"be in the set {{{','.join(sorted(signature.outputs))}}}."))
+        feed = {}
+        for key, value in inputs.items():
+            info = signature.inputs[key]
+            dtype = tf.dtypes.as_dtype(info.dtype)
+            if value.dtype != dtype.as_numpy_dtype:
+                raise status_error("INVALID_ARGUMENT", (
+                    f"Expects input `{key}` to be {dtype.name} but "
+                    f"{tf.dtypes.as_dtype(value.dtype).name} is provided."))
+            dims = _dims(info)
+            if not info.tensor_shape.unknown_rank and (
+                    len(dims) != value.ndim or any(d not in (-1, v)
+                                                   for d, v in zip(dims, value.shape))):
+                raise status_error("INVALID_ARGUMENT", (
+                    f"Input `{key}` has shape {list(value.shape)}, which is not compatible with "
+                    f"the signature's {dims} (-1: any size)."))
+            feed[info.name] = value
+        names = list(output_filter) or sorted(signature.outputs)
+        if limits is not None:
+            limits.check(signature, inputs, names, bytes_per_value)
+        try:
+            fetched = self.session.run([signature.outputs[k].name for k in names], feed)
+        except tf.errors.OpError as e:
+            message = e.message.replace("Graph execution error:", "").strip()
+            raise status_error(_status_name(e.error_code), message) from None
+        return dict(zip(names, fetched))
+
+    def close(self):
+        self.session.close()
+
+
+def _fingerprint(path):
+    """Every file under `path` with its size and modification time: a folder that changes (a copy
+    that completes, a fix) gets another fingerprint."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for file in files:
+            full = os.path.join(root, file)
+            try:
+                stat = os.stat(full)
+            except OSError:  # removed while we walk
+                continue
+            entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+class _Registry:
+    """The latest loadable version of every model under `base_path` (TF Serving's default
+    version policy). A version folder counts once it holds `saved_model.pb`; one that fails to
+    load is logged, skipped (an older version keeps serving) and tried again only when its
+    folder changes."""
+
+    def __init__(self, base_path):
+        self.base_path = base_path
+        self._servables = {}  # name -> the Servable of its latest version
+        self._failed = {}  # path -> (fingerprint, error) of versions that failed to load
+        self._lock = threading.Lock()  # guards _servables; held only briefly
+        self._reload_lock = threading.Lock()  # one scan at a time
+
+    def _versions_on_disk(self, name):
+        folder = os.path.join(self.base_path, name)
+        try:
+            entries = os.listdir(folder) if os.path.isdir(folder) else []
+        except OSError:
+            return []
+        return sorted((int(v) for v in entries if v.isdigit() and os.path.exists(
+            os.path.join(folder, v, "saved_model.pb"))), reverse=True)
+
+    def reload(self):
+        """Load what changed on disk. Never raises: a model whose scan fails is logged and left
+        as it was, the others are scanned."""
+        with self._reload_lock:
+            try:
+                names = sorted(os.listdir(self.base_path))
+            except OSError as e:
+                logger.warning("Cannot list the model base path %s: %s", self.base_path, e)
+                return
+            for name in names:
+                try:
+                    self._reload_model(name)
+                except Exception:  # noqa: BLE001 (one model's trouble must not stop the others)
+                    logger.exception("Scanning model %r under %s failed", name, self.base_path)
+
+    def _reload_model(self, name):
+        with self._lock:
+            served = self._servables.get(name)
+        for version in self._versions_on_disk(name):  # newest first
+            if served is not None and version <= served.version:
+                return
+            path = os.path.join(self.base_path, name, str(version))
+            fingerprint = _fingerprint(path)
+            if self._failed.get(path, (None,))[0] == fingerprint:
+                continue  # failed before, unchanged since
+            try:
+                # Loading takes a while: requests keep being served by the older version.
+                servable = Servable(name, version, path)
+            except Exception as e:  # noqa: BLE001 (any loader failure: log, skip, go on)
+                self._failed[path] = (fingerprint, f"{type(e).__name__}: {e}")
+                still = (f"version {served.version} keeps serving" if served is not None
+                         else "no version of it is served")
+                logger.warning("Could not load %s (version %d of model %r): %s. Skipped, %s; it "
+                               "is tried again when its folder changes.", path, version, name,
+                               self._failed[path][1], still)
+                continue
+            self._failed.pop(path, None)
+            with self._lock:
+                # The older version stops being served; requests running on it finish.
+                self._servables[name] = servable
+            return
+
+    def versions(self, name):
+        with self._lock:
+            servable = self._servables.get(name)
+        return [servable.version] if servable is not None else []
+
+    def get(self, name, version=None):
+        """The servable, the latest version by default (TF Serving's default policy); NOT_FOUND
+        for unknown models and versions."""
+        servable = self._find(name, version)
+        if servable is None:
+            self.reload()  # exported since the last scan
+            servable = self._find(name, version)
+        if servable is None:
+            request = f"Specific({name}, {version})" if version else f"Latest({name})"
+            failed = [f" {path} failed to load ({error}); it is tried again when it changes."
+                      for path, (_, error) in sorted(list(self._failed.items()))
+                      if os.path.dirname(path) == os.path.join(self.base_path, name)]
+            raise status_error("NOT_FOUND",
+                               f"Servable not found for request: {request}" + "".join(failed))
+        return servable
+
+    def _find(self, name, version):
+        with self._lock:
+            servable = self._servables.get(name)
+        if servable is None or (version and servable.version != version):
+            return None
+        return servable
+
+    def close(self):
+        with self._lock:
+            for servable in self._servables.values():
+                servable.close()
+            self._servables.clear()
+
+
+# ---------------------------------------------------------------------- gRPC
+def _parse_tensor(key, proto, max_values):
+    """A request's TensorProto as an ndarray, refusing shapes beyond `max_values` values before
+    allocating them (a few bytes can claim a huge shape)."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims) or math.prod(dims) > max_values:
+        raise status_error("INVALID_ARGUMENT", (
+            f"Input `{key}` claims shape {dims}, beyond the {max_values} values a request of "
+            "max_message_bytes can carry."))
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # noqa: BLE001 (a malformed TensorProto)
+        raise status_error("INVALID_ARGUMENT", f"tensor parsing error: {e}") from None
+
+
+def _answer(context, method, request):
+    """`method(request)`, or the request aborted with its status: TF Serving's for a
+    `ServingError`, INTERNAL (logged) for anything else, never UNKNOWN."""
+    try:
+        return method(request)
+    except ServingError as e:
+        error = e
+    except Exception as e:  # noqa: BLE001 (answered, and logged for the operator)
+        logger.exception("Internal error answering a request")
+        error = status_error("INTERNAL", f"{type(e).__name__}: {e}")
+    context.abort(getattr(grpc.StatusCode, error.code), error.message)
+
+
+def _spec(request):
+    return request.model_spec.name, request.model_spec.version.value or None
+
+
+_PredictionBase = prediction_service_pb2_grpc.PredictionServiceServicer if grpc else object
+_ModelBase = model_service_pb2_grpc.ModelServiceServicer if grpc else object
+
+
+class PredictionServicer(_PredictionBase):
+    """`PredictionService`: `Predict` and `GetModelMetadata` on a registry's servables."""
+
+    def __init__(self, registry, limits):
+        self.registry, self.limits = registry, limits
+
+    def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
+        return _answer(context, self._predict, request)
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return _answer(context, self._metadata, request)
+
+    def _predict(self, request):
+        servable = self.registry.get(*_spec(request))
+        signature = request.model_spec.signature_name or "serving_default"
+        max_values = self.limits.max_message_bytes // 4
+        inputs = {k: _parse_tensor(k, v, max_values) for k, v in request.inputs.items()}
+        outputs = servable.run(signature, inputs, list(request.output_filter), self.limits)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = signature
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def _metadata(self, request):
+        if list(request.metadata_field) != ["signature_def"]:
+            raise status_error("INVALID_ARGUMENT",
+                               "Metadata field(s) other than signature_def are not supported.")
+        servable = self.registry.get(*_spec(request))
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in servable.signatures.items():
+            signatures.signature_def[key].CopyFrom(value)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+
+class ModelServicer(_ModelBase):
+    """`ModelService.GetModelStatus`: the served versions, AVAILABLE."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def GetModelStatus(self, request, context):  # noqa: N802 (gRPC's naming)
+        return _answer(context, self._status, request)
+
+    def _status(self, request):
+        servable = self.registry.get(*_spec(request))
+        response = get_model_status_pb2.GetModelStatusResponse()
+        status = response.model_version_status.add()
+        status.version = servable.version
+        status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        return response
+
+
+# ---------------------------------------------------------------------- REST
+_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
+                        r"(?P<rest>/metadata|:predict)?$")
+_REST_KEYS = {"signature_name", "inputs", "instances"}
+
+
+def _rest_tensor(key, value, dtype):
+    """A JSON value as an ndarray of `dtype`: rectangular, numbers, integers for integer
+    inputs, within the dtype's range."""
+    try:
+        array = np.asarray(value)
+    except ValueError as e:  # ragged nesting
+        raise status_error("INVALID_ARGUMENT",
+                           f"Input `{key}` is not a rectangular array: {e}") from None
+    integer = np.issubdtype(dtype, np.integer)
+    kinds = "iu" if integer else "iuf"
+    if array.dtype.kind not in kinds:
+        wanted = "integers" if integer else "numbers"
+        raise status_error("INVALID_ARGUMENT", (
+            f"Input `{key}` must hold {wanted} ({np.dtype(dtype).name}); received "
+            f"{json.dumps(value)[:80]}."))
+    if integer and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise status_error("INVALID_ARGUMENT", (
+                f"Input `{key}` is out of the {np.dtype(dtype).name} range [{info.min}, "
+                f"{info.max}]; received {json.dumps(value)[:80]}."))
+    return array.astype(dtype)
+
+
+def _rest_predict_request(servable, body):
+    """The signature name and inputs of a REST predict body, or INVALID_ARGUMENT saying what
+    is wrong with it."""
+    if not isinstance(body, dict):
+        raise status_error("INVALID_ARGUMENT", (
+            "The request body must be a JSON object, {\"signature_name\": ..., \"inputs\": "
+            f"{{name: value}}}}; received a {type(body).__name__}."))
+    unknown = sorted(set(body) - _REST_KEYS)
+    if "output_filter" in unknown:
+        raise status_error("INVALID_ARGUMENT", (
+            "`output_filter` is not part of TF Serving's REST API, which returns every output; "
+            "over gRPC, `PredictRequest.output_filter` selects them."))
+    if unknown:
+        raise status_error("INVALID_ARGUMENT", f"Unknown key(s) {unknown}: the body takes "
+                                               "`signature_name` and `inputs`.")
+    if "inputs" not in body:
+        raise status_error("INVALID_ARGUMENT", (
+            "Missing 'inputs' key: these signatures take scalar inputs (num_samples), so use "
+            "the columnar format {\"signature_name\": ..., \"inputs\": {name: value}}."))
+    signature_name = body.get("signature_name", "serving_default")
+    if not isinstance(signature_name, str):
+        raise status_error("INVALID_ARGUMENT", "`signature_name` must be a string; received "
+                                               f"a {type(signature_name).__name__}.")
+    if not isinstance(body["inputs"], dict):
+        raise status_error("INVALID_ARGUMENT", (
+            "`inputs` must be an object {name: value} (the columnar format); received a "
+            f"{type(body['inputs']).__name__}."))
+    signature = servable.signatures.get(signature_name)
+    if signature is None:
+        servable.run(signature_name, {})  # raises the unknown-signature error
+    inputs = {}
+    for key, value in body["inputs"].items():
+        info = signature.inputs.get(key)
+        dtype = tf.dtypes.as_dtype(info.dtype).as_numpy_dtype if info else np.float32
+        inputs[key] = _rest_tensor(key, value, dtype)
+    return signature_name, inputs
+
+
+class _RestHandler(BaseHTTPRequestHandler):
+    """TF Serving's REST endpoints; every request gets a JSON answer."""
+
+    def setup(self):
+        self.timeout = self.server.request_timeout  # socket timeout: stalled clients go
+        super().setup()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self._handle("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._handle("POST")
+
+    def _handle(self, method):
+        try:
+            status, body = 200, self._route(method)
+        except ServingError as e:
+            status, body = HTTP_STATUS.get(e.code, 500), {"error": e.message}
+        except TimeoutError:
+            status, body = 408, {"error": (
+                f"The request did not arrive within the server's request_timeout of "
+                f"{self.server.request_timeout} s.")}
+        except Exception as e:  # noqa: BLE001 (answered, and logged for the operator)
+            logger.exception("Internal error answering a REST request")
+            status, body = 500, {"error": f"Internal error: {type(e).__name__}: {e}"}
+        if status != 200:
+            self.close_connection = True  # the body may be unread
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client is gone
+            self.close_connection = True
+
+    def _route(self, method):
+        match = _REST_PATH.match(self.path)
+        if not match or (method == "POST") != (match["rest"] == ":predict"):
+            raise status_error("NOT_FOUND", f"Malformed request: {method} {self.path}")
+        version = int(match["version"]) if match["version"] else None
+        if method == "POST":
+            body = self._read_json()
+            servable = self.server.registry.get(match["name"], version)
+            signature_name, inputs = _rest_predict_request(servable, body)
+            outputs = servable.run(signature_name, inputs, limits=self.server.limits,
+                                   bytes_per_value=JSON_BYTES_PER_VALUE)
+            return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+        servable = self.server.registry.get(match["name"], version)
+        if match["rest"] == "/metadata":
+            return {"model_spec": {"name": servable.name, "version": str(servable.version)},
+                    "metadata": {"signature_def": {"signature_def": {
+                        k: json_format.MessageToDict(v)
+                        for k, v in servable.signatures.items()}}}}
+        return {"model_version_status": [
+            {"version": str(servable.version), "state": "AVAILABLE",
+             "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def _read_json(self):
+        limit = self.server.limits.max_message_bytes
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            raise status_error("INVALID_ARGUMENT", "A predict request needs a Content-Length "
+                                                   f"header with its size; received {length!r}.")
+        if int(length) > limit:
+            raise status_error("RESOURCE_EXHAUSTED", (
+                f"The body's Content-Length of {int(length)} bytes is above the server's "
+                f"max_message_bytes of {limit} (`tfprobunet serve --max-message-bytes`)."))
+        data = self.rfile.read(int(length))
+        if len(data) < int(length):
+            raise TimeoutError  # the client closed before sending it all
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise status_error("INVALID_ARGUMENT", f"JSON Parse error: {e}") from None
+
+
+class _RestServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, registry, limits, request_timeout):
+        self.registry, self.limits, self.request_timeout = registry, limits, request_timeout
+        super().__init__(address, _RestHandler)
+
+
+class ModelServer:
+    """A local TF Serving stand-in: gRPC on `port`, REST on `rest_port` (0: a free port; None:
+    no REST). The base path is scanned every `poll_seconds` for new versions, as TF Serving does.
+
+    Args:
+        base_path: the model base folder, holding `<name>/<version>/`.
+        port, rest_port, host: where to listen.
+        max_workers: gRPC threads (TF Serving: `--grpc_max_threads`).
+        poll_seconds: seconds between scans (TF Serving: `--file_system_poll_wait_seconds`);
+            0 scans only when a request names an unknown model.
+        max_samples, max_pixels, max_sample_pixels: per-request limits (`RequestLimits`), on
+            top of those each export records; the defaults are the export's.
+        max_message_bytes: the largest gRPC message and REST body, both ways (default 256 MiB;
+            TF Serving: `--grpc_channel_arguments=grpc.max_receive_message_length=...`).
+        request_timeout: seconds a REST client may take to send its request (TF Serving:
+            `--rest_api_timeout_in_ms`).
+
+    Example:
+
+    ```python
+    with ModelServer("saved_models", port=0, rest_port=0) as server:
+        client = GrpcClient(f"localhost:{server.port}", "probunet")
+        masks = client.predict(images, 16)["masks"]
+    ```
+    """
+
+    def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=8,
+                 poll_seconds=1.0, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
+                 max_sample_pixels=MAX_SAMPLE_PIXELS, max_message_bytes=MAX_MESSAGE_BYTES,
+                 request_timeout=30.0):
+        require_serving_extra()
+        if not os.path.isdir(base_path):
+            raise FileNotFoundError(f"No model base path {base_path!r}: export a model there "
+                                    "first (`tfprobunet export`).")
+        self.limits = RequestLimits(max_samples, max_pixels, max_sample_pixels,
+                                    max_message_bytes)
+        self.registry = _Registry(base_path)
+        self.registry.reload()
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                                 options=grpc_options(max_message_bytes))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.registry, self.limits), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry),
+                                                                  self._grpc)
+        self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+        self.host, self.poll_seconds = host, poll_seconds
+        self._stopped = threading.Event()
+        self._http = None
+        self.rest_port = None
+        if rest_port is not None:
+            self._http = _RestServer((host, rest_port), self.registry, self.limits,
+                                     request_timeout)
+            self.rest_port = self._http.server_address[1]
+
+    def _poll(self):
+        # Like TF Serving's --file_system_poll_wait_seconds: new versions are picked up. The
+        # loop never ends on an error: it is logged and the next scan runs.
+        while not self._stopped.wait(self.poll_seconds):
+            try:
+                self.registry.reload()
+            except Exception:  # noqa: BLE001
+                logger.exception("Scanning %s failed", self.registry.base_path)
+
+    def start(self):
+        self._grpc.start()
+        if self.poll_seconds:
+            threading.Thread(target=self._poll, daemon=True, name="model-poll").start()
+        if self._http is not None:
+            threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stopped.set()
+        self._grpc.stop(grace=None)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.registry.close()
+
+    def wait(self):
+        """Block until interrupted (for `tfprobunet serve`)."""
+        self._grpc.wait_for_termination()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
