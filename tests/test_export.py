@@ -252,7 +252,8 @@ def test_the_export_enforces_its_recorded_request_limits(exported, tmp_path):
         ("features", dict(images=served_images(batch=3)),
          "3 x 16 x 16 = 768 pixels, above max_pixels = 600 (recorded in this export)"),
         ("serving_default", dict(images=images, num_samples=np.int32(4), seed=seed),
-         "2 x 4 x 16 x 16 = 2048 sample pixels, above max_sample_pixels = 2000 (recorded in this export)"),
+         "2 x 4 x 16 x 16 = 2048 sample pixels, above max_sample_pixels = 2000 (recorded in "
+         "this export)"),
         ("decode", dict(features=features["features"][:1], z=np.zeros((1, 5, N), np.float32)),
          "`z` holds 5 samples per image, above max_samples = 4 (recorded in this export)"),
     ]

@@ -57,6 +57,33 @@ def test_missing_tf_keras_is_named_with_the_matching_version(tmp_path):
 
 
 @pytest.mark.compat
+def test_without_the_serving_extra_the_library_imports_and_serving_names_the_extra(tmp_path):
+    """grpcio and tensorflow-serving-api are the `serving` extra: without them the package
+    imports, and the clients and the local server say which extra to install."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow_serving':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n")
+    script = ("import tfprobunet\n"
+              "from tfprobunet import serving\n"
+              "for make in (lambda: serving.GrpcClient('localhost:1', 'm'),\n"
+              "             lambda: serving.ModelServer('.')):\n"
+              "    try:\n"
+              "        make()\n"
+              "    except ImportError as e:\n"
+              "        print(e)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("pip install 'tfprobunet[serving]'") == 2, result.stdout
+
+
+@pytest.mark.compat
 def test_the_readme_python_example_runs():
     """The README's "Python" example, as written but for its training length, in this
     environment (Colab's versions under `make test-compat`)."""

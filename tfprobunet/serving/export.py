@@ -106,8 +106,8 @@ class _Checks:
             _assert(pixels <= self.max_pixels,
                     f"`{name}` holds {{}} x {{}} x {{}} = {{}} pixels, above max_pixels = "
                     f"{self.max_pixels} (recorded in this export): send fewer or smaller images "
-                    "per request, or export with a larger `max_pixels`.", shape[0], shape[1], shape[2],
-                    pixels),
+                    "per request, or export with a larger `max_pixels`.",
+                    shape[0], shape[1], shape[2], pixels),
         ], tensor
 
     def samples(self, num_samples, shape, what="`num_samples` is {}"):
