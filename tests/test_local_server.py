@@ -14,12 +14,21 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfprobunet import export, serving
 from conftest import SERVED, raw_request, serve_process, served_images, served_model
 
 K, C, N, F = (SERVED[k] for k in "KCNF")
+
+
+def _claiming(value, shape):
+    """A TensorProto of one value that claims `shape` (parsing fills it out to the shape)."""
+    proto = tf.make_tensor_proto(value)
+    for size in shape:
+        proto.tensor_shape.dim.add().size = size
+    return proto
 
 
 def _peak_rss_mb(pid):
@@ -63,6 +72,28 @@ def test_huge_requests_are_refused_before_memory_is_spent(base):
                 stub.Predict(raw_request(signature, inputs), timeout=60)
             assert caught.value.code() == code, (signature, caught.value.details())
             assert limit in caught.value.details(), caught.value.details()
+        # A few hundred bytes claiming huge tensors (one value, filled out to the shape when
+        # parsed): refused from the shapes and dtypes alone, before anything is allocated.
+        bombs = [("features", {"images": _claiming(np.float32(1), [1, 8192, 8192, 1])},
+                  "max_pixels"),
+                 ("features", {"images": images,
+                               **{f"x{i}": _claiming(np.complex128(1), [2**26])
+                                  for i in range(3)}}, "Sent extra"),
+                 ("serving_default", {**good, "num_samples": _claiming(np.int32(1), [2**26])},
+                  "`num_samples` has shape")]
+        # Refused requests must not keep their inputs alive: the same 64 MB request, 6 times.
+        big = raw_request("features", {"images": np.zeros((1, 4096, 4096, C), np.float32)})
+        for signature, inputs, text in bombs + [(None, None, None)] * 6:
+            request = big
+            if text is not None:
+                request = raw_request(signature, {})
+                for key, proto in inputs.items():
+                    request.inputs[key].CopyFrom(proto if isinstance(proto, tensor_pb2.TensorProto)
+                                                 else tf.make_tensor_proto(proto))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Predict(request, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert text is None or text in caught.value.details(), caught.value.details()
         # Over REST too: the sample count, and a body over the size limit (413).
         connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
         body = json.dumps({"signature_name": "serving_default", "inputs": {
@@ -160,6 +191,27 @@ def test_a_broken_version_is_skipped_and_a_later_good_one_served(tmp_path, caplo
         _wait_for(lambda: running.registry.versions("bad") == [1])
 
 
+def test_version_folders_with_odd_names_do_not_stop_the_model(tmp_path):
+    """`²` passes `str.isdigit`, a 20-digit name overflows int64, `0007` is version 7 in its own
+    folder: none of them stops later versions from being served, or the gRPC API answering."""
+    base = str(tmp_path)
+    export.export_for_serving(served_model(1), base, "pun")
+    one = os.path.join(base, "pun", "1")
+    os.makedirs(os.path.join(base, "pun", "\u00b2"))
+    with open(os.path.join(base, "pun", "\u00b2", "saved_model.pb"), "w") as f:
+        f.write("x")
+    shutil.copytree(one, os.path.join(base, "pun", "9" * 20))
+    assert export.next_version(os.path.join(base, "pun")) == 2
+    with serving.ModelServer(base, port=0, rest_port=None, poll_seconds=0.1) as running, \
+            serving.GrpcClient(f"127.0.0.1:{running.port}", "pun") as client:
+        assert running.registry.versions("pun") == [1]
+        export.export_for_serving(served_model(2), base, "pun")
+        _wait_for(lambda: running.registry.versions("pun") == [2])
+        shutil.copytree(one, os.path.join(base, "pun", "0007"))
+        _wait_for(lambda: running.registry.versions("pun") == [7])
+        assert client.predict(served_images(), 2)["masks"].shape == (2, 2, 16, 16)
+
+
 REST_CASES = [
     # (name, raw body or JSON-able body, expected status, text in the error)
     ("num_samples 10**10", {"inputs": {"num_samples": 10**10}}, 400, "num_samples"),
@@ -203,9 +255,20 @@ def test_every_malformed_rest_body_gets_a_json_4xx(base):
             assert text in answer["error"], (name, answer)
         # A body announced beyond the limit is refused before it is read.
         got, answer = _post(running.rest_port, b"{}", {"Content-Length": str(10**15)})
-        assert got == 413 and "max_message_bytes" in answer["error"], answer
-        got, answer = _post(running.rest_port, b"{}", {"Content-Length": "lots"})
-        assert got == 400 and "Content-Length" in answer["error"], answer
+        assert got == 413 and "max_body_bytes" in answer["error"], answer
+        for length in ("lots", "\u00b2"):
+            got, answer = _post(running.rest_port, b"{}", {"Content-Length": length})
+            assert got == 400 and "Content-Length" in answer["error"], answer
+        # What http.server answers itself (a bad request line, other methods) is JSON too.
+        for raw in (b"GARBAGE\r\n\r\n", b"PUT /v1/models/pun HTTP/1.1\r\n\r\n",
+                    b"GET /v1/models/pun HTTP/9.9\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", running.rest_port), timeout=30) as s:
+                s.sendall(raw)
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert b"application/json" in head and "error" in json.loads(body), data
         # The server still answers a good request.
         got, answer = _post(running.rest_port, {"signature_name": "features", "inputs": {
             "images": served_images(batch=1).tolist()}})
@@ -219,7 +282,23 @@ def test_clients_that_stop_sending_are_dropped_after_the_read_timeout(base):
             s = socket.create_connection(("127.0.0.1", running.rest_port))
             s.sendall(b"POST /v1/models/pun:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{")
             stalled.append(s)
-        time.sleep(2.5)
+        # A client that sends a header line now and then, never finishing its request, is
+        # dropped too: the timeout is per request, not per read.
+        drip = socket.create_connection(("127.0.0.1", running.rest_port))
+        drip.sendall(b"POST /v1/models/pun:predict HTTP/1.1\r\n")
+        drip.settimeout(0.05)
+        start, closed = time.monotonic(), False
+        while not closed and time.monotonic() - start < 4.0:
+            time.sleep(0.3)
+            try:
+                drip.sendall(b"X-a: b\r\n")
+                closed = drip.recv(4096) == b""
+            except socket.timeout:
+                pass
+            except OSError:  # reset by the server
+                closed = True
+        drip.close()
+        assert closed, "a client dripping header lines held its connection for 4 s"
         for s in stalled:  # the server answered 408 and closed the connection
             s.settimeout(5)
             data = b""

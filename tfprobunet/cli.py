@@ -7,6 +7,7 @@ import sys
 
 from tfprobunet import _console
 from tfprobunet.serving.client import MAX_MESSAGE_BYTES
+from tfprobunet.serving.local_server import MAX_BODY_BYTES
 from tfprobunet.serving.export import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 from tfprobunet.training import PRESETS, SCHEDULES, STRATEGIES
 
@@ -218,7 +219,8 @@ def _serve(args):
     server = serving.ModelServer(
         args.model_base_path, port=args.port, rest_port=args.rest_port, host=args.host,
         poll_seconds=args.poll_seconds, max_message_bytes=args.max_message_bytes,
-        request_timeout=args.request_timeout, **_limits(args)).start()
+        max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
+        **_limits(args)).start()
     print(f"serving {args.model_base_path}: gRPC {args.host}:{server.port}, REST "
           f"http://{args.host}:{server.rest_port} (Ctrl-C stops)", flush=True)
     try:
@@ -355,7 +357,9 @@ def main(argv=None):
                        help="seconds between scans for new versions")
     _add_limit_arguments(serve, "on top of each export's own")
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
-                       help="the largest gRPC message or REST body, both ways")
+                       help="the largest gRPC message (both ways) and response")
+    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                       help="the largest REST request body")
     serve.add_argument("--request-timeout", type=float, default=30.0,
                        help="seconds a REST client may take to send its request")
     serve.set_defaults(run=_serve)

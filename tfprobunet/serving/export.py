@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 
@@ -68,7 +69,15 @@ def _finite(tensor, name):
                    f"`{name}` contain NaN or Inf values; send finite values.")
 
 
+_NOT_FINITE = ("The model's {} are not finite for these inputs: their values are too large "
+               "for it. Send images scaled as in training (e.g. float32 in [0, 1]) and the "
+               "`features`, `prior_loc`, `prior_scale` or `z` that the `features` and `sample` "
+               "signatures return.")
+
+
 def _outputs(logits):
+    [logits] = _checked([logits], [_assert(tf.reduce_all(tf.math.is_finite(logits)),
+                                           _NOT_FINITE.format("logits"))])
     return {"masks": tf.argmax(logits, axis=-1, output_type=tf.int32),
             "probabilities": tf.nn.softmax(logits, axis=-1)}
 
@@ -202,8 +211,12 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
     def features(images):
         features, prior = model.features(checks.images(images))
         # float32 on the wire under mixed precision too: `sample` and `decode` take float32.
-        return {"features": tf.cast(features, tf.float32), "prior_loc": prior.loc,
-                "prior_scale": prior.stddev()}
+        outputs = {"features": tf.cast(features, tf.float32), "prior_loc": prior.loc,
+                   "prior_scale": prior.stddev()}
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in outputs.values()])
+        values = _checked(list(outputs.values()), [_assert(finite, _NOT_FINITE.format(
+            "features or prior"))])
+        return dict(zip(outputs, values))
 
     @tf.function(input_signature=[images_spec, num_samples_spec, seed_spec])
     def serving_default(images, num_samples, seed):
@@ -216,19 +229,38 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
     @tf.function(input_signature=[features_spec, z_spec])
     def decode(features, z):
         features, z = checks.features(features, z=checks.rank(z, 3, "z", f"(b, m, {n})"))
-        [z] = _checked([z], [_finite(z, "z")] + checks.samples(
-            tf.shape(z)[1], tf.shape(features), "`z` holds {} samples per image"))
+        samples = tf.shape(z)[1]
+        [z] = _checked([z], [_finite(z, "z"), _assert(
+            samples >= 1, "`z` holds {} samples per image; send at least one, (b, m, N) with "
+                          "m >= 1.", samples)] + checks.samples(
+            samples, tf.shape(features), "`z` holds {} samples per image"))
         return _outputs(model.decode(features, z))
 
     return {"serving_default": serving_default, "features": features, "sample": sample,
             "decode": decode}
 
 
+_VERSION = re.compile(r"[0-9]+")
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+
+
+def version_folders(model_dir):
+    """`{version: folder name}` of the version folders in `model_dir`, as TF Serving reads them:
+    names of ASCII digits (`0007` is version 7) within int64; others are not versions."""
+    try:
+        names = os.listdir(model_dir)
+    except OSError:  # missing, or not a folder
+        return {}
+    versions = {}
+    for name in sorted(names):  # of `0007` and `7`, `7` (sorted last) wins
+        if _VERSION.fullmatch(name) and 0 < int(name) <= MAX_VERSION:
+            versions[int(name)] = name
+    return versions
+
+
 def next_version(model_dir):
     """1 + the highest integer version folder in `model_dir` (1 if there is none)."""
-    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit()] \
-        if os.path.isdir(model_dir) else []
-    return max(versions, default=0) + 1
+    return max(version_folders(model_dir), default=0) + 1
 
 
 def export_for_serving(model, base_dir, name, version=None, config_base_path="/models",

@@ -24,7 +24,9 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
+import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -33,7 +35,8 @@ import tensorflow as tf
 
 from tfprobunet.serving.client import (INIT_OP_SIGNATURE, MAX_MESSAGE_BYTES, ServingError,
                                        grpc_options, require_serving_extra, status_error)
-from tfprobunet.serving.export import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+from tfprobunet.serving.export import (MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES,
+                                       version_folders)
 
 try:  # the `serving` extra
     import grpc
@@ -51,6 +54,9 @@ HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND":
                "DEADLINE_EXCEEDED": 408, "RESOURCE_EXHAUSTED": 413}
 # Bytes per output value in a response: 4 in a TensorProto, up to about 20 as JSON text.
 GRPC_BYTES_PER_VALUE, JSON_BYTES_PER_VALUE = 4, 20
+# REST bodies are parsed into Python lists of floats, about 34 times their size in memory: their
+# limit is lower than gRPC messages' (32 MiB: 64 images of 128 x 128 x 3 as JSON).
+MAX_BODY_BYTES = 2**25
 
 
 def _status_name(code):
@@ -69,7 +75,7 @@ class RequestLimits:
         max_samples: samples per image (`num_samples`, or the samples of `z`).
         max_pixels: image pixels per request, b * h * w of `images` or `features`.
         max_sample_pixels: sampled pixels per request, b * m * h * w.
-        max_message_bytes: the largest request or response (gRPC message, REST body).
+        max_message_bytes: the largest gRPC message, and the largest response.
     """
 
     max_samples: int = MAX_SAMPLES
@@ -83,30 +89,31 @@ class RequestLimits:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{field.name}` must be an integer >= 1. Received: {value!r}")
 
-    def check(self, signature, inputs, output_names, bytes_per_value):
+    def check(self, signature, shapes, num_samples, output_names, bytes_per_value):
         """Raise INVALID_ARGUMENT for a request beyond the sample and pixel limits, and
         RESOURCE_EXHAUSTED for one whose response would exceed `max_message_bytes`.
 
         Args:
             signature: the `SignatureDef` the request runs.
-            inputs: name -> ndarray, already checked against the signature's dtypes and shapes.
+            shapes: input name -> shape, already checked against the signature's.
+            num_samples: the `num_samples` input's value, or None.
             output_names: the outputs the response carries.
             bytes_per_value: the response's size per output value.
         """
-        key = "images" if "images" in inputs else "features"
-        if key not in inputs:
+        key = "images" if "images" in shapes else "features"
+        if key not in shapes:
             return
-        b, h, w = inputs[key].shape[:3]
+        b, h, w = shapes[key][:3]
         if b * h * w > self.max_pixels:
             raise status_error("INVALID_ARGUMENT", (
                 f"`{key}` holds {b} x {h} x {w} = {b * h * w} pixels, above max_pixels = "
                 f"{self.max_pixels} (a limit of this server): send fewer or smaller images per "
                 "request (`tfprobunet serve --max-pixels` raises it)."))
         m = None
-        if "num_samples" in inputs:
-            m, what = max(int(inputs["num_samples"]), 0), "`num_samples` is"
-        elif "z" in inputs:
-            m, what = inputs["z"].shape[1], "`z` holds samples per image:"
+        if num_samples is not None:
+            m, what = max(int(num_samples), 0), "`num_samples` is"
+        elif "z" in shapes:
+            m, what = shapes["z"][1], "`z` holds samples per image:"
         if m is not None and m > self.max_samples:
             raise status_error("INVALID_ARGUMENT", (
                 f"{what} {m}, above max_samples = {self.max_samples} (a limit of this server): "
@@ -177,48 +184,65 @@ class Servable:
         Returns:
             name -> ndarray. Raises `ServingError` with TF Serving's status codes.
         """
-        if signature_name not in self.signatures:
-            raise status_error("FAILED_PRECONDITION", (
-                f"Serving signature key \"{signature_name}\" not found. Signatures: "
-                f"{sorted(self.signatures)}."))
-        signature = self.signatures[signature_name]
-        expected, sent = set(signature.inputs), set(inputs)
-        if expected != sent:
-            raise status_error("INVALID_ARGUMENT", (
-                f"input size does not match signature: {len(sent)}!={len(expected)} "
-                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
-                f"Sent extra: {{{','.join(sorted(sent - expected))}}}. Missing but required: "
-                f"{{{','.join(sorted(expected - sent))}}}."))
-        for alias in output_filter:
-            if alias not in signature.outputs:
-                raise status_error("INVALID_ARGUMENT", (
-                    f"output tensor alias not found in signature: {alias} Outputs expected to "
-                    f"be in the set {{{','.join(sorted(signature.outputs))}}}."))
-        feed = {}
-        for key, value in inputs.items():
-            info = signature.inputs[key]
-            dtype = tf.dtypes.as_dtype(info.dtype)
-            if value.dtype != dtype.as_numpy_dtype:
-                raise status_error("INVALID_ARGUMENT", (
-                    f"Expects input `{key}` to be {dtype.name} but "
-                    f"{tf.dtypes.as_dtype(value.dtype).name} is provided."))
-            dims = _dims(info)
-            if not info.tensor_shape.unknown_rank and (
-                    len(dims) != value.ndim or any(d not in (-1, v)
-                                                   for d, v in zip(dims, value.shape))):
-                raise status_error("INVALID_ARGUMENT", (
-                    f"Input `{key}` has shape {list(value.shape)}, which is not compatible with "
-                    f"the signature's {dims} (-1: any size)."))
-            feed[info.name] = value
-        names = list(output_filter) or sorted(signature.outputs)
+        signature = self.signature(signature_name)
+        self.check_inputs(signature, {k: (tf.dtypes.as_dtype(v.dtype), list(v.shape))
+                                      for k, v in inputs.items()})
+        names = self.output_names(signature, output_filter)
         if limits is not None:
-            limits.check(signature, inputs, names, bytes_per_value)
+            num_samples = inputs["num_samples"] if "num_samples" in inputs else None
+            limits.check(signature, {k: v.shape for k, v in inputs.items()}, num_samples, names,
+                         bytes_per_value)
+        feed = {signature.inputs[k].name: v for k, v in inputs.items()}
         try:
             fetched = self.session.run([signature.outputs[k].name for k in names], feed)
         except tf.errors.OpError as e:
             message = e.message.replace("Graph execution error:", "").strip()
             raise status_error(_status_name(e.error_code), message) from None
         return dict(zip(names, fetched))
+
+    def signature(self, name):
+        """The `SignatureDef` named `name`; FAILED_PRECONDITION if there is none."""
+        if name not in self.signatures:
+            raise status_error("FAILED_PRECONDITION", (
+                f"Serving signature key \"{name}\" not found. Signatures: "
+                f"{sorted(self.signatures)}."))
+        return self.signatures[name]
+
+    @staticmethod
+    def check_inputs(signature, specs):
+        """INVALID_ARGUMENT unless `specs` (input name -> (tf.DType, shape)) has the signature's
+        names, dtypes and compatible shapes: checked before any tensor is parsed."""
+        expected, sent = set(signature.inputs), set(specs)
+        if expected != sent:
+            raise status_error("INVALID_ARGUMENT", (
+                f"input size does not match signature: {len(sent)}!={len(expected)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(sorted(sent - expected))}}}. Missing but required: "
+                f"{{{','.join(sorted(expected - sent))}}}."))
+        for key, (dtype, shape) in specs.items():
+            info = signature.inputs[key]
+            expected_dtype = tf.dtypes.as_dtype(info.dtype)
+            if dtype != expected_dtype:
+                raise status_error("INVALID_ARGUMENT", (
+                    f"Expects input `{key}` to be {expected_dtype.name} but {dtype.name} is "
+                    "provided."))
+            dims = _dims(info)
+            if not info.tensor_shape.unknown_rank and (
+                    len(dims) != len(shape) or any(d not in (-1, v)
+                                                   for d, v in zip(dims, shape))):
+                raise status_error("INVALID_ARGUMENT", (
+                    f"Input `{key}` has shape {list(shape)}, which is not compatible with the "
+                    f"signature's {dims} (-1: any size)."))
+
+    @staticmethod
+    def output_names(signature, output_filter=()):
+        """The outputs a request fetches: `output_filter`'s, checked, or all of them."""
+        for alias in output_filter:
+            if alias not in signature.outputs:
+                raise status_error("INVALID_ARGUMENT", (
+                    f"output tensor alias not found in signature: {alias} Outputs expected to "
+                    f"be in the set {{{','.join(sorted(signature.outputs))}}}."))
+        return list(output_filter) or sorted(signature.outputs)
 
     def close(self):
         self.session.close()
@@ -253,13 +277,11 @@ class _Registry:
         self._reload_lock = threading.Lock()  # one scan at a time
 
     def _versions_on_disk(self, name):
+        """`(version, path)` of the model's complete-looking versions, newest first."""
         folder = os.path.join(self.base_path, name)
-        try:
-            entries = os.listdir(folder) if os.path.isdir(folder) else []
-        except OSError:
-            return []
-        return sorted((int(v) for v in entries if v.isdigit() and os.path.exists(
-            os.path.join(folder, v, "saved_model.pb"))), reverse=True)
+        versions = [(v, os.path.join(folder, f)) for v, f in version_folders(folder).items()]
+        return sorted(((v, path) for v, path in versions
+                       if os.path.exists(os.path.join(path, "saved_model.pb"))), reverse=True)
 
     def reload(self):
         """Load what changed on disk. Never raises: a model whose scan fails is logged and left
@@ -279,10 +301,9 @@ class _Registry:
     def _reload_model(self, name):
         with self._lock:
             served = self._servables.get(name)
-        for version in self._versions_on_disk(name):  # newest first
+        for version, path in self._versions_on_disk(name):  # newest first
             if served is not None and version <= served.version:
                 return
-            path = os.path.join(self.base_path, name, str(version))
             fingerprint = _fingerprint(path)
             if self._failed.get(path, (None,))[0] == fingerprint:
                 continue  # failed before, unchanged since
@@ -339,14 +360,21 @@ class _Registry:
 
 
 # ---------------------------------------------------------------------- gRPC
-def _parse_tensor(key, proto, max_values):
-    """A request's TensorProto as an ndarray, refusing shapes beyond `max_values` values before
-    allocating them (a few bytes can claim a huge shape)."""
-    dims = [d.size for d in proto.tensor_shape.dim]
-    if any(d < 0 for d in dims) or math.prod(dims) > max_values:
-        raise status_error("INVALID_ARGUMENT", (
-            f"Input `{key}` claims shape {dims}, beyond the {max_values} values a request of "
-            "max_message_bytes can carry."))
+def _proto_spec(key, proto):
+    """`(tf.DType, shape)` a TensorProto claims, read without parsing its values."""
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+        dtype.size  # noqa: B018 (raises for dtypes without a size)
+    except (TypeError, ValueError):
+        raise status_error("INVALID_ARGUMENT", f"Input `{key}` has an unsupported dtype "
+                                               f"({proto.dtype}).") from None
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in shape):
+        raise status_error("INVALID_ARGUMENT", f"Input `{key}` claims shape {shape}.")
+    return dtype, shape
+
+
+def _parse_tensor(key, proto):
     try:
         return tf.make_ndarray(proto)
     except Exception as e:  # noqa: BLE001 (a malformed TensorProto)
@@ -355,15 +383,16 @@ def _parse_tensor(key, proto, max_values):
 
 def _answer(context, method, request):
     """`method(request)`, or the request aborted with its status: TF Serving's for a
-    `ServingError`, INTERNAL (logged) for anything else, never UNKNOWN."""
+    `ServingError`, INTERNAL (logged) for anything else, never UNKNOWN. The exception is not
+    kept: its traceback would hold the request's inputs until the next garbage collection."""
     try:
         return method(request)
     except ServingError as e:
-        error = e
+        code, message = e.code, e.message
     except Exception as e:  # noqa: BLE001 (answered, and logged for the operator)
         logger.exception("Internal error answering a request")
-        error = status_error("INTERNAL", f"{type(e).__name__}: {e}")
-    context.abort(getattr(grpc.StatusCode, error.code), error.message)
+        code, message = "INTERNAL", f"{type(e).__name__}: {e}"
+    context.abort(getattr(grpc.StatusCode, code), message)
 
 
 def _spec(request):
@@ -387,15 +416,33 @@ class PredictionServicer(_PredictionBase):
         return _answer(context, self._metadata, request)
 
     def _predict(self, request):
+        if request.model_spec.version_label:
+            raise status_error("INVALID_ARGUMENT", (
+                "The local server has no version labels; ask for a version number, or none for "
+                f"the latest. Received: version_label={request.model_spec.version_label!r}."))
         servable = self.registry.get(*_spec(request))
-        signature = request.model_spec.signature_name or "serving_default"
-        max_values = self.limits.max_message_bytes // 4
-        inputs = {k: _parse_tensor(k, v, max_values) for k, v in request.inputs.items()}
-        outputs = servable.run(signature, inputs, list(request.output_filter), self.limits)
+        signature_name = request.model_spec.signature_name or "serving_default"
+        # Everything the protos claim is checked before any tensor is parsed: a few bytes can
+        # claim a tensor of gigabytes, which parsing would allocate.
+        signature = servable.signature(signature_name)
+        specs = {k: _proto_spec(k, v) for k, v in request.inputs.items()}
+        servable.check_inputs(signature, specs)
+        claimed = sum(math.prod(shape) * dtype.size for dtype, shape in specs.values())
+        if claimed > self.limits.max_message_bytes:
+            raise status_error("INVALID_ARGUMENT", (
+                f"The inputs claim {claimed} bytes, above max_message_bytes = "
+                f"{self.limits.max_message_bytes} (a limit of this server)."))
+        num_samples = (_parse_tensor("num_samples", request.inputs["num_samples"])
+                       if "num_samples" in specs else None)
+        output_filter = list(request.output_filter)
+        self.limits.check(signature, {k: shape for k, (_, shape) in specs.items()}, num_samples,
+                          servable.output_names(signature, output_filter), GRPC_BYTES_PER_VALUE)
+        inputs = {k: _parse_tensor(k, v) for k, v in request.inputs.items()}
+        outputs = servable.run(signature_name, inputs, output_filter, self.limits)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = signature
+        response.model_spec.signature_name = signature_name
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
@@ -502,11 +549,37 @@ def _rest_predict_request(servable, body):
 
 
 class _RestHandler(BaseHTTPRequestHandler):
-    """TF Serving's REST endpoints; every request gets a JSON answer."""
+    """TF Serving's REST endpoints; every request gets a JSON answer. One request per
+    connection (HTTP/1.0), which must arrive whole within the server's `request_timeout`."""
 
     def setup(self):
-        self.timeout = self.server.request_timeout  # socket timeout: stalled clients go
+        self.timeout = self.server.request_timeout  # per read; the server's reaper per request
         super().setup()
+        self.server.expect(self.connection)
+
+    def finish(self):
+        self.server.received(self.connection)
+        super().finish()
+
+    def send_error(self, code, message=None, explain=None):
+        """What http.server refuses itself (a bad request line, another method, a too long
+        header) is answered in JSON too."""
+        if self.request_version == "HTTP/0.9":  # unparsed: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        error = message or self.responses.get(code, ("Error",))[0]
+        self._send_json(code, {"error": f"{error}: {self.requestline[:200]!r}"})
+
+    def _send_json(self, status, body):
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client is gone
+            self.close_connection = True
 
     def log_message(self, *args):  # quiet
         pass
@@ -531,21 +604,15 @@ class _RestHandler(BaseHTTPRequestHandler):
             status, body = 500, {"error": f"Internal error: {type(e).__name__}: {e}"}
         if status != 200:
             self.close_connection = True  # the body may be unread
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:  # the client is gone
-            self.close_connection = True
+        self._send_json(status, body)
 
     def _route(self, method):
         match = _REST_PATH.match(self.path)
         if not match or (method == "POST") != (match["rest"] == ":predict"):
             raise status_error("NOT_FOUND", f"Malformed request: {method} {self.path}")
         version = int(match["version"]) if match["version"] else None
+        if method == "GET":
+            self.server.received(self.connection)
         if method == "POST":
             body = self._read_json()
             servable = self.server.registry.get(match["name"], version)
@@ -564,18 +631,20 @@ class _RestHandler(BaseHTTPRequestHandler):
              "status": {"error_code": "OK", "error_message": ""}}]}
 
     def _read_json(self):
-        limit = self.server.limits.max_message_bytes
+        limit = self.server.max_body_bytes
         length = self.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
+        if length is None or not re.fullmatch(r"[0-9]+", length.strip()):
             raise status_error("INVALID_ARGUMENT", "A predict request needs a Content-Length "
                                                    f"header with its size; received {length!r}.")
         if int(length) > limit:
             raise status_error("RESOURCE_EXHAUSTED", (
-                f"The body's Content-Length of {int(length)} bytes is above the server's "
-                f"max_message_bytes of {limit} (`tfprobunet serve --max-message-bytes`)."))
+                f"The body's Content-Length of {int(length)} bytes is above max_body_bytes = "
+                f"{limit} (a limit of this server: `tfprobunet serve --max-body-bytes`; JSON "
+                "takes about 34 times its size in memory once parsed)."))
         data = self.rfile.read(int(length))
+        self.server.received(self.connection)
         if len(data) < int(length):
-            raise TimeoutError  # the client closed before sending it all
+            raise TimeoutError  # the client closed, or the reaper did, before it all came
         try:
             return json.loads(data)
         except (ValueError, RecursionError) as e:
@@ -583,11 +652,45 @@ class _RestHandler(BaseHTTPRequestHandler):
 
 
 class _RestServer(ThreadingHTTPServer):
+    """The REST server: a thread per connection, and a reaper that closes the reading side of
+    connections whose request has not arrived whole within `request_timeout` seconds (a per-read
+    socket timeout alone lets a client that sends a byte now and then hold a thread forever)."""
+
     daemon_threads = True
 
-    def __init__(self, address, registry, limits, request_timeout):
-        self.registry, self.limits, self.request_timeout = registry, limits, request_timeout
+    def __init__(self, address, registry, limits, max_body_bytes, request_timeout):
+        self.registry, self.limits = registry, limits
+        self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
+        self._deadlines = {}  # connection -> when its request must have arrived
+        self._deadlines_lock = threading.Lock()
+        self._closed = threading.Event()
         super().__init__(address, _RestHandler)
+        threading.Thread(target=self._reap, daemon=True, name="rest-reaper").start()
+
+    def expect(self, connection):
+        with self._deadlines_lock:
+            self._deadlines[connection] = time.monotonic() + self.request_timeout
+
+    def received(self, connection):
+        with self._deadlines_lock:
+            self._deadlines.pop(connection, None)
+
+    def _reap(self):
+        while not self._closed.wait(min(0.25, self.request_timeout / 4)):
+            now = time.monotonic()
+            with self._deadlines_lock:
+                late = [c for c, deadline in self._deadlines.items() if deadline < now]
+                for connection in late:
+                    del self._deadlines[connection]
+            for connection in late:
+                try:  # a blocked read returns: the handler answers 408 or drops the connection
+                    connection.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+
+    def server_close(self):
+        self._closed.set()
+        super().server_close()
 
 
 class ModelServer:
@@ -602,10 +705,12 @@ class ModelServer:
             0 scans only when a request names an unknown model.
         max_samples, max_pixels, max_sample_pixels: per-request limits (`RequestLimits`), on
             top of those each export records; the defaults are the export's.
-        max_message_bytes: the largest gRPC message and REST body, both ways (default 256 MiB;
-            TF Serving: `--grpc_channel_arguments=grpc.max_receive_message_length=...`).
-        request_timeout: seconds a REST client may take to send its request (TF Serving:
-            `--rest_api_timeout_in_ms`).
+        max_message_bytes: the largest gRPC message, both ways, and REST response (default
+            256 MiB; TF Serving: `--grpc_channel_arguments=grpc.max_receive_message_length=...`).
+        max_body_bytes: the largest REST request body (default 32 MiB: parsed JSON takes about
+            34 times its size in memory).
+        request_timeout: seconds a REST client may take to send its whole request (TF
+            Serving: `--rest_api_timeout_in_ms`).
 
     Example:
 
@@ -619,7 +724,7 @@ class ModelServer:
     def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=8,
                  poll_seconds=1.0, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                  max_sample_pixels=MAX_SAMPLE_PIXELS, max_message_bytes=MAX_MESSAGE_BYTES,
-                 request_timeout=30.0):
+                 max_body_bytes=MAX_BODY_BYTES, request_timeout=30.0):
         require_serving_extra()
         if not os.path.isdir(base_path):
             raise FileNotFoundError(f"No model base path {base_path!r}: export a model there "
@@ -641,7 +746,7 @@ class ModelServer:
         self.rest_port = None
         if rest_port is not None:
             self._http = _RestServer((host, rest_port), self.registry, self.limits,
-                                     request_timeout)
+                                     max_body_bytes, request_timeout)
             self.rest_port = self._http.server_address[1]
 
     def _poll(self):
