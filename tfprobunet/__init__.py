@@ -1,8 +1,9 @@
 """tfprobunet: the Probabilistic U-Net (Kohl et al., NeurIPS 2018) for TensorFlow 2 / Keras 3.
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
-`evaluate`, `export_for_serving`, and the modules `callbacks`, `latent` (what the latent space
-encodes), `losses`, `metrics`, `data`, `serving` and `training` (presets, schedules);
+`evaluate`, `export_for_serving`, and the modules `models` (every model, one file each),
+`baselines` (the paper's), `callbacks`, `latent` (what the latent space encodes), `losses`,
+`metrics`, `data`, `serving` and `training` (presets, schedules);
 `tfprobunet.tuning` (Keras Tuner, with the `tune` extra) is imported on its own.
 """
 
@@ -32,15 +33,16 @@ from tfprobunet import _console  # noqa: E402
 with _console.filtered_stderr():
     _require_tf_keras()
 
-    from tfprobunet import callbacks, data, latent, losses, metrics, serving, training
+    from tfprobunet import (baselines, callbacks, data, latent, losses, metrics, models,
+                            serving, training)
     from tfprobunet.evaluation import evaluate
     from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
-    from tfprobunet.model import ProbabilisticUNet
+    from tfprobunet.models import ProbabilisticUNet
     from tfprobunet.serving import export_for_serving
     from tfprobunet.training import train
 
 __version__ = "0.1.0"
 
-__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "callbacks", "data",
-           "evaluate", "export_for_serving", "latent", "losses", "metrics", "serving", "train",
-           "training"]
+__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "baselines", "callbacks",
+           "data", "evaluate", "export_for_serving", "latent", "losses", "metrics", "models",
+           "serving", "train", "training"]

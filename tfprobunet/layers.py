@@ -211,6 +211,8 @@ class Encoder(_ConvNet):
 
     Call arguments:
         inputs: `(b, h, w, c)`, h and w divisible by `2**(len(num_channels) - 1)`.
+        dropout: None, or a function `(x, j) -> x` applied to the input of each of the
+            `dropout_blocks` inner-most levels (`j` counts them from 0).
 
     Returns:
         A list with one `(b, h / 2**i, w / 2**i, num_channels[i])` tensor per level `i`.
@@ -230,12 +232,15 @@ class Encoder(_ConvNet):
             channels = block.filters
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs, dropout=None, dropout_blocks=0):
         outputs = []
         x = inputs
+        first_dropped = len(self.blocks) - dropout_blocks
         for i, block in enumerate(self.blocks):
             if i:
                 x = self.pool(x)
+            if dropout is not None and i >= first_dropped:
+                x = dropout(x, i - max(first_dropped, 0))
             x = block(x)
             outputs.append(x)
         return outputs
@@ -255,6 +260,11 @@ class UNet(_ConvNet):
 
     Call arguments:
         images: `(b, h, w, c)`, h and w divisible by `2**(len(num_channels) - 1)`.
+        dropout: None, or a function `(x, j) -> x` applied to the input of each of the
+            `dropout_blocks` inner-most encoder and decoder blocks (`j` counts them), as the
+            paper's Dropout U-Net baseline does.
+        dropout_blocks: how many inner-most encoder (and decoder) blocks `dropout` acts on
+            (the paper's: 3).
 
     Returns:
         features `(b, h, w, num_channels[0])`.
@@ -278,11 +288,17 @@ class UNet(_ConvNet):
             channels = block.filters
         self.built = True
 
-    def call(self, images):
-        skips = self.encoder(images)
+    def call(self, images, dropout=None, dropout_blocks=3):
+        if dropout is None:
+            skips = self.encoder(images)
+        else:
+            skips = self.encoder(images, dropout=dropout, dropout_blocks=dropout_blocks)
         x = skips[-1]
-        for skip, block in zip(reversed(skips[:-1]), self.up_blocks):
-            x = block(keras.ops.concatenate([_upsample(x), skip], axis=-1))
+        for i, (skip, block) in enumerate(zip(reversed(skips[:-1]), self.up_blocks)):
+            x = keras.ops.concatenate([_upsample(x), skip], axis=-1)
+            if dropout is not None and i < dropout_blocks:
+                x = dropout(x, dropout_blocks + i)
+            x = block(x)
         return x
 
 

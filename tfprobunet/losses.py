@@ -90,3 +90,23 @@ def elbo_loss(labels, logits, noise, q_loc, q_log_scale, p_loc, p_log_scale, bet
     else:
         kl_value = sampled_kl(noise, q_loc, q_log_scale, p_loc, p_log_scale)
     return {"loss": rec + beta * kl_value, "reconstruction": rec, "kl": kl_value}
+
+
+def oracle_set_loss(per_head, epsilon=0.05):
+    """The M-Heads training loss (Rupprecht et al. 2017, as in Kohl et al. 2018): per example, the
+    best head's loss weighted `1 - epsilon` and every other head's `epsilon / (M - 1)`.
+
+    Args:
+        per_head: `(b, M)` each head's loss per example.
+        epsilon: the weight spread over the heads that are not the best (paper: 0.05).
+
+    Returns:
+        `(b,)` float32. With M = 1, the one head's loss.
+    """
+    per_head = tf.cast(per_head, tf.float32)
+    heads = per_head.shape[-1]
+    if heads == 1:
+        return per_head[:, 0]
+    best = tf.one_hot(tf.argmin(per_head, axis=-1), heads)
+    weights = best * (1.0 - epsilon) + (1.0 - best) * (epsilon / (heads - 1))
+    return tf.reduce_sum(tf.stop_gradient(weights) * per_head, axis=-1)

@@ -22,7 +22,7 @@ from tfprobunet import callbacks as callbacks_lib
 from tfprobunet import data as data_lib
 from tfprobunet import layers as layers_lib
 from tfprobunet.data import pipeline
-from tfprobunet.model import ProbabilisticUNet
+from tfprobunet.models import ProbabilisticUNet
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MONITORED_TERMS = ("loss", "reconstruction", "kl")

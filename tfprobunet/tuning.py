@@ -29,7 +29,7 @@ except ModuleNotFoundError as error:  # an extra: say how to get it
 from tfprobunet import data as data_lib
 from tfprobunet import training
 from tfprobunet.data import pipeline
-from tfprobunet.model import ProbabilisticUNet
+from tfprobunet.models import ProbabilisticUNet
 
 OBJECTIVE = keras_tuner.Objective("val_ged", direction="min")
 TUNERS = {"random": keras_tuner.RandomSearch, "bayesian": keras_tuner.BayesianOptimization,

@@ -1,0 +1,134 @@
+"""The paper's baselines (section 3): each one's defining property, and the round trips every
+model of the package passes (config, `.keras`, one training step, `evaluate`)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfprobunet import data, evaluation, losses, training
+from tfprobunet.models import DropoutUNet, MHeads
+from conftest import random_batch
+
+TINY = dict(num_classes=2, num_channels=[8, 16, 32], convs_per_block=1, seed=1)
+BASELINES = {
+    "dropout": lambda: DropoutUNet(**TINY, dropout_rate=0.5),
+    "mheads": lambda: MHeads(**TINY, num_heads=3),
+}
+
+
+def _built(name):
+    model = BASELINES[name]()
+    model.build((None, 16, 16, 1))
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_config_round_trip(name):
+    model = _built(name)
+    config = model.get_config()
+    again = type(model).from_config(config)
+    assert again.get_config() == config
+    with pytest.raises(ValueError, match="optimizer only"):
+        model.compile(optimizer="adam", loss="mse")
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_keras_file_gives_the_same_samples(name, tmp_path):
+    model = _built(name)
+    images, _ = random_batch(batch=2, size=16)
+    expected = model.sample(images, 4, seed=7).numpy()
+    path = str(tmp_path / f"{name}.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(loaded.sample(images, 4, seed=7).numpy(), expected, atol=1e-6)
+    assert loaded.sample(images, 4, seed=7).shape == (2, 4, 16, 16, 2)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_one_training_step_moves_every_trainable_variable(name):
+    model = _built(name)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    images, segmentations = random_batch(batch=4, size=16)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    history = model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for variable, old in zip(model.trainable_variables, before):
+        assert not np.allclose(variable.numpy(), old), variable.path
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_evaluate_runs_on_it(name):
+    source = data.load("graders", "test", image_size=16, num_examples=4)
+    report = evaluation.evaluate(_built(name), source, sample_counts=(1, 4), verbose=0)
+    assert report["num_images"] == 4
+    assert all(np.isfinite(report["ged"][k]["mean"]) for k in ("1", "4"))
+
+
+def test_dropout_unet_samples_differ_while_call_repeats():
+    model = _built("dropout")
+    images, _ = random_batch(batch=2, size=16)
+    np.testing.assert_array_equal(model(images).numpy(), model(images).numpy())
+    a, b = model.sample(images, 3).numpy(), model.sample(images, 3).numpy()
+    assert not np.allclose(a, b)
+    assert not np.allclose(a[:, 0], a[:, 1])  # the samples of one call differ too
+    np.testing.assert_array_equal(model.sample(images, 3, seed=5).numpy(),
+                                  model.sample(images, 3, seed=5).numpy())
+    # Dropout acts on the three inner-most encoder and decoder blocks only: of four levels, the
+    # outer-most encoder block's output is the same with it as without.
+    model = DropoutUNet(**{**TINY, "num_channels": [8, 16, 32, 64]})
+    model.build((None, 16, 16, 1))
+    first = model.unet.encoder(images)[0]
+    dropped = model.unet.encoder(images, dropout=lambda x, j: x * 0.0, dropout_blocks=3)
+    np.testing.assert_array_equal(dropped[0].numpy(), first.numpy())
+    assert not np.allclose(dropped[1].numpy(), model.unet.encoder(images)[1].numpy())
+
+
+def test_oracle_set_loss_hand_worked():
+    # M = 3, epsilon = 0.05: the best head (1.0) weighs 0.95, the two others 0.025 each.
+    per_head = tf.constant([[2.0, 1.0, 4.0], [3.0, 3.5, 0.5]])
+    expected = [0.95 * 1.0 + 0.025 * (2.0 + 4.0), 0.95 * 0.5 + 0.025 * (3.0 + 3.5)]
+    np.testing.assert_allclose(losses.oracle_set_loss(per_head, 0.05).numpy(), expected,
+                               rtol=1e-6)
+    np.testing.assert_allclose(losses.oracle_set_loss(per_head[:, :1], 0.05).numpy(),
+                               [2.0, 3.0])
+
+
+def test_m_heads_loss_is_the_oracle_set_loss_of_its_heads():
+    model = _built("mheads")
+    images, segmentations = random_batch(batch=2, size=16)
+    heads = model.head_logits(images).numpy()  # (b, M, h, w, K)
+    log_p = heads - np.log(np.exp(heads).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_p, segmentations[:, None, :, :, None], -1)[..., 0]
+    per_head = -picked.sum(axis=(2, 3))  # (b, M), summed over pixels
+    best = per_head.argmin(1)
+    expected = [0.95 * per_head[i, best[i]] + 0.025 * (per_head[i].sum() - per_head[i, best[i]])
+                for i in range(2)]
+    np.testing.assert_allclose(model.loss_terms(images, segmentations)["loss"].numpy(),
+                               expected, rtol=1e-5)
+    # Sample i is head i mod M.
+    samples = model.sample(images, 5).numpy()
+    np.testing.assert_allclose(samples, heads[:, [0, 1, 2, 0, 1]], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_trains_under_mirrored_strategy(name):
+    """Under MirroredStrategy (2 replicas) one step gives what it gives in one process: the same
+    loss and weights for the deterministic M-Heads, a finite loss for the Dropout U-Net."""
+    images, segmentations = random_batch(batch=4, size=16)
+    initial = _built(name).get_weights()
+    results = []
+    for strategy in (tf.distribute.get_strategy(), training.make_strategy("mirrored")):
+        with strategy.scope():
+            model = _built(name)
+            model.set_weights(initial)
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+        history = model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        results.append((history.history["loss"][0], model.get_weights()))
+    if name == "mheads":
+        (single, single_weights), (mirrored, mirrored_weights) = results
+        assert mirrored == pytest.approx(single, rel=1e-4)
+        for a, b in zip(single_weights, mirrored_weights):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

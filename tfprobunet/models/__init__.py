@@ -1,0 +1,15 @@
+"""The models, one file each, all `SegmentationSampler`s (`base.py`): `sample(images, m, seed)`
+gives logits `(b, m, h, w, K)`, which is all that `evaluate`, `fit`'s `val_ged` and the serving
+export need of a model.
+
+- `ProbabilisticUNet` (`probabilistic_unet.py`): the paper's model.
+- Baselines of the paper's section 3: `DropoutUNet` (`dropout_unet.py`), `MHeads`
+  (`m_heads.py`).
+"""
+
+from tfprobunet.models.base import SegmentationSampler
+from tfprobunet.models.dropout_unet import DropoutUNet
+from tfprobunet.models.m_heads import MHeads
+from tfprobunet.models.probabilistic_unet import ProbabilisticUNet
+
+__all__ = ["DropoutUNet", "MHeads", "ProbabilisticUNet", "SegmentationSampler"]
