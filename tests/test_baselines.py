@@ -7,13 +7,15 @@ import pytest
 import tensorflow as tf
 
 from tfprobunet import data, evaluation, losses, training
-from tfprobunet.models import DropoutUNet, MHeads
+from tfprobunet.models import DropoutUNet, Image2ImageVAE, MHeads, UNetEnsemble
 from conftest import random_batch
 
 TINY = dict(num_classes=2, num_channels=[8, 16, 32], convs_per_block=1, seed=1)
 BASELINES = {
     "dropout": lambda: DropoutUNet(**TINY, dropout_rate=0.5),
+    "ensemble": lambda: UNetEnsemble(**TINY, num_members=3),
     "mheads": lambda: MHeads(**TINY, num_heads=3),
+    "i2ivae": lambda: Image2ImageVAE(**TINY, latent_dim=2),
 }
 
 
@@ -115,7 +117,7 @@ def test_m_heads_loss_is_the_oracle_set_loss_of_its_heads():
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_trains_under_mirrored_strategy(name):
     """Under MirroredStrategy (2 replicas) one step gives what it gives in one process: the same
-    loss and weights for the deterministic M-Heads, a finite loss for the Dropout U-Net."""
+    loss and weights for the deterministic M-Heads and ensemble, a finite loss for the others."""
     images, segmentations = random_batch(batch=4, size=16)
     initial = _built(name).get_weights()
     results = []
@@ -127,8 +129,45 @@ def test_trains_under_mirrored_strategy(name):
         history = model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][0])
         results.append((history.history["loss"][0], model.get_weights()))
-    if name == "mheads":
+    if name in ("mheads", "ensemble"):  # deterministic
         (single, single_weights), (mirrored, mirrored_weights) = results
         assert mirrored == pytest.approx(single, rel=1e-4)
         for a, b in zip(single_weights, mirrored_weights):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ensemble_members_start_apart_and_train_independently():
+    model = _built("ensemble")
+    kernels = [unet.encoder.blocks[0][0].kernel.numpy() for unet in model.unets]
+    assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])
+    # Member 1 trained inside the ensemble equals the same U-Net trained alone.
+    alone = UNetEnsemble(**TINY, num_members=1)
+    alone.build((None, 16, 16, 1))
+    alone.unets[0].set_weights(model.unets[1].get_weights())
+    alone.heads[0].set_weights(model.heads[1].get_weights())
+    images, segmentations = random_batch(batch=4, size=16)
+    for m in (model, alone):
+        m.compile(optimizer=keras.optimizers.SGD(0.01))
+        m.fit(images, segmentations, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(model.unets[1].get_weights() + model.heads[1].get_weights(),
+                    alone.unets[0].get_weights() + alone.heads[0].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.sample(images, 4)[:, 3].numpy(),
+                               model.member_logits(images)[:, 0].numpy(), atol=1e-6)
+
+
+def test_image2image_vae_prior_is_n01_and_posterior_sees_only_the_segmentation():
+    model = _built("i2ivae")
+    images, segmentations = random_batch(batch=2, size=16)
+    other_images, _ = random_batch(batch=2, size=16, seed=9)
+    kl = model.loss_terms(images, segmentations)["kl"].numpy()
+    np.testing.assert_allclose(model.loss_terms(other_images, segmentations)["kl"].numpy(), kl,
+                               rtol=1e-6)
+    posterior = model.posterior_distribution(segmentations)
+    mu, sigma = posterior.loc.numpy(), posterior.stddev().numpy()
+    closed_form = np.sum(0.5 * (sigma**2 + mu**2 - 1.0) - np.log(sigma), axis=-1)
+    np.testing.assert_allclose(kl, closed_form, rtol=1e-5, atol=1e-6)
+    a = model.sample(images, 3, seed=4).numpy()
+    np.testing.assert_array_equal(a, model.sample(images, 3, seed=4).numpy())
+    assert not np.allclose(a[:, 0], a[:, 1])
+    np.testing.assert_array_equal(model(images).numpy(), model(images).numpy())

@@ -3,13 +3,16 @@ gives logits `(b, m, h, w, K)`, which is all that `evaluate`, `fit`'s `val_ged` 
 export need of a model.
 
 - `ProbabilisticUNet` (`probabilistic_unet.py`): the paper's model.
-- Baselines of the paper's section 3: `DropoutUNet` (`dropout_unet.py`), `MHeads`
-  (`m_heads.py`).
+- Baselines of the paper's section 3: `DropoutUNet` (`dropout_unet.py`), `UNetEnsemble`
+  (`ensemble.py`), `MHeads` (`m_heads.py`), `Image2ImageVAE` (`image2image_vae.py`).
 """
 
 from tfprobunet.models.base import SegmentationSampler
 from tfprobunet.models.dropout_unet import DropoutUNet
+from tfprobunet.models.ensemble import UNetEnsemble
+from tfprobunet.models.image2image_vae import Image2ImageVAE
 from tfprobunet.models.m_heads import MHeads
 from tfprobunet.models.probabilistic_unet import ProbabilisticUNet
 
-__all__ = ["DropoutUNet", "MHeads", "ProbabilisticUNet", "SegmentationSampler"]
+__all__ = ["DropoutUNet", "Image2ImageVAE", "MHeads", "ProbabilisticUNet",
+           "SegmentationSampler", "UNetEnsemble"]

@@ -53,6 +53,17 @@ def seed_pair(seed):
 
 
 
+def cycle_samples(outputs, num_samples):
+    """`(b, m, h, w, K)` from `outputs (b, M, h, w, K)`: sample i is output i mod M (the
+    ensemble's members, the M heads)."""
+    return tf.gather(outputs, tf.range(num_samples) % tf.shape(outputs)[1], axis=1)
+
+
+def check_num_samples(num_samples):
+    if isinstance(num_samples, int) and num_samples < 1:
+        raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
+
+
 class SegmentationSampler(keras.Model):
     """Base class of the models: a `keras.Model` whose `sample(images, m, seed)` draws m
     segmentations per image, trained with `fit` on `(images, segmentations)` pairs.

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
-from tfprobunet.models.base import SegmentationSampler, seed_pair
+from tfprobunet.models.base import SegmentationSampler, check_num_samples, seed_pair
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -99,8 +99,7 @@ class DropoutUNet(SegmentationSampler):
         Returns:
             logits `(b, m, h, w, K)`.
         """
-        if isinstance(num_samples, int) and num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
+        check_num_samples(num_samples)
         images = self._check_images(images)
         self._ensure_built(images)
         shape = tf.shape(images)

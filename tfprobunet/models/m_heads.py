@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
-from tfprobunet.models.base import SegmentationSampler
+from tfprobunet.models.base import SegmentationSampler, check_num_samples, cycle_samples
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -76,10 +76,8 @@ class MHeads(SegmentationSampler):
 
     def sample(self, images, num_samples=1, seed=None):
         """Logits `(b, m, h, w, K)`: sample i is head i mod M (`seed` is not used)."""
-        if isinstance(num_samples, int) and num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
-        heads = self.head_logits(images)
-        return tf.gather(heads, tf.range(num_samples) % self.num_heads, axis=1)
+        check_num_samples(num_samples)
+        return cycle_samples(self.head_logits(images), num_samples)
 
     def _loss_terms(self, images, segmentations):
         logits = self._head_logits(images)  # (b, M, h, w, K)
