@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfprobunet import data, evaluation, losses, training
+from tfprobunet import data, evaluation, losses, serving, training
 from tfprobunet.models import DropoutUNet, Image2ImageVAE, MHeads, UNetEnsemble
 from conftest import random_batch
 
@@ -171,3 +171,22 @@ def test_image2image_vae_prior_is_n01_and_posterior_sees_only_the_segmentation()
     np.testing.assert_array_equal(a, model.sample(images, 3, seed=4).numpy())
     assert not np.allclose(a[:, 0], a[:, 1])
     np.testing.assert_array_equal(model(images).numpy(), model(images).numpy())
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_exported_baseline_serves_the_default_signature_only(name, tmp_path):
+    """A baseline has no features to compute once: its export has `serving_default`, which
+    gives what `model.sample` gives for the same seed, under the export's limits."""
+    model = _built(name)
+    images, _ = random_batch(batch=2, size=16)
+    path = serving.export_for_serving(model, str(tmp_path), name, max_samples=4)
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default"}
+    seed = np.int32([3, 4])
+    served = loaded.signatures["serving_default"](images=images, num_samples=np.int32(3),
+                                                  seed=seed)
+    expected = tf.nn.softmax(model.sample(images, 3, seed=tf.constant(seed))).numpy()
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    assert served["masks"].shape == (2, 3, 16, 16)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_samples = 4"):
+        loaded.signatures["serving_default"](images=images, num_samples=np.int32(5), seed=seed)

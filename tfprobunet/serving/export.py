@@ -169,12 +169,23 @@ class _Checks:
         return _checked([features, *others.values()], checks)
 
 
+def samples_cheaply(model):
+    """Whether `model` computes features once and decodes each sample with a small head (the
+    Probabilistic U-Net's `features`, `prior_latents` and `decode`): then the export has the
+    `features`, `sample` and `decode` signatures too."""
+    return all(callable(getattr(model, m, None)) for m in ("features", "decode",
+                                                            "prior_latents"))
+
+
 def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                       max_sample_pixels=MAX_SAMPLE_PIXELS):
-    """The four signature functions of `model`, as `tf.function`s with named input signatures.
+    """The signature functions of `model`, as `tf.function`s with named input signatures: the
+    four of `SIGNATURES` for a Probabilistic U-Net, `serving_default` alone for a model that
+    only has `sample` (the baselines: each sample runs the whole network, or is one of M fixed
+    outputs, so there are no features to compute once).
 
     Args:
-        model: a built `ProbabilisticUNet`.
+        model: a built `tfprobunet.models.SegmentationSampler`.
         max_samples, max_pixels, max_sample_pixels: the request limits the signatures enforce
             (see `export_for_serving`).
 
@@ -187,10 +198,22 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
     checks = _Checks(model, _check_limit("max_samples", max_samples),
                      _check_limit("max_pixels", max_pixels),
                      _check_limit("max_sample_pixels", max_sample_pixels))
-    channels, n, f = model.image_channels, model.latent_dim, model.num_channels[0]
+    channels = model.image_channels
     images_spec = tf.TensorSpec([None, None, None, channels], tf.float32, name="images")
     num_samples_spec = tf.TensorSpec([], tf.int32, name="num_samples")
     seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
+
+    @tf.function(input_signature=[images_spec, num_samples_spec, seed_spec])
+    def serving_default(images, num_samples, seed):
+        images = checks.images(images)
+        [images] = _checked([images], checks.num_samples(num_samples, tf.shape(images)))
+        # `sample` then checks that h and w are divisible and the values finite.
+        return _outputs(model.sample(images, num_samples, seed))
+
+    if not samples_cheaply(model):
+        return {"serving_default": serving_default}
+
+    n, f = model.latent_dim, model.num_channels[0]
     features_spec = tf.TensorSpec([None, None, None, f], tf.float32, name="features")
     loc_spec = tf.TensorSpec([None, n], tf.float32, name="prior_loc")
     scale_spec = tf.TensorSpec([None, n], tf.float32, name="prior_scale")
@@ -217,14 +240,6 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
         values = _checked(list(outputs.values()), [_assert(finite, _NOT_FINITE.format(
             "features or prior"))])
         return dict(zip(outputs, values))
-
-    @tf.function(input_signature=[images_spec, num_samples_spec, seed_spec])
-    def serving_default(images, num_samples, seed):
-        images = checks.images(images)
-        [images] = _checked([images], checks.num_samples(num_samples, tf.shape(images)))
-        features, prior = model.features(images)
-        z = model.prior_latents(prior.loc, prior.stddev(), num_samples, seed)
-        return _outputs(model.decode(features, z))
 
     @tf.function(input_signature=[features_spec, z_spec])
     def decode(features, z):
@@ -269,7 +284,8 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
     """Write `model` as version `version` of `name` under `base_dir`, as TF Serving expects.
 
     Args:
-        model: a built `ProbabilisticUNet`, or the path of a saved `.keras` model.
+        model: a built `ProbabilisticUNet` (four signatures) or baseline (`serving_default`
+            only, see `serving_functions`), or the path of a saved `.keras` model.
         base_dir: the model base folder (e.g. `saved_models/`), holding `<name>/<version>/`.
         name: the model's serving name (letters, digits, `-`, `_`, `.`).
         version: integer version; default the next free one.
@@ -293,11 +309,9 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
     """
     if isinstance(model, str):
         model = keras.models.load_model(model)
-    missing = [m for m in ("features", "decode", "prior_latents")
-               if not callable(getattr(model, m, None))]
-    if not isinstance(model, keras.Model) or missing:
-        raise TypeError("Expected a ProbabilisticUNet (a keras.Model with `features`, `decode` "
-                        f"and `prior_latents`), received {type(model).__name__}.")
+    if not isinstance(model, keras.Model) or not callable(getattr(model, "sample", None)):
+        raise TypeError("Expected a tfprobunet model (a keras.Model with `sample(images, m, "
+                        f"seed)`, e.g. a ProbabilisticUNet), received {type(model).__name__}.")
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise ValueError("`name` must be a non-empty string of letters, digits, '-', '_' or '.'. "
                          f"Received: {name!r}")
