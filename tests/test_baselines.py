@@ -35,6 +35,7 @@ def test_config_round_trip(name):
         model.compile(optimizer="adam", loss="mse")
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_keras_file_gives_the_same_samples(name, tmp_path):
     model = _built(name)
@@ -48,6 +49,7 @@ def test_keras_file_gives_the_same_samples(name, tmp_path):
     assert loaded.sample(images, 4, seed=7).shape == (2, 4, 16, 16, 2)
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_one_training_step_moves_every_trainable_variable(name):
     model = _built(name)
