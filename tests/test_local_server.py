@@ -80,7 +80,10 @@ def test_huge_requests_are_refused_before_memory_is_spent(base):
                                **{f"x{i}": _claiming(np.complex128(1), [2**26])
                                   for i in range(3)}}, "Sent extra"),
                  ("serving_default", {**good, "num_samples": _claiming(np.int32(1), [2**26])},
-                  "`num_samples` has shape")]
+                  "`num_samples` has shape"),
+                 ("decode", {"features": np.zeros((1, 16, 16, F), np.float32),
+                             "z": _claiming(np.float32(0), [2**25 - 4096, 1, 2])},
+                  "same batch size")]
         # Refused requests must not keep their inputs alive: the same 64 MB request, 6 times.
         big = raw_request("features", {"images": np.zeros((1, 4096, 4096, C), np.float32)})
         for signature, inputs, text in bombs + [(None, None, None)] * 6:
@@ -309,3 +312,32 @@ def test_clients_that_stop_sending_are_dropped_after_the_read_timeout(base):
         got, _ = _post(running.rest_port, {"signature_name": "features", "inputs": {
             "images": served_images(batch=1).tolist()}})
         assert got == 200
+
+
+def test_rest_work_is_bounded_by_rest_workers_and_slow_senders_hold_no_slot(base):
+    """At most `rest_workers` REST requests are parsed and answered at once (each may take about
+    1 GB at the default limits); one that waits longer than `request_timeout` for a slot gets a
+    JSON 503 naming the setting. Clients still sending their body hold no slot."""
+    features = {"signature_name": "features",
+                "inputs": {"images": served_images(batch=1).tolist()}}
+    with serving.ModelServer(base, port=0, rest_port=0, rest_workers=1,
+                             request_timeout=1.5) as running:
+        stalled = []
+        for _ in range(4):  # bodies that never arrive: a slot each, if reading took one
+            s = socket.create_connection(("127.0.0.1", running.rest_port))
+            s.sendall(b"POST /v1/models/pun:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{")
+            stalled.append(s)
+        time.sleep(0.2)
+        got, answer = _post(running.rest_port, features)
+        assert got == 200 and np.shape(answer["outputs"]["features"]) == (1, 16, 16, F)
+        with running._http.slot():  # the one slot busy answering another request
+            got, answer = _post(running.rest_port, features)
+            assert got == 503 and "rest_workers" in answer["error"], answer
+            rest = serving.RestClient(f"http://127.0.0.1:{running.rest_port}", "pun")
+            with pytest.raises(serving.ServingError) as caught:
+                rest.features(served_images(batch=1))
+            assert caught.value.code == "UNAVAILABLE"
+        got, _ = _post(running.rest_port, features)
+        assert got == 200
+        for s in stalled:
+            s.close()

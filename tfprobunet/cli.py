@@ -218,6 +218,7 @@ def _serve(args):
 
     server = serving.ModelServer(
         args.model_base_path, port=args.port, rest_port=args.rest_port, host=args.host,
+        max_workers=args.workers, rest_workers=args.rest_workers,
         poll_seconds=args.poll_seconds, max_message_bytes=args.max_message_bytes,
         max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
         **_limits(args)).start()
@@ -353,6 +354,10 @@ def main(argv=None):
     serve.add_argument("--port", type=int, default=8500, help="gRPC port")
     serve.add_argument("--rest-port", type=int, default=8501)
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--workers", type=int, default=4,
+                       help="gRPC requests answered at once (each may take ~1 GB at the limits)")
+    serve.add_argument("--rest-workers", type=int, default=2,
+                       help="REST requests parsed and answered at once; more wait, then 503")
     serve.add_argument("--poll-seconds", type=float, default=1.0,
                        help="seconds between scans for new versions")
     _add_limit_arguments(serve, "on top of each export's own")

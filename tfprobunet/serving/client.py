@@ -206,7 +206,7 @@ class RestClient(_Client):
     _DTYPES = {"masks": np.int32}
     # HTTP statuses back to the gRPC status names of `ServingError.code`.
     _STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
-               413: "RESOURCE_EXHAUSTED"}
+               413: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
 
     def __init__(self, url, model_name, version=None, timeout=30.0):
         self.url, self.model_name, self.version, self.timeout = (url.rstrip("/"), model_name,

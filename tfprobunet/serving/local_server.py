@@ -18,6 +18,7 @@ to load is logged and skipped while the previous one keeps serving; every malfor
 gets a JSON 4xx; clients that stop sending are dropped after `request_timeout` seconds.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -51,7 +52,7 @@ logger = logging.getLogger("tfprobunet.serving")
 
 # HTTP statuses of the REST API for the gRPC status names (TF Serving's mapping).
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
-               "DEADLINE_EXCEEDED": 408, "RESOURCE_EXHAUSTED": 413}
+               "DEADLINE_EXCEEDED": 408, "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503}
 # Bytes per output value in a response: 4 in a TensorProto, up to about 20 as JSON text.
 GRPC_BYTES_PER_VALUE, JSON_BYTES_PER_VALUE = 4, 20
 # REST bodies are parsed into Python lists of floats, about 34 times their size in memory: their
@@ -233,6 +234,16 @@ class Servable:
                 raise status_error("INVALID_ARGUMENT", (
                     f"Input `{key}` has shape {list(shape)}, which is not compatible with the "
                     f"signature's {dims} (-1: any size)."))
+        # Per-image inputs (a free batch dimension and more) must agree on the batch size.
+        batches = {key: shape[0] for key, (_, shape) in sorted(specs.items())
+                   if len(_dims(signature.inputs[key])) >= 2
+                   and _dims(signature.inputs[key])[0] == -1}
+        if len(set(batches.values())) > 1:
+            (first, size), *others = batches.items()
+            other, other_size = next((k, b) for k, b in others if b != size)
+            raise status_error("INVALID_ARGUMENT", (
+                f"`{first}` and `{other}` must have the same batch size; received {size} and "
+                f"{other_size}."))
 
     @staticmethod
     def output_names(signature, output_filter=()):
@@ -249,18 +260,27 @@ class Servable:
 
 
 def _fingerprint(path):
-    """Every file under `path` with its size and modification time: a folder that changes (a copy
-    that completes, a fix) gets another fingerprint."""
+    """The names, sizes and modification times of the files a SavedModel loads from (the folder,
+    `saved_model.pb`, `variables/*`): a copy that completes, or a fix, changes it. Not a walk of
+    the whole tree, which a large folder would make slow at every poll."""
     entries = []
-    for root, _, files in os.walk(path):
-        for file in files:
-            full = os.path.join(root, file)
+    for folder in (path, os.path.join(path, "variables")):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
             try:
-                stat = os.stat(full)
-            except OSError:  # removed while we walk
+                stat = os.stat(os.path.join(folder, name))
+            except OSError:  # removed meanwhile
                 continue
-            entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
+            entries.append((os.path.relpath(os.path.join(folder, name), path), stat.st_size,
+                            stat.st_mtime_ns))
     return tuple(sorted(entries))
+
+
+def _folder_version(path):
+    return int(os.path.basename(path))
 
 
 class _Registry:
@@ -283,10 +303,12 @@ class _Registry:
         return sorted(((v, path) for v, path in versions
                        if os.path.exists(os.path.join(path, "saved_model.pb"))), reverse=True)
 
-    def reload(self):
+    def reload(self, wait=True):
         """Load what changed on disk. Never raises: a model whose scan fails is logged and left
-        as it was, the others are scanned."""
-        with self._reload_lock:
+        as it was, the others are scanned. Not `wait`ing, return at once if a scan is running."""
+        if not self._reload_lock.acquire(blocking=wait):
+            return
+        try:
             try:
                 names = sorted(os.listdir(self.base_path))
             except OSError as e:
@@ -297,6 +319,8 @@ class _Registry:
                     self._reload_model(name)
                 except Exception:  # noqa: BLE001 (one model's trouble must not stop the others)
                     logger.exception("Scanning model %r under %s failed", name, self.base_path)
+        finally:
+            self._reload_lock.release()
 
     def _reload_model(self, name):
         with self._lock:
@@ -334,13 +358,15 @@ class _Registry:
         for unknown models and versions."""
         servable = self._find(name, version)
         if servable is None:
-            self.reload()  # exported since the last scan
+            # Exported since the last scan? Requests never queue behind a running scan.
+            self.reload(wait=False)
             servable = self._find(name, version)
         if servable is None:
             request = f"Specific({name}, {version})" if version else f"Latest({name})"
             failed = [f" {path} failed to load ({error}); it is tried again when it changes."
                       for path, (_, error) in sorted(list(self._failed.items()))
-                      if os.path.dirname(path) == os.path.join(self.base_path, name)]
+                      if os.path.dirname(path) == os.path.join(self.base_path, name)
+                      and version in (None, _folder_version(path))]
             raise status_error("NOT_FOUND",
                                f"Servable not found for request: {request}" + "".join(failed))
         return servable
@@ -548,6 +574,13 @@ def _rest_predict_request(servable, body):
     return signature_name, inputs
 
 
+def _parse_json(data):
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise status_error("INVALID_ARGUMENT", f"JSON Parse error: {e}") from None
+
+
 class _RestHandler(BaseHTTPRequestHandler):
     """TF Serving's REST endpoints; every request gets a JSON answer. One request per
     connection (HTTP/1.0), which must arrive whole within the server's `request_timeout`."""
@@ -614,12 +647,14 @@ class _RestHandler(BaseHTTPRequestHandler):
         if method == "GET":
             self.server.received(self.connection)
         if method == "POST":
-            body = self._read_json()
-            servable = self.server.registry.get(match["name"], version)
-            signature_name, inputs = _rest_predict_request(servable, body)
-            outputs = servable.run(signature_name, inputs, limits=self.server.limits,
-                                   bytes_per_value=JSON_BYTES_PER_VALUE)
-            return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+            data = self._read_body()
+            with self.server.slot():  # parsing and answering take memory; reading does not
+                body = _parse_json(data)
+                servable = self.server.registry.get(match["name"], version)
+                signature_name, inputs = _rest_predict_request(servable, body)
+                outputs = servable.run(signature_name, inputs, limits=self.server.limits,
+                                       bytes_per_value=JSON_BYTES_PER_VALUE)
+                return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
         servable = self.server.registry.get(match["name"], version)
         if match["rest"] == "/metadata":
             return {"model_spec": {"name": servable.name, "version": str(servable.version)},
@@ -630,7 +665,7 @@ class _RestHandler(BaseHTTPRequestHandler):
             {"version": str(servable.version), "state": "AVAILABLE",
              "status": {"error_code": "OK", "error_message": ""}}]}
 
-    def _read_json(self):
+    def _read_body(self):
         limit = self.server.max_body_bytes
         length = self.headers.get("Content-Length")
         if length is None or not re.fullmatch(r"[0-9]+", length.strip()):
@@ -645,10 +680,7 @@ class _RestHandler(BaseHTTPRequestHandler):
         self.server.received(self.connection)
         if len(data) < int(length):
             raise TimeoutError  # the client closed, or the reaper did, before it all came
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError) as e:
-            raise status_error("INVALID_ARGUMENT", f"JSON Parse error: {e}") from None
+        return data
 
 
 class _RestServer(ThreadingHTTPServer):
@@ -658,14 +690,31 @@ class _RestServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, registry, limits, max_body_bytes, request_timeout):
+    def __init__(self, address, registry, limits, max_body_bytes, request_timeout, rest_workers):
         self.registry, self.limits = registry, limits
         self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
+        # Requests parsed and answered at once: each may take about 1 GB at the default limits.
+        self.rest_workers = rest_workers
+        self._slots = threading.BoundedSemaphore(rest_workers)
         self._deadlines = {}  # connection -> when its request must have arrived
         self._deadlines_lock = threading.Lock()
         self._closed = threading.Event()
         super().__init__(address, _RestHandler)
         threading.Thread(target=self._reap, daemon=True, name="rest-reaper").start()
+
+    @contextlib.contextmanager
+    def slot(self):
+        """One of the `rest_workers` slots for parsing and answering a request whose body has
+        arrived; UNAVAILABLE (503) if none frees up within `request_timeout` seconds."""
+        if not self._slots.acquire(timeout=self.request_timeout):
+            raise status_error("UNAVAILABLE", (
+                f"The server is busy: {self.rest_workers} REST requests are being answered "
+                f"(rest_workers, `tfprobunet serve --rest-workers`) and none finished within "
+                f"{self.request_timeout} s; try again."))
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def expect(self, connection):
         with self._deadlines_lock:
@@ -700,7 +749,10 @@ class ModelServer:
     Args:
         base_path: the model base folder, holding `<name>/<version>/`.
         port, rest_port, host: where to listen.
-        max_workers: gRPC threads (TF Serving: `--grpc_max_threads`).
+        max_workers: gRPC requests answered at once (TF Serving: `--grpc_max_threads`); more
+            wait. Each may take about 1 GB at the default limits.
+        rest_workers: REST requests parsed and answered at once (TF Serving:
+            `--rest_api_num_threads`); more wait up to `request_timeout`, then get 503.
         poll_seconds: seconds between scans (TF Serving: `--file_system_poll_wait_seconds`);
             0 scans only when a request names an unknown model.
         max_samples, max_pixels, max_sample_pixels: per-request limits (`RequestLimits`), on
@@ -721,8 +773,8 @@ class ModelServer:
     ```
     """
 
-    def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=8,
-                 poll_seconds=1.0, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
+    def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=4,
+                 rest_workers=2, poll_seconds=1.0, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                  max_sample_pixels=MAX_SAMPLE_PIXELS, max_message_bytes=MAX_MESSAGE_BYTES,
                  max_body_bytes=MAX_BODY_BYTES, request_timeout=30.0):
         require_serving_extra()
@@ -746,7 +798,7 @@ class ModelServer:
         self.rest_port = None
         if rest_port is not None:
             self._http = _RestServer((host, rest_port), self.registry, self.limits,
-                                     max_body_bytes, request_timeout)
+                                     max_body_bytes, request_timeout, rest_workers)
             self.rest_port = self._http.server_address[1]
 
     def _poll(self):
