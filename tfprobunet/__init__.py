@@ -1,7 +1,8 @@
 """tfprobunet: the Probabilistic U-Net (Kohl et al., NeurIPS 2018) for TensorFlow 2 / Keras 3.
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
-`evaluate`, `export_for_serving`, and the modules `models` (every model, one file each),
+`evaluate`, `compare` (the paper's comparison with the baselines), `export_for_serving`, and the
+modules `models` (every model, one file each),
 `baselines` (the paper's), `callbacks`, `latent` (what the latent space encodes), `losses`,
 `metrics`, `data`, `serving` and `training` (presets, schedules);
 `tfprobunet.tuning` (Keras Tuner, with the `tune` extra) is imported on its own.
@@ -35,6 +36,7 @@ with _console.filtered_stderr():
 
     from tfprobunet import (baselines, callbacks, data, latent, losses, metrics, models,
                             serving, training)
+    from tfprobunet.comparison import compare
     from tfprobunet.evaluation import evaluate
     from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
     from tfprobunet.models import ProbabilisticUNet
@@ -44,5 +46,5 @@ with _console.filtered_stderr():
 __version__ = "0.1.0"
 
 __all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "baselines", "callbacks",
-           "data", "evaluate", "export_for_serving", "latent", "losses", "metrics", "models",
-           "serving", "train", "training"]
+           "compare", "data", "evaluate", "export_for_serving", "latent", "losses", "metrics",
+           "models", "serving", "train", "training"]

@@ -292,6 +292,53 @@ def _tune(args):
           f"{os.path.join(args.directory, tuning.BEST_HYPERPARAMETERS)}")
 
 
+def _model_list(text):
+    from tfprobunet.models import MODELS
+
+    names = [v for v in text.split(",") if v]
+    unknown = [v for v in names if v not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(MODELS)}"
+                                         f"; got {text!r}")
+    return names
+
+
+def _override(text):
+    """`MODEL.NAME=VALUE`, e.g. `ensemble.num_members=4`."""
+    name, value = _fixed(text)
+    model, sep, argument = name.partition(".")
+    if not sep or not argument:
+        raise argparse.ArgumentTypeError(f"expected MODEL.NAME=VALUE, got {text!r}")
+    return model, argument, value
+
+
+def _compare(args):
+    from tfprobunet import comparison
+
+    overrides = {}
+    for model, argument, value in args.set:
+        overrides.setdefault(model, {})[argument] = value
+    try:
+        results = comparison.compare(
+            args.out, dataset=args.dataset, models=args.models, steps=args.steps,
+            seeds=args.seeds, recipe=args.recipe, steps_per_epoch=args.steps_per_epoch,
+            data_dir=args.data_dir, image_size=args.image_size, num_examples=args.num_examples,
+            test_examples=args.test_examples, model_overrides=overrides,
+            verbose=_console.progress_verbosity())
+    except ValueError as error:  # bad arguments: say so without a traceback
+        raise SystemExit(f"tfprobunet compare: {error}") from None
+    counts = [str(k) for k in results["sample_counts"]]
+    print(f"{'GED':<10}" + "".join(f"{k:>9}" for k in counts) + f"{'mode r':>9}")
+    for name, entry in results["models"].items():
+        r = entry.get("pearson_r", {}).get("mean")
+        print(f"{name:<10}" + "".join(f"{entry['ged'][k]['mean']:>9.4f}" for k in counts)
+              + (f"{r:>9.3f}" if r is not None else ""))
+    print(f"{'floor':<10}" + "".join(f"{results['ged_noise_floor'][k]:>9.4f}" for k in counts))
+    for name, test in results.get(f"wilcoxon_{counts[-1]}", {}).items():
+        print(f"Wilcoxon at {counts[-1]} samples, probunet against {name}: p = {test['p']:.2g}")
+    print(f"results.json and {', '.join(results['figures'])} written to {args.out}")
+
+
 def _demo(args):
     from tfprobunet import demo
 
@@ -406,6 +453,32 @@ def main(argv=None):
                       help="Keras: 1 progress bars, 2 a line per epoch, 0 silent (default: 1 "
                            "on a terminal, else 2)")
     tune.set_defaults(run=_tune)
+    compare = commands.add_parser(
+        "compare", help="the paper's comparison: train the Probabilistic U-Net and the baselines "
+                        "on the same budget, data and seeds; results.json and Figs. 4-5")
+    _add_data_arguments(compare)
+    compare.set_defaults(dataset="flips")
+    compare.add_argument("--out", required=True,
+                         help="the runs (one train workdir per model and seed), results.json "
+                              "and the figures; a stopped compare continues from there")
+    compare.add_argument("--models", type=_model_list,
+                         default=["probunet", "dropout", "ensemble", "mheads", "i2ivae"],
+                         help="comma-separated (default: all five)")
+    compare.add_argument("--steps", type=int, default=2000, help="training steps of every run")
+    compare.add_argument("--steps-per-epoch", type=int,
+                         help="steps between checkpoints (default: min(steps, 500))")
+    compare.add_argument("--seeds", type=_int_list, default=[0],
+                         help="training seeds, comma-separated")
+    compare.add_argument("--recipe", choices=sorted(PRESETS), default="cpu",
+                         help="the training recipe of every model (its U-Net, optimizer, "
+                              "schedule and batch size; the model arguments each model takes)")
+    compare.add_argument("--test-examples", type=int,
+                         help="test images (default: the dataset's, 500 for flips)")
+    compare.add_argument("--set", type=_override, action="append", default=[],
+                         metavar="MODEL.NAME=VALUE",
+                         help="a model argument on top of the recipe (repeatable), e.g. "
+                              "ensemble.num_members=4")
+    compare.set_defaults(run=_compare)
     demo = commands.add_parser("demo", help="train a small model on flips and sample from it")
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--steps", type=int, default=6000,

@@ -80,7 +80,7 @@ class _Accumulator:
         self.empty_samples.append(_empty(masks, self.classes))
         self.empty_annotations.append(_empty(annotations, self.classes))
 
-    def report(self):
+    def report(self, per_image=False):
         counts = [str(k) for k in self.sample_counts]
         report = {
             "num_images": len(self.hm_iou),
@@ -94,6 +94,9 @@ class _Accumulator:
             report["modes"] = self._modes()
         if self.source.num_classes == 2:
             report["presence"] = self._presence()
+        if per_image:
+            report["ged_per_image"] = {c: np.asarray(self.ged[k], np.float64).tolist()
+                                       for c, k in zip(counts, self.sample_counts)}
         return report
 
     def _modes(self):
@@ -135,7 +138,7 @@ class _Accumulator:
 
 def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
              image_size=None, num_examples=None, sample_counts=SAMPLE_COUNTS, batch_size=8,
-             num_figure_examples=4, seed=0, verbose=1):
+             num_figure_examples=4, seed=0, per_image=False, verbose=1):
     """Evaluate a model's distribution of segmentations against all annotations of each image.
 
     For every image, `max(sample_counts)` segmentations are drawn once (seeded) and the first
@@ -153,7 +156,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
       and the samples, disagree on whether there is a lesion at all.
 
     Args:
-        model: a `ProbabilisticUNet` or the path of a saved `.keras` model.
+        model: a `ProbabilisticUNet`, a baseline (any `tfprobunet.models.SegmentationSampler`:
+            only `model.sample` is used) or the path of a saved `.keras` model.
         dataset: a name of `tfprobunet.data.DATASETS`, or a `tfprobunet.data.Source` of your own.
         out_dir: where `report.json` and the figures go; None writes nothing.
         split, data_dir, image_size, num_examples: passed to `tfprobunet.data.load` (default
@@ -162,6 +166,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         batch_size: images per `model.sample` call.
         num_figure_examples: rows of the samples figure (Fig. 3).
         seed: seeds the samples (and the synthetic data).
+        per_image: also report `ged_per_image[k]`, the GED of each image in dataset order (for
+            paired tests between models on the same images, as `compare` does).
         verbose: 1 shows a progress bar.
 
     Returns:
@@ -197,7 +203,7 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
 
     report = {"dataset": dataset if isinstance(dataset, str) else "custom", "split": split,
               "num_classes": source.num_classes, "sample_counts": list(sample_counts),
-              **accumulator.report()}
+              **accumulator.report(per_image)}
     report["seconds"] = round(time.monotonic() - start, 1)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)

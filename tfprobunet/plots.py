@@ -174,3 +174,79 @@ def write_figures(report, rows, source, out_dir):
         sample_grid(rows, source.num_classes, os.path.join(out_dir, "samples.png"), order)
         written.append("samples.png")
     return written
+
+
+# Names of the models in the comparison figures, as the paper calls them.
+MODEL_LABELS = {"probunet": "Probabilistic U-Net", "dropout": "Dropout U-Net",
+                "ensemble": "U-Net Ensemble", "mheads": "M-Heads", "i2ivae": "Image2Image VAE"}
+
+
+def comparison_ged(results, path):
+    """Fig. 4 of the paper: GED against the number of samples for every model of a `compare`
+    run (mean over seeds, bars from the lowest to the highest seed), the noise floor, and in
+    the legend the Wilcoxon p-value of each baseline against the Probabilistic U-Net."""
+    counts = results["sample_counts"]
+    tests = results.get(f"wilcoxon_{counts[-1]}", {})
+    figure = _figure(5.5, 4)
+    axes = figure.add_subplot()
+    for i, (name, entry) in enumerate(results["models"].items()):
+        means = np.array([entry["ged"][str(k)]["mean"] for k in counts])
+        low = means - [entry["ged"][str(k)]["min"] for k in counts]
+        high = np.array([entry["ged"][str(k)]["max"] for k in counts]) - means
+        label = MODEL_LABELS.get(name, name)
+        if name in tests:
+            label += f" (p = {tests[name]['p']:.1e})"
+        axes.errorbar(np.array(counts) * 1.02 ** (i - 2), means, yerr=[low, high], fmt="o-",
+                      capsize=3, label=label)
+    floor = [results["ged_noise_floor"][str(k)] for k in counts]
+    axes.plot(counts, floor, "k--", label="ground truth (noise floor)")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(counts, [str(k) for k in counts])
+    axes.set_xlabel("number of samples")
+    axes.set_ylabel(r"$D^2_{GED}$")
+    seeds = len(results["seeds"])
+    axes.set_title(f"{results['dataset']}: {results['steps']} steps, {seeds} seed"
+                   f"{'s' if seeds > 1 else ''}, {results['num_test_images']} test images",
+                   fontsize=10)
+    axes.legend(fontsize=7, title=f"p: Wilcoxon at {counts[-1]} samples" if tests else None,
+                title_fontsize=7)
+    figure.savefig(path, dpi=120)
+
+
+def comparison_modes(results, path):
+    """Fig. 5 of the paper: each model's sampled mode frequencies (mean over seeds) against the
+    modes' true probabilities, modes sorted by probability, on a log axis; modes a model never
+    sampled are drawn at the bottom edge as open markers."""
+    truth = np.asarray(results["true_probabilities"])
+    order = np.argsort(truth)[::-1]
+    x = np.arange(len(truth))
+    floor = truth.min() / 10
+    figure = _figure(6.5, 4)
+    axes = figure.add_subplot()
+    axes.semilogy(x, truth[order], "k-", lw=2, label="truth")
+    for i, (name, entry) in enumerate(results["models"].items()):
+        frequencies = np.asarray(entry["mode_frequencies"])[order]
+        found = frequencies > 0
+        colour = f"C{i}"
+        label = (f"{MODEL_LABELS.get(name, name)} (r = {entry['pearson_r']['mean']:.2f}, "
+                 f"{entry['modes_found']['mean']:.0f}/{len(truth)} modes)")
+        axes.semilogy(x[found], frequencies[found], "o", ms=4, color=colour, label=label)
+        if (~found).any():
+            axes.semilogy(x[~found], np.full((~found).sum(), floor), "o", ms=4, mfc="none",
+                          color=colour)
+    axes.set_xlabel("mode, by true probability")
+    axes.set_ylabel("frequency among the samples")
+    axes.set_title(f"{results['dataset']}: mode frequencies (open: never sampled)",
+                   fontsize=10)
+    axes.legend(fontsize=7)
+    figure.savefig(path, dpi=120)
+
+
+def write_comparison_figures(results, out_dir):
+    """The figures of a `compare` run that apply to `results`; returns their file names."""
+    comparison_ged(results, os.path.join(out_dir, "ged.png"))
+    written = ["ged.png"]
+    if "true_probabilities" in results:
+        comparison_modes(results, os.path.join(out_dir, "mode_frequencies.png"))
+        written.append("mode_frequencies.png")
+    return written

@@ -1,4 +1,4 @@
-"""`train()`: fit a `ProbabilisticUNet` on a built-in benchmark with checkpoints that survive a
+"""`train()`: fit a `ProbabilisticUNet` (or a baseline) on a built-in benchmark with checkpoints that survive a
 kill at any moment, a CSV log, a guard that stops on a non-finite loss, and runs that continue
 where they stopped (never overwriting a finished model)."""
 
@@ -22,7 +22,7 @@ from tfprobunet import callbacks as callbacks_lib
 from tfprobunet import data as data_lib
 from tfprobunet import layers as layers_lib
 from tfprobunet.data import pipeline
-from tfprobunet.models import ProbabilisticUNet
+from tfprobunet import models as models_lib
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MONITORED_TERMS = ("loss", "reconstruction", "kl")
@@ -490,12 +490,23 @@ def _read_config(path):
         "count): put back a good copy, or use a new workdir.")
 
 
-def _model_defaults():
-    """The `ProbabilisticUNet` arguments `train` may forward, with their defaults."""
+def model_arguments(model="probunet"):
+    """The arguments of the model named `model` (see `tfprobunet.models.MODELS`) that `train`
+    forwards, with their defaults."""
     skip = ("self", "num_classes", "seed", "kwargs")
     return {name: p.default for name, p in
-            inspect.signature(ProbabilisticUNet.__init__).parameters.items()
+            inspect.signature(models_lib.get(model).__init__).parameters.items()
             if name not in skip and p.default is not p.empty}
+
+
+def _check_model_kwargs(model, model_kwargs):
+    """Refuse arguments the model named `model` does not take, naming those it does."""
+    known = {"num_classes", *model_arguments(model)}
+    unknown = sorted(set(model_kwargs) - known)
+    if unknown:
+        raise ValueError(f"{models_lib.get(model).__name__} (model={model!r}) takes no "
+                         f"argument {', '.join(map(repr, unknown))}; its arguments are "
+                         f"{', '.join(sorted(known))}.")
 
 
 # `train` arguments that are not settings of the run (not recorded in train_config.json).
@@ -513,7 +524,9 @@ def _train_defaults():
 def _effective(settings):
     """`settings` with every default filled in, as JSON has them: `beta=1.0` given or left out
     is the same run (the CLI passes the defaults, Python callers rarely do)."""
-    return json.loads(json.dumps({**_train_defaults(), **_model_defaults(), **settings},
+    defaults = _train_defaults()
+    model = settings.get("model", defaults["model"])
+    return json.loads(json.dumps({**defaults, **model_arguments(model), **settings},
                                  default=list))
 
 
@@ -633,8 +646,9 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
           learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
           seed=0, jit_compile=False, mixed_precision=None, verbose=1, callbacks=None,
-          validation_data=None, tensorboard=None, **model_kwargs):
-    """Train a `ProbabilisticUNet` on a named dataset, continuing the run `workdir` holds.
+          validation_data=None, tensorboard=None, model="probunet", **model_kwargs):
+    """Train a `ProbabilisticUNet` (or a baseline) on a dataset, continuing the run `workdir`
+    holds.
 
     Writes to `workdir`:
     - `backup/`: an `EpochCheckpoint` after each epoch (weights and optimizer state, written
@@ -667,6 +681,10 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             (h, w, c) float32, annotations (A, h, w) int)` with `num_classes=` given.
             `train_config.json` records your own data as `"custom"`: resuming is then up to
             you passing the same data.
+        model: the model to train, a name of `tfprobunet.models.MODELS`: `"probunet"` (the
+            default), or a baseline of the paper's section 3, `"dropout"` (`DropoutUNet`),
+            `"ensemble"` (`UNetEnsemble`), `"mheads"` (`MHeads`), `"i2ivae"`
+            (`Image2ImageVAE`).
         data_dir: where the real data lives (see `tfprobunet.data.load`).
         epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global. `epochs`
             counts every epoch of the run, those of earlier calls included.
@@ -703,8 +721,9 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             `tfprobunet.callbacks.TensorBoardSamples` on 4 validation images (training images
             without validation) with their annotations. Not a setting of the run: it may
             change when resuming.
-        **model_kwargs: forwarded to `ProbabilisticUNet` (e.g. `num_channels`, `latent_dim`,
-            `beta`); `num_classes` is set by the dataset.
+        **model_kwargs: forwarded to the model's constructor (e.g. `num_channels`,
+            `latent_dim`, `beta` of `ProbabilisticUNet`); `num_classes` is set by the dataset.
+            An argument the model does not take is a `ValueError`.
 
     Returns:
         `(model, history)`; `history.epoch` lists the epochs this call ran.
@@ -715,6 +734,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     """
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     distribution = make_strategy(strategy)
+    model_name = model
+    _check_model_kwargs(model_name, model_kwargs)
     source = _source(dataset, "train", data_dir, image_size, num_examples, seed, model_kwargs)
     validation = None
     if validation_data is not None:
@@ -727,7 +748,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     budget = None if max_minutes is None else callbacks_lib.TimeBudget(max_minutes)
     os.makedirs(workdir, exist_ok=True)
     settings = dict(dataset=dataset if isinstance(dataset, str) else "custom",
-                    data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                    model=model_name, data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
                     batch_size=batch_size, image_size=image_size, num_examples=num_examples,
                     validation_examples=validation_examples, learning_rate=learning_rate,
                     schedule=schedule, mixed_precision=mixed_precision, strategy=strategy,
@@ -756,7 +777,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         with distribution.scope(), _dtype_policy(mixed_precision):
             model_kwargs = {**model_kwargs, "num_classes": source.num_classes}
             model_kwargs.setdefault("ged_classes", source.classes)
-            model = ProbabilisticUNet(seed=seed, **model_kwargs)
+            model = models_lib.get(model_name)(seed=seed, **model_kwargs)
             model.build((None, *source.dataset.element_spec[0].shape))
             model.compile(optimizer=keras.optimizers.Adam(schedule_value),
                           jit_compile=jit_compile)

@@ -5,6 +5,8 @@ export need of a model.
 - `ProbabilisticUNet` (`probabilistic_unet.py`): the paper's model.
 - Baselines of the paper's section 3: `DropoutUNet` (`dropout_unet.py`), `UNetEnsemble`
   (`ensemble.py`), `MHeads` (`m_heads.py`), `Image2ImageVAE` (`image2image_vae.py`).
+
+`MODELS` names them for `train(model=...)` and `tfprobunet compare --models ...`.
 """
 
 from tfprobunet.models.base import SegmentationSampler
@@ -14,5 +16,17 @@ from tfprobunet.models.image2image_vae import Image2ImageVAE
 from tfprobunet.models.m_heads import MHeads
 from tfprobunet.models.probabilistic_unet import ProbabilisticUNet
 
-__all__ = ["DropoutUNet", "Image2ImageVAE", "MHeads", "ProbabilisticUNet",
-           "SegmentationSampler", "UNetEnsemble"]
+# The names `train(model=...)`, `compare` and the CLI know the models by.
+MODELS = {"probunet": ProbabilisticUNet, "dropout": DropoutUNet, "ensemble": UNetEnsemble,
+          "mheads": MHeads, "i2ivae": Image2ImageVAE}
+
+
+def get(name):
+    """The model class named `name` in `MODELS`."""
+    if name not in MODELS:
+        raise ValueError(f"`model` must be one of {', '.join(MODELS)}. Received: {name!r}")
+    return MODELS[name]
+
+
+__all__ = ["MODELS", "DropoutUNet", "Image2ImageVAE", "MHeads", "ProbabilisticUNet",
+           "SegmentationSampler", "UNetEnsemble", "get"]

@@ -1,0 +1,237 @@
+"""`compare()`: the paper's comparison study (section 4, Figs. 4 and 5). Every model is trained
+with the same recipe, step budget, data and seeds, then evaluated on the same test images with
+the same sample seeds; `results.json` holds GED at 1, 4, 8 and 16 samples, the mode frequencies
+and Wilcoxon signed-rank tests between the Probabilistic U-Net and each baseline."""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+
+from tfprobunet import data as data_lib
+from tfprobunet import evaluation, plots, training
+from tfprobunet import models as models_lib
+
+MODELS = tuple(models_lib.MODELS)
+REFERENCE = "probunet"
+SAMPLE_COUNTS = evaluation.SAMPLE_COUNTS
+# Sample seed of every evaluation: the same test images and sample seeds for every model and
+# training seed (the synthetic test split is drawn from it too).
+EVALUATION_SEED = 0
+# The `train` arguments a recipe (and `model_overrides`) sets; `compare` sets the others.
+RECIPE_ARGUMENTS = ("batch_size", "learning_rate", "schedule", "mixed_precision", "strategy",
+                    "jit_compile")
+
+
+def recipe_settings(recipe, model, **overrides):
+    """The `train` arguments for `model` under the training recipe `recipe` (a name of
+    `training.PRESETS`): the recipe's schedule, optimizer, batch size and U-Net for every
+    model, and those of its model arguments that `model` takes (`latent_dim`, `beta`, ... for
+    the Probabilistic U-Net and the Image2Image VAE; `fcomb_channels` and
+    `beta_warmup_steps` for the Probabilistic U-Net alone). `overrides` win."""
+    settings = training.preset(recipe, **overrides)
+    accepted = (*RECIPE_ARGUMENTS, *training.model_arguments(model))
+    return {k: v for k, v in settings.items() if k in accepted}
+
+
+def _finished_model(workdir, epochs):
+    """The run's `model.keras` if `workdir` holds a run finished at `epochs`, else None."""
+    config_path = os.path.join(workdir, training.CONFIG)
+    model_path = os.path.join(workdir, "model.keras")
+    if not (os.path.exists(config_path) and os.path.exists(model_path)):
+        return None
+    with open(config_path) as f:
+        if json.load(f).get("finished_epochs") != epochs:
+            return None
+    return keras.models.load_model(model_path)
+
+
+def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_size,
+         num_examples, test_data, test_examples, sample_counts, recipe, model_overrides):
+    """Train (or resume, or reuse) one model for one seed, then evaluate it (or reuse its
+    evaluation): the evaluation report with `train_seconds`."""
+    report_path = os.path.join(workdir, "evaluation", "report.json")
+    if os.path.exists(report_path):
+        with open(report_path) as f:
+            report = json.load(f)
+        if report.get("sample_counts") == list(sample_counts) and "ged_per_image" in report:
+            return report
+    start = time.monotonic()
+    model = _finished_model(workdir, epochs)
+    if model is None:
+        settings = recipe_settings(recipe, name, **model_overrides.get(name, {}))
+        model, _ = training.train(workdir, dataset=dataset, data_dir=data_dir, epochs=epochs,
+                                  steps_per_epoch=steps_per_epoch, image_size=image_size,
+                                  num_examples=num_examples, seed=seed, verbose=0,
+                                  model=name, **settings)
+    seconds = time.monotonic() - start
+    report = evaluation.evaluate(
+        model, test_data, out_dir=os.path.join(workdir, "evaluation"), data_dir=data_dir,
+        image_size=image_size, num_examples=test_examples, sample_counts=sample_counts,
+        seed=EVALUATION_SEED, per_image=True, num_figure_examples=0, verbose=0)
+    report["train_seconds"] = round(seconds, 1)
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def _spread(values):
+    values = np.asarray(values, np.float64)
+    return {"mean": float(values.mean()), "min": float(values.min()),
+            "max": float(values.max()), "seeds": values.tolist()}
+
+
+def _wilcoxon(reference, other):
+    """Two-sided Wilcoxon signed-rank test of paired per-image values."""
+    from scipy import stats
+
+    difference = np.asarray(reference) - np.asarray(other)
+    if not np.any(difference):
+        p = 1.0
+    else:
+        p = float(stats.wilcoxon(reference, other).pvalue)
+    return {"p": p, "median_difference": float(np.median(difference)),
+            "reference_lower": bool(np.median(difference) < 0)}
+
+
+def _summary(reports, sample_counts, seeds):
+    """Per model: GED per sample count over seeds, modes, timings; the noise floor; Wilcoxon
+    tests at the largest sample count on per-image GED averaged over seeds."""
+    counts = [str(k) for k in sample_counts]
+    summary, per_image = {}, {}
+    for name, by_seed in reports.items():
+        entry = {"ged": {c: _spread([r["ged"][c]["mean"] for r in by_seed]) for c in counts},
+                 "train_seconds": _spread([r.get("train_seconds", float("nan"))
+                                           for r in by_seed])}
+        if "modes" in by_seed[0]:
+            entry["pearson_r"] = _spread([r["modes"]["pearson_r"] for r in by_seed])
+            entry["log_pearson_r"] = _spread([r["modes"]["log_pearson_r"] for r in by_seed])
+            entry["modes_found"] = _spread([r["modes"]["modes_found"] for r in by_seed])
+            entry["mode_frequencies"] = np.mean(
+                [r["modes"]["frequencies"] for r in by_seed], axis=0).tolist()
+        if "presence" in by_seed[0]:
+            entry["empty_fraction_samples"] = _spread(
+                [r["presence"]["empty_fraction_samples"] for r in by_seed])
+        summary[name] = entry
+        per_image[name] = np.mean([r["ged_per_image"][counts[-1]] for r in by_seed], axis=0)
+    first = next(iter(reports.values()))[0]
+    results = {
+        "models": summary,
+        "ged_noise_floor": {c: first["ged_noise_floor"][c]["mean"] for c in counts},
+        "num_test_images": first["num_images"],
+        "seeds": list(seeds),
+    }
+    if "modes" in first:
+        results["true_probabilities"] = first["modes"]["true_probabilities"]
+    if "presence" in first:
+        results["empty_fraction_graders"] = first["presence"]["empty_fraction_graders"]
+    if REFERENCE in per_image:
+        results[f"wilcoxon_{counts[-1]}"] = {
+            name: _wilcoxon(per_image[REFERENCE], values)
+            for name, values in per_image.items() if name != REFERENCE}
+        results["reference_best"] = {
+            c: min(summary, key=lambda n: summary[n]["ged"][c]["mean"]) == REFERENCE
+            for c in counts}
+    return results
+
+
+def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
+            recipe="cpu", steps_per_epoch=None, data_dir=None, image_size=None,
+            num_examples=None, test_data=None, test_examples=None,
+            sample_counts=SAMPLE_COUNTS, model_overrides=None, verbose=1):
+    """Train every model of `models` on the same data, budget and seeds, evaluate
+    them on the same test images and samples, and write the paper's comparison.
+
+    Writes to `out_dir`: `results.json` (see Returns), `ged.png` (Fig. 4: GED against the
+    number of samples for every model with the noise floor, and the Wilcoxon p-values at the
+    largest sample count) and, where the annotation probabilities are known (*flips*,
+    Cityscapes), `mode_frequencies.png` (Fig. 5: every model's mode frequencies against the
+    truth). Each run has its folder `<model>-seed<seed>/` (a `train` workdir with its
+    evaluation): a `compare` that was stopped continues where it stopped, and finished runs
+    are reused.
+
+    Ensembles and M-Heads are trained once with their default 16 members (heads); GED at k
+    samples uses their first k members, where the paper trains a model per k: for the
+    ensemble, whose members are independent, this is the same; for M-Heads, whose oracle loss
+    couples the heads, it is not.
+
+    Args:
+        out_dir: where the runs, `results.json` and the figures go.
+        dataset: a name of `tfprobunet.data.DATASETS` (the `test` split is evaluated), or a
+            `tfprobunet.data.Source` of your own training data, with `test_data`.
+        models: names of `tfprobunet.models.MODELS`; the Wilcoxon tests compare
+            `"probunet"` with each other model.
+        steps: training steps of every model and seed.
+        seeds: training seeds; each model is trained once per seed.
+        recipe: the training recipe, a name of `training.PRESETS` (see `recipe_settings`).
+        steps_per_epoch: steps between checkpoints (default: `min(steps, 500)`); must divide
+            `steps`.
+        data_dir, image_size, num_examples: passed to `train` (and `data_dir`, `image_size`
+            to `evaluate`).
+        test_data: the evaluation data when `dataset` is a `Source` (a `Source` with all
+            annotations per image); default: the `test` split of the named `dataset`.
+        test_examples: test images (default: the dataset's, 500 for *flips*).
+        sample_counts: numbers of samples to score.
+        model_overrides: `{model name: {argument: value}}` on top of the recipe, e.g.
+            `{"ensemble": {"num_members": 4}}`.
+        verbose: 1 a progress bar over the runs, 2 a line per run, 0 silent.
+
+    Returns:
+        The results as a dict (also `out_dir/results.json`): per model, GED per sample count
+        (mean, min, max and the value of each seed), Pearson r on linear and log mode
+        frequencies and modes found (where known), training seconds; the noise floor; the
+        Wilcoxon signed-rank test (two-sided, paired over test images, per-image GED averaged
+        over seeds) of the Probabilistic U-Net against each baseline at the largest sample
+        count; whether the Probabilistic U-Net has the lowest mean GED at each sample count.
+    """
+    names = list(models)
+    for name in names:
+        models_lib.get(name)
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"`models` must name distinct models. Received: {names}")
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"`seeds` must be distinct integers. Received: {seeds}")
+    steps_per_epoch = steps_per_epoch or min(steps, 500)
+    if steps < 1 or steps_per_epoch < 1 or steps % steps_per_epoch:
+        raise ValueError(f"`steps` ({steps}) must be a positive multiple of `steps_per_epoch` "
+                         f"({steps_per_epoch}).")
+    if isinstance(dataset, data_lib.Source) and test_data is None:
+        raise ValueError("Comparing on your own `Source` needs `test_data=`: a Source of test "
+                         "images with all their annotations.")
+    model_overrides = model_overrides or {}
+    for name, overrides in model_overrides.items():
+        models_lib.get(name)
+        accepted = {*training.model_arguments(name), *RECIPE_ARGUMENTS}
+        unknown = sorted(set(overrides) - accepted)
+        if unknown:
+            raise ValueError(f"`model_overrides[{name!r}]` has arguments {name!r} does not take: "
+                             f"{', '.join(unknown)}. It takes {', '.join(sorted(accepted))}.")
+    sample_counts = tuple(sorted(set(int(k) for k in sample_counts)))
+    test_data = dataset if test_data is None else test_data
+    os.makedirs(out_dir, exist_ok=True)
+
+    runs = [(name, seed) for seed in seeds for name in names]
+    progress = keras.utils.Progbar(len(runs), verbose=1 if verbose == 1 else 0, unit_name="run")
+    reports = {name: [] for name in names}
+    for i, (name, seed) in enumerate(runs):
+        report = _run(os.path.join(out_dir, f"{name}-seed{seed}"), name, seed,
+                      steps // steps_per_epoch, steps_per_epoch, dataset, data_dir, image_size,
+                      num_examples, test_data, test_examples, sample_counts, recipe,
+                      model_overrides)
+        reports[name].append(report)
+        ged = report["ged"][str(sample_counts[-1])]["mean"]
+        progress.update(i + 1, values=[(f"GED({sample_counts[-1]})", ged)])
+        if verbose == 2:
+            print(f"[{i + 1}/{len(runs)}] {name}, seed {seed}: GED({sample_counts[-1]}) = "
+                  f"{ged:.4f}, trained in {report.get('train_seconds', 0):.0f} s", flush=True)
+
+    results = {"dataset": dataset if isinstance(dataset, str) else "custom", "recipe": recipe,
+               "steps": steps, "sample_counts": list(sample_counts),
+               **_summary(reports, sample_counts, seeds)}
+    results["figures"] = plots.write_comparison_figures(results, out_dir)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
