@@ -56,12 +56,12 @@ def served_images(batch=2, size=16, seed=0):
 
 
 @contextlib.contextmanager
-def serve_process(base):
-    """`tfprobunet serve` on `base` in a subprocess, on free ports: yields (process, gRPC port,
-    REST port) once it listens; terminated on exit."""
+def serve_process(base, *flags):
+    """`tfprobunet serve` on `base` in a subprocess, on free ports, with other `flags`: yields
+    (process, gRPC port, REST port) once it listens; terminated on exit."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tfprobunet.cli", "serve", "--model-base-path", base, "--port",
-         "0", "--rest-port", "0"], stdout=subprocess.PIPE, text=True,
+         "0", "--rest-port", "0", *flags], stdout=subprocess.PIPE, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     try:
         line = process.stdout.readline()

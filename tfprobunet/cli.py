@@ -404,7 +404,8 @@ def main(argv=None):
     serve.add_argument("--workers", type=int, default=4,
                        help="gRPC requests answered at once (each may take ~1 GB at the limits)")
     serve.add_argument("--rest-workers", type=int, default=2,
-                       help="REST requests parsed and answered at once; more wait, then 503")
+                       help="REST requests parsed, answered and sent at once; more wait, "
+                            "then 503")
     serve.add_argument("--poll-seconds", type=float, default=1.0,
                        help="seconds between scans for new versions")
     _add_limit_arguments(serve, "on top of each export's own")

@@ -184,7 +184,8 @@ MODEL_LABELS = {"probunet": "Probabilistic U-Net", "dropout": "Dropout U-Net",
 def comparison_ged(results, path):
     """Fig. 4 of the paper: GED against the number of samples for every model of a `compare`
     run (mean over seeds, bars from the lowest to the highest seed), the noise floor, and in
-    the legend the Wilcoxon p-value of each baseline against the Probabilistic U-Net."""
+    the legend the Wilcoxon p-value of each baseline against the Probabilistic U-Net (and which
+    is lower)."""
     counts = results["sample_counts"]
     tests = results.get(f"wilcoxon_{counts[-1]}", {})
     figure = _figure(5.5, 4)
@@ -195,12 +196,14 @@ def comparison_ged(results, path):
         high = np.array([entry["ged"][str(k)]["max"] for k in counts]) - means
         label = MODEL_LABELS.get(name, name)
         if name in tests:
-            label += f" (p = {tests[name]['p']:.1e})"
+            side = "" if tests[name]["reference_lower"] else ", lower than ours"
+            label += f" (p = {tests[name]['p']:.1e}{side})"
         axes.errorbar(np.array(counts) * 1.02 ** (i - 2), means, yerr=[low, high], fmt="o-",
                       capsize=3, label=label)
     floor = [results["ged_noise_floor"][str(k)] for k in counts]
     axes.plot(counts, floor, "k--", label="ground truth (noise floor)")
     axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
     axes.set_xticks(counts, [str(k) for k in counts])
     axes.set_xlabel("number of samples")
     axes.set_ylabel(r"$D^2_{GED}$")
@@ -232,8 +235,9 @@ def comparison_modes(results, path):
                  f"{entry['modes_found']['mean']:.0f}/{len(truth)} modes)")
         axes.semilogy(x[found], frequencies[found], "o", ms=4, color=colour, label=label)
         if (~found).any():
-            axes.semilogy(x[~found], np.full((~found).sum(), floor), "o", ms=4, mfc="none",
-                          color=colour)
+            # One row per model, so that the open markers do not hide each other.
+            axes.semilogy(x[~found], np.full((~found).sum(), floor * 1.4 ** -i), "o", ms=4,
+                          mfc="none", color=colour)
     axes.set_xlabel("mode, by true probability")
     axes.set_ylabel("frequency among the samples")
     axes.set_title(f"{results['dataset']}: mode frequencies (open: never sampled)",

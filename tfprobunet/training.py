@@ -1,6 +1,6 @@
-"""`train()`: fit a `ProbabilisticUNet` (or a baseline) on a built-in benchmark with checkpoints that survive a
-kill at any moment, a CSV log, a guard that stops on a non-finite loss, and runs that continue
-where they stopped (never overwriting a finished model)."""
+"""`train()`: fit a `ProbabilisticUNet` (or a baseline) on a built-in benchmark with checkpoints
+that survive a kill at any moment, a CSV log, a guard that stops on a non-finite loss, and runs
+that continue where they stopped (never overwriting a finished model)."""
 
 import contextlib
 import csv
@@ -748,7 +748,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     budget = None if max_minutes is None else callbacks_lib.TimeBudget(max_minutes)
     os.makedirs(workdir, exist_ok=True)
     settings = dict(dataset=dataset if isinstance(dataset, str) else "custom",
-                    model=model_name, data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                    model=model_name, data_dir=data_dir, epochs=epochs,
+                    steps_per_epoch=steps_per_epoch,
                     batch_size=batch_size, image_size=image_size, num_examples=num_examples,
                     validation_examples=validation_examples, learning_rate=learning_rate,
                     schedule=schedule, mixed_precision=mixed_precision, strategy=strategy,

@@ -20,6 +20,7 @@ gets a JSON 4xx; clients that stop sending are dropped after `request_timeout` s
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -58,6 +59,14 @@ GRPC_BYTES_PER_VALUE, JSON_BYTES_PER_VALUE = 4, 20
 # REST bodies are parsed into Python lists of floats, about 34 times their size in memory: their
 # limit is lower than gRPC messages' (32 MiB: 64 images of 128 x 128 x 3 as JSON).
 MAX_BODY_BYTES = 2**25
+# The bodies being read or waiting for a slot, in bytes, at most this many times
+# `max_body_bytes` (and twice that in memory for the one being parsed per REST worker).
+BODY_BUDGET = 4
+# What a gRPC response carries beyond its values (framing, names, shapes), with a margin.
+RESPONSE_OVERHEAD = 2**16
+# gRPC drops status messages beyond 16 KB of trailers, turning the status into
+# RESOURCE_EXHAUSTED: messages that echo what a client sent are cut at this length.
+MAX_STATUS_CHARS = 4000
 
 
 def _status_name(code):
@@ -130,7 +139,7 @@ class RequestLimits:
         values = sum(math.prod(sizes[i] if d == -1 and i < len(sizes) else max(d, 1)
                                for i, d in enumerate(_dims(signature.outputs[name])))
                      for name in output_names)
-        if values * bytes_per_value > self.max_message_bytes:
+        if values * bytes_per_value + RESPONSE_OVERHEAD > self.max_message_bytes:
             raise status_error("RESOURCE_EXHAUSTED", (
                 f"The response would take about {values * bytes_per_value / 2**20:.0f} MiB, "
                 f"above max_message_bytes = {self.max_message_bytes} "
@@ -325,12 +334,33 @@ class _Registry:
     def _reload_model(self, name):
         with self._lock:
             served = self._servables.get(name)
+        removed = served is not None and not os.path.isdir(served.path)
+        if removed:  # as TF Serving: unloaded, the newest version left is served instead
+            logger.warning("%s was removed: version %d of model %r is no longer served.",
+                           served.path, served.version, name)
+            served = None
+        attempts = []  # the versions it tried to load
+        try:
+            loaded = self._load_newest(name, served, attempts)
+        finally:
+            if attempts or removed:
+                # A load leaves its graph in reference cycles (a failed one too), which only
+                # a full collection frees, and the previous version's session with it.
+                gc.collect()
+        if removed and loaded is None:
+            with self._lock:
+                self._servables.pop(name, None)
+
+    def _load_newest(self, name, served, attempts):
+        """Serve the newest loadable version newer than `served` (any, if None); returns its
+        Servable, or None if there is none. Appends the versions it tries to `attempts`."""
         for version, path in self._versions_on_disk(name):  # newest first
             if served is not None and version <= served.version:
-                return
+                return None
             fingerprint = _fingerprint(path)
             if self._failed.get(path, (None,))[0] == fingerprint:
                 continue  # failed before, unchanged since
+            attempts.append(version)
             try:
                 # Loading takes a while: requests keep being served by the older version.
                 servable = Servable(name, version, path)
@@ -346,7 +376,8 @@ class _Registry:
             with self._lock:
                 # The older version stops being served; requests running on it finish.
                 self._servables[name] = servable
-            return
+            return servable
+        return None
 
     def versions(self, name):
         with self._lock:
@@ -367,6 +398,8 @@ class _Registry:
                       for path, (_, error) in sorted(list(self._failed.items()))
                       if os.path.dirname(path) == os.path.join(self.base_path, name)
                       and version in (None, _folder_version(path))]
+            if len(failed) > 3:
+                failed[3:] = [f" And {len(failed) - 3} more versions failed to load."]
             raise status_error("NOT_FOUND",
                                f"Servable not found for request: {request}" + "".join(failed))
         return servable
@@ -418,7 +451,14 @@ def _answer(context, method, request):
     except Exception as e:  # noqa: BLE001 (answered, and logged for the operator)
         logger.exception("Internal error answering a request")
         code, message = "INTERNAL", f"{type(e).__name__}: {e}"
-    context.abort(getattr(grpc.StatusCode, code), message)
+    context.abort(getattr(grpc.StatusCode, code), _shortened(message))
+
+
+def _shortened(message):
+    """`message`, cut to `MAX_STATUS_CHARS` (it may echo a client's long names)."""
+    if len(message) <= MAX_STATUS_CHARS:
+        return message
+    return f"{message[:MAX_STATUS_CHARS]}... ({len(message) - MAX_STATUS_CHARS} more characters)"
 
 
 def _spec(request):
@@ -624,8 +664,14 @@ class _RestHandler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     def _handle(self, method):
+        # What the request holds (its body's bytes in the budget, a worker slot) until its
+        # answer is sent: an encoded answer and its client count against the slot too.
+        with contextlib.ExitStack() as held:
+            self._answer(method, held)
+
+    def _answer(self, method, held):
         try:
-            status, body = 200, self._route(method)
+            status, body = 200, self._route(method, held)
         except ServingError as e:
             status, body = HTTP_STATUS.get(e.code, 500), {"error": e.message}
         except TimeoutError:
@@ -639,7 +685,7 @@ class _RestHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body may be unread
         self._send_json(status, body)
 
-    def _route(self, method):
+    def _route(self, method, held):
         match = _REST_PATH.match(self.path)
         if not match or (method == "POST") != (match["rest"] == ":predict"):
             raise status_error("NOT_FOUND", f"Malformed request: {method} {self.path}")
@@ -647,14 +693,16 @@ class _RestHandler(BaseHTTPRequestHandler):
         if method == "GET":
             self.server.received(self.connection)
         if method == "POST":
-            data = self._read_body()
-            with self.server.slot():  # parsing and answering take memory; reading does not
-                body = _parse_json(data)
-                servable = self.server.registry.get(match["name"], version)
-                signature_name, inputs = _rest_predict_request(servable, body)
-                outputs = servable.run(signature_name, inputs, limits=self.server.limits,
-                                       bytes_per_value=JSON_BYTES_PER_VALUE)
-                return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+            data = self._read_body(held)
+            # Parsing, answering and sending take memory; reading slowly does not.
+            held.enter_context(self.server.slot())
+            body = _parse_json(data)
+            del data
+            servable = self.server.registry.get(match["name"], version)
+            signature_name, inputs = _rest_predict_request(servable, body)
+            outputs = servable.run(signature_name, inputs, limits=self.server.limits,
+                                   bytes_per_value=JSON_BYTES_PER_VALUE)
+            return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
         servable = self.server.registry.get(match["name"], version)
         if match["rest"] == "/metadata":
             return {"model_spec": {"name": servable.name, "version": str(servable.version)},
@@ -665,7 +713,7 @@ class _RestHandler(BaseHTTPRequestHandler):
             {"version": str(servable.version), "state": "AVAILABLE",
              "status": {"error_code": "OK", "error_message": ""}}]}
 
-    def _read_body(self):
+    def _read_body(self, held):
         limit = self.server.max_body_bytes
         length = self.headers.get("Content-Length")
         if length is None or not re.fullmatch(r"[0-9]+", length.strip()):
@@ -676,6 +724,7 @@ class _RestHandler(BaseHTTPRequestHandler):
                 f"The body's Content-Length of {int(length)} bytes is above max_body_bytes = "
                 f"{limit} (a limit of this server: `tfprobunet serve --max-body-bytes`; JSON "
                 "takes about 34 times its size in memory once parsed)."))
+        held.enter_context(self.server.body_bytes(int(length)))
         data = self.rfile.read(int(length))
         self.server.received(self.connection)
         if len(data) < int(length):
@@ -693,9 +742,13 @@ class _RestServer(ThreadingHTTPServer):
     def __init__(self, address, registry, limits, max_body_bytes, request_timeout, rest_workers):
         self.registry, self.limits = registry, limits
         self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
-        # Requests parsed and answered at once: each may take about 1 GB at the default limits.
+        # Requests parsed, answered and sent at once: each may take about 1 GB at the default
+        # limits.
         self.rest_workers = rest_workers
         self._slots = threading.BoundedSemaphore(rest_workers)
+        self.body_budget = BODY_BUDGET * max_body_bytes
+        self._body_bytes = 0  # of the bodies being read or waiting for a slot
+        self._budget = threading.Condition()
         self._deadlines = {}  # connection -> when its request must have arrived
         self._deadlines_lock = threading.Lock()
         self._closed = threading.Event()
@@ -704,8 +757,9 @@ class _RestServer(ThreadingHTTPServer):
 
     @contextlib.contextmanager
     def slot(self):
-        """One of the `rest_workers` slots for parsing and answering a request whose body has
-        arrived; UNAVAILABLE (503) if none frees up within `request_timeout` seconds."""
+        """One of the `rest_workers` slots for parsing, answering and sending the answer of a
+        request whose body has arrived; UNAVAILABLE (503) if none frees up within
+        `request_timeout` seconds."""
         if not self._slots.acquire(timeout=self.request_timeout):
             raise status_error("UNAVAILABLE", (
                 f"The server is busy: {self.rest_workers} REST requests are being answered "
@@ -715,6 +769,28 @@ class _RestServer(ThreadingHTTPServer):
             yield
         finally:
             self._slots.release()
+
+    @contextlib.contextmanager
+    def body_bytes(self, size):
+        """`size` bytes of the `body_budget` for a body about to be read; UNAVAILABLE (503) if
+        they do not free up within `request_timeout` seconds."""
+        deadline = time.monotonic() + self.request_timeout
+        with self._budget:
+            while self._body_bytes + size > self.body_budget:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._budget.wait(remaining):
+                    raise status_error("UNAVAILABLE", (
+                        f"The server is busy: {self._body_bytes} bytes of request bodies are "
+                        f"being read or waiting to be answered, and this one's {size} would "
+                        f"exceed {BODY_BUDGET} x max_body_bytes = {self.body_budget} "
+                        "(`tfprobunet serve --max-body-bytes`); try again."))
+            self._body_bytes += size
+        try:
+            yield
+        finally:
+            with self._budget:
+                self._body_bytes -= size
+                self._budget.notify_all()
 
     def expect(self, connection):
         with self._deadlines_lock:
@@ -751,8 +827,9 @@ class ModelServer:
         port, rest_port, host: where to listen.
         max_workers: gRPC requests answered at once (TF Serving: `--grpc_max_threads`); more
             wait. Each may take about 1 GB at the default limits.
-        rest_workers: REST requests parsed and answered at once (TF Serving:
-            `--rest_api_num_threads`); more wait up to `request_timeout`, then get 503.
+        rest_workers: REST requests parsed, answered and sent at once (TF Serving:
+            `--rest_api_num_threads`); more wait up to `request_timeout`, then get 503. The
+            bodies being read or waiting total at most `BODY_BUDGET` x `max_body_bytes`.
         poll_seconds: seconds between scans (TF Serving: `--file_system_poll_wait_seconds`);
             0 scans only when a request names an unknown model.
         max_samples, max_pixels, max_sample_pixels: per-request limits (`RequestLimits`), on
