@@ -86,6 +86,11 @@ def test_a_second_compare_reuses_the_finished_runs(compared):
                             verbose=0)
     assert os.stat(model_file).st_mtime_ns == before  # not trained again
     assert again["models"] == first["models"]
+    # A finished run of other settings is not reused as if it were the run asked for.
+    with pytest.raises(ValueError, match="num_heads: 4 before, 8 now"):
+        comparison.compare(compared, "flips", models=["mheads"], steps=20, steps_per_epoch=10,
+                           image_size=16, num_examples=64, test_examples=12,
+                           model_overrides={"mheads": {"num_heads": 8}}, verbose=0)
 
 
 def test_bad_arguments_are_refused_with_what_would_work(tmp_path):

@@ -48,10 +48,42 @@ def _finished_model(workdir, epochs):
     return keras.models.load_model(model_path)
 
 
+RUN_RECORD = "comparison_run.json"
+
+
+def _check_run_record(workdir, record):
+    """Write what the run in `workdir` is (`record`), or refuse if it holds another run: a
+    finished run is reused, so it must be the run asked for."""
+    path = os.path.join(workdir, RUN_RECORD)
+    record = json.loads(json.dumps(record, default=list))
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+        if changed:
+            differences = ", ".join(f"{k}: {saved.get(k)!r} before, {record.get(k)!r} now"
+                                    for k in changed)
+            raise ValueError(f"{workdir} holds a run of another comparison ({differences}); "
+                             "use another `out_dir` (or delete that folder to run it again).")
+        return
+    if os.path.exists(workdir) and os.listdir(workdir):
+        raise ValueError(f"{workdir} exists but has no {RUN_RECORD}, so what it holds is "
+                         "unknown: use another `out_dir`, or delete that folder.")
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+
+
 def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_size,
          num_examples, test_data, test_examples, sample_counts, recipe, model_overrides):
     """Train (or resume, or reuse) one model for one seed, then evaluate it (or reuse its
     evaluation): the evaluation report with `train_seconds`."""
+    settings = recipe_settings(recipe, name, **model_overrides.get(name, {}))
+    _check_run_record(workdir, dict(
+        model=name, seed=seed, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        dataset=dataset if isinstance(dataset, str) else "custom", data_dir=data_dir,
+        image_size=image_size, num_examples=num_examples, test_examples=test_examples,
+        sample_counts=sample_counts, **settings))
     report_path = os.path.join(workdir, "evaluation", "report.json")
     if os.path.exists(report_path):
         with open(report_path) as f:
@@ -61,7 +93,6 @@ def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_
     start = time.monotonic()
     model = _finished_model(workdir, epochs)
     if model is None:
-        settings = recipe_settings(recipe, name, **model_overrides.get(name, {}))
         model, _ = training.train(workdir, dataset=dataset, data_dir=data_dir, epochs=epochs,
                                   steps_per_epoch=steps_per_epoch, image_size=image_size,
                                   num_examples=num_examples, seed=seed, verbose=0,
@@ -149,8 +180,9 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
     largest sample count) and, where the annotation probabilities are known (*flips*,
     Cityscapes), `mode_frequencies.png` (Fig. 5: every model's mode frequencies against the
     truth). Each run has its folder `<model>-seed<seed>/` (a `train` workdir with its
-    evaluation): a `compare` that was stopped continues where it stopped, and finished runs
-    are reused.
+    evaluation and `comparison_run.json`, its settings): a `compare` that was stopped
+    continues where it stopped, finished runs are reused, and a folder that holds a run with
+    other settings is refused (`ValueError`).
 
     Ensembles and M-Heads are trained once with their default 16 members (heads); GED at k
     samples uses their first k members, where the paper trains a model per k: for the
