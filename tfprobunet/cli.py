@@ -6,6 +6,7 @@ import os
 import sys
 
 from tfprobunet import _console
+from tfprobunet.models import MODELS
 from tfprobunet.serving.client import MAX_MESSAGE_BYTES
 from tfprobunet.serving.local_server import MAX_BODY_BYTES
 from tfprobunet.serving.export import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
@@ -293,8 +294,6 @@ def _tune(args):
 
 
 def _model_list(text):
-    from tfprobunet.models import MODELS
-
     names = [v for v in text.split(",") if v]
     unknown = [v for v in names if v not in MODELS]
     if unknown or not names:
@@ -463,7 +462,7 @@ def main(argv=None):
                          help="the runs (one train workdir per model and seed), results.json "
                               "and the figures; a stopped compare continues from there")
     compare.add_argument("--models", type=_model_list,
-                         default=["probunet", "dropout", "ensemble", "mheads", "i2ivae"],
+                         default=list(MODELS),
                          help="comma-separated (default: all five)")
     compare.add_argument("--steps", type=int, default=2000, help="training steps of every run")
     compare.add_argument("--steps-per-epoch", type=int,

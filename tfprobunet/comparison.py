@@ -59,10 +59,8 @@ def _check_run_record(workdir, record):
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        changed = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
-        if changed:
-            differences = ", ".join(f"{k}: {saved.get(k)!r} before, {record.get(k)!r} now"
-                                    for k in changed)
+        differences = training.setting_differences(saved, record)
+        if differences:
             raise ValueError(f"{workdir} holds a run of another comparison ({differences}); "
                              "use another `out_dir` (or delete that folder to run it again).")
         return
@@ -85,11 +83,9 @@ def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_
         image_size=image_size, num_examples=num_examples, test_examples=test_examples,
         sample_counts=sample_counts, **settings))
     report_path = os.path.join(workdir, "evaluation", "report.json")
-    if os.path.exists(report_path):
+    if os.path.exists(report_path):  # of this very run: the record says so
         with open(report_path) as f:
-            report = json.load(f)
-        if report.get("sample_counts") == list(sample_counts) and "ged_per_image" in report:
-            return report
+            return json.load(f)
     start = time.monotonic()
     model = _finished_model(workdir, epochs)
     if model is None:
@@ -119,12 +115,9 @@ def _wilcoxon(reference, other):
     from scipy import stats
 
     difference = np.asarray(reference) - np.asarray(other)
-    if not np.any(difference):
-        p = 1.0
-    else:
-        p = float(stats.wilcoxon(reference, other).pvalue)
-    return {"p": p, "median_difference": float(np.median(difference)),
-            "reference_lower": bool(np.median(difference) < 0)}
+    p = float(stats.wilcoxon(reference, other).pvalue) if np.any(difference) else 1.0
+    median = float(np.median(difference))
+    return {"p": p, "median_difference": median, "reference_lower": median < 0}
 
 
 def _summary(reports, sample_counts, seeds):

@@ -535,15 +535,19 @@ def _write_config(path, settings):
         json.dump(settings, f, indent=2)
 
 
+def setting_differences(before, now, ignore=()):
+    """The settings that differ between the dicts `before` and `now` (but those in `ignore`),
+    as `"key: old before, new now, ..."`; empty if none do."""
+    changed = sorted(k for k in set(before) | set(now)
+                     if k not in ignore and before.get(k) != now.get(k))
+    return ", ".join(f"{k}: {before.get(k)!r} before, {now.get(k)!r} now" for k in changed)
+
+
 def _check_settings(workdir, saved, settings):
     """Refuse to continue a run made with other settings (other than `RESUMABLE_CHANGES`)."""
-    saved, settings = _effective(saved), _effective(settings)
-    changed = sorted(k for k in set(saved) | set(settings)
-                     if k not in (*RESUMABLE_CHANGES, "finished_epochs")
-                     and saved.get(k) != settings.get(k))
-    if changed:
-        differences = ", ".join(f"{k}: {saved.get(k)!r} before, {settings.get(k)!r} now"
-                                for k in changed)
+    differences = setting_differences(_effective(saved), _effective(settings),
+                                      ignore=(*RESUMABLE_CHANGES, "finished_epochs"))
+    if differences:
         raise WorkdirError(f"{workdir} holds a run with other settings ({differences}). "
                            f"Continue it with the same arguments (only "
                            f"{', '.join(RESUMABLE_CHANGES)} may change), or use a new workdir "
