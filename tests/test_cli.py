@@ -14,22 +14,23 @@ from tfprobunet import cli
 
 
 def test_train_command_writes_checkpointed_run(tmp_path, capsys):
-    """Under MirroredStrategy over the 2 logical CPUs of conftest."""
+    """Under MirroredStrategy over the 2 logical CPUs of conftest, with the energy term."""
     workdir = str(tmp_path / "run")
     command = ["train", "--dataset", "graders", "--workdir", workdir, "--epochs", "2",
                "--strategy", "mirrored",
                "--steps-per-epoch", "2", "--batch-size", "2", "--image-size", "16",
                "--num-examples", "8", "--num-channels", "8,16", "--convs-per-block", "1",
-               "--latent-dim", "2", "--learning-rate", "1e-3"]
+               "--latent-dim", "2", "--learning-rate", "1e-3", "--energy-weight", "10"]
     assert cli.main(command) == 0
     assert "model saved to" in capsys.readouterr().out
     model = keras.models.load_model(os.path.join(workdir, "model.keras"))
     assert isinstance(model, tfprobunet.ProbabilisticUNet)
     assert model.num_channels == (8, 16) and model.latent_dim == 2 and model.num_classes == 2
+    assert (model.energy_weight, model.energy_samples) == (10.0, 4)
     with open(os.path.join(workdir, "log.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert all(np.isfinite(float(r[term])) for r in rows for term in ("loss", "energy"))
     # The same command again has nothing to do: refused with the way out, the model untouched.
     with open(os.path.join(workdir, "model.keras"), "rb") as f:
         saved = f.read()
@@ -63,7 +64,8 @@ def _write_npz_splits(folder, rng):
         yield images, annotations
 
 
-def test_train_and_evaluate_read_your_own_npz_folder_with_a_preset(tmp_path, capsys):
+@pytest.mark.parametrize("preset", ["paper", "cpu-energy"])
+def test_train_and_evaluate_read_your_own_npz_folder_with_a_preset(tmp_path, capsys, preset):
     data = str(tmp_path / "data")
     (train_images, train_annotations), *_ = _write_npz_splits(data, np.random.default_rng(0))
     # Read back as written: uint8 images scaled to [0, 1], all annotations, 2 classes.
@@ -74,7 +76,7 @@ def test_train_and_evaluate_read_your_own_npz_folder_with_a_preset(tmp_path, cap
     assert source.num_classes == 2 and source.annotation_weights is None
 
     workdir = str(tmp_path / "run")
-    assert cli.main(["train", "--preset", "paper", "--dataset", "npz", "--data-dir", data,
+    assert cli.main(["train", "--preset", preset, "--dataset", "npz", "--data-dir", data,
                      "--workdir", workdir, "--epochs", "1", "--steps-per-epoch", "1",
                      "--batch-size", "2", "--num-channels", "8,16", "--convs-per-block", "1",
                      "--latent-dim", "2", "--fcomb-channels", "4",
@@ -82,9 +84,11 @@ def test_train_and_evaluate_read_your_own_npz_folder_with_a_preset(tmp_path, cap
     with open(os.path.join(workdir, "train_config.json")) as f:
         config = json.load(f)
     # The preset's settings, except where a flag said otherwise.
-    assert config["schedule"] == "piecewise" and config["learning_rate"] == 1e-4
-    assert config["num_channels"] == [8, 16] and config["batch_size"] == 2
-    assert config["fcomb_channels"] == 4 and config["fcomb_layers"] == 3
+    flags = dict(num_channels=[8, 16], batch_size=2, convs_per_block=1, latent_dim=2,
+                 fcomb_channels=4)
+    expected = {**tfprobunet.training.preset(preset), **flags}
+    assert {k: config[k] for k in expected} == expected
+    assert config["fcomb_layers"] == 3
     out = str(tmp_path / "eval")
     capsys.readouterr()
     assert cli.main(["evaluate", "--model", os.path.join(workdir, "model.keras"), "--out",

@@ -115,3 +115,52 @@ def test_elbo_loss_combines_terms_with_beta_and_rejects_bad_options():
         losses.elbo_loss(**args, kl="exact")
     with pytest.raises(ValueError, match="`reduction` must be one of"):
         losses.elbo_loss(**args, reconstruction="median")
+
+
+def test_energy_score_hand_worked_binary_case():
+    """Y: a 4-pixel lesion. Samples: Y itself and an empty mask. With smoothing 1:
+    d(Y, Y) = 0, d(empty, Y) = (4 - 0) / (4 + 1) = 0.8, d(Y, empty) = 0.8, so
+    ES = (0 + 0.8) / 2 - 1/2 * 0.8 = 0. Two copies of Y: ES = 0. Two empty masks:
+    d(empty, Y) = 0.8 each and d(empty, empty) = 0, so ES = 0.8."""
+    label = np.zeros((1, 4, 4), np.int32)
+    label[0, :2, :2] = 1
+    lesion, empty = tf.one_hot(label, 2), tf.one_hot(np.zeros_like(label), 2)
+    for samples, expected in (([lesion, empty], 0.0), ([lesion, lesion], 0.0),
+                              ([empty, empty], 0.8)):
+        score = losses.energy_score(tf.stack(samples, axis=1), label, classes=[1])
+        np.testing.assert_allclose(score, [expected], atol=1e-6)
+    # Soft maps: a sample of probability 0.5 on the lesion's 4 pixels and 0 elsewhere, twice:
+    # I = 2, U = 4 + 2 - 2 = 4 against Y, so d = 2 / 5; against itself I = 1, U = 2 + 2 - 1 = 3,
+    # d = 2 / 4. ES = 0.4 - 0.25.
+    half = tf.one_hot(label, 2) * 0.5
+    score = losses.energy_score(tf.stack([half, half], axis=1), label, classes=[1])
+    np.testing.assert_allclose(score, [0.4 - 0.25], atol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [[1], [0, 1, 2]])
+def test_energy_score_of_one_hot_samples_is_the_hard_iou_energy_score(classes):
+    """For one-hot samples and smoothing -> 0 the soft distance is the evaluation's 1 - IoU
+    (`metrics.pairwise_distances`, the numpy reference): ES = mean d(S_k, Y) - 1/2 mean over
+    k != l of d(S_k, S_l), every comparison over the label's valid pixels."""
+    from tfprobunet import metrics
+
+    rng = np.random.default_rng(5)
+    samples = rng.integers(0, 3, (2, 5, 6, 6))
+    labels = rng.integers(0, 3, (2, 6, 6))
+    labels[0, 0, :3] = 255
+    samples[0, :, 0, :3] = 255  # the reference leaves out the label's ignored pixels too
+    score = losses.energy_score(tf.one_hot(samples, 3), labels, classes, smoothing=1e-7)
+    cross = metrics.pairwise_distances(samples, labels[:, None], 3, classes).mean(axis=(1, 2))
+    pairwise = metrics.pairwise_distances(samples, samples, 3, classes).sum(axis=(1, 2))
+    np.testing.assert_allclose(score, cross - 0.5 * pairwise / (5 * 4), rtol=1e-4)
+
+
+def test_energy_score_is_finite_and_differentiable_on_empty_maps_and_needs_two_samples():
+    logits = tf.Variable(tf.fill((1, 3, 4, 4, 2), -20.0) * tf.constant([-1.0, 1.0]))
+    with tf.GradientTape() as tape:
+        score = losses.energy_score(tf.nn.softmax(logits), np.zeros((1, 4, 4), np.int32), [1])
+    gradient = tape.gradient(score, logits)
+    assert np.isfinite(score.numpy()).all() and np.isfinite(gradient.numpy()).all()
+    np.testing.assert_allclose(score, [0.0], atol=1e-6)  # all empty, like the label
+    with pytest.raises(ValueError, match="m >= 2 samples.*shape \\(1, 1, 4, 4, 2\\)"):
+        losses.energy_score(tf.zeros((1, 1, 4, 4, 2)), np.zeros((1, 4, 4), np.int32), [1])

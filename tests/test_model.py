@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfprobunet
-from tfprobunet import metrics
+from tfprobunet import losses, metrics
 from tfprobunet.model import GED_SEED
 from conftest import random_batch, tiny_model
 
@@ -408,3 +408,53 @@ def test_fit_traces_the_training_step_once(monkeypatch):
     model.fit(dataset, epochs=2, steps_per_epoch=2, verbose=0)
     assert len(traces) == 1
     assert int(model.optimizer.iterations) == 4
+
+
+def test_energy_term_is_the_energy_score_of_prior_samples():
+    """`energy` equals `losses.energy_score` of `energy_samples` draws from the prior, decoded
+    with the public `features` / `decode` from the same noise, and `loss` adds it times
+    `energy_weight` to the beta-ELBO."""
+    images, segmentations = random_batch(2, batch=3, seed=6)
+    model = tiny_model(2, use_posterior_mean=True, energy_weight=50.0, energy_samples=3)
+    model.build(images.shape)
+    state = model.seed_generator.state.numpy()
+    terms = model.loss_terms(images, segmentations)
+    model.seed_generator.state.assign(state)
+    noise = keras.random.normal((3, 3, model.latent_dim), seed=model.seed_generator)
+    features, prior = model.features(images)
+    z = prior.loc[:, None] + prior.stddev()[:, None] * noise
+    probabilities = tf.nn.softmax(model.decode(features, z))
+    expected = losses.energy_score(probabilities, segmentations, classes=[1])
+    np.testing.assert_allclose(terms["energy"], expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        terms["loss"], terms["reconstruction"] + terms["kl"] + 50.0 * terms["energy"], rtol=1e-5)
+
+
+def test_energy_term_trains_the_prior_net():
+    """With beta = 0 and the posterior mean decoded, only the energy term reaches the prior net:
+    a step moves it with `energy_weight` > 0 and leaves it with 0. `energy` is logged."""
+    images, segmentations = random_batch(2, batch=4, seed=7)
+    moved = {}
+    for weight in (0.0, 10.0):
+        model = tiny_model(2, use_posterior_mean=True, weight_decay=0.0, beta=0.0,
+                           energy_weight=weight)
+        model.build(images.shape)
+        before = [v.numpy() for v in model.prior.trainable_weights]
+        model.compile(optimizer=keras.optimizers.SGD(1e-2))
+        history = model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
+        moved[weight] = any(not np.array_equal(v.numpy(), b)
+                            for v, b in zip(model.prior.trainable_weights, before))
+        assert ("energy" in history.history) == bool(weight)
+    assert moved == {0.0: False, 10.0: True}
+
+
+def test_energy_arguments_are_checked_and_saved():
+    with pytest.raises(ValueError, match="`energy_weight` must be >= 0.*Received: energy_weight=-1"):
+        tiny_model(energy_weight=-1.0)
+    with pytest.raises(ValueError, match="`energy_samples` must be an integer >= 2.*Received: 1"):
+        tiny_model(energy_weight=1.0, energy_samples=1)
+    model = tiny_model(energy_weight=5.0, energy_samples=3)
+    restored = type(model).from_config(model.get_config())
+    assert (restored.energy_weight, restored.energy_samples) == (5.0, 3)
+    assert restored.TERMS == ("loss", "reconstruction", "kl", "energy")
+    assert tiny_model().TERMS == ("loss", "reconstruction", "kl")

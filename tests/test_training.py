@@ -542,6 +542,19 @@ def test_schedules_give_the_hand_computed_learning_rates():
         training.learning_rate_schedule("linear", 1e-3, 10)
 
 
+def test_schedules_of_runs_too_short_to_warm_up_start_at_the_peak_rate():
+    """A run of 1 to 10 steps warms up over round(0.05 * steps) = 0 steps: its first step is at
+    the full rate (a 1-step run must train), for every schedule; `wsd` keeps it to 2/3 of the
+    run. (A 1-step `wsd` run used to raise ValueError, and a 0-step warm-up gave rate 0.)"""
+    for name in ("piecewise", "cosine", "wsd"):
+        for total in (1, 2, 3, 10):
+            schedule = training.learning_rate_schedule(name, 1e-3, total)
+            assert _rate(schedule, 0) == pytest.approx(1e-3), (name, total)
+    wsd = training.learning_rate_schedule("wsd", 1e-3, 3)  # decay from step 2 to 3
+    assert [_rate(wsd, t) for t in (0, 1, 2, 3)] == pytest.approx([1e-3, 1e-3, 1e-3, 0.0])
+    assert _rate(training.WarmupStableDecay(1e-3, 10, 0, 5), 0) == pytest.approx(1e-3)
+
+
 def test_a_resumed_run_continues_the_schedule_where_it_stopped(tmp_path):
     workdir = str(tmp_path)
     kwargs = dict(SMALL, steps_per_epoch=3, schedule="piecewise", learning_rate=1e-2)

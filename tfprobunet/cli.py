@@ -80,6 +80,11 @@ def _add_train_arguments(parser):
                         help="KL weight rising from 0 to --beta over this many steps")
     parser.add_argument("--geco-target", type=float,
                         help="GECO: minimise beta * KL subject to this reconstruction, nats/pixel")
+    parser.add_argument("--energy-weight", type=float, default=0.0,
+                        help="add this many nats times the energy score of prior samples "
+                             "against the annotation (not in the paper; 0: off)")
+    parser.add_argument("--energy-samples", type=int, default=4,
+                        help="prior samples per image for --energy-weight")
     parser.add_argument("--reconstruction", choices=("sum", "mean"), default="sum")
     parser.add_argument("--kl", choices=("analytic", "sampled"), default="analytic")
     parser.add_argument("--jit-compile", action="store_true")
@@ -114,6 +119,7 @@ def _train(args):
             convs_per_block=args.convs_per_block, latent_dim=args.latent_dim,
             fcomb_layers=args.fcomb_layers, fcomb_channels=args.fcomb_channels, beta=args.beta,
             beta_warmup_steps=args.beta_warmup_steps, geco_target=args.geco_target,
+            energy_weight=args.energy_weight, energy_samples=args.energy_samples,
             reconstruction=args.reconstruction, kl=args.kl, tensorboard=args.tensorboard,
             verbose=_console.progress_verbosity())
     except training.WorkdirError as error:  # a refusal that says what to do: no traceback

@@ -1,6 +1,8 @@
-"""The terms of the Probabilistic U-Net's beta-ELBO, as pure functions on tensors.
+"""The terms of the Probabilistic U-Net's beta-ELBO, and the optional energy score of prior
+samples, as pure functions on tensors.
 
     loss = CE(Y, S(X, z)) + beta * KL(Q(z|X, Y) || P(z|X)),   z ~ Q
+         [+ w * (E d(S_k, Y) - 1/2 E d(S_k, S_l)),   S_k = S(X, z_k), z_k ~ P: `energy_score`]
 
 Every function returns one value per example, shape `(b,)`, so that a caller under
 `tf.distribute` can average over the global batch (`tf.nn.compute_average_loss`).
@@ -110,3 +112,72 @@ def oracle_set_loss(per_head, epsilon=0.05):
     best = tf.one_hot(tf.argmin(per_head, axis=-1), heads)
     weights = best * (1.0 - epsilon) + (1.0 - best) * (epsilon / (heads - 1))
     return tf.reduce_sum(tf.stop_gradient(weights) * per_head, axis=-1)
+
+
+def soft_distances(a, b, valid, smoothing=1.0):
+    """A differentiable `d = 1 - IoU` between class-probability maps, image by image.
+
+    For each scored class c, over the valid pixels, with I_c = sum(a_c * b_c) and
+    U_c = sum(a_c + b_c - a_c * b_c):  d_c = (U_c - I_c) / (U_c + smoothing), and
+    d = sum_c w_c d_c / sum_c w_c with w_c = U_c / (U_c + smoothing), a smooth "class c is
+    present in either map". For one-hot maps and `smoothing -> 0` this is
+    `tfprobunet.metrics.pairwise_distances`: one minus the mean IoU over the classes present
+    in either map, 0 when none is.
+
+    Args:
+        a: `(b, m, p, C)` probabilities of the C scored classes at p pixels, m maps.
+        b: `(b, n, p, C)` the same for n maps.
+        valid: `(b, p)` 1 where a pixel counts, 0 where it is ignored.
+        smoothing: pixels added to each union (> 0): two empty maps are at distance 0 and
+            the gradient stays finite when a class is absent from both.
+
+    Returns:
+        `(b, m, n)` float32.
+    """
+    a = tf.cast(a, tf.float32) * valid[:, None, :, None]
+    b = tf.cast(b, tf.float32) * valid[:, None, :, None]
+    intersection = tf.einsum("bmpc,bnpc->bmnc", a, b)
+    union = (tf.reduce_sum(a, axis=2)[:, :, None] + tf.reduce_sum(b, axis=2)[:, None]
+             - intersection)
+    presence = union / (union + smoothing)
+    per_class = (union - intersection) / (union + smoothing)
+    return tf.reduce_sum(presence * per_class, -1) / (tf.reduce_sum(presence, -1) + 1e-6)
+
+
+def energy_score(probabilities, labels, classes, smoothing=1.0, ignore_label=IGNORE_LABEL):
+    """The energy score of m sampled segmentations against the observed one, per example:
+
+        ES = E[d(S, Y)] - 1/2 E[d(S, S')],   S, S' independent samples (pairs k != l),
+
+    with the soft distance of `soft_distances`. A proper scoring rule (Gneiting & Raftery
+    2007): its expectation over Y is lowest when the samples follow Y's distribution, and
+    2 * ES minus the annotations' own spread is the GED the paper evaluates.
+
+    Args:
+        probabilities: `(b, m, h, w, K)` class probabilities of m >= 2 samples (a softmax).
+        labels: `(b, h, w)` int, the observed segmentation; `ignore_label` pixels are left out
+            of every comparison.
+        classes: the scored classes, e.g. `[1]` for a binary mask.
+        smoothing: see `soft_distances`.
+
+    Returns:
+        `(b,)` float32.
+    """
+    samples = probabilities.shape[1]
+    if samples is None or samples < 2:
+        raise ValueError("The energy score needs m >= 2 samples per image. Received "
+                         f"probabilities of shape {probabilities.shape}.")
+    classes = tf.constant(classes, tf.int32)
+    labels = tf.cast(labels, tf.int32)
+    shape = tf.shape(labels)
+    labels = tf.reshape(labels, tf.stack([shape[0], -1]))
+    valid = tf.cast(labels != ignore_label, tf.float32)
+    observed = tf.cast(labels[:, None, :, None] == classes, tf.float32)
+    probabilities = tf.cast(probabilities, tf.float32)
+    probabilities = tf.gather(probabilities, classes, axis=-1)
+    probabilities = tf.reshape(probabilities, tf.stack(
+        [shape[0], samples, -1, tf.shape(classes)[0]]))
+    cross = tf.reduce_mean(soft_distances(probabilities, observed, valid, smoothing), (1, 2))
+    pairwise = soft_distances(probabilities, probabilities, valid, smoothing)
+    off_diagonal = tf.reduce_sum(pairwise, (1, 2)) - tf.linalg.trace(pairwise)
+    return cross - 0.5 * off_diagonal / (samples * (samples - 1))

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
+from tfprobunet import metrics as metrics_lib
 from tfprobunet.models.base import GED_SEED, IGNORE_LABEL, SegmentationSampler  # noqa: F401
 
 # GECO: the moving average's decay (the Hierarchical Probabilistic U-Net's) and the range the
@@ -63,6 +64,13 @@ class ProbabilisticUNet(SegmentationSampler):
             many optimizer steps (KL annealing, not in the paper), so that the posterior puts
             information into every latent direction before the KL pulls it towards the prior.
             The logged `loss` is the beta-ELBO with the full `beta` throughout. 0: off.
+        energy_weight: 0 (the paper's loss), or a weight in nats: add `energy_weight` times the
+            energy score of `energy_samples` segmentations drawn from the *prior* against the
+            training segmentation (`losses.energy_score`, a soft `1 - IoU`). The ELBO trains
+            the prior only to cover the posteriors; this term trains what `sample` draws to
+            follow the annotations' distribution, the quantity GED measures (a proper scoring
+            rule). Only f_comb runs per extra sample. Logged as `energy`. Not in the paper.
+        energy_samples: prior samples per image for the energy score (>= 2).
 
     Shapes: images `(b, h, w, c)` float32; segmentations `(b, h, w)` int with values in
     `[0, num_classes)` or 255 (ignored).
@@ -85,7 +93,7 @@ class ProbabilisticUNet(SegmentationSampler):
                  latent_dim=6, fcomb_layers=3, fcomb_channels=None, beta=1.0,
                  reconstruction="sum", kl="analytic", use_posterior_mean=False, weight_decay=1e-5,
                  seed=None, ged_samples=16, ged_classes=None, geco_target=None, geco_rate=0.01,
-                 beta_warmup_steps=0, **kwargs):
+                 beta_warmup_steps=0, energy_weight=0.0, energy_samples=4, **kwargs):
         super().__init__(num_classes, num_channels, convs_per_block, weight_decay, seed,
                          ged_samples, ged_classes, **kwargs)
         num_channels = self.num_channels
@@ -108,6 +116,17 @@ class ProbabilisticUNet(SegmentationSampler):
                                            or fcomb_channels < 1):
             raise ValueError("`fcomb_channels` must be None (the U-Net's first-level channels) "
                              f"or a positive integer. Received: fcomb_channels={fcomb_channels!r}")
+
+        if not energy_weight >= 0:
+            raise ValueError("`energy_weight` must be >= 0 (0: the paper's loss; e.g. 1000). "
+                             f"Received: energy_weight={energy_weight!r}")
+        if not isinstance(energy_samples, int) or energy_samples < 2:
+            raise ValueError("`energy_samples` must be an integer >= 2 (the energy score "
+                             f"compares samples in pairs). Received: {energy_samples!r}")
+        self.energy_weight = float(energy_weight)
+        self.energy_samples = energy_samples
+        if self.energy_weight:
+            self.TERMS = (*type(self).TERMS, "energy")
 
         gaussian_args = dict(latent_dim=latent_dim, num_channels=num_channels,
                              convs_per_block=convs_per_block, weight_decay=weight_decay)
@@ -269,9 +288,17 @@ class ProbabilisticUNet(SegmentationSampler):
             noise = self._noise(tf.shape(q_loc))
         z = q_loc + tf.exp(q_log_scale) * noise
         logits = self.decode(features, z)
-        return losses.elbo_loss(segmentations, logits, noise, q_loc, q_log_scale, p_loc,
-                                p_log_scale, beta=self.beta, reconstruction=self.reconstruction,
-                                kl=self.kl)
+        terms = losses.elbo_loss(segmentations, logits, noise, q_loc, q_log_scale, p_loc,
+                                 p_log_scale, beta=self.beta, reconstruction=self.reconstruction,
+                                 kl=self.kl)
+        if self.energy_weight:
+            z = self.prior_latents(p_loc, tf.exp(p_log_scale), self.energy_samples)
+            probabilities = tf.nn.softmax(tf.cast(self.decode(features, z), tf.float32))
+            terms["energy"] = losses.energy_score(
+                probabilities, segmentations,
+                metrics_lib.scored_classes(self.num_classes, self.ged_classes))
+            terms["loss"] = terms["loss"] + self.energy_weight * terms["energy"]
+        return terms
 
     def _geco_update(self, reconstruction, segmentations):
         """One GECO step of the Lagrange multiplier from the batch's reconstruction `(b,)`."""
@@ -298,7 +325,10 @@ class ProbabilisticUNet(SegmentationSampler):
         if self.geco_target is None and not self.beta_warmup_steps:
             return terms["loss"]
         weight = 1.0 if self.geco_target is None else tf.stop_gradient(self.geco_lambda)
-        return weight * terms["reconstruction"] + self._kl_weight() * terms["kl"]
+        objective = weight * terms["reconstruction"] + self._kl_weight() * terms["kl"]
+        if self.energy_weight:
+            objective += self.energy_weight * terms["energy"]
+        return objective
 
     def _after_train_step(self, terms, segmentations, logs):
         if self.geco_target is not None:
@@ -320,5 +350,7 @@ class ProbabilisticUNet(SegmentationSampler):
             geco_target=self.geco_target,
             geco_rate=self.geco_rate,
             beta_warmup_steps=self.beta_warmup_steps,
+            energy_weight=self.energy_weight,
+            energy_samples=self.energy_samples,
         )
         return config
