@@ -114,6 +114,24 @@ def oracle_set_loss(per_head, epsilon=0.05):
     return tf.reduce_sum(tf.stop_gradient(weights) * per_head, axis=-1)
 
 
+def class_indicators(labels, classes, ignore_label=IGNORE_LABEL):
+    """Label maps `(..., h, w)` as indicators of the scored classes over flattened pixels.
+
+    Args:
+        labels: int `(..., h, w)`.
+        classes: the scored classes, a list of ints.
+        ignore_label: this label matches no class and is not valid.
+
+    Returns:
+        `(indicators (..., p, C), valid (..., p))` float32, p = h * w, C = len(classes).
+    """
+    labels = tf.cast(labels, tf.int32)
+    shape = tf.shape(labels)
+    labels = tf.reshape(labels, tf.concat([shape[:-2], [-1]], axis=0))
+    indicators = tf.cast(labels[..., None] == tf.constant(classes, tf.int32), tf.float32)
+    return indicators, tf.cast(labels != ignore_label, tf.float32)
+
+
 def soft_distances(a, b, valid, smoothing=1.0):
     """A differentiable `d = 1 - IoU` between class-probability maps, image by image.
 
@@ -167,17 +185,12 @@ def energy_score(probabilities, labels, classes, smoothing=1.0, ignore_label=IGN
     if samples is None or samples < 2:
         raise ValueError("The energy score needs m >= 2 samples per image. Received "
                          f"probabilities of shape {probabilities.shape}.")
-    classes = tf.constant(classes, tf.int32)
-    labels = tf.cast(labels, tf.int32)
-    shape = tf.shape(labels)
-    labels = tf.reshape(labels, tf.stack([shape[0], -1]))
-    valid = tf.cast(labels != ignore_label, tf.float32)
-    observed = tf.cast(labels[:, None, :, None] == classes, tf.float32)
-    probabilities = tf.cast(probabilities, tf.float32)
-    probabilities = tf.gather(probabilities, classes, axis=-1)
+    observed, valid = class_indicators(labels, classes, ignore_label)
+    probabilities = tf.gather(tf.cast(probabilities, tf.float32), classes, axis=-1)
     probabilities = tf.reshape(probabilities, tf.stack(
-        [shape[0], samples, -1, tf.shape(classes)[0]]))
-    cross = tf.reduce_mean(soft_distances(probabilities, observed, valid, smoothing), (1, 2))
+        [tf.shape(observed)[0], samples, -1, len(classes)]))
+    cross = tf.reduce_mean(
+        soft_distances(probabilities, observed[:, None], valid, smoothing), (1, 2))
     pairwise = soft_distances(probabilities, probabilities, valid, smoothing)
     off_diagonal = tf.reduce_sum(pairwise, (1, 2)) - tf.linalg.trace(pairwise)
     return cross - 0.5 * off_diagonal / (samples * (samples - 1))

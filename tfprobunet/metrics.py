@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.losses import IGNORE_LABEL, class_indicators
 
 
 def scored_classes(num_classes, classes=None):
@@ -336,18 +336,10 @@ def pairwise_distances_tf(a, b, num_classes, classes=None, ignore_label=IGNORE_L
     Returns:
         `(batch, m, n)` float32.
     """
-    classes = tf.constant(scored_classes(num_classes, classes), tf.int32)
-
-    def flatten(labels):
-        labels = tf.cast(labels, tf.int32)
-        shape = tf.shape(labels)
-        labels = tf.reshape(labels, tf.stack([shape[0], shape[1], -1]))
-        # (batch, maps, pixels, scored classes) indicators; label 255 matches no class.
-        one_hot = tf.cast(labels[..., None] == classes, tf.float32)
-        return one_hot, tf.cast(labels != ignore_label, tf.float32)
-
-    in_a, valid_a = flatten(a)
-    in_b, valid_b = flatten(b)
+    classes = scored_classes(num_classes, classes)
+    # (batch, maps, pixels, scored classes) indicators; label 255 matches no class.
+    in_a, valid_a = class_indicators(a, classes, ignore_label)
+    in_b, valid_b = class_indicators(b, classes, ignore_label)
     intersection = tf.einsum("bmpk,bnpk->bmnk", in_a, in_b)
     union = (tf.einsum("bmpk,bnp->bmnk", in_a, valid_b)
              + tf.einsum("bmp,bnpk->bmnk", valid_a, in_b) - intersection)
