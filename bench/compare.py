@@ -9,13 +9,20 @@ modes as a fixed set (*flips*), the wall time and the CPU.
 The configuration below is the one the README's Results quote: the U-Net Ensemble with 4
 members (16 U-Nets cost 16 steps each; at 4, 8 and 16 samples its samples cycle the 4 members).
 
-    python bench/compare.py --seeds 0,1,2            # flips, 32x32, 4000 steps
-    python bench/compare.py --dataset graders --steps 1500 --warmup-steps 500
+    python bench/compare.py --seeds 0,1,2 --publish docs/results/flips
+    python bench/compare.py --dataset graders --steps 1500 --warmup-steps 500 --seeds 0,1,2 \
+        --publish docs/results/graders
+
+`--publish DIR` copies what the README quotes into DIR: `results.json` and the figures of
+`compare`, this script's JSON (`bench.json`), and each run's record and evaluation report
+(`runs/<model>-seed<seed>/`), with which `compare` reuses the run instead of training it again
+(copy `runs/` back under `--out`'s dataset folder to add seeds to a published comparison).
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -32,24 +39,25 @@ from train_step import cpu  # noqa: E402
 IMAGE_SIZES = {"flips": 32, "graders": 64}
 
 
-def most_probable_modes_ged(image_size, num_images, sample_counts):
+def most_probable_modes_ged(image_size, num_images, sample_counts, self_pairs=True):
     """GED(k) of a fixed set, the k most probable modes of each *flips* test image, as a
     reference: what a model with k fixed, well-spread outputs can score (compare the noise
-    floor, k independent draws from the truth)."""
+    floor, k independent draws from the truth); with `self_pairs=False`, the unbiased GED."""
     source = data.load("flips", "test", None, image_size, num_images, comparison.EVALUATION_SEED)
     weights = np.asarray(source.annotation_weights)
     order = np.argsort(weights)[::-1]
     args = dict(num_classes=source.num_classes, classes=source.classes)
-    values = {k: [] for k in sample_counts}
+    # Without self-pairs one sample has no pair: k >= 2 only.
+    values = {k: [] for k in sample_counts if self_pairs or k > 1}
     for _, annotations in source.dataset.batch(50):
         annotations = annotations.numpy()
         truth = metrics.pairwise_distances(annotations, annotations, **args)
-        for k in sample_counts:
+        for k in values:
             fixed = annotations[:, order[:k]]
             values[k].extend(metrics.energy_distance(
                 metrics.pairwise_distances(fixed, annotations, **args),
                 metrics.pairwise_distances(fixed, fixed, **args), truth,
-                annotation_weights=source.annotation_weights))
+                annotation_weights=source.annotation_weights, self_pairs=self_pairs))
     return {str(k): round(float(np.mean(v)), 4) for k, v in values.items()}
 
 
@@ -63,6 +71,7 @@ def main():
                         help="the Probabilistic U-Net's KL warm-up (default: the recipe's, 2000 "
                              "steps, for runs of about 6000)")
     parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--publish", help="copy the results, figures and run reports here")
     args = parser.parse_args()
     start = time.monotonic()
     overrides = {"ensemble": {"num_members": args.members}}
@@ -81,6 +90,8 @@ def main():
         "noise_floor": {c: round(results["ged_noise_floor"][c], 4) for c in counts},
         "ged": {name: {c: round(entry["ged"][c]["mean"], 4) for c in counts}
                 for name, entry in results["models"].items()},
+        "ged_unbiased": {name: {c: round(v["mean"], 4) for c, v in entry["ged_unbiased"].items()}
+                         for name, entry in results["models"].items()},
         "pearson_r": {name: round(entry["pearson_r"]["mean"], 3)
                       for name, entry in results["models"].items() if "pearson_r" in entry},
         "modes_found": {name: entry["modes_found"]["mean"]
@@ -94,9 +105,30 @@ def main():
         **({"most_probable_modes_ged": most_probable_modes_ged(
             IMAGE_SIZES["flips"], results["num_test_images"], results["sample_counts"])}
            if args.dataset == "flips" else {}),
+        **({"most_probable_modes_ged_unbiased": most_probable_modes_ged(
+            IMAGE_SIZES["flips"], results["num_test_images"], results["sample_counts"],
+            self_pairs=False)} if args.dataset == "flips" else {}),
         "cpu": cpu(),
     }
     print(json.dumps(summary, indent=2))
+    if args.publish:
+        publish(os.path.join(args.out, args.dataset), args.publish, results, summary)
+
+
+def publish(out_dir, target, results, summary):
+    """Copy `compare`'s results and figures, this summary and each run's record and report."""
+    os.makedirs(target, exist_ok=True)
+    for name in ["results.json", *results["figures"]]:
+        shutil.copy(os.path.join(out_dir, os.path.basename(name)), target)
+    with open(os.path.join(target, "bench.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    for name in results["models"]:
+        for seed in results["seeds"]:
+            run = f"{name}-seed{seed}"
+            os.makedirs(os.path.join(target, "runs", run, "evaluation"), exist_ok=True)
+            for path in (comparison.RUN_RECORD, os.path.join("evaluation", "report.json")):
+                shutil.copy(os.path.join(out_dir, run, path),
+                            os.path.join(target, "runs", run, path))
 
 
 if __name__ == "__main__":

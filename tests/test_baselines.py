@@ -79,14 +79,46 @@ def test_dropout_unet_samples_differ_while_call_repeats():
     assert not np.allclose(a[:, 0], a[:, 1])  # the samples of one call differ too
     np.testing.assert_array_equal(model.sample(images, 3, seed=5).numpy(),
                                   model.sample(images, 3, seed=5).numpy())
-    # Dropout acts on the three inner-most encoder and decoder blocks only: of four levels, the
-    # outer-most encoder block's output is the same with it as without.
-    model = DropoutUNet(**{**TINY, "num_channels": [8, 16, 32, 64]})
+
+
+def _record_inputs(layer):
+    """Keep what `layer` receives, call by call (wraps the instance's `call`)."""
+    received, call = [], layer.call
+
+    def recording(inputs, *args, **kwargs):
+        received.append(keras.ops.convert_to_numpy(inputs))
+        return call(inputs, *args, **kwargs)
+
+    layer.call = recording
+    return received
+
+
+@pytest.mark.parametrize("num_channels", [[8, 16], [8, 16, 32], [8, 16, 32, 64]])
+def test_dropout_never_reaches_the_image(num_channels):
+    """The image reaches the first convolution untouched at any depth; the inputs of the other
+    encoder blocks and of every decoder block are dropped while sampling, up to
+    `dropout_blocks` (3) of each."""
+    model = DropoutUNet(**{**TINY, "num_channels": num_channels})
     model.build((None, 16, 16, 1))
-    first = model.unet.encoder(images)[0]
-    dropped = model.unet.encoder(images, dropout=lambda x, j: x * 0.0, dropout_blocks=3)
-    np.testing.assert_array_equal(dropped[0].numpy(), first.numpy())
-    assert not np.allclose(dropped[1].numpy(), model.unet.encoder(images)[1].numpy())
+    images, _ = random_batch(batch=2, size=16)
+    images = images + 1.0  # no zero pixel, so a dropped one shows
+    levels = len(num_channels)
+    first = _record_inputs(model.unet.encoder.blocks[0][0])
+    encoder = [_record_inputs(block[0]) for block in model.unet.encoder.blocks[1:]]
+    decoder = [_record_inputs(block[0]) for block in model.unet.up_blocks]
+    model.sample(images, 4, seed=3)
+    np.testing.assert_array_equal(first[-1], np.repeat(images, 4, axis=0))
+    zeros = [np.mean(inputs[-1] == 0.0) for inputs in encoder + decoder]
+    # Every dropped block sees about half of its inputs zeroed (rate 0.5); an undropped one
+    # would see none, as the first convolution's inputs are positive (ReLU features can be 0,
+    # so the undropped level of a 4-level U-Net is checked against a pass without dropout).
+    dropped = [i >= levels - 3 for i in range(1, levels)] + [True] * (levels - 1)
+    assert all(z > 0.3 for z, d in zip(zeros, dropped) if d), zeros
+    clean = model.unet.encoder(np.repeat(images, 4, axis=0))
+    for i, d in enumerate(dropped[:levels - 1], start=1):
+        if not d:
+            np.testing.assert_array_equal(
+                encoder[i - 1][-1], keras.ops.convert_to_numpy(model.unet.encoder.pool(clean[i - 1])))
 
 
 def test_oracle_set_loss_hand_worked():

@@ -38,11 +38,11 @@ def test_unet_output_shape_and_official_initialisation():
     assert len(unet.trainable_weights) == 2 * 3 * 7
     kernel = unet.encoder.blocks[1][0].kernel.numpy()  # 3x3x8 -> 16: He-normal std sqrt(2/72)
     assert abs(kernel.std() - np.sqrt(2 / 72)) < 0.03
-    # L2 on kernels and biases: weight_decay * sum(w^2) / 2, as the official l2_loss.
+    # L2 on kernels only: weight_decay * sum(w^2) / 2, as the official l2_loss.
     conv = unet.encoder.blocks[0][0]
-    expected = 1e-5 * (np.sum(conv.kernel.numpy() ** 2) + np.sum(conv.bias.numpy() ** 2)) / 2
-    got = conv.kernel.regularizer(conv.kernel) + conv.bias.regularizer(conv.bias)
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    expected = 1e-5 * np.sum(conv.kernel.numpy() ** 2) / 2
+    np.testing.assert_allclose(conv.kernel.regularizer(conv.kernel), expected, rtol=1e-5)
+    assert conv.bias_regularizer is None
 
 
 def test_gaussian_returns_a_distribution_with_bounded_log_scale():

@@ -135,6 +135,24 @@ def test_train_step_loss_matches_the_terms_and_weight_decay():
     assert set(logs) == {"loss", "reconstruction", "kl"}
 
 
+def test_weight_decay_is_half_the_coefficient_times_the_squared_kernels():
+    """As the official training script: L2 on kernels only, `weight_decay * tf.nn.l2_loss(w)`
+    summed over kernels; no bias is decayed, nor f_comb's logits kernel (official
+    `Conv1x1Decoder`: `regularizers=None` for the last 1x1 convolution)."""
+    model = tiny_model(2, weight_decay=0.01)
+    model.build((None, 16, 16, 1))
+    kernels = [v for v in model.weights
+               if v.path.endswith("/kernel") and "fcomb/logits" not in v.path]
+    biases = [v for v in model.weights if v.path.endswith("/bias")]
+    assert len(kernels) == len(biases) - 1 > 0
+    by_hand = 0.01 / 2 * sum(np.sum(np.square(v.numpy().astype(np.float64))) for v in kernels)
+    np.testing.assert_allclose(sum(float(loss) for loss in model.losses), by_hand, rtol=1e-5)
+    for bias in biases:  # moving a bias leaves the decay term as it was
+        bias.assign(bias.numpy() + 1.0)
+    np.testing.assert_allclose(sum(float(loss) for loss in model.losses), by_hand, rtol=1e-5)
+    assert not tiny_model(2, weight_decay=0.0).losses
+
+
 def test_random_path_is_default_and_deterministic_path_is_documented():
     images, segmentations = random_batch(2, batch=2)
     random_model = tiny_model(2)

@@ -49,6 +49,10 @@ def _finished_model(workdir, epochs):
 
 
 RUN_RECORD = "comparison_run.json"
+# Recorded with every run, so that a run trained by code that trains differently is never
+# reused: 2 when the Dropout U-Net stopped dropping image pixels at 3 levels and weight decay
+# moved to kernels only (a record without it is of revision 1).
+TRAINING_REVISION = 2
 
 
 def _check_run_record(workdir, record):
@@ -78,7 +82,7 @@ def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_
     evaluation): the evaluation report with `train_seconds`."""
     settings = recipe_settings(recipe, name, **model_overrides.get(name, {}))
     _check_run_record(workdir, dict(
-        model=name, seed=seed, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        training_revision=TRAINING_REVISION, model=name, seed=seed, epochs=epochs, steps_per_epoch=steps_per_epoch,
         dataset=dataset if isinstance(dataset, str) else "custom", data_dir=data_dir,
         image_size=image_size, num_examples=num_examples, test_examples=test_examples,
         sample_counts=sample_counts, **settings))
@@ -127,6 +131,8 @@ def _summary(reports, sample_counts, seeds):
     summary, per_image = {}, {}
     for name, by_seed in reports.items():
         entry = {"ged": {c: _spread([r["ged"][c]["mean"] for r in by_seed]) for c in counts},
+                 "ged_unbiased": {c: _spread([r["ged_unbiased"][c]["mean"] for r in by_seed])
+                                  for c in counts if c in by_seed[0].get("ged_unbiased", {})},
                  "train_seconds": _spread([r.get("train_seconds", float("nan"))
                                            for r in by_seed])}
         if "modes" in by_seed[0]:

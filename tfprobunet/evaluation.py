@@ -46,6 +46,7 @@ class _Accumulator:
         self.classes = metrics.scored_classes(source.num_classes, source.classes)
         self.rng = np.random.default_rng(seed)
         self.ged = {k: [] for k in sample_counts}
+        self.ged_unbiased = {k: [] for k in sample_counts if k > 1}
         self.noise_floor = {k: [] for k in sample_counts}
         self.diversity = []
         self.hm_iou = []
@@ -64,6 +65,11 @@ class _Accumulator:
             self.ged[k].extend(metrics.energy_distance(
                 cross[:, :k], samples_pairwise[:, :k, :k], truth_pairwise,
                 annotation_weights=weights))
+            # Without self-pairs both sides need two maps (or known weights).
+            if k in self.ged_unbiased and (weights is not None or annotations.shape[1] > 1):
+                self.ged_unbiased[k].extend(metrics.energy_distance(
+                    cross[:, :k], samples_pairwise[:, :k, :k], truth_pairwise,
+                    annotation_weights=weights, self_pairs=False))
             floor_cross, floor_pairwise = _truth_distances(truth_pairwise, weights, k, self.rng)
             self.noise_floor[k].extend(metrics.energy_distance(
                 floor_cross, floor_pairwise, truth_pairwise, annotation_weights=weights))
@@ -87,6 +93,8 @@ class _Accumulator:
             "ged": {c: _mean_sem(self.ged[k]) for c, k in zip(counts, self.sample_counts)},
             "ged_noise_floor": {c: _mean_sem(self.noise_floor[k])
                                 for c, k in zip(counts, self.sample_counts)},
+            # Self-pairs left out: a perfect model scores 0 in expectation at every k.
+            "ged_unbiased": {str(k): _mean_sem(values) for k, values in self.ged_unbiased.items()},
             "sample_diversity": _mean_sem(self.diversity),
             "hm_iou": _mean_sem(self.hm_iou),
         }
@@ -146,6 +154,10 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
 
     - `ged[k]`: D²_GED of k samples against the annotations (the paper's Fig. 4), with
       `ged_noise_floor[k]`: the same for k draws from the ground truth itself;
+    - `ged_unbiased[k]` for k >= 2: D²_GED with the self-pairs left out of both sides
+      (`metrics.generalized_energy_distance(self_pairs=False)`), which a perfect model scores
+      0 on average at every k (`ged` itself follows the official evaluation code: self-pairs
+      in);
     - `sample_diversity`: E[d(S, S')]; `hm_iou`: Hungarian-matched IoU;
     - with known annotation probabilities (*flips*, Cityscapes): `modes`, the frequency with
       which samples fall closest to each mode against its probability, Pearson r on linear and

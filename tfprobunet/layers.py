@@ -5,7 +5,7 @@ with its segmentation (posterior) to a diagonal Gaussian over the latent space, 
 combines the features with a latent sample into segmentation logits. Defaults follow the
 official implementation (github.com/SimonKohl/probabilistic_unet): He-normal kernels, biases
 from a truncated N(0, 0.001), 2x2 average pooling down, bilinear upsampling up, L2 weight decay on
-kernels and biases.
+kernels only (as the official training script applies it).
 """
 
 import contextlib
@@ -74,12 +74,14 @@ def _regularizer(weight_decay):
 
 
 def _official_init(weight_decay):
-    """Initialisers and regularisers of the official code, as Keras layer arguments."""
+    """Initialisers and regulariser of the official code, as Keras layer arguments: L2 decay on
+    kernels only, as the official training script (`training/train_prob_unet.py`) passes
+    `regularizers={'w': l2_regularizer(1.0)}` (the model's own default would decay biases
+    too)."""
     return dict(
         kernel_initializer="he_normal",
         bias_initializer=keras.initializers.TruncatedNormal(stddev=0.001),
         kernel_regularizer=_regularizer(weight_decay),
-        bias_regularizer=_regularizer(weight_decay),
     )
 
 
@@ -130,7 +132,7 @@ class Container(keras.layers.Layer):
     Args:
         filters: output channels of every convolution.
         num_convs: convolutions in the block.
-        weight_decay: L2 coefficient on kernels and biases.
+        weight_decay: L2 coefficient on kernels (biases are not decayed).
         name: the block's name, also the prefix of its convolutions' (`{name}_conv{j}`).
 
     Call arguments:
@@ -207,12 +209,14 @@ class Encoder(_ConvNet):
     Args:
         num_channels: filters per level, e.g. `[32, 64, 128, 192]`.
         convs_per_block: 3x3 convolutions per level.
-        weight_decay: L2 coefficient on kernels and biases (official: 1e-5).
+        weight_decay: L2 coefficient on kernels (official: 1e-5); biases are not decayed.
 
     Call arguments:
         inputs: `(b, h, w, c)`, h and w divisible by `2**(len(num_channels) - 1)`.
         dropout: None, or a function `(x, j) -> x` applied to the input of each of the
-            `dropout_blocks` inner-most levels (`j` counts them from 0).
+            `dropout_blocks` inner-most levels (`j` counts them from 0). The first level's
+            input, the image, is never dropped: with `dropout_blocks >= len(num_channels)`,
+            the inputs of every level but the first are.
 
     Returns:
         A list with one `(b, h / 2**i, w / 2**i, num_channels[i])` tensor per level `i`.
@@ -235,12 +239,13 @@ class Encoder(_ConvNet):
     def call(self, inputs, dropout=None, dropout_blocks=0):
         outputs = []
         x = inputs
-        first_dropped = len(self.blocks) - dropout_blocks
+        # Never the first level: its input is the image itself.
+        first_dropped = max(len(self.blocks) - dropout_blocks, 1)
         for i, block in enumerate(self.blocks):
             if i:
                 x = self.pool(x)
             if dropout is not None and i >= first_dropped:
-                x = dropout(x, i - max(first_dropped, 0))
+                x = dropout(x, i - first_dropped)
             x = block(x)
             outputs.append(x)
         return outputs
@@ -256,13 +261,16 @@ class UNet(_ConvNet):
     Args:
         num_channels: filters per level (LIDC configuration: `[32, 64, 128, 192]`).
         convs_per_block: 3x3 convolutions per block, encoder and decoder.
-        weight_decay: L2 coefficient on kernels and biases.
+        weight_decay: L2 coefficient on kernels; biases are not decayed.
 
     Call arguments:
         images: `(b, h, w, c)`, h and w divisible by `2**(len(num_channels) - 1)`.
         dropout: None, or a function `(x, j) -> x` applied to the input of each of the
             `dropout_blocks` inner-most encoder and decoder blocks (`j` counts them), as the
-            paper's Dropout U-Net baseline does.
+            paper's Dropout U-Net baseline does. The image is never dropped: a U-Net of L
+            levels has L - 1 decoder blocks, and its first encoder block's input is the image,
+            so with `dropout_blocks >= L` dropout acts on the inputs of encoder blocks 2 to L
+            and of all L - 1 decoder blocks.
         dropout_blocks: how many inner-most encoder (and decoder) blocks `dropout` acts on
             (the paper's: 3).
 
@@ -319,7 +327,7 @@ class AxisAlignedGaussian(_ConvNet):
         latent_dim: dimension N of the latent space (official: 6).
         num_channels: encoder filters per level.
         convs_per_block: 3x3 convolutions per level.
-        weight_decay: L2 coefficient on kernels and biases.
+        weight_decay: L2 coefficient on kernels (biases are not decayed).
         max_log_scale: bound of the soft clamp on `log_scale`.
 
     Call arguments:

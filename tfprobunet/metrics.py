@@ -101,7 +101,7 @@ def pairwise_distances(a, b, num_classes, classes=None, ignore_label=IGNORE_LABE
 
 def generalized_energy_distance(samples, annotations, num_classes, classes=None,
                                 sample_weights=None, annotation_weights=None,
-                                ignore_label=IGNORE_LABEL):
+                                ignore_label=IGNORE_LABEL, self_pairs=True):
     """The squared generalized energy distance D²_GED between samples and annotations, per image.
 
     Args:
@@ -115,6 +115,12 @@ def generalized_energy_distance(samples, annotations, num_classes, classes=None,
         annotation_weights: `(a,)` or `(b, a)` probabilities of the annotations (e.g. the exact
             mode probabilities of *flips*); None weighs each annotation equally.
         ignore_label: label left out of every comparison.
+        self_pairs: True (the official evaluation code's, PHiSeg's and SSN's convention): each
+            expectation is the mean over all pairs, each map with itself included, so k
+            samples of a perfect model score E[d(Y, Y')] / k on average. False: the unbiased
+            form, the mean over pairs of two different maps, whose expectation for a perfect
+            model is 0 (needs m >= 2; a side given with weights is a known distribution and
+            keeps its exact expectation).
 
     Returns:
         `(b,)` float64: `2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')]`.
@@ -131,18 +137,31 @@ def generalized_energy_distance(samples, annotations, num_classes, classes=None,
     return energy_distance(pairwise_distances(samples, annotations, **args),
                            pairwise_distances(samples, samples, **args),
                            pairwise_distances(annotations, annotations, **args),
-                           sample_weights, annotation_weights)
+                           sample_weights, annotation_weights, self_pairs)
+
+
+def _pair_mean(name, pairwise, weights, given, self_pairs):
+    """E[d] over the pairs of one side: weighted over all pairs, or, for equally weighted
+    draws without self-pairs, the mean over the n (n - 1) pairs of two different maps."""
+    if self_pairs or given is not None:
+        return np.einsum("bij,bi,bj->b", pairwise, weights, weights)
+    n = pairwise.shape[1]
+    if n < 2:
+        raise ValueError(f"`self_pairs=False` needs at least 2 {name} per image to leave out "
+                         f"the self-pairs. Received: {n}; use `self_pairs=True` for one.")
+    off_diagonal = 1.0 - np.eye(n)
+    return np.einsum("bij,ij->b", pairwise, off_diagonal) / (n * (n - 1))
 
 
 def energy_distance(cross, samples_pairwise, annotations_pairwise, sample_weights=None,
-                    annotation_weights=None):
+                    annotation_weights=None, self_pairs=True):
     """D²_GED from distances already computed (e.g. once for several sample counts).
 
     Args:
         cross: `(b, m, a)` distances between samples and annotations.
         samples_pairwise: `(b, m, m)` distances between samples.
         annotations_pairwise: `(b, a, a)` distances between annotations.
-        sample_weights, annotation_weights: as in `generalized_energy_distance`.
+        sample_weights, annotation_weights, self_pairs: as in `generalized_energy_distance`.
 
     Returns:
         `(b,)` float64.
@@ -151,8 +170,10 @@ def energy_distance(cross, samples_pairwise, annotations_pairwise, sample_weight
     u = _weights("sample_weights", sample_weights, *cross.shape[:2])
     v = _weights("annotation_weights", annotation_weights, cross.shape[0], cross.shape[2])
     return (2.0 * np.einsum("bij,bi,bj->b", cross, u, v)
-            - np.einsum("bij,bi,bj->b", samples_pairwise, u, u)
-            - np.einsum("bij,bi,bj->b", annotations_pairwise, v, v))
+            - _pair_mean("samples", np.asarray(samples_pairwise, np.float64), u,
+                         sample_weights, self_pairs)
+            - _pair_mean("annotations", np.asarray(annotations_pairwise, np.float64), v,
+                         annotation_weights, self_pairs))
 
 
 def hungarian_iou(samples, annotations, num_classes, classes=None, ignore_label=IGNORE_LABEL):

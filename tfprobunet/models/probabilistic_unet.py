@@ -43,8 +43,8 @@ class ProbabilisticUNet(SegmentationSampler):
         use_posterior_mean: decode the posterior mean instead of a posterior sample during
             training. Off by default (the official setting); on, training is deterministic,
             which is what reproducibility tests and strategy comparisons use.
-        weight_decay: L2 coefficient on kernels and biases (official: 1e-5, as
-            `weight_decay * sum(w**2) / 2`). 0 disables it.
+        weight_decay: L2 coefficient on kernels, not biases (official training script: 1e-5,
+            as `weight_decay * sum(kernel**2) / 2`). 0 disables it.
         seed: int seed of the model's random draws (posterior samples in training, prior samples
             in `sample` when no seed is given). None: a random seed.
         ged_samples: samples per image for the `ged` metric that `evaluate` and `fit`'s
