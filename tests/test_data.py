@@ -53,6 +53,22 @@ def test_synthetic_data_is_seeded():
     np.testing.assert_array_equal(g1[1], g2[1])
 
 
+def test_graders_truth_draws_masks_as_the_graders_do():
+    """Fresh draws from `graders_truth` are empty at each image's rate of empty masks, and
+    otherwise nested with the graders' masks (one blob, cut at another radius)."""
+    _, annotations = synthetic.graders_arrays(20, 32, seed=3)
+    draws = synthetic.graders_truth(20, 32, seed=3)(2000, np.random.default_rng(0))
+    assert draws.shape == (20, 2000, 32, 32) and draws.dtype == np.int32
+    rate = (annotations.sum(axis=(2, 3)) == 0).mean(axis=1)
+    drawn_rate = (draws.sum(axis=(2, 3)) == 0).mean(axis=1)
+    np.testing.assert_allclose(drawn_rate, rate, atol=4 * np.sqrt(0.25 / 2000))
+    for i in range(20):
+        masks = [m for m in annotations[i] if m.any()]
+        for draw in draws[i, :50]:
+            for mask in masks:
+                assert np.all(draw <= mask) or np.all(mask <= draw)
+
+
 def test_graders_have_four_binary_masks_and_up_to_three_empty():
     images, annotations = synthetic.graders_arrays(200, 32, seed=0)
     assert images.shape == (200, 32, 32, 1) and annotations.shape == (200, 4, 32, 32)

@@ -68,6 +68,25 @@ def test_noise_floor_has_its_closed_form_mean():
         assert abs(floor.mean() - expected / k) < 4 * sem + 1e-3
 
 
+def test_unbiased_ged_of_draws_from_the_truth_is_zero_on_average():
+    """`ged_unbiased` (self-pairs left out) of k draws from the known flips distribution has
+    mean 0 at every k, where `ged` has mean E[d(Y, Y')] / k; k = 1 has no pair to leave out."""
+    source = data.load("flips", "test", image_size=16, num_examples=40)
+    annotations = np.stack([a for _, a in source.dataset.as_numpy_iterator()])
+    w = np.asarray(source.annotation_weights)
+    rng = np.random.default_rng(0)
+    accumulator = evaluation._Accumulator(source, (1, 4), seed=0)
+    for _ in range(10):
+        draws = rng.choice(len(w), size=(len(annotations), 4), p=w)
+        accumulator.add(np.take_along_axis(annotations, draws[:, :, None, None], axis=1),
+                        annotations)
+    report = accumulator.report()
+    assert set(report["ged_unbiased"]) == {"4"}
+    unbiased = np.array(accumulator.ged_unbiased[4])
+    assert abs(unbiased.mean()) < 4 * unbiased.std(ddof=1) / np.sqrt(len(unbiased))
+    assert report["ged"]["4"]["mean"] > report["ged_unbiased"]["4"]["mean"] + 0.05
+
+
 def test_graders_report_lesion_presence_disagreement():
     source = data.load("graders", "test", image_size=16, num_examples=8)
     report = evaluation.evaluate(tiny_model(2), source, sample_counts=(2,), verbose=0)

@@ -96,6 +96,41 @@ def test_ged_hand_worked():
     assert metrics.generalized_energy_distance(_stack(EMPTY), _stack(EMPTY, A), 2)[0] == 0.5
 
 
+def test_ged_without_self_pairs_hand_worked():
+    # S = {A, empty}, Y = {A, B}; d(A, B) = 1 - 1/3, an empty mask is at 1 from A and B.
+    # Cross: (0 + 2/3 + 1 + 1) / 4 = 2/3. Samples: all pairs (0 + 1 + 1 + 0) / 4 = 1/2, distinct
+    # pairs 1. Annotations: all pairs (2 * 2/3) / 4 = 1/3, distinct pairs 2/3.
+    samples, annotations = _stack(A, EMPTY), _stack(A, B)
+    assert metrics.generalized_energy_distance(samples, annotations, 2)[0] == \
+        pytest.approx(4 / 3 - 1 / 2 - 1 / 3)
+    assert metrics.generalized_energy_distance(samples, annotations, 2, self_pairs=False)[0] == \
+        pytest.approx(4 / 3 - 1 - 2 / 3)
+    # Annotations given with probabilities are a known distribution: their exact expectation.
+    assert metrics.generalized_energy_distance(
+        samples, annotations, 2, annotation_weights=[0.5, 0.5], self_pairs=False)[0] == \
+        pytest.approx(4 / 3 - 1 - 1 / 3)
+    with pytest.raises(ValueError, match="at least 2 samples per image.*Received: 1"):
+        metrics.generalized_energy_distance(_stack(A), annotations, 2, self_pairs=False)
+
+
+def test_ged_without_self_pairs_is_unbiased_for_draws_from_the_truth():
+    """k independent draws from a known distribution: the mean GED without self-pairs is 0
+    (the estimator is unbiased), with them E[d(Y, Y')] / k."""
+    rng = np.random.default_rng(0)
+    modes = rng.integers(0, 2, (5, 6, 6))
+    probabilities = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+    draws = rng.choice(5, size=(4000, 4), p=probabilities)
+    samples = modes[draws]
+    annotations = np.broadcast_to(modes, (4000,) + modes.shape)
+    expected = np.einsum("ij,i,j->", metrics.pairwise_distances(modes[None], modes[None], 2)[0],
+                         probabilities, probabilities)
+    for self_pairs, mean in ((True, expected / 4), (False, 0.0)):
+        ged = metrics.generalized_energy_distance(samples, annotations, 2,
+                                                  annotation_weights=probabilities,
+                                                  self_pairs=self_pairs)
+        assert abs(ged.mean() - mean) < 4 * ged.std() / np.sqrt(len(ged))
+
+
 @pytest.mark.parametrize("num_classes,classes", [(2, None), (4, None), (5, [1, 3])])
 def test_ged_matches_nested_loop_reference(num_classes, classes):
     rng = np.random.default_rng(num_classes)

@@ -56,8 +56,9 @@ def _add_train_arguments(parser):
                         help="Adam's (initial) learning rate")
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="learning-rate schedule over epochs * steps-per-epoch: constant, "
-                             "piecewise (the official one, scaled), cosine (warm-up + decay), "
-                             "wsd (warm-up, stable, cosine decay over the last third)")
+                             "piecewise (the official Cityscapes configuration's, scaled), "
+                             "cosine (warm-up + decay), wsd (warm-up, stable, cosine decay over "
+                             "the last third)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop at the end of the first epoch past this many minutes")
     parser.add_argument("--tensorboard", metavar="DIR",
@@ -72,17 +73,23 @@ def _add_train_arguments(parser):
     parser.add_argument("--convs-per-block", type=int, default=3)
     parser.add_argument("--latent-dim", type=int, default=6)
     parser.add_argument("--fcomb-layers", type=int, default=3,
-                        help="hidden 1x1 convolutions of f_comb")
+                        help="hidden 1x1 convolutions of f_comb, before its 1x1 logits "
+                             "convolution (official code: 3 + 1)")
     parser.add_argument("--fcomb-channels", type=int,
                         help="their filters (default: the first --num-channels)")
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--beta-warmup-steps", type=int, default=0,
                         help="KL weight rising from 0 to --beta over this many steps")
     parser.add_argument("--geco-target", type=float,
-                        help="GECO: minimise beta * KL subject to this reconstruction, nats/pixel")
+                        help="GECO-style (after Rezende & Viola 2018; its multiplier update "
+                             "is not the HPU-Net reference code's): minimise beta * KL subject "
+                             "to this reconstruction, nats/pixel; the multiplier is updated as "
+                             "lambda *= exp(geco_rate * tanh(c / target)), c the moving "
+                             "average of the reconstruction per pixel minus the target")
     parser.add_argument("--energy-weight", type=float, default=0.0,
-                        help="add this many nats times the energy score of prior samples "
-                             "against the annotation (not in the paper; 0: off)")
+                        help="add this many nats times a differentiable surrogate of the "
+                             "energy score (soft 1 - IoU) of prior samples against the "
+                             "annotation (not in the paper; 0: off)")
     parser.add_argument("--energy-samples", type=int, default=4,
                         help="prior samples per image for --energy-weight")
     parser.add_argument("--reconstruction", choices=("sum", "mean"), default="sum")

@@ -1,5 +1,5 @@
-"""The terms of the Probabilistic U-Net's beta-ELBO, and the optional energy score of prior
-samples, as pure functions on tensors.
+"""The terms of the Probabilistic U-Net's beta-ELBO, and the optional soft surrogate of the
+energy score of prior samples, as pure functions on tensors.
 
     loss = CE(Y, S(X, z)) + beta * KL(Q(z|X, Y) || P(z|X)),   z ~ Q
          [+ w * (E d(S_k, Y) - 1/2 E d(S_k, S_l)),   S_k = S(X, z_k), z_k ~ P: `energy_score`]
@@ -163,13 +163,16 @@ def soft_distances(a, b, valid, smoothing=1.0):
 
 
 def energy_score(probabilities, labels, classes, smoothing=1.0, ignore_label=IGNORE_LABEL):
-    """The energy score of m sampled segmentations against the observed one, per example:
+    """A differentiable surrogate of the energy score (Gneiting & Raftery 2007) of m sampled
+    segmentations against the observed one, per example:
 
         ES = E[d(S, Y)] - 1/2 E[d(S, S')],   S, S' independent samples (pairs k != l),
 
-    with the soft distance of `soft_distances`. A proper scoring rule (Gneiting & Raftery
-    2007): its expectation over Y is lowest when the samples follow Y's distribution, and
-    2 * ES minus the annotations' own spread is the GED the paper evaluates.
+    with d the soft `1 - IoU` of `soft_distances` on class probabilities. With hard samples
+    and d = 1 - IoU, the energy score is a proper scoring rule (its expectation over Y is
+    lowest when the samples follow Y's distribution), and its expectation, doubled, less the
+    annotations' own spread E[d(Y, Y')], is the GED the paper evaluates. The soft version
+    computed here is a training surrogate: it is not itself proper, nor equal to GED.
 
     Args:
         probabilities: `(b, m, h, w, K)` class probabilities of m >= 2 samples (a softmax).

@@ -27,7 +27,8 @@ from tfprobunet import models as models_lib
 STRATEGIES = ("default", "mirrored", "multi_worker")
 MONITORED_TERMS = ("loss", "reconstruction", "kl", "energy")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
-# The official schedule (1e-4, then 5e-5, 1e-5 and 5e-7 at 80k, 160k and 240k of 240k
+# The official repository's schedule (its only configuration, for Cityscapes,
+# training/prob_unet_config.py: 1e-4, then 5e-5, 1e-5 and 5e-7 at 80k, 160k and 240k of 240k
 # iterations), as fractions of the run and of the initial learning rate.
 PIECEWISE_BOUNDARIES = (1 / 3, 2 / 3, 1.0)
 PIECEWISE_FACTORS = (1.0, 0.5, 0.1, 0.005)
@@ -245,8 +246,17 @@ PRESETS = {
                     "whether there is a lesion (graders at 64x64); a step costs about twice "
                     "the cpu preset's",
         **_CPU, energy_weight=1000.0, energy_samples=4),
+    # Where each value comes from: U-Net widths, the first four of the official Cityscapes
+    # configuration's seven (training/prob_unet_config.py: 32, 64, 128, 192, 192, 192, 192);
+    # 3 convs per block, beta 1, Adam 1e-4 and the piecewise schedule, the same file; latent 6,
+    # the same file and the paper's section 2 ("N = 6, which performed best"). Four levels and
+    # batch 8 are choices made here (that file's batch: 10). The paper gives its LIDC training
+    # schedule in its appendix H.1, which this project has not checked.
     "paper": dict(
-        description="the official LIDC configuration and schedule (slow to calibrate on CPU)",
+        description="the default model (U-Net [32, 64, 128, 192], 3 convs per block, latent "
+                    "6, beta 1) with Adam 1e-4 and the official Cityscapes configuration's "
+                    "piecewise schedule, batch 8 (chosen here); not checked against the "
+                    "paper's LIDC schedule (its appendix H.1); slow to calibrate on CPU",
         num_channels=[32, 64, 128, 192], convs_per_block=3, latent_dim=6, beta=1.0,
         learning_rate=1e-4, schedule="piecewise", batch_size=8),
 }
@@ -297,9 +307,10 @@ def learning_rate_schedule(name, learning_rate, total_steps, warmup_fraction=0.0
     """The learning rate of a run of `total_steps` optimizer steps, for `keras.optimizers.Adam`.
 
     Args:
-        name: `"constant"`: `learning_rate` throughout. `"piecewise"`: the official schedule
-            scaled to the run: `learning_rate`, then x0.5 after a third of the steps, x0.1 after
-            two thirds (and x0.005 after `total_steps`, should a run continue past them).
+        name: `"constant"`: `learning_rate` throughout. `"piecewise"`: the schedule of the
+            official (Cityscapes) configuration, scaled to the run: `learning_rate`, then x0.5
+            after a third of the steps, x0.1 after two thirds (and x0.005 after `total_steps`,
+            should a run continue past them).
             `"cosine"`: linear warm-up from 0 over `warmup_fraction` of the steps, then cosine
             decay to 0 at `total_steps`. `"wsd"` (warm-up, stable, decay): the same warm-up,
             `learning_rate` until two thirds of the steps, then cosine decay to 0 over the last
@@ -707,11 +718,12 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             (*flips*, Cityscapes), the mode and flip frequencies of `CalibrationLog`.
         validation_data: your own validation data instead (a `Source` or a dataset of
             `(image, annotations)`), evaluated after each epoch like `validation_examples`.
-        learning_rate: Adam's (initial) learning rate (official: 1e-4).
-        schedule: `"constant"` (default), `"piecewise"` (the official schedule scaled to
-            `epochs * steps_per_epoch`) or `"cosine"` (warm-up, then cosine decay); see
-            `learning_rate_schedule`. A continued run (more `epochs`) stretches the schedule to
-            its new length.
+        learning_rate: Adam's (initial) learning rate (official Cityscapes configuration:
+            1e-4).
+        schedule: `"constant"` (default), `"piecewise"` (the official Cityscapes
+            configuration's schedule scaled to `epochs * steps_per_epoch`) or `"cosine"`
+            (warm-up, then cosine decay); see `learning_rate_schedule`. A continued run (more
+            `epochs`) stretches the schedule to its new length.
         max_minutes: stop at the end of the first epoch that ends after this many minutes of
             this call (`tfprobunet.callbacks.TimeBudget`); the model is saved as if `epochs`
             had been reached, and the same call again continues to `epochs`.

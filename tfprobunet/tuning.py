@@ -37,13 +37,15 @@ TUNERS = {"random": keras_tuner.RandomSearch, "bayesian": keras_tuner.BayesianOp
 # The searched hyper-parameters; their defaults are `ProbabilisticUNet`'s and `train`'s.
 HYPERPARAMETERS = ("latent_dim", "beta", "learning_rate", "num_levels", "base_channels",
                    "convs_per_block", "fcomb_layers", "schedule", "batch_size")
-# Channels of level i: the first level's times these (the official LIDC U-Net: 32, 64, 128, 192).
+# Channels of level i: the first level's times these (from 32: the official Cityscapes
+# configuration's 32, 64, 128, 192, 192, 192, 192, of which the default U-Net takes four).
 CHANNEL_MULTIPLIERS = (1, 2, 4, 6, 6, 6)
 
 
 def num_channels(num_levels, base_channels):
     """The U-Net's channels per level: doubling from `base_channels`, at most 6 times it, as the
-    official `[32, 64, 128, 192]` does for 4 levels from 32."""
+    default `[32, 64, 128, 192]` (the official Cityscapes configuration's first four levels) does
+    for 4 levels from 32."""
     if not 1 <= num_levels <= len(CHANNEL_MULTIPLIERS):
         raise ValueError(f"`num_levels` must be in [1, {len(CHANNEL_MULTIPLIERS)}]. Received: "
                          f"{num_levels!r}")

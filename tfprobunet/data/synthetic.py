@@ -20,6 +20,8 @@ import tensorflow as tf
 
 FLIP_PROBABILITIES = (8 / 17, 7 / 17, 6 / 17, 5 / 17, 4 / 17)
 NUM_GRADERS = 4
+# A grader's mask of the *graders* blob reaches out to a radius drawn from this range.
+EXTENT_RANGE = (0.7, 1.2)
 
 # Distinct RGB colours: background first, then one per flippable class.
 _PALETTE = np.array([
@@ -160,18 +162,18 @@ def flips(num_examples, image_size=64, flip_probabilities=FLIP_PROBABILITIES, se
                        num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def graders_arrays(num_examples, image_size=128, seed=0):
-    """The *graders* images and the 4 graders' masks as numpy arrays.
-
-    Returns:
-        `(images (n, s, s, 1) float32, annotations (n, 4, s, s) int32 in {0, 1})`.
-    """
+def _graders(num_examples, image_size, seed):
+    """The images, the graders' masks, and what the masks are drawn from: each image's blob
+    as a radius map `(n, s, s)` (a mask is `radius <= t`, t ~ U(0.7, 1.2)) and its number of
+    empty masks `(n,)`."""
     _check_size(image_size)
     rng = np.random.default_rng(seed)
     s = image_size
     yy, xx = np.mgrid[:s, :s].astype(np.float32) / s
     images = np.empty((num_examples, s, s, 1), np.float32)
     annotations = np.zeros((num_examples, NUM_GRADERS, s, s), np.int32)
+    radii = np.empty((num_examples, s, s), np.float32)
+    empty_counts = np.empty(num_examples, np.int64)
     for i in range(num_examples):
         cy, cx = rng.uniform(0.3, 0.7, size=2)
         ry, rx = rng.uniform(0.08, 0.18, size=2)
@@ -186,9 +188,37 @@ def graders_arrays(num_examples, image_size=128, seed=0):
         empty = rng.permutation(NUM_GRADERS)[:num_empty]
         for g in range(NUM_GRADERS):
             if g not in empty:
-                annotations[i, g] = radius <= rng.uniform(0.7, 1.2)
+                annotations[i, g] = radius <= rng.uniform(*EXTENT_RANGE)
+        radii[i], empty_counts[i] = radius, num_empty
     images += rng.normal(0.0, 0.03, images.shape).astype(np.float32)
+    return images, annotations, radii, empty_counts
+
+
+def graders_arrays(num_examples, image_size=128, seed=0):
+    """The *graders* images and the 4 graders' masks as numpy arrays.
+
+    Returns:
+        `(images (n, s, s, 1) float32, annotations (n, 4, s, s) int32 in {0, 1})`.
+    """
+    images, annotations, _, _ = _graders(num_examples, image_size, seed)
     return images, annotations
+
+
+def graders_truth(num_examples, image_size=128, seed=0):
+    """The distribution the *graders* masks are drawn from, to draw fresh ones: for the images
+    of `graders_arrays` with the same arguments, a function `draw(count, rng)` that returns
+    `(n, count, s, s)` int32 masks of `count` new graders per image (each empty with the
+    probability that one of the 4 graders left that image's mask empty, otherwise the blob out
+    to a radius drawn as the graders' are). What a perfect model would sample."""
+    _, _, radii, empty_counts = _graders(num_examples, image_size, seed)
+
+    def draw(count, rng):
+        present = rng.random((num_examples, count)) >= empty_counts[:, None] / NUM_GRADERS
+        extents = rng.uniform(*EXTENT_RANGE, size=(num_examples, count))
+        masks = radii[:, None] <= extents[:, :, None, None]
+        return (masks & present[:, :, None, None]).astype(np.int32)
+
+    return draw
 
 
 def graders(num_examples, image_size=128, seed=0):

@@ -73,8 +73,9 @@ class SegmentationSampler(keras.Model):
         num_channels: U-Net filters per level; image height and width must be multiples of
             `2**(len(num_channels) - 1)`.
         convs_per_block: 3x3 convolutions per U-Net block.
-        weight_decay: L2 coefficient on kernels (not biases, as the official training script);
-            0 disables it.
+        weight_decay: L2 coefficient on kernels only, not biases (as the official training
+            script, `training/train_prob_unet.py`, passes
+            `regularizers={'w': l2_regularizer(1.0)}`); 0 disables it.
         seed: int seed of the model's random draws; None: a random seed.
         ged_samples: samples per image for the `ged` metric of `evaluate` and `fit`'s
             validation on data with all annotations per image (see `test_step`).

@@ -9,8 +9,9 @@ from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
 from tfprobunet.models.base import GED_SEED, IGNORE_LABEL, SegmentationSampler  # noqa: F401
 
-# GECO: the moving average's decay (the Hierarchical Probabilistic U-Net's) and the range the
-# Lagrange multiplier is kept in.
+# The GECO-style constraint: the moving average's decay (0.99, as the HPU-Net reference code's
+# default, deepmind-research hierarchical_probabilistic_unet/model.py) and the range our
+# multiplier is kept in (its update is ours, see `geco_target`).
 GECO_DECAY = 0.99
 GECO_LAMBDA_RANGE = (1e-6, 1e6)
 
@@ -20,17 +21,27 @@ class ProbabilisticUNet(SegmentationSampler):
     """The Probabilistic U-Net: a U-Net whose output depends on a latent z drawn from a
     prior net P(z|X); trained as a conditional VAE with a posterior net Q(z|X, Y).
 
-    For one image, `sample(images, m)` gives m consistent segmentations whose frequencies
-    follow the ambiguity seen in training. The U-Net and the prior run once per image; only
-    the small `FComb` head runs per sample.
+    For one image, `sample(images, m)` gives m consistent segmentations, drawn from the prior
+    that training fits to the annotations' variants (how well their frequencies match: README,
+    "What calibrates at CPU budgets"). The U-Net and the prior run once per image; only the
+    small `FComb` head runs per sample.
+
+    "Official" below: the official repository (github.com/SimonKohl/probabilistic_unet), whose
+    only configuration is for Cityscapes (`training/prob_unet_config.py`).
 
     Args:
         num_classes: K, number of classes (2 for binary lesion masks).
-        num_channels: U-Net filters per level; LIDC configuration `[32, 64, 128, 192]`.
-            Image height and width must be multiples of `2**(len(num_channels) - 1)`.
+        num_channels: U-Net filters per level. Default `[32, 64, 128, 192]`: the first four of
+            the official configuration's seven levels (32, 64, 128, 192, 192, 192, 192); four
+            levels are a choice made here. Image height and width must be multiples of
+            `2**(len(num_channels) - 1)`.
         convs_per_block: 3x3 convolutions per U-Net block (official: 3).
-        latent_dim: N, the latent dimension (official: 6).
-        fcomb_layers: hidden 1x1 convolutions in f_comb (official: 3).
+        latent_dim: N, the latent dimension (official: 6; the paper's section 2: "N = 6, which
+            performed best in our experiments").
+        fcomb_layers: hidden 1x1 convolutions + ReLU in f_comb, followed by a 1x1 logits
+            convolution. Default 3 hidden + 1 logits, as the official code (`Conv1x1Decoder`:
+            `num_1x1_convs` hidden convs, then a logits conv; `num_1x1_convs = 3`); the paper's
+            section 2 describes f_comb as "three subsequent 1x1 convolutions" in all.
         fcomb_channels: filters of those convolutions; None (official) takes the U-Net's
             first-level channels, `num_channels[0]`. A U-Net whose first level is narrow (the
             `cpu` preset's 16) gives f_comb too few units to decode every mode: with 16, one of
@@ -43,33 +54,40 @@ class ProbabilisticUNet(SegmentationSampler):
         use_posterior_mean: decode the posterior mean instead of a posterior sample during
             training. Off by default (the official setting); on, training is deterministic,
             which is what reproducibility tests and strategy comparisons use.
-        weight_decay: L2 coefficient on kernels, not biases (official training script: 1e-5,
-            as `weight_decay * sum(kernel**2) / 2`). 0 disables it.
+        weight_decay: L2 coefficient on kernels only, as `weight_decay * sum(kernel**2) / 2`
+            (as the official training script, `training/train_prob_unet.py`, passes
+            `regularizers={'w': l2_regularizer(1.0)}`, with `regularizarion_weight = 1e-5`);
+            f_comb's logits kernel is not decayed (official `Conv1x1Decoder`). 0 disables it.
         seed: int seed of the model's random draws (posterior samples in training, prior samples
             in `sample` when no seed is given). None: a random seed.
         ged_samples: samples per image for the `ged` metric that `evaluate` and `fit`'s
             validation report when the data yields all annotations per image (see `test_step`).
         ged_classes: the classes `ged` scores (default: class 1 for K = 2, all K otherwise;
             the official Cityscapes evaluation scores the flipped classes and their twins).
-        geco_target: None (the paper's beta-ELBO), or kappa in nats per pixel: train with GECO
-            (Rezende & Viola 2018, as the Hierarchical Probabilistic U-Net does), minimising
-            `beta * KL` subject to a reconstruction of at most kappa per pixel. The loss becomes
-            `lambda * reconstruction + beta * KL`; the Lagrange multiplier lambda (a model
-            weight, `geco_lambda`, starting at 1) grows while the moving average (decay 0.99)
-            of the reconstruction per pixel is above kappa and shrinks while below, so the KL
-            pushes the posteriors as wide as the reconstruction allows. Not in the paper.
-        geco_rate: lambda changes by a factor of at most `exp(geco_rate)` per step:
-            `lambda *= exp(geco_rate * tanh(average / kappa - 1))`.
+        geco_target: None (the paper's beta-ELBO), or kappa in nats per pixel: a GECO-style
+            constraint (after Rezende & Viola 2018), minimising `beta * KL` subject to a
+            reconstruction of at most kappa per pixel. The loss becomes
+            `lambda * reconstruction + beta * KL`, lambda a model weight (`geco_lambda`,
+            starting at 1) that the optimizer does not train: after each step,
+            `lambda *= exp(geco_rate * tanh(c / kappa))`, kept in [1e-6, 1e6], where c is the
+            moving average (decay 0.99, from 0) of the batch's reconstruction per pixel minus
+            kappa. Its multiplier update is not the HPU-Net reference code's (deepmind-research
+            `hierarchical_probabilistic_unet`: a Lagrange multiplier that the optimizer trains
+            by gradient ascent on the constraint term). Not in the paper.
+        geco_rate: lambda changes by a factor of at most `exp(geco_rate)` per step.
         beta_warmup_steps: train with a KL weight rising linearly from 0 to `beta` over this
             many optimizer steps (KL annealing, not in the paper), so that the posterior puts
             information into every latent direction before the KL pulls it towards the prior.
             The logged `loss` is the beta-ELBO with the full `beta` throughout. 0: off.
-        energy_weight: 0 (the paper's loss), or a weight in nats: add `energy_weight` times the
-            energy score of `energy_samples` segmentations drawn from the *prior* against the
-            training segmentation (`losses.energy_score`, a soft `1 - IoU`). The ELBO trains
-            the prior only to cover the posteriors; this term trains what `sample` draws to
-            follow the annotations' distribution, the quantity GED measures (a proper scoring
-            rule). Only f_comb runs per extra sample. Logged as `energy`. Not in the paper.
+        energy_weight: 0 (the paper's loss), or a weight in nats: add `energy_weight` times a
+            differentiable surrogate of the energy score (Gneiting & Raftery 2007) of
+            `energy_samples` segmentations drawn from the *prior* against the training
+            segmentation (`losses.energy_score`: a soft `1 - IoU` on softmax probabilities).
+            The ELBO trains the prior only to cover the posteriors; this term compares what
+            `sample` draws with the annotations. With hard samples and d = 1 - IoU the energy
+            score is a proper scoring rule, related to GED (see `losses.energy_score`); the
+            soft version trained here is a surrogate, not itself proper nor equal to GED.
+            Only f_comb runs per extra sample. Logged as `energy`. Not in the paper.
         energy_samples: prior samples per image for the energy score (>= 2).
 
     Shapes: images `(b, h, w, c)` float32; segmentations `(b, h, w)` int with values in
@@ -301,7 +319,8 @@ class ProbabilisticUNet(SegmentationSampler):
         return terms
 
     def _geco_update(self, reconstruction, segmentations):
-        """One GECO step of the Lagrange multiplier from the batch's reconstruction `(b,)`."""
+        """One multiplicative update of the GECO-style multiplier from the batch's
+        reconstruction `(b,)` (see `geco_target`)."""
         if self.reconstruction == "sum":
             pixels = tf.reduce_sum(tf.cast(segmentations != IGNORE_LABEL, tf.float32), (1, 2))
             reconstruction = tf.math.divide_no_nan(reconstruction, pixels)

@@ -45,7 +45,7 @@ TMP_PREFIX = ".tmp-"  # TF Serving ignores folders whose names are not integers
 LOCK_SUFFIX = ".lock"
 # Request limits recorded in an export (TF Serving itself bounds neither): the sample count per
 # request, image pixels per request (b * h * w; the U-Net's activations take about 1 KB per
-# pixel on the LIDC configuration: 2**20 pixels, 1 GB) and sampled pixels per request
+# pixel on the default configuration: 2**20 pixels, 1 GB) and sampled pixels per request
 # (b * m * h * w; about 25 bytes each in f_comb: 2**24, 1000 samples of 128 x 128, 0.4 GB).
 MAX_SAMPLES = 1000
 MAX_PIXELS = 2**20
@@ -296,7 +296,7 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
             the samples of `z` in `decode`); default 1000.
         max_pixels: the most image pixels one request may send, b * h * w of `images` or
             `features`; default 2**20 (one 1024 x 1024 image, 64 of 128 x 128; about 1 GB of
-            activations on the LIDC configuration).
+            activations on the default configuration).
         max_sample_pixels: the most sampled pixels one request may ask for, b * m * h * w;
             default 2**24 (1000 samples of one 128 x 128 image).
 

@@ -1,0 +1,85 @@
+"""The README's table of a published comparison, written from its committed JSON (so no number
+in it is typed by hand): `results.json` of `tfprobunet compare` and `bench.json` of
+`bench/compare.py --publish`. `tests/test_docs.py` checks every such table against its JSON.
+
+    python bench/results_table.py docs/results/flips
+    python bench/results_table.py docs/results/graders
+
+Columns: GED at each sample count (mean over seeds; at the largest count each seed's value
+follows), the unbiased GED (self-pairs left out) at the largest count, and, where they apply,
+the mode r and the modes found (*flips*), the Wilcoxon test of the Probabilistic U-Net against
+each model at the largest count and the fraction of empty samples (binary tasks). The line
+before the table names the JSON, as the test expects.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tfprobunet.plots import MODEL_LABELS  # noqa: E402
+
+FIXED_SET = "the 16 most probable modes as a fixed set"
+
+
+def _seeds(values, digits):
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def _ged(entry, count, last):
+    text = f"{entry['mean']:.3f}"
+    return f"{text} ({_seeds(entry['seeds'], 3)})" if last else text
+
+
+def table(folder):
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(folder, "bench.json")) as f:
+        bench = json.load(f)
+    counts = [str(k) for k in results["sample_counts"]]
+    last = counts[-1]
+    seeds = ", ".join(str(s) for s in results["seeds"])
+    tests = results.get(f"wilcoxon_{last}", {})
+    modes = "true_probabilities" in results
+    binary = "empty_fraction_graders" in results
+    header = ["model", *[f"GED({c})" for c in counts[:-1]], f"GED({last}) (seeds {seeds})",
+              f"unbiased GED({last}) (seeds)"]
+    if modes:
+        header += ["mode r (seeds)", "modes found (seeds)"]
+    if tests:
+        header.append(f"Wilcoxon p at {last}, Prob. U-Net")
+    if binary:
+        header.append(f"empty samples (graders: {100 * results['empty_fraction_graders']:.0f} %)")
+    rows = []
+    for name, entry in results["models"].items():
+        label = MODEL_LABELS.get(name, name)
+        if name == "ensemble" and bench.get("ensemble_members"):
+            label += f" ({bench['ensemble_members']} members)"
+        row = [label,
+               *[_ged(entry["ged"][c], c, c == last) for c in counts],
+               _ged(entry["ged_unbiased"][last], last, True)]
+        if modes:
+            row += [f"{entry['pearson_r']['mean']:.2f} ({_seeds(entry['pearson_r']['seeds'], 2)})",
+                    ", ".join(str(int(v)) for v in entry["modes_found"]["seeds"])]
+        if tests:
+            test = tests.get(name)
+            row.append("" if test is None else
+                       f"{test['p']:.0e}, {'lower' if test['reference_lower'] else 'higher'}")
+        if binary:
+            row.append(f"{100 * entry['empty_fraction_samples']['mean']:.0f} %")
+        rows.append(row)
+    floor = ["noise floor", *[f"{results['ged_noise_floor'][c]:.3f}" for c in counts]]
+    rows.append(floor + [""] * (len(header) - len(floor)))
+    if "most_probable_modes_ged" in bench:
+        fixed = [FIXED_SET, *[f"{bench['most_probable_modes_ged'][c]:.3f}" for c in counts],
+                 f"{bench['most_probable_modes_ged_unbiased'][last]:.3f}"]
+        rows.append(fixed + [""] * (len(header) - len(fixed)))
+    lines = [f"<!-- results: {folder}/results.json -->",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(sys.argv[1].rstrip("/")))
