@@ -17,6 +17,9 @@ members (16 U-Nets cost 16 steps each; at 4, 8 and 16 samples its samples cycle 
 `compare`, this script's JSON (`bench.json`), and each run's record and evaluation report
 (`runs/<model>-seed<seed>/`), with which `compare` reuses the run instead of training it again
 (copy `runs/` back under `--out`'s dataset folder to add seeds to a published comparison).
+`--publish DIR --finished-runs-only` copies only the records and reports of the runs finished
+so far, without training: a comparison stopped midway continues on another machine or day
+from them.
 """
 
 import argparse
@@ -72,7 +75,14 @@ def main():
                              "steps, for runs of about 6000)")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--publish", help="copy the results, figures and run reports here")
+    parser.add_argument("--finished-runs-only", action="store_true",
+                        help="with --publish: copy the runs finished so far, train nothing")
     args = parser.parse_args()
+    if args.finished_runs_only:
+        if not args.publish:
+            parser.error("--finished-runs-only needs --publish DIR")
+        print(json.dumps(publish_runs(os.path.join(args.out, args.dataset), args.publish)))
+        return
     start = time.monotonic()
     overrides = {"ensemble": {"num_members": args.members}}
     if args.warmup_steps is not None:
@@ -122,13 +132,20 @@ def publish(out_dir, target, results, summary):
         shutil.copy(os.path.join(out_dir, os.path.basename(name)), target)
     with open(os.path.join(target, "bench.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    for name in results["models"]:
-        for seed in results["seeds"]:
-            run = f"{name}-seed{seed}"
-            os.makedirs(os.path.join(target, "runs", run, "evaluation"), exist_ok=True)
-            for path in (comparison.RUN_RECORD, os.path.join("evaluation", "report.json")):
-                shutil.copy(os.path.join(out_dir, run, path),
-                            os.path.join(target, "runs", run, path))
+    publish_runs(out_dir, target)
+
+
+def publish_runs(out_dir, target):
+    """Copy the record and evaluation report of every finished run in `out_dir` to
+    `target/runs/`; returns the runs copied."""
+    report = os.path.join("evaluation", "report.json")
+    runs = sorted(run for run in os.listdir(out_dir)
+                  if os.path.exists(os.path.join(out_dir, run, report)))
+    for run in runs:
+        os.makedirs(os.path.join(target, "runs", run, "evaluation"), exist_ok=True)
+        for path in (comparison.RUN_RECORD, report):
+            shutil.copy(os.path.join(out_dir, run, path), os.path.join(target, "runs", run, path))
+    return runs
 
 
 if __name__ == "__main__":

@@ -97,10 +97,9 @@ def model_diagnostics(model, images, annotations, num_samples, seed):
         b, a = annotations.shape[:2]
         posterior = model.posterior_distribution(
             np.repeat(images, a, axis=0), annotations.reshape((b * a,) + annotations.shape[2:]))
-        result["prior_scale"] = np.round(np.mean(
-            keras.ops.convert_to_numpy(prior.stddev()), axis=0), 3).tolist()
-        result["posterior_scale"] = np.round(np.mean(
-            keras.ops.convert_to_numpy(posterior.stddev()), axis=0), 3).tolist()
+        for key, distribution in (("prior_scale", prior), ("posterior_scale", posterior)):
+            scale = keras.ops.convert_to_numpy(distribution.stddev()).astype(np.float64)
+            result[key] = np.round(scale.mean(axis=0), 3).tolist()
     return result
 
 

@@ -1,5 +1,5 @@
 """Where the time of one training step goes: the TF profiler's trace of a few steps of
-`ProbabilisticUNet.train_step` (LIDC configuration by default), summed by op type and by part
+`ProbabilisticUNet.train_step` (the default configuration by default), summed by op type and by part
 of the model (U-Net, prior, posterior, f_comb, loss, optimizer). Prints JSON; op times are
 summed over the threads that ran them, so shares, not wall time, are what to read.
 

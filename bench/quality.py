@@ -1,5 +1,5 @@
 """How well a trained model reproduces a known distribution of segmentations: a training recipe
-(a preset, or `default`: `train()`'s own defaults, the official LIDC configuration at a constant
+(a preset, or `default`: `train()`'s own defaults, the default configuration at a constant
 1e-4) trained on a synthetic benchmark for a fixed number of steps (or minutes), on several
 seeds, each evaluated on the test split with 16 samples per image. Prints JSON: every seed,
 and the median and range over seeds.

@@ -6,7 +6,7 @@ in it is typed by hand): `results.json` of `tfprobunet compare` and `bench.json`
     python bench/results_table.py docs/results/graders
 
 Columns: GED at each sample count (mean over seeds; at the largest count each seed's value
-follows), the unbiased GED (self-pairs left out) at the largest count, and, where they apply,
+follows), the same for the unbiased GED (self-pairs left out, from 2 samples), and, where they apply,
 the mode r and the modes found (*flips*), the Wilcoxon test of the Probabilistic U-Net against
 each model at the largest count and the fraction of empty samples (binary tasks). The line
 before the table names the JSON, as the test expects.
@@ -43,8 +43,9 @@ def table(folder):
     tests = results.get(f"wilcoxon_{last}", {})
     modes = "true_probabilities" in results
     binary = "empty_fraction_graders" in results
+    unbiased = [c for c in counts if c != "1"]
     header = ["model", *[f"GED({c})" for c in counts[:-1]], f"GED({last}) (seeds {seeds})",
-              f"unbiased GED({last}) (seeds)"]
+              *[f"unbiased GED({c})" for c in unbiased[:-1]], f"unbiased GED({last}) (seeds)"]
     if modes:
         header += ["mode r (seeds)", "modes found (seeds)"]
     if tests:
@@ -58,7 +59,7 @@ def table(folder):
             label += f" ({bench['ensemble_members']} members)"
         row = [label,
                *[_ged(entry["ged"][c], c, c == last) for c in counts],
-               _ged(entry["ged_unbiased"][last], last, True)]
+               *[_ged(entry["ged_unbiased"][c], c, c == last) for c in unbiased]]
         if modes:
             row += [f"{entry['pearson_r']['mean']:.2f} ({_seeds(entry['pearson_r']['seeds'], 2)})",
                     ", ".join(str(int(v)) for v in entry["modes_found"]["seeds"])]
@@ -73,7 +74,7 @@ def table(folder):
     rows.append(floor + [""] * (len(header) - len(floor)))
     if "most_probable_modes_ged" in bench:
         fixed = [FIXED_SET, *[f"{bench['most_probable_modes_ged'][c]:.3f}" for c in counts],
-                 f"{bench['most_probable_modes_ged_unbiased'][last]:.3f}"]
+                 *[f"{bench['most_probable_modes_ged_unbiased'][c]:.3f}" for c in unbiased]]
         rows.append(fixed + [""] * (len(header) - len(fixed)))
     lines = [f"<!-- results: {folder}/results.json -->",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

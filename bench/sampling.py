@@ -1,5 +1,5 @@
 """The paper's claim that extra samples are cheap: time of `sample(images, 16)` over `call(images)`
-at 128x128 (LIDC configuration), and 16 full forward passes for contrast. Prints JSON.
+at 128x128 (the default configuration), and 16 full forward passes for contrast. Prints JSON.
 
     python bench/sampling.py [--batch 1] [--samples 16] [--repeats 15]
 """

@@ -1,5 +1,6 @@
-"""Examples/s of `ProbabilisticUNet.train_step`, LIDC configuration (128x128x1, batch 8), in
-float32, in `mixed_bfloat16` and with XLA, against the PyTorch reference of the same shape
+"""Examples/s of `ProbabilisticUNet.train_step`, the default configuration at LIDC's size
+(128x128x1, batch 8), in float32, in `mixed_bfloat16` and with XLA, against the PyTorch
+reference of the same shape
 (`bench/pytorch_reference.py`), interleaved: every round runs each configuration once, each in
 a fresh process, so that the machine's slow and fast phases hit them all alike. Prints JSON
 with every run, the median and best of each configuration, their ratios, and the CPU's flags
@@ -37,7 +38,7 @@ def measure(config, steps, repeats, size, batch):
     rng = np.random.default_rng(0)
     images = rng.random((batch * steps, size, size, 1), dtype=np.float32)
     labels = rng.integers(0, 2, (batch * steps, size, size)).astype(np.int32)
-    model = tfprobunet.ProbabilisticUNet(num_classes=2)  # official LIDC defaults
+    model = tfprobunet.ProbabilisticUNet(num_classes=2)  # the library's defaults
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=config == "xla")
     model.fit(images[:batch * 2], labels[:batch * 2], batch_size=batch, epochs=1, verbose=0)
     times = run_times(lambda: model.fit(images, labels, batch_size=batch, epochs=1, verbose=0,

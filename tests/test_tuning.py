@@ -23,7 +23,7 @@ def test_default_hyperparameters_build_the_default_compiled_model():
     model = tuning.ProbabilisticUNetHyperModel(2, (16, 16, 1)).build(
         keras_tuner.HyperParameters())
     config = model.get_config()
-    # The official LIDC configuration, which ProbabilisticUNet and train() default to.
+    # The default configuration of ProbabilisticUNet and train().
     assert config["num_channels"] == [32, 64, 128, 192]
     assert (config["latent_dim"], config["beta"]) == (6, 1.0)
     assert (config["convs_per_block"], config["fcomb_layers"]) == (3, 3)

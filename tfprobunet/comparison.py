@@ -211,7 +211,8 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
 
     Returns:
         The results as a dict (also `out_dir/results.json`): per model, GED per sample count
-        (mean, min, max and the value of each seed), Pearson r on linear and log mode
+        (mean, min, max and the value of each seed), the same for the unbiased GED
+        (`ged_unbiased`, self-pairs left out, from 2 samples; see `evaluate`), Pearson r on linear and log mode
         frequencies and modes found (where known), training seconds; the noise floor; the
         Wilcoxon signed-rank test (two-sided, paired over test images, per-image GED averaged
         over seeds) of the Probabilistic U-Net against each baseline at the largest sample

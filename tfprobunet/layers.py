@@ -259,7 +259,7 @@ class UNet(_ConvNet):
     combines with a latent sample.
 
     Args:
-        num_channels: filters per level (LIDC configuration: `[32, 64, 128, 192]`).
+        num_channels: filters per level (default `[32, 64, 128, 192]`: see `ProbabilisticUNet`).
         convs_per_block: 3x3 convolutions per block, encoder and decoder.
         weight_decay: L2 coefficient on kernels; biases are not decayed.
 

@@ -13,14 +13,17 @@ from tfprobunet.models.base import SegmentationSampler, check_num_samples, seed_
 class DropoutUNet(SegmentationSampler):
     """A U-Net with dropout (p = 0.5 in the paper) on the inputs of its three inner-most encoder
     and decoder blocks, during training as well as when sampling: each sample is one dropout
-    mask. `call` (and `predict`) runs with dropout off.
+    mask. The image itself is never dropped. `call` (and `predict`) runs with dropout off.
 
     Args:
         num_classes, num_channels, convs_per_block, weight_decay, seed, ged_samples,
             ged_classes: as for `ProbabilisticUNet` (`SegmentationSampler`).
         dropout_rate: the probability of dropping an activation (the paper's: 0.5).
-        dropout_blocks: how many inner-most encoder and decoder blocks get dropout (the
-            paper's: 3; fewer if the U-Net has fewer levels).
+        dropout_blocks: how many inner-most encoder and decoder blocks get dropout on their
+            inputs (the paper's: 3). A U-Net of L levels has L encoder and L - 1 decoder
+            blocks, and its first encoder block's input is the image, which is never dropped:
+            with `dropout_blocks >= L`, dropout acts on the inputs of encoder blocks 2 to L and
+            of all L - 1 decoder blocks (at the `cpu` recipe's 3 levels: 2 and 2).
         reconstruction: `"sum"` of the pixel cross-entropy over pixels (as the Probabilistic
             U-Net's) or `"mean"`.
 
