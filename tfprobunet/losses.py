@@ -169,10 +169,11 @@ def energy_score(probabilities, labels, classes, smoothing=1.0, ignore_label=IGN
         ES = E[d(S, Y)] - 1/2 E[d(S, S')],   S, S' independent samples (pairs k != l),
 
     with d the soft `1 - IoU` of `soft_distances` on class probabilities. With hard samples
-    and d = 1 - IoU, the energy score is a proper scoring rule (its expectation over Y is
-    lowest when the samples follow Y's distribution), and its expectation, doubled, less the
-    annotations' own spread E[d(Y, Y')], is the GED the paper evaluates. The soft version
-    computed here is a training surrogate: it is not itself proper, nor equal to GED.
+    and a distance of negative type (1 - IoU of binary masks is one: the Jaccard index is a
+    positive definite kernel), the energy score is a proper scoring rule (its expectation
+    over Y is lowest when the samples follow Y's distribution), and its expectation, doubled,
+    less the annotations' own spread E[d(Y, Y')], is the GED the paper evaluates. The soft
+    version computed here is a training surrogate: not shown to be proper, nor equal to GED.
 
     Args:
         probabilities: `(b, m, h, w, K)` class probabilities of m >= 2 samples (a softmax).

@@ -84,9 +84,10 @@ class ProbabilisticUNet(SegmentationSampler):
             `energy_samples` segmentations drawn from the *prior* against the training
             segmentation (`losses.energy_score`: a soft `1 - IoU` on softmax probabilities).
             The ELBO trains the prior only to cover the posteriors; this term compares what
-            `sample` draws with the annotations. With hard samples and d = 1 - IoU the energy
-            score is a proper scoring rule, related to GED (see `losses.energy_score`); the
-            soft version trained here is a surrogate, not itself proper nor equal to GED.
+            `sample` draws with the annotations. With hard samples and d = 1 - IoU of binary
+            masks the energy score is a proper scoring rule, related to GED (see
+            `losses.energy_score`); the soft version trained here is a surrogate, not shown to
+            be proper nor equal to GED.
             Only f_comb runs per extra sample. Logged as `energy`. Not in the paper.
         energy_samples: prior samples per image for the energy score (>= 2).
 
