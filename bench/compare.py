@@ -42,26 +42,29 @@ from train_step import cpu  # noqa: E402
 IMAGE_SIZES = {"flips": 32, "graders": 64}
 
 
-def most_probable_modes_ged(image_size, num_images, sample_counts, self_pairs=True):
+def most_probable_modes_ged(image_size, num_images, sample_counts):
     """GED(k) of a fixed set, the k most probable modes of each *flips* test image, as a
     reference: what a model with k fixed, well-spread outputs can score (compare the noise
-    floor, k independent draws from the truth); with `self_pairs=False`, the unbiased GED."""
+    floor, k independent draws from the truth). Returns `(ged, ged_unbiased)`, the second
+    without self-pairs (k >= 2)."""
     source = data.load("flips", "test", None, image_size, num_images, comparison.EVALUATION_SEED)
     weights = np.asarray(source.annotation_weights)
     order = np.argsort(weights)[::-1]
     args = dict(num_classes=source.num_classes, classes=source.classes)
-    # Without self-pairs one sample has no pair: k >= 2 only.
-    values = {k: [] for k in sample_counts if self_pairs or k > 1}
+    values = {(k, self_pairs): [] for self_pairs in (True, False) for k in sample_counts
+              if self_pairs or k > 1}  # without self-pairs one sample has no pair
     for _, annotations in source.dataset.batch(50):
         annotations = annotations.numpy()
         truth = metrics.pairwise_distances(annotations, annotations, **args)
-        for k in values:
-            fixed = annotations[:, order[:k]]
-            values[k].extend(metrics.energy_distance(
-                metrics.pairwise_distances(fixed, annotations, **args),
-                metrics.pairwise_distances(fixed, fixed, **args), truth,
+        for (k, self_pairs), ged in values.items():
+            # The fixed set is the k most probable annotations: its distances are truth's.
+            cross = truth[:, order[:k]]
+            ged.extend(metrics.energy_distance(
+                cross, cross[:, :, order[:k]], truth,
                 annotation_weights=source.annotation_weights, self_pairs=self_pairs))
-    return {str(k): round(float(np.mean(v)), 4) for k, v in values.items()}
+    return tuple({str(k): round(float(np.mean(ged)), 4)
+                  for (k, self_pairs), ged in values.items() if self_pairs == wanted}
+                 for wanted in (True, False))
 
 
 def main():
@@ -112,12 +115,10 @@ def main():
                         for name, test in results.get(f"wilcoxon_{counts[-1]}", {}).items()},
         "probunet_best": results.get("reference_best"),
         "minutes": round((time.monotonic() - start) / 60, 1),
-        **({"most_probable_modes_ged": most_probable_modes_ged(
-            IMAGE_SIZES["flips"], results["num_test_images"], results["sample_counts"])}
+        **(dict(zip(("most_probable_modes_ged", "most_probable_modes_ged_unbiased"),
+                    most_probable_modes_ged(IMAGE_SIZES["flips"], results["num_test_images"],
+                                            results["sample_counts"])))
            if args.dataset == "flips" else {}),
-        **({"most_probable_modes_ged_unbiased": most_probable_modes_ged(
-            IMAGE_SIZES["flips"], results["num_test_images"], results["sample_counts"],
-            self_pairs=False)} if args.dataset == "flips" else {}),
         "cpu": cpu(),
     }
     print(json.dumps(summary, indent=2))

@@ -6,10 +6,10 @@ in it is typed by hand): `results.json` of `tfprobunet compare` and `bench.json`
     python bench/results_table.py docs/results/graders
 
 Columns: GED at each sample count (mean over seeds; at the largest count each seed's value
-follows), the same for the unbiased GED (self-pairs left out, from 2 samples), and, where they apply,
-the mode r and the modes found (*flips*), the Wilcoxon test of the Probabilistic U-Net against
-each model at the largest count and the fraction of empty samples (binary tasks). The line
-before the table names the JSON, as the test expects.
+follows), the same for the unbiased GED (self-pairs left out, from 2 samples), and, where
+they apply, the mode r and the modes found (*flips*), the Wilcoxon test of the Probabilistic
+U-Net against each model at the largest count and the fraction of empty samples (binary
+tasks). The line before the table names the JSON, as the test expects.
 """
 
 import json
@@ -27,7 +27,7 @@ def _seeds(values, digits):
     return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
-def _ged(entry, count, last):
+def _ged(entry, last):
     text = f"{entry['mean']:.3f}"
     return f"{text} ({_seeds(entry['seeds'], 3)})" if last else text
 
@@ -58,8 +58,8 @@ def table(folder):
         if name == "ensemble" and bench.get("ensemble_members"):
             label += f" ({bench['ensemble_members']} members)"
         row = [label,
-               *[_ged(entry["ged"][c], c, c == last) for c in counts],
-               *[_ged(entry["ged_unbiased"][c], c, c == last) for c in unbiased]]
+               *[_ged(entry["ged"][c], c == last) for c in counts],
+               *[_ged(entry["ged_unbiased"][c], c == last) for c in unbiased]]
         if modes:
             row += [f"{entry['pearson_r']['mean']:.2f} ({_seeds(entry['pearson_r']['seeds'], 2)})",
                     ", ".join(str(int(v)) for v in entry["modes_found"]["seeds"])]

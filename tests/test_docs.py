@@ -31,7 +31,8 @@ def _tables():
             for row in lines[i + 1:]:
                 if not row.startswith("|"):
                     break
-                table.append([cell.strip().strip("*").strip() for cell in row.strip("|").split("|")])
+                cells = row.strip("|").split("|")
+                table.append([cell.strip().strip("*").strip() for cell in cells])
             yield os.path.basename(document), match.group(1), table[0], table[2:]
 
 

@@ -82,7 +82,8 @@ def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_
     evaluation): the evaluation report with `train_seconds`."""
     settings = recipe_settings(recipe, name, **model_overrides.get(name, {}))
     _check_run_record(workdir, dict(
-        training_revision=TRAINING_REVISION, model=name, seed=seed, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        training_revision=TRAINING_REVISION, model=name, seed=seed, epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
         dataset=dataset if isinstance(dataset, str) else "custom", data_dir=data_dir,
         image_size=image_size, num_examples=num_examples, test_examples=test_examples,
         sample_counts=sample_counts, **settings))
@@ -212,8 +213,9 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
     Returns:
         The results as a dict (also `out_dir/results.json`): per model, GED per sample count
         (mean, min, max and the value of each seed), the same for the unbiased GED
-        (`ged_unbiased`, self-pairs left out, from 2 samples; see `evaluate`), Pearson r on linear and log mode
-        frequencies and modes found (where known), training seconds; the noise floor; the
+        (`ged_unbiased`, self-pairs left out, from 2 samples; see `evaluate`), Pearson r on
+        linear and log mode frequencies and modes found (where known), training seconds; the
+        noise floor; the
         Wilcoxon signed-rank test (two-sided, paired over test images, per-image GED averaged
         over seeds) of the Probabilistic U-Net against each baseline at the largest sample
         count; whether the Probabilistic U-Net has the lowest mean GED at each sample count.
