@@ -33,6 +33,21 @@ def random_batch(num_classes=2, batch=2, size=16, channels=1, seed=0):
     return images, segmentations
 
 
+def cli_error(capsys, argv):
+    """Run `tfprobunet argv` in this process, expect it to refuse: exit status 2 and one line,
+    `tfprobunet: error: ...`, on stderr. Returns that line."""
+    from tfprobunet import cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tfprobunet: error: "), err
+    return lines[0]
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     keras.utils.set_random_seed(1234)

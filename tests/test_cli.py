@@ -11,6 +11,7 @@ import pytest
 
 import tfprobunet
 from tfprobunet import cli
+from conftest import cli_error
 
 
 def test_train_command_writes_checkpointed_run(tmp_path, capsys):
@@ -34,9 +35,8 @@ def test_train_command_writes_checkpointed_run(tmp_path, capsys):
     # The same command again has nothing to do: refused with the way out, the model untouched.
     with open(os.path.join(workdir, "model.keras"), "rb") as f:
         saved = f.read()
-    with pytest.raises(SystemExit, match=r"^tfprobunet train: .*finished run of 2 epochs.*"
-                                         r"epochs > 2.*new workdir"):
-        cli.main(command)
+    assert re.search(r"^tfprobunet: error: .*finished run of 2 epochs.*epochs > 2.*new workdir",
+                     cli_error(capsys, command))
     with open(os.path.join(workdir, "model.keras"), "rb") as f:
         assert f.read() == saved
 
@@ -146,3 +146,71 @@ def test_captured_output_has_no_escape_codes_and_no_start_up_lines_unless_asked(
     # So does the environment switch, for the library itself.
     imported = _command(["-c", "import tfprobunet"], TFPROBUNET_VERBOSE="1")
     assert STARTUP_LINES.search(imported.stderr), imported.stderr
+
+
+def _console_script():
+    return os.path.join(os.path.dirname(sys.executable), "tfprobunet")
+
+
+def _imported_modules(stderr):
+    """The modules `python -X importtime` reports."""
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("command", [[_console_script(), "--help"],
+                                     [_console_script(), "train", "--help"],
+                                     [_console_script(), "predict", "--help"],
+                                     ["-m", "tfprobunet.cli", "evaluate", "--help"]])
+def test_help_answers_without_importing_tensorflow(command):
+    result = _command(["-X", "importtime", *command])
+    assert result.returncode == 0 and "usage: tfprobunet" in result.stdout, result.stderr
+    imported = _imported_modules(result.stderr)
+    assert "tfprobunet.defaults" in imported  # the parser was built
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("tensorflow", "keras", "numpy"))
+    assert not heavy, heavy[:5]
+
+
+def test_cli_errors_are_one_line_with_the_traceback_only_under_debug(tmp_path):
+    missing = str(tmp_path / "missing.keras")
+    predict = ["predict", "--model", missing, "--image", "a.png", "--out", str(tmp_path)]
+    quiet = _command([_console_script(), *predict])
+    assert quiet.returncode == 2, quiet.stderr
+    assert quiet.stderr.count("\n") == 1 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.startswith("tfprobunet: error: ") and missing in quiet.stderr
+    loud = _command([_console_script(), "--debug", *predict])
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and missing in loud.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--workdir", "w", "--data-dir", "d"], r"--data-dir d needs --dataset"),
+    (["train", "--workdir", "w", "--dataset", "graders", "--data-dir", "d"],
+     r"--data-dir is not read by the synthetic dataset graders"),
+    (["train", "--workdir", "w", "--dataset", "npz", "--data-dir", "d", "--image-size", "64"],
+     r"--image-size is not used by --dataset npz"),
+    (["tune", "--directory", "t", "--data-dir", "d"], r"--data-dir d needs --dataset"),
+    (["evaluate", "--model", "m.keras", "--out", "o", "--dataset", "flips", "--data-dir", "d"],
+     r"--data-dir is not read by the synthetic dataset flips"),
+    (["predict", "--image", "a.png", "--out", "o"], r"either --model PATH .* or --target"),
+    (["predict", "--model", "m.keras", "--name", "pun", "--image", "a.png", "--out", "o"],
+     r"--name and --version select a served model"),
+])
+def test_flags_the_command_would_ignore_are_refused_by_name(tmp_path, capsys, monkeypatch,
+                                                            argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert re.search(message, cli_error(capsys, argv))
+    assert os.listdir(tmp_path) == []  # nothing was started
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("num_channels=8,16,32", ("num_channels", [8, 16, 32])),
+    ("num-channels=[8, 16]", ("num_channels", [8, 16])),
+    ("latent_dim=8", ("latent_dim", 8)),
+    ("beta=0.5", ("beta", 0.5)),
+    ("schedule=wsd", ("schedule", "wsd")),
+])
+def test_fixed_settings_parse_lists_as_the_matching_flags_do(text, parsed):
+    assert cli._fixed(text) == parsed
+    name, value = parsed
+    if name == "num_channels" and "," in text and "[" not in text:
+        assert value == cli._int_list(text.partition("=")[2])  # as --num-channels reads it

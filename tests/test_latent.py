@@ -3,12 +3,13 @@ prior; its centre is the prior mean; the posteriors are the model's; the figure 
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import random_batch, tiny_model
+from conftest import cli_error, random_batch, tiny_model
 from tfprobunet import cli, latent, plots
 
 
@@ -76,7 +77,7 @@ def test_bad_arguments_say_what_was_received(model):
         latent.inspect(model, image, num_steps=1)
 
 
-def test_figure_and_cli(model, tmp_path):
+def test_figure_and_cli(model, tmp_path, capsys):
     image, annotations = _example()
     path = tmp_path / "latent.png"
     plots.latent_space(latent.inspect(model, image, annotations, num_steps=3), path)
@@ -92,9 +93,8 @@ def test_figure_and_cli(model, tmp_path):
               "--out", out])
     assert os.path.getsize(out) > 0
 
-    with pytest.raises(SystemExit, match=r"either --image PATH .* Received: --image None, "
-                                         r"--dataset None"):
-        cli.main(["inspect", "--model", model_path, "--out", out])
+    assert re.search(r"either --image PATH .* Received: --image None, --dataset None",
+                     cli_error(capsys, ["inspect", "--model", model_path, "--out", out]))
 
 
 def test_cli_takes_an_image_and_its_annotations_from_a_dataset(tmp_path, capsys):
@@ -108,6 +108,6 @@ def test_cli_takes_an_image_and_its_annotations_from_a_dataset(tmp_path, capsys)
     summary = json.loads(capsys.readouterr().out.splitlines()[0])
     assert sorted(summary["axes"]) == [0, 1] and len(summary["posterior_spread"]) == 2
     assert os.path.getsize(out) > 0
-    with pytest.raises(SystemExit, match="has no image --index 500"):
-        cli.main(["inspect", "--model", model_path, "--dataset", "graders", "--image-size",
-                  "16", "--index", "500", "--out", out])
+    assert "has no image --index 500" in cli_error(
+        capsys, ["inspect", "--model", model_path, "--dataset", "graders", "--image-size", "16",
+                 "--index", "500", "--out", out])

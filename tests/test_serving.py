@@ -3,6 +3,7 @@ round trips, twenty bad requests, concurrent load, retries, and the CLI."""
 
 import json
 import os
+import re
 import socket
 import threading
 import urllib.error
@@ -16,7 +17,8 @@ from PIL import Image
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfprobunet import cli, export, serving
-from conftest import SERVED, raw_request, serve_process, served_images, served_model
+from conftest import (SERVED, cli_error, raw_request, serve_process, served_images,
+                      served_model)
 
 K, C, N, F = (SERVED[k] for k in "KCNF")
 
@@ -290,17 +292,17 @@ def test_cli_export_predict_and_serve(server, tmp_path, capsys):
     assert cli.main(["export", "--clean", "--base-dir", base, "--name", "pun"]) == 0
     assert "removed 1 temporary folder(s) of killed exports of 'pun'" in capsys.readouterr().out
     assert os.listdir(os.path.join(base, "pun")) == ["1"]
-    with pytest.raises(SystemExit, match="--model PATH .* is required unless --clean"):
-        cli.main(["export", "--base-dir", base, "--name", "pun"])
+    assert re.search("--model PATH .* is required unless --clean",
+                     cli_error(capsys, ["export", "--base-dir", base, "--name", "pun"]))
     image = tmp_path / "x.png"
     Image.fromarray((served_images(batch=1)[0, ..., 0] * 255).astype(np.uint8)).save(image)
     out = tmp_path / "out"
-    assert cli.main(["predict", "--target", f"127.0.0.1:{server.port}", "--model", "pun",
+    assert cli.main(["predict", "--target", f"127.0.0.1:{server.port}", "--name", "pun",
                      "--image", str(image), "-n", "4", "--out", str(out), "--seed", "3"]) == 0
     assert "wrote 4 sample masks" in capsys.readouterr().out
-    assert sorted(os.listdir(out)) == [f"sample_{i:02d}.png" for i in range(4)] + [
+    assert sorted(os.listdir(out / "x")) == [f"sample_{i:02d}.png" for i in range(4)] + [
         "uncertainty.png"]
-    with Image.open(out / "sample_00.png") as png:
+    with Image.open(out / "x" / "sample_00.png") as png:
         assert png.size == (16, 16)
 
     with serve_process(base) as (_, port, _), \

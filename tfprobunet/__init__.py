@@ -28,23 +28,61 @@ def _require_tf_keras():
             name="tf_keras") from None
 
 
+import os  # noqa: E402
+import sys  # noqa: E402
+
 from tfprobunet import _console  # noqa: E402
-
-# TensorFlow's start-up lines stay out of the output (TFPROBUNET_VERBOSE=1 shows them).
-with _console.filtered_stderr():
-    _require_tf_keras()
-
-    from tfprobunet import (baselines, callbacks, data, latent, losses, metrics, models,
-                            serving, training)
-    from tfprobunet.comparison import compare
-    from tfprobunet.evaluation import evaluate
-    from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
-    from tfprobunet.models import ProbabilisticUNet
-    from tfprobunet.serving import export_for_serving
-    from tfprobunet.training import train
 
 __version__ = "0.1.0"
 
 __all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "baselines", "callbacks",
            "compare", "data", "evaluate", "export_for_serving", "latent", "losses", "metrics",
            "models", "serving", "train", "training"]
+
+
+_loaded = False
+
+
+def _load():
+    """Import the library, and TensorFlow with it: what `import tfprobunet` does, except under
+    the console script, which calls this once its arguments are parsed (so that `tfprobunet
+    --help` answers without TensorFlow). Registers the Keras classes `load_model` needs."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    # TensorFlow's start-up lines stay out of the output (TFPROBUNET_VERBOSE=1 shows them).
+    with _console.filtered_stderr():
+        _require_tf_keras()
+
+        from tfprobunet import (baselines, callbacks, data, latent, losses, metrics, models,
+                                serving, training)
+        from tfprobunet.comparison import compare
+        from tfprobunet.evaluation import evaluate
+        from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
+        from tfprobunet.models import ProbabilisticUNet
+        from tfprobunet.serving import export_for_serving
+        from tfprobunet.training import train
+    globals().update({name: value for name, value in locals().items() if name in __all__})
+
+
+def _console_script():
+    """Whether this process is the command line: the `tfprobunet` console script, or
+    `python -m tfprobunet.cli` (whose `sys.argv[0]` is "-m" while the package is imported)."""
+    argv = getattr(sys, "argv", None) or [""]
+    if argv[0] == "-m":
+        original = getattr(sys, "orig_argv", [])
+        return "-m" in original and original[original.index("-m") + 1:][:1] == ["tfprobunet.cli"]
+    return os.path.splitext(os.path.basename(argv[0]))[0] in ("tfprobunet", "tfprobunet-script")
+
+
+def __getattr__(name):
+    # Only reached under the console script, before `_load()`.
+    if name in __all__ and not _loaded:
+        _load()
+        return globals()[name]
+    raise AttributeError(f"module 'tfprobunet' has no attribute {name!r}")
+
+
+if not _console_script():
+    _load()

@@ -6,17 +6,21 @@ import os
 import sys
 
 from tfprobunet import _console
-from tfprobunet.models import MODELS
-from tfprobunet.serving.client import MAX_MESSAGE_BYTES
-from tfprobunet.serving.local_server import MAX_BODY_BYTES
-from tfprobunet.serving.export import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
-from tfprobunet.training import PRESETS, SCHEDULES, STRATEGIES
+from tfprobunet.defaults import (DATASETS, MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
+                                 MAX_SAMPLE_PIXELS, MAX_SAMPLES, MODEL_NAMES, PRESETS, SCHEDULES,
+                                 STRATEGIES)
+
+SYNTHETIC = ("flips", "graders")
+# The datasets whose arrays keep the size they were saved with: --image-size is refused.
+OWN_SIZE = ("npz",)
+DATA_HELP = ("flips, graders: synthetic (the default: flips); lidc: the PNG crops folder; "
+             "lidc-pickle: the PyTorch port's data_lidc.pickle; cityscapes: the folder with "
+             "leftImg8bit/ and gtFine/; npz: your own data, a folder with train.npz, val.npz, "
+             "test.npz (see README)")
 
 
-DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz")
-DATA_HELP = ("flips, graders: synthetic; lidc: the PNG crops folder; lidc-pickle: the PyTorch "
-             "port's data_lidc.pickle; cityscapes: the folder with leftImg8bit/ and gtFine/; "
-             "npz: your own data, a folder with train.npz, val.npz, test.npz (see README)")
+class CommandError(Exception):
+    """A command refused its arguments: printed as one line, `tfprobunet: error: ...`."""
 
 
 def _int_list(text):
@@ -33,7 +37,9 @@ def _size(text):
 
 def _add_data_arguments(parser):
     parser.add_argument("--dataset", choices=DATASETS, help=DATA_HELP)
-    parser.add_argument("--data-dir", help="where lidc, lidc-pickle and cityscapes are read from")
+    parser.add_argument("--data-dir",
+                        help="where --dataset npz, lidc, lidc-pickle or cityscapes is read from "
+                             "(needs --dataset)")
     parser.add_argument("--image-size", type=_size,
                         help="SIZE or HEIGHT,WIDTH (default: 64 synthetic, 128 LIDC, 256,512 "
                              "Cityscapes)")
@@ -43,7 +49,6 @@ def _add_data_arguments(parser):
 
 def _add_train_arguments(parser):
     _add_data_arguments(parser)
-    parser.set_defaults(dataset="flips")
     parser.add_argument("--workdir", required=True, help="checkpoints, log.csv, model.keras")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default",
                         help="multi_worker: one process per worker, configured by TF_CONFIG")
@@ -114,23 +119,20 @@ def _apply_preset(parser, argv):
 def _train(args):
     from tfprobunet import training
 
-    try:
-        training.train(
-            args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-            image_size=args.image_size, num_examples=args.num_examples,
-            validation_examples=args.validation_examples, learning_rate=args.learning_rate,
-            schedule=args.schedule, max_minutes=args.max_minutes,
-            mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
-            jit_compile=args.jit_compile, num_channels=args.num_channels,
-            convs_per_block=args.convs_per_block, latent_dim=args.latent_dim,
-            fcomb_layers=args.fcomb_layers, fcomb_channels=args.fcomb_channels, beta=args.beta,
-            beta_warmup_steps=args.beta_warmup_steps, geco_target=args.geco_target,
-            energy_weight=args.energy_weight, energy_samples=args.energy_samples,
-            reconstruction=args.reconstruction, kl=args.kl, tensorboard=args.tensorboard,
-            verbose=_console.progress_verbosity())
-    except training.WorkdirError as error:  # a refusal that says what to do: no traceback
-        raise SystemExit(f"tfprobunet train: {error}") from None
+    training.train(
+        args.workdir, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+        image_size=args.image_size, num_examples=args.num_examples,
+        validation_examples=args.validation_examples, learning_rate=args.learning_rate,
+        schedule=args.schedule, max_minutes=args.max_minutes,
+        mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
+        jit_compile=args.jit_compile, num_channels=args.num_channels,
+        convs_per_block=args.convs_per_block, latent_dim=args.latent_dim,
+        fcomb_layers=args.fcomb_layers, fcomb_channels=args.fcomb_channels, beta=args.beta,
+        beta_warmup_steps=args.beta_warmup_steps, geco_target=args.geco_target,
+        energy_weight=args.energy_weight, energy_samples=args.energy_samples,
+        reconstruction=args.reconstruction, kl=args.kl, tensorboard=args.tensorboard,
+        verbose=_console.progress_verbosity())
     print(f"model saved to {os.path.join(args.workdir, 'model.keras')}")
 
 
@@ -146,8 +148,9 @@ def _data_settings(args):
             trained = json.load(f)
     size = trained.get("image_size")
     seed = getattr(args, "seed", None)
-    return dict(dataset=args.dataset or trained.get("dataset", "flips"),
-                data_dir=args.data_dir or trained.get("data_dir"),
+    dataset = args.dataset or trained.get("dataset", "flips")
+    _check_dataset_flags(dataset, args.data_dir, args.image_size)
+    return dict(dataset=dataset, data_dir=args.data_dir or trained.get("data_dir"),
                 image_size=args.image_size or (tuple(size) if isinstance(size, list) else size),
                 seed=trained.get("seed", 0) if seed is None else seed)
 
@@ -174,9 +177,9 @@ def _inspect(args):
     from tfprobunet import data, latent, plots, serving
 
     if (args.image is None) == (args.dataset is None):
-        raise SystemExit("tfprobunet inspect: give either --image PATH (a PNG or JPEG) or "
-                         "--dataset NAME with --index I (an image and its annotations). "
-                         f"Received: --image {args.image!r}, --dataset {args.dataset!r}")
+        raise CommandError("give either --image PATH (a PNG or JPEG) or --dataset NAME with "
+                           "--index I (an image and its annotations). Received: --image "
+                           f"{args.image!r}, --dataset {args.dataset!r}")
     model = keras.saving.load_model(args.model)
     annotations = None
     if args.image is not None:
@@ -188,14 +191,10 @@ def _inspect(args):
                            **settings)
         examples = list(source.dataset.skip(args.index).take(1).as_numpy_iterator())
         if not examples:
-            raise SystemExit(f"tfprobunet inspect: the {args.split} split has no image "
-                             f"--index {args.index}.")
+            raise CommandError(f"the {args.split} split has no image --index {args.index}.")
         image, annotations = examples[0]
-    try:
-        inspection = latent.inspect(model, image, annotations, axes=args.axes,
-                                    extent=args.extent, num_steps=args.steps)
-    except ValueError as error:
-        raise SystemExit(f"tfprobunet inspect: {error}") from None
+    inspection = latent.inspect(model, image, annotations, axes=args.axes, extent=args.extent,
+                                num_steps=args.steps)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plots.latent_space(inspection, args.out)
     rounded = lambda values: [round(float(v), 3) for v in values]  # noqa: E731
@@ -215,12 +214,12 @@ def _export(args):
               + "".join(f"\n  {path}" for path in removed))
     if args.model is None:
         if not args.clean:
-            raise SystemExit("tfprobunet export: --model PATH (a .keras model) is required "
-                             "unless --clean is given alone.")
+            raise CommandError("--model PATH (a .keras model) is required unless --clean is "
+                               "given alone.")
         return
     if not os.path.exists(args.model):
-        raise SystemExit(f"tfprobunet export: no model at {args.model!r}; pass a .keras file "
-                         "saved by `tfprobunet train` or `model.save`.")
+        raise CommandError(f"no model at {args.model!r}; pass a .keras file saved by "
+                           "`tfprobunet train` or `model.save`.")
     path = export.export_for_serving(args.model, args.base_dir, args.name, args.version,
                                      **_limits(args))
     print(f"exported {args.model} to {path}; "
@@ -259,22 +258,46 @@ def _add_limit_arguments(parser, whose):
 
 
 def _predict(args):
-    from tfprobunet import serving
+    from tfprobunet import prediction, serving
 
-    with serving.GrpcClient(args.target, args.model, version=args.version) as client:
-        files = serving.predict_files(client, args.image, args.num_samples, args.out, args.seed)
-    print(f"wrote {len(files) - 1} sample masks and the uncertainty map to {args.out}")
+    if (args.model is None) == (args.target is None):
+        raise CommandError("give either --model PATH (a .keras model: predict here, no server) "
+                           "or --target HOST:PORT with --name NAME (a served model). Received: "
+                           f"--model {args.model!r}, --target {args.target!r}")
+    if args.model is not None:
+        if args.name is not None or args.version is not None:
+            raise CommandError("--name and --version select a served model: use them with "
+                               "--target HOST:PORT, not with --model.")
+        files = prediction.predict_files(args.model, args.image, args.num_samples, args.out,
+                                         args.seed)
+    else:
+        with serving.GrpcClient(args.target, args.name or "probunet",
+                                version=args.version) as client:
+            files = prediction.predict_files(client, args.image, args.num_samples, args.out,
+                                             args.seed)
+    print(f"wrote {len(files) - len(args.image)} sample masks and {len(args.image)} uncertainty "
+          f"map(s) to {args.out}")
+
+
+def _value(text):
+    """A value as JSON when it is JSON (`8`, `0.0`, `[16, 32]`, `true`), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _fixed(text):
-    """`NAME=VALUE`, the value read as JSON when it is JSON (`8`, `0.0`, `[16, 32]`)."""
+    """`NAME=VALUE`: the value read as JSON when it is JSON (`8`, `0.0`, `[16, 32]`), a
+    comma-separated one as a list the way the matching flag reads it (`num_channels=8,16,32`
+    as `--num-channels 8,16,32`: [8, 16, 32])."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    try:
-        return name.replace("-", "_"), json.loads(value)
-    except ValueError:
-        return name.replace("-", "_"), value
+    parsed = _value(value)
+    if isinstance(parsed, str) and "," in value:
+        parsed = [_value(v) for v in value.split(",") if v]
+    return name.replace("-", "_"), parsed
 
 
 def _tune(args):
@@ -283,21 +306,18 @@ def _tune(args):
     if args.chief or args.worker is not None:
         host, _, port = (args.oracle or "").rpartition(":")
         if not host or not port.isdigit():
-            raise SystemExit("tfprobunet tune: --chief and --worker need --oracle HOST:PORT (the "
-                             f"chief's address). Received: --oracle {args.oracle!r}")
+            raise CommandError("--chief and --worker need --oracle HOST:PORT (the chief's "
+                               f"address). Received: --oracle {args.oracle!r}")
         os.environ.update({tuning.ORACLE_IP: host, tuning.ORACLE_PORT: port,
                            tuning.TUNER_ID: "chief" if args.chief else f"tuner{args.worker}"})
-    try:
-        trials = tuning.tune(
-            args.directory, dataset=args.dataset, data_dir=args.data_dir, tuner=args.tuner,
-            max_trials=args.max_trials, epochs=args.epochs,
-            steps_per_epoch=args.steps_per_epoch, image_size=args.image_size,
-            num_examples=args.num_examples, validation_examples=args.validation_examples,
-            strategy=args.strategy, seed=args.seed,
-            verbose=_console.progress_verbosity() if args.verbose is None else args.verbose,
-            **dict(args.fixed))
-    except tuning.TuningError as error:
-        raise SystemExit(f"tfprobunet tune: {error}") from None
+    trials = tuning.tune(
+        args.directory, dataset=args.dataset, data_dir=args.data_dir, tuner=args.tuner,
+        max_trials=args.max_trials, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, image_size=args.image_size,
+        num_examples=args.num_examples, validation_examples=args.validation_examples,
+        strategy=args.strategy, seed=args.seed,
+        verbose=_console.progress_verbosity() if args.verbose is None else args.verbose,
+        **dict(args.fixed))
     if args.worker is not None:
         print(f"worker {args.worker}: no more trials; the chief reports the best one")
         return
@@ -308,10 +328,10 @@ def _tune(args):
 
 def _model_list(text):
     names = [v for v in text.split(",") if v]
-    unknown = [v for v in names if v not in MODELS]
+    unknown = [v for v in names if v not in MODEL_NAMES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(MODELS)}"
-                                         f"; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(MODEL_NAMES)}; got {text!r}")
     return names
 
 
@@ -330,15 +350,12 @@ def _compare(args):
     overrides = {}
     for model, argument, value in args.set:
         overrides.setdefault(model, {})[argument] = value
-    try:
-        results = comparison.compare(
-            args.out, dataset=args.dataset, models=args.models, steps=args.steps,
-            seeds=args.seeds, recipe=args.recipe, steps_per_epoch=args.steps_per_epoch,
-            data_dir=args.data_dir, image_size=args.image_size, num_examples=args.num_examples,
-            test_examples=args.test_examples, model_overrides=overrides,
-            verbose=_console.progress_verbosity())
-    except ValueError as error:  # bad arguments: say so without a traceback
-        raise SystemExit(f"tfprobunet compare: {error}") from None
+    results = comparison.compare(
+        args.out, dataset=args.dataset, models=args.models, steps=args.steps,
+        seeds=args.seeds, recipe=args.recipe, steps_per_epoch=args.steps_per_epoch,
+        data_dir=args.data_dir, image_size=args.image_size, num_examples=args.num_examples,
+        test_examples=args.test_examples, model_overrides=overrides,
+        verbose=_console.progress_verbosity())
     counts = [str(k) for k in results["sample_counts"]]
     print(f"{'GED':<10}" + "".join(f"{k:>9}" for k in counts) + f"{'mode r':>9}")
     for name, entry in results["models"].items():
@@ -428,19 +445,27 @@ def main(argv=None):
     serve.add_argument("--request-timeout", type=float, default=30.0,
                        help="seconds a REST client may take to send its request")
     serve.set_defaults(run=_serve)
-    predict = commands.add_parser("predict", help="segment an image file through a server")
-    predict.add_argument("--target", default="localhost:8500", help="gRPC host:port")
-    predict.add_argument("--model", default="probunet", help="the served model's name")
-    predict.add_argument("--version", type=int)
-    predict.add_argument("--image", required=True, help="a PNG or JPEG")
+    predict = commands.add_parser(
+        "predict", help="segment image files of any size: here with --model X.keras, or "
+                        "through a server with --target HOST:PORT")
+    predict.add_argument("--model", help="a saved .keras model: predict here, without a server "
+                                         "(sides the U-Net cannot divide are padded, and the "
+                                         "masks cropped back)")
+    predict.add_argument("--target", metavar="HOST:PORT",
+                         help="a gRPC server (TF Serving or `tfprobunet serve`) to predict "
+                              "through instead")
+    predict.add_argument("--name", help="with --target: the served model's name (default: "
+                                        "probunet)")
+    predict.add_argument("--version", type=int, help="with --target: the served version")
+    predict.add_argument("--image", nargs="+", required=True, help="PNG or JPEG files")
     predict.add_argument("-n", "--num-samples", type=int, default=16)
     predict.add_argument("--seed", type=int)
-    predict.add_argument("--out", required=True, help="folder for the sample masks")
+    predict.add_argument("--out", required=True,
+                         help="folder: OUT/<image name>/sample_00.png, ..., uncertainty.png")
     predict.set_defaults(run=_predict)
     tune = commands.add_parser(
         "tune", help="Keras Tuner search on val_ged (resumes an interrupted search)")
     _add_data_arguments(tune)
-    tune.set_defaults(dataset="flips")
     tune.add_argument("--directory", required=True,
                       help="the search's trials, TensorBoard logs, best model and JSON")
     tune.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
@@ -470,12 +495,11 @@ def main(argv=None):
         "compare", help="the paper's comparison: train the Probabilistic U-Net and the baselines "
                         "on the same budget, data and seeds; results.json and Figs. 4-5")
     _add_data_arguments(compare)
-    compare.set_defaults(dataset="flips")
     compare.add_argument("--out", required=True,
                          help="the runs (one train workdir per model and seed), results.json "
                               "and the figures; a stopped compare continues from there")
     compare.add_argument("--models", type=_model_list,
-                         default=list(MODELS),
+                         default=list(MODEL_NAMES),
                          help="comma-separated (default: all five)")
     compare.add_argument("--steps", type=int, default=2000, help="training steps of every run")
     compare.add_argument("--steps-per-epoch", type=int,
@@ -500,14 +524,65 @@ def main(argv=None):
     demo.add_argument("--base-dir", default="saved_models", help="where the model is exported")
     demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
-    if args.debug:
-        os.environ[_console.VERBOSE_VARIABLE] = "1"
-        print("\n".join(_console.hidden), file=sys.stderr)
-        args.run(args)
-    else:
-        with _console.filtered_stderr():
-            args.run(args)
+    try:
+        _check_data_flags(args)
+        if args.debug:
+            os.environ[_console.VERBOSE_VARIABLE] = "1"
+            print("\n".join(_console.hidden), file=sys.stderr)
+            _run(args)
+        else:
+            with _console.filtered_stderr():
+                _run(args)
+    except Exception as error:  # noqa: BLE001 -- one line for the user; --debug re-raises
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {_one_line(error)}\n")
     return 0
+
+
+def _run(args):
+    """Import the library (the console script parsed its arguments without TensorFlow), then
+    run the command."""
+    import tfprobunet
+
+    tfprobunet._load()
+    args.run(args)
+
+
+def _one_line(error):
+    """An exception as one line: its message, prefixed with its type unless that is a plain
+    refusal (`CommandError`, `ValueError`) whose message says it all."""
+    message = " ".join(str(error).split()) or "(no message)"
+    if isinstance(error, (CommandError, ValueError)):
+        return message
+    return f"{type(error).__name__}: {message}"
+
+
+def _check_data_flags(args):
+    """Default `--dataset` to flips where a command has that default, and refuse data flags
+    that the chosen dataset would ignore (`evaluate` and `inspect` check again once the
+    training run's dataset is known)."""
+    if not hasattr(args, "data_dir"):
+        return
+    if args.dataset is None and args.command in ("train", "tune", "compare"):
+        if args.data_dir is not None:
+            raise CommandError(
+                f"--data-dir {args.data_dir} needs --dataset: which layout to read there "
+                f"({', '.join(d for d in DATASETS if d not in SYNTHETIC)}). Without --dataset, "
+                f"{args.command} uses the synthetic flips data.")
+        args.dataset = "flips"
+    if args.dataset is not None:
+        _check_dataset_flags(args.dataset, args.data_dir, args.image_size)
+
+
+def _check_dataset_flags(dataset, data_dir, image_size):
+    if dataset in SYNTHETIC and data_dir is not None:
+        raise CommandError(f"--data-dir is not read by the synthetic dataset {dataset}: pass "
+                           "--dataset npz (or lidc, lidc-pickle, cityscapes) to read your folder.")
+    if dataset in OWN_SIZE and image_size is not None:
+        raise CommandError(f"--image-size is not used by --dataset {dataset}: its images keep "
+                           "the size they were saved with. Resize them before saving, or drop "
+                           "the flag.")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class _Accumulator:
 
 def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
              image_size=None, num_examples=None, sample_counts=SAMPLE_COUNTS, batch_size=8,
-             num_figure_examples=4, seed=0, per_image=False, verbose=1):
+             num_figure_examples=4, seed=0, per_image=False, verbose=1, num_classes=None):
     """Evaluate a model's distribution of segmentations against all annotations of each image.
 
     For every image, `max(sample_counts)` segmentations are drawn once (seeded) and the first
@@ -170,7 +170,10 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     Args:
         model: a `ProbabilisticUNet`, a baseline (any `tfprobunet.models.SegmentationSampler`:
             only `model.sample` is used) or the path of a saved `.keras` model.
-        dataset: a name of `tfprobunet.data.DATASETS`, or a `tfprobunet.data.Source` of your own.
+        dataset: what `train` takes: a name of `tfprobunet.data.DATASETS`, a
+            `tfprobunet.data.Source` of your own, or a `tf.data.Dataset` of `(image (h, w, c)
+            float, annotations (A, h, w) int)` (equally likely annotations, `num_classes` K).
+            Its labels are checked first (`tfprobunet.data.check_source`).
         out_dir: where `report.json` and the figures go; None writes nothing.
         split, data_dir, image_size, num_examples: passed to `tfprobunet.data.load` (default
             test sizes: 500 images for *flips*, as the official evaluation, 100 for *graders*).
@@ -181,6 +184,7 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         per_image: also report `ged_per_image[k]`, the GED of each image in dataset order (for
             paired tests between models on the same images, as `compare` does).
         verbose: 1 shows a progress bar.
+        num_classes: K of a plain `tf.data.Dataset` (default: the model's).
 
     Returns:
         The report as a dict (also `out_dir/report.json`), with `figures` listing the PNGs.
@@ -188,8 +192,10 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     start = time.monotonic()
     if isinstance(model, str):
         model = keras.models.load_model(model)
-    source = dataset if isinstance(dataset, data_lib.Source) else data_lib.load(
-        dataset, split, data_dir, image_size, num_examples, seed)
+    if num_classes is None and isinstance(dataset, tf.data.Dataset):
+        num_classes = model.num_classes
+    source = data_lib.as_source(dataset, split, data_dir, image_size, num_examples, seed,
+                                num_classes)
     if source.num_classes != model.num_classes:
         raise ValueError(f"The model predicts {model.num_classes} classes but the dataset has "
                          f"{source.num_classes}; evaluate it on the data it was trained for.")
@@ -201,7 +207,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     total = int(source.dataset.cardinality())
     progress = keras.utils.Progbar(total if total > 0 else None, verbose=verbose,
                                    unit_name="image")
-    batches = pipeline.evaluation_pipeline(source.dataset, batch_size)
+    batches = pipeline.evaluation_pipeline(source.dataset, batch_size,
+                                           num_classes=source.num_classes)
     for step, (images, annotations) in enumerate(batches):
         logits = model.sample(images, sample_counts[-1], seed=tf.constant([seed, step]))
         masks = np.argmax(logits, axis=-1)

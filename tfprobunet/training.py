@@ -19,14 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfprobunet import callbacks as callbacks_lib
+from tfprobunet.defaults import PRESETS, SCHEDULES, STRATEGIES  # noqa: F401
 from tfprobunet import data as data_lib
 from tfprobunet import layers as layers_lib
 from tfprobunet.data import pipeline
 from tfprobunet import models as models_lib
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
 MONITORED_TERMS = ("loss", "reconstruction", "kl", "energy")
-SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # The official repository's schedule (its only configuration, for Cityscapes,
 # training/prob_unet_config.py: 1e-4, then 5e-5, 1e-5 and 5e-7 at 80k, 160k and 240k of 240k
 # iterations), as fractions of the run and of the initial learning rate.
@@ -227,39 +226,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
             warnings.warn(f"{'; '.join(failures)}; resuming from {path} (after epoch {epochs}) "
                           "instead: the epochs after it run again.", stacklevel=2)
         return epochs
-
-
-# Named training recipes: `tfprobunet train --preset NAME` (flags override), or from Python
-# `train(workdir, **preset(NAME, epochs=...))`. See the README's ablation for the evidence.
-_CPU = dict(num_channels=[16, 32, 64], convs_per_block=2, latent_dim=8, fcomb_channels=64,
-            beta=1.0, beta_warmup_steps=2000, learning_rate=1e-3, schedule="wsd", batch_size=16)
-PRESETS = {
-    "cpu": dict(
-        description="for small images on a CPU, runs of ~6000 steps (flips at 32x32: 6 "
-                    "minutes on 2 cores): a small U-Net with a 64-channel f_comb, latent 8, KL "
-                    "warm-up over 2000 steps, Adam 1e-3 with warm-up, stable phase and cosine "
-                    "decay (wsd), batch 16",
-        **_CPU),
-    "cpu-energy": dict(
-        description="the cpu preset plus the energy term on 4 prior samples (energy_weight "
-                    "1000; not in the paper): for binary masks whose graders disagree on "
-                    "whether there is a lesion (graders at 64x64); a step costs about twice "
-                    "the cpu preset's",
-        **_CPU, energy_weight=1000.0, energy_samples=4),
-    # Where each value comes from: U-Net widths, the first four of the official Cityscapes
-    # configuration's seven (training/prob_unet_config.py: 32, 64, 128, 192, 192, 192, 192);
-    # 3 convs per block, beta 1, Adam 1e-4 and the piecewise schedule, the same file; latent 6,
-    # the same file and the paper's section 2 ("N = 6, which performed best"). Four levels and
-    # batch 8 are choices made here (that file's batch: 10). The paper gives its LIDC training
-    # schedule in its appendix H.1, which this project has not checked.
-    "paper": dict(
-        description="the default model (U-Net [32, 64, 128, 192], 3 convs per block, latent "
-                    "6, beta 1) with Adam 1e-4 and the official Cityscapes configuration's "
-                    "piecewise schedule, batch 8 (chosen here); not checked against the "
-                    "paper's LIDC schedule (its appendix H.1); slow to calibrate on CPU",
-        num_channels=[32, 64, 128, 192], convs_per_block=3, latent_dim=6, beta=1.0,
-        learning_rate=1e-4, schedule="piecewise", batch_size=8),
-}
 
 
 def preset(name, **overrides):
@@ -639,31 +605,6 @@ def _dtype_policy(name):
     return contextlib.nullcontext() if name is None else layers_lib.global_dtype_policy(name)
 
 
-def _source(dataset, split, data_dir, image_size, num_examples, seed, model_kwargs):
-    """`dataset` as a `Source`: a name is loaded, a `Source` kept, a `tf.data.Dataset` wrapped
-    with `num_classes` from `model_kwargs`."""
-    if isinstance(dataset, str):
-        return data_lib.load(dataset, split, data_dir, image_size, num_examples, seed)
-    if isinstance(dataset, tf.data.Dataset):
-        if "num_classes" not in model_kwargs:
-            raise ValueError(
-                "Training on a tf.data.Dataset of (image, annotations) needs `num_classes=`, "
-                "or pass a tfprobunet.data.Source(dataset, num_classes, annotation_weights, "
-                "classes) that says it.")
-        dataset = data_lib.Source(dataset, model_kwargs["num_classes"], None, None)
-    if not isinstance(dataset, data_lib.Source):
-        raise ValueError(f"`dataset` must be a name of {data_lib.DATASETS}, a "
-                         "tfprobunet.data.Source or a tf.data.Dataset of (image (h, w, c), "
-                         f"annotations (A, h, w)). Received: {type(dataset).__name__}")
-    data_lib.check_source(dataset)
-    if "num_classes" in model_kwargs and model_kwargs["num_classes"] != dataset.num_classes:
-        raise ValueError(f"`num_classes={model_kwargs['num_classes']}` contradicts the "
-                         f"dataset's num_classes={dataset.num_classes}.")
-    if num_examples is not None:
-        dataset = dataset._replace(dataset=dataset.dataset.take(num_examples))
-    return dataset
-
-
 def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=100,
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
           learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
@@ -759,14 +700,16 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     distribution = make_strategy(strategy)
     model_name = model
     _check_model_kwargs(model_name, model_kwargs)
-    source = _source(dataset, "train", data_dir, image_size, num_examples, seed, model_kwargs)
+    num_classes = model_kwargs.get("num_classes")
+    source = data_lib.as_source(dataset, "train", data_dir, image_size, num_examples, seed,
+                                num_classes)
     validation = None
     if validation_data is not None:
-        validation = _source(validation_data, "val", data_dir, image_size, None, seed,
-                             model_kwargs)
+        validation = data_lib.as_source(validation_data, "val", data_dir, image_size, None, seed,
+                                        num_classes)
     elif validation_examples:
-        validation = _source(dataset, "val", data_dir, image_size, validation_examples, seed,
-                             model_kwargs)
+        validation = data_lib.as_source(dataset, "val", data_dir, image_size,
+                                        validation_examples, seed, num_classes)
     schedule_value = learning_rate_schedule(schedule, learning_rate, epochs * steps_per_epoch)
     budget = None if max_minutes is None else callbacks_lib.TimeBudget(max_minutes)
     os.makedirs(workdir, exist_ok=True)
@@ -785,14 +728,15 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     points = _resume_points(workdir, checkpoint, saved, settings)
 
     batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
-                                         seed=seed)
+                                         seed=seed, num_classes=source.num_classes)
     shown = validation or source  # the images TensorBoardSamples draws samples for
     monitors = []
     if validation is not None and validation.annotation_weights is not None:
         monitors.append(callbacks_lib.CalibrationLog(validation, seed=seed))
     if validation is not None:
         validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
-                                                  validation.annotation_weights)
+                                                  validation.annotation_weights,
+                                                  validation.num_classes)
     # Multi-worker: the non-chief workers write what the chief writes to a folder of their
     # own (saving may need every worker), and resume from the chief's.
     chief = is_chief(distribution)

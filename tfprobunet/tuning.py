@@ -139,10 +139,12 @@ class ProbabilisticUNetHyperModel(keras_tuner.HyperModel):
         if isinstance(x, data_lib.Source):
             batch_size = self._value(hp, "Choice", "batch_size", [4, 8, 16], default=8)
             x = pipeline.training_pipeline(x.dataset, batch_size, x.annotation_weights,
-                                           seed=self.fixed.get("seed") or 0)
+                                           seed=self.fixed.get("seed") or 0,
+                                           num_classes=x.num_classes)
         if isinstance(validation_data, data_lib.Source):
             validation_data = pipeline.evaluation_pipeline(
-                validation_data.dataset, 8, validation_data.annotation_weights)
+                validation_data.dataset, 8, validation_data.annotation_weights,
+                validation_data.num_classes)
         return model.fit(x, *args, validation_data=validation_data, **kwargs)
 
 
@@ -268,15 +270,14 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
                          "fit, which fails under MultiWorkerMirroredStrategy (keras-team/keras"
                          "#20585); spread a search over machines with chief and workers "
                          f"instead. Received: strategy={strategy!r}")
-    given = {"num_classes": fixed.pop("num_classes")} if "num_classes" in fixed else {}
-    source = training._source(dataset, "train", data_dir, image_size, num_examples, seed, given)
+    source = data_lib.as_source(dataset, "train", data_dir, image_size, num_examples, seed,
+                                fixed.pop("num_classes", None))
     if validation_data is None and not isinstance(dataset, str):
         raise ValueError("A search on your own `dataset` needs `validation_data=` (a Source or "
                          "a dataset of (image, annotations)) to compute val_ged on.")
-    validation = training._source(
+    validation = data_lib.as_source(
         dataset if validation_data is None else validation_data, "val", data_dir, image_size,
-        validation_examples if validation_data is None else None, seed,
-        {"num_classes": source.num_classes})
+        validation_examples if validation_data is None else None, seed, source.num_classes)
     hypermodel = ProbabilisticUNetHyperModel(
         source.num_classes, source.dataset.element_spec[0].shape, ged_classes=source.classes,
         steps=epochs * steps_per_epoch, seed=seed, **fixed)

@@ -6,7 +6,8 @@ Each file holds (`numpy.savez`):
 
 - `images`: `(n, h, w, c)` float in [0, 1], or uint8 (divided by 255);
 - `annotations`: `(n, A, h, w)` int, every annotation of each image (A graders, or A modes),
-  labels in `[0, num_classes)` or 255 (ignored); `(n, h, w)` is read as A = 1;
+  labels in `[0, num_classes)` or 255 (ignored); `(n, h, w)` is read as A = 1. Binary masks
+  saved as 0/255 are refused (255 is the ignore label): store `(masks > 127)` instead;
 - optionally `num_classes` (a scalar; default: the largest label + 1), `annotation_weights`
   `(A,)` (the probabilities of the annotations when they are not equally likely, e.g. known
   modes, which `evaluate` then reports frequencies for) and `classes` (the classes the metrics
@@ -20,6 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet.data import checks
 from tfprobunet.losses import IGNORE_LABEL
 
 KEYS = ("images", "annotations", "num_classes", "annotation_weights", "classes")
@@ -67,10 +69,15 @@ def npz_split(data_dir, split):
     if "num_classes" in content:
         num_classes = int(content["num_classes"])
     else:
-        num_classes = max(2, int(labels.max()) + 1 if labels.size else 2)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: annotations hold labels outside [0, {num_classes}) other "
-                         f"than {IGNORE_LABEL} (min {labels.min()}, max {labels.max()}).")
+        present = np.unique(labels)
+        if len(present) == 2 and present[0] == 0 and present[1] > 1:
+            raise ValueError(
+                f"{path}: the annotations hold only the labels 0 and {present[1]}: binary masks "
+                f"saved as 0/{present[1]}? Binarise them, e.g. `(masks > {present[1] // 2})"
+                ".astype(np.uint8)`, or store `num_classes` in the file if the classes in "
+                "between exist.")
+        num_classes = max(2, int(present[-1]) + 1 if labels.size else 2)
+    checks.check_labels(annotations, num_classes, f"The annotations of {path}")
     weights = content.get("annotation_weights")
     classes = content.get("classes")
     dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32),

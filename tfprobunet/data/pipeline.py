@@ -5,9 +5,11 @@ import math
 
 import tensorflow as tf
 
+from tfprobunet.data import checks
+
 
 def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffle=True,
-                      repeat=True, seed=0):
+                      repeat=True, seed=0, num_classes=None):
     """Batches of `(images, segmentations)` with one annotation drawn per example and step.
 
     Args:
@@ -20,10 +22,14 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
         seed: seeds the shuffling and the draws. With `repeat`, every iterator of the result
             yields the same batches for the same seed, provided `dataset` itself does (random
             crops, like the LIDC training crops, differ on each pass and each iterator).
+        num_classes: K, to refuse labels >= K other than 255 (ignore); None checks only for
+            negative labels and 0/255 masks. The first examples are read to check them
+            (`tfprobunet.data.checks.check_dataset`).
 
     Returns:
         `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`.
     """
+    checks.check_dataset(dataset, num_classes, "The annotations of the training dataset")
     logits = None
     if annotation_probabilities is not None:
         logits = tf.math.log(tf.constant(annotation_probabilities, tf.float32))[None]
@@ -50,7 +56,8 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
         # the one a distribution strategy makes, gives the same batches.
         dataset = dataset.shuffle(shuffle_buffer_size(dataset.element_spec), seed=seed,
                                   reshuffle_each_iteration=not repeat)
-    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return checks.mark_checked(
+        dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
 def shuffle_buffer_size(element_spec, budget_bytes=1 << 30, most=4096):
@@ -62,20 +69,22 @@ def shuffle_buffer_size(element_spec, budget_bytes=1 << 30, most=4096):
     return int(max(16, min(most, budget_bytes // max(size, 1))))
 
 
-def evaluation_pipeline(dataset, batch_size, annotation_weights=None):
+def evaluation_pipeline(dataset, batch_size, annotation_weights=None, num_classes=None):
     """Batches of every annotation of each image, for `evaluate` and `validation_data`.
 
     Args:
         dataset: yields `(image (h, w, c), annotations (A, h, w))`.
         batch_size: images per batch (the last batch may be smaller).
         annotation_weights: `(A,)` probabilities of the annotations, or None (equally likely).
+        num_classes: K, as in `training_pipeline` (the labels are checked the same way).
 
     Returns:
         `tf.data.Dataset` of `(images (b, h, w, c), annotations (b, A, h, w))`, plus
         `weights (b, A)` when `annotation_weights` is given: what `ProbabilisticUNet.test_step`
         reads to report `ged`.
     """
+    checks.check_dataset(dataset, num_classes, "The annotations of the evaluation dataset")
     if annotation_weights is not None:
         weights = tf.constant(annotation_weights, tf.float32)
         dataset = dataset.map(lambda image, annotations: (image, annotations, weights))
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return checks.mark_checked(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))

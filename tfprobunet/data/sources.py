@@ -5,9 +5,9 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.data import arrays, cityscapes, lidc, synthetic
+from tfprobunet.data import arrays, checks, cityscapes, lidc, synthetic
+from tfprobunet.defaults import DATASETS
 
-DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz")
 SYNTHETIC = ("flips", "graders")
 SPLITS = ("train", "val", "test")
 # The synthetic splits are drawn with these offsets added to the seed, so they never overlap.
@@ -38,7 +38,9 @@ tfprobunet.train("runs/mine", dataset=source, ...)
 
 
 def check_source(source):
-    """Raise `ValueError` naming what is wrong if `source` cannot be trained or evaluated on."""
+    """Raise `ValueError` naming what is wrong if `source` cannot be trained or evaluated on:
+    its element spec, `num_classes`, `annotation_weights`, and the labels of its first
+    `checks.PEEK_EXAMPLES` examples (`checks.check_labels`: 0/255 masks are refused)."""
     if not isinstance(source.dataset, tf.data.Dataset):
         raise ValueError("`Source.dataset` must be a tf.data.Dataset. Received: "
                          f"{type(source.dataset).__name__}")
@@ -60,6 +62,45 @@ def check_source(source):
         if not (np.all(weights >= 0) and weights.sum() > 0):
             raise ValueError("`annotation_weights` must be non-negative with a positive sum. "
                              f"Received: {weights.tolist()}")
+    checks.check_dataset(source.dataset, source.num_classes, "The annotations of the dataset")
+
+
+def as_source(dataset, split="train", data_dir=None, image_size=None, num_examples=None, seed=0,
+              num_classes=None):
+    """`dataset` as a checked `Source`, for `train` and `evaluate` alike.
+
+    Args:
+        dataset: a name of `DATASETS` (loaded with `load`), a `Source`, or a `tf.data.Dataset`
+            of `(image (h, w, c) float, annotations (A, h, w) int)` with `num_classes` given.
+        split, data_dir, image_size, num_examples, seed: as in `load`; `num_examples` also
+            shortens a `Source` or a dataset.
+        num_classes: K of a plain dataset; for a name or a `Source`, the K it must have.
+
+    Returns:
+        A `Source`, its labels checked (`check_source`).
+    """
+    if isinstance(dataset, str):
+        source = load(dataset, split, data_dir, image_size, num_examples, seed)
+    elif isinstance(dataset, tf.data.Dataset):
+        if num_classes is None:
+            raise ValueError(
+                "A tf.data.Dataset of (image, annotations) needs `num_classes=`, or pass a "
+                "tfprobunet.data.Source(dataset, num_classes, annotation_weights, classes) that "
+                "says it.")
+        source = Source(dataset, num_classes, None, None)
+    elif isinstance(dataset, Source):
+        source = dataset
+    else:
+        raise ValueError(f"`dataset` must be a name of {DATASETS}, a tfprobunet.data.Source or "
+                         "a tf.data.Dataset of (image (h, w, c), annotations (A, h, w)). "
+                         f"Received: {type(dataset).__name__}")
+    check_source(source)
+    if num_classes is not None and num_classes != source.num_classes:
+        raise ValueError(f"`num_classes={num_classes}` contradicts the dataset's "
+                         f"num_classes={source.num_classes}.")
+    if num_examples is not None and not isinstance(dataset, str):
+        source = source._replace(dataset=source.dataset.take(num_examples))
+    return source
 
 
 def load(name, split="train", data_dir=None, image_size=None, num_examples=None, seed=0):

@@ -9,6 +9,7 @@ export need of a model.
 `MODELS` names them for `train(model=...)` and `tfprobunet compare --models ...`.
 """
 
+from tfprobunet.defaults import MODEL_NAMES
 from tfprobunet.models.base import SegmentationSampler
 from tfprobunet.models.dropout_unet import DropoutUNet
 from tfprobunet.models.ensemble import UNetEnsemble
@@ -17,8 +18,8 @@ from tfprobunet.models.m_heads import MHeads
 from tfprobunet.models.probabilistic_unet import ProbabilisticUNet
 
 # The names `train(model=...)`, `compare` and the CLI know the models by.
-MODELS = {"probunet": ProbabilisticUNet, "dropout": DropoutUNet, "ensemble": UNetEnsemble,
-          "mheads": MHeads, "i2ivae": Image2ImageVAE}
+MODELS = dict(zip(MODEL_NAMES, (ProbabilisticUNet, DropoutUNet, UNetEnsemble, MHeads,
+                                Image2ImageVAE)))
 
 
 def get(name):

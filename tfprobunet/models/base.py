@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
+from tfprobunet.data import checks
 
 IGNORE_LABEL = losses.IGNORE_LABEL
 # Validation samples for `ged` are drawn with this stateless seed: the same weights and data give
@@ -370,6 +371,9 @@ class SegmentationSampler(keras.Model):
           `ModelCheckpoint`, `ReduceLROnPlateau`) get `mode="min"` set on them: Keras finds the
           direction of compiled metrics only, and would otherwise stop with "isn't able to
           automatically determine whether that metric should be maximized or minimized";
+        - the labels of `y`, or of the first batches of a dataset, and of `validation_data`
+          are checked before training (`tfprobunet.data.checks.check_labels`): masks saved as
+          0/255 are refused, since 255 is the ignore label;
         - the model (from a dataset's element spec) and the optimizer's variables are built
           before the first step: otherwise the optimizer creates them inside the first traced
           step and TensorFlow traces the whole step a second time (twice the start-up).
@@ -389,8 +393,23 @@ class SegmentationSampler(keras.Model):
             shape = tuple(x.element_spec[0].shape)
             if len(shape) == 4 and shape[-1] is not None:
                 self.build(shape)
+        self._check_fit_labels(x, y, kwargs.get("validation_data",
+                                                args[5] if len(args) > 5 else None))
         self._build_optimizer()
         return super().fit(x, y, *args, **kwargs)
+
+    def _check_fit_labels(self, x, y, validation_data):
+        """Refuse 0/255 masks and labels out of range before the first step (the train step
+        refuses out-of-range labels too, but not masks whose foreground is all ignored)."""
+        for data, where in ((x, "`fit`'s dataset"), (validation_data, "`validation_data`")):
+            if isinstance(data, tf.data.Dataset):
+                checks.check_dataset(data, self.num_classes, f"The segmentations of {where}",
+                                     count=checks.PEEK_BATCHES)
+            elif isinstance(data, (tuple, list)) and len(data) > 1:
+                checks.check_labels(data[1], self.num_classes,
+                                    f"The segmentations of {where}")
+        if y is not None and not isinstance(x, tf.data.Dataset):
+            checks.check_labels(y, self.num_classes, "`fit`'s y")
 
     # ------------------------------------------------------------------ config
     def get_config(self):

@@ -5,7 +5,7 @@ per image, then `sample(features, num_samples)` as often as needed; `predict` is
 call (`serving_default`), `decode` runs f_comb on given latents, `metadata` lists the
 signatures. `RestClient` does the same over TF Serving's REST API. Both talk to
 `tensorflow_model_server` (README) and to the local stand-in, `tfprobunet.serving.ModelServer`.
-`predict_files` segments an image file through either.
+`tfprobunet.prediction.predict_files` segments image files through either.
 """
 
 import json
@@ -17,6 +17,8 @@ from urllib import request as urllib_request
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet.defaults import MAX_MESSAGE_BYTES
+
 try:  # the `serving` extra
     import grpc
     from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
@@ -25,9 +27,6 @@ except ImportError:
     grpc = None
 
 INIT_OP_SIGNATURE = "__saved_model_init_op"
-# gRPC message sizes, both ways (TF Serving: --grpc_channel_arguments). A response of 1000
-# samples of one 128 x 128 image with 2 classes is 0.2 GB.
-MAX_MESSAGE_BYTES = 2**28
 
 
 def require_serving_extra():
@@ -248,32 +247,3 @@ def read_image(path, channels):
     """A PNG or JPEG as `(1, h, w, channels)` float32 in [0, 1]."""
     image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
     return tf.image.convert_image_dtype(image, tf.float32)[None].numpy()
-
-
-def predict_files(client, image_path, num_samples, out_dir, seed=None):
-    """Segment one image file through a served model: `features` once, then `sample`.
-
-    Writes `sample_00.png`, ... (labels scaled to 0..255) and `uncertainty.png` (entropy of the
-    mean probabilities, scaled by its maximum log K) to `out_dir`.
-
-    Returns:
-        The list of files written.
-    """
-    from PIL import Image
-
-    from tfprobunet import metrics
-
-    channels = client.metadata()["features"]["inputs"]["images"][1][-1]
-    outputs = client.sample(client.features(read_image(image_path, channels)), num_samples, seed)
-    masks, probabilities = outputs["masks"][0], outputs["probabilities"]
-    num_classes = probabilities.shape[-1]
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for i, mask in enumerate(masks):
-        path = os.path.join(out_dir, f"sample_{i:02d}.png")
-        Image.fromarray((mask * (255 // (num_classes - 1))).astype(np.uint8)).save(path)
-        written.append(path)
-    entropy, _ = metrics.uncertainty_maps(probabilities)
-    path = os.path.join(out_dir, "uncertainty.png")
-    Image.fromarray(np.uint8(np.clip(entropy[0] / np.log(num_classes), 0, 1) * 255)).save(path)
-    return written + [path]

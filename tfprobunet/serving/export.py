@@ -38,18 +38,13 @@ import uuid
 import keras
 import tensorflow as tf
 
+from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES  # noqa: F401
+
 SIGNATURES = ("serving_default", "features", "sample", "decode")
 CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
 MODELS_CONFIG = "models.config"
 TMP_PREFIX = ".tmp-"  # TF Serving ignores folders whose names are not integers
 LOCK_SUFFIX = ".lock"
-# Request limits recorded in an export (TF Serving itself bounds neither): the sample count per
-# request, image pixels per request (b * h * w; the U-Net's activations take about 1 KB per
-# pixel on the default configuration: 2**20 pixels, 1 GB) and sampled pixels per request
-# (b * m * h * w; about 25 bytes each in f_comb: 2**24, 1000 samples of 128 x 128, 0.4 GB).
-MAX_SAMPLES = 1000
-MAX_PIXELS = 2**20
-MAX_SAMPLE_PIXELS = 2**24
 
 
 def _checked(tensors, checks):

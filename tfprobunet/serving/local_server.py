@@ -35,10 +35,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.serving.client import (INIT_OP_SIGNATURE, MAX_MESSAGE_BYTES, ServingError,
-                                       grpc_options, require_serving_extra, status_error)
-from tfprobunet.serving.export import (MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES,
-                                       version_folders)
+from tfprobunet.defaults import (MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
+                                 MAX_SAMPLE_PIXELS, MAX_SAMPLES)
+from tfprobunet.serving.client import (INIT_OP_SIGNATURE, ServingError, grpc_options,
+                                       require_serving_extra, status_error)
+from tfprobunet.serving.export import version_folders
 
 try:  # the `serving` extra
     import grpc
@@ -56,9 +57,6 @@ HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND":
                "DEADLINE_EXCEEDED": 408, "RESOURCE_EXHAUSTED": 413, "UNAVAILABLE": 503}
 # Bytes per output value in a response: 4 in a TensorProto, up to about 20 as JSON text.
 GRPC_BYTES_PER_VALUE, JSON_BYTES_PER_VALUE = 4, 20
-# REST bodies are parsed into Python lists of floats, about 34 times their size in memory: their
-# limit is lower than gRPC messages' (32 MiB: 64 images of 128 x 128 x 3 as JSON).
-MAX_BODY_BYTES = 2**25
 # The bodies being read or waiting for a slot, in bytes, at most this many times
 # `max_body_bytes` (and twice that in memory for the one being parsed per REST worker).
 BODY_BUDGET = 4

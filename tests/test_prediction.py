@@ -1,0 +1,69 @@
+"""Prediction without a server, at any image size: padded for the U-Net, cropped back."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_model
+from tfprobunet import cli, prediction
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = tiny_model(num_classes=2)  # 3 levels: sides must be multiples of 4
+    model.build((None, 16, 16, 1))
+    return model
+
+
+def test_pad_to_multiple_repeats_the_last_row_and_column():
+    image = np.arange(6).reshape(1, 2, 3, 1)
+    padded, size = prediction.pad_to_multiple(image, 4)
+    assert size == (2, 3) and padded.shape == (1, 4, 4, 1)
+    np.testing.assert_array_equal(padded[0, :, :, 0], [[0, 1, 2, 2], [3, 4, 5, 5],
+                                                       [3, 4, 5, 5], [3, 4, 5, 5]])
+    labels, _ = prediction.pad_to_multiple(image[..., 0], 4, value=255)
+    np.testing.assert_array_equal(labels[0], [[0, 1, 2, 255], [3, 4, 5, 255],
+                                              [255] * 4, [255] * 4])
+
+
+def test_predict_crops_back_what_the_padded_image_gives(model):
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 75, 90, 1), dtype=np.float32)
+    outputs = prediction.predict(model, image, 3, seed=5)
+    assert outputs["masks"].shape == (1, 3, 75, 90)
+    assert outputs["probabilities"].shape == (1, 3, 75, 90, 2)
+    np.testing.assert_allclose(outputs["probabilities"].sum(-1), 1.0, atol=1e-5)
+    # The same image padded by hand to 76 x 92, a size the U-Net takes as it is.
+    by_hand = np.concatenate([image, image[:, -1:]], axis=1)
+    by_hand = np.concatenate([by_hand, np.repeat(by_hand[:, :, -1:], 2, axis=2)], axis=2)
+    whole = prediction.predict(model, by_hand, 3, seed=5)
+    np.testing.assert_array_equal(outputs["masks"], whole["masks"][:, :, :75, :90])
+    # uint8 images are scaled as the loaders scale them.
+    pixels = rng.integers(0, 256, (1, 16, 20, 1)).astype(np.uint8)
+    np.testing.assert_array_equal(
+        prediction.predict(model, pixels, 2, seed=1)["masks"],
+        prediction.predict(model, pixels.astype(np.float32) / 255, 2, seed=1)["masks"])
+
+
+def test_cli_predicts_locally_at_each_images_own_size(model, tmp_path, capsys):
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    rng = np.random.default_rng(1)
+    sizes = {"scan": (75, 90), "photo": (48, 64)}  # (height, width); the photo is RGB
+    Image.fromarray(rng.integers(0, 256, sizes["scan"]).astype(np.uint8)).save(
+        tmp_path / "scan.png")
+    Image.fromarray(rng.integers(0, 256, (*sizes["photo"], 3)).astype(np.uint8)).save(
+        tmp_path / "photo.png")
+    out = tmp_path / "out"
+    assert cli.main(["predict", "--model", path, "--image", str(tmp_path / "scan.png"),
+                     str(tmp_path / "photo.png"), "-n", "3", "--seed", "2",
+                     "--out", str(out)]) == 0
+    assert "wrote 6 sample masks and 2 uncertainty map(s)" in capsys.readouterr().out
+    for stem, (height, width) in sizes.items():
+        files = sorted(os.listdir(out / stem))
+        assert files == ["sample_00.png", "sample_01.png", "sample_02.png", "uncertainty.png"]
+        for name in files:
+            with Image.open(out / stem / name) as png:
+                assert png.size == (width, height)
