@@ -59,6 +59,19 @@ def test_lidc_crops_read_every_grader_and_center_crop(tmp_path, first_grader):
         assert not annotations[0].any()
 
 
+def test_lidc_crops_refuse_tiles_smaller_than_the_crop_and_take_height_and_width(tmp_path):
+    written = _write_lidc_crops(str(tmp_path), "val")  # 20x20 tiles
+    with pytest.raises(ValueError, match=r"z-105.0_c0.png is 20x20 pixels .* smaller than the "
+                                         r"32x24 crop.*--image-size 20,20"):
+        data.load("lidc", "val", data_dir=str(tmp_path), image_size=(32, 24))
+    source = data.load("lidc", "val", data_dir=str(tmp_path), image_size=(16, 12))
+    for (image, annotations), key in zip(source.dataset.as_numpy_iterator(), sorted(written)):
+        tile, masks = written[key]
+        assert image.shape == (16, 12, 1) and annotations.shape == (4, 16, 12)
+        np.testing.assert_allclose(image[..., 0], tile[2:18, 4:16] / 255.0, atol=1e-6)
+        np.testing.assert_array_equal(annotations, np.stack(masks)[:, 2:18, 4:16] > 0)
+
+
 def test_lidc_crops_explain_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.*images"):
         data.load("lidc", "train", data_dir=str(tmp_path))

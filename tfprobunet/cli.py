@@ -12,11 +12,12 @@ from tfprobunet.defaults import (DATASETS, MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MA
 
 SYNTHETIC = ("flips", "graders")
 # The datasets whose arrays keep the size they were saved with: --image-size is refused.
-OWN_SIZE = ("npz",)
+OWN_SIZE = ("npz", "folder")
 DATA_HELP = ("flips, graders: synthetic (the default: flips); lidc: the PNG crops folder; "
              "lidc-pickle: the PyTorch port's data_lidc.pickle; cityscapes: the folder with "
-             "leftImg8bit/ and gtFine/; npz: your own data, a folder with train.npz, val.npz, "
-             "test.npz (see README)")
+             "leftImg8bit/ and gtFine/; your own data: npz, a folder with train.npz, val.npz, "
+             "test.npz; folder, a folder with images/ and masks/ (NAME_0.png, NAME_1.png, ... per "
+             "image NAME.png; see README)")
 
 
 class CommandError(Exception):
@@ -38,8 +39,8 @@ def _size(text):
 def _add_data_arguments(parser):
     parser.add_argument("--dataset", choices=DATASETS, help=DATA_HELP)
     parser.add_argument("--data-dir",
-                        help="where --dataset npz, lidc, lidc-pickle or cityscapes is read from "
-                             "(needs --dataset)")
+                        help="where --dataset folder, npz, lidc, lidc-pickle or cityscapes is "
+                             "read from (needs --dataset)")
     parser.add_argument("--image-size", type=_size,
                         help="SIZE or HEIGHT,WIDTH (default: 64 synthetic, 128 LIDC, 256,512 "
                              "Cityscapes)")
@@ -578,7 +579,8 @@ def _check_data_flags(args):
 def _check_dataset_flags(dataset, data_dir, image_size):
     if dataset in SYNTHETIC and data_dir is not None:
         raise CommandError(f"--data-dir is not read by the synthetic dataset {dataset}: pass "
-                           "--dataset npz (or lidc, lidc-pickle, cityscapes) to read your folder.")
+                           "--dataset folder or npz (or lidc, lidc-pickle, cityscapes) to read your "
+                           "folder.")
     if dataset in OWN_SIZE and image_size is not None:
         raise CommandError(f"--image-size is not used by --dataset {dataset}: its images keep "
                            "the size they were saved with. Resize them before saving, or drop "

@@ -8,7 +8,7 @@ The modules that use these values import them from here (`training.PRESETS`,
 # The names `train(model=...)`, `compare` and the CLI know the models by (`models.MODELS`).
 MODEL_NAMES = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
 # The datasets `tfprobunet.data.load` knows by name.
-DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz")
+DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz", "folder")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 

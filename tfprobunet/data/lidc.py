@@ -166,9 +166,18 @@ def _read_png(path):
     return image[..., 0]
 
 
-def _center(image, size):
-    """Center crop (or zero pad) the last two axes of `(..., h, w)` to `(size, size)`."""
-    return tf.image.resize_with_crop_or_pad(image[..., None], size, size)[..., 0]
+def _center(image, height, width):
+    """Center crop the last two axes of `(..., h, w)` to `(height, width)`."""
+    return tf.image.resize_with_crop_or_pad(image[..., None], height, width)[..., 0]
+
+
+def crop_size(image_size):
+    """`(height, width)` from an int or a pair."""
+    size = (image_size, image_size) if np.ndim(image_size) == 0 else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size):
+        raise ValueError("`image_size` must be a positive int or (height, width). Received: "
+                         f"{image_size!r}")
+    return int(size[0]), int(size[1])
 
 
 def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
@@ -177,35 +186,44 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
     Args:
         data_dir: folder with the `train`/`val`/`test` split folders.
         split: `"train"`, `"val"` or `"test"`.
-        image_size: crop size (the paper trains on 128x128 crops of the 180x180 tiles).
+        image_size: crop size, an int or `(height, width)` (the paper trains on 128x128 crops
+            of the 180x180 tiles). Every tile must be at least this size: smaller ones are
+            refused, naming the file, rather than padded.
         random_crop: a random window (the same for the image and its masks, another one each
             time the dataset is iterated) instead of the center one: the paper's training
             augmentation.
         seed: seeds the random windows.
 
     Returns:
-        `tf.data.Dataset` of `(image (s, s, 1) float32 in [0, 1], annotations (graders, s, s)
+        `tf.data.Dataset` of `(image (h, w, 1) float32 in [0, 1], annotations (graders, h, w)
         int32)`, masks binarised (any non-zero pixel is lesion).
 
     Raises:
-        FileNotFoundError, ValueError: as `crops_files`, which checks every file up front.
+        FileNotFoundError, ValueError: as `crops_files`, which checks every file up front; a
+            tile smaller than `image_size`.
     """
+    height, width = crop_size(image_size)
     images, masks = crops_files(data_dir, split)
+    for path in images:
+        tile = _png_size(path)
+        if tile[0] < height or tile[1] < width:
+            raise ValueError(
+                f"{path} is {tile[0]}x{tile[1]} pixels (height x width), smaller than the "
+                f"{height}x{width} crop asked for. Pass a crop that fits every tile (CLI: "
+                f"--image-size {min(height, tile[0])},{min(width, tile[1])}), or read the "
+                "folder with tfprobunet.data.from_folders (CLI: --dataset folder), which keeps "
+                "each image's size.")
 
     def load(paths, key):
         image_path, mask_paths = paths
         tile = tf.concat([_read_png(image_path)[None],
                           tf.map_fn(_read_png, mask_paths, fn_output_signature=tf.uint8)], axis=0)
-        if random_crop:
-            # Pad tiles smaller than the crop, then one window for the image and its masks.
-            tile = tf.transpose(tf.image.resize_with_crop_or_pad(
-                tf.transpose(tile, (1, 2, 0)), tf.maximum(tf.shape(tile)[1], image_size),
-                tf.maximum(tf.shape(tile)[2], image_size)), (2, 0, 1))
+        if random_crop:  # one window for the image and its masks
             tile = tf.image.stateless_random_crop(
-                tile, tf.stack([tf.shape(tile)[0], image_size, image_size]),
+                tile, tf.stack([tf.shape(tile)[0], height, width]),
                 seed=tf.stack([tf.cast(seed, tf.int64), key]))
         else:
-            tile = _center(tile, image_size)
+            tile = _center(tile, height, width)
         image = tf.cast(tile[0], tf.float32) / 255.0
         return image[..., None], tf.cast(tile[1:] > 0, tf.int32)
 
@@ -498,4 +516,5 @@ def pickle_dataset(path, split="train", image_size=None, seed=0, fractions=SPLIT
     if image_size is None:
         return dataset
     return dataset.map(lambda image, masks: (
-        _center(image[..., 0], image_size)[..., None], _center(masks, image_size)))
+        _center(image[..., 0], *crop_size(image_size))[..., None],
+        _center(masks, *crop_size(image_size))))

@@ -1,11 +1,12 @@
 """`load(name, split)`: every dataset the library knows by name, as `(image, annotations)`."""
 
 import collections
+import os
 
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.data import arrays, checks, cityscapes, lidc, synthetic
+from tfprobunet.data import arrays, checks, cityscapes, folders, lidc, synthetic
 from tfprobunet.defaults import DATASETS
 
 SYNTHETIC = ("flips", "graders")
@@ -108,8 +109,10 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
 
     Args:
         name: `"flips"` or `"graders"` (synthetic, see `tfprobunet.data.synthetic`), `"lidc"`
-            (the PNG crops), `"lidc-pickle"` (the PyTorch port's pickle), `"cityscapes"`, or
-            `"npz"`: your own arrays, `data_dir/<split>.npz` (see `tfprobunet.data.arrays`).
+            (the PNG crops), `"lidc-pickle"` (the PyTorch port's pickle), `"cityscapes"`,
+            `"npz"`: your own arrays, `data_dir/<split>.npz` (see `tfprobunet.data.arrays`), or
+            `"folder"`: your own image files, `data_dir/images` and `data_dir/masks` (see
+            `tfprobunet.data.folders`; grey images, binarised masks).
         split: `"train"`, `"val"` or `"test"`.
         data_dir: where the real data lives (the crops folder, the pickle file or folder, the
             Cityscapes root); unused for the synthetic sets.
@@ -117,7 +120,7 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
             synthetic sets, 128 for LIDC, `(256, 512)` for Cityscapes.
         num_examples: the first n examples; default all (synthetic: `DEFAULT_EXAMPLES`, 1000
             for train, 100 for val, 100 for graders' test and 500 for flips' test).
-        seed: synthetic data and the LIDC pickle's split by series.
+        seed: synthetic data, the LIDC pickle's split by series and the folder split.
 
     Returns:
         A `Source`.
@@ -137,6 +140,9 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
                                    random_crop=split == "train", seed=seed), 2, None, None)
     elif name == "npz":
         source = Source(*arrays.npz_split(data_dir, split))
+    elif name == "folder":
+        source = folders.from_folders(os.path.join(data_dir, "images"),
+                                      os.path.join(data_dir, "masks"), split, seed=seed)
     elif name == "lidc-pickle":
         source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed), 2, None, None)
     else:
