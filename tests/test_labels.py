@@ -77,9 +77,10 @@ def test_labels_above_num_classes_are_refused_by_the_pipelines_too():
     images, annotations = _graders(1)
     annotations[0, 0, 0, 0] = 2
     dataset = tf.data.Dataset.from_tensor_slices((images, annotations))
-    with pytest.raises(ValueError, match=r"outside \[0, 2\).*\[2\]"):
+    with pytest.raises(ValueError, match=r"labels in \[0, 1\] \(num_classes=2\) or 255 "
+                                         r"\(ignore\); they hold \[2\]"):
         pipeline.evaluation_pipeline(dataset, 4, num_classes=2)
-    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"labels in \[0, 1\]"):
         tfprobunet.data.check_source(tfprobunet.data.Source(dataset, 2, None, None))
 
 
@@ -132,10 +133,12 @@ def test_check_labels_worked_examples():
     checks.check_labels(mask, 2)
     with pytest.raises(ValueError, match=REFUSED):
         checks.check_labels(np.where(mask == 1, 255, 0), 2)
-    with pytest.raises(ValueError, match=r"outside \[0, 2\).*\[-1\]"):
+    with pytest.raises(ValueError, match=r"labels in \[0, 1\].*they hold \[-1\]"):
         checks.check_labels(np.where(mask == 1, -1, mask), 2)
-    with pytest.raises(ValueError, match=r"outside \[0, 3\).*\[3, 7\]"):
+    with pytest.raises(ValueError, match=r"labels in \[0, 2\].*they hold \[3, 7\]"):
         checks.check_labels(np.array([0, 1, 2, 3, 7]), 3)
+    with pytest.raises(ValueError, match=r"only the labels 0 and 128.*masks > 64"):
+        checks.check_labels(np.where(mask == 1, 128, 0), 2)
 
 
 def test_mostly_ignored_labels_warn_with_the_count():

@@ -192,6 +192,36 @@ def test_bad_input_raises_a_clear_error(name, images, segmentations, message):
             model.reconstruct(images, segmentations)
 
 
+@pytest.mark.parametrize("shape, hint", [
+    ((2, 16, 16), r"add a channel axis for grey images \(b, h, w\): `images\[..., None\]`"),
+    ((16, 16, 1), r"add a batch axis for one image: `image\[None\]`"),
+    ((16, 16), r"add a batch and a channel axis for one grey image"),
+])
+def test_the_shape_hint_names_the_missing_axis(shape, hint):
+    model = tiny_model(2)
+    model.build((None, 16, 16, 1))
+    with pytest.raises(ValueError, match=rf"Received shape \({', '.join(map(str, shape))}.*{hint}"):
+        model.sample(np.zeros(shape, np.float32), 2)
+
+
+def test_uint8_images_are_scaled_as_the_loaders_scale_them():
+    model = tiny_model(2)
+    model.build((None, 16, 16, 1))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 1)).astype(np.uint8)
+    scaled = pixels.astype(np.float32) / 255
+    np.testing.assert_allclose(model.sample(pixels, 3, seed=4), model.sample(scaled, 3, seed=4),
+                               atol=1e-6)
+    np.testing.assert_allclose(model(pixels), model(scaled), atol=1e-6)
+    np.testing.assert_allclose(model.features(pixels)[0], model.features(scaled)[0], atol=1e-6)
+
+
+def test_building_from_images_of_unknown_channels_says_how_to_decode_them():
+    model = tiny_model(2)
+    with pytest.raises(ValueError, match=r"input_shape=\(8, None, None, None\).*"
+                                         r"decode_png\(data, channels=1\)"):
+        model.build((8, None, None, None))
+
+
 IN_FIT = [b for b in BAD_INPUTS if b[0] in ("nan", "label", "channels")]
 
 

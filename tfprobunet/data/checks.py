@@ -49,14 +49,15 @@ def check_labels(labels, num_classes=None, where="the masks"):
     foreground = np.count_nonzero((labels > 0) & (labels < upper))
     if bad.any():
         values = np.unique(labels[bad])
-        message = (f"{where} hold labels outside [0, {upper}) that are not the ignore label "
-                   f"{IGNORE_LABEL}: {values[:8].tolist()}{' ...' if len(values) > 8 else ''}.")
-        if foreground == 0 and len(values) == 1 and values[0] > 0:
-            raise ValueError(f"{message} They look like binary masks saved as 0/{values[0]}: "
-                             f"binarise them, e.g. `masks = (masks > {values[0] // 2})"
-                             ".astype(np.uint8)`.")
-        raise ValueError(f"{message} Labels must be class indices in [0, num_classes) or "
-                         f"{IGNORE_LABEL}; pass the right `num_classes` or map the values.")
+        shown = f"{values[:8].tolist()}{' ...' if len(values) > 8 else ''}"
+        if foreground == 0 and len(values) == 1 and values[0] > 0 and (labels == 0).any():
+            raise ValueError(f"{where} hold only the labels 0 and {values[0]}: binary masks saved "
+                             f"as 0/{values[0]}? Binarise them, e.g. `masks = (masks > "
+                             f"{values[0] // 2}).astype(np.uint8)`.")
+        bound = "" if num_classes is None else f" (num_classes={num_classes})"
+        raise ValueError(f"{where} must hold labels in [0, {upper - 1}]{bound} or {IGNORE_LABEL} "
+                         f"(ignore); they hold {shown}. Pass the right `num_classes` or map the "
+                         "values to class indices.")
     ignored = np.count_nonzero(labels == IGNORE_LABEL)
     if ignored and foreground == 0:
         raise ValueError(

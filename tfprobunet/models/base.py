@@ -149,14 +149,18 @@ class SegmentationSampler(keras.Model):
 
     # ------------------------------------------------------------------ input checks
     def _check_images(self, images):
+        """`images (b, h, w, c)` as float: uint8 is divided by 255, as the loaders do."""
         images = tf.convert_to_tensor(images)
+        if images.dtype == tf.uint8:
+            images = tf.cast(images, tf.float32) / 255.0
         if not images.dtype.is_floating:
-            raise ValueError(f"`images` must be float, e.g. float32 scaled to [0, 1]. Received "
-                             f"dtype {images.dtype.name}.")
+            raise ValueError(f"`images` must be float, e.g. float32 scaled to [0, 1], or uint8 "
+                             f"(divided by 255). Received dtype {images.dtype.name}: convert "
+                             "with `images.astype('float32') / 255` if 0..255 is their range.")
         shape = images.shape
         if shape.rank != 4:
             raise ValueError(f"`images` must have rank 4, (b, h, w, c). Received shape {shape} "
-                             f"(rank {shape.rank}); add a batch axis for one image.")
+                             f"(rank {shape.rank}); {self._missing_axes(shape)}.")
         if self.image_channels is not None and shape[-1] != self.image_channels:
             raise ValueError(f"`images` must have {self.image_channels} channel(s), as the model "
                              f"was built with. Received shape {shape} with {shape[-1]} channels.")
@@ -171,6 +175,18 @@ class SegmentationSampler(keras.Model):
         return require(tf.reduce_all(tf.math.is_finite(images)),
                         f"`images` contain NaN or Inf values (shape {shape}); the model needs "
                         "finite pixel values, e.g. float32 in [0, 1].", images)
+
+    def _missing_axes(self, shape):
+        """What to add to images of the wrong rank, from their last axis."""
+        if shape.rank == 2:
+            return "add a batch and a channel axis for one grey image: `image[None, ..., None]`"
+        if shape.rank == 3:
+            channels = self.image_channels or 4  # built: its count; else 1, 3 or 4 look like c
+            if shape[-1] is not None and shape[-1] <= channels:
+                return "add a batch axis for one image: `image[None]`"
+            return ("add a channel axis for grey images (b, h, w): `images[..., None]`; for "
+                    "one (h, w, c) image, a batch axis: `image[None]`")
+        return "images are (batch, height, width, channels)"
 
     def _check_segmentations(self, segmentations, images):
         segmentations = tf.convert_to_tensor(segmentations)

@@ -178,7 +178,10 @@ class ProbabilisticUNet(SegmentationSampler):
         input_shape = tuple(input_shape)
         if len(input_shape) != 4 or input_shape[-1] is None:
             raise ValueError("The model is built from images of shape (b, h, w, c) with a known "
-                             f"channel count c. Received: input_shape={input_shape}")
+                             f"channel count c. Received: input_shape={input_shape}. Images "
+                             "decoded in a tf.data pipeline need their channels stated: "
+                             "tf.io.decode_png(data, channels=1) (or 3); channels=0 leaves the "
+                             "count unknown until run time.")
         channels = input_shape[-1]
         self.image_channels = channels
         self.unet.build(input_shape)
