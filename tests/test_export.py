@@ -64,6 +64,18 @@ def test_signatures_are_exactly_the_contract(exported):
         assert infos(signatures[name].inputs) == inputs, name
         assert infos(signatures[name].outputs) == outputs, name
     assert set(saved.meta_graphs[0].meta_info_def.tags) == {"serve"}
+    # Optional inputs: one sample and a fresh seed (RANDOM_SEED) when a request leaves them out.
+    for name in ("serving_default", "sample"):
+        defaults = {k: tf.make_ndarray(v).tolist() for k, v in signatures[name].defaults.items()}
+        assert defaults == {"num_samples": 1, "seed": [-1, -1]}, name
+    assert not signatures["features"].defaults and not signatures["decode"].defaults
+    # The fingerprint on disk is that of the graph file with the defaults.
+    from tensorflow.core.protobuf import fingerprint_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    fresh = fingerprint_pb2.FingerprintDef.FromString(fingerprinting.CreateFingerprintDef(path))
+    on_disk = tf.saved_model.experimental.read_fingerprint(path)
+    assert on_disk.saved_model_checksum == fresh.saved_model_checksum
 
 
 def test_signatures_equal_the_model_in_process_and_through_a_tf1_session(exported):
@@ -230,17 +242,23 @@ def test_the_export_enforces_its_recorded_request_limits(exported, tmp_path):
     model, _, default_path = exported
     with open(os.path.join(default_path, export.CONFIG_ASSET)) as f:
         assert json.load(f)["limits"] == {"max_samples": 1000, "max_pixels": 2**20,
-                                          "max_sample_pixels": 2**24}
+                                          "max_sample_pixels": 2**24, "image_range": [0, 1]}
     path = export.export_for_serving(model, str(tmp_path), "pun", max_samples=4, max_pixels=600,
-                                     max_sample_pixels=2000)
+                                     max_sample_pixels=2000, image_range=None)
     with open(os.path.join(path, export.CONFIG_ASSET)) as f:
         assert json.load(f)["limits"] == {"max_samples": 4, "max_pixels": 600,
-                                          "max_sample_pixels": 2000}
+                                          "max_sample_pixels": 2000, "image_range": None}
     signatures = tf.saved_model.load(path).signatures
     images = served_images()  # 2 x 16 x 16 = 512 pixels
     seed = np.int32([1, 2])
     answer = signatures["serving_default"](images=images, num_samples=np.int32(3), seed=seed)
     assert answer["masks"].shape == (2, 3, 16, 16)  # 3 x 512 = 1536 sample pixels <= 2000
+    # image_range=None: pixel values of any range are taken.
+    answer = signatures["serving_default"](images=images * 255, num_samples=np.int32(1),
+                                           seed=seed)
+    assert answer["masks"].shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"`image_range` must be \(low, high\) with low < high"):
+        export.export_for_serving(model, str(tmp_path), "pun", image_range=(1, 0))
     features = {k: v for k, v in signatures["features"](images=images).items()}
     one = served_images(batch=1)  # 5 samples of it: 1280 sample pixels, only max_samples fails
     refused = [

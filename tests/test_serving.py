@@ -90,6 +90,31 @@ def test_rest_round_trip_equals_grpc(server):
     assert caught.value.code == 400 and "columnar format" in caught.value.read().decode()
 
 
+def test_num_samples_and_seed_are_optional_as_tf_serving_clients_expect(server):
+    images = served_images(seed=5)
+    body = json.dumps({"inputs": {"images": images.tolist()}}).encode()  # no num_samples, seed
+    answers = []
+    for _ in range(2):
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{server.rest_port}/v1/models/pun:predict", data=body),
+                timeout=30) as response:
+            answers.append(json.loads(response.read())["outputs"])
+    masks = [np.asarray(a["masks"]) for a in answers]
+    assert masks[0].shape == (2, 1, 16, 16)  # one sample per image
+    probabilities = [np.asarray(a["probabilities"]) for a in answers]
+    assert not np.allclose(probabilities[0], probabilities[1])  # a fresh seed each time
+    with _grpc(server) as client:  # over gRPC: a raw request without them
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        features = client.features(images)
+        response = stub.Predict(raw_request("sample", features), timeout=30)
+        channel.close()
+        assert tf.make_ndarray(response.outputs["z"]).shape == (2, 1, N)
+        # An explicit seed is still reproducible.
+        seeded = client.predict(images, 2, seed=[3, 3])["masks"]
+        np.testing.assert_array_equal(seeded, client.predict(images, 2, seed=[3, 3])["masks"])
+
+
 def _bad_requests():
     images = served_images()
     good = {"images": images, "num_samples": np.int32(2), "seed": np.int32([1, 2])}
@@ -115,11 +140,21 @@ def _bad_requests():
         ("images int32", "features", {"images": (images * 255).astype(np.int32)},
          "`images` to be float32 but int32"),
         ("size not divisible", "serving_default", {**good, "images": served_images(size=17)},
-         "divisible by 2"),
+         "`images` are 17x17 pixels (height x width); this model needs both divisible by 2: "
+         "the nearest sizes that work are 16x16 and 18x18"),
+        ("size not divisible in features", "features",
+         {"images": served_images(size=16)[:, :15]},
+         "`images` are 15x16 pixels (height x width); this model needs both divisible by 2: "
+         "the nearest sizes that work are 14x16 and 16x16"),
+        ("pixels 0..255", "serving_default", {**good, "images": images * 255},
+         "outside the range [0, 1] this model was exported for (image_range): scale them as in "
+         "training, e.g. 8-bit pixels divided by 255"),
+        ("negative pixels", "features", {"images": images - 2},
+         "outside the range [0, 1]"),
         ("NaN pixel", "serving_default", {**good, "images": nan}, "NaN or Inf"),
         ("Inf pixel", "features", {"images": inf}, "NaN or Inf"),
-        ("missing seed", "serving_default", {k: good[k] for k in ("images", "num_samples")},
-         "Missing but required: {seed}"),
+        ("missing images", "serving_default", {k: good[k] for k in ("num_samples", "seed")},
+         "Missing but required: {images}"),
         ("extra input", "features", {"images": images, "mask": images},
          "Sent extra: {mask}"),
         ("seed of 3", "serving_default", {**good, "seed": np.int32([1, 2, 3])},
@@ -165,7 +200,7 @@ def _bad_requests():
         ("0x0 image", "features", {"images": np.zeros((2, 0, 0, C), np.float32)},
          "`images` is empty"),
         ("huge pixel values", "serving_default", {**good, "images": np.full_like(images, 3e38)},
-         "not finite"),
+         "outside the range [0, 1]"),
         ("z without samples", "decode", {"features": feats["features"],
                                          "z": np.zeros((2, 0, N), np.float32)},
          "`z` holds 0 samples per image"),

@@ -222,7 +222,7 @@ def _export(args):
         raise CommandError(f"no model at {args.model!r}; pass a .keras file saved by "
                            "`tfprobunet train` or `model.save`.")
     path = export.export_for_serving(args.model, args.base_dir, args.name, args.version,
-                                     **_limits(args))
+                                     image_range=args.image_range, **_limits(args))
     print(f"exported {args.model} to {path}; "
           f"TF Serving config: {os.path.join(args.base_dir, export.MODELS_CONFIG)}")
 
@@ -278,6 +278,17 @@ def _predict(args):
                                              args.seed)
     print(f"wrote {len(files) - len(args.image)} sample masks and {len(args.image)} uncertainty "
           f"map(s) to {args.out}")
+
+
+def _image_range(text):
+    """`LOW,HIGH` as two floats, or `any` (None)."""
+    if text == "any":
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH or any, got {text!r}") from None
+    return low, high
 
 
 def _value(text):
@@ -425,6 +436,11 @@ def main(argv=None):
     export.add_argument("--name", default="probunet", help="the served model's name")
     export.add_argument("--version", type=int, help="default: the next free integer")
     _add_limit_arguments(export, "recorded in the export")
+    export.add_argument("--image-range", type=_image_range, default=(0.0, 1.0),
+                        metavar="LOW,HIGH",
+                        help="the pixel values the model was trained on (default 0,1, every "
+                             "built-in loader's); requests beyond it by more than half of it "
+                             "are refused with the conversion; 'any' accepts any finite values")
     export.set_defaults(run=_export)
     serve = commands.add_parser("serve", help="a local TF Serving stand-in (gRPC + REST)")
     serve.add_argument("--model-base-path", default="saved_models")

@@ -29,6 +29,7 @@ models that finish together all appear in it.
 
 import contextlib
 import fcntl
+import inspect
 import json
 import os
 import re
@@ -77,6 +78,19 @@ def _outputs(logits):
             "probabilities": tf.nn.softmax(logits, axis=-1)}
 
 
+def _check_range(image_range):
+    if image_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in image_range)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not low < high:
+        raise ValueError("`image_range` must be (low, high) with low < high, or None. "
+                         f"Received: {image_range!r}")
+    return low, high
+
+
 def _check_limit(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be an integer >= 1. Received: {value!r}")
@@ -86,10 +100,12 @@ def _check_limit(name, value):
 class _Checks:
     """The signatures' input checks, against the limits an export records."""
 
-    def __init__(self, model, max_samples, max_pixels, max_sample_pixels):
+    def __init__(self, model, max_samples, max_pixels, max_sample_pixels, image_range):
         self.channels, self.features_channels = model.image_channels, model.num_channels[0]
+        self.divisor = 2 ** (len(model.num_channels) - 1)
         self.max_samples, self.max_pixels = max_samples, max_pixels
         self.max_sample_pixels = max_sample_pixels
+        self.image_range = image_range
 
     @staticmethod
     def rank(tensor, rank, name, layout):
@@ -142,8 +158,35 @@ class _Checks:
 
     def images(self, images):
         checks, images = self.image_like(images, "images", self.channels)
-        # `model.features` then checks that h and w are divisible and the values finite.
-        return _checked([images], checks)[0]
+        images = _checked([images], checks)[0]
+        images = _checked([images], self.size(images) + [_finite(images, "images")])[0]
+        return _checked([images], self.range(images))[0]
+
+    def size(self, images):
+        """Height and width divisible by the U-Net's factor; the message gives the nearest
+        sizes that are."""
+        d = self.divisor
+        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        below_h, below_w = tf.maximum(h // d * d, d), tf.maximum(w // d * d, d)
+        above_h, above_w = (h + d - 1) // d * d, (w + d - 1) // d * d
+        return [_assert(tf.equal(h % d + w % d, 0),
+                        f"`images` are {{}}x{{}} pixels (height x width); this model needs both "
+                        f"divisible by {d}: the nearest sizes that work are {{}}x{{}} and "
+                        "{}x{} (crop or pad the images to one of them).",
+                        h, w, below_h, below_w, above_h, above_w)]
+
+    def range(self, images):
+        """Pixel values within the range the model was trained on, give or take half of it."""
+        if self.image_range is None:
+            return []
+        low, high = self.image_range
+        margin = (high - low) / 2
+        smallest, largest = tf.reduce_min(images), tf.reduce_max(images)
+        return [_assert(
+            (smallest >= low - margin) & (largest <= high + margin),
+            f"`images` hold values from {{}} to {{}}, outside the range [{low:g}, {high:g}] this "
+            f"model was exported for (image_range): scale them as in training, e.g. 8-bit "
+            f"pixels divided by 255 for [0, 1].", smallest, largest)]
 
     def num_samples(self, num_samples, shape):
         return [_assert(num_samples >= 1, "`num_samples` must be >= 1; received {}.",
@@ -172,8 +215,19 @@ def samples_cheaply(model):
                                                             "prior_latents"))
 
 
+# `seed` omitted (or sent as this) draws a fresh random seed per request.
+RANDOM_SEED = (-1, -1)
+IMAGE_RANGE = (0.0, 1.0)
+
+
+def _fresh_seed(seed):
+    """`seed`, or a random one where it is `RANDOM_SEED`."""
+    random = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
+    return tf.where(tf.reduce_all(tf.equal(seed, RANDOM_SEED)), random, seed)
+
+
 def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
-                      max_sample_pixels=MAX_SAMPLE_PIXELS):
+                      max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE):
     """The signature functions of `model`, as `tf.function`s with named input signatures: the
     four of `SIGNATURES` for a Probabilistic U-Net, `serving_default` alone for a model that
     only has `sample` (the baselines: each sample runs the whole network, or is one of M fixed
@@ -183,6 +237,11 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
         model: a built `tfprobunet.models.SegmentationSampler`.
         max_samples, max_pixels, max_sample_pixels: the request limits the signatures enforce
             (see `export_for_serving`).
+        image_range: `(low, high)` of the pixel values the model was trained on, or None (see
+            `export_for_serving`).
+
+    `num_samples` and `seed` are optional inputs (the SignatureDef's `defaults`, which TF
+    Serving fills in): one sample, and a fresh random seed (`RANDOM_SEED`).
 
     Returns:
         dict name -> `tf.function`, in the order of `SIGNATURES`.
@@ -192,18 +251,21 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                          "`model.build((None, h, w, c))`), so its channel count is known.")
     checks = _Checks(model, _check_limit("max_samples", max_samples),
                      _check_limit("max_pixels", max_pixels),
-                     _check_limit("max_sample_pixels", max_sample_pixels))
+                     _check_limit("max_sample_pixels", max_sample_pixels),
+                     _check_range(image_range))
     channels = model.image_channels
     images_spec = tf.TensorSpec([None, None, None, channels], tf.float32, name="images")
     num_samples_spec = tf.TensorSpec([], tf.int32, name="num_samples")
     seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
 
+    one, random_seed = tf.constant(1, tf.int32), tf.constant(RANDOM_SEED, tf.int32)
+
     @tf.function(input_signature=[images_spec, num_samples_spec, seed_spec])
-    def serving_default(images, num_samples, seed):
+    def serving_default(images, num_samples=one, seed=random_seed):
         images = checks.images(images)
         [images] = _checked([images], checks.num_samples(num_samples, tf.shape(images)))
-        # `sample` then checks that h and w are divisible and the values finite.
-        return _outputs(model.sample(images, num_samples, seed))
+        # `sample` then checks that the values are finite.
+        return _outputs(model.sample(images, num_samples, _fresh_seed(seed)))
 
     if not samples_cheaply(model):
         return {"serving_default": serving_default}
@@ -216,13 +278,13 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
 
     @tf.function(input_signature=[features_spec, loc_spec, scale_spec, num_samples_spec,
                                   seed_spec])
-    def sample(features, prior_loc, prior_scale, num_samples, seed):
+    def sample(features, prior_loc, prior_scale, num_samples=one, seed=random_seed):
         features, prior_loc, prior_scale = checks.features(
             features, prior_loc=checks.rank(prior_loc, 2, "prior_loc", f"(b, {n})"),
             prior_scale=checks.rank(prior_scale, 2, "prior_scale", f"(b, {n})"))
         prior_loc, prior_scale = checks.prior(prior_loc, prior_scale, num_samples,
                                               tf.shape(features))
-        z = model.prior_latents(prior_loc, prior_scale, num_samples, seed)
+        z = model.prior_latents(prior_loc, prior_scale, num_samples, _fresh_seed(seed))
         return {**_outputs(model.decode(features, z)), "z": z}
 
     @tf.function(input_signature=[images_spec])
@@ -275,7 +337,7 @@ def next_version(model_dir):
 
 def export_for_serving(model, base_dir, name, version=None, config_base_path="/models",
                        max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
-                       max_sample_pixels=MAX_SAMPLE_PIXELS):
+                       max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE):
     """Write `model` as version `version` of `name` under `base_dir`, as TF Serving expects.
 
     Args:
@@ -294,6 +356,10 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
             activations on the default configuration).
         max_sample_pixels: the most sampled pixels one request may ask for, b * m * h * w;
             default 2**24 (1000 samples of one 128 x 128 image).
+        image_range: `(low, high)`, the range of the pixel values the model was trained on:
+            (0, 1) for every built-in loader. Images with values more than half that range
+            beyond it (e.g. 0..255 pixels sent to a [0, 1] model) are refused with the
+            conversion. None accepts any finite values.
 
     The signatures refuse requests beyond these limits with INVALID_ARGUMENT before any
     memory is spent: TF Serving itself bounds neither the sample count nor the image size.
@@ -312,7 +378,9 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
                          f"Received: {name!r}")
     limits = {"max_samples": max_samples, "max_pixels": max_pixels,
               "max_sample_pixels": max_sample_pixels}
-    functions = serving_functions(model, **limits)  # checks the model is built, and the limits
+    # Checks the model is built, the limits and the range.
+    functions = serving_functions(model, **limits, image_range=image_range)
+    limits["image_range"] = None if image_range is None else list(_check_range(image_range))
     model_dir = os.path.join(base_dir, name)
     os.makedirs(model_dir, exist_ok=True)
     clean_stale_exports(base_dir, name)
@@ -340,6 +408,7 @@ def _write_version(model, functions, limits, tmp, final):
         for signature, fn in functions.items():
             archive.add_endpoint(signature, fn)
         archive.write_out(tmp, verbose=False)
+        _write_defaults(tmp, functions)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, CONFIG_ASSET), "w") as f:
             json.dump({"class_name": type(model).__name__, "config": model.get_config(),
@@ -347,6 +416,33 @@ def _write_version(model, functions, limits, tmp, final):
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_defaults(path, functions):
+    """Record the functions' default arguments (`num_samples`, `seed`) as their SignatureDefs'
+    `defaults`, which TF Serving fills in for inputs a request leaves out. `tf.saved_model.save`
+    records them only for signatures given as `tf.function`s; Keras' `ExportArchive` passes
+    concrete functions. The fingerprint is written again for the changed graph file."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    graph_path = os.path.join(path, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    with open(graph_path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for name, fn in functions.items():
+        parameters = inspect.signature(fn.python_function).parameters.values()
+        signature = saved_model.meta_graphs[0].signature_def[name]
+        for parameter in parameters:
+            if parameter.default is not inspect.Parameter.empty:
+                signature.defaults[parameter.name].CopyFrom(
+                    tf.make_tensor_proto(parameter.default))
+    with open(graph_path, "wb") as f:
+        f.write(saved_model.SerializeToString())
+    fingerprint_path = os.path.join(path, "fingerprint.pb")
+    if os.path.exists(fingerprint_path):
+        with open(fingerprint_path, "wb") as f:
+            f.write(fingerprinting.CreateFingerprintDef(path))
 
 
 @contextlib.contextmanager

@@ -193,6 +193,7 @@ class Servable:
             name -> ndarray. Raises `ServingError` with TF Serving's status codes.
         """
         signature = self.signature(signature_name)
+        inputs = {**self.defaults(signature, inputs), **inputs}
         self.check_inputs(signature, {k: (tf.dtypes.as_dtype(v.dtype), list(v.shape))
                                       for k, v in inputs.items()})
         names = self.output_names(signature, output_filter)
@@ -217,16 +218,23 @@ class Servable:
         return self.signatures[name]
 
     @staticmethod
+    def defaults(signature, sent):
+        """The signature's default values (its `defaults`, as TF Serving fills them in) of the
+        inputs not in `sent`: name -> ndarray."""
+        return {k: tf.make_ndarray(v) for k, v in signature.defaults.items() if k not in sent}
+
+    @staticmethod
     def check_inputs(signature, specs):
         """INVALID_ARGUMENT unless `specs` (input name -> (tf.DType, shape)) has the signature's
-        names, dtypes and compatible shapes: checked before any tensor is parsed."""
+        names (those with defaults may be left out), dtypes and compatible shapes: checked
+        before any tensor is parsed."""
         expected, sent = set(signature.inputs), set(specs)
-        if expected != sent:
+        if sent - expected or expected - sent - set(signature.defaults):
             raise status_error("INVALID_ARGUMENT", (
                 f"input size does not match signature: {len(sent)}!={len(expected)} "
                 f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
                 f"Sent extra: {{{','.join(sorted(sent - expected))}}}. Missing but required: "
-                f"{{{','.join(sorted(expected - sent))}}}."))
+                f"{{{','.join(sorted(expected - sent - set(signature.defaults)))}}}."))
         for key, (dtype, shape) in specs.items():
             info = signature.inputs[key]
             expected_dtype = tf.dtypes.as_dtype(info.dtype)
@@ -491,17 +499,20 @@ class PredictionServicer(_PredictionBase):
         signature = servable.signature(signature_name)
         specs = {k: _proto_spec(k, v) for k, v in request.inputs.items()}
         servable.check_inputs(signature, specs)
+        defaults = servable.defaults(signature, specs)
+        specs.update({k: (tf.dtypes.as_dtype(v.dtype), list(v.shape))
+                      for k, v in defaults.items()})
         claimed = sum(math.prod(shape) * dtype.size for dtype, shape in specs.values())
         if claimed > self.limits.max_message_bytes:
             raise status_error("INVALID_ARGUMENT", (
                 f"The inputs claim {claimed} bytes, above max_message_bytes = "
                 f"{self.limits.max_message_bytes} (a limit of this server)."))
         num_samples = (_parse_tensor("num_samples", request.inputs["num_samples"])
-                       if "num_samples" in specs else None)
+                       if "num_samples" in request.inputs else defaults.get("num_samples"))
         output_filter = list(request.output_filter)
         self.limits.check(signature, {k: shape for k, (_, shape) in specs.items()}, num_samples,
                           servable.output_names(signature, output_filter), GRPC_BYTES_PER_VALUE)
-        inputs = {k: _parse_tensor(k, v) for k, v in request.inputs.items()}
+        inputs = {**defaults, **{k: _parse_tensor(k, v) for k, v in request.inputs.items()}}
         outputs = servable.run(signature_name, inputs, output_filter, self.limits)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
