@@ -214,3 +214,25 @@ def test_fixed_settings_parse_lists_as_the_matching_flags_do(text, parsed):
     name, value = parsed
     if name == "num_channels" and "," in text and "[" not in text:
         assert value == cli._int_list(text.partition("=")[2])  # as --num-channels reads it
+
+
+def test_the_library_prints_no_tensorflow_line_on_import_nor_on_its_first_operation():
+    script = ("import tfprobunet\nimport keras\nimport tensorflow as tf\n"
+              "tf.constant(1.0) + 1\n"
+              "model = tfprobunet.ProbabilisticUNet(num_channels=[8, 16], latent_dim=2)\n"
+              "model.sample(tf.zeros((1, 16, 16, 1)), 2, seed=0)\n")
+    result = _command(["-c", script])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == "", result.stderr
+
+
+def test_fit_writes_no_progress_bar_escape_codes_when_output_is_not_a_terminal(capfd):
+    from conftest import random_batch, tiny_model
+
+    model = tiny_model()
+    model.compile(optimizer="adam")
+    images, segmentations = random_batch(batch=4)
+    model.fit(images, segmentations, batch_size=2, epochs=2)
+    out = capfd.readouterr().out
+    assert "\x1b" not in out and "\r" not in out, repr(out[:200])
+    assert re.findall(r"^Epoch \d/2$", out, re.M) == ["Epoch 1/2", "Epoch 2/2"]

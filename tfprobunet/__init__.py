@@ -63,6 +63,13 @@ def _load():
         from tfprobunet.models import ProbabilisticUNet
         from tfprobunet.serving import export_for_serving
         from tfprobunet.training import train
+
+        # CUDA is probed when the devices are first listed, which the first operation would
+        # otherwise do outside this block (its `cuInit` failure on CPU-only machines). Listing
+        # physical devices leaves them configurable (memory growth, logical devices).
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
     globals().update({name: value for name, value in locals().items() if name in __all__})
 
 

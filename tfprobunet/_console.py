@@ -3,7 +3,8 @@ where they can be drawn. Imports nothing heavy: `tfprobunet/__init__.py` uses it
 TensorFlow is imported.
 
 TensorFlow's C++ code writes its start-up lines (the oneDNN notice, CUDA probes and `cuInit`
-failures on CPU-only machines, absl's pre-initialisation warning) straight to file descriptor 2,
+failures on CPU-only machines, absl's pre-initialisation warning, the notices of the first graphs
+it runs) straight to file descriptor 2,
 some of them before `TF_CPP_MIN_LOG_LEVEL` is read. `filtered_stderr()` routes descriptor 2
 through a pipe while it is active: a thread passes every line on to the real stderr at once,
 except those matching `NOISE`, which it keeps in `hidden` (`tfprobunet --debug ...` prints
@@ -25,7 +26,9 @@ NOISE = re.compile(
     rb"|All log messages before absl::InitializeLog\(\) is called"
     rb"|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
     rb"|TensorFlow binary is optimized to use available CPU instructions"
-    rb"|rebuild TensorFlow with the appropriate compiler flags")
+    rb"|rebuild TensorFlow with the appropriate compiler flags"
+    # Notices of the first graphs run: MLIR's pass switch, oneDNN's dtype fallbacks.
+    rb"|mlir_graph_optimization_pass\.cc|oneDNN supports DT_|supports DT_BOOL")
 
 hidden = []  # the lines held back, as text
 _lock = threading.Lock()
@@ -82,9 +85,12 @@ def filtered_stderr():
         _lock.release()
 
 
-def progress_verbosity():
-    """Keras' `verbose` for the entry points: the progress bar (1) on a terminal or in a
-    notebook, one line per epoch (2) otherwise, e.g. when the output goes to a log file."""
+def progress_verbosity(verbose=None):
+    """Keras' `verbose` for the entry points: `verbose` if given, else the progress bar (1) on a
+    terminal or in a notebook and one line per epoch (2) otherwise, e.g. when the output goes to
+    a log file (whose progress bars would be escape codes)."""
+    if verbose is not None:
+        return verbose
     interactive = "ipykernel" in sys.modules or (hasattr(sys.stdout, "isatty")
                                                  and sys.stdout.isatty())
     return 1 if interactive else 2

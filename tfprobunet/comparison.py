@@ -10,6 +10,7 @@ import time
 import keras
 import numpy as np
 
+from tfprobunet import _console
 from tfprobunet import data as data_lib
 from tfprobunet import evaluation, plots, training
 from tfprobunet import models as models_lib
@@ -171,7 +172,7 @@ def _summary(reports, sample_counts, seeds):
 def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
             recipe="cpu", steps_per_epoch=None, data_dir=None, image_size=None,
             num_examples=None, test_data=None, test_examples=None,
-            sample_counts=SAMPLE_COUNTS, model_overrides=None, verbose=1):
+            sample_counts=SAMPLE_COUNTS, model_overrides=None, verbose=None):
     """Train every model of `models` on the same data, budget and seeds, evaluate
     them on the same test images and samples, and write the paper's comparison.
 
@@ -208,7 +209,8 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
         sample_counts: numbers of samples to score.
         model_overrides: `{model name: {argument: value}}` on top of the recipe, e.g.
             `{"ensemble": {"num_members": 4}}`.
-        verbose: 1 a progress bar over the runs, 2 a line per run, 0 silent.
+        verbose: 1 a progress bar over the runs, 2 a line per run, 0 silent; None: the bar on
+            a terminal or in a notebook, a line per run otherwise.
 
     Returns:
         The results as a dict (also `out_dir/results.json`): per model, GED per sample count
@@ -248,6 +250,7 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
     os.makedirs(out_dir, exist_ok=True)
 
     runs = [(name, seed) for seed in seeds for name in names]
+    verbose = _console.progress_verbosity(verbose)
     progress = keras.utils.Progbar(len(runs), verbose=1 if verbose == 1 else 0, unit_name="run")
     reports = {name: [] for name in names}
     for i, (name, seed) in enumerate(runs):

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet import _console
 from tfprobunet import data as data_lib
 from tfprobunet import metrics, plots
 from tfprobunet.data import pipeline
@@ -146,7 +147,7 @@ class _Accumulator:
 
 def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
              image_size=None, num_examples=None, sample_counts=SAMPLE_COUNTS, batch_size=8,
-             num_figure_examples=4, seed=0, per_image=False, verbose=1, num_classes=None):
+             num_figure_examples=4, seed=0, per_image=False, verbose=None, num_classes=None):
     """Evaluate a model's distribution of segmentations against all annotations of each image.
 
     For every image, `max(sample_counts)` segmentations are drawn once (seeded) and the first
@@ -183,7 +184,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         seed: seeds the samples (and the synthetic data).
         per_image: also report `ged_per_image[k]`, the GED of each image in dataset order (for
             paired tests between models on the same images, as `compare` does).
-        verbose: 1 shows a progress bar.
+        verbose: 1 shows a progress bar, 0 nothing; None: the bar on a terminal or in a
+            notebook, nothing otherwise.
         num_classes: K of a plain `tf.data.Dataset` (default: the model's).
 
     Returns:
@@ -205,7 +207,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     accumulator = _Accumulator(source, sample_counts, seed)
     figure_rows = []
     total = int(source.dataset.cardinality())
-    progress = keras.utils.Progbar(total if total > 0 else None, verbose=verbose,
+    progress = keras.utils.Progbar(total if total > 0 else None,
+                                   verbose=int(_console.progress_verbosity(verbose) == 1),
                                    unit_name="image")
     batches = pipeline.evaluation_pipeline(source.dataset, batch_size,
                                            num_classes=source.num_classes)

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet import _console
 from tfprobunet import callbacks as callbacks_lib
 from tfprobunet.defaults import PRESETS, SCHEDULES, STRATEGIES  # noqa: F401
 from tfprobunet import data as data_lib
@@ -608,7 +609,7 @@ def _dtype_policy(name):
 def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=100,
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
           learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
-          seed=0, jit_compile=False, mixed_precision=None, verbose=1, callbacks=None,
+          seed=0, jit_compile=False, mixed_precision=None, verbose=None, callbacks=None,
           validation_data=None, tensorboard=None, model="probunet", **model_kwargs):
     """Train a `ProbabilisticUNet` (or a baseline) on a dataset, continuing the run `workdir`
     holds.
@@ -678,7 +679,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             or `"mixed_bfloat16"` (TPUs, CPUs with AMX or AVX-512-BF16): the model computes in
             that precision, its variables, distributions, losses and metrics stay float32.
             `model.keras` keeps the policy; the global Keras policy is left as it was.
-        verbose: Keras progress bar (1), one line per epoch (2) or silent (0).
+        verbose: Keras progress bar (1), one line per epoch (2) or silent (0); None: the
+            progress bar on a terminal or in a notebook, a line per epoch otherwise.
         callbacks: extra Keras callbacks, run after the built-in ones (after the checkpoint).
         tensorboard: a TensorBoard log folder: Keras' `TensorBoard` callback (losses, with
             `val_ged` and the calibration diagnostics when validating) and
@@ -696,6 +698,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         WorkdirError: `workdir` holds a run that cannot continue as asked (see above).
         NonFiniteLossError: a loss term became NaN or infinite (see `StopOnNonFiniteLoss`).
     """
+    verbose = _console.progress_verbosity(verbose)
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     distribution = make_strategy(strategy)
     model_name = model

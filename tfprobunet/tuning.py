@@ -26,6 +26,7 @@ except ModuleNotFoundError as error:  # an extra: say how to get it
     raise ModuleNotFoundError('tfprobunet.tuning needs keras-tuner: pip install '
                               '"tfprobunet[tune]"', name="keras_tuner") from None
 
+from tfprobunet import _console
 from tfprobunet import data as data_lib
 from tfprobunet import training
 from tfprobunet.data import pipeline
@@ -228,7 +229,7 @@ def distributed_role():
 
 def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=10, epochs=5,
          steps_per_epoch=100, image_size=None, num_examples=None, validation_examples=100,
-         validation_data=None, strategy="default", seed=0, verbose=1, **fixed):
+         validation_data=None, strategy="default", seed=0, verbose=None, **fixed):
     """Search the hyper-parameters of `ProbabilisticUNetHyperModel` on `val_ged`, resuming a
     search that `directory` already holds, and keep the best model.
 
@@ -254,7 +255,8 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
             `(image, annotations)`); needed when `dataset` is not a name.
         strategy: `"default"` or `"mirrored"` (`training.make_strategy`): each trial's devices.
         seed: the search's, the data's and the models' seed.
-        verbose: Keras Tuner's and Keras' progress output (0: silent).
+        verbose: Keras Tuner's and Keras' progress output (0: silent; None: progress bars on
+            a terminal or in a notebook, a line per epoch otherwise).
         **fixed: passed to `ProbabilisticUNetHyperModel` (settings not searched);
             `num_classes=` for a plain dataset, as `train` takes it.
 
@@ -286,7 +288,7 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
         max_epochs=epochs, seed=seed, distribution_strategy=(
             None if strategy == "default" else training.make_strategy(strategy)))
     trials = search(search_tuner, source, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                    validation_data=validation, verbose=verbose,
+                    validation_data=validation, verbose=_console.progress_verbosity(verbose),
                     callbacks=[keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard"),
                                                            write_graph=False)])
     if distributed_role() == "worker":

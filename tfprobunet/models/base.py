@@ -17,6 +17,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from tfprobunet import _console
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
@@ -383,6 +384,8 @@ class SegmentationSampler(keras.Model):
         - on a dataset, which shuffles itself (`tfprobunet.data.training_pipeline`), or a
           generator, `shuffle` defaults to False instead of True, which Keras ignores there
           with a warning (arrays are still shuffled by default);
+        - `verbose` defaults to the progress bar on a terminal or in a notebook and one line
+          per epoch otherwise (Keras' "auto" writes the bar's escape codes into log files);
         - callbacks that monitor `ged` / `val_ged` in `mode="auto"` (`EarlyStopping`,
           `ModelCheckpoint`, `ReduceLROnPlateau`) get `mode="min"` set on them: Keras finds the
           direction of compiled metrics only, and would otherwise stop with "isn't able to
@@ -394,6 +397,8 @@ class SegmentationSampler(keras.Model):
           before the first step: otherwise the optimizer creates them inside the first traced
           step and TensorFlow traces the whole step a second time (twice the start-up).
         """
+        if "verbose" not in kwargs and len(args) < 3:  # Keras' "auto" draws bars into files
+            kwargs["verbose"] = _console.progress_verbosity()
         self_shuffling = (tf.data.Dataset, tf.distribute.DistributedDataset,
                           keras.utils.PyDataset)
         if ((isinstance(x, self_shuffling) or inspect.isgenerator(x))
