@@ -236,3 +236,19 @@ def test_fit_writes_no_progress_bar_escape_codes_when_output_is_not_a_terminal(c
     out = capfd.readouterr().out
     assert "\x1b" not in out and "\r" not in out, repr(out[:200])
     assert re.findall(r"^Epoch \d/2$", out, re.M) == ["Epoch 1/2", "Epoch 2/2"]
+
+
+@pytest.mark.parametrize("line, held", [
+    (b"I0000 00:00:1796225003.589694   32274 mlir_graph_optimization_pass.cc:437] MLIR V1 "
+     b"optimization pass is not enabled\n", True),
+    (b"W0000 00:00:1796225003.5   32274 onednn_ops_util.cc:120] oneDNN supports DT_UINT8 only "
+     b"on platforms with AVX-512\n", True),
+    (b"E0000 00:00:1796221995.448322   26648 cuda_platform.cc:52] failed call to cuInit\n", True),
+    (b"F0000 00:00:1796225003.5   32274 op.cc:1] Check failed: ...\n", False),  # before a crash
+    (b"Epoch 1/2\n", False),
+    (b"tfprobunet: error: no model at 'm.keras'\n", False),
+])
+def test_tensorflow_log_lines_are_held_back_and_nothing_else(line, held):
+    from tfprobunet import _console
+
+    assert bool(_console.NOISE.search(line)) == held

@@ -27,8 +27,10 @@ NOISE = re.compile(
     rb"|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc"
     rb"|TensorFlow binary is optimized to use available CPU instructions"
     rb"|rebuild TensorFlow with the appropriate compiler flags"
-    # Notices of the first graphs run: MLIR's pass switch, oneDNN's dtype fallbacks.
-    rb"|mlir_graph_optimization_pass\.cc|oneDNN supports DT_|supports DT_BOOL")
+    # Every other line of TensorFlow's C++ logging (info, warning, error; not FATAL, which
+    # precedes a crash): notices of the first graphs run (MLIR's pass switch, oneDNN's dtype
+    # fallbacks) and the like. What goes wrong reaches Python as an exception.
+    rb"|^[IWE]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w/.+-]+:\d+\] ")
 
 hidden = []  # the lines held back, as text
 _lock = threading.Lock()
