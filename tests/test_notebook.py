@@ -59,5 +59,8 @@ def test_the_notebook_runs_with_tiny_parameters(tmp_path):
     assert os.path.isfile(tmp_path / "latent.png")
     assert os.listdir(tmp_path / "saved_models" / "probunet") == ["1"]
     assert "(4, 100, 16, 16)" in text  # 100 masks per image from the exported `sample`
+    # No TensorFlow start-up or C++ log line among the cells' outputs.
+    assert not re.search(r"cuda drivers|cuInit|oneDNN custom|absl::InitializeLog|"
+                         r"^[IWE]\d{4} \d\d:", text, re.M), text
     # Keras' TensorBoard logs and the sample grids.
     assert {"train", "validation", "samples"} <= set(os.listdir(tmp_path / "logs"))
