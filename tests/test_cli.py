@@ -106,7 +106,7 @@ def test_npz_errors_name_the_file_and_the_layout(tmp_path):
         tfprobunet.data.load("npz", "train", data_dir=str(tmp_path))
     np.savez(tmp_path / "train.npz", images=np.zeros((2, 8, 8, 1)),
              annotations=np.full((2, 8, 8), 7), num_classes=3)
-    with pytest.raises(ValueError, match=r"labels outside \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"labels in \[0, 2\] \(num_classes=3\) or 255"):
         tfprobunet.data.load("npz", "train", data_dir=str(tmp_path))
     np.savez(tmp_path / "train.npz", images=np.zeros((2, 8, 8, 1)),
              annotations=np.zeros((2, 2, 4, 4), int))

@@ -89,3 +89,18 @@ def test_the_python_section_snippet_runs_as_written(monkeypatch, tmp_path):
     namespace = {}
     exec(compile(_cut(code), "README.md", "exec"), namespace)
     assert tuple(namespace["logits"].shape) == (4, 16, 32, 32, 11)
+
+
+def test_the_serving_python_example_runs_against_a_server(tmp_path):
+    from conftest import served_images, served_model
+    from tfprobunet import serving
+
+    base = str(tmp_path / "saved_models")
+    serving.export_for_serving(served_model(3), base, "probunet")
+    code = _blocks(_section("Serving"), "python")[0]  # the example at the top
+    with serving.ModelServer(base, port=0, rest_port=None) as server:
+        namespace = {"images": served_images()}
+        exec(compile(code.replace("localhost:8500", f"127.0.0.1:{server.port}"), "README.md",
+                     "exec"), namespace)
+    assert namespace["first"]["masks"].shape == (2, 16, 16, 16)
+    assert namespace["more"]["masks"].shape == (2, 1000, 16, 16)
