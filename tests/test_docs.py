@@ -51,9 +51,12 @@ def _equal(cell, value, what):
 
 
 def _spread(cell, spread, what, scale=1.0):
-    """`mean (seed, seed, ...)` or `seed, seed, ...` against `{"mean", "seeds"}`."""
+    """`mean (seed, seed, ...)`, `seed, seed, ...` or `mean` against `{"mean", "seeds"}`."""
     numbers = NUMBER.findall(cell)
     seeds = [v * scale for v in spread["seeds"]]
+    if len(numbers) == 1 and len(seeds) > 1:  # the mean alone (columns without "(seeds)")
+        _equal(numbers[0], spread["mean"] * scale, what)
+        return
     if len(numbers) == len(seeds) + 1:
         _equal(numbers[0], spread["mean"] * scale, what)
         numbers = numbers[1:]
