@@ -51,12 +51,10 @@ def predict(model, images, num_samples=16, seed=None):
         probabilities.
     """
     images = np.asarray(images)
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
     if images.ndim != 4:
         raise ValueError(f"`images` must be (b, h, w, c). Received shape {images.shape}.")
-    padded, (h, w) = pad_to_multiple(images.astype(np.float32),
-                                     layers.size_divisor(model.num_channels))
+    # uint8 stays uint8: `model.sample` divides it by 255 itself.
+    padded, (h, w) = pad_to_multiple(images, layers.size_divisor(model.num_channels))
     logits = model.sample(padded, num_samples, seed=seed)[:, :, :h, :w]
     return {"masks": tf.argmax(logits, axis=-1, output_type=tf.int32).numpy(),
             "probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1).numpy()}
