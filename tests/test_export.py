@@ -1,8 +1,10 @@
 """The SavedModel for TF Serving: signatures as DESIGN section 6 fixes them, equal to the model
 in process and through a TF1 session, versioned atomic export and models.config."""
 
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -16,7 +18,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfprobunet import export, serving
-from conftest import SERVED, served_images, served_model, tiny_model
+from tfprobunet.saving import NonFiniteWeightsError
+from conftest import SERVED, cli_error, served_images, served_model, tiny_model
 
 K, C, N, F = (SERVED[k] for k in "KCNF")
 FLOAT, INT = tf.float32.as_datatype_enum, tf.int32.as_datatype_enum
@@ -281,3 +284,227 @@ def test_the_export_enforces_its_recorded_request_limits(exported, tmp_path):
         assert message in caught.value.message, (name, caught.value.message)
     with pytest.raises(ValueError, match="`max_samples` must be an integer >= 1. Received: 0"):
         export.export_for_serving(model, str(tmp_path), "pun", max_samples=0)
+
+
+def _tree(root):
+    """Everything under `root`: relative path -> ("dir",), ("link", target) or ("file", bytes)."""
+    tree = {}
+    for folder, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            path = os.path.join(folder, entry)
+            key = os.path.relpath(path, root)
+            if os.path.islink(path):
+                tree[key] = ("link", os.readlink(path))
+            elif os.path.isdir(path):
+                tree[key] = ("dir",)
+            else:
+                with open(path, "rb") as f:
+                    tree[key] = ("file", f.read())
+    return tree
+
+
+def test_model_names_are_checked_in_one_place(tmp_path):
+    """One rule for the export, the clean-up and models.config: a name is a folder directly
+    inside the base, never `.`, `..`, a path or a hidden folder."""
+    for good in ("pun", "probunet-v2.1", "A_b-0", "x" * 255):
+        assert export.check_model_name(good) == good
+    for bad in ("", ".", "..", "../x", "a/b", "/abs", ".hidden", ".tmp-1-abc", "a\\b",
+                "x" * 256, "a b", "caf\u00e9", "a\nb", None, 7):
+        with pytest.raises(ValueError) as caught:
+            export.check_model_name(bad)
+        message = str(caught.value)
+        assert f"Received: {bad!r}" in message and "letters, digits" in message, message
+    base = str(tmp_path / "base")
+    for call in (lambda: export.write_models_config(base, ".."),
+                 lambda: export.clean_stale_exports(base, "../x")):
+        with pytest.raises(ValueError, match="Received: '..'|Received: '../x'"):
+            call()
+    assert not os.path.exists(base)
+    # A models.config listing a name that leaves the base (as older exports wrote) is refused
+    # when read, naming the file, rather than kept.
+    os.makedirs(base)
+    with open(os.path.join(base, export.MODELS_CONFIG), "w") as f:
+        f.write('model_config_list { config { name: ".." base_path: "/models/.." '
+                'model_platform: "tensorflow" } }')
+    with pytest.raises(ValueError, match=r"models\.config.*Received: '\.\.'"):
+        export.write_models_config(base, "pun")
+
+
+def test_the_cli_never_writes_or_removes_outside_the_base(exported, tmp_path, capsys):
+    """`export --name ..` wrote `base/../1` and listed `/models/..` in models.config; `--clean
+    --name ../victim` removed the victim's `.tmp-*` folders. Both are refused, one line each,
+    and nothing beside the base changes."""
+    model, _, _ = exported
+    model_path = str(tmp_path / "model.keras")
+    model.save(model_path)
+    parent = tmp_path / "parent"
+    base = parent / "saved_models"
+    base.mkdir(parents=True)
+    stale = parent / "victim" / ".tmp-1-0123abcd"  # looks like a killed export's folder
+    stale.mkdir(parents=True)
+    (stale / "data").write_text("keep me")
+    before = _tree(parent)
+    for argv in (["--model", model_path, "--name", ".."],
+                 ["--model", model_path, "--name", "."],
+                 ["--model", model_path, "--name", "../victim"],
+                 ["--model", model_path, "--name", str(parent / "victim")],
+                 ["--clean", "--name", "../victim"],
+                 ["--clean", "--name", str(parent / "victim")]):
+        line = cli_error(capsys, ["export", "--base-dir", str(base), *argv])
+        name = argv[argv.index("--name") + 1]
+        assert f"Received: {name!r}" in line and "letters, digits" in line, line
+    assert _tree(parent) == before
+
+
+def test_links_out_of_the_base_are_not_followed(exported, tmp_path):
+    """A model folder that is a symbolic link to elsewhere is refused (exports write and clean
+    inside the base only); a `.tmp-*` folder or lock file that is a link is left alone."""
+    model, _, _ = exported
+    outside = tmp_path / "outside"
+    (outside / ".tmp-1-0123abcd").mkdir(parents=True)
+    (outside / ".tmp-1-0123abcd" / "data").write_text("keep me")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "pun").symlink_to(outside)
+    before = _tree(outside)
+    for call in (lambda: export.export_for_serving(model, str(base), "pun"),
+                 lambda: export.clean_stale_exports(str(base), "pun")):
+        with pytest.raises(ValueError, match="symbolic link"):
+            call()
+    assert _tree(outside) == before and os.listdir(base) == ["pun"]
+    # Inside a real model folder: links named like an export's leftovers are not touched, nor
+    # followed (opening a dangling lock link would create its target outside).
+    (base / "pun").unlink()
+    (base / "pun").mkdir()
+    (base / "pun" / ".tmp-2-4567ef01").symlink_to(outside / ".tmp-1-0123abcd")
+    (base / "pun" / ".tmp-3-89abcdef.lock").symlink_to(outside / "created")
+    assert export.clean_stale_exports(str(base), "pun") == []
+    assert _tree(outside) == before
+    assert sorted(os.listdir(base / "pun")) == [".tmp-2-4567ef01", ".tmp-3-89abcdef.lock"]
+
+
+def test_a_model_with_non_finite_weights_is_not_exported(tmp_path, capsys):
+    """A run that diverged leaves NaN weights: its export is refused before anything is
+    written, through the API and the CLI (one line)."""
+    model = served_model(3)
+    kernel = next(v for v in model.weights if v.path.endswith("kernel"))
+    values = kernel.numpy()
+    values.flat[0] = np.nan
+    kernel.assign(values)
+    base = tmp_path / "saved_models"
+    with pytest.raises(NonFiniteWeightsError, match=kernel.path):
+        export.export_for_serving(model, str(base), "pun")
+    assert not base.exists()
+    model_path = str(tmp_path / "diverged.keras")
+    model.save(model_path)
+    line = cli_error(capsys, ["export", "--model", model_path, "--base-dir", str(base)])
+    assert "non-finite" in line and model_path in line, line
+    assert not base.exists()
+
+
+class _FullDisk:
+    """Writes to the files whose path matches `pattern` fail as on a full disk: the file is
+    created, empty, and writing it raises ENOSPC (as the write or the close does when the disk
+    fills)."""
+
+    def __init__(self, monkeypatch, pattern):
+        import builtins
+
+        self.pattern, self.real_open, self.hits = pattern, builtins.open, []
+        monkeypatch.setattr(builtins, "open", self.open)
+
+    def open(self, file, mode="r", *args, **kwargs):
+        f = self.real_open(file, mode, *args, **kwargs)
+        if any(c in mode for c in "wa+") and re.search(self.pattern, os.fspath(file)):
+            self.hits.append(os.fspath(file))
+
+            def write(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(file))
+
+            f.write = write
+        return f
+
+
+def _leftovers(base):
+    """Temporary files and folders anywhere under `base`."""
+    return [path for path in _tree(base) if ".tmp-" in path]
+
+
+@pytest.mark.parametrize("failing", [
+    r"models\.config\.tmp-",  # the version was written, models.config not updated
+    r"assets\.extra/tfprobunet_config\.json$",
+    r"\.tmp-1-[0-9a-f]+/saved_model\.pb$",  # the SignatureDefs' defaults written in
+])
+def test_an_export_that_fails_leaves_nothing_behind(exported, tmp_path, monkeypatch, failing):
+    """A disk that fills during an export once left version 1 written but not in models.config,
+    and an empty `models.config.tmp-<id>` for good. Wherever it fails, there is now neither a
+    version nor a temporary file, models.config is as it was, and the error names the path."""
+    model, _, _ = exported
+    base = str(tmp_path)
+    with open(os.path.join(base, export.MODELS_CONFIG), "w") as f:
+        f.write('model_config_list { config { name: "other" base_path: "/models/other" '
+                'model_platform: "tensorflow" } }')
+    before = _tree(base)
+    full = _FullDisk(monkeypatch, failing)
+    with pytest.raises(OSError) as caught:
+        export.export_for_serving(model, base, "pun")
+    assert full.hits, "the failure was not reached"
+    message = str(caught.value)
+    assert caught.value.errno == errno.ENOSPC, message
+    assert os.path.join(base, "pun", "1") in message and "No space left" in message, message
+    after = _tree(base)
+    assert _leftovers(base) == [] and not os.path.exists(os.path.join(base, "pun", "1"))
+    assert after[export.MODELS_CONFIG] == before[export.MODELS_CONFIG]
+    monkeypatch.undo()
+    assert export.export_for_serving(model, base, "pun").endswith(os.path.join("pun", "1"))
+    assert _config_names(base) == ["other", "pun"] and _leftovers(base) == []
+
+
+def test_models_config_is_unchanged_when_its_write_fails(tmp_path, monkeypatch, capsys):
+    """`write_models_config` removes its temporary file whatever fails, and the CLI says what
+    failed in one line."""
+    base = str(tmp_path / "saved_models")
+    export.write_models_config(base, "other")
+    before = _tree(base)
+    _FullDisk(monkeypatch, r"models\.config\.tmp-")
+    with pytest.raises(OSError) as caught:
+        export.write_models_config(base, "pun")
+    assert os.path.join(base, export.MODELS_CONFIG) in str(caught.value), caught.value
+    assert _tree(base) == before and _leftovers(base) == []
+    # Already listed: nothing to write, nothing to fail.
+    assert export.write_models_config(base, "other") == os.path.join(base, export.MODELS_CONFIG)
+    model_path = str(tmp_path / "model.keras")
+    monkeypatch.undo()
+    served_model(3).save(model_path)
+    _FullDisk(monkeypatch, r"models\.config\.tmp-")
+    line = cli_error(capsys, ["export", "--model", model_path, "--base-dir", base,
+                              "--name", "pun"])
+    assert "No space left on device" in line and os.path.join(base, "pun", "1") in line, line
+    assert {k: v for k, v in _tree(base).items() if k != "pun"} == before
+
+
+def test_a_real_write_failure_during_export_is_one_clear_error(tmp_path):
+    """A file-system failure inside TensorFlow's SavedModel writer (here the file size limit,
+    RLIMIT_FSIZE: writes beyond it fail with EFBIG) raised `OutOfRangeError()`, with no
+    message; it is one OSError naming the version's path, and nothing is left."""
+    base = str(tmp_path / "saved_models")
+    script = (
+        "import os, resource, sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from conftest import served_model\n"
+        "from tfprobunet import export\n"
+        "model = served_model(3)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    export.export_for_serving(model, sys.argv[1], 'pun')\n"
+        "except Exception as e:\n"
+        "    print('RESULT', type(e).__name__, '|', e)\n")
+    result = subprocess.run([sys.executable, "-c", script, base, os.path.dirname(__file__)],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stdout + result.stderr[-2000:]
+    kind, _, message = lines[0][len("RESULT "):].partition(" | ")
+    assert kind == "OSError", result.stdout + result.stderr[-2000:]
+    assert os.path.join(base, "pun", "1") in message, message
+    assert _leftovers(base) == [] and not os.path.exists(os.path.join(base, "pun", "1"))

@@ -468,3 +468,102 @@ def test_a_removed_version_falls_back_to_the_previous_one(tmp_path):
         with pytest.raises(serving.ServingError) as caught:
             client.features(served_images(batch=1))
         assert caught.value.code == "NOT_FOUND"
+
+
+def _poison(version_dir, suffix="kernel"):
+    """Write NaN into the first variable of the SavedModel at `version_dir` whose name ends with
+    `suffix`, as a diverged run leaves its weights: the checkpoint is written again, same keys,
+    with `SaveV2`. Returns that variable's name."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    prefix = os.path.join(version_dir, "variables", "variables")
+    reader = tf.train.load_checkpoint(prefix)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+        reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    names = {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes}
+    keys = sorted(reader.get_variable_to_dtype_map())
+    tensors = [reader.get_tensor(k) for k in keys]
+    key = next(k for k in keys if names.get(k, "").endswith(suffix))
+    tensors[keys.index(key)] = np.full_like(tensors[keys.index(key)], np.nan)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys),
+                      tensors=tensors)
+    return names[key]
+
+
+def test_a_version_with_non_finite_variables_is_not_served(base, tmp_path, caplog):
+    """A SavedModel whose variables hold NaN (a diverged run, exported by another tool) is
+    refused at load, logged with its path: the previous version and the other models keep
+    serving."""
+    served = str(tmp_path / "base")
+    shutil.copytree(base, served)
+    one = os.path.join(served, "pun", "1")
+    shutil.copytree(one, os.path.join(served, "pun", "2"))
+    variable = _poison(os.path.join(served, "pun", "2"))
+    shutil.copytree(os.path.join(served, "pun", "2"), os.path.join(served, "nan", "1"))
+    caplog.set_level(logging.WARNING)
+    with serving.ModelServer(served, port=0, rest_port=None, poll_seconds=0) as running, \
+            serving.GrpcClient(f"127.0.0.1:{running.port}", "pun") as client:
+        assert running.registry.versions("pun") == [1]
+        assert running.registry.versions("nan") == []
+        assert client.features(served_images(batch=1))["features"].shape == (1, 16, 16, F)
+        with serving.GrpcClient(f"127.0.0.1:{running.port}", "nan") as nan:
+            with pytest.raises(serving.ServingError) as caught:
+                nan.features(served_images(batch=1))
+        assert caught.value.code == "NOT_FOUND"
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    for path in (os.path.join(served, "pun", "2"), os.path.join(served, "nan", "1")):
+        assert path in logged, logged
+    assert "non-finite" in logged and variable in logged, logged
+
+
+def test_not_found_names_the_model_only(tmp_path, caplog):
+    """A 404 once said `/srv/models/bad/1 failed to load (OSError: ...)` to any client: the
+    answer names the model, the paths and the loader's error go to the server's log."""
+    base = str(tmp_path)
+    export.export_for_serving(served_model(3), base, "pun")
+    shutil.copytree(os.path.join(base, "pun", "1"), os.path.join(base, "bad", "1"))
+    _break(os.path.join(base, "bad", "1"))
+    caplog.set_level(logging.WARNING)
+    with serving.ModelServer(base, port=0, rest_port=0, poll_seconds=0) as running:
+        rest = serving.RestClient(f"http://127.0.0.1:{running.rest_port}", "bad")
+        with pytest.raises(serving.ServingError) as caught:
+            rest.status()
+        with serving.GrpcClient(f"127.0.0.1:{running.port}", "bad") as client:
+            with pytest.raises(serving.ServingError) as over_grpc:
+                client.features(served_images(batch=1))
+    for error in (caught.value, over_grpc.value):
+        assert error.code == "NOT_FOUND"
+        assert error.message == "Servable not found for request: Latest(bad)", error.message
+    assert os.path.join(base, "bad", "1") in " ".join(r.getMessage() for r in caplog.records)
+
+
+def _raw_http(port, request):
+    """Send `request` (bytes) on a new connection; the status and JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_requests_whose_length_is_ambiguous_are_refused(base):
+    """RFC 9112 section 6.3: Content-Length with Transfer-Encoding, or Content-Lengths that
+    differ, let a proxy and the server see different requests: 400, not an answer."""
+    body = json.dumps({"signature_name": "features",
+                       "inputs": {"images": served_images(batch=1).tolist()}}).encode()
+    start = b"POST /v1/models/pun:predict HTTP/1.1\r\nHost: x\r\n"
+    length = b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+    with serving.ModelServer(base, port=0, rest_port=0) as running:
+        status, answer = _raw_http(running.rest_port, start + length + b"\r\n" + body)
+        assert status == 200 and "features" in answer["outputs"]
+        for headers, text in [
+                (length + b"Transfer-Encoding: chunked\r\n", "Transfer-Encoding"),
+                (b"Transfer-Encoding: identity\r\n" + length, "Transfer-Encoding"),
+                (length + b"Content-Length: 5\r\n", "Content-Length"),
+                (length + b"content-length: " + str(len(body) + 1).encode() + b"\r\n",
+                 "Content-Length")]:
+            status, answer = _raw_http(running.rest_port, start + headers + b"\r\n" + body)
+            assert status == 400 and text in answer["error"], (headers, status, answer)
+            assert "RFC 9112" in answer["error"], answer

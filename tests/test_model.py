@@ -406,9 +406,10 @@ def test_geco_step_is_lambda_times_reconstruction_plus_beta_kl():
 
 
 def test_geco_arguments_are_checked():
-    with pytest.raises(ValueError, match="`geco_target` must be None or > 0"):
-        tiny_model(geco_target=0.0)
-    with pytest.raises(ValueError, match="`geco_rate` must be > 0"):
+    for target in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"`geco_target` must be a finite number > 0"):
+            tiny_model(geco_target=target)
+    with pytest.raises(ValueError, match="`geco_rate` must be a finite number > 0"):
         tiny_model(geco_target=0.1, geco_rate=-1.0)
 
 
@@ -497,7 +498,9 @@ def test_energy_term_trains_the_prior_net():
 
 
 def test_energy_arguments_are_checked_and_saved():
-    with pytest.raises(ValueError, match="`energy_weight` must be >= 0.*Received: energy_weight=-1"):
+    with pytest.raises(ValueError,
+                       match="`energy_weight` must be a finite number >= 0.*Received: "
+                             "energy_weight=-1"):
         tiny_model(energy_weight=-1.0)
     with pytest.raises(ValueError, match="`energy_samples` must be an integer >= 2.*Received: 1"):
         tiny_model(energy_weight=1.0, energy_samples=1)

@@ -3,6 +3,7 @@ process on the same global batch, and a killed worker's run resumes from the las
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -142,3 +143,74 @@ def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(tmp_path):
     assert _logged_epochs(workdir) == [0, 1, 2]
     assert os.path.exists(os.path.join(workdir, "model.keras"))
     assert not os.path.exists(os.path.join(workdir, "backup"))
+
+
+@pytest.mark.parametrize("tf_config, problem", [
+    ('{"cluster": ', r"not valid JSON"),
+    ("[]", r"must be a JSON object, received a list"),
+    ('{"task": {"type": "worker", "index": 0}}', r'no "cluster"'),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
+     r"'localhost', not \"host:port\""),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     r"index 2 is out of range.*indices 0 to 1"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     r"'chief' is not in the cluster"),
+])
+def test_a_malformed_tf_config_is_one_line_naming_it(capsys, monkeypatch, tf_config, problem):
+    from conftest import cli_error
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    line = cli_error(capsys, ["train", "--strategy", "multi_worker", "--dataset", "graders",
+                              "--workdir", "unused", "--epochs", "1"])
+    assert re.search(rf"TF_CONFIG .*{problem}", line), line
+    assert not os.path.exists("unused")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("missing", [0, 1], ids=["chief-missing", "worker-missing"])
+def test_a_task_whose_peer_never_starts_exits_within_the_connect_timeout_naming_it(
+        tmp_path, missing):
+    ports = _ports(2)
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                 "task": {"type": "worker", "index": 1 - missing}}
+    start = time.monotonic()
+    worker = subprocess.run(
+        [sys.executable, "-m", "tfprobunet.cli", "train", "--strategy", "multi_worker",
+         "--connect-timeout", "5", "--dataset", "graders", "--workdir", str(tmp_path / "run"),
+         "--epochs", "1", "--image-size", "16", "--num-examples", "4"],
+        env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)), capture_output=True, text=True,
+        timeout=240)
+    seconds = time.monotonic() - start
+    # Killed by its watchdog: TensorFlow's wait holds the GIL and takes SIGTERM.
+    assert worker.returncode == -signal.SIGKILL, worker.stderr
+    lines = worker.stderr.strip().splitlines()
+    assert len(lines) == 1, worker.stderr
+    assert re.search(rf"did not form within 5 s .*no answer from worker {missing} "
+                     rf"\(127\.0\.0\.1:{ports[missing]}\)", lines[0]), lines[0]
+    assert seconds < 120, seconds
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_run_resumes(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    (tmp_path / "tmp").mkdir()
+    workdir = str(tmp_path / "run")
+    chief, worker = _workers(script, workdir, 50, tmp_path / "tmp")
+    checkpoint = training.EpochCheckpoint(os.path.join(workdir, "backup"))
+    deadline = time.monotonic() + 240
+    while not checkpoint.epochs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)  # TensorFlow's own watcher used to swallow it
+    outputs = [p.communicate(timeout=120)[0] for p in (chief, worker)]
+    assert chief.returncode != 0 and worker.returncode != 0, outputs
+    assert all("TrainingInterrupted: stopped by SIGTERM" in out for out in outputs), outputs
+    stopped = [re.search(r"stopped by SIGTERM at epoch (\d+), step (\d+)", out).groups()
+               for out in outputs]
+    assert stopped[0] == stopped[1], stopped
+    done = checkpoint.epochs()[-1]
+    assert _logged_epochs(workdir) == list(range(done))
+    outputs = [p.communicate(timeout=300)[0] for p in _workers(script, workdir, done + 1,
+                                                                tmp_path / "tmp")]
+    assert all("EPOCHS-DONE" in out for out in outputs), outputs
+    assert _logged_epochs(workdir) == list(range(done + 1))

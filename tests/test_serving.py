@@ -243,6 +243,31 @@ def test_unknown_model_and_signature(server):
         client._predict("classify", {"images": served_images()})
 
 
+def test_version_0_and_versions_not_loaded_are_not_found(server):
+    """`/versions/0` answered with the latest version (0 was read as "none given"): every
+    version but the one loaded is NOT_FOUND, over REST (404) and gRPC, as in TF Serving."""
+    url = f"http://127.0.0.1:{server.rest_port}"
+    assert serving.RestClient(url, "pun", version=1).status()["model_version_status"][0][
+        "version"] == "1"
+    for version in (0, 2):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"{url}/v1/models/pun/versions/{version}", timeout=30)
+        assert caught.value.code == 404
+        assert json.loads(caught.value.read()) == {
+            "error": f"Servable not found for request: Specific(pun, {version})"}
+        with pytest.raises(serving.ServingError) as caught:
+            serving.RestClient(url, "pun", version=version).features(served_images())
+        assert caught.value.code == "NOT_FOUND", caught.value
+        with _grpc(server, version=version) as client:
+            for call in (client.metadata, lambda: client.features(served_images())):
+                with pytest.raises(serving.ServingError) as caught:
+                    call()
+                assert caught.value.code == "NOT_FOUND", caught.value
+                assert f"Specific(pun, {version})" in caught.value.message
+    with _grpc(server, version=1) as client:
+        assert client.features(served_images())["features"].shape == (2, 16, 16, F)
+
+
 def test_concurrent_mixed_requests_match_single_threaded_answers(server):
     """8 threads x 25 requests over gRPC and REST, one in six of them bad: every good answer
     equals the single-threaded one, every bad one is INVALID_ARGUMENT, nothing else fails."""

@@ -34,6 +34,14 @@ NOISE = re.compile(
 
 hidden = []  # the lines held back, as text
 _lock = threading.Lock()
+_real_stderr = None  # descriptor 2 as it was, while `filtered_stderr` is active
+
+
+def real_stderr():
+    """The descriptor of the real stderr: descriptor 2, or, while `filtered_stderr` is active,
+    the one it saved. For writers that cannot wait for the filter's thread (a watchdog process
+    writing while this process is stuck in C++ code that holds the GIL)."""
+    return 2 if _real_stderr is None else _real_stderr
 
 
 def verbose():
@@ -69,8 +77,10 @@ def filtered_stderr():
         _lock.release()
         yield
         return
+    global _real_stderr
     sys.stderr.flush()
     saved = os.dup(2)
+    _real_stderr = saved
     read, write = os.pipe()
     os.dup2(write, 2)
     os.close(write)
@@ -82,6 +92,7 @@ def filtered_stderr():
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)  # drops the pipe's last write end: the thread drains it and ends
+        _real_stderr = None
         os.close(saved)
         thread.join(timeout=2.0)  # a child process still holding the pipe delays its end
         _lock.release()

@@ -3,9 +3,10 @@
 import argparse
 import json
 import os
+import signal
 import sys
 
-from tfprobunet import _console
+from tfprobunet import _cluster, _console, _interrupts
 from tfprobunet.defaults import (DATASETS, MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
                                  MAX_SAMPLE_PIXELS, MAX_SAMPLES, MODEL_NAMES, PRESETS, SCHEDULES,
                                  STRATEGIES)
@@ -53,6 +54,11 @@ def _add_train_arguments(parser):
     parser.add_argument("--workdir", required=True, help="checkpoints, log.csv, model.keras")
     parser.add_argument("--strategy", choices=STRATEGIES, default="default",
                         help="multi_worker: one process per worker, configured by TF_CONFIG")
+    parser.add_argument("--connect-timeout", type=float, default=_cluster.CONNECT_TIMEOUT,
+                        metavar="SECONDS",
+                        help="multi_worker: give up when the cluster has not formed after "
+                             "this long (one line names the tasks that never answered, and the "
+                             "process is killed: TensorFlow's wait cannot be interrupted)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--steps-per-epoch", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch size")
@@ -126,7 +132,8 @@ def _train(args):
         image_size=args.image_size, num_examples=args.num_examples,
         validation_examples=args.validation_examples, learning_rate=args.learning_rate,
         schedule=args.schedule, max_minutes=args.max_minutes,
-        mixed_precision=args.mixed_precision, strategy=args.strategy, seed=args.seed,
+        mixed_precision=args.mixed_precision, strategy=args.strategy,
+        connect_timeout=args.connect_timeout, seed=args.seed,
         jit_compile=args.jit_compile, num_channels=args.num_channels,
         convs_per_block=args.convs_per_block, latent_dim=args.latent_dim,
         fcomb_layers=args.fcomb_layers, fcomb_channels=args.fcomb_channels, beta=args.beta,
@@ -173,15 +180,15 @@ def _evaluate(args):
 
 
 def _inspect(args):
-    import keras
-
-    from tfprobunet import data, latent, plots, serving
+    from tfprobunet import data, latent, plots, prediction, saving, serving
 
     if (args.image is None) == (args.dataset is None):
         raise CommandError("give either --image PATH (a PNG or JPEG) or --dataset NAME with "
                            "--index I (an image and its annotations). Received: --image "
                            f"{args.image!r}, --dataset {args.dataset!r}")
-    model = keras.saving.load_model(args.model)
+    if args.image is not None:  # the grid decodes the image steps**2 times
+        prediction.check_image_files([args.image], args.steps ** 2)
+    model = saving.load_model(args.model)
     annotations = None
     if args.image is not None:
         image = serving.read_image(args.image, model.image_channels)[0]
@@ -209,6 +216,7 @@ def _inspect(args):
 def _export(args):
     from tfprobunet import export
 
+    export.check_model_name(args.name, "--name")  # the library checks too; this names the flag
     if args.clean:
         removed = export.clean_stale_exports(args.base_dir, args.name)
         print(f"removed {len(removed)} temporary folder(s) of killed exports of {args.name!r}"
@@ -261,6 +269,7 @@ def _add_limit_arguments(parser, whose):
 def _predict(args):
     from tfprobunet import prediction, serving
 
+    limits = _limits(args)
     if (args.model is None) == (args.target is None):
         raise CommandError("give either --model PATH (a .keras model: predict here, no server) "
                            "or --target HOST:PORT with --name NAME (a served model). Received: "
@@ -270,12 +279,12 @@ def _predict(args):
             raise CommandError("--name and --version select a served model: use them with "
                                "--target HOST:PORT, not with --model.")
         files = prediction.predict_files(args.model, args.image, args.num_samples, args.out,
-                                         args.seed)
+                                         args.seed, **limits)
     else:
         with serving.GrpcClient(args.target, args.name or "probunet",
                                 version=args.version) as client:
             files = prediction.predict_files(client, args.image, args.num_samples, args.out,
-                                             args.seed)
+                                             args.seed, **limits)
     print(f"wrote {len(files) - len(args.image)} sample masks and {len(args.image)} uncertainty "
           f"map(s) to {args.out}")
 
@@ -477,6 +486,8 @@ def main(argv=None):
     predict.add_argument("--image", nargs="+", required=True, help="PNG or JPEG files")
     predict.add_argument("-n", "--num-samples", type=int, default=16)
     predict.add_argument("--seed", type=int)
+    _add_limit_arguments(predict, "checked on each image's header before it is read (as the "
+                                  "server checks a request)")
     predict.add_argument("--out", required=True,
                          help="folder: OUT/<image name>/sample_00.png, ..., uncertainty.png")
     predict.set_defaults(run=_predict)
@@ -550,6 +561,11 @@ def main(argv=None):
         else:
             with _console.filtered_stderr():
                 _run(args)
+    except _interrupts.TrainingInterrupted as error:  # a step boundary: checkpoints are whole
+        parser.exit(128 + error.signum, f"{parser.prog}: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(128 + signal.SIGINT, f"{parser.prog}: interrupted (Ctrl-C); nothing that "
+                                         "was written is partial: run the command again.\n")
     except Exception as error:  # noqa: BLE001 -- one line for the user; --debug re-raises
         if args.debug:
             raise

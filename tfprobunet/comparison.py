@@ -12,7 +12,7 @@ import numpy as np
 
 from tfprobunet import _console
 from tfprobunet import data as data_lib
-from tfprobunet import evaluation, plots, training
+from tfprobunet import evaluation, plots, saving, training
 from tfprobunet import models as models_lib
 
 MODELS = tuple(models_lib.MODELS)
@@ -46,7 +46,7 @@ def _finished_model(workdir, epochs):
     with open(config_path) as f:
         if json.load(f).get("finished_epochs") != epochs:
             return None
-    return keras.models.load_model(model_path)
+    return saving.load_model(model_path)
 
 
 RUN_RECORD = "comparison_run.json"

@@ -57,3 +57,48 @@ MAX_MESSAGE_BYTES = 2**28
 # REST bodies are parsed into Python lists of floats, about 34 times their size in memory: their
 # limit is lower than gRPC messages' (32 MiB: 64 images of 128 x 128 x 3 as JSON).
 MAX_BODY_BYTES = 2**25
+
+
+def check_number(name, value, minimum=None, maximum=None, *, above=None, integer=False,
+                 example=None):
+    """Return `value` if it is a finite number (an integer if `integer`) with `minimum <= value
+    <= maximum` and `value > above` (each bound optional), else raise `ValueError` saying what
+    was received and what would work: `nan`, `inf` and out-of-range settings are refused before
+    they reach an optimizer or a file."""
+    import math
+    import numbers
+
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    ok = ok and (above is None or value > above)
+    if not ok:
+        bounds = [f"> {above}" if above is not None else None,
+                  f">= {minimum}" if minimum is not None else None,
+                  f"<= {maximum}" if maximum is not None else None]
+        wanted = " and ".join(b for b in bounds if b)
+        raise ValueError(f"`{name}` must be a finite {'integer' if integer else 'number'}"
+                         f"{' ' + wanted if wanted else ''}"
+                         f"{f' (e.g. {example})' if example is not None else ''}. "
+                         f"Received: {name}={value!r}")
+    return value
+
+
+# The numeric model arguments and their ranges (see `check_number`): the models' constructors
+# check those they take, and `train` checks them before it writes anything. None, where an
+# argument's default is None, stays allowed.
+MODEL_NUMBERS = {
+    "weight_decay": dict(minimum=0.0, maximum=1.0, example="1e-5"),
+    "beta": dict(minimum=0.0, maximum=1e6, example=1.0),
+    "geco_target": dict(above=0.0, example=0.01),
+    "geco_rate": dict(above=0.0, maximum=10.0, example=0.01),
+    "energy_weight": dict(minimum=0.0, maximum=1e9, example=1000),
+}
+
+
+def check_model_numbers(arguments):
+    """Check the `MODEL_NUMBERS` among the dict `arguments` (other keys and None values are
+    left alone); raise `ValueError` as `check_number` does."""
+    for name, bounds in MODEL_NUMBERS.items():
+        if arguments.get(name) is not None:
+            check_number(name, arguments[name], **bounds)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfprobunet import _console
 from tfprobunet import data as data_lib
-from tfprobunet import metrics, plots
+from tfprobunet import metrics, plots, saving
 from tfprobunet.data import pipeline
 
 SAMPLE_COUNTS = (1, 4, 8, 16)
@@ -193,7 +193,7 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     """
     start = time.monotonic()
     if isinstance(model, str):
-        model = keras.models.load_model(model)
+        model = saving.load_model(model)
     if num_classes is None and isinstance(dataset, tf.data.Dataset):
         num_classes = model.num_classes
     source = data_lib.as_source(dataset, split, data_dir, image_size, num_examples, seed,

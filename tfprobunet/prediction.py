@@ -3,15 +3,24 @@
 
 The U-Net needs heights and widths divisible by `2 ** (levels - 1)`. `predict` pads each image
 at the bottom and right, repeating its last row and column, up to the next multiple, samples,
-and crops the outputs back: you get segmentations of the size you gave.
+and crops the outputs back: you get segmentations of the size you gave (a 1 x 1 image too).
+
+`predict_files` reads each image's size from its header and refuses, before anything is decoded,
+an image or a sample count beyond the request limits (`MAX_PIXELS`, `MAX_SAMPLE_PIXELS`,
+`MAX_SAMPLES`: an export's defaults; a 291 KB PNG can hold 10000 x 10000 pixels).
 """
 
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet import layers, metrics
+from tfprobunet import layers, metrics, saving
+from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+
+# What `tf.io.decode_image` decodes (PIL's format names).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
 
 def pad_to_multiple(images, divisor, value=None):
@@ -88,29 +97,101 @@ def write_masks(masks, probabilities, out_dir):
     return written + [path]
 
 
-def predict_files(model, paths, num_samples, out_dir, seed=None):
+def image_size(path):
+    """The `(height, width)` of an image file, read from its header: nothing is decoded.
+
+    Raises:
+        ValueError: `path` is missing, a directory, or not a PNG, JPEG, GIF, BMP or WebP image;
+            the message says which.
+    """
+    from PIL import Image
+
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory: pass image files (on the command line, "
+                         f"e.g. --image {os.path.join(path, '*.png')}: the shell expands it).")
+    if not os.path.exists(path):
+        raise ValueError(f"No image at {path}: pass PNG or JPEG files.")
+    try:
+        with warnings.catch_warnings():
+            # Above 89 million pixels PIL warns; the limits below say more.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                kind = image.format
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: {error}. Resize it, or split it into tiles.") from None
+    except (OSError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{path} is not an image that can be read ({error}): pass PNG or "
+                         "JPEG files.") from None
+    if kind not in IMAGE_FORMATS:
+        raise ValueError(f"{path} is a {kind} image: pass a PNG, JPEG, GIF, BMP or WebP file.")
+    return height, width
+
+
+def check_image_files(paths, num_samples, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
+                      max_sample_pixels=MAX_SAMPLE_PIXELS):
+    """Refuse, from their headers and before anything is decoded, image files that cannot be
+    read and requests beyond the limits.
+
+    Args:
+        paths: image files, each segmented on its own (a batch of one).
+        num_samples: segmentations per image.
+        max_samples, max_pixels, max_sample_pixels: the most samples per image, pixels per
+            image (h * w) and sampled pixels per image (num_samples * h * w); the defaults are
+            an export's (`tfprobunet.defaults`).
+
+    Returns:
+        The `(height, width)` of each file.
+    """
+    if not 1 <= num_samples <= max_samples:
+        raise ValueError(f"num_samples = {num_samples}: between 1 and max_samples = "
+                         f"{max_samples} segmentations per image can be drawn at once.")
+    sizes = [image_size(path) for path in paths]
+    for path, (height, width) in zip(paths, sizes):
+        pixels = height * width
+        if pixels > max_pixels:
+            scale = (max_pixels / pixels) ** 0.5
+            raise ValueError(
+                f"{path} is {height} x {width} pixels (height x width), {pixels:,} pixels, "
+                f"above max_pixels = {max_pixels:,} (by default an export's limit, applied to "
+                f"local prediction too): it was not decoded. Resize it to at most "
+                f"{int(height * scale)} x {int(width * scale)}, or split it into tiles.")
+        if num_samples * pixels > max_sample_pixels:
+            raise ValueError(
+                f"{path}: {num_samples} samples of {height} x {width} pixels are "
+                f"{num_samples * pixels:,} sampled pixels, above max_sample_pixels = "
+                f"{max_sample_pixels:,}: ask for at most "
+                f"{max(1, max_sample_pixels // pixels)} samples of it.")
+    return sizes
+
+
+def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX_SAMPLES,
+                  max_pixels=MAX_PIXELS, max_sample_pixels=MAX_SAMPLE_PIXELS):
     """Segment image files, each at its own size: locally, or through a served model.
 
     Args:
-        model: a `SegmentationSampler`, the path of a `.keras` file, or a serving client
-            (`tfprobunet.serving.GrpcClient` or `RestClient`: `features` once per image, then
-            `sample`; the served model refuses sides it cannot divide, which are padded only
-            locally).
+        model: a `SegmentationSampler`, the path of a `.keras` file (`saving.load_model`), or a
+            serving client (`tfprobunet.serving.GrpcClient` or `RestClient`: `features` once
+            per image, then `sample`; the served model refuses sides it cannot divide, which
+            are padded only locally).
         paths: PNG or JPEG files; read with the model's channels (grey or RGB converted).
         num_samples: segmentations per image.
         out_dir: `out_dir/<file stem>/sample_00.png, ..., uncertainty.png` per image
             (`write_masks`).
         seed: an int makes the samples reproducible.
+        max_samples, max_pixels, max_sample_pixels: every file is checked against these
+            before any is decoded or sent (`check_image_files`); a served model's export may
+            record other limits (its `assets.extra/tfprobunet_config.json`), which its server
+            applies.
 
     Returns:
         The paths written.
     """
-    import keras
-
     from tfprobunet.serving.client import read_image
 
-    if isinstance(model, str):
-        model = keras.saving.load_model(model)
+    if isinstance(model, (str, os.PathLike)):
+        model = saving.load_model(model)
+    check_image_files(paths, num_samples, max_samples, max_pixels, max_sample_pixels)
     if hasattr(model, "features") and hasattr(model, "metadata"):  # a serving client
         channels = model.metadata()["features"]["inputs"]["images"][1][-1]
 

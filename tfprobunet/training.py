@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import warnings
 
@@ -18,9 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet import _console
+from tfprobunet import _cluster, _console, _files, _interrupts
 from tfprobunet import callbacks as callbacks_lib
 from tfprobunet.defaults import PRESETS, SCHEDULES, STRATEGIES  # noqa: F401
+from tfprobunet.defaults import check_model_numbers, check_number
 from tfprobunet import data as data_lib
 from tfprobunet import layers as layers_lib
 from tfprobunet.data import pipeline
@@ -38,31 +40,14 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss term."""
 
 
-class WorkdirError(ValueError):
-    """The work directory holds a run that `train` cannot continue as asked (other settings,
-    nothing left to train, no readable checkpoint). The message says what to do."""
-
-
-@contextlib.contextmanager
-def _replacing(path):
-    """Yield a temporary path beside `path` (`.<name>`, same extension) to write the new file
-    to; then put it on disk and rename it over `path`. A kill (or a power cut) at any moment
-    leaves the old `path` or the new one, never a partial file."""
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
-    yield tmp
-    with open(tmp, "r+b") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
-        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+WorkdirError = _files.WorkdirError
+WorkdirBusyError = _files.WorkdirBusyError
+TrainingInterrupted = _interrupts.TrainingInterrupted
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop training at the first batch whose loss terms are not finite.
+    """Stop training at the first batch whose loss terms are not finite, or at the end of an
+    epoch whose weights (or optimizer state) are not.
 
     Unlike `keras.callbacks.TerminateOnNaN`, it raises `NonFiniteLossError` naming the epoch,
     the step and the term that went bad, and it stops before the epoch ends, so the last
@@ -81,6 +66,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"Training stopped at epoch {self._epoch + 1}, step {batch + 1}: {terms}. The "
                 "weights of this epoch are discarded; the last checkpoint is the last good one. "
                 "Check the inputs for NaN/Inf, or lower the learning rate.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The loss of a step is computed before its update: the last update of the epoch is
+        # checked here, before any checkpoint or model file is written.
+        variables = [*self.model.weights, *getattr(self.model.optimizer, "variables", [])]
+        bad = [v.path for v in variables
+               if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+        if bad:
+            raise NonFiniteLossError(
+                f"Training stopped at the end of epoch {epoch + 1}: its last update left "
+                f"non-finite values in {len(bad)} weights (or optimizer variables), e.g. "
+                f"{bad[0]}. The weights of this epoch are discarded; the last checkpoint is the "
+                "last good one. Check the inputs for NaN/Inf, or lower the learning rate.")
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -104,7 +102,7 @@ class EpochLog(keras.callbacks.Callback):
             return list(csv.DictReader(f))
 
     def _write(self, rows, fieldnames):
-        with _replacing(self.filename) as tmp, open(tmp, "w", newline="") as f:
+        with _files.replacing(self.filename) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
@@ -164,12 +162,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.directory, exist_ok=True)
-        with _replacing(self.path(epoch + 1)) as tmp:
+        _files.ensure_space(self.directory, state_bytes(self.model), "a checkpoint")
+        with _files.replacing(self.path(epoch + 1)) as tmp:
             self.model.save_weights(tmp)
         for old in self.epochs()[:-self.keep]:
             os.remove(self.path(old))
         for name in os.listdir(self.directory):  # a write cut short by an earlier kill
-            if name.startswith(".") and CHECKPOINT.fullmatch(name[1:]):
+            if _files.is_temporary(name) and CHECKPOINT.fullmatch(name.split(".", 2)[2]):
                 os.remove(os.path.join(self.directory, name))
 
     def checkpoints(self):
@@ -310,7 +309,7 @@ def learning_rate_schedule(name, learning_rate, total_steps, warmup_fraction=0.0
         warmup_steps=warmup)
 
 
-def make_strategy(name):
+def make_strategy(name, connect_timeout=_cluster.CONNECT_TIMEOUT):
     """`"default"`: no distribution. `"mirrored"`: `MirroredStrategy` over every GPU, or over
     every logical CPU device when there is no GPU (so it can be exercised on a CPU machine).
     `"multi_worker"`: `MultiWorkerMirroredStrategy`, configured by the `TF_CONFIG` variable (one
@@ -319,23 +318,35 @@ def make_strategy(name):
     A multi-worker strategy must be made before TensorFlow runs anything else in the process
     (it configures collective ops at start-up): `train(strategy="multi_worker")` makes it first;
     in a script that uses TensorFlow before, call `make_strategy("multi_worker")` at its top.
+    `TF_CONFIG` is checked first (a `ValueError` names what is wrong with it). Making it waits
+    for every task of the cluster: if they have not all joined after `connect_timeout` seconds
+    (None: no limit), one line on stderr names the tasks that never answered and the process
+    is killed (`_cluster.connect_watchdog`: TensorFlow's wait holds the GIL and takes SIGTERM,
+    so nothing gentler reaches it).
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: {name!r}")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi_worker":
-        return _multi_worker()
+        return _multi_worker(connect_timeout)
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return _mirrored(tuple(d.name for d in gpus), cpu=False)
     return _mirrored(tuple(d.name for d in tf.config.list_logical_devices("CPU")), cpu=True)
 
 
-@functools.lru_cache(maxsize=None)
-def _multi_worker():
+_multi_worker_strategy = []  # one per process, made by the first `_multi_worker` call
+
+
+def _multi_worker(connect_timeout):
+    if _multi_worker_strategy:
+        return _multi_worker_strategy[0]
+    _cluster.read_tf_config()  # a malformed TF_CONFIG: one clear error, before TensorFlow's
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with _cluster.connect_watchdog(connect_timeout):
+            _multi_worker_strategy.append(tf.distribute.MultiWorkerMirroredStrategy())
+        return _multi_worker_strategy[0]
     except RuntimeError as error:
         if "program startup" not in str(error):
             raise
@@ -398,7 +409,7 @@ def _logs(model, keys):
 
 
 def fit_distributed(model, dataset, epochs, steps_per_epoch, initial_epoch=0,
-                    validation_data=None, callbacks=None, verbose=1):
+                    validation_data=None, callbacks=None, verbose=1, stop=None):
     """`model.fit` for a model built under `model.distribute_strategy`, as a `strategy.run`
     loop over the model's own `train_step` (and `test_step` on `validation_data`): the same
     loss, trackers, callbacks and `History`. Keras 3's `fit` fails under
@@ -407,6 +418,11 @@ def fit_distributed(model, dataset, epochs, steps_per_epoch, initial_epoch=0,
 
     `dataset` yields global batches; each worker takes its share of every batch, so one step
     over W workers is one step on the global batch in one process.
+
+    `stop` (a `StopRequest` of `_interrupts.stop_requests`, with `StopOnSignal` among the
+    callbacks): every step also sums the workers' requests, so that a signal sent to one worker
+    stops them all after the same step (a worker that stopped alone would leave the others
+    waiting for it in the next collective).
 
     Returns:
         `keras.callbacks.History`.
@@ -418,9 +434,15 @@ def fit_distributed(model, dataset, epochs, steps_per_epoch, initial_epoch=0,
         model=model, verbose=verbose, epochs=epochs, steps=steps_per_epoch)
     batches = iter(strategy.experimental_distribute_dataset(dataset))
 
+    def replica_step(batch, requested):
+        logs = model.train_step(batch)
+        context = tf.distribute.get_replica_context()
+        # tf.identity places the flag on the replica's device, as all_reduce needs.
+        return logs, context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(requested))
+
     @tf.function
-    def train_step(iterator):
-        return strategy.run(model.train_step, args=(next(iterator),))
+    def train_step(iterator, requested):
+        return strategy.run(replica_step, args=(next(iterator), requested))
 
     @tf.function
     def test_step(batch):
@@ -434,7 +456,12 @@ def fit_distributed(model, dataset, epochs, steps_per_epoch, initial_epoch=0,
         callback_list.on_epoch_begin(epoch)
         for step in range(steps_per_epoch):
             callback_list.on_train_batch_begin(step)
-            logs = _logs(model, train_step(batches))
+            keys, requested = train_step(batches, tf.constant(
+                0.0 if stop is None or stop.signum is None else 1.0))
+            logs = _logs(model, keys)
+            if stop is not None and stop.signum is None and float(
+                    strategy.experimental_local_results(requested)[0]) > 0:
+                stop.signum = signal.SIGTERM  # sent to another worker
             callback_list.on_train_batch_end(step, logs)
             if model.stop_training:
                 break
@@ -496,7 +523,7 @@ def _check_model_kwargs(model, model_kwargs):
 
 # `train` arguments that are not settings of the run (not recorded in train_config.json).
 UNRECORDED = ("workdir", "max_minutes", "jit_compile", "verbose", "callbacks", "validation_data",
-              "model_kwargs")
+              "connect_timeout", "model_kwargs")
 
 
 def _train_defaults():
@@ -516,8 +543,15 @@ def _effective(settings):
 
 
 def _write_config(path, settings):
-    with _replacing(path) as tmp, open(tmp, "w") as f:
-        json.dump(settings, f, indent=2)
+    with _files.replacing(path) as tmp, open(tmp, "w") as f:
+        json.dump(settings, f, indent=2, allow_nan=False)  # JSON has no NaN: refuse, never write
+
+
+def state_bytes(model):
+    """The bytes of `model`'s weights and optimizer state: about what a checkpoint or a
+    `.keras` file of it holds."""
+    variables = [*model.weights, *getattr(model.optimizer, "variables", [])]
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables)
 
 
 def setting_differences(before, now, ignore=()):
@@ -595,6 +629,59 @@ def _resume_points(workdir, checkpoint, saved, settings):
     return points
 
 
+def _check_run_numbers(learning_rate, max_minutes, num_examples, validation_examples,
+                       **counts):
+    """Refuse `train`'s numeric settings outside their sense (NaN, infinities, a negative or
+    huge learning rate, no epochs) before anything is built or written."""
+    check_number("learning_rate", learning_rate, maximum=1.0, above=0.0, example="1e-4")
+    if max_minutes is not None:
+        check_number("max_minutes", max_minutes, above=0.0, example=30)
+    if num_examples is not None:
+        check_number("num_examples", num_examples, minimum=1, integer=True)
+    check_number("validation_examples", validation_examples, minimum=0, integer=True)
+    for name, value in counts.items():
+        check_number(name, value, minimum=1, integer=True)
+
+
+def _make_workdir(workdir):
+    """Create `workdir` if needed, or say in one sentence why it cannot be written."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"The workdir {workdir} is not a folder (it is a file): pass a "
+                           "folder, new or holding a run of `train`.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = tempfile.TemporaryFile(dir=workdir)
+    except OSError as error:
+        raise WorkdirError(f"The workdir {workdir} cannot be written ({error.strerror}): pass "
+                           "a folder you can write to.") from None
+    probe.close()
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Stop training at the end of the step during which SIGINT or SIGTERM arrived (recorded by
+    the `StopRequest` of `_interrupts.stop_requests`), raising `TrainingInterrupted`: the
+    epoch under way is dropped, the checkpoints on disk stay whole, and the same call resumes
+    from the last one. Under a multi-worker strategy, `fit_distributed` shares the request
+    between the workers at every step, so that they all stop at the same one."""
+
+    def __init__(self, request):
+        super().__init__()
+        self.request = request
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        signum = self.request.signum
+        if signum is None:
+            return
+        kept = (f"the checkpoint after epoch {self._epoch} is kept" if self._epoch else
+                "no epoch had finished")
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} at epoch {self._epoch + 1}, step "
+            f"{batch + 1}: {kept}; run the same command again to resume.", signum)
+
+
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
 
 
@@ -610,7 +697,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
           batch_size=8, image_size=None, num_examples=None, validation_examples=0,
           learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
           seed=0, jit_compile=False, mixed_precision=None, verbose=None, callbacks=None,
-          validation_data=None, tensorboard=None, model="probunet", **model_kwargs):
+          validation_data=None, tensorboard=None, connect_timeout=_cluster.CONNECT_TIMEOUT,
+          model="probunet", **model_kwargs):
     """Train a `ProbabilisticUNet` (or a baseline) on a dataset, continuing the run `workdir`
     holds.
 
@@ -672,7 +760,11 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         strategy: `"default"`, `"mirrored"` or `"multi_worker"` (see `make_strategy`; one
             process per worker, each with its `TF_CONFIG` and the same arguments, `workdir` on
             a file system they share: the chief writes the run's files, the others resume from
-            them; trained with `fit_distributed`).
+            them; trained with `fit_distributed`). SIGINT or SIGTERM, to any worker, stops
+            every worker after the same step (see `StopOnSignal`).
+        connect_timeout: seconds a multi-worker run waits for the whole cluster to join before
+            one line names the tasks that never answered and the process is killed (see
+            `make_strategy`; None: it waits for ever).
         seed: seeds the data, the weights and the model's random draws.
         jit_compile: XLA-compile the train step (see bench/train_step.py: slower on CPU).
         mixed_precision: None (float32), `"mixed_float16"` (GPUs; with dynamic loss scaling)
@@ -696,13 +788,24 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
 
     Raises:
         WorkdirError: `workdir` holds a run that cannot continue as asked (see above).
-        NonFiniteLossError: a loss term became NaN or infinite (see `StopOnNonFiniteLoss`).
+        NonFiniteLossError: a loss term, or the weights after an epoch, became NaN or
+            infinite (see `StopOnNonFiniteLoss`); nothing non-finite is written.
+        WorkdirBusyError: another process is training in `workdir` (a lock on
+            `workdir/.tfprobunet.lock`, released by the system if that process dies).
+        TrainingInterrupted: SIGINT (Ctrl-C) or SIGTERM arrived; training stopped at the end of
+            the step under way, and the same call resumes from the last checkpoint.
+        OSError: the disk has no room for a checkpoint or the model (`errno.ENOSPC`, checked
+            before writing); nothing partial is left, and the same call resumes.
     """
     verbose = _console.progress_verbosity(verbose)
+    _check_run_numbers(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                       num_examples=num_examples, validation_examples=validation_examples,
+                       learning_rate=learning_rate, max_minutes=max_minutes)
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
-    distribution = make_strategy(strategy)
+    distribution = make_strategy(strategy, connect_timeout)
     model_name = model
     _check_model_kwargs(model_name, model_kwargs)
+    check_model_numbers(model_kwargs)
     num_classes = model_kwargs.get("num_classes")
     source = data_lib.as_source(dataset, "train", data_dir, image_size, num_examples, seed,
                                 num_classes)
@@ -715,75 +818,84 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
                                         validation_examples, seed, num_classes)
     schedule_value = learning_rate_schedule(schedule, learning_rate, epochs * steps_per_epoch)
     budget = None if max_minutes is None else callbacks_lib.TimeBudget(max_minutes)
-    os.makedirs(workdir, exist_ok=True)
-    settings = dict(dataset=dataset if isinstance(dataset, str) else "custom",
-                    model=model_name, data_dir=data_dir, epochs=epochs,
-                    steps_per_epoch=steps_per_epoch,
-                    batch_size=batch_size, image_size=image_size, num_examples=num_examples,
-                    validation_examples=validation_examples, learning_rate=learning_rate,
-                    schedule=schedule, mixed_precision=mixed_precision, strategy=strategy,
-                    seed=seed, **model_kwargs)
-    settings = json.loads(json.dumps(settings, default=list))  # as train_config.json has them
-    config_path = os.path.join(workdir, CONFIG)
-    model_path = os.path.join(workdir, "model.keras")
-    saved = _read_config(config_path)
-    checkpoint = EpochCheckpoint(os.path.join(workdir, "backup"))
-    points = _resume_points(workdir, checkpoint, saved, settings)
-
-    batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
-                                         seed=seed, num_classes=source.num_classes)
-    shown = validation or source  # the images TensorBoardSamples draws samples for
-    monitors = []
-    if validation is not None and validation.annotation_weights is not None:
-        monitors.append(callbacks_lib.CalibrationLog(validation, seed=seed))
-    if validation is not None:
-        validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
-                                                  validation.annotation_weights,
-                                                  validation.num_classes)
-    # Multi-worker: the non-chief workers write what the chief writes to a folder of their
-    # own (saving may need every worker), and resume from the chief's.
+    _make_workdir(workdir)
     chief = is_chief(distribution)
-    with _writable_folder(workdir, chief) as writable:
-        keras.utils.set_random_seed(seed)
-        with distribution.scope(), _dtype_policy(mixed_precision):
-            model_kwargs = {**model_kwargs, "num_classes": source.num_classes}
-            model_kwargs.setdefault("ged_classes", source.classes)
-            model = models_lib.get(model_name)(seed=seed, **model_kwargs)
-            model.build((None, *source.dataset.element_spec[0].shape))
-            model.compile(optimizer=keras.optimizers.Adam(schedule_value),
-                          jit_compile=jit_compile)
-            initial_epoch = checkpoint.restore(model, points)
-        # Only now, once every refusal is past: a refused call leaves the workdir as it was.
-        record = _effective(settings)
-        if "finished_epochs" in (saved or {}):
-            record["finished_epochs"] = saved["finished_epochs"]
-        if chief:
-            _write_config(config_path, record)
-        callbacks = [
-            StopOnNonFiniteLoss(),
-            *monitors,
-            EpochLog(os.path.join(writable, "log.csv"), initial_epoch=initial_epoch),
-            *([] if tensorboard is None else _tensorboard_callbacks(
-                tensorboard if chief else os.path.join(writable, "tensorboard"), shown, seed)),
-            checkpoint if chief else EpochCheckpoint(os.path.join(writable, "backup")),
-            *([budget] if budget else []),
-            *(callbacks or []),
-        ]
-        if strategy == "multi_worker":
-            history = fit_distributed(model, batches, epochs, steps_per_epoch, initial_epoch,
-                                      validation, callbacks, verbose)
-        else:
-            history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
-                                steps_per_epoch=steps_per_epoch, validation_data=validation,
-                                shuffle=False,  # the pipeline shuffles
-                                verbose=verbose, callbacks=callbacks)
-        # model.keras, then its epoch count, then the checkpoints go: a kill in between leaves
-        # a checkpoint at least as new as the recorded model.keras, which the next call
-        # finishes from.
-        with _replacing(os.path.join(writable, "model.keras")) as tmp:
-            model.save(tmp)
-        if chief:
-            _write_config(config_path, {**record,
-                                        "finished_epochs": initial_epoch + len(history.epoch)})
-            shutil.rmtree(checkpoint.directory, ignore_errors=True)
-        return model, history
+    # One run per workdir (the chief's: the other workers write to folders of their own), and
+    # SIGINT/SIGTERM stop training at a step boundary instead of wherever they land.
+    lock = _files.exclusive(workdir, "train") if chief else contextlib.nullcontext()
+    with lock, _interrupts.stop_requests() as stop:
+        settings = dict(dataset=dataset if isinstance(dataset, str) else "custom",
+                        model=model_name, data_dir=data_dir, epochs=epochs,
+                        steps_per_epoch=steps_per_epoch,
+                        batch_size=batch_size, image_size=image_size, num_examples=num_examples,
+                        validation_examples=validation_examples, learning_rate=learning_rate,
+                        schedule=schedule, mixed_precision=mixed_precision, strategy=strategy,
+                        seed=seed, **model_kwargs)
+        settings = json.loads(json.dumps(settings, default=list))  # as train_config.json has
+        config_path = os.path.join(workdir, CONFIG)
+        model_path = os.path.join(workdir, "model.keras")
+        saved = _read_config(config_path)
+        checkpoint = EpochCheckpoint(os.path.join(workdir, "backup"))
+        points = _resume_points(workdir, checkpoint, saved, settings)
+
+        batches = pipeline.training_pipeline(source.dataset, batch_size,
+                                             source.annotation_weights, seed=seed,
+                                             num_classes=source.num_classes)
+        shown = validation or source  # the images TensorBoardSamples draws samples for
+        monitors = []
+        if validation is not None and validation.annotation_weights is not None:
+            monitors.append(callbacks_lib.CalibrationLog(validation, seed=seed))
+        if validation is not None:
+            validation = pipeline.evaluation_pipeline(validation.dataset, batch_size,
+                                                      validation.annotation_weights,
+                                                      validation.num_classes)
+        # Multi-worker: the non-chief workers write what the chief writes to a folder of their
+        # own (saving may need every worker), and resume from the chief's.
+        chief = is_chief(distribution)
+        with _writable_folder(workdir, chief) as writable:
+            keras.utils.set_random_seed(seed)
+            with distribution.scope(), _dtype_policy(mixed_precision):
+                model_kwargs = {**model_kwargs, "num_classes": source.num_classes}
+                model_kwargs.setdefault("ged_classes", source.classes)
+                model = models_lib.get(model_name)(seed=seed, **model_kwargs)
+                model.build((None, *source.dataset.element_spec[0].shape))
+                model.compile(optimizer=keras.optimizers.Adam(schedule_value),
+                              jit_compile=jit_compile)
+                initial_epoch = checkpoint.restore(model, points)
+            # Only now, once every refusal is past: a refused call leaves the workdir as it was.
+            record = _effective(settings)
+            if "finished_epochs" in (saved or {}):
+                record["finished_epochs"] = saved["finished_epochs"]
+            if chief:
+                _write_config(config_path, record)
+            callbacks = [
+                StopOnNonFiniteLoss(),
+                StopOnSignal(stop),
+                *monitors,
+                EpochLog(os.path.join(writable, "log.csv"), initial_epoch=initial_epoch),
+                *([] if tensorboard is None else _tensorboard_callbacks(
+                    tensorboard if chief else os.path.join(writable, "tensorboard"), shown,
+                    seed)),
+                checkpoint if chief else EpochCheckpoint(os.path.join(writable, "backup")),
+                *([budget] if budget else []),
+                *(callbacks or []),
+            ]
+            if strategy == "multi_worker":
+                history = fit_distributed(model, batches, epochs, steps_per_epoch,
+                                          initial_epoch, validation, callbacks, verbose, stop)
+            else:
+                history = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch,
+                                    steps_per_epoch=steps_per_epoch, validation_data=validation,
+                                    shuffle=False,  # the pipeline shuffles
+                                    verbose=verbose, callbacks=callbacks)
+            # model.keras, then its epoch count, then the checkpoints go: a kill in between
+            # leaves a checkpoint at least as new as the recorded model.keras, which the next
+            # call finishes from.
+            _files.ensure_space(writable, state_bytes(model), "the trained model")
+            with _files.replacing(os.path.join(writable, "model.keras")) as tmp:
+                model.save(tmp)
+            if chief:
+                _write_config(config_path, {**record,
+                                            "finished_epochs": initial_epoch + len(history.epoch)})
+                shutil.rmtree(checkpoint.directory, ignore_errors=True)
+            return model, history

@@ -13,22 +13,107 @@ Each file holds (`numpy.savez`):
   modes, which `evaluate` then reports frequencies for) and `classes` (the classes the metrics
   score; default class 1 for two classes, all otherwise).
 
-Files are read with `allow_pickle=False`: object arrays are refused.
+Files are read with `allow_pickle=False`: object arrays are refused. Before any array is read,
+each one's shape and dtype are taken from its `.npy` header and checked against the size its
+zip member declares (a file whose two disagree is refused) and against a limit: an array may
+take at most `MAX_ARRAY_BYTES` (2 GiB) once read, counting 4 bytes per value (images become
+float32, annotations int32), so a few megabytes of compressed zeros cannot claim tens of
+gigabytes. Raise it with `npz_split(..., max_bytes=...)` or, for `tfprobunet.data.load` and the
+command line, the environment variable `TFPROBUNET_MAX_ARRAY_BYTES` (e.g. `8e9`).
 """
 
+import math
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
 
 from tfprobunet.data import checks
 from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.saving import byte_limit
 
 KEYS = ("images", "annotations", "num_classes", "annotation_weights", "classes")
+# The most bytes one array may take once read (4 per value at least: float32 images, int32
+# annotations). The loader holds about three such copies while it builds the dataset.
+MAX_ARRAY_BYTES = 2**31
+MAX_ARRAY_BYTES_VARIABLE = "TFPROBUNET_MAX_ARRAY_BYTES"
+_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def npz_split(data_dir, split):
+def npz_headers(path, max_bytes=None):
+    """The arrays of an npz file as `{name: (shape, dtype)}`, read from their `.npy` headers
+    without reading (or inflating) the arrays.
+
+    Raises:
+        ValueError: the file is not a zip of `.npy` arrays; an array's header disagrees with the
+            size of its zip member; or an array would take more than `max_bytes` once read
+            (default: `TFPROBUNET_MAX_ARRAY_BYTES` if set, else `MAX_ARRAY_BYTES`).
+    """
+    limit = byte_limit(max_bytes, MAX_ARRAY_BYTES_VARIABLE, MAX_ARRAY_BYTES)
+    headers = {}
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path} is not an npz file (a zip of .npy arrays, as numpy.savez "
+                         f"writes): {error}.") from None
+    with archive:
+        for info in archive.infolist():
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise ValueError(f"{path}: its member {name} is not a .npy array; an npz holds "
+                                 "only arrays (numpy.savez). It was not read.")
+            shape, dtype, header_bytes = _npy_header(path, archive, info)
+            key = name[:-len(".npy")]
+            values = math.prod(shape)
+            stored = values * dtype.itemsize
+            if info.file_size != header_bytes + stored:
+                raise ValueError(
+                    f"{path}: `{key}` declares {dtype} {shape}, {stored:,} bytes of data, but "
+                    f"its zip member holds {info.file_size - header_bytes:,}: the two "
+                    "disagree (a damaged or crafted file). Save the arrays again with "
+                    "numpy.savez.")
+            held = values * max(dtype.itemsize, 4)
+            if held > limit:
+                read_as = ("" if dtype.itemsize >= 4
+                           else f" stored, {held:,} once read as 4-byte values")
+                raise ValueError(
+                    f"{path}: `{key}` is {dtype} {shape}: {stored:,} bytes{read_as}, above the "
+                    f"limit of {limit:,} bytes. It was not read. If the file is yours and the "
+                    "machine has the memory (about three times that), raise the limit: "
+                    f"{MAX_ARRAY_BYTES_VARIABLE}={held} (the command line, "
+                    "tfprobunet.data.load) or npz_split(..., max_bytes=...); or split the "
+                    "data into smaller files.")
+            headers[key] = (shape, dtype)
+    return headers
+
+
+def _npy_header(path, archive, info):
+    """`(shape, dtype, header bytes)` of the `.npy` member `info`: its first bytes only."""
+    with archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in _READERS:
+                raise ValueError(f"npy format version {version} (1.0 and 2.0 are read)")
+            shape, _, dtype = _READERS[version](f)
+        except ValueError as error:
+            raise ValueError(f"{path}: its member {info.filename} is not a .npy array "
+                             f"({error}).") from None
+        if dtype.hasobject:
+            raise ValueError(f"{path}: `{info.filename[:-4]}` is an object array, which only "
+                             "pickle can read (refused): store numeric arrays.")
+        return tuple(shape), dtype, f.tell()
+
+
+def npz_split(data_dir, split, max_bytes=None):
     """Read `data_dir/<split>.npz`.
+
+    Args:
+        data_dir: the folder of train.npz, val.npz and test.npz.
+        split: `"train"`, `"val"` or `"test"`.
+        max_bytes: the most bytes one array may take once read (4 per value at least); None:
+            `TFPROBUNET_MAX_ARRAY_BYTES` if set, else `MAX_ARRAY_BYTES` (2 GiB).
 
     Returns:
         `(dataset, num_classes, annotation_weights, classes)`, the fields of a
@@ -40,17 +125,18 @@ def npz_split(data_dir, split):
         raise FileNotFoundError(f"No {split} split at {path}: the npz layout is one file per "
                                 "split, train.npz, val.npz and test.npz, each with `images` "
                                 "(n, h, w, c) and `annotations` (n, A, h, w).")
+    headers = npz_headers(path, max_bytes)
+    unknown = sorted(set(headers) - set(KEYS))
+    missing = [k for k in KEYS[:2] if k not in headers]
+    if missing or unknown:
+        raise ValueError(f"{path} must hold `images` and `annotations` (and optionally "
+                         f"num_classes, annotation_weights, classes). Missing: {missing}; "
+                         f"unknown: {unknown}.")
     try:
         with np.load(path, allow_pickle=False) as f:
             content = {k: f[k] for k in f.files}
     except ValueError as error:
         raise ValueError(f"{path} is not a plain npz of numeric arrays ({error}).") from None
-    unknown = sorted(set(content) - set(KEYS))
-    missing = [k for k in KEYS[:2] if k not in content]
-    if missing or unknown:
-        raise ValueError(f"{path} must hold `images` and `annotations` (and optionally "
-                         f"num_classes, annotation_weights, classes). Missing: {missing}; "
-                         f"unknown: {unknown}.")
     images, annotations = content["images"], content["annotations"]
     if annotations.ndim == 3:
         annotations = annotations[:, None]
@@ -80,7 +166,7 @@ def npz_split(data_dir, split):
     checks.check_labels(annotations, num_classes, f"The annotations of {path}")
     weights = content.get("annotation_weights")
     classes = content.get("classes")
-    dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32),
-                                                  annotations.astype(np.int32)))
+    dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32, copy=False),
+                                                  annotations.astype(np.int32, copy=False)))
     return (dataset, num_classes, None if weights is None else weights.astype(np.float64),
             None if classes is None else [int(c) for c in np.ravel(classes)])

@@ -12,6 +12,7 @@ conventions. A model subclasses it with its layers and two methods:
 """
 
 import inspect
+import numbers
 import warnings
 
 import keras
@@ -22,6 +23,7 @@ from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
 from tfprobunet.data import checks
+from tfprobunet.defaults import check_model_numbers
 
 IGNORE_LABEL = losses.IGNORE_LABEL
 # Validation samples for `ged` are drawn with this stateless seed: the same weights and data give
@@ -103,6 +105,12 @@ class SegmentationSampler(keras.Model):
                              f"means 'ignore'. Received: num_classes={num_classes}")
         if not isinstance(ged_samples, int) or ged_samples < 1:
             raise ValueError(f"`ged_samples` must be an integer >= 1. Received: {ged_samples!r}")
+        if ged_classes is not None and (isinstance(ged_classes, (dict, str, bytes)) or not all(
+                isinstance(c, numbers.Integral) for c in ged_classes)):
+            raise ValueError("`ged_classes` must be None (class 1 for K = 2, all K otherwise) or "
+                             "a list of class indices, e.g. [1] or [0, 2]. Received: "
+                             f"ged_classes={ged_classes!r}")
+        check_model_numbers(dict(weight_decay=weight_decay))
         self.num_classes = num_classes
         self.num_channels = layers_lib.check_num_channels(num_channels)
         self.convs_per_block = convs_per_block

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
+from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models.base import SegmentationSampler, check_num_samples
 
 
@@ -38,8 +39,7 @@ class Image2ImageVAE(SegmentationSampler):
                          ged_samples, ged_classes, **kwargs)
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"`latent_dim` must be an integer >= 1. Received: {latent_dim!r}")
-        if beta < 0:
-            raise ValueError(f"`beta` must be >= 0. Received: beta={beta}")
+        check_model_numbers(dict(beta=beta))
         if reconstruction not in losses.RECONSTRUCTIONS:
             raise ValueError(f"`reconstruction` must be one of {losses.RECONSTRUCTIONS}. "
                              f"Received: reconstruction={reconstruction!r}")

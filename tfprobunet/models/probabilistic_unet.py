@@ -7,6 +7,7 @@ import tensorflow as tf
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
+from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models.base import GED_SEED, IGNORE_LABEL, SegmentationSampler  # noqa: F401
 
 # The GECO-style constraint: the moving average's decay (0.99, as the HPU-Net reference code's
@@ -121,24 +122,16 @@ class ProbabilisticUNet(SegmentationSampler):
                              f"Received: reconstruction={reconstruction!r}")
         if kl not in losses.KL_ESTIMATORS:
             raise ValueError(f"`kl` must be one of {losses.KL_ESTIMATORS}. Received: kl={kl!r}")
-        if beta < 0:
-            raise ValueError(f"`beta` must be >= 0. Received: beta={beta}")
-        if geco_target is not None and not geco_target > 0:
-            raise ValueError("`geco_target` must be None or > 0 (nats per pixel, e.g. 0.01). "
-                             f"Received: geco_target={geco_target!r}")
+        check_model_numbers(dict(beta=beta, geco_target=geco_target, geco_rate=geco_rate,
+                                 energy_weight=energy_weight))
         if not isinstance(beta_warmup_steps, int) or beta_warmup_steps < 0:
             raise ValueError("`beta_warmup_steps` must be an integer >= 0. Received: "
                              f"beta_warmup_steps={beta_warmup_steps!r}")
-        if not geco_rate > 0:
-            raise ValueError(f"`geco_rate` must be > 0. Received: geco_rate={geco_rate!r}")
         if fcomb_channels is not None and (not isinstance(fcomb_channels, int)
                                            or fcomb_channels < 1):
             raise ValueError("`fcomb_channels` must be None (the U-Net's first-level channels) "
                              f"or a positive integer. Received: fcomb_channels={fcomb_channels!r}")
 
-        if not energy_weight >= 0:
-            raise ValueError("`energy_weight` must be >= 0 (0: the paper's loss; e.g. 1000). "
-                             f"Received: energy_weight={energy_weight!r}")
         if not isinstance(energy_samples, int) or energy_samples < 2:
             raise ValueError("`energy_samples` must be an integer >= 2 (the energy score "
                              f"compares samples in pairs). Received: {energy_samples!r}")

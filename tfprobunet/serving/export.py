@@ -24,7 +24,12 @@ polls `<base_dir>/<name>/`, never sees a half-written version. The temporary fol
 being written by a file lock beside it, which the system releases when its writer dies: the
 next export removes what killed exports left (`clean_stale_exports`), never a folder another
 export is writing. `models.config` is updated under a file lock too, so exports of different
-models that finish together all appear in it.
+models that finish together all appear in it, and before the version is renamed into place, so
+an export that fails (a full disk) leaves neither a version missing from it nor a temporary file.
+
+Model names are checked by `check_model_name` wherever one names a folder (the export, the
+clean-up, `models.config`): each is a folder directly inside the base, and nothing is written or
+removed outside it, through `..` or a symbolic link.
 """
 
 import contextlib
@@ -40,6 +45,8 @@ import keras
 import tensorflow as tf
 
 from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES  # noqa: F401
+from tfprobunet import saving
+from tfprobunet.saving import check_finite
 
 SIGNATURES = ("serving_default", "features", "sample", "decode")
 CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
@@ -330,6 +337,35 @@ def version_folders(model_dir):
     return versions
 
 
+# A folder name on every file system, that is neither `.`, `..`, hidden nor temporary.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}")
+
+
+def check_model_name(name, what="`name`"):
+    """`name` if it can name a served model: 1 to 255 ASCII letters, digits, `-`, `_` and `.`,
+    not starting with `.` (so not `.`, `..`, nor a hidden or temporary folder), no path
+    separators. Else a ValueError that says what was received; `what` names where it came from.
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"{what} must be 1 to 255 ASCII letters, digits, '-', '_' or '.', not starting with "
+            "'.', e.g. 'probunet' or 'probunet-v2.1': it names the folder <base>/<name>/ that "
+            f"TF Serving serves, which must be inside the base folder. Received: {name!r}")
+    return name
+
+
+def model_folder(base_dir, name):
+    """`<base_dir>/<name>`, for a checked `name`; a ValueError if that is a symbolic link (it
+    could lead outside the base folder, where exports must write and remove nothing)."""
+    folder = os.path.join(base_dir, check_model_name(name))
+    if os.path.realpath(folder) != os.path.join(os.path.realpath(base_dir), name):
+        raise ValueError(
+            f"The model folder {folder} is a symbolic link (to {os.path.realpath(folder)}): "
+            "exports write and clean only inside the base folder. Replace the link by a "
+            "folder, or export with the linked folder's parent as the base folder.")
+    return folder
+
+
 def next_version(model_dir):
     """1 + the highest integer version folder in `model_dir` (1 if there is none)."""
     return max(version_folders(model_dir), default=0) + 1
@@ -344,7 +380,8 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
         model: a built `ProbabilisticUNet` (four signatures) or baseline (`serving_default`
             only, see `serving_functions`), or the path of a saved `.keras` model.
         base_dir: the model base folder (e.g. `saved_models/`), holding `<name>/<version>/`.
-        name: the model's serving name (letters, digits, `-`, `_`, `.`).
+        name: the model's serving name: ASCII letters, digits, `-`, `_`, `.`, not starting
+            with `.` (`check_model_name`); `<base_dir>/<name>` must not be a symbolic link.
         version: integer version; default the next free one.
         config_base_path: where `base_dir` is mounted in the serving container, for the
             `models.config` written beside the models (default `/models`, as in the
@@ -367,27 +404,35 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
 
     Returns:
         The version folder's path, `<base_dir>/<name>/<version>`.
+
+    Raises:
+        ValueError: a bad name, version or limit, or `NonFiniteWeightsError` for a model whose
+            weights hold NaN or Inf (a run that diverged): before anything is written.
+        OSError: writing failed (e.g. ENOSPC, a full disk), naming the version's path; no
+            version and no temporary file is left. `models.config` is updated just before the
+            version is renamed into place: only if that rename fails does it list a name that
+            has no version yet (which TF Serving waits for).
     """
-    if isinstance(model, str):
-        model = keras.models.load_model(model)
+    # Everything is checked before anything is written.
+    model_dir = model_folder(base_dir, name)
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise ValueError(f"`version` must be an integer >= 1 or None. Received: {version!r}")
+    source = model if isinstance(model, str) else None
+    if source is not None:
+        model = saving.load_model(source)  # bounded, and refuses non-finite weights
     if not isinstance(model, keras.Model) or not callable(getattr(model, "sample", None)):
         raise TypeError("Expected a tfprobunet model (a keras.Model with `sample(images, m, "
                         f"seed)`, e.g. a ProbabilisticUNet), received {type(model).__name__}.")
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ValueError("`name` must be a non-empty string of letters, digits, '-', '_' or '.'. "
-                         f"Received: {name!r}")
     limits = {"max_samples": max_samples, "max_pixels": max_pixels,
               "max_sample_pixels": max_sample_pixels}
     # Checks the model is built, the limits and the range.
     functions = serving_functions(model, **limits, image_range=image_range)
     limits["image_range"] = None if image_range is None else list(_check_range(image_range))
-    model_dir = os.path.join(base_dir, name)
+    check_finite(model, source)
     os.makedirs(model_dir, exist_ok=True)
     clean_stale_exports(base_dir, name)
     if version is None:
         version = next_version(model_dir)
-    if not isinstance(version, int) or version < 1:
-        raise ValueError(f"`version` must be an integer >= 1. Received: {version!r}")
     final = os.path.join(model_dir, str(version))
     if os.path.exists(final):
         raise FileExistsError(f"Version {version} of {name!r} already exists at {final}; TF "
@@ -395,27 +440,47 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
 
     # TF Serving ignores folders whose names are not integers: write there, then rename.
     tmp = os.path.join(model_dir, f"{TMP_PREFIX}{version}-{uuid.uuid4().hex}")
-    with _writing(tmp):
-        _write_version(model, functions, limits, tmp, final)
-    write_models_config(base_dir, name, config_base_path)
+    try:
+        with _writing(tmp):
+            try:
+                _write_version(model, functions, limits, tmp)
+                # Listed before the version appears: an export that fails changes neither.
+                write_models_config(base_dir, name, config_base_path)
+                os.rename(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, tf.errors.OpError) as e:
+        raise _failed(e, f"Exporting version {version} of {name!r} to {final} failed",
+                      "no version and no temporary file is left: free some space or fix the "
+                      "permissions there, then export again") from e
     return final
 
 
-def _write_version(model, functions, limits, tmp, final):
-    try:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        for signature, fn in functions.items():
-            archive.add_endpoint(signature, fn)
-        archive.write_out(tmp, verbose=False)
-        _write_defaults(tmp, functions)
-        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        with open(os.path.join(tmp, CONFIG_ASSET), "w") as f:
-            json.dump({"class_name": type(model).__name__, "config": model.get_config(),
-                       "image_channels": model.image_channels, "limits": limits}, f, indent=2)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _failed(error, what, consequence):
+    """One OSError for a failed write (an OSError, or a TensorFlow file error): `what` failed,
+    the cause, then `consequence`. Keeps the errno, so a full disk is still ENOSPC."""
+    if isinstance(error, OSError):
+        cause = error.strerror or str(error)
+        if error.filename:
+            cause += f" ({error.filename})"
+    else:  # TensorFlow's file errors carry no errno
+        cause = f"{type(error).__name__}: {' '.join(error.message.split()) or 'no message'}"
+    message = f"{what}: {cause.rstrip('.')}; {consequence}."
+    code = getattr(error, "errno", None)
+    return OSError(code, message) if code else OSError(message)
+
+
+def _write_version(model, functions, limits, tmp):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for signature, fn in functions.items():
+        archive.add_endpoint(signature, fn)
+    archive.write_out(tmp, verbose=False)
+    _write_defaults(tmp, functions)
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, CONFIG_ASSET), "w") as f:
+        json.dump({"class_name": type(model).__name__, "config": model.get_config(),
+                   "image_channels": model.image_channels, "limits": limits}, f, indent=2)
 
 
 def _write_defaults(path, functions):
@@ -445,11 +510,16 @@ def _write_defaults(path, functions):
             f.write(fingerprinting.CreateFingerprintDef(path))
 
 
+def _no_follow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+
+
 @contextlib.contextmanager
 def _locked(path, blocking=True):
     """Hold an exclusive lock on the file `path` (created if missing) within the block; other
-    processes and threads wait for it (or, not `blocking`, the block gets False at once)."""
-    with open(path, "a") as f:
+    processes and threads wait for it (or, not `blocking`, the block gets False at once). A
+    symbolic link is not followed (ELOOP): it could lead outside the base folder."""
+    with open(path, "a", opener=_no_follow) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -476,12 +546,13 @@ def _writing(tmp):
 def clean_stale_exports(base_dir, name):
     """Remove the temporary folders (and lock files) that killed exports of `name` left in
     `<base_dir>/<name>/`: those whose lock no process holds. A folder being written by a live
-    export, in this process or another, is kept.
+    export, in this process or another, is kept, and so are symbolic links (no export writes
+    one, and they could lead outside the base folder). `name` is checked (`model_folder`).
 
     Returns:
         The removed folders' paths.
     """
-    model_dir = os.path.join(base_dir, name)
+    model_dir = model_folder(base_dir, name)
     entries = os.listdir(model_dir) if os.path.isdir(model_dir) else []
     # Each export's folder and its lock file; either may be left alone by a kill (the lock
     # file alone when killed between the rename into place and the unlock).
@@ -490,6 +561,8 @@ def clean_stale_exports(base_dir, name):
     removed = []
     for stem in sorted(stems):
         path = os.path.join(model_dir, stem)
+        if os.path.islink(path) or os.path.islink(path + LOCK_SUFFIX):
+            continue
         with _locked(path + LOCK_SUFFIX, blocking=False) as stale:
             if stale:
                 if os.path.isdir(path):
@@ -502,13 +575,17 @@ def clean_stale_exports(base_dir, name):
 def write_models_config(base_dir, name, config_base_path="/models"):
     """Add (or keep) `name` in `<base_dir>/models.config`, TF Serving's `ModelServerConfig` in
     text format; other models listed there are kept. Written atomically, under a lock on
-    `models.config.lock` (concurrent calls, from threads or processes, all land)."""
+    `models.config.lock` (concurrent calls, from threads or processes, all land); not written
+    when `name` is listed already. The names, `name` and those read, are checked
+    (`check_model_name`). A failed write leaves models.config as it was, and no temporary file:
+    one OSError naming it."""
     try:
         from google.protobuf import text_format
         from tensorflow_serving.config import model_server_config_pb2
     except ImportError as e:
         raise ImportError("Writing models.config needs tensorflow-serving-api: "
                           "pip install 'tfprobunet[serving]'") from e
+    check_model_name(name)
     path = os.path.join(base_dir, MODELS_CONFIG)
     os.makedirs(base_dir, exist_ok=True)
     with _locked(path + LOCK_SUFFIX):  # read, modify and replace: one writer at a time
@@ -517,13 +594,22 @@ def write_models_config(base_dir, name, config_base_path="/models"):
             with open(path) as f:
                 text_format.Parse(f.read(), config)
         entries = config.model_config_list.config
-        if not any(entry.name == name for entry in entries):
-            entry = entries.add()
-            entry.name = name
-            entry.base_path = f"{config_base_path.rstrip('/')}/{name}"
-            entry.model_platform = "tensorflow"
+        for entry in entries:
+            check_model_name(entry.name, f"Each model name listed in {path}")
+        if any(entry.name == name for entry in entries):
+            return path
+        entry = entries.add()
+        entry.name = name
+        entry.base_path = f"{config_base_path.rstrip('/')}/{name}"
+        entry.model_platform = "tensorflow"
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "w") as f:
-            f.write(text_format.MessageToString(config))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                f.write(text_format.MessageToString(config))
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _failed(e, f"Could not update {path}", "it is as it was") from e
+        finally:
+            with contextlib.suppress(OSError):  # gone once renamed
+                os.remove(tmp)
     return path

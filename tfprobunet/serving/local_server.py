@@ -14,8 +14,13 @@ cannot be installed:
 
 It cannot be knocked over by one request: request limits (`max_samples`, `max_pixels`,
 `max_sample_pixels`, `max_message_bytes`) are checked before anything runs; a version that fails
-to load is logged and skipped while the previous one keeps serving; every malformed REST body
-gets a JSON 4xx; clients that stop sending are dropped after `request_timeout` seconds.
+to load, or whose variables hold NaN or Inf, is logged and skipped while the previous one keeps
+serving (clients are told NOT_FOUND and the model's name, never paths or loader errors); every
+malformed REST body gets a JSON 4xx; clients that stop sending are dropped after
+`request_timeout` seconds.
+
+Loading a SavedModel runs its init ops (`main_op`), as TF Serving's loader does: the base path
+must be as trusted as the code the server runs.
 """
 
 import contextlib
@@ -37,6 +42,7 @@ import tensorflow as tf
 
 from tfprobunet.defaults import (MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
                                  MAX_SAMPLE_PIXELS, MAX_SAMPLES)
+from tfprobunet.saving import NonFiniteWeightsError
 from tfprobunet.serving.client import (INIT_OP_SIGNATURE, ServingError, grpc_options,
                                        require_serving_extra, status_error)
 from tfprobunet.serving.export import version_folders
@@ -157,7 +163,9 @@ class Servable:
         name: the model's name. version: its integer version.
         path: the version folder (`<base_path>/<name>/<version>`).
 
-    Raises whatever the loader raises for a folder that is not a complete SavedModel.
+    Raises whatever the loader raises for a folder that is not a complete SavedModel, and
+    `NonFiniteWeightsError` (a ValueError) if its variables hold NaN or Inf: what a diverged run
+    leaves, whose answers would mean nothing.
     """
 
     def __init__(self, name, version, path):
@@ -170,6 +178,8 @@ class Servable:
         try:
             with self.graph.as_default():
                 meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
+            # After the load, whose errors say more about a folder that is not a SavedModel.
+            _check_finite_variables(name, version, path)
         except BaseException:
             self.session.close()
             raise
@@ -274,6 +284,33 @@ class Servable:
         self.session.close()
 
 
+def _check_finite_variables(name, version, path):
+    """Raise `NonFiniteWeightsError` if a floating-point variable in the checkpoint of the
+    SavedModel at `path` holds NaN or Inf, naming how many and the first (by the name the
+    checkpoint records for it)."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    prefix = os.path.join(path, "variables", "variables")
+    if not tf.io.gfile.exists(prefix + ".index"):  # a model without variables
+        return
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    floats = sorted(k for k, dtype in dtypes.items() if dtype.is_floating)
+    bad = [k for k in floats if not np.all(np.isfinite(reader.get_tensor(k)))]
+    if not bad:
+        return
+    names = {}
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" in dtypes:
+        graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+            reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+        names = {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes}
+    raise NonFiniteWeightsError(
+        f"Version {version} of model {name!r} has non-finite (NaN or infinite) values in "
+        f"{len(bad)} of its {len(floats)} variables, e.g. {names.get(bad[0], bad[0])}: it comes "
+        "from a run that diverged, and its answers would mean nothing. Export a model trained "
+        "again, or from an earlier checkpoint, as a new version.")
+
+
 def _fingerprint(path):
     """The names, sizes and modification times of the files a SavedModel loads from (the folder,
     `saved_model.pb`, `variables/*`): a copy that completes, or a fix, changes it. Not a walk of
@@ -294,10 +331,6 @@ def _fingerprint(path):
     return tuple(sorted(entries))
 
 
-def _folder_version(path):
-    return int(os.path.basename(path))
-
-
 class _Registry:
     """The latest loadable version of every model under `base_path` (TF Serving's default
     version policy). A version folder counts once it holds `saved_model.pb`; one that fails to
@@ -307,7 +340,7 @@ class _Registry:
     def __init__(self, base_path):
         self.base_path = base_path
         self._servables = {}  # name -> the Servable of its latest version
-        self._failed = {}  # path -> (fingerprint, error) of versions that failed to load
+        self._failed = {}  # path -> the fingerprint of a version that failed to load
         self._lock = threading.Lock()  # guards _servables; held only briefly
         self._reload_lock = threading.Lock()  # one scan at a time
 
@@ -364,19 +397,21 @@ class _Registry:
             if served is not None and version <= served.version:
                 return None
             fingerprint = _fingerprint(path)
-            if self._failed.get(path, (None,))[0] == fingerprint:
+            if self._failed.get(path) == fingerprint:
                 continue  # failed before, unchanged since
             attempts.append(version)
             try:
                 # Loading takes a while: requests keep being served by the older version.
                 servable = Servable(name, version, path)
             except Exception as e:  # noqa: BLE001 (any loader failure: log, skip, go on)
-                self._failed[path] = (fingerprint, f"{type(e).__name__}: {e}")
+                self._failed[path] = fingerprint
                 still = (f"version {served.version} keeps serving" if served is not None
                          else "no version of it is served")
+                # The error as text: a log record holding it would keep its traceback's
+                # frames, and the graph they hold, alive.
                 logger.warning("Could not load %s (version %d of model %r): %s. Skipped, %s; it "
                                "is tried again when its folder changes.", path, version, name,
-                               self._failed[path][1], still)
+                               f"{type(e).__name__}: {e}", still)
                 continue
             self._failed.pop(path, None)
             with self._lock:
@@ -399,21 +434,18 @@ class _Registry:
             self.reload(wait=False)
             servable = self._find(name, version)
         if servable is None:
-            request = f"Specific({name}, {version})" if version else f"Latest({name})"
-            failed = [f" {path} failed to load ({error}); it is tried again when it changes."
-                      for path, (_, error) in sorted(list(self._failed.items()))
-                      if os.path.dirname(path) == os.path.join(self.base_path, name)
-                      and version in (None, _folder_version(path))]
-            if len(failed) > 3:
-                failed[3:] = [f" And {len(failed) - 3} more versions failed to load."]
-            raise status_error("NOT_FOUND",
-                               f"Servable not found for request: {request}" + "".join(failed))
+            # The model's name only, as TF Serving answers: which versions failed to load, where
+            # and why was logged when they did, for the operator, not the client.
+            request = (f"Specific({name}, {version})" if version is not None
+                       else f"Latest({name})")
+            raise status_error("NOT_FOUND", f"Servable not found for request: {request}")
         return servable
 
     def _find(self, name, version):
+        """The servable of `name` if it is `version` (None: any); version 0 never is."""
         with self._lock:
             servable = self._servables.get(name)
-        if servable is None or (version and servable.version != version):
+        if servable is None or (version is not None and servable.version != version):
             return None
         return servable
 
@@ -468,7 +500,10 @@ def _shortened(message):
 
 
 def _spec(request):
-    return request.model_spec.name, request.model_spec.version.value or None
+    """The model name and version a request asks for: a version set to 0 is version 0 (not
+    found), as in TF Serving; only one left unset means the latest."""
+    spec = request.model_spec
+    return spec.name, spec.version.value if spec.HasField("version") else None
 
 
 _PredictionBase = prediction_service_pb2_grpc.PredictionServiceServicer if grpc else object
@@ -695,10 +730,11 @@ class _RestHandler(BaseHTTPRequestHandler):
         self._send_json(status, body)
 
     def _route(self, method, held):
+        self._check_framing()
         match = _REST_PATH.match(self.path)
         if not match or (method == "POST") != (match["rest"] == ":predict"):
             raise status_error("NOT_FOUND", f"Malformed request: {method} {self.path}")
-        version = int(match["version"]) if match["version"] else None
+        version = int(match["version"]) if match["version"] is not None else None
         if method == "GET":
             self.server.received(self.connection)
         if method == "POST":
@@ -721,6 +757,20 @@ class _RestHandler(BaseHTTPRequestHandler):
         return {"model_version_status": [
             {"version": str(servable.version), "state": "AVAILABLE",
              "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def _check_framing(self):
+        """INVALID_ARGUMENT for a request whose end is ambiguous (RFC 9112, section 6.3): with
+        both Transfer-Encoding and Content-Length, or Content-Lengths that differ. A proxy in
+        front of the server could read it as another request than the server does."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if lengths and self.headers.get_all("Transfer-Encoding"):
+            raise status_error("INVALID_ARGUMENT", (
+                "The request has both Transfer-Encoding and Content-Length headers, which RFC "
+                "9112 (section 6.3) forbids: send Content-Length alone."))
+        if len({length.strip() for length in lengths}) > 1:
+            raise status_error("INVALID_ARGUMENT", (
+                f"The request has Content-Length headers that differ, {lengths[:4]}, which RFC "
+                "9112 (section 6.3) forbids: send one."))
 
     def _read_body(self, held):
         limit = self.server.max_body_bytes

@@ -1,0 +1,126 @@
+"""How the library writes its files: whole or not at all (`replacing`), after checking that the
+disk has room (`ensure_space`), and one run per folder at a time (`exclusive`). Imports nothing
+heavy."""
+
+import contextlib
+import errno
+import os
+import shutil
+import socket
+import uuid
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; `exclusive` then guards nothing
+    fcntl = None
+
+LOCK_NAME = ".tfprobunet.lock"
+
+
+class WorkdirError(ValueError):
+    """The work directory holds a run that `train` cannot continue as asked (other settings,
+    nothing left to train, no readable checkpoint, another run using it). The message says what
+    to do."""
+
+
+class WorkdirBusyError(WorkdirError):
+    """Another process holds the work directory (see `exclusive`)."""
+
+
+def _fsync_directory(directory):
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make a rename in `directory` durable
+        fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Yield a temporary path beside `path` to write the new file to; then put it on disk and
+    rename it over `path`. A kill (or a power cut) at any moment leaves the old `path` or the
+    new one, never a partial file; a write that fails (a full disk) removes the temporary file
+    and leaves the old `path`.
+
+    The temporary name, `.<pid>-<random>.<name>`, is unique to the call (two writers of one path
+    never share it) and keeps `path`'s extension (Keras picks the format from it)."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{os.getpid()}-{uuid.uuid4().hex[:8]}.{name}")
+    try:
+        yield tmp
+        with open(tmp, "r+b") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def is_temporary(name, of=None):
+    """Whether the file name `name` is a temporary name of `replacing` (of a file named `of`,
+    if given)."""
+    if not name.startswith("."):
+        return False
+    prefix, _, rest = name[1:].partition(".")
+    pid, _, token = prefix.partition("-")
+    return pid.isdigit() and len(token) == 8 and bool(rest) and (of is None or rest == of)
+
+
+def ensure_space(directory, needed, what):
+    """Raise `OSError(ENOSPC)` naming `directory`, the bytes `needed` and the bytes free when
+    the disk holding `directory` has less room than `needed` (plus a 5 % margin): checked
+    before writes whose libraries handle a full disk badly (h5py prints hundreds of lines, then
+    may crash the process)."""
+    free = shutil.disk_usage(directory).free
+    if free < needed * 1.05:
+        raise OSError(errno.ENOSPC,
+                      f"Not enough disk space to write {what} in {directory}: it needs about "
+                      f"{_megabytes(needed)}, {_megabytes(free)} are free. Free some space (or "
+                      "use a workdir on another disk) and run the same command again: it "
+                      "continues from the last checkpoint", directory)
+
+
+def _megabytes(count):
+    return f"{count / 2**20:.1f} MiB"
+
+
+@contextlib.contextmanager
+def exclusive(directory, purpose):
+    """Hold `directory` for this process while the block runs: a second `exclusive` on it, from
+    any process, raises `WorkdirBusyError` naming the holder's pid and host. The lock (an
+    advisory `flock` on `directory/.tfprobunet.lock`) is released when the block ends, and by
+    the system if the process dies, however it dies. Without `fcntl` (Windows), nothing is
+    locked.
+
+    Args:
+        directory: an existing folder.
+        purpose: what holds it, for the message (e.g. `"train"`).
+    """
+    if fcntl is None:
+        yield
+        return
+    path = os.path.join(directory, LOCK_NAME)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "an unknown process"
+            raise WorkdirBusyError(
+                f"{directory} is in use by another {purpose} ({holder}): two runs in one "
+                "workdir would mix their checkpoints and logs. Wait for it to end (or stop "
+                "it), or use another workdir.") from None
+        try:
+            me = f"pid {os.getpid()} on {socket.gethostname()}"
+            f.seek(0)
+            if f.read() != me:  # written only when it changes: a resumed run leaves it as it is
+                f.seek(0)
+                f.truncate()
+                f.write(me)
+                f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
