@@ -239,3 +239,67 @@ def test_a_signal_stops_training_at_a_step_with_one_line_and_the_run_resumes(tmp
     assert resumed.returncode == 0, resumed.stderr
     with open(workdir / "log.csv", newline="") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(done[-1] + 1))
+
+
+# Run inside a mount namespace (`unshare -rm`): a 64 MiB tmpfs at argv[1] filled to leave
+# argv[2] bytes free, and a read-only tmpfs at argv[3]. Prints a JSON record of what happened.
+FULL_DISK = textwrap.dedent("""
+    import json, os, subprocess, sys
+    disk, free, readonly = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    filler = os.path.join(disk, "filler")
+    stat = os.statvfs(disk)
+    with open(filler, "wb") as f:
+        f.write(b"x" * (stat.f_bavail * stat.f_frsize - free))
+    train = [sys.executable, "-m", "tfprobunet.cli", "train", "--epochs", "2", *sys.argv[4:]]
+    record = {}
+    def run(name, workdir):
+        done = subprocess.run([*train, "--workdir", workdir], capture_output=True, text=True)
+        files = sorted(os.path.relpath(os.path.join(root, n), workdir)
+                       for root, _, names in os.walk(workdir) for n in names)
+        record[name] = dict(status=done.returncode, stderr=done.stderr, files=files)
+    run("full", os.path.join(disk, "run"))
+    os.remove(filler)
+    run("freed", os.path.join(disk, "run"))
+    run("readonly", os.path.join(readonly, "run"))
+    print(json.dumps(record))
+""")
+
+
+@pytest.mark.slow
+def test_a_full_disk_or_a_read_only_workdir_is_one_line_and_leaves_nothing_partial(tmp_path):
+    disk, readonly = tmp_path / "disk", tmp_path / "readonly"
+    disk.mkdir()
+    readonly.mkdir()
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK)
+    # A model whose checkpoint (weights and Adam's two moments) takes about 2.5 MiB.
+    flags = [*CLI_SMALL[:-6], "--num-channels", "32,64", "--convs-per-block", "2",
+             "--latent-dim", "2"]
+    shell = (f"mount -t tmpfs -o size=64m tmpfs {disk} && "
+             f"mount -t tmpfs -o ro,size=1m tmpfs {readonly} && "
+             f"exec {sys.executable} {script} {disk} {1 << 20} {readonly} {' '.join(flags)}")
+    try:
+        done = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True,
+                              text=True, timeout=900)
+    except FileNotFoundError:
+        pytest.skip("no `unshare` here to mount a small tmpfs (util-linux)")
+    if done.returncode != 0 and "mount" in done.stderr:
+        pytest.skip(f"mounting a tmpfs is not allowed here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    full = record["full"]
+    assert full["status"] == 2, full  # not a segfault (139), not 0
+    lines = full["stderr"].strip().splitlines()
+    assert len(lines) == 1, full["stderr"]
+    assert "Not enough disk space" in lines[0] and "backup" in lines[0], lines[0]
+    # Nothing partial or temporary: the run's record, its log and no checkpoint file at all.
+    assert all(not name.split("/")[-1].startswith(".") or name == _files.LOCK_NAME
+               for name in full["files"]), full["files"]
+    assert "model.keras" not in full["files"]
+    freed = record["freed"]
+    assert freed["status"] == 0, freed["stderr"]
+    assert "model.keras" in freed["files"]
+    readonly = record["readonly"]
+    assert readonly["status"] == 2
+    lines = readonly["stderr"].strip().splitlines()
+    assert len(lines) == 1 and "cannot be written (Read-only file system)" in lines[0], lines

@@ -193,7 +193,9 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     """
     start = time.monotonic()
     if isinstance(model, str):
-        model = saving.load_model(model)
+        model = saving.load_model(model)  # bounded; refuses non-finite weights
+    else:
+        saving.check_finite(model)  # a diverged model's report would look normal
     if num_classes is None and isinstance(dataset, tf.data.Dataset):
         num_classes = model.num_classes
     source = data_lib.as_source(dataset, split, data_dir, image_size, num_examples, seed,

@@ -212,10 +212,12 @@ def load_model(path, max_bytes=None):
     return model
 
 
-def nonfinite_weights(model):
-    """The paths of `model`'s weights (optimizer state excluded) that hold a NaN or an infinite
-    value, in `model.weights` order; empty when every weight is finite."""
-    return [v.path for v in model.weights
+def nonfinite_weights(model, optimizer=False):
+    """The paths of `model`'s weights (and, with `optimizer`, its optimizer's variables) that
+    hold a NaN or an infinite value, in order; empty when every one is finite."""
+    variables = [*model.weights, *(getattr(model.optimizer, "variables", []) if optimizer
+                                   else [])]
+    return [v.path for v in variables
             if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
 
 

@@ -27,6 +27,7 @@ from tfprobunet import data as data_lib
 from tfprobunet import layers as layers_lib
 from tfprobunet.data import pipeline
 from tfprobunet import models as models_lib
+from tfprobunet import saving
 
 MONITORED_TERMS = ("loss", "reconstruction", "kl", "energy")
 # The official repository's schedule (its only configuration, for Cityscapes,
@@ -70,9 +71,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # The loss of a step is computed before its update: the last update of the epoch is
         # checked here, before any checkpoint or model file is written.
-        variables = [*self.model.weights, *getattr(self.model.optimizer, "variables", [])]
-        bad = [v.path for v in variables
-               if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+        bad = saving.nonfinite_weights(self.model, optimizer=True)
         if bad:
             raise NonFiniteLossError(
                 f"Training stopped at the end of epoch {epoch + 1}: its last update left "
@@ -207,8 +206,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 except Exception as error:  # h5py, zipfile and Keras all raise their own
                     problem = f"{type(error).__name__}: {error}"
                 else:
-                    bad = [v.path for v in model.weights
-                           if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+                    bad = saving.nonfinite_weights(model)
                     if not bad:
                         break
                     # Training never checkpoints NaN weights (StopOnNonFiniteLoss): damage.
