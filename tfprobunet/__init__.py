@@ -4,7 +4,8 @@ Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FCo
 `evaluate`, `compare` (the paper's comparison with the baselines), `export_for_serving`, and the
 modules `models` (every model, one file each), `prediction` (samples at any image size),
 `baselines` (the paper's), `callbacks`, `latent` (what the latent space encodes), `losses`,
-`metrics`, `data`, `serving` and `training` (presets, schedules);
+`metrics`, `data`, `saving` (`load_model` within size limits, refusing non-finite weights),
+`serving` and `training` (presets, schedules);
 `tfprobunet.tuning` (Keras Tuner, with the `tune` extra) is imported on its own.
 """
 
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "baselines", "callbacks",
            "compare", "data", "evaluate", "export_for_serving", "latent", "losses", "metrics",
-           "models", "prediction", "serving", "train", "training"]
+           "models", "prediction", "saving", "serving", "train", "training"]
 
 
 _loaded = False
@@ -56,7 +57,7 @@ def _load():
         _require_tf_keras()
 
         from tfprobunet import (baselines, callbacks, data, latent, losses, metrics, models,
-                                prediction, serving, training)
+                                prediction, saving, serving, training)
         from tfprobunet.comparison import compare
         from tfprobunet.evaluation import evaluate
         from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
