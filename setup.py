@@ -24,6 +24,8 @@ setup(
         # evaluation: Hungarian matching (HM-IoU) and the report's figures
         "scipy",
         "matplotlib",
+        # image files: `predict`, `from_folders` (matplotlib requires it too)
+        "pillow",
     ],
     extras_require={
         # scikit-learn: the bayesian tuner's Gaussian process
