@@ -19,7 +19,7 @@ from tfprobunet import training
 RUN = """
 import json, os, signal, sys, time
 import keras
-from tfprobunet import training
+from tfprobunet import _files, training
 
 class KillAtEpochStart(keras.callbacks.Callback):
     # Kill this worker as epoch `at` (1-based) begins, once the chief's checkpoint of the epoch
@@ -113,8 +113,9 @@ def test_two_workers_train_as_one_process_on_the_global_batch(tmp_path):
     assert np.all((logged[0]["val_ged"] > 0) & (logged[0]["val_ged"] < 2)), logged[0]["val_ged"]
     np.testing.assert_allclose(logged[0]["val_ged"], logged[1]["val_ged"], atol=0.2)
     # Only the chief wrote the run's files; the other worker's folder is gone.
-    assert sorted(os.listdir(tmp_path / "multi")) == ["log.csv", "model.keras",
-                                                      "train_config.json"]
+    # (and the chief's lock, which the system released when it ended)
+    assert sorted(os.listdir(tmp_path / "multi")) == [_files.LOCK_NAME, "log.csv",
+                                                      "model.keras", "train_config.json"]
     assert os.listdir(tmp_path / "tmp") == []
     with open(tmp_path / "multi" / training.CONFIG) as f:
         assert json.load(f)["strategy"] == "multi_worker"
