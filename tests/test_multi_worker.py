@@ -14,12 +14,12 @@ import keras
 import numpy as np
 import pytest
 
-from tfprobunet import training
+from tfprobunet import _files, training
 
 RUN = """
 import json, os, signal, sys, time
 import keras
-from tfprobunet import _files, training
+from tfprobunet import training
 
 class KillAtEpochStart(keras.callbacks.Callback):
     # Kill this worker as epoch `at` (1-based) begins, once the chief's checkpoint of the epoch
