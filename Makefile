@@ -30,11 +30,13 @@ $(OLDEST)/.installed: requirements-oldest.txt setup.py
 		'import importlib.metadata as m; print(m.version("tensorflow").rsplit(".", 1)[0])').0"
 	touch $@
 
+# Two pytest-xdist workers, a test file each at a time: many tests wait on subprocesses (their
+# TensorFlow imports, servers, workers), so two files at once take 11 min where one took 19.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests -m "not slow" -n 2 --dist loadfile
 
 # The serving extra is not in the oldest set: each tensorflow-serving-api release requires the
 # TensorFlow of its own minor, so its tests (and their imports) stay with `make test`.

@@ -31,7 +31,7 @@ setup(
         # scikit-learn: the bayesian tuner's Gaussian process
         "tune": ["keras-tuner>=1.4.7", "tensorboard", "scikit-learn"],
         "serving": ["tensorflow-serving-api", "grpcio"],
-        "dev": ["pytest>=8", "pytest-timeout", "pillow"],
+        "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist", "pillow"],
     },
     entry_points={"console_scripts": ["tfprobunet=tfprobunet.cli:main"]},
 )
