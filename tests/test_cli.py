@@ -252,3 +252,15 @@ def test_tensorflow_log_lines_are_held_back_and_nothing_else(line, held):
     from tfprobunet import _console
 
     assert bool(_console.NOISE.search(line)) == held
+
+
+def test_ipykernel_imported_without_a_running_kernel_is_not_a_notebook(monkeypatch):
+    """A process that imported ipykernel (the notebook test's client does) but runs no kernel
+    writes to a pipe or a file: one line per epoch, not a progress bar."""
+    import io
+
+    import ipykernel  # noqa: F401
+    from tfprobunet import _console
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert _console.progress_verbosity() == 2

@@ -104,6 +104,13 @@ def progress_verbosity(verbose=None):
     a log file (whose progress bars would be escape codes)."""
     if verbose is not None:
         return verbose
-    interactive = "ipykernel" in sys.modules or (hasattr(sys.stdout, "isatty")
-                                                 and sys.stdout.isatty())
+    interactive = _in_notebook() or (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
     return 1 if interactive else 2
+
+
+def _in_notebook():
+    """Whether this process is a running Jupyter (or Colab) kernel: IPython's shell has a
+    kernel. ipykernel merely imported (by a notebook client, a test) is not enough."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    return getattr(shell, "kernel", None) is not None
