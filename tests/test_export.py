@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfprobunet import export, serving
+from tfprobunet import _io, export, serving
 from tfprobunet.saving import NonFiniteWeightsError
 from conftest import SERVED, cli_error, served_images, served_model, tiny_model
 
@@ -425,13 +425,18 @@ class _FullDisk:
         return f
 
 
+# The temporary file `models.config` is written to before its rename (`_io.replacing`'s name).
+MODELS_CONFIG_TMP = r"\.\d+-[0-9a-f]{8}\.models\.config$"
+
+
 def _leftovers(base):
     """Temporary files and folders anywhere under `base`."""
-    return [path for path in _tree(base) if ".tmp-" in path]
+    return [path for path in _tree(base)
+            if ".tmp-" in path or _io.is_temporary(os.path.basename(path))]
 
 
 @pytest.mark.parametrize("failing", [
-    r"models\.config\.tmp-",  # the version was written, models.config not updated
+    MODELS_CONFIG_TMP,  # the version was written, models.config not updated
     r"assets\.extra/tfprobunet_config\.json$",
     r"\.tmp-1-[0-9a-f]+/saved_model\.pb$",  # the SignatureDefs' defaults written in
 ])
@@ -466,7 +471,7 @@ def test_models_config_is_unchanged_when_its_write_fails(tmp_path, monkeypatch, 
     base = str(tmp_path / "saved_models")
     export.write_models_config(base, "other")
     before = _tree(base)
-    _FullDisk(monkeypatch, r"models\.config\.tmp-")
+    _FullDisk(monkeypatch, MODELS_CONFIG_TMP)
     with pytest.raises(OSError) as caught:
         export.write_models_config(base, "pun")
     assert os.path.join(base, export.MODELS_CONFIG) in str(caught.value), caught.value
@@ -476,7 +481,7 @@ def test_models_config_is_unchanged_when_its_write_fails(tmp_path, monkeypatch, 
     model_path = str(tmp_path / "model.keras")
     monkeypatch.undo()
     served_model(3).save(model_path)
-    _FullDisk(monkeypatch, r"models\.config\.tmp-")
+    _FullDisk(monkeypatch, MODELS_CONFIG_TMP)
     line = cli_error(capsys, ["export", "--model", model_path, "--base-dir", base,
                               "--name", "pun"])
     assert "No space left on device" in line and os.path.join(base, "pun", "1") in line, line

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfprobunet import _files, training
+from tfprobunet import _io, training
 
 RUN = """
 import json, os, signal, sys, time
@@ -114,7 +114,7 @@ def test_two_workers_train_as_one_process_on_the_global_batch(tmp_path):
     np.testing.assert_allclose(logged[0]["val_ged"], logged[1]["val_ged"], atol=0.2)
     # Only the chief wrote the run's files; the other worker's folder is gone.
     # (and the chief's lock, which the system released when it ended)
-    assert sorted(os.listdir(tmp_path / "multi")) == [_files.LOCK_NAME, "log.csv",
+    assert sorted(os.listdir(tmp_path / "multi")) == [_io.LOCK_NAME, "log.csv",
                                                       "model.keras", "train_config.json"]
     assert os.listdir(tmp_path / "tmp") == []
     with open(tmp_path / "multi" / training.CONFIG) as f:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_error, tiny_model
-from tfprobunet import _files, training
+from tfprobunet import _io, training
 
 SMALL = dict(dataset="graders", steps_per_epoch=2, batch_size=2, image_size=16, num_examples=4,
              num_channels=[8, 16], convs_per_block=1, latent_dim=2, verbose=0)
@@ -106,7 +106,7 @@ def test_replacing_the_same_file_from_two_threads_never_collides(tmp_path):
     def write(text):
         try:
             for _ in range(200):
-                with _files.replacing(path) as tmp, open(tmp, "w") as f:
+                with _io.replacing(path) as tmp, open(tmp, "w") as f:
                     f.write(text)
         except Exception as error:  # noqa: BLE001 -- collected for the assertion
             errors.append(error)
@@ -126,7 +126,7 @@ def test_a_failed_write_leaves_neither_a_partial_file_nor_a_temporary_one(tmp_pa
     path = tmp_path / "model.keras"
     path.write_text("the previous model")
     with pytest.raises(OSError, match="disk"):
-        with _files.replacing(str(path)) as tmp, open(tmp, "w") as f:
+        with _io.replacing(str(path)) as tmp, open(tmp, "w") as f:
             f.write("half a mod")
             raise OSError(28, "No space left on disk")
     assert os.listdir(tmp_path) == ["model.keras"]
@@ -182,26 +182,26 @@ def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
 
 def test_the_workdir_lock_is_refused_while_held_and_free_once_released(tmp_path):
     workdir = str(tmp_path)
-    with _files.exclusive(workdir, "train"):
+    with _io.exclusive(workdir, "train"):
         child = subprocess.run(
-            [sys.executable, "-c", "import sys; from tfprobunet import _files\n"
-             "with _files.exclusive(sys.argv[1], 'train'): pass", workdir],
+            [sys.executable, "-c", "import sys; from tfprobunet import _io\n"
+             "with _io.exclusive(sys.argv[1], 'train'): pass", workdir],
             capture_output=True, text=True, timeout=120)
         assert child.returncode != 0
         assert f"pid {os.getpid()}" in child.stderr, child.stderr
     # A holder that dies, even by SIGKILL, releases it.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tfprobunet import _files\n"
-         "with _files.exclusive(sys.argv[1], 'train'):\n"
+        [sys.executable, "-c", "import sys, time; from tfprobunet import _io\n"
+         "with _io.exclusive(sys.argv[1], 'train'):\n"
          "    print('HELD', flush=True); time.sleep(600)", workdir],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "HELD"
-    with pytest.raises(_files.WorkdirBusyError, match=f"pid {holder.pid}"):
-        with _files.exclusive(workdir, "train"):
+    with pytest.raises(_io.WorkdirBusyError, match=f"pid {holder.pid}"):
+        with _io.exclusive(workdir, "train"):
             pass
     holder.kill()
     holder.wait(timeout=60)
-    with _files.exclusive(workdir, "train"):
+    with _io.exclusive(workdir, "train"):
         pass
 
 
@@ -293,7 +293,7 @@ def test_a_full_disk_or_a_read_only_workdir_is_one_line_and_leaves_nothing_parti
     assert len(lines) == 1, full["stderr"]
     assert "Not enough disk space" in lines[0] and "backup" in lines[0], lines[0]
     # Nothing partial or temporary: the run's record, its log and no checkpoint file at all.
-    assert all(not name.split("/")[-1].startswith(".") or name == _files.LOCK_NAME
+    assert all(not name.split("/")[-1].startswith(".") or name == _io.LOCK_NAME
                for name in full["files"]), full["files"]
     assert "model.keras" not in full["files"]
     freed = record["freed"]

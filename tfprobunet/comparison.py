@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 
-from tfprobunet import _console
+from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
 from tfprobunet import evaluation, plots, saving, training
 from tfprobunet import models as models_lib
@@ -73,8 +73,7 @@ def _check_run_record(workdir, record):
         raise ValueError(f"{workdir} exists but has no {RUN_RECORD}, so what it holds is "
                          "unknown: use another `out_dir`, or delete that folder.")
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+    _io.write_json(path, record)
 
 
 def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_size,
@@ -105,8 +104,7 @@ def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_
         image_size=image_size, num_examples=test_examples, sample_counts=sample_counts,
         seed=EVALUATION_SEED, per_image=True, num_figure_examples=0, verbose=0)
     report["train_seconds"] = round(seconds, 1)
-    with open(report_path, "w") as f:
-        json.dump(report, f, indent=2)
+    _io.write_json(report_path, report, allow_nan=True)
     return report
 
 
@@ -269,6 +267,5 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
                "steps": steps, "sample_counts": list(sample_counts),
                **_summary(reports, sample_counts, seeds)}
     results["figures"] = plots.write_comparison_figures(results, out_dir)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    _io.write_json(os.path.join(out_dir, "results.json"), results, allow_nan=True)
     return results

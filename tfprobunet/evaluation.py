@@ -1,7 +1,6 @@
 """`evaluate()`: the paper's evaluation of a trained model (section 4, Figs. 3-5) on any dataset
 that yields all annotations per image, written as `report.json` and PNG figures."""
 
-import json
 import os
 import time
 
@@ -9,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet import _console
+from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
 from tfprobunet import metrics, plots, saving
 from tfprobunet.data import pipeline
@@ -232,6 +231,5 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         report["figures"] = plots.write_figures(report, figure_rows, source, out_dir)
-        with open(os.path.join(out_dir, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+        _io.write_json(os.path.join(out_dir, "report.json"), report, allow_nan=True)
     return report

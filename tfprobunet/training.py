@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet import _cluster, _console, _files, _interrupts
+from tfprobunet import _cluster, _console, _interrupts, _io
 from tfprobunet import callbacks as callbacks_lib
 from tfprobunet.defaults import PRESETS, SCHEDULES, STRATEGIES  # noqa: F401
 from tfprobunet.defaults import check_model_numbers, check_number
@@ -41,8 +41,8 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss term."""
 
 
-WorkdirError = _files.WorkdirError
-WorkdirBusyError = _files.WorkdirBusyError
+WorkdirError = _io.WorkdirError
+WorkdirBusyError = _io.WorkdirBusyError
 TrainingInterrupted = _interrupts.TrainingInterrupted
 
 
@@ -101,7 +101,7 @@ class EpochLog(keras.callbacks.Callback):
             return list(csv.DictReader(f))
 
     def _write(self, rows, fieldnames):
-        with _files.replacing(self.filename) as tmp, open(tmp, "w", newline="") as f:
+        with _io.replacing(self.filename) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
@@ -161,13 +161,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.directory, exist_ok=True)
-        _files.ensure_space(self.directory, state_bytes(self.model), "a checkpoint")
-        with _files.replacing(self.path(epoch + 1)) as tmp:
+        _io.ensure_space(self.directory, state_bytes(self.model), "a checkpoint")
+        with _io.replacing(self.path(epoch + 1)) as tmp:
             self.model.save_weights(tmp)
         for old in self.epochs()[:-self.keep]:
             os.remove(self.path(old))
         for name in os.listdir(self.directory):  # a write cut short by an earlier kill
-            if _files.is_temporary(name) and CHECKPOINT.fullmatch(name.split(".", 2)[2]):
+            if _io.is_temporary(name) and CHECKPOINT.fullmatch(name.split(".", 2)[2]):
                 os.remove(os.path.join(self.directory, name))
 
     def checkpoints(self):
@@ -541,8 +541,7 @@ def _effective(settings):
 
 
 def _write_config(path, settings):
-    with _files.replacing(path) as tmp, open(tmp, "w") as f:
-        json.dump(settings, f, indent=2, allow_nan=False)  # JSON has no NaN: refuse, never write
+    _io.write_json(path, settings)  # JSON has no NaN: refused, never written
 
 
 def state_bytes(model):
@@ -820,7 +819,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     chief = is_chief(distribution)
     # One run per workdir (the chief's: the other workers write to folders of their own), and
     # SIGINT/SIGTERM stop training at a step boundary instead of wherever they land.
-    lock = _files.exclusive(workdir, "train") if chief else contextlib.nullcontext()
+    lock = _io.exclusive(workdir, "train") if chief else contextlib.nullcontext()
     with lock, _interrupts.stop_requests() as stop:
         settings = dict(dataset=dataset if isinstance(dataset, str) else "custom",
                         model=model_name, data_dir=data_dir, epochs=epochs,
@@ -889,8 +888,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             # model.keras, then its epoch count, then the checkpoints go: a kill in between
             # leaves a checkpoint at least as new as the recorded model.keras, which the next
             # call finishes from.
-            _files.ensure_space(writable, state_bytes(model), "the trained model")
-            with _files.replacing(os.path.join(writable, "model.keras")) as tmp:
+            _io.ensure_space(writable, state_bytes(model), "the trained model")
+            with _io.replacing(os.path.join(writable, "model.keras")) as tmp:
                 model.save(tmp)
             if chief:
                 _write_config(config_path, {**record,

@@ -26,7 +26,7 @@ except ModuleNotFoundError as error:  # an extra: say how to get it
     raise ModuleNotFoundError('tfprobunet.tuning needs keras-tuner: pip install '
                               '"tfprobunet[tune]"', name="keras_tuner") from None
 
-from tfprobunet import _console, _files
+from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
 from tfprobunet import training
 from tfprobunet.data import pipeline
@@ -297,9 +297,9 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
     with warnings.catch_warnings():  # the trial's checkpoint holds the optimizer's state too
         warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
         best = search_tuner.get_best_models(1)[0]
-    with _files.replacing(os.path.join(directory, BEST_MODEL)) as tmp:
+    with _io.replacing(os.path.join(directory, BEST_MODEL)) as tmp:
         best.save(tmp)
-    with _files.replacing(os.path.join(directory, BEST_HYPERPARAMETERS)) as tmp:
+    with _io.replacing(os.path.join(directory, BEST_HYPERPARAMETERS)) as tmp:
         with open(tmp, "w") as f:
             f.write(hyperparameters_json(completed[0].hyperparameters))
     return [dict(trial_id=t.trial_id, score=t.score, values=t.hyperparameters.values)

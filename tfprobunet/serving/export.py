@@ -33,7 +33,6 @@ removed outside it, through `..` or a symbolic link.
 """
 
 import contextlib
-import fcntl
 import inspect
 import json
 import os
@@ -45,7 +44,7 @@ import keras
 import tensorflow as tf
 
 from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES  # noqa: F401
-from tfprobunet import saving
+from tfprobunet import _io, saving
 from tfprobunet.saving import check_finite
 
 SIGNATURES = ("serving_default", "features", "sample", "decode")
@@ -510,33 +509,12 @@ def _write_defaults(path, functions):
             f.write(fingerprinting.CreateFingerprintDef(path))
 
 
-def _no_follow(path, flags):
-    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
-
-
-@contextlib.contextmanager
-def _locked(path, blocking=True):
-    """Hold an exclusive lock on the file `path` (created if missing) within the block; other
-    processes and threads wait for it (or, not `blocking`, the block gets False at once). A
-    symbolic link is not followed (ELOOP): it could lead outside the base folder."""
-    with open(path, "a", opener=_no_follow) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 @contextlib.contextmanager
 def _writing(tmp):
     """Mark the temporary folder `tmp` as being written while the block runs: its lock file
     (`tmp` + `.lock`, created first) is held, and released by the system if the writer dies."""
     lock = tmp + LOCK_SUFFIX
-    with _locked(lock):
+    with _io.locked(lock):
         try:
             yield
         finally:
@@ -563,7 +541,7 @@ def clean_stale_exports(base_dir, name):
         path = os.path.join(model_dir, stem)
         if os.path.islink(path) or os.path.islink(path + LOCK_SUFFIX):
             continue
-        with _locked(path + LOCK_SUFFIX, blocking=False) as stale:
+        with _io.locked(path + LOCK_SUFFIX, blocking=False) as stale:
             if stale:
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
@@ -588,7 +566,7 @@ def write_models_config(base_dir, name, config_base_path="/models"):
     check_model_name(name)
     path = os.path.join(base_dir, MODELS_CONFIG)
     os.makedirs(base_dir, exist_ok=True)
-    with _locked(path + LOCK_SUFFIX):  # read, modify and replace: one writer at a time
+    with _io.locked(path + LOCK_SUFFIX):  # read, modify and replace: one writer at a time
         config = model_server_config_pb2.ModelServerConfig()
         if os.path.exists(path):
             with open(path) as f:
@@ -602,14 +580,9 @@ def write_models_config(base_dir, name, config_base_path="/models"):
         entry.name = name
         entry.base_path = f"{config_base_path.rstrip('/')}/{name}"
         entry.model_platform = "tensorflow"
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
-            with open(tmp, "w") as f:
+            with _io.replacing(path) as tmp, open(tmp, "w") as f:
                 f.write(text_format.MessageToString(config))
-            os.replace(tmp, path)
         except OSError as e:
             raise _failed(e, f"Could not update {path}", "it is as it was") from e
-        finally:
-            with contextlib.suppress(OSError):  # gone once renamed
-                os.remove(tmp)
     return path

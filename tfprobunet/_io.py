@@ -1,9 +1,11 @@
-"""How the library writes its files: whole or not at all (`replacing`), after checking that the
-disk has room (`ensure_space`), and one run per folder at a time (`exclusive`). Imports nothing
-heavy."""
+"""How the library writes its files, the one home of atomic writes and file locks: whole or not
+at all (`replacing`, `write_json`), after checking that the disk has room (`ensure_space`), one
+writer at a time (`locked`), and one run per folder at a time (`exclusive`). Used by training,
+the serving export, `compare` and `tune`. Imports nothing heavy."""
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import socket
@@ -59,6 +61,14 @@ def replacing(path):
     _fsync_directory(directory)
 
 
+def write_json(path, value, allow_nan=False):
+    """Write `value` to `path` as indented JSON, whole or not at all (`replacing`). NaN and
+    infinities are refused (`ValueError`) unless `allow_nan`: JSON has none, and a file holding
+    them is unreadable to strict JSON readers (reports of degenerate data may hold them)."""
+    with replacing(path) as tmp, open(tmp, "w") as f:
+        json.dump(value, f, indent=2, allow_nan=allow_nan)
+
+
 def is_temporary(name, of=None):
     """Whether the file name `name` is a temporary name of `replacing` (of a file named `of`,
     if given)."""
@@ -85,6 +95,32 @@ def ensure_space(directory, needed, what):
 
 def _megabytes(count):
     return f"{count / 2**20:.1f} MiB"
+
+
+def _no_follow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+
+
+@contextlib.contextmanager
+def locked(path, blocking=True):
+    """Hold an exclusive lock on the file `path` (created if missing) within the block; other
+    processes and threads wait for it (or, not `blocking`, the block gets False at once; else
+    True). The system releases it if the process dies. A symbolic link is not followed (ELOOP):
+    it could lead outside the folder it is in. Without `fcntl` (Windows), nothing is locked
+    and the block gets True."""
+    if fcntl is None:
+        yield True
+        return
+    with open(path, "a", opener=_no_follow) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
