@@ -1,4 +1,6 @@
+import argparse
 import csv
+import inspect
 import json
 import os
 import re
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 
 import tfprobunet
-from tfprobunet import cli
+from tfprobunet import cli, comparison, models, training, tuning
+from tfprobunet.cli import flags
+from tfprobunet.cli import training as cli_training
 from conftest import cli_error
 
 
@@ -210,10 +214,10 @@ def test_flags_the_command_would_ignore_are_refused_by_name(tmp_path, capsys, mo
     ("schedule=wsd", ("schedule", "wsd")),
 ])
 def test_fixed_settings_parse_lists_as_the_matching_flags_do(text, parsed):
-    assert cli._fixed(text) == parsed
+    assert flags.fixed(text) == parsed
     name, value = parsed
     if name == "num_channels" and "," in text and "[" not in text:
-        assert value == cli._int_list(text.partition("=")[2])  # as --num-channels reads it
+        assert value == flags.int_list(text.partition("=")[2])  # as --num-channels reads it
 
 
 def test_the_library_prints_no_tensorflow_line_on_import_nor_on_its_first_operation():
@@ -264,3 +268,72 @@ def test_ipykernel_imported_without_a_running_kernel_is_not_a_notebook(monkeypat
 
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert _console.progress_verbosity() == 2
+
+
+def _train_flags():
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {a.dest: a for a in commands.choices["train"]._actions}
+
+
+def test_every_train_and_model_argument_has_a_flag_without_a_second_default():
+    """Each default has one home, the library's signature: every argument of `train()` and of
+    every model's constructor is a `train` flag, and none of those flags has a default of its
+    own (argparse.SUPPRESS: only the flags given are passed)."""
+    python_only = {"verbose", "callbacks", "validation_data", "model_kwargs"}
+    arguments = {n for n in inspect.signature(training.train).parameters} - python_only
+    for model in models.MODELS.values():
+        arguments |= set(inspect.signature(model.__init__).parameters) - {
+            "self", "kwargs", "num_classes"}
+    actions = _train_flags()
+    assert sorted(arguments - set(actions)) == []
+    for name in arguments - {"workdir"}:
+        assert actions[name].default is argparse.SUPPRESS, name
+    assert actions["workdir"].required
+
+
+@pytest.mark.parametrize("command, function", [
+    ("train", lambda: training.train), ("tune", lambda: tuning.tune),
+    ("compare", lambda: comparison.compare)])
+def test_the_defaults_shown_in_help_are_the_librarys(command, function):
+    """`--help` reads the library's defaults from its source (no TensorFlow): each shown value
+    equals what `inspect` finds on the imported function (or model constructor)."""
+    shown = flags.signature_defaults({"train": flags.TRAIN, "tune": flags.TUNE,
+                                      "compare": flags.COMPARE}[command])
+    real = {n: p.default for n, p in inspect.signature(function()).parameters.items()
+            if p.default is not p.empty}
+    assert set(shown) == set(real)
+    for name, value in shown.items():
+        if not isinstance(value, flags.Unresolved):
+            assert json.dumps(value) == json.dumps(real[name]), name
+    for model, where in flags.MODELS.items():
+        real = {n: p.default for n, p in
+                inspect.signature(models.MODELS[model].__init__).parameters.items()
+                if p.default is not p.empty}
+        assert json.dumps(flags.signature_defaults(where)) == json.dumps(real), model
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], {}),
+    (["--epochs", "3", "--num-channels", "8,16"], {"epochs": 3, "num_channels": [8, 16]}),
+    (["--jit-compile", "--use-posterior-mean"], {"jit_compile": True,
+                                                 "use_posterior_mean": True}),
+    (["--preset", "cpu", "--batch-size", "4"],
+     {**tfprobunet.training.preset("cpu"), "batch_size": 4}),
+    # A baseline takes the preset's values it has arguments for; flags it has none for are
+    # passed on, for `train` to refuse by name.
+    (["--model", "dropout", "--preset", "cpu"],
+     {"model": "dropout", "num_channels": [16, 32, 64], "convs_per_block": 2,
+      "learning_rate": 1e-3, "schedule": "wsd", "batch_size": 16}),
+    (["--model", "dropout", "--latent-dim", "3"], {"model": "dropout", "latent_dim": 3}),
+])
+def test_train_passes_the_flags_given_over_the_preset(argv, expected):
+    args = cli.build_parser().parse_args(["train", "--workdir", "w", *argv])
+    assert cli_training.train_arguments(args) == expected
+
+
+def test_a_model_flag_the_model_does_not_take_is_refused_by_name(tmp_path, capsys):
+    line = cli_error(capsys, ["train", "--workdir", str(tmp_path / "w"), "--model", "dropout",
+                              "--latent-dim", "3", "--epochs", "1", "--steps-per-epoch", "1"])
+    assert "DropoutUNet" in line and "'latent_dim'" in line, line
+    assert not os.path.exists(tmp_path / "w" / "train_config.json")

@@ -17,7 +17,8 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfprobunet import _io, export, serving
+from tfprobunet import _io, serving
+from tfprobunet.serving import export
 from tfprobunet.saving import NonFiniteWeightsError
 from conftest import SERVED, cli_error, served_images, served_model, tiny_model
 
@@ -202,7 +203,7 @@ def test_concurrent_registrations_all_end_up_in_models_config(tmp_path):
 
     # Four processes, imported, say they are ready, then register 10 models each at once.
     go = tmp_path / "go"
-    script = ("import os, sys, time; from tfprobunet import export\n"
+    script = ("import os, sys, time; from tfprobunet.serving import export\n"
               "open(sys.argv[3] + '-' + sys.argv[2], 'w').close()\n"
               "while not os.path.exists(sys.argv[3]): time.sleep(0.01)\n"
               "for i in range(10): export.write_models_config(sys.argv[1], f'{sys.argv[2]}-{i}')")
@@ -497,7 +498,7 @@ def test_a_real_write_failure_during_export_is_one_clear_error(tmp_path):
         "import os, resource, sys\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "from conftest import served_model\n"
-        "from tfprobunet import export\n"
+        "from tfprobunet.serving import export\n"
         "model = served_model(3)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))\n"
         "try:\n"

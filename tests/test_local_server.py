@@ -17,7 +17,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from tfprobunet import export, serving
+from tfprobunet import serving
+from tfprobunet.serving import export
 from conftest import SERVED, raw_request, serve_process, served_images, served_model
 
 K, C, N, F = (SERVED[k] for k in "KCNF")

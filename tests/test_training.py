@@ -2,6 +2,7 @@
 checkpoints, continuing a finished run, the non-finite guard."""
 
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -269,7 +270,9 @@ def test_a_crashed_non_chief_worker_leaves_neither_its_temporary_folder_nor_file
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    monkeypatch.setattr(training, "is_chief", lambda strategy: False)
+    # (`tfprobunet.training.train` is the function; its module is `training/train.py`.)
+    monkeypatch.setattr(importlib.import_module("tfprobunet.training.train"), "is_chief",
+                        lambda strategy: False)
     workdir = str(tmp_path / "run")
     _crash_after(workdir, at=1)
     # (TensorFlow's autograph keeps its own files there.)

@@ -2,8 +2,8 @@
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
 `evaluate`, `compare` (the paper's comparison with the baselines), `export_for_serving`, and the
-modules `models` (every model, one file each), `prediction` (samples at any image size),
-`baselines` (the paper's), `callbacks`, `latent` (what the latent space encodes), `losses`,
+modules `models` (every model, one file each, the baselines too), `prediction` (samples at any
+image size), `callbacks`, `latent` (what the latent space encodes), `losses`,
 `metrics`, `data`, `saving` (`load_model` within size limits, refusing non-finite weights),
 `serving` and `training` (presets, schedules);
 `tfprobunet.tuning` (Keras Tuner, with the `tune` extra) is imported on its own.
@@ -56,12 +56,14 @@ def _load():
     with _console.filtered_stderr():
         _require_tf_keras()
 
-        from tfprobunet import (baselines, callbacks, data, latent, losses, metrics, models,
-                                prediction, saving, serving, training)
+        from tfprobunet import (callbacks, data, latent, losses, metrics, models, prediction,
+                                saving, serving, training)
         from tfprobunet.comparison import compare
         from tfprobunet.evaluation import evaluate
         from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
         from tfprobunet.models import ProbabilisticUNet
+
+        models.MODELS  # every model class, registered for `load_model`
         from tfprobunet.serving import export_for_serving
         from tfprobunet.training import train
 
@@ -85,7 +87,11 @@ def _console_script():
 
 
 def __getattr__(name):
-    # Only reached under the console script, before `_load()`.
+    if name == "baselines":  # deprecated (it warns): imported only when asked for
+        import importlib
+
+        return importlib.import_module("tfprobunet.baselines")
+    # Otherwise only reached under the console script, before `_load()`.
     if name in __all__ and not _loaded:
         _load()
         return globals()[name]

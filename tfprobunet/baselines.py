@@ -1,7 +1,6 @@
-"""The baselines of Kohl et al. 2018 (section 3, Fig. 2), to compare the Probabilistic U-Net with
-on your own data. Each is a `tfprobunet.models.SegmentationSampler`: trained with `fit` under the
-same strategies, saved as `.keras`, and sampled with `sample(images, m, seed)` -> logits
-`(b, m, h, w, K)`, which `tfprobunet.evaluate` takes.
+"""Deprecated: the baselines of Kohl et al. 2018 (section 3, Fig. 2) live in
+`tfprobunet.models`, one file each, beside the Probabilistic U-Net. Their names stay importable
+from here, with a `DeprecationWarning`.
 
 - `DropoutUNet`: dropout (p = 0.5) on the three inner-most encoder and decoder blocks, kept on
   while sampling (Fig. 2a).
@@ -11,6 +10,11 @@ same strategies, saved as `.keras`, and sampled with `sample(images, m, seed)` -
   only the segmentation (Fig. 2d).
 """
 
+import warnings
+
 from tfprobunet.models import DropoutUNet, Image2ImageVAE, MHeads, UNetEnsemble
+
+warnings.warn("tfprobunet.baselines is deprecated: import DropoutUNet, UNetEnsemble, MHeads and "
+              "Image2ImageVAE from tfprobunet.models", DeprecationWarning, stacklevel=2)
 
 __all__ = ["DropoutUNet", "Image2ImageVAE", "MHeads", "UNetEnsemble"]

@@ -1,14 +1,31 @@
-"""Keras callbacks to add to `fit`: `TimeBudget` (stop at an epoch end once time is spent),
-`CalibrationLog` (mode and flip frequencies on validation images after each epoch) and
-`TensorBoardSamples` (sample grids and calibration scalars for TensorBoard)."""
+"""Every Keras callback of the library.
 
+Those `train` runs on every run: `StopOnNonFiniteLoss` (no NaN reaches a file), `StopOnSignal`
+(SIGINT/SIGTERM stop at a step boundary), `EpochLog` (a CSV row per epoch) and
+`EpochCheckpoint` (weights and optimizer state after each epoch, safe against a kill).
+Those to add to `fit` (or that `train` adds when asked): `TimeBudget` (stop at an epoch end once
+time is spent), `CalibrationLog` (mode and flip frequencies on validation images after each
+epoch) and `TensorBoardSamples` (sample grids and calibration scalars for TensorBoard).
+"""
+
+import csv
+import json
+import math
+import os
+import re
+import signal
 import time
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet import _interrupts, _io, saving
 from tfprobunet.losses import IGNORE_LABEL
+
+# The loss terms `StopOnNonFiniteLoss` watches.
+MONITORED_TERMS = ("loss", "reconstruction", "kl", "energy")
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -198,3 +215,212 @@ class TensorBoardSamples(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss term."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss terms are not finite, or at the end of an
+    epoch whose weights (or optimizer state) are not.
+
+    Unlike `keras.callbacks.TerminateOnNaN`, it raises `NonFiniteLossError` naming the epoch,
+    the step and the term that went bad, and it stops before the epoch ends, so the last
+    checkpoint written by `EpochCheckpoint` is the last good one.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {k: float(logs[k]) for k in MONITORED_TERMS
+               if k in (logs or {}) and not math.isfinite(float(logs[k]))}
+        if bad:
+            terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise NonFiniteLossError(
+                f"Training stopped at epoch {self._epoch + 1}, step {batch + 1}: {terms}. The "
+                "weights of this epoch are discarded; the last checkpoint is the last good one. "
+                "Check the inputs for NaN/Inf, or lower the learning rate.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The loss of a step is computed before its update: the last update of the epoch is
+        # checked here, before any checkpoint or model file is written.
+        bad = saving.nonfinite_weights(self.model, optimizer=True)
+        if bad:
+            raise NonFiniteLossError(
+                f"Training stopped at the end of epoch {epoch + 1}: its last update left "
+                f"non-finite values in {len(bad)} weights (or optimizer variables), e.g. "
+                f"{bad[0]}. The weights of this epoch are discarded; the last checkpoint is the "
+                "last good one. Check the inputs for NaN/Inf, or lower the learning rate.")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """A CSV row per epoch (`epoch` and the logs) that survives restarts.
+
+    A run that starts at `initial_epoch` first drops the rows of epochs >= `initial_epoch`
+    (logged before a kill, without a checkpoint), so each epoch appears exactly once. Put it
+    before the checkpoint callback: a kill then leaves at worst a row without its checkpoint,
+    which the resumed run drops and writes again, never a checkpoint without its row.
+    """
+
+    def __init__(self, filename, initial_epoch=0):
+        super().__init__()
+        self.filename = filename
+        self.initial_epoch = initial_epoch
+
+    def _rows(self):
+        if not os.path.exists(self.filename):
+            return []
+        with open(self.filename, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows, fieldnames):
+        with _io.replacing(self.filename) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def on_train_begin(self, logs=None):
+        rows = self._rows()
+        if rows:
+            self._write([r for r in rows if int(r["epoch"]) < self.initial_epoch], list(rows[0]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        rows = self._rows() + [row]
+        self._write(rows, list(rows[0]))
+
+
+CHECKPOINT = re.compile(r"epoch-(\d+)\.weights\.h5")
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save the weights and the optimizer state after every epoch, safe against a kill at any
+    moment; `restore` (used by `train`) loads the newest readable checkpoint.
+
+    After epoch n (counted from 1) it writes `directory/.epoch-000n.weights.h5`, flushes it to
+    disk and renames it to `epoch-000n.weights.h5`, so a checkpoint file is complete or absent.
+    The previous checkpoint is deleted only once the new one is in place; the newest `keep`
+    are kept, for `restore` to fall back on if the newest is damaged later.
+
+    `keras.callbacks.BackupAndRestore` rewrites `latest.weights.h5` in place: a kill during the
+    write leaves a truncated file and no way back. Its `double_checkpoint=True` (the same code
+    in Keras 3.10 and 3.15) copies the file to `.bkp` first and falls back to it on an `OSError`,
+    but it loses the only checkpoint when the first write is killed, repeats an epoch silently
+    when a kill lands between the weights and its `training_metadata.json`, and fails with a
+    bare `JSONDecodeError` when that JSON is left empty.
+
+    Args:
+        directory: where the checkpoints go; `train` uses `workdir/backup`.
+        keep: how many checkpoints to keep (>= 1; default 2).
+    """
+
+    def __init__(self, directory, keep=2):
+        super().__init__()
+        if keep < 1:
+            raise ValueError(f"`keep` must be at least 1. Received: keep={keep}")
+        self.directory = directory
+        self.keep = keep
+
+    def path(self, epochs):
+        """The checkpoint written after `epochs` epochs."""
+        return os.path.join(self.directory, f"epoch-{epochs:04d}.weights.h5")
+
+    def epochs(self):
+        """The epoch counts of the checkpoints in `directory`, ascending."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(int(m[1]) for m in map(CHECKPOINT.fullmatch, os.listdir(self.directory))
+                      if m)
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        _io.ensure_space(self.directory, saving.state_bytes(self.model), "a checkpoint")
+        with _io.replacing(self.path(epoch + 1)) as tmp:
+            self.model.save_weights(tmp)
+        for old in self.epochs()[:-self.keep]:
+            os.remove(self.path(old))
+        for name in os.listdir(self.directory):  # a write cut short by an earlier kill
+            if _io.is_temporary(name) and CHECKPOINT.fullmatch(name.split(".", 2)[2]):
+                os.remove(os.path.join(self.directory, name))
+
+    def checkpoints(self):
+        """`(epochs, path, problem)` of every checkpoint in `directory`, newest first; `problem`
+        is why one cannot be used, if that is known without loading it. Includes the layout of
+        `keras.callbacks.BackupAndRestore` (`latest.weights.h5` and `training_metadata.json`),
+        which earlier versions of `train` wrote."""
+        found = [(n, self.path(n), None) for n in reversed(self.epochs())]
+        legacy = os.path.join(self.directory, "latest.weights.h5")
+        if os.path.exists(legacy):
+            record = os.path.join(self.directory, "training_metadata.json")
+            try:
+                with open(record) as f:
+                    found.append((int(json.load(f)["epoch"]), legacy, None))
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                found.append((None, legacy, f"its epoch record {record} is unreadable "
+                                            f"({type(error).__name__}: {error})"))
+            found.sort(key=lambda c: -1 if c[0] is None else c[0], reverse=True)
+        return found
+
+    def restore(self, model, candidates=None):
+        """Load the newest readable checkpoint (of `candidates`, default `checkpoints()`) into
+        the compiled, built `model`, optimizer state included, and return its epoch count (0
+        when there is none). A damaged newest checkpoint is skipped with a warning that names
+        it; when none is readable, `WorkdirError` names every file and says what to do."""
+        candidates = self.checkpoints() if candidates is None else candidates
+        if not candidates:
+            return 0
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # its variables are in the files
+        failures = []
+        for epochs, path, problem in candidates:
+            if problem is None:
+                try:
+                    model.load_weights(path)
+                except Exception as error:  # h5py, zipfile and Keras all raise their own
+                    problem = f"{type(error).__name__}: {error}"
+                else:
+                    bad = saving.nonfinite_weights(model)
+                    if not bad:
+                        break
+                    # Training never checkpoints NaN weights (StopOnNonFiniteLoss): damage.
+                    problem = f"non-finite values in {len(bad)} weights, e.g. {bad[0]}"
+            failures.append(f"{path} is unreadable ({problem})")
+        else:
+            if all(os.path.dirname(c[1]) == self.directory for c in candidates):
+                fix = (f"Delete {self.directory} to start this run again from epoch 1 (log.csv "
+                       "is rewritten from there), or put back good copies of these files.")
+            else:
+                fix = "Put back good copies of these files, or use a new workdir."
+            raise _io.WorkdirError(f"No readable checkpoint to resume from: {'; '.join(failures)}. "
+                               + fix)
+        if failures:
+            warnings.warn(f"{'; '.join(failures)}; resuming from {path} (after epoch {epochs}) "
+                          "instead: the epochs after it run again.", stacklevel=2)
+        return epochs
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Stop training at the end of the step during which SIGINT or SIGTERM arrived (recorded by
+    the `StopRequest` of `_interrupts.stop_requests`), raising `TrainingInterrupted`: the
+    epoch under way is dropped, the checkpoints on disk stay whole, and the same call resumes
+    from the last one. Under a multi-worker strategy, `fit_distributed` shares the request
+    between the workers at every step, so that they all stop at the same one."""
+
+    def __init__(self, request):
+        super().__init__()
+        self.request = request
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        signum = self.request.signum
+        if signum is None:
+            return
+        kept = (f"the checkpoint after epoch {self._epoch} is kept" if self._epoch else
+                "no epoch had finished")
+        raise _interrupts.TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} at epoch {self._epoch + 1}, step "
+            f"{batch + 1}: {kept}; run the same command again to resume.", signum)

@@ -39,14 +39,8 @@ def recipe_settings(recipe, model, **overrides):
 
 def _finished_model(workdir, epochs):
     """The run's `model.keras` if `workdir` holds a run finished at `epochs`, else None."""
-    config_path = os.path.join(workdir, training.CONFIG)
-    model_path = os.path.join(workdir, "model.keras")
-    if not (os.path.exists(config_path) and os.path.exists(model_path)):
-        return None
-    with open(config_path) as f:
-        if json.load(f).get("finished_epochs") != epochs:
-            return None
-    return saving.load_model(model_path)
+    path = training.workdir.finished_model_path(workdir, epochs)
+    return None if path is None else saving.load_model(path)
 
 
 RUN_RECORD = "comparison_run.json"

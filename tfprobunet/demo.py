@@ -69,7 +69,7 @@ def run(workdir, steps=STEPS, num_samples=16, seed=0, base_dir="saved_models",
         "steps": int(model.optimizer.iterations),
         "train_seconds": round(train_seconds, 1),
         "final": {k: round(v[-1], 3) for k, v in history.history.items()},
-        "model": os.path.join(workdir, "model.keras"),
+        "model": os.path.join(workdir, training.workdir.MODEL),
         "samples": num_samples,
         "distinct_modes": len(counts),
         # 16 draws from the true distribution hit this many distinct modes on average.

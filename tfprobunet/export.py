@@ -1,8 +1,13 @@
-"""`tfprobunet.export` is `tfprobunet.serving.export`, where the export now lives; this alias keeps
-`from tfprobunet import export` working."""
+"""Deprecated: `tfprobunet.export` became `tfprobunet.serving.export`. Its names stay importable
+from here, with a `DeprecationWarning`."""
 
-import sys
+import warnings
 
-from tfprobunet.serving import export as _export
+from tfprobunet.serving import export as _new
 
-sys.modules[__name__] = _export
+warnings.warn("tfprobunet.export is deprecated: import from tfprobunet.serving.export (or "
+              "export_for_serving from tfprobunet.serving)", DeprecationWarning, stacklevel=2)
+
+
+def __getattr__(name):
+    return getattr(_new, name)

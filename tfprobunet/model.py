@@ -1,8 +1,14 @@
-"""`tfprobunet.model` is `tfprobunet.models.probabilistic_unet`, where the model now lives beside
-the baselines; this alias keeps `from tfprobunet.model import ProbabilisticUNet` working."""
+"""Deprecated: `tfprobunet.model` became `tfprobunet.models.probabilistic_unet` (the model lives
+beside the baselines). Its names stay importable from here, with a `DeprecationWarning`."""
 
-import sys
+import warnings
 
-from tfprobunet.models import probabilistic_unet as _probabilistic_unet
+from tfprobunet.models import probabilistic_unet as _new
 
-sys.modules[__name__] = _probabilistic_unet
+warnings.warn("tfprobunet.model is deprecated: import ProbabilisticUNet from tfprobunet.models "
+              "(the module is tfprobunet.models.probabilistic_unet)", DeprecationWarning,
+              stacklevel=2)
+
+
+def __getattr__(name):
+    return getattr(_new, name)

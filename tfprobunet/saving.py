@@ -231,3 +231,11 @@ def check_finite(model, what=None):
             f"{len(model.weights)} weights, e.g. {bad[0]}: it comes from a run that diverged, "
             "and its samples would mean nothing. Train it again (a lower learning rate, checked "
             "inputs), or use an earlier checkpoint.")
+
+
+def state_bytes(model):
+    """The bytes of `model`'s weights and optimizer state: about what a checkpoint or a
+    `.keras` file of it holds."""
+    variables = [*model.weights, *getattr(model.optimizer, "variables", [])]
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+               for v in variables)

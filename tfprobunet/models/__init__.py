@@ -5,28 +5,45 @@ export need of a model.
 - `ProbabilisticUNet` (`probabilistic_unet.py`): the paper's model.
 - Baselines of the paper's section 3: `DropoutUNet` (`dropout_unet.py`), `UNetEnsemble`
   (`ensemble.py`), `MHeads` (`m_heads.py`), `Image2ImageVAE` (`image2image_vae.py`).
+- `presets.py`: the named training recipes (`PRESETS`, `preset`).
 
 `MODELS` names them for `train(model=...)` and `tfprobunet compare --models ...`.
+
+The model classes (and TensorFlow with them) are imported at their first use, so that the
+command line can read `presets` without TensorFlow; `import tfprobunet` imports them all.
 """
 
-from tfprobunet.defaults import MODEL_NAMES
-from tfprobunet.models.base import SegmentationSampler
-from tfprobunet.models.dropout_unet import DropoutUNet
-from tfprobunet.models.ensemble import UNetEnsemble
-from tfprobunet.models.image2image_vae import Image2ImageVAE
-from tfprobunet.models.m_heads import MHeads
-from tfprobunet.models.probabilistic_unet import ProbabilisticUNet
+import importlib
 
-# The names `train(model=...)`, `compare` and the CLI know the models by.
-MODELS = dict(zip(MODEL_NAMES, (ProbabilisticUNet, DropoutUNet, UNetEnsemble, MHeads,
-                                Image2ImageVAE)))
+from tfprobunet.defaults import MODEL_NAMES
+from tfprobunet.models.presets import PRESETS, preset  # noqa: F401  (TensorFlow-free)
+
+# Each class, and the module that defines it, in the order of `MODEL_NAMES`.
+_CLASSES = {"ProbabilisticUNet": "probabilistic_unet", "DropoutUNet": "dropout_unet",
+            "UNetEnsemble": "ensemble", "MHeads": "m_heads", "Image2ImageVAE": "image2image_vae"}
+
+
+def _import_models():
+    """Import every model module (registering their Keras classes) and bind the names."""
+    classes = {name: getattr(importlib.import_module(f"{__name__}.{module}"), name)
+               for name, module in _CLASSES.items()}
+    base = importlib.import_module(f"{__name__}.base")
+    globals().update(classes, SegmentationSampler=base.SegmentationSampler,
+                     MODELS=dict(zip(MODEL_NAMES, classes.values())))
+
+
+def __getattr__(name):
+    if name in (*_CLASSES, "SegmentationSampler", "MODELS"):
+        _import_models()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name):
     """The model class named `name` in `MODELS`."""
-    if name not in MODELS:
-        raise ValueError(f"`model` must be one of {', '.join(MODELS)}. Received: {name!r}")
-    return MODELS[name]
+    if name not in MODEL_NAMES:
+        raise ValueError(f"`model` must be one of {', '.join(MODEL_NAMES)}. Received: {name!r}")
+    return (globals().get("MODELS") or __getattr__("MODELS"))[name]
 
 
 __all__ = ["MODELS", "DropoutUNet", "Image2ImageVAE", "MHeads", "ProbabilisticUNet",

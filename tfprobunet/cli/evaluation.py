@@ -1,0 +1,132 @@
+"""The commands that look at a trained model: `evaluate` (GED, HM-IoU, calibration: report.json
+and figures) and `inspect` (the latent-space figure)."""
+
+import json
+import os
+
+from tfprobunet import _console
+from tfprobunet.cli import flags
+
+SPLITS = ("train", "val", "test")
+
+
+def add_parsers(commands):
+    """Add `evaluate` and `inspect` to the subparsers `commands`."""
+    evaluate = commands.add_parser(
+        "evaluate", help="GED, HM-IoU, mode calibration: report.json and figures")
+    evaluate.add_argument("--model", required=True, help="a saved .keras model")
+    flags.add_data_flags(evaluate)
+    evaluate.add_argument("--out", required=True, help="folder for report.json and the PNGs")
+    evaluate.add_argument("--split", choices=SPLITS, default="test")
+    evaluate.add_argument("--samples", type=flags.int_list, default=[1, 4, 8, 16],
+                          help="numbers of samples to score, comma-separated")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--seed", type=int,
+                          help="samples and synthetic data (default: the training seed)")
+    evaluate.set_defaults(run=_evaluate)
+    inspect = commands.add_parser(
+        "inspect", help="decode one image over two latent axes, with its annotations' "
+                        "posteriors: a figure like the paper's latent-space one")
+    inspect.add_argument("--model", required=True, help="a saved .keras model")
+    inspect.add_argument("--image", help="a PNG or JPEG; or take one from --dataset")
+    flags.add_data_flags(inspect)
+    inspect.add_argument("--split", choices=SPLITS, default="test")
+    inspect.add_argument("--index", type=int, default=0, help="with --dataset: which image")
+    inspect.add_argument("--axes", type=flags.int_list,
+                         help="two latent axes, e.g. 0,3 (default: with annotations, the two "
+                              "their posteriors spread most along; else 0,1)")
+    inspect.add_argument("--extent", type=float, default=2.0,
+                         help="the grid spans +-this many prior standard deviations")
+    inspect.add_argument("--steps", type=int, default=5, help="grid points per axis")
+    inspect.add_argument("--out", required=True, help="the figure, a .png file")
+    inspect.set_defaults(run=_inspect)
+
+
+def data_settings(args):
+    """`dataset`, `data_dir`, `image_size` and `seed` from the arguments, defaulting to the
+    training run's beside `args.model` (its train_config.json): same data, size and seed."""
+    from tfprobunet.training import workdir
+
+    trained = workdir.read_settings(os.path.dirname(os.path.abspath(args.model))) or {}
+    size = trained.get("image_size")
+    seed = getattr(args, "seed", None)
+    dataset = args.dataset or trained.get("dataset", "flips")
+    check_dataset_flags(dataset, args.data_dir, args.image_size)
+    return dict(dataset=dataset, data_dir=args.data_dir or trained.get("data_dir"),
+                image_size=args.image_size or (tuple(size) if isinstance(size, list) else size),
+                seed=trained.get("seed", 0) if seed is None else seed)
+
+
+SYNTHETIC = ("flips", "graders")
+# The datasets whose arrays keep the size they were saved with: --image-size is refused.
+OWN_SIZE = ("npz", "folder")
+
+
+def check_dataset_flags(dataset, data_dir, image_size):
+    """Refuse data flags that `dataset` would ignore, naming the flag."""
+    if dataset in SYNTHETIC and data_dir is not None:
+        raise flags.CommandError(
+            f"--data-dir is not read by the synthetic dataset {dataset}: pass --dataset folder "
+            "or npz (or lidc, lidc-pickle, cityscapes) to read your folder.")
+    if dataset in OWN_SIZE and image_size is not None:
+        raise flags.CommandError(
+            f"--image-size is not used by --dataset {dataset}: its images keep the size they "
+            "were saved with. Resize them before saving, or drop the flag.")
+
+
+def _evaluate(args):
+    from tfprobunet import evaluation
+
+    report = evaluation.evaluate(args.model, out_dir=args.out, split=args.split,
+                                 num_examples=args.num_examples, sample_counts=args.samples,
+                                 batch_size=args.batch_size,
+                                 verbose=_console.progress_verbosity(), **data_settings(args))
+    summary = {k: report[k] for k in ("dataset", "num_images", "ged", "hm_iou") if k in report}
+    for key in ("modes", "presence"):
+        if key in report:
+            summary[key] = {k: v for k, v in report[key].items()
+                            if k not in ("frequencies", "true_probabilities")}
+    print(json.dumps(summary, indent=2))
+    print(f"report and figures ({', '.join(report['figures'])}) written to {args.out}")
+
+
+def _inspect(args):
+    from tfprobunet import latent, plots, prediction, saving, serving
+
+    if (args.image is None) == (args.dataset is None):
+        raise flags.CommandError(
+            "give either --image PATH (a PNG or JPEG) or --dataset NAME with --index I (an "
+            f"image and its annotations). Received: --image {args.image!r}, --dataset "
+            f"{args.dataset!r}")
+    if args.image is not None:  # the grid decodes the image steps**2 times
+        prediction.check_image_files([args.image], args.steps ** 2)
+    model = saving.load_model(args.model)
+    annotations = None
+    if args.image is not None:
+        image = serving.read_image(args.image, model.image_channels)[0]
+    else:
+        image, annotations = _dataset_image(args)
+    inspection = latent.inspect(model, image, annotations, axes=args.axes, extent=args.extent,
+                                num_steps=args.steps)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    plots.latent_space(inspection, args.out)
+    rounded = lambda values: [round(float(v), 3) for v in values]  # noqa: E731
+    summary = {"axes": list(inspection["axes"]), "prior_scale": rounded(inspection["prior_scale"])}
+    if annotations is not None:
+        summary["posterior_spread"] = rounded(inspection["spread"])
+    print(json.dumps(summary))
+    print(f"wrote {args.out}")
+
+
+def _dataset_image(args):
+    """Image `--index` of the split, and its annotations."""
+    from tfprobunet import data
+
+    settings = data_settings(args)
+    # All of the split, as `evaluate` loads it: synthetic images depend on how many.
+    source = data.load(settings.pop("dataset"), args.split, num_examples=args.num_examples,
+                       **settings)
+    examples = list(source.dataset.skip(args.index).take(1).as_numpy_iterator())
+    if not examples:
+        raise flags.CommandError(f"the {args.split} split has no image --index {args.index}.")
+    return examples[0]

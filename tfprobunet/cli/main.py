@@ -1,0 +1,90 @@
+"""`main()`: the `tfprobunet` parser, one line per error, and the exit statuses. Each command
+group adds its own parsers (`training.py`, `evaluation.py`, `serving.py`)."""
+
+import argparse
+import os
+import signal
+import sys
+
+from tfprobunet import _console, _interrupts
+from tfprobunet.cli import evaluation, flags, serving, training
+from tfprobunet.defaults import DATASETS
+
+DESCRIPTION = "The `tfprobunet` console script. Thin: every command calls a library function."
+# The commands that train, and read the synthetic flips data unless --dataset says otherwise.
+FLIPS_BY_DEFAULT = ("train", "tune", "compare")
+
+
+def build_parser():
+    """The parser of `tfprobunet`."""
+    parser = argparse.ArgumentParser(prog="tfprobunet", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true",
+                        help="show TensorFlow's start-up and C++ log lines, which are held "
+                             f"back otherwise (also: {_console.VERBOSE_VARIABLE}=1)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    training.add_parsers(commands)
+    evaluation.add_parsers(commands)
+    serving.add_parsers(commands)
+    return parser
+
+
+def main(argv=None):
+    """Run `tfprobunet argv` (default: `sys.argv[1:]`); returns 0, or exits with 2 and one line
+    on a refusal or an error (the traceback under `--debug`), 128+N on signal N."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _check_data_flags(args)
+        if args.debug:
+            os.environ[_console.VERBOSE_VARIABLE] = "1"
+            print("\n".join(_console.hidden), file=sys.stderr)
+            _run(args)
+        else:
+            with _console.filtered_stderr():
+                _run(args)
+    except _interrupts.TrainingInterrupted as error:  # a step boundary: checkpoints are whole
+        parser.exit(128 + error.signum, f"{parser.prog}: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(128 + signal.SIGINT, f"{parser.prog}: interrupted (Ctrl-C); nothing that "
+                                         "was written is partial: run the command again.\n")
+    except Exception as error:  # noqa: BLE001 -- one line for the user; --debug re-raises
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {_one_line(error)}\n")
+    return 0
+
+
+def _run(args):
+    """Import the library (the console script parsed its arguments without TensorFlow), then
+    run the command."""
+    import tfprobunet
+
+    tfprobunet._load()
+    args.run(args)
+
+
+def _one_line(error):
+    """An exception as one line: its message, prefixed with its type unless that is a plain
+    refusal (`CommandError`, `ValueError`) whose message says it all."""
+    message = " ".join(str(error).split()) or "(no message)"
+    if isinstance(error, (flags.CommandError, ValueError)):
+        return message
+    return f"{type(error).__name__}: {message}"
+
+
+def _check_data_flags(args):
+    """Refuse `--data-dir` without `--dataset` where the command would read flips instead, and
+    data flags that the chosen dataset would ignore (`evaluate` and `inspect` check again once
+    the training run's dataset is known)."""
+    if args.command not in (*FLIPS_BY_DEFAULT, "evaluate", "inspect"):  # no data flags
+        return
+    # (Flags the user did not give are absent where the library holds their defaults.)
+    dataset, data_dir, image_size = (getattr(args, name, None)
+                                     for name in ("dataset", "data_dir", "image_size"))
+    if dataset is None and args.command in FLIPS_BY_DEFAULT and data_dir is not None:
+        raise flags.CommandError(
+            f"--data-dir {data_dir} needs --dataset: which layout to read there "
+            f"({', '.join(d for d in DATASETS if d not in evaluation.SYNTHETIC)}). Without "
+            f"--dataset, {args.command} uses the synthetic flips data.")
+    if dataset is not None or args.command in FLIPS_BY_DEFAULT:
+        evaluation.check_dataset_flags(dataset or "flips", data_dir, image_size)
