@@ -1,9 +1,10 @@
-"""The README's table of a published comparison, written from its committed JSON (so no number
-in it is typed by hand): `results.json` of `tfprobunet compare` and `bench.json` of
-`bench/compare.py --publish`. `tests/test_docs.py` checks every such table against its JSON.
+"""The table of a published comparison's page (`docs/results/NAME/README.md`), written from the
+committed JSON beside it (so no number in it is typed by hand): `results.json` of
+`tfprobunet compare` and `bench.json` of `bench/compare.py --publish`. `tests/test_docs.py`
+checks every such table against its JSON, and that it is what this script writes.
 
-    python bench/results_table.py docs/results/flips
-    python bench/results_table.py docs/results/graders
+    python bench/results_table.py docs/results/flips            # prints the table
+    python bench/results_table.py docs/results/flips --write    # replaces it in the page
 
 Columns: GED at each sample count (mean over seeds; at the largest count each seed's value
 follows), the same for the unbiased GED (self-pairs left out, from 2 samples), and, where
@@ -82,5 +83,31 @@ def table(folder):
     return "\n".join(lines)
 
 
+PAGE = "README.md"  # the page of a comparison, in its folder
+
+
+def write(folder):
+    """Replace the table that follows the folder's marker line in its page (the marker and
+    the table's rows, up to the first line that is not a row) by `table(folder)`."""
+    page = os.path.join(folder, PAGE)
+    with open(page) as f:
+        lines = f.read().split("\n")
+    marker = f"<!-- results: {folder}/results.json -->"
+    start = lines.index(marker)
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[start:end] = table(folder).split("\n")
+    with open(page, "w") as f:
+        f.write("\n".join(lines))
+    return page
+
+
 if __name__ == "__main__":
-    print(table(sys.argv[1].rstrip("/")))
+    folder = sys.argv[1].rstrip("/")
+    if sys.argv[2:] == ["--write"]:
+        print(f"wrote the table of {folder}/results.json into {write(folder)}")
+    elif sys.argv[2:]:
+        sys.exit("usage: python bench/results_table.py docs/results/NAME [--write]")
+    else:
+        print(table(folder))

@@ -1,12 +1,15 @@
-"""Every published number equals its JSON: each table of README.md and docs/ that follows a
-`<!-- results: PATH -->` line is read cell by cell against the committed `results.json` (and the
-`bench.json` beside it), to the digits printed; every committed `results.json` under docs/ has
-such a table."""
+"""Every published number equals its JSON: each table of README.md and docs/**/*.md (the
+comparisons' pages, `docs/results/NAME/README.md`) that follows a `<!-- results: PATH -->` line
+is read cell by cell against the committed `results.json` (and the `bench.json` beside it), to
+the digits printed, and is exactly what `bench/results_table.py` writes; every committed
+`results.json` under docs/ has such a table, on the page in its own folder."""
 
 import glob
 import json
 import os
 import re
+
+import importlib.util
 
 import pytest
 
@@ -19,7 +22,8 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 
 def _tables():
     """`(document, json path, header, rows)` for every marked table."""
-    documents = [os.path.join(ROOT, "README.md"), *glob.glob(os.path.join(ROOT, "docs", "*.md"))]
+    documents = [os.path.join(ROOT, "README.md"),
+                 *glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)]
     for document in documents:
         with open(document) as f:
             lines = f.read().splitlines()
@@ -33,7 +37,7 @@ def _tables():
                     break
                 cells = row.strip("|").split("|")
                 table.append([cell.strip().strip("*").strip() for cell in cells])
-            yield os.path.basename(document), match.group(1), table[0], table[2:]
+            yield os.path.relpath(document, ROOT), match.group(1), table[0], table[2:]
 
 
 def _equal(cell, value, what):
@@ -87,11 +91,31 @@ def _check_model_cell(column, cell, name, results, what):
 TABLES = list(_tables())
 
 
-def test_every_committed_results_json_has_a_table():
+def _results_table():
+    spec = importlib.util.spec_from_file_location(
+        "results_table", os.path.join(ROOT, "bench", "results_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_committed_results_json_has_a_table_on_its_page():
     committed = {os.path.relpath(p, ROOT) for p in glob.glob(
         os.path.join(ROOT, "docs", "**", "results.json"), recursive=True)}
     assert committed, "no results.json under docs/"
-    assert committed <= {path for _, path, _, _ in TABLES}
+    pages = {(document, path) for document, path, _, _ in TABLES}
+    for path in committed:
+        assert (os.path.join(os.path.dirname(path), "README.md"), path) in pages, path
+
+
+@pytest.mark.parametrize("document,path", sorted({(d, p) for d, p, _, _ in TABLES}))
+def test_the_table_is_what_results_table_writes(document, path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the script's marker names the folder as given, from the root
+    with open(os.path.join(ROOT, document)) as f:
+        text = f.read()
+    expected = _results_table().table(os.path.dirname(path))
+    assert expected in text, f"{document}: run python bench/results_table.py " \
+                             f"{os.path.dirname(path)} --write"
 
 
 @pytest.mark.parametrize("document,path,header,rows", TABLES,
