@@ -6,14 +6,14 @@ Wilcoxon signed-rank p-values at 16 samples (and which side is lower), whether t
 Probabilistic U-Net has the lowest GED at each sample count, the GED of the 16 most probable
 modes as a fixed set (*flips*), the wall time and the CPU.
 
-The configuration below is the one the README's Results quote: the U-Net Ensemble with 4
+The configuration below is the one the results pages (docs/results/) quote: the U-Net Ensemble with 4
 members (16 U-Nets cost 16 steps each; at 4, 8 and 16 samples its samples cycle the 4 members).
 
     python bench/compare.py --seeds 0,1,2 --publish docs/results/flips
     python bench/compare.py --dataset graders --steps 1500 --warmup-steps 500 --seeds 0,1,2 \
         --publish docs/results/graders
 
-`--publish DIR` copies what the README quotes into DIR: `results.json` and the figures of
+`--publish DIR` copies what the results pages quote into DIR: `results.json` and the figures of
 `compare`, this script's JSON (`bench.json`), and each run's record and evaluation report
 (`runs/<model>-seed<seed>/`), with which `compare` reuses the run instead of training it again
 (copy `runs/` back under `--out`'s dataset folder to add seeds to a published comparison).

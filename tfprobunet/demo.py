@@ -14,8 +14,8 @@ from tfprobunet import _console, evaluation, training
 from tfprobunet.data import synthetic
 
 IMAGE_SIZE = 32
-# The recipe of the demo: the `cpu` preset (see the README's ablation) for a fixed number of
-# steps, so that every machine trains the same model and reproduces the README's figures.
+# The recipe of the demo: the `cpu` preset (see docs/recipes.md, the ablation) for a fixed
+# number of steps, so that every machine trains the same model and reproduces the docs' figures.
 STEPS = 6000
 STEPS_PER_EPOCH = 500
 

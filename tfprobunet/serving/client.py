@@ -4,7 +4,7 @@
 per image, then `sample(features, num_samples)` as often as needed; `predict` is both in one
 call (`serving_default`), `decode` runs f_comb on given latents, `metadata` lists the
 signatures. `RestClient` does the same over TF Serving's REST API. Both talk to
-`tensorflow_model_server` (README) and to the local stand-in, `tfprobunet.serving.ModelServer`.
+`tensorflow_model_server` (docs/serving.md) and to the local stand-in, `tfprobunet.serving.ModelServer`.
 `tfprobunet.prediction.predict_files` segments image files through either.
 """
 

@@ -1,6 +1,6 @@
 """A local stand-in for TensorFlow Serving's `tensorflow_model_server`, for tests and development.
 
-TF Serving is the production server (README); this one answers the same APIs on loopback so that
+TF Serving is the production server (docs/serving.md); this one answers the same APIs on loopback so that
 the clients, the exported signatures and the demo can be tested where the TF Serving binary
 cannot be installed:
 
