@@ -1,15 +1,31 @@
-"""The paper's baselines (section 3): each one's defining property, and the round trips every
-model of the package passes (config, `.keras`, one training step, `evaluate`)."""
+"""The paper's baselines (section 3): each one's defining property. The checks every model of the
+package passes (config, `.keras`, one training step, MirroredStrategy, sampling, serving,
+`evaluate`) are the harness's (`harness.py`), one line per model below."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfprobunet import data, evaluation, losses, serving, training
+from tfprobunet import losses
 from tfprobunet.models import DropoutUNet, Image2ImageVAE, MHeads, UNetEnsemble
 from conftest import random_batch
+from harness import run_model_test
 
+# The harness's models: tiny, with arguments other than the defaults (get_config must keep them).
+SMALL = dict(num_channels=[4, 8, 8], convs_per_block=1, seed=1, ged_samples=4)
+TestDropoutUNet = run_model_test(
+    DropoutUNet, dict(SMALL, num_classes=3, dropout_rate=0.4, dropout_blocks=2,
+                      reconstruction="mean", weight_decay=1e-4, ged_classes=[1, 2]),
+    deterministic_training=False)
+TestUNetEnsemble = run_model_test(UNetEnsemble, dict(SMALL, num_members=2), outputs=2)
+TestMHeads = run_model_test(MHeads, dict(SMALL, num_heads=3, epsilon=0.1, reconstruction="mean"),
+                            outputs=3)
+TestImage2ImageVAE = run_model_test(
+    Image2ImageVAE, dict(SMALL, latent_dim=3, beta=0.5, weight_decay=0.0),
+    input_shape=(2, 16, 16, 3), deterministic_training=False)
+
+# The models of the tests of each baseline's own property.
 TINY = dict(num_classes=2, num_channels=[8, 16, 32], convs_per_block=1, seed=1)
 BASELINES = {
     "dropout": lambda: DropoutUNet(**TINY, dropout_rate=0.5),
@@ -23,62 +39,6 @@ def _built(name):
     model = BASELINES[name]()
     model.build((None, 16, 16, 1))
     return model
-
-
-@pytest.mark.parametrize("name", sorted(BASELINES))
-def test_config_round_trip(name):
-    model = _built(name)
-    config = model.get_config()
-    again = type(model).from_config(config)
-    assert again.get_config() == config
-    with pytest.raises(ValueError, match="optimizer only"):
-        model.compile(optimizer="adam", loss="mse")
-
-
-@pytest.mark.compat
-@pytest.mark.parametrize("name", sorted(BASELINES))
-def test_keras_file_gives_the_same_samples(name, tmp_path):
-    model = _built(name)
-    images, _ = random_batch(batch=2, size=16)
-    expected = model.sample(images, 4, seed=7).numpy()
-    path = str(tmp_path / f"{name}.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert type(loaded) is type(model)
-    np.testing.assert_allclose(loaded.sample(images, 4, seed=7).numpy(), expected, atol=1e-6)
-    assert loaded.sample(images, 4, seed=7).shape == (2, 4, 16, 16, 2)
-
-
-@pytest.mark.compat
-@pytest.mark.parametrize("name", sorted(BASELINES))
-def test_one_training_step_moves_every_trainable_variable(name):
-    model = _built(name)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    images, segmentations = random_batch(batch=4, size=16)
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    history = model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
-    for variable, old in zip(model.trainable_variables, before):
-        assert not np.allclose(variable.numpy(), old), variable.path
-
-
-@pytest.mark.parametrize("name", sorted(BASELINES))
-def test_evaluate_runs_on_it(name):
-    source = data.load("graders", "test", image_size=16, num_examples=4)
-    report = evaluation.evaluate(_built(name), source, sample_counts=(1, 4), verbose=0)
-    assert report["num_images"] == 4
-    assert all(np.isfinite(report["ged"][k]["mean"]) for k in ("1", "4"))
-
-
-def test_dropout_unet_samples_differ_while_call_repeats():
-    model = _built("dropout")
-    images, _ = random_batch(batch=2, size=16)
-    np.testing.assert_array_equal(model(images).numpy(), model(images).numpy())
-    a, b = model.sample(images, 3).numpy(), model.sample(images, 3).numpy()
-    assert not np.allclose(a, b)
-    assert not np.allclose(a[:, 0], a[:, 1])  # the samples of one call differ too
-    np.testing.assert_array_equal(model.sample(images, 3, seed=5).numpy(),
-                                  model.sample(images, 3, seed=5).numpy())
 
 
 def _record_inputs(layer):
@@ -148,28 +108,6 @@ def test_m_heads_loss_is_the_oracle_set_loss_of_its_heads():
     np.testing.assert_allclose(samples, heads[:, [0, 1, 2, 0, 1]], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(BASELINES))
-def test_trains_under_mirrored_strategy(name):
-    """Under MirroredStrategy (2 replicas) one step gives what it gives in one process: the same
-    loss and weights for the deterministic M-Heads and ensemble, a finite loss for the others."""
-    images, segmentations = random_batch(batch=4, size=16)
-    initial = _built(name).get_weights()
-    results = []
-    for strategy in (tf.distribute.get_strategy(), training.make_strategy("mirrored")):
-        with strategy.scope():
-            model = _built(name)
-            model.set_weights(initial)
-            model.compile(optimizer=keras.optimizers.SGD(0.1))
-        history = model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
-        assert np.isfinite(history.history["loss"][0])
-        results.append((history.history["loss"][0], model.get_weights()))
-    if name in ("mheads", "ensemble"):  # deterministic
-        (single, single_weights), (mirrored, mirrored_weights) = results
-        assert mirrored == pytest.approx(single, rel=1e-4)
-        for a, b in zip(single_weights, mirrored_weights):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
 def test_ensemble_members_start_apart_and_train_independently():
     model = _built("ensemble")
     kernels = [unet.encoder.blocks[0][0].kernel.numpy() for unet in model.unets]
@@ -201,26 +139,3 @@ def test_image2image_vae_prior_is_n01_and_posterior_sees_only_the_segmentation()
     mu, sigma = posterior.loc.numpy(), posterior.stddev().numpy()
     closed_form = np.sum(0.5 * (sigma**2 + mu**2 - 1.0) - np.log(sigma), axis=-1)
     np.testing.assert_allclose(kl, closed_form, rtol=1e-5, atol=1e-6)
-    a = model.sample(images, 3, seed=4).numpy()
-    np.testing.assert_array_equal(a, model.sample(images, 3, seed=4).numpy())
-    assert not np.allclose(a[:, 0], a[:, 1])
-    np.testing.assert_array_equal(model(images).numpy(), model(images).numpy())
-
-
-@pytest.mark.parametrize("name", sorted(BASELINES))
-def test_exported_baseline_serves_the_default_signature_only(name, tmp_path):
-    """A baseline has no features to compute once: its export has `serving_default`, which
-    gives what `model.sample` gives for the same seed, under the export's limits."""
-    model = _built(name)
-    images, _ = random_batch(batch=2, size=16)
-    path = serving.export_for_serving(model, str(tmp_path), name, max_samples=4)
-    loaded = tf.saved_model.load(path)
-    assert set(loaded.signatures) == {"serving_default"}
-    seed = np.int32([3, 4])
-    served = loaded.signatures["serving_default"](images=images, num_samples=np.int32(3),
-                                                  seed=seed)
-    expected = tf.nn.softmax(model.sample(images, 3, seed=tf.constant(seed))).numpy()
-    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
-    assert served["masks"].shape == (2, 3, 16, 16)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="max_samples = 4"):
-        loaded.signatures["serving_default"](images=images, num_samples=np.int32(5), seed=seed)

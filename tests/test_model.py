@@ -11,6 +11,15 @@ import tfprobunet
 from tfprobunet import losses, metrics
 from tfprobunet.model import GED_SEED
 from conftest import random_batch, tiny_model
+from harness import run_model_test
+
+# The harness's checks (harness.py) on a tiny model whose arguments are not the defaults.
+TestProbabilisticUNet = run_model_test(
+    tfprobunet.ProbabilisticUNet,
+    dict(num_classes=4, num_channels=[4, 8, 8], convs_per_block=1, latent_dim=2, fcomb_layers=2,
+         beta=0.5, reconstruction="mean", kl="sampled", use_posterior_mean=True,
+         weight_decay=0.0, seed=3, ged_samples=4, ged_classes=[1, 3], fcomb_channels=5),
+    input_shape=(2, 16, 16, 2), signatures=("serving_default", "features", "sample", "decode"))
 
 
 @pytest.mark.parametrize("num_classes,channels", [(2, 1), (5, 3)])
@@ -45,9 +54,7 @@ def test_sample_reuses_features_and_decodes_prior_draws():
     z = prior.loc[:, None] + prior.stddev()[:, None] * noise
     np.testing.assert_allclose(model.sample(images, 5, seed=seed), model.decode(features, z),
                                rtol=1e-5, atol=1e-6)
-    # Same seed, same samples; another seed, other samples; call() decodes the prior mean.
-    np.testing.assert_array_equal(model.sample(images, 5, seed=3), model.sample(images, 5, seed=3))
-    assert not np.allclose(model.sample(images, 5, seed=3), model.sample(images, 5, seed=4))
+    # call() decodes the prior mean.
     np.testing.assert_allclose(model(images), model.decode(features, prior.loc), rtol=1e-6)
 
 
@@ -62,28 +69,6 @@ def test_sample_runs_the_unet_once(monkeypatch):
     assert len(calls) == 1
 
 
-def test_config_and_keras_file_round_trip(tmp_path):
-    model = tiny_model(4, beta=0.5, reconstruction="mean", kl="sampled", use_posterior_mean=True,
-                       weight_decay=0.0, seed=3, ged_samples=4, ged_classes=[1, 3],
-                       fcomb_channels=5)
-    images, _ = random_batch(4, channels=2)
-    expected = model(images).numpy()
-    config = model.get_config()
-    clone = tfprobunet.ProbabilisticUNet.from_config(config)
-    assert clone.get_config() == config
-    clone.build(images.shape)
-    clone.set_weights(model.get_weights())
-    np.testing.assert_array_equal(clone(images), expected)
-
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded, tfprobunet.ProbabilisticUNet)
-    assert loaded.get_config() == config
-    np.testing.assert_array_equal(loaded(images), expected)
-    np.testing.assert_array_equal(loaded.sample(images, 3, seed=1), model.sample(images, 3, seed=1))
-
-
 @pytest.mark.parametrize("fcomb_channels,width", [(None, 8), (24, 24)])
 def test_fcomb_width_is_the_first_unet_level_unless_given(fcomb_channels, width):
     model = tfprobunet.ProbabilisticUNet(num_classes=3, num_channels=[8, 16], convs_per_block=1,
@@ -96,29 +81,12 @@ def test_fcomb_width_is_the_first_unet_level_unless_given(fcomb_channels, width)
     assert model.fcomb.logits.kernel.shape == (width, 3)
 
 
-def test_one_train_step_gives_every_variable_a_gradient():
-    """The bug of existing TF2 ports: f_comb, prior or posterior weights that never train."""
+def test_the_trainable_variables_are_those_of_the_four_parts():
+    """Every one gets a gradient and moves in a step (the harness); these are all of them."""
     model = tiny_model(3)
-    images, segmentations = random_batch(3, batch=4)
-    model.build(images.shape)
-    with tf.GradientTape() as tape:
-        terms = model.elbo_terms(images, segmentations)
-        loss = tf.reduce_mean(terms["loss"])
-    gradients = tape.gradient(loss, model.trainable_variables)
-    names = {"unet", "prior", "posterior", "fcomb"}
-    seen = set()
-    for variable, gradient in zip(model.trainable_variables, gradients):
-        assert gradient is not None, f"{variable.path} gets no gradient"
-        assert np.any(gradient.numpy() != 0), f"{variable.path} gets a zero gradient"
-        seen.add(variable.path.split("/")[1])
-    assert seen == names
-
-    # And a real optimizer step through fit moves every one of them.
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0)
-    for variable, old in zip(model.trainable_variables, before):
-        assert np.any(variable.numpy() != old), f"{variable.path} did not change"
+    model.build((None, 16, 16, 1))
+    assert {v.path.split("/")[1] for v in model.trainable_variables} == {
+        "unet", "prior", "posterior", "fcomb"}
 
 
 def test_train_step_loss_matches_the_terms_and_weight_decay():
@@ -338,15 +306,6 @@ def test_keras_callbacks_know_that_lower_val_ged_is_better():
     assert len(history.history["val_ged"]) == 2
     for callback in (stopper, checkpoint):
         assert callback.monitor_op(0.1, 0.2) and not callback.monitor_op(0.2, 0.1)
-
-
-def test_compile_refuses_a_loss_or_metrics_the_model_would_ignore():
-    model = tiny_model(2)
-    for kwargs in (dict(loss="sparse_categorical_crossentropy"), dict(metrics=["accuracy"])):
-        with pytest.raises(ValueError, match=r"built-in beta-ELBO.*optimizer only.*Received: "
-                                             + next(iter(kwargs))):
-            model.compile(optimizer="adam", **kwargs)
-    model.compile(optimizer="adam", jit_compile=False)  # what is meant is accepted
 
 
 def test_fit_on_a_dataset_does_not_warn_about_shuffle():
