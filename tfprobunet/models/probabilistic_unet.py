@@ -9,6 +9,7 @@ from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
 from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models.base import GED_SEED, IGNORE_LABEL, SegmentationSampler  # noqa: F401
+from tfprobunet.models.checks import check_num_samples
 
 # The GECO-style constraint: the moving average's decay (0.99, as the HPU-Net reference code's
 # default, deepmind-research hierarchical_probabilistic_unet/model.py) and the range our
@@ -231,8 +232,7 @@ class ProbabilisticUNet(SegmentationSampler):
         Returns:
             logits `(b, m, h, w, K)`; `argmax(-1)` gives the label maps.
         """
-        if isinstance(num_samples, int) and num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
+        check_num_samples(num_samples)
         features, prior = self.features(images)
         return self.decode(features, self.prior_latents(prior.loc, prior.stddev(), num_samples,
                                                         seed))
