@@ -1,60 +1,37 @@
-"""What every model of the package shares: a `keras.Model` that draws segmentations.
+"""The train/test contract every model of the package shares: a `keras.Model` that draws
+segmentations (`SegmentationSampler`).
 
-`SegmentationSampler` holds the input checks, a training step around a per-example loss, a
-validation step that also scores `ged` against all annotations, and the `compile` / `fit`
-conventions. A model subclasses it with its layers and two methods:
+A model subclasses it with its layers and two methods:
 
 - `loss_terms(images, segmentations)` -> dict of per-example `(b,)` terms, `"loss"` first (the
   others, e.g. `"kl"`, are logged beside it): what training minimises;
 - `sample(images, num_samples=1, seed=None)` -> logits `(b, m, h, w, K)`: m segmentations per
   image, reproducible when `seed` is given. `evaluate`, `fit`'s `val_ged` and the serving
   export use only this.
+
+The base class then gives the training step around the per-example loss and a validation step
+that also scores `ged` against all annotations. The input checks live in `checks.py`, the
+departures from `keras.Model`'s `compile` / `fit` in `overrides.py`.
 """
 
-import inspect
 import numbers
-import warnings
 
 import keras
 import tensorflow as tf
 
-from tfprobunet import _console
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
-from tfprobunet.data import checks
 from tfprobunet.defaults import check_model_numbers
+from tfprobunet.models import checks
+# Importable from here, where they were before `checks.py` (the models and tests use them).
+from tfprobunet.models.checks import check_num_samples, require, seed_pair  # noqa: F401
+from tfprobunet.models.overrides import KerasOverrides
 
 IGNORE_LABEL = losses.IGNORE_LABEL
 # Validation samples for `ged` are drawn with this stateless seed: the same weights and data give
 # the same `val_ged`, so epochs and tuner trials are compared on the same noise.
 GED_SEED = 0
-# `compile` arguments the models have their own of (the loss, its trackers): refused if given.
-_BUILT_IN_COMPILE_ARGS = ("loss", "loss_weights", "metrics", "weighted_metrics")
-
-
-def require(condition, message, tensor):
-    """Return `tensor` if `condition` holds. Eagerly, raise `ValueError(message)`; in a graph, the
-    returned tensor depends on an assert with the same message, so nothing computed from it runs
-    (and fails less clearly) before the check."""
-    if tf.executing_eagerly():
-        if not bool(condition):
-            raise ValueError(message)
-        return tensor
-    with tf.control_dependencies([tf.debugging.assert_equal(condition, True, message=message)]):
-        return tf.identity(tensor)
-
-
-def seed_pair(seed):
-    """A stateless-RNG seed, `(2,)` int32, from an int or a `(2,)` tensor."""
-    if isinstance(seed, int):
-        return tf.constant([seed, 0], tf.int32)
-    seed = tf.cast(seed, tf.int32)
-    if seed.shape.rank != 1 or seed.shape[0] != 2:
-        raise ValueError(f"`seed` must be an int or an int tensor of shape (2,). Received shape "
-                         f"{seed.shape}")
-    return seed
-
 
 
 def cycle_samples(outputs, num_samples):
@@ -63,12 +40,7 @@ def cycle_samples(outputs, num_samples):
     return tf.gather(outputs, tf.range(num_samples) % tf.shape(outputs)[1], axis=1)
 
 
-def check_num_samples(num_samples):
-    if isinstance(num_samples, int) and num_samples < 1:
-        raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
-
-
-class SegmentationSampler(keras.Model):
+class SegmentationSampler(KerasOverrides, keras.Model):
     """Base class of the models: a `keras.Model` whose `sample(images, m, seed)` draws m
     segmentations per image, trained with `fit` on `(images, segmentations)` pairs.
 
@@ -130,100 +102,16 @@ class SegmentationSampler(keras.Model):
             self.num_classes, self._ged_classes, name="ged")
         self.ged_classes = self.ged_tracker.classes
 
-    def get_build_config(self):
-        """`{"input_shape": [b, h, w, c]}` as plain ints and None, however `build` was called
-        (a `TensorShape` is not JSON: Keras Tuner and `.keras` saving write this config)."""
-        config = super().get_build_config()
-        if config and "input_shape" in config:
-            config["input_shape"] = [None if d is None else int(d)
-                                     for d in tf.TensorShape(config["input_shape"]).as_list()]
-        return config
-
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
-               **kwargs):
-        """Keras' `Model.export` of `call`, with images of any batch size, height and width by
-        default: `input_signature=[(None, None, None, c) float32]`.
-
-        The serving signatures that sample (`serving_default`, `features`, `sample`,
-        `decode`) are written by `tfprobunet.export_for_serving`.
-        """
-        if input_signature is None:
-            if not self.built:
-                raise ValueError("Build the model (`model.build((None, h, w, c))`, a call or "
-                                 "`fit`) before exporting it.")
-            input_signature = [tf.TensorSpec((None, None, None, self.image_channels),
-                                             tf.float32, name="images")]
-        return super().export(filepath, format=format, verbose=verbose,
-                              input_signature=input_signature, **kwargs)
-
     # ------------------------------------------------------------------ input checks
     def _check_images(self, images):
-        """`images (b, h, w, c)` as float: uint8 is divided by 255, as the loaders do."""
-        images = tf.convert_to_tensor(images)
-        if images.dtype == tf.uint8:
-            images = tf.cast(images, tf.float32) / 255.0
-        if not images.dtype.is_floating:
-            raise ValueError(f"`images` must be float, e.g. float32 scaled to [0, 1], or uint8 "
-                             f"(divided by 255). Received dtype {images.dtype.name}: convert "
-                             "with `images.astype('float32') / 255` if 0..255 is their range.")
-        shape = images.shape
-        if shape.rank != 4:
-            raise ValueError(f"`images` must have rank 4, (b, h, w, c). Received shape {shape} "
-                             f"(rank {shape.rank}); {self._missing_axes(shape)}.")
-        if self.image_channels is not None and shape[-1] != self.image_channels:
-            raise ValueError(f"`images` must have {self.image_channels} channel(s), as the model "
-                             f"was built with. Received shape {shape} with {shape[-1]} channels.")
-        layers_lib.check_spatial_size(shape[1], shape[2], self.num_channels)
-        if shape[1] is None or shape[2] is None:
-            divisor = layers_lib.size_divisor(self.num_channels)
-            dynamic = tf.shape(images)
-            images = require(
-                tf.equal(dynamic[1] % divisor + dynamic[2] % divisor, 0),
-                f"Image height and width must be divisible by {divisor} for "
-                f"num_channels={list(self.num_channels)}.", images)
-        return require(tf.reduce_all(tf.math.is_finite(images)),
-                        f"`images` contain NaN or Inf values (shape {shape}); the model needs "
-                        "finite pixel values, e.g. float32 in [0, 1].", images)
-
-    def _missing_axes(self, shape):
-        """What to add to images of the wrong rank, from their last axis."""
-        if shape.rank == 2:
-            return "add a batch and a channel axis for one grey image: `image[None, ..., None]`"
-        if shape.rank == 3:
-            channels = self.image_channels or 4  # built: its count; else 1, 3 or 4 look like c
-            if shape[-1] is not None and shape[-1] <= channels:
-                return "add a batch axis for one image: `image[None]`"
-            return ("add a channel axis for grey images (b, h, w): `images[..., None]`; for "
-                    "one (h, w, c) image, a batch axis: `image[None]`")
-        return "images are (batch, height, width, channels)"
+        """`images (b, h, w, c)` as float, checked (`checks.images`)."""
+        return checks.images(images, self.image_channels, self.num_channels)
 
     def _check_segmentations(self, segmentations, images):
-        segmentations = tf.convert_to_tensor(segmentations)
-        if segmentations.shape.rank == 4 and segmentations.shape[-1] == 1:
-            segmentations = segmentations[..., 0]
-        if segmentations.shape.rank != 3:
-            raise ValueError("`segmentations` must have rank 3, (b, h, w) class labels (not one-"
-                             f"hot). Received shape {segmentations.shape}.")
-        return self._check_labels("segmentations", "(b, h, w)", segmentations, images)
+        return checks.segmentations(segmentations, images, self.num_classes)
 
     def _check_labels(self, name, layout, labels, images):
-        """Integer labels `layout` with the images' height and width, in [0, K) or 255."""
-        if not labels.dtype.is_integer:
-            raise ValueError(f"`{name}` must be integer class labels, {layout}. Received dtype "
-                             f"{labels.dtype.name}.")
-        message = (f"`{name}` {labels.shape} and `images` {images.shape} must have the same "
-                   f"height and width: {layout} and (b, h, w, c).")
-        if not labels.shape[-2:].is_compatible_with(images.shape[1:3]):
-            raise ValueError(message)
-        labels = tf.cast(labels, tf.int32)
-        if not (labels.shape[-2:].is_fully_defined() and images.shape[1:3].is_fully_defined()):
-            labels = require(tf.reduce_all(tf.shape(labels)[-2:] == tf.shape(images)[1:3]),
-                              message, labels)
-        valid = ((labels >= 0) & (labels < self.num_classes)) | (labels == IGNORE_LABEL)
-        return require(tf.reduce_all(valid),
-                        f"`{name}` must hold labels in [0, {self.num_classes - 1}] "
-                        f"(num_classes={self.num_classes}) or {IGNORE_LABEL} (ignore); they hold "
-                        "other values.", labels)
+        return checks.labels(name, layout, labels, images, self.num_classes)
 
     def _ensure_built(self, images):
         if not self.built:
@@ -350,95 +238,6 @@ class SegmentationSampler(keras.Model):
     @property
     def metrics(self):
         return [*self._trackers(), self.ged_tracker]
-
-    def compile(self, optimizer="rmsprop", **kwargs):
-        """`keras.Model.compile` with an optimizer only: the loss is built in, and the model
-        reports its `TERMS` and, on validation data with all annotations, `ged`. A `loss`,
-        `loss_weights`, `metrics` or `weighted_metrics` would be ignored, so they are
-        refused."""
-        given = {name: kwargs.pop(name) for name in _BUILT_IN_COMPILE_ARGS if kwargs.get(name)}
-        if given:
-            raise ValueError(
-                f"{type(self).__name__} trains on {self.LOSS_NAME} and reports "
-                f"{', '.join(self.TERMS)} and ged itself: compile it with an optimizer only, "
-                "e.g. model.compile(optimizer=keras.optimizers.Adam(1e-4)). "
-                f"Received: {', '.join(f'{k}={v!r}' for k, v in given.items())}.")
-        super().compile(optimizer=optimizer, **kwargs)
-
-    def compile_from_config(self, config):
-        """What `keras.models.load_model` calls: compile as saved and create the optimizer's
-        variables, so that its saved state loads too. (Keras skips, with a warning, models whose
-        `compile` is overridden, unless they override this.) A `loss` or `metrics` in a file
-        written by version 0.1, which accepted and ignored them, is dropped with a warning."""
-        config = dict(keras.saving.deserialize_keras_object(config))
-        ignored = {k: config.pop(k) for k in _BUILT_IN_COMPILE_ARGS if config.get(k)}
-        if ignored:
-            warnings.warn(f"Dropped {', '.join(sorted(ignored))} from the saved compile "
-                          f"settings: the model trains on {self.LOSS_NAME} and never used "
-                          "them.", stacklevel=2)
-        self.compile(**config)
-        self._build_optimizer()
-
-    def _build_optimizer(self):
-        """Create the optimizer's variables now, in the model's strategy, if the model is built
-        and they do not exist yet."""
-        if self.built and self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
-
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, with defaults that suit these models:
-
-        - on a dataset, which shuffles itself (`tfprobunet.data.training_pipeline`), or a
-          generator, `shuffle` defaults to False instead of True, which Keras ignores there
-          with a warning (arrays are still shuffled by default);
-        - `verbose` defaults to the progress bar on a terminal or in a notebook and one line
-          per epoch otherwise (Keras' "auto" writes the bar's escape codes into log files);
-        - callbacks that monitor `ged` / `val_ged` in `mode="auto"` (`EarlyStopping`,
-          `ModelCheckpoint`, `ReduceLROnPlateau`) get `mode="min"` set on them: Keras finds the
-          direction of compiled metrics only, and would otherwise stop with "isn't able to
-          automatically determine whether that metric should be maximized or minimized";
-        - the labels of `y`, or of the first batches of a dataset, and of `validation_data`
-          are checked before training (`tfprobunet.data.checks.check_labels`): masks saved as
-          0/255 are refused, since 255 is the ignore label;
-        - the model (from a dataset's element spec) and the optimizer's variables are built
-          before the first step: otherwise the optimizer creates them inside the first traced
-          step and TensorFlow traces the whole step a second time (twice the start-up).
-        """
-        if "verbose" not in kwargs and len(args) < 3:  # Keras' "auto" draws bars into files
-            kwargs["verbose"] = _console.progress_verbosity()
-        self_shuffling = (tf.data.Dataset, tf.distribute.DistributedDataset,
-                          keras.utils.PyDataset)
-        if ((isinstance(x, self_shuffling) or inspect.isgenerator(x))
-                and "shuffle" not in kwargs and len(args) < 7):
-            kwargs["shuffle"] = False
-        callbacks = kwargs.get("callbacks", args[3] if len(args) > 3 else None)
-        for callback in callbacks or ():
-            if (getattr(callback, "monitor", None) in ("ged", "val_ged")
-                    and getattr(callback, "mode", None) == "auto"):
-                callback.mode = "min"
-        if not self.built and isinstance(x, tf.data.Dataset) \
-                and isinstance(x.element_spec, (tuple, list)):
-            shape = tuple(x.element_spec[0].shape)
-            if len(shape) == 4 and shape[-1] is not None:
-                self.build(shape)
-        self._check_fit_labels(x, y, kwargs.get("validation_data",
-                                                args[5] if len(args) > 5 else None))
-        self._build_optimizer()
-        return super().fit(x, y, *args, **kwargs)
-
-    def _check_fit_labels(self, x, y, validation_data):
-        """Refuse 0/255 masks and labels out of range before the first step (the train step
-        refuses out-of-range labels too, but not masks whose foreground is all ignored)."""
-        for data, where in ((x, "`fit`'s dataset"), (validation_data, "`validation_data`")):
-            if isinstance(data, tf.data.Dataset):
-                checks.check_dataset(data, self.num_classes, f"The segmentations of {where}",
-                                     count=checks.PEEK_BATCHES)
-            elif isinstance(data, (tuple, list)) and len(data) > 1:
-                checks.check_labels(data[1], self.num_classes,
-                                    f"The segmentations of {where}")
-        if y is not None and not isinstance(x, tf.data.Dataset):
-            checks.check_labels(y, self.num_classes, "`fit`'s y")
 
     # ------------------------------------------------------------------ config
     def get_config(self):

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
-from tfprobunet.models.base import SegmentationSampler, check_num_samples, seed_pair
+from tfprobunet.models.base import SegmentationSampler
+from tfprobunet.models.checks import check_num_samples, seed_pair
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")

@@ -8,7 +8,8 @@ import tensorflow as tf
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet.defaults import check_model_numbers
-from tfprobunet.models.base import SegmentationSampler, check_num_samples
+from tfprobunet.models.base import SegmentationSampler
+from tfprobunet.models.checks import check_num_samples
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
-from tfprobunet.models.base import SegmentationSampler, check_num_samples, cycle_samples
+from tfprobunet.models.base import SegmentationSampler, cycle_samples
+from tfprobunet.models.checks import check_num_samples
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")

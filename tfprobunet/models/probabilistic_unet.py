@@ -9,6 +9,7 @@ from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
 from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models.base import GED_SEED, IGNORE_LABEL, SegmentationSampler  # noqa: F401
+from tfprobunet.models.checks import check_num_samples
 
 # The GECO-style constraint: the moving average's decay (0.99, as the HPU-Net reference code's
 # default, deepmind-research hierarchical_probabilistic_unet/model.py) and the range our
@@ -23,7 +24,7 @@ class ProbabilisticUNet(SegmentationSampler):
     prior net P(z|X); trained as a conditional VAE with a posterior net Q(z|X, Y).
 
     For one image, `sample(images, m)` gives m consistent segmentations, drawn from the prior
-    that training fits to the annotations' variants (how well their frequencies match: README,
+    that training fits to the annotations' variants (how well their frequencies match: docs/recipes.md,
     "What calibrates at CPU budgets"). The U-Net and the prior run once per image; only the
     small `FComb` head runs per sample.
 
@@ -47,7 +48,7 @@ class ProbabilisticUNet(SegmentationSampler):
             first-level channels, `num_channels[0]`. A U-Net whose first level is narrow (the
             `cpu` preset's 16) gives f_comb too few units to decode every mode: with 16, one of
             the five *flips* classes was never decoded from z on some seeds, with 64 on none
-            (README, "What calibrates at CPU budgets"). Not in the paper.
+            (docs/recipes.md, "What calibrates at CPU budgets"). Not in the paper.
         beta: weight of the KL term in the loss (official: 1.0).
         reconstruction: `"sum"` of the pixel cross-entropy over pixels, mean over the batch
             (official), or `"mean"` over pixels.
@@ -231,8 +232,7 @@ class ProbabilisticUNet(SegmentationSampler):
         Returns:
             logits `(b, m, h, w, K)`; `argmax(-1)` gives the label maps.
         """
-        if isinstance(num_samples, int) and num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1. Received: num_samples={num_samples}")
+        check_num_samples(num_samples)
         features, prior = self.features(images)
         return self.decode(features, self.prior_latents(prior.loc, prior.stddev(), num_samples,
                                                         seed))

@@ -5,11 +5,11 @@ per image, then `sample(features, num_samples)` as often as needed; `predict` is
 call (`serving_default`), `decode` runs f_comb on given latents, `metadata` lists the
 signatures. `RestClient` does the same over TF Serving's REST API. Both talk to
 `tensorflow_model_server` (docs/serving.md) and to the local stand-in, `tfprobunet.serving.ModelServer`.
-`tfprobunet.prediction.predict_files` segments image files through either.
+`tfprobunet.prediction.predict_files` segments image files through either. The errors they
+raise, `ServingError` and `InvalidRequestError`, live in `wire` with the status names.
 """
 
 import json
-import os
 import time
 from urllib import error as urllib_error
 from urllib import request as urllib_request
@@ -18,6 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfprobunet.defaults import MAX_MESSAGE_BYTES
+from tfprobunet.serving.wire import (INIT_OP_SIGNATURE, STATUS_OF_HTTP,  # noqa: F401
+                                     InvalidRequestError, ServingError, grpc_options,
+                                     require_serving_extra, status_error, tensor_infos)
 
 try:  # the `serving` extra
     import grpc
@@ -26,39 +29,7 @@ try:  # the `serving` extra
 except ImportError:
     grpc = None
 
-INIT_OP_SIGNATURE = "__saved_model_init_op"
-
-
-def require_serving_extra():
-    """Raise an ImportError naming the extra when grpcio or tensorflow-serving-api is missing."""
-    if grpc is None:
-        raise ImportError("Serving needs grpcio and tensorflow-serving-api: "
-                          "pip install 'tfprobunet[serving]'")
-
-
-def grpc_options(max_message_bytes=MAX_MESSAGE_BYTES):
-    """gRPC channel and server options bounding message sizes."""
-    return [("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)]
-
-
-class ServingError(RuntimeError):
-    """A request failed on the server. `code` is the gRPC status name (e.g. `"NOT_FOUND"`)."""
-
-    def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class InvalidRequestError(ServingError, ValueError):
-    """The server rejected the request's inputs (INVALID_ARGUMENT); `message` says why."""
-
-
-def status_error(code, message):
-    """The `ServingError` for a status name: `InvalidRequestError` for INVALID_ARGUMENT."""
-    cls = InvalidRequestError if code == "INVALID_ARGUMENT" else ServingError
-    return cls(code, message)
+__all__ = ["GrpcClient", "InvalidRequestError", "RestClient", "ServingError", "read_image"]
 
 
 # ---------------------------------------------------------------------- clients
@@ -171,7 +142,7 @@ class GrpcClient(_Client):
         response = self._call(self._stub.GetModelMetadata, request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
-        return {name: {"inputs": _tensor_infos(sig.inputs), "outputs": _tensor_infos(sig.outputs)}
+        return {name: {"inputs": tensor_infos(sig.inputs), "outputs": tensor_infos(sig.outputs)}
                 for name, sig in signatures.signature_def.items() if name != INIT_OP_SIGNATURE}
 
     def close(self):
@@ -182,12 +153,6 @@ class GrpcClient(_Client):
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _tensor_infos(infos):
-    return {key: (tf.dtypes.as_dtype(info.dtype).name,
-                  tuple(None if d.size == -1 else d.size for d in info.tensor_shape.dim))
-            for key, info in infos.items()}
 
 
 class RestClient(_Client):
@@ -204,8 +169,7 @@ class RestClient(_Client):
 
     _DTYPES = {"masks": np.int32}
     # HTTP statuses back to the gRPC status names of `ServingError.code`.
-    _STATUS = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
-               413: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+    _STATUS = STATUS_OF_HTTP
 
     def __init__(self, url, model_name, version=None, timeout=30.0):
         self.url, self.model_name, self.version, self.timeout = (url.rstrip("/"), model_name,

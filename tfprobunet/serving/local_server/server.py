@@ -1,0 +1,119 @@
+"""`ModelServer`: the local stand-in for `tensorflow_model_server`, the gRPC and REST services on
+one `Registry`, which a thread scans for new versions every `poll_seconds`."""
+
+import logging
+import os
+import threading
+from concurrent import futures
+
+from tfprobunet.defaults import (MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
+                                 MAX_SAMPLE_PIXELS, MAX_SAMPLES)
+from tfprobunet.serving.local_server.grpc_service import ModelServicer, PredictionServicer
+from tfprobunet.serving.local_server.limits import RequestLimits
+from tfprobunet.serving.local_server.registry import Registry
+from tfprobunet.serving.local_server.rest_service import RestServer
+from tfprobunet.serving.wire import grpc_options, require_serving_extra
+
+try:  # the `serving` extra
+    import grpc
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+except ImportError:
+    grpc = None
+
+logger = logging.getLogger("tfprobunet.serving")
+
+
+class ModelServer:
+    """A local TF Serving stand-in: gRPC on `port`, REST on `rest_port` (0: a free port; None:
+    no REST). The base path is scanned every `poll_seconds` for new versions, as TF Serving does.
+
+    Args:
+        base_path: the model base folder, holding `<name>/<version>/`.
+        port, rest_port, host: where to listen.
+        max_workers: gRPC requests answered at once (TF Serving: `--grpc_max_threads`); more
+            wait. Each may take about 1 GB at the default limits.
+        rest_workers: REST requests parsed, answered and sent at once (TF Serving:
+            `--rest_api_num_threads`); more wait up to `request_timeout`, then get 503. The
+            bodies being read or waiting total at most `BODY_BUDGET` x `max_body_bytes`.
+        poll_seconds: seconds between scans (TF Serving: `--file_system_poll_wait_seconds`);
+            0 scans only when a request names an unknown model.
+        max_samples, max_pixels, max_sample_pixels: per-request limits (`RequestLimits`), on
+            top of those each export records; the defaults are the export's.
+        max_message_bytes: the largest gRPC message, both ways, and REST response (default
+            256 MiB; TF Serving: `--grpc_channel_arguments=grpc.max_receive_message_length=...`).
+        max_body_bytes: the largest REST request body (default 32 MiB: parsed JSON takes about
+            34 times its size in memory).
+        request_timeout: seconds a REST client may take to send its whole request (TF
+            Serving: `--rest_api_timeout_in_ms`).
+
+    Example:
+
+    ```python
+    with ModelServer("saved_models", port=0, rest_port=0) as server:
+        client = GrpcClient(f"localhost:{server.port}", "probunet")
+        masks = client.predict(images, 16)["masks"]
+    ```
+    """
+
+    def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=4,
+                 rest_workers=2, poll_seconds=1.0, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
+                 max_sample_pixels=MAX_SAMPLE_PIXELS, max_message_bytes=MAX_MESSAGE_BYTES,
+                 max_body_bytes=MAX_BODY_BYTES, request_timeout=30.0):
+        require_serving_extra()
+        if not os.path.isdir(base_path):
+            raise FileNotFoundError(f"No model base path {base_path!r}: export a model there "
+                                    "first (`tfprobunet export`).")
+        self.limits = RequestLimits(max_samples, max_pixels, max_sample_pixels,
+                                    max_message_bytes)
+        self.registry = Registry(base_path)
+        self.registry.reload()
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                                 options=grpc_options(max_message_bytes))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.registry, self.limits), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry),
+                                                                  self._grpc)
+        self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+        self.host, self.poll_seconds = host, poll_seconds
+        self._stopped = threading.Event()
+        self._http = None
+        self.rest_port = None
+        if rest_port is not None:
+            self._http = RestServer((host, rest_port), self.registry, self.limits,
+                                     max_body_bytes, request_timeout, rest_workers)
+            self.rest_port = self._http.server_address[1]
+
+    def _poll(self):
+        # Like TF Serving's --file_system_poll_wait_seconds: new versions are picked up. The
+        # loop never ends on an error: it is logged and the next scan runs.
+        while not self._stopped.wait(self.poll_seconds):
+            try:
+                self.registry.reload()
+            except Exception:  # noqa: BLE001
+                logger.exception("Scanning %s failed", self.registry.base_path)
+
+    def start(self):
+        self._grpc.start()
+        if self.poll_seconds:
+            threading.Thread(target=self._poll, daemon=True, name="model-poll").start()
+        if self._http is not None:
+            threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self._stopped.set()
+        self._grpc.stop(grace=None)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.registry.close()
+
+    def wait(self):
+        """Block until interrupted (for `tfprobunet serve`)."""
+        self._grpc.wait_for_termination()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
