@@ -308,6 +308,21 @@ def test_keras_callbacks_know_that_lower_val_ged_is_better():
         assert callback.monitor_op(0.1, 0.2) and not callback.monitor_op(0.2, 0.1)
 
 
+def test_callbacks_passed_positionally_also_learn_that_lower_val_ged_is_better():
+    """`fit` reads its arguments bound to `keras.Model.fit`'s signature, not by position in
+    `*args`: callbacks given as the sixth positional argument get the same `mode`."""
+    model = tiny_model(2, ged_samples=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    images, segmentations = random_batch(2, batch=4)
+    annotations = np.stack([segmentations, 1 - segmentations], axis=1)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_ged", patience=5)
+    # x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data
+    model.fit(images, segmentations, 2, 1, 0, [stopper], 0.0, (images, annotations))
+    assert stopper.monitor_op(0.1, 0.2) and not stopper.monitor_op(0.2, 0.1)
+    with pytest.raises(TypeError):
+        model.fit(images, segmentations, epochs=1, verbose=0, no_such_argument=1)
+
+
 def test_fit_on_a_dataset_does_not_warn_about_shuffle():
     model = tiny_model(2)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
