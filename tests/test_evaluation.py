@@ -121,4 +121,8 @@ def test_evaluate_command_reads_the_training_run(tmp_path, capsys):
     assert report["dataset"] == "graders" and report["num_images"] == 3
     assert report["sample_counts"] == [1, 2]
     assert os.path.exists(os.path.join(out, "samples.png"))
-    assert cli.DATASETS == data.DATASETS
+    # Every command's --dataset offers the library's datasets.
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    for command in ("train", "evaluate", "inspect", "tune", "compare"):
+        (action,) = [a for a in commands[command]._actions if a.dest == "dataset"]
+        assert tuple(action.choices) == tuple(data.DATASETS), command
