@@ -131,13 +131,15 @@ def test_ged_without_self_pairs_is_unbiased_for_draws_from_the_truth():
         assert abs(ged.mean() - mean) < 4 * ged.std() / np.sqrt(len(ged))
 
 
+@pytest.mark.parametrize("ignored", [True, False])  # (the distances take a shortcut without)
 @pytest.mark.parametrize("num_classes,classes", [(2, None), (4, None), (5, [1, 3])])
-def test_ged_matches_nested_loop_reference(num_classes, classes):
+def test_ged_matches_nested_loop_reference(num_classes, classes, ignored):
     rng = np.random.default_rng(num_classes)
     samples = rng.integers(0, num_classes, (3, 5, 6, 6))
     annotations = rng.integers(0, num_classes, (3, 4, 6, 6))
-    samples[rng.random(samples.shape) < 0.1] = 255
-    annotations[rng.random(annotations.shape) < 0.1] = 255
+    if ignored:
+        samples[rng.random(samples.shape) < 0.1] = 255
+        annotations[rng.random(annotations.shape) < 0.1] = 255
     annotations[0, 1] = 0  # an empty mask for the binary case
     weights = rng.random(4)
     for w in (None, weights):
@@ -251,3 +253,128 @@ def test_flip_frequencies_equal_a_hand_count():
     assert result[(2, 4)] == pytest.approx((2 / 4, 0.2))
     # Equally likely annotations: 1/3 each.
     assert metrics.flip_frequencies(samples, annotations)[(2, 4)][1] == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------ calibration metrics (issue 27)
+
+def _phiseg_variance_ncc_dist(sample_arr, gt_arr):
+    """A direct transcription of `utils.variance_ncc_dist` and `utils.ncc` of
+    baumgach/PHiSeg-code: loops, `np.correlate`, its normalisation. `sample_arr (N, X, Y, K)`
+    softmax samples, `gt_arr (M, X, Y, K)` one-hot annotations."""
+    def pixel_wise_xent(m_samp, m_gt, eps=1e-8):
+        return -1.0 * np.sum(m_gt * np.log(m_samp + eps), axis=-1)
+
+    def ncc(a, v):
+        a, v = a.flatten(), v.flatten()
+        a = (a - np.mean(a)) / (np.std(a) * len(a))
+        v = (v - np.mean(v)) / np.std(v)
+        return np.correlate(a, v)
+
+    mean_seg = np.mean(sample_arr, axis=0)
+    n, m = sample_arr.shape[0], gt_arr.shape[0]
+    e_ss = np.mean([pixel_wise_xent(sample_arr[i], mean_seg) for i in range(n)], axis=0)
+    e_sy = np.zeros((m, n) + sample_arr.shape[1:3])
+    for j in range(m):
+        for i in range(n):
+            e_sy[j, i] = pixel_wise_xent(sample_arr[i], gt_arr[j])
+    e_sy = np.mean(e_sy, axis=1)
+    return float((1 / m) * sum(ncc(e_ss, e_sy[j]) for j in range(m))[0])
+
+
+def test_ncc_hand_worked_one_annotation_with_and_one_against_the_samples():
+    """Identical samples with foreground probabilities 0.5, 0.9, 0.1 on three pixels: the
+    γ-map is their entropies [ln 2, H(0.9), H(0.9)]. Annotation [1, 1, 0] misses by
+    [ln 2, -ln 0.9, -ln 0.9] (same shape as the γ-map: NCC 1), annotation [1, 0, 1] by
+    [ln 2, -ln 0.1, -ln 0.1] (the opposite shape: NCC -1); their mean is 0."""
+    q = np.array([0.5, 0.9, 0.1])
+    probabilities = np.stack([1 - q, q], axis=-1).reshape(1, 1, 1, 3, 2).repeat(2, axis=1)
+    with_ = np.array([[[1, 1, 0]]])
+    against = np.array([[[1, 0, 1]]])
+    one = lambda a: metrics.normalized_cross_correlation(probabilities, a[:, None])  # noqa: E731
+    np.testing.assert_allclose(one(with_), [1.0], atol=1e-12)
+    np.testing.assert_allclose(one(against), [-1.0], atol=1e-12)
+    both = np.concatenate([with_, against])[None]  # (1, 2, 1, 3)
+    np.testing.assert_allclose(metrics.normalized_cross_correlation(probabilities, both), [0.0],
+                               atol=1e-12)
+
+
+def test_ncc_equals_phiseg_code_on_random_maps():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 6, 7, 3))
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    annotations = rng.integers(0, 3, (3, 4, 6, 7))
+    ours = metrics.normalized_cross_correlation(probabilities, annotations)
+    reference = [_phiseg_variance_ncc_dist(probabilities[i], np.eye(3)[annotations[i]])
+                 for i in range(3)]
+    np.testing.assert_allclose(ours, reference, rtol=1e-10)
+
+
+def test_ncc_leaves_ignored_pixels_out_and_is_nan_for_a_constant_map():
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet([1, 1], size=(1, 4, 5, 5))
+    annotations = rng.integers(0, 2, (1, 2, 5, 5))
+    ignored = annotations.copy()
+    ignored[:, 0, 4, :] = 255  # the last row is ignored in one annotation: left out of all
+    np.testing.assert_allclose(
+        metrics.normalized_cross_correlation(probabilities, ignored),
+        metrics.normalized_cross_correlation(probabilities[:, :, :4], annotations[:, :, :4]))
+    same = np.full_like(probabilities, 0.5)  # every pixel alike: the γ-map is constant
+    assert np.isnan(metrics.normalized_cross_correlation(same, annotations)[0])
+
+
+def test_ece_hand_worked():
+    """Pixels p = 0.05, 0.15, 0.95, 0.95 against two graders' shares 0, 0.5, 1, 0.5: bins
+    [0, 0.1) |0.05 - 0|, [0.1, 0.2) |0.15 - 0.5|, [0.9, 1] |0.95 - 0.75|, weighted 1/4, 1/4,
+    2/4: 0.0125 + 0.0875 + 0.1 = 0.2."""
+    probabilities = np.array([[[0.05, 0.15, 0.95, 0.95]]])
+    annotations = np.array([[[[0, 1, 1, 1]], [[0, 0, 1, 0]]]])
+    assert metrics.expected_calibration_error(probabilities, annotations) == pytest.approx(0.2)
+
+
+def _ece_by_loops(p, target, bins):
+    """The published formula, sum_m |B_m|/n |acc(B_m) - conf(B_m)|, bin by bin."""
+    total = 0.0
+    for m in range(bins):
+        low, high = m / bins, (m + 1) / bins
+        inside = (p >= low) & ((p < high) if m < bins - 1 else (p <= high))
+        if inside.any():
+            total += inside.sum() / p.size * abs(target[inside].mean() - p[inside].mean())
+    return total
+
+
+@pytest.mark.parametrize("bins", [1, 10, 15])
+def test_ece_equals_the_formula_bin_by_bin_and_scores_one_class_against_the_rest(bins):
+    rng = np.random.default_rng(bins)
+    annotations = rng.integers(0, 3, (2, 4, 6, 5))
+    probabilities = rng.random((2, 6, 5))
+    probabilities[0, 0, 0] = 1.0  # the last bin is closed
+    for k in range(3):
+        target = (annotations == k).mean(axis=1)
+        assert metrics.expected_calibration_error(
+            probabilities, annotations, bins=bins, positive_class=k) == pytest.approx(
+            _ece_by_loops(probabilities.ravel(), target.ravel(), bins), abs=1e-12)
+    # A perfectly calibrated predictor (p = the graders' share) scores 0 with a bin per value.
+    share = (annotations == 1).mean(axis=1)
+    assert metrics.expected_calibration_error(share, annotations, bins=4) == pytest.approx(0.0)
+
+
+def test_sample_diversity_hand_worked_and_as_the_unbiased_geds_term():
+    """Samples A, A, B with A and B disjoint: of the 6 ordered pairs of different samples, 4
+    have d = 1 and 2 have d = 0: 2/3."""
+    a = np.zeros((4, 4), int)
+    a[:2] = 1
+    b = 1 - a
+    samples = np.stack([a, a, b])[None]
+    np.testing.assert_allclose(metrics.sample_diversity(samples, 2), [2 / 3])
+    # It is the E[d(S, S')] that the unbiased GED subtracts.
+    rng = np.random.default_rng(2)
+    samples = rng.integers(0, 2, (3, 5, 6, 6))
+    annotations = rng.integers(0, 2, (3, 4, 6, 6))
+    cross = metrics.pairwise_distances(samples, annotations, 2).mean(axis=(1, 2))
+    truth = metrics.pairwise_distances(annotations, annotations, 2)
+    truth = (truth.sum(axis=(1, 2))) / (4 * 3)
+    np.testing.assert_allclose(
+        metrics.generalized_energy_distance(samples, annotations, 2, self_pairs=False),
+        2 * cross - metrics.sample_diversity(samples, 2) - truth)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        metrics.sample_diversity(samples[:, :1], 2)

@@ -1,0 +1,135 @@
+"""How well the spread of the samples matches the annotators': PHiSeg's normalized
+cross-correlation (`normalized_cross_correlation`), the expected calibration error of pixel
+probabilities (`expected_calibration_error`) and the samples' own diversity
+(`sample_diversity`). numpy, per image where a value per image exists."""
+
+import numpy as np
+
+from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.metrics.distances import _label_maps, pairwise_distances
+
+
+def normalized_cross_correlation(probabilities, annotations, eps=1e-8,
+                                 ignore_label=IGNORE_LABEL):
+    """PHiSeg's S_NCC per image (Baumgartner et al. 2019; `utils.variance_ncc_dist` of
+    baumgach/PHiSeg-code, which its LIDC tables use): how well the map of where the samples
+    disagree matches the maps of where they disagree with each annotator.
+
+    With s_i the samples' class probabilities and s̄ their mean, the γ-map is
+    `E_s[CE(s̄, s)] = mean_i(-sum_k s̄_k log(s_i,k + eps))`, and for each annotation y the map
+    `E_s[CE(y, s)] = mean_i(-log(s_i,y + eps))`. S_NCC is the NCC of the γ-map with each
+    annotation's map, averaged over the annotations: `NCC(x, z) = mean((x - x̄)(z - z̄)) /
+    (std(x) std(z))` over the pixels, standard deviations of the population (numpy's default,
+    as PHiSeg's code). Higher is better (1: the same maps up to scale and offset).
+
+    As in PHiSeg's evaluation, the samples are the softmax probabilities, not argmax masks
+    (one-hot masks give `log(eps)` wherever a sample misses).
+
+    Args:
+        probabilities: `(b, m, h, w, K)` class probabilities of m samples (the softmax of
+            `model.sample`'s logits).
+        annotations: `(b, a, h, w)` int label maps.
+        eps: added inside the logarithms (PHiSeg's 1e-8).
+        ignore_label: a pixel with this label in any annotation of an image is left out of
+            every map of that image (PHiSeg's data has none).
+
+    Returns:
+        `(b,)` float64 in [-1, 1]; NaN for an image where a map is constant (no correlation
+        is defined there: PHiSeg's code divides by zero too).
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    annotations = _label_maps("annotations", annotations)
+    if probabilities.ndim != 5 or probabilities.shape[:1] + probabilities.shape[2:4] != (
+            annotations.shape[:1] + annotations.shape[2:]):
+        raise ValueError("`probabilities` must be (b, m, h, w, K) and `annotations` (b, a, h, w) "
+                         "of the same b, h and w. Received shapes "
+                         f"{probabilities.shape} and {annotations.shape}.")
+    num_classes = probabilities.shape[-1]
+    valid = np.all(annotations != ignore_label, axis=1)  # (b, h, w)
+    log_p = np.log(probabilities + eps)  # (b, m, h, w, K)
+    mean = probabilities.mean(axis=1)  # (b, h, w, K)
+    gamma = -np.einsum("bhwk,bmhwk->bhw", mean, log_p) / probabilities.shape[1]
+    mean_log_p = log_p.mean(axis=1)  # (b, h, w, K)
+    labels = np.where(annotations == ignore_label, 0, annotations)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"`annotations` must hold labels in [0, {num_classes - 1}] (or "
+                         f"{ignore_label}). Received labels in [{labels.min()}, {labels.max()}].")
+    # E_s[CE(y, s)] per annotation: -mean_i log(s_i,y + eps), (b, a, h, w).
+    per_annotation = -np.take_along_axis(mean_log_p[:, None], labels[..., None], axis=-1)[..., 0]
+    result = np.empty(len(gamma))
+    for i in range(len(gamma)):
+        x = gamma[i][valid[i]]
+        z = per_annotation[i][:, valid[i]]  # (a, pixels)
+        result[i] = np.mean([_ncc(x, zj) for zj in z])
+    return result
+
+
+def _ncc(x, z):
+    sx, sz = x.std(), z.std()
+    if sx == 0 or sz == 0:
+        return np.nan
+    return float(np.mean((x - x.mean()) * (z - z.mean())) / (sx * sz))
+
+
+def expected_calibration_error(probabilities, annotations, bins=10, positive_class=1,
+                               ignore_label=IGNORE_LABEL):
+    """The expected calibration error of pixel probabilities against the annotators' mean,
+    pooled over every pixel of the batch.
+
+    Each pixel's target is the share of its annotations that mark `positive_class` (0, 1/a,
+    ..., 1). The predicted probabilities are put in `bins` equal-width bins of [0, 1] (the last
+    one closed), and `ECE = sum over bins of n_bin / N * |mean(p in bin) - mean(target in
+    bin)|`.
+
+    K > 2: one class against the rest, `positive_class` naming it; call once per class.
+
+    Args:
+        probabilities: `(b, h, w)` predicted probability of `positive_class` per pixel (e.g.
+            the mean over samples of its softmax probability).
+        annotations: `(b, a, h, w)` int label maps.
+        bins: the number of bins (>= 1).
+        positive_class: the class whose probability is scored.
+        ignore_label: an annotation's pixel with this label does not count in that pixel's
+            target; a pixel no annotation labels is left out.
+
+    Returns:
+        A float in [0, 1]; lower is better.
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    annotations = _label_maps("annotations", annotations)
+    if probabilities.shape != annotations.shape[:1] + annotations.shape[2:]:
+        raise ValueError("`probabilities` must be (b, h, w), the shape of `annotations` (b, a, "
+                         f"h, w) without a. Received shapes {probabilities.shape} and "
+                         f"{annotations.shape}.")
+    if not (isinstance(bins, int) and bins >= 1):
+        raise ValueError(f"`bins` must be a positive integer. Received: bins={bins!r}")
+    labelled = (annotations != ignore_label).sum(axis=1)
+    marked = (annotations == positive_class).sum(axis=1)
+    keep = labelled > 0
+    p = probabilities[keep]
+    target = marked[keep] / labelled[keep]
+    if p.size == 0:
+        raise ValueError("No pixel has an annotation that is not `ignore_label`.")
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    gap = np.abs(np.bincount(index, p, bins) - np.bincount(index, target, bins))
+    return float(gap.sum() / counts.sum())
+
+
+def sample_diversity(samples, num_classes, classes=None, ignore_label=IGNORE_LABEL):
+    """The mean `d = 1 - IoU` over pairs of two different samples, per image: the E[d(S, S')]
+    of the unbiased GED (`generalized_energy_distance(..., self_pairs=False)`).
+
+    Args:
+        samples: `(b, m, h, w)` int label maps, m >= 2.
+        num_classes, classes, ignore_label: as in `pairwise_distances`.
+
+    Returns:
+        `(b,)` float64 in [0, 1]; 0 when every sample is the same.
+    """
+    samples = _label_maps("samples", samples)
+    m = samples.shape[1]
+    if m < 2:
+        raise ValueError(f"`samples` must hold at least 2 samples per image. Received: {m}")
+    pairwise = pairwise_distances(samples, samples, num_classes, classes, ignore_label)
+    return np.einsum("bij,ij->b", pairwise, 1.0 - np.eye(m)) / (m * (m - 1))
