@@ -165,7 +165,8 @@ def _imported_modules(stderr):
 @pytest.mark.parametrize("command", [[_console_script(), "--help"],
                                      [_console_script(), "train", "--help"],
                                      [_console_script(), "predict", "--help"],
-                                     ["-m", "tfprobunet.cli", "evaluate", "--help"]])
+                                     ["-m", "tfprobunet.cli", "evaluate", "--help"],
+                                     [_console_script(), "data", "manifest", "--help"]])
 def test_help_answers_without_importing_tensorflow(command):
     result = _command(["-X", "importtime", *command])
     assert result.returncode == 0 and "usage: tfprobunet" in result.stdout, result.stderr

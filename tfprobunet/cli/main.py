@@ -7,7 +7,7 @@ import signal
 import sys
 
 from tfprobunet import _console, _interrupts
-from tfprobunet.cli import evaluation, flags, serving, training
+from tfprobunet.cli import data, evaluation, flags, serving, training
 from tfprobunet.defaults import DATASETS
 
 DESCRIPTION = "The `tfprobunet` console script. Thin: every command calls a library function."
@@ -25,6 +25,7 @@ def build_parser():
     training.add_parsers(commands)
     evaluation.add_parsers(commands)
     serving.add_parsers(commands)
+    data.add_parsers(commands)
     return parser
 
 

@@ -27,13 +27,14 @@ import numpy as np
 import tensorflow as tf
 
 # The restricted unpickler has its own module; its names stay importable from here.
+from tfprobunet.data import manifests
 from tfprobunet.data.safe_pickle import ARRAY_BYTES_SLACK, UnsafePickleError, read_pickle
 
 __all__ = ["SPLITS", "SPLIT_FRACTIONS", "UnsafePickleError", "crop_size", "crops", "crops_files",
-           "pickle_arrays", "pickle_dataset", "read_pickle", "split_series"]
+           "pickle_arrays", "pickle_dataset", "read_pickle", "split_manifest", "split_series"]
 
 SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+SPLIT_FRACTIONS = manifests.FRACTIONS  # PHiSeg's 64/16/20 of the series
 _MASK = re.compile(r"^(?P<slice>.+)_l(?P<grader>\d+)\.png$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))  # the last 12 bytes of a PNG
@@ -318,18 +319,22 @@ def pickle_arrays(path):
 def split_series(series, split, fractions=SPLIT_FRACTIONS, seed=0):
     """Indices of the examples in `split`, with every series (scan) in exactly one split.
 
-    The unique series are shuffled with `seed` and cut by `fractions` (train, val, test).
+    The unique series are shuffled with `seed` and cut by `fractions` (train, val, test), as
+    a split manifest records them (`manifests.split_ids`).
     """
     _check_split(split)
-    unique = np.unique(series)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    bounds = np.round(np.cumsum((0.0,) + tuple(fractions)) / sum(fractions) * len(unique))
-    i = SPLITS.index(split)
-    chosen = set(unique[order[int(bounds[i]):int(bounds[i + 1])]])
-    return np.array([k for k, s in enumerate(series) if s in chosen], np.int64)
+    return manifests.indices({"splits": manifests.split_ids(series, seed, fractions)}, series,
+                             split)
 
 
-def pickle_dataset(path, split="train", image_size=None, seed=0, fractions=SPLIT_FRACTIONS):
+def split_manifest(path, seed=0, fractions=SPLIT_FRACTIONS):
+    """The split manifest of the pickle at `path` (see `tfprobunet.data.manifests`): its series
+    shuffled with `seed`, cut by `fractions`, and the file's sha256."""
+    return manifests.make("lidc-pickle", path, pickle_arrays(path)[2], seed, fractions)
+
+
+def pickle_dataset(path, split="train", image_size=None, seed=0, fractions=SPLIT_FRACTIONS,
+                   split_manifest=None):
     """The LIDC pickle of the PyTorch port, split by series.
 
     Args:
@@ -337,13 +342,20 @@ def pickle_dataset(path, split="train", image_size=None, seed=0, fractions=SPLIT
         split: `"train"`, `"val"` or `"test"`.
         image_size: center crop (or pad) to this size; None keeps the stored 128x128.
         seed: seeds the split by series.
-        fractions: shares of the series in train, val and test.
+        fractions: shares of the series in train, val and test (PHiSeg's 64/16/20).
+        split_manifest: a manifest (its JSON file, or the dict) to take the split from instead
+            of `seed` and `fractions`; refused unless made from this very file (its sha256).
 
     Returns:
         `tf.data.Dataset` of `(image (s, s, 1) float32, annotations (4, s, s) int32)`.
     """
     images, annotations, series = pickle_arrays(path)
-    index = split_series(series, split, fractions, seed)
+    if split_manifest is None:
+        index = split_series(series, split, fractions, seed)
+    else:
+        _check_split(split)
+        index = manifests.indices(manifests.read(split_manifest, path, "lidc-pickle"), series,
+                                  split)
     if not len(index):
         raise ValueError(f"Split {split!r} of {path} is empty: {len(np.unique(series))} series "
                          f"split by {fractions}.")

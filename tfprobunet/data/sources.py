@@ -6,11 +6,15 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.data import arrays, checks, cityscapes, folders, lidc, synthetic
+from tfprobunet.data import arrays, checks, cityscapes, folders, lidc, manifests, synthetic
 from tfprobunet.defaults import DATASETS
 
 SYNTHETIC = ("flips", "graders")
 SPLITS = ("train", "val", "test")
+# How the datasets without split manifests are split.
+_HOW_SPLIT = {"flips": "its seed (synthetic)", "graders": "its seed (synthetic)",
+              "lidc": "its published train/val/test folders", "npz": "your train/val/test files",
+              "folder": "its train/val/test subfolders or its seed", "cityscapes": "its folders"}
 # The synthetic splits are drawn with these offsets added to the seed, so they never overlap.
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 # Default sizes of the synthetic splits; flips' test split has the official evaluation's 500.
@@ -104,7 +108,8 @@ def as_source(dataset, split="train", data_dir=None, image_size=None, num_exampl
     return source
 
 
-def load(name, split="train", data_dir=None, image_size=None, num_examples=None, seed=0):
+def load(name, split="train", data_dir=None, image_size=None, num_examples=None, seed=0,
+         split_manifest=None):
     """Load a dataset by name.
 
     Args:
@@ -121,6 +126,9 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         num_examples: the first n examples; default all (synthetic: `DEFAULT_EXAMPLES`, 1000
             for train, 100 for val, 100 for graders' test and 500 for flips' test).
         seed: synthetic data, the LIDC pickle's split by series and the folder split.
+        split_manifest: a split manifest (a JSON file, see `tfprobunet.data.manifests`) that
+            fixes which series are in each split instead of `seed`: for the datasets split by
+            a seed and series (`manifests.DATASETS`: `"lidc-pickle"`).
 
     Returns:
         A `Source`.
@@ -129,6 +137,10 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         raise ValueError(f"`dataset` must be one of {DATASETS}. Received: {name!r}")
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
+    if split_manifest is not None and name not in manifests.DATASETS:
+        raise ValueError(f"A split manifest fixes the split of {', '.join(manifests.DATASETS)}; "
+                         f"{name!r} is split by {_HOW_SPLIT.get(name, 'its files')}. Received: "
+                         f"split_manifest={split_manifest!r}")
     if name in SYNTHETIC:
         return _synthetic(name, split, image_size or 64, num_examples, seed)
     if data_dir is None:
@@ -144,7 +156,8 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         source = folders.from_folders(os.path.join(data_dir, "images"),
                                       os.path.join(data_dir, "masks"), split, seed=seed)
     elif name == "lidc-pickle":
-        source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed), 2, None, None)
+        source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed,
+                                            split_manifest=split_manifest), 2, None, None)
     else:
         source = Source(cityscapes.dataset(data_dir, split, image_size or (256, 512)),
                         cityscapes.NUM_CLASSES, cityscapes.mode_probabilities(),

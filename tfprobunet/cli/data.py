@@ -1,0 +1,49 @@
+"""The commands about data: `data manifest` (a split manifest of a dataset split by a seed)."""
+
+import argparse
+import json
+
+
+# The datasets with split manifests (`tfprobunet.data.manifests.DATASETS`; listed here without
+# importing the data package, which imports TensorFlow).
+MANIFEST_DATASETS = ("lidc-pickle",)
+
+
+def add_parsers(commands):
+    """Add `data` (and its `manifest`) to the subparsers `commands`."""
+    data = commands.add_parser("data", help="data tools: split manifests")
+    tools = data.add_subparsers(dest="tool", required=True)
+    manifest = tools.add_parser(
+        "manifest", help="the split manifest of a dataset split by a seed: which series are in "
+                         "train, val and test, and the data file's sha256 (JSON)")
+    manifest.add_argument("--dataset", required=True, choices=MANIFEST_DATASETS)
+    manifest.add_argument("--data-dir", required=True,
+                          help="the data file (lidc-pickle: data_lidc.pickle or a folder of "
+                               "*.pickle)")
+    manifest.add_argument("--seed", type=int, default=0, help="shuffles the series")
+    manifest.add_argument("--fractions", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
+                          help="shares of the series (default: 0.64,0.16,0.2, PHiSeg's)")
+    manifest.add_argument("--out", metavar="FILE",
+                          help="write the manifest there (default: print it)")
+    manifest.set_defaults(run=_manifest)
+
+
+def _fractions(text):
+    values = [float(v) for v in text.split(",") if v]
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST shares, got {text!r}")
+    return tuple(values)
+
+
+def _manifest(args):
+    from tfprobunet import _io
+    from tfprobunet.data import lidc, manifests
+
+    manifest = lidc.split_manifest(args.data_dir, args.seed,
+                                   args.fractions or manifests.FRACTIONS)
+    if args.out is None:
+        print(json.dumps(manifest, indent=2))
+        return
+    _io.write_json(args.out, manifest)
+    counts = ", ".join(f"{len(v)} {k}" for k, v in manifest["splits"].items())
+    print(f"wrote {args.out}: {counts} series")
