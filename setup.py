@@ -31,6 +31,8 @@ setup(
         # scikit-learn: the bayesian tuner's Gaussian process
         "tune": ["keras-tuner>=1.4.7", "tensorboard", "scikit-learn"],
         "serving": ["tensorflow-serving-api", "grpcio"],
+        # h5py: PHiSeg's LIDC hdf5 (`lidc-phiseg`); Keras installs it too
+        "data": ["h5py"],
         "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist", "pillow"],
     },
     entry_points={"console_scripts": ["tfprobunet=tfprobunet.cli:main"]},

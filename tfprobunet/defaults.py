@@ -8,7 +8,8 @@ TensorFlow-free `models/presets.py`). The modules that use these values import t
 # The names `train(model=...)`, `compare` and the CLI know the models by (`models.MODELS`).
 MODEL_NAMES = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
 # The datasets `tfprobunet.data.load` knows by name.
-DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz", "folder")
+DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscapes", "npz",
+            "folder")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # `train(mixed_precision=...)`: Keras dtype policies (None: float32).

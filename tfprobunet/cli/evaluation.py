@@ -59,7 +59,7 @@ def data_settings(args):
 
 SYNTHETIC = ("flips", "graders")
 # The datasets whose arrays keep the size they were saved with: --image-size is refused.
-OWN_SIZE = ("npz", "folder")
+OWN_SIZE = ("npz", "folder", "lidc-phiseg")
 
 
 def check_dataset_flags(dataset, data_dir, image_size):

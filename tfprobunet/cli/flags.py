@@ -30,7 +30,8 @@ MODELS = {"probunet": ("models/probabilistic_unet.py", "ProbabilisticUNet"),
 # model's too.
 NOT_MODEL_FLAGS = ("num_classes", "seed")
 DATA_HELP = ("flips, graders: synthetic; lidc: the PNG crops folder; "
-             "lidc-pickle: the PyTorch port's data_lidc.pickle; cityscapes: the folder with "
+             "lidc-pickle: the PyTorch port's data_lidc.pickle; lidc-phiseg: PHiSeg's "
+             "data_lidc.hdf5; cityscapes: the folder with "
              "leftImg8bit/ and gtFine/; your own data: npz, a folder with train.npz, val.npz, "
              "test.npz; folder, a folder with images/ and masks/ (NAME_0.png, NAME_1.png, ... per "
              "image NAME.png; see docs/data.md)")
@@ -196,8 +197,8 @@ def add_data_flags(parser, library=None):
     """`--dataset`, `--data-dir`, `--image-size`, `--num-examples`; as library flags of the
     function `library` when given (`train`, `tune`, `compare`)."""
     specs = [("dataset", dict(choices=DATASETS), DATA_HELP, None),
-             ("data_dir", {}, "where --dataset folder, npz, lidc, lidc-pickle or cityscapes is "
-                              "read from (needs --dataset)", "none"),
+             ("data_dir", {}, "where --dataset folder, npz, lidc, lidc-pickle, lidc-phiseg or "
+                              "cityscapes is read from (needs --dataset)", "none"),
              ("image_size", dict(type=size), "SIZE or HEIGHT,WIDTH",
               "64 synthetic, 128 LIDC, 256,512 Cityscapes"),
              ("num_examples", dict(type=int), "images of the split",

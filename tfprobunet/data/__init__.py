@@ -3,7 +3,8 @@ pipelines for training and evaluation. `load(name, split, ...)` opens any of the
 own data comes as image folders (`from_folders`), npz arrays (`arrays`), a `Source` or a
 `tf.data.Dataset`, its labels checked where it comes in (`checks`)."""
 
-from tfprobunet.data import arrays, checks, cityscapes, folders, lidc, manifests, synthetic
+from tfprobunet.data import (arrays, checks, cityscapes, folders, lidc, manifests, phiseg,
+                             synthetic)
 from tfprobunet.data.folders import from_folders
 from tfprobunet.data.pipeline import evaluation_pipeline, training_pipeline
 from tfprobunet.data.sources import DATASETS, Source, as_source, check_source, load
@@ -11,4 +12,4 @@ from tfprobunet.data.synthetic import flip_modes, flips, graders
 
 __all__ = ["DATASETS", "Source", "arrays", "as_source", "check_source", "checks", "cityscapes",
            "evaluation_pipeline", "flip_modes", "flips", "folders", "from_folders", "graders",
-           "lidc", "load", "manifests", "synthetic", "training_pipeline"]
+           "lidc", "load", "manifests", "phiseg", "synthetic", "training_pipeline"]

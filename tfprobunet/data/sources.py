@@ -6,14 +6,16 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.data import arrays, checks, cityscapes, folders, lidc, manifests, synthetic
+from tfprobunet.data import (arrays, checks, cityscapes, folders, lidc, manifests, phiseg,
+                             synthetic)
 from tfprobunet.defaults import DATASETS
 
 SYNTHETIC = ("flips", "graders")
 SPLITS = ("train", "val", "test")
 # How the datasets without split manifests are split.
 _HOW_SPLIT = {"flips": "its seed (synthetic)", "graders": "its seed (synthetic)",
-              "lidc": "its published train/val/test folders", "npz": "your train/val/test files",
+              "lidc": "its published train/val/test folders",
+              "lidc-phiseg": "the groups of its hdf5 file", "npz": "your train/val/test files",
               "folder": "its train/val/test subfolders or its seed", "cityscapes": "its folders"}
 # The synthetic splits are drawn with these offsets added to the seed, so they never overlap.
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
@@ -114,7 +116,8 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
 
     Args:
         name: `"flips"` or `"graders"` (synthetic, see `tfprobunet.data.synthetic`), `"lidc"`
-            (the PNG crops), `"lidc-pickle"` (the PyTorch port's pickle), `"cityscapes"`,
+            (the PNG crops), `"lidc-pickle"` (the PyTorch port's pickle), `"lidc-phiseg"`
+            (PHiSeg's hdf5, see `tfprobunet.data.phiseg`), `"cityscapes"`,
             `"npz"`: your own arrays, `data_dir/<split>.npz` (see `tfprobunet.data.arrays`), or
             `"folder"`: your own image files, `data_dir/images` and `data_dir/masks` (see
             `tfprobunet.data.folders`; grey images, binarised masks).
@@ -155,6 +158,8 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
     elif name == "folder":
         source = folders.from_folders(os.path.join(data_dir, "images"),
                                       os.path.join(data_dir, "masks"), split, seed=seed)
+    elif name == "lidc-phiseg":
+        source = Source(phiseg.dataset(data_dir, split), 2, None, None)
     elif name == "lidc-pickle":
         source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed,
                                             split_manifest=split_manifest), 2, None, None)

@@ -91,7 +91,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     Args:
         workdir: output directory.
         dataset: a name of `tfprobunet.data.DATASETS`: `"flips"`, `"graders"` (synthetic),
-            `"lidc"`, `"lidc-pickle"`, `"cityscapes"` or `"npz"` (read from `data_dir`); or
+            `"lidc"`, `"lidc-pickle"`, `"lidc-phiseg"`, `"cityscapes"` or `"npz"` (read from
+            `data_dir`); or
             your own data: a `tfprobunet.data.Source`, or a `tf.data.Dataset` of `(image
             (h, w, c) float32, annotations (A, h, w) int)` with `num_classes=` given.
             `train_config.json` records your own data as `"custom"`: resuming is then up to
