@@ -10,6 +10,9 @@ MODEL_NAMES = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
 # The datasets `tfprobunet.data.load` knows by name.
 DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscapes", "npz",
             "folder")
+# The synthetic ones (no --data-dir), and those split by a seed that split manifests record.
+SYNTHETIC_DATASETS = ("flips", "graders")
+MANIFEST_DATASETS = ("lidc-pickle",)
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # `train(mixed_precision=...)`: Keras dtype policies (None: float32).

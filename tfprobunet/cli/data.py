@@ -3,10 +3,7 @@
 import argparse
 import json
 
-
-# The datasets with split manifests (`tfprobunet.data.manifests.DATASETS`; listed here without
-# importing the data package, which imports TensorFlow).
-MANIFEST_DATASETS = ("lidc-pickle",)
+from tfprobunet.defaults import MANIFEST_DATASETS
 
 
 def add_parsers(commands):

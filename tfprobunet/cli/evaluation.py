@@ -6,6 +6,7 @@ import os
 
 from tfprobunet import _console
 from tfprobunet.cli import flags
+from tfprobunet.defaults import SYNTHETIC_DATASETS
 
 SPLITS = ("train", "val", "test")
 
@@ -57,7 +58,7 @@ def data_settings(args):
                 seed=trained.get("seed", 0) if seed is None else seed)
 
 
-SYNTHETIC = ("flips", "graders")
+SYNTHETIC = SYNTHETIC_DATASETS
 # The datasets whose arrays keep the size they were saved with: --image-size is refused.
 OWN_SIZE = ("npz", "folder", "lidc-phiseg")
 

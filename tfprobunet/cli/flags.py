@@ -14,7 +14,8 @@ import importlib
 import json
 import os
 
-from tfprobunet.defaults import DATASETS, MODEL_NAMES
+from tfprobunet.defaults import (DATASETS, MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES,
+                                 MODEL_NAMES)
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where each library function or class a command forwards to is defined (module, name).
@@ -213,8 +214,6 @@ def add_data_flags(parser, library=None):
 
 def add_limit_flags(parser, whose):
     """The request limits, whose defaults are `tfprobunet.defaults`' (the library's too)."""
-    from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
-
     parser.add_argument("--max-samples", type=int, default=MAX_SAMPLES,
                         help=f"{whose}: the most samples per image one request may ask for")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,

@@ -322,9 +322,7 @@ def split_series(series, split, fractions=SPLIT_FRACTIONS, seed=0):
     The unique series are shuffled with `seed` and cut by `fractions` (train, val, test), as
     a split manifest records them (`manifests.split_ids`).
     """
-    _check_split(split)
-    return manifests.indices({"splits": manifests.split_ids(series, seed, fractions)}, series,
-                             split)
+    return manifests.indices(manifests.split_ids(series, seed, fractions), series, split)
 
 
 def split_manifest(path, seed=0, fractions=SPLIT_FRACTIONS):
@@ -353,9 +351,8 @@ def pickle_dataset(path, split="train", image_size=None, seed=0, fractions=SPLIT
     if split_manifest is None:
         index = split_series(series, split, fractions, seed)
     else:
-        _check_split(split)
-        index = manifests.indices(manifests.read(split_manifest, path, "lidc-pickle"), series,
-                                  split)
+        manifest = manifests.read(split_manifest, path, "lidc-pickle")
+        index = manifests.indices(manifest["splits"], series, split)
     if not len(index):
         raise ValueError(f"Split {split!r} of {path} is empty: {len(np.unique(series))} series "
                          f"split by {fractions}.")

@@ -19,12 +19,14 @@ import os
 
 import numpy as np
 
+from tfprobunet.defaults import MANIFEST_DATASETS
+
 SPLITS = ("train", "val", "test")
 # The PHiSeg split's shares of the patients (Baumgartner et al. 2019: 60 % of 80 % and so on,
 # 64/16/20), the default of the manifests made here.
 FRACTIONS = (0.64, 0.16, 0.2)
 # The datasets whose splits are drawn by a seed, and so have manifests.
-DATASETS = ("lidc-pickle",)
+DATASETS = MANIFEST_DATASETS
 
 
 def data_files(path):
@@ -101,16 +103,15 @@ def read(manifest, path, dataset):
     return manifest
 
 
-def indices(manifest, ids, split):
-    """The indices of the examples (with series `ids`) that `manifest` puts in `split`; every
-    id must be in the manifest."""
+def indices(splits, ids, split):
+    """The indices of the examples (with series `ids`) that `splits` (a manifest's
+    `{split: ids}`) puts in `split`; every id must be in one of them."""
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
-    known = {id_ for s in SPLITS for id_ in manifest["splits"][s]}
-    unknown = sorted(set(np.asarray(ids, str).tolist()) - known)
+    ids = np.asarray(ids, str).tolist()
+    unknown = sorted(set(ids) - {id_ for s in SPLITS for id_ in splits[s]})
     if unknown:
         raise ValueError(f"The split manifest does not place {len(unknown)} series of the data, "
                          f"e.g. {unknown[0]!r}: it was made for other data.")
-    chosen = set(manifest["splits"][split])
-    return np.array([k for k, id_ in enumerate(np.asarray(ids, str).tolist()) if id_ in chosen],
-                    np.int64)
+    chosen = set(splits[split])
+    return np.array([k for k, id_ in enumerate(ids) if id_ in chosen], np.int64)

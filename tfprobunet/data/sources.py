@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from tfprobunet.data import (arrays, checks, cityscapes, folders, lidc, manifests, phiseg,
                              synthetic)
-from tfprobunet.defaults import DATASETS
+from tfprobunet.defaults import DATASETS, SYNTHETIC_DATASETS
 
-SYNTHETIC = ("flips", "graders")
+SYNTHETIC = SYNTHETIC_DATASETS
 SPLITS = ("train", "val", "test")
 # How the datasets without split manifests are split.
 _HOW_SPLIT = {"flips": "its seed (synthetic)", "graders": "its seed (synthetic)",

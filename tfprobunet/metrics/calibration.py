@@ -46,10 +46,9 @@ def normalized_cross_correlation(probabilities, annotations, eps=1e-8,
                          f"{probabilities.shape} and {annotations.shape}.")
     num_classes = probabilities.shape[-1]
     valid = np.all(annotations != ignore_label, axis=1)  # (b, h, w)
-    log_p = np.log(probabilities + eps)  # (b, m, h, w, K)
-    mean = probabilities.mean(axis=1)  # (b, h, w, K)
-    gamma = -np.einsum("bhwk,bmhwk->bhw", mean, log_p) / probabilities.shape[1]
-    mean_log_p = log_p.mean(axis=1)  # (b, h, w, K)
+    mean_log_p = np.log(probabilities + eps).mean(axis=1)  # (b, h, w, K)
+    # E_s[CE(s̄, s)] = -sum_k s̄_k mean_i log(s_i,k + eps): both maps from one mean of logs.
+    gamma = -np.sum(probabilities.mean(axis=1) * mean_log_p, axis=-1)  # (b, h, w)
     labels = np.where(annotations == ignore_label, 0, annotations)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"`annotations` must hold labels in [0, {num_classes - 1}] (or "
