@@ -1,17 +1,26 @@
-"""Split manifests (issue 27): deterministic, disjoint, bound to their data file, used by
-`load(..., split_manifest=)`, written by `tfprobunet data manifest`."""
+"""Split manifests (issue 27) of every loader with patient ids (the LIDC pickle, the LIDC crops,
+PHiSeg's hdf5, your folders): deterministic, disjoint, bound to their data, used by
+`load(..., split_manifest=)`, written by `tfprobunet data manifest`; and the LIDC crops' counts
+checked against the published ones."""
 
 import json
+import os
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 
 from conftest import cli_error
-from test_loaders import _lidc_entries
+from test_folders import _write as _write_folder
+from test_loaders import _crop, _lidc_entries, _write_lidc_crops
+from test_phiseg import _write_phiseg_hdf5
 from tfprobunet import cli, data
 from tfprobunet.cli import data as cli_data
-from tfprobunet.data import lidc, manifests
+from tfprobunet.data import folders, lidc, manifests, phiseg
+
+# The tiny crops are not the published split; the tests that check the warning catch it.
+pytestmark = pytest.mark.filterwarnings("ignore::tfprobunet.data.lidc.SplitCountWarning")
 
 
 @pytest.fixture
@@ -59,7 +68,8 @@ def test_a_manifest_of_other_data_or_with_a_shared_patient_is_refused(pickle_pat
     manifest = lidc.split_manifest(pickle_path)
     other = tmp_path / "other.pickle"
     other.write_bytes(pickle.dumps(_lidc_entries(num_series=25, seed=1)))
-    with pytest.raises(ValueError, match=r"made for other data: its sha256 is [0-9a-f]{64}"):
+    with pytest.raises(ValueError, match=r"made for other data: its sha256 [0-9a-f]{64} does "
+                                         r"not match [0-9a-f]{64}, the sha256 of the data"):
         lidc.pickle_dataset(str(other), "train", split_manifest=manifest)
     shared = json.loads(json.dumps(manifest))
     shared["splits"]["val"].append(shared["splits"]["train"][0])
@@ -67,8 +77,10 @@ def test_a_manifest_of_other_data_or_with_a_shared_patient_is_refused(pickle_pat
         lidc.pickle_dataset(pickle_path, "train", split_manifest=shared)
     with pytest.raises(ValueError, match="not a split manifest"):
         lidc.pickle_dataset(pickle_path, "train", split_manifest={"splits": {}})
-    with pytest.raises(ValueError, match="fixes the split of lidc-pickle; 'lidc' is split by"):
-        data.load("lidc", "train", data_dir=str(tmp_path), split_manifest=manifest)
+    for name in ("npz", "cityscapes", "flips", "graders"):
+        with pytest.raises(ValueError, match=f"fixes the split of lidc, lidc-pickle, "
+                                             f"lidc-phiseg, folder; '{name}' is split by"):
+            data.load(name, "train", data_dir=str(tmp_path), split_manifest=manifest)
 
 
 def test_the_data_manifest_command_prints_or_writes_it(pickle_path, tmp_path, capsys):
@@ -76,7 +88,7 @@ def test_the_data_manifest_command_prints_or_writes_it(pickle_path, tmp_path, ca
     assert cli.main(["data", "manifest", "--dataset", "lidc-pickle", "--data-dir", pickle_path,
                      "--seed", "7", "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == lidc.split_manifest(pickle_path, seed=7)
-    assert "16 train, 4 val, 5 test series" in capsys.readouterr().out
+    assert "16 train, 4 val, 5 test ids (seed 7)" in capsys.readouterr().out
     assert cli.main(["data", "manifest", "--dataset", "lidc-pickle", "--data-dir",
                      pickle_path]) == 0
     assert json.loads(capsys.readouterr().out) == lidc.split_manifest(pickle_path, seed=0)
@@ -87,3 +99,249 @@ def test_the_data_manifest_command_prints_or_writes_it(pickle_path, tmp_path, ca
 
 def test_the_command_line_offers_the_datasets_that_have_manifests():
     assert cli_data.MANIFEST_DATASETS == manifests.DATASETS
+
+
+def _assert_partition(manifest, ids):
+    """The manifest's splits hold every id of `ids` once, and no other."""
+    splits = [manifest["splits"][s] for s in manifests.SPLITS]
+    assert sorted(sum(splits, [])) == sorted(set(ids))
+    assert all(s == sorted(set(s)) for s in splits)
+
+
+def _moved(manifest, id_, to):
+    """A copy of `manifest` with `id_` moved (by hand) to split `to`."""
+    moved = json.loads(json.dumps(manifest))
+    for ids in moved["splits"].values():
+        if id_ in ids:
+            ids.remove(id_)
+    moved["splits"][to].append(id_)
+    return moved
+
+
+def _sorted_bytes(arrays):
+    return sorted(np.asarray(a).tobytes() for a in arrays)
+
+
+# The LIDC crops: patient folders, published split as the folders hold it.
+
+CROPS_PATIENTS = {"train": ("LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0003"),
+                  "val": ("LIDC-IDRI-0004",), "test": ("LIDC-IDRI-0005",)}
+
+
+@pytest.fixture
+def crops_dir(tmp_path):
+    """Tiny crops, two 20x20 slices per patient; returns (folder, {(patient, slice): (image,
+    masks)})."""
+    root, written = str(tmp_path / "crops"), {}
+    for k, (split, patients) in enumerate(CROPS_PATIENTS.items()):
+        written.update(_write_lidc_crops(root, split, seed=k, patients=patients))
+    return root, written
+
+
+def test_lidc_crops_manifest_is_the_split_of_the_folders_and_bound_to_their_files(crops_dir):
+    root, _ = crops_dir
+    manifest = lidc.crops_manifest(root)
+    assert manifest == lidc.crops_manifest(root)
+    assert manifest["dataset"] == "lidc" and manifest["seed"] is None
+    assert manifest["splits"] == {s: sorted(p) for s, p in CROPS_PATIENTS.items()}
+    assert manifest["fractions"] == [0.6, 0.2, 0.2]
+    _assert_partition(manifest, sum(CROPS_PATIENTS.values(), ()))
+    # The same files at another place hash the same: paths are relative to the folder.
+    os.rename(root, root + "-moved")
+    assert lidc.crops_manifest(root + "-moved") == manifest
+    os.rename(root + "-moved", root)
+    # One more slice: the files are not those the manifest was made from.
+    extra = os.path.join(root, "val", "images", "LIDC-IDRI-0004", "z-120.0_c2.png")
+    with open(os.path.join(root, "val", "images", "LIDC-IDRI-0004", "z-105.0_c0.png"),
+              "rb") as f:
+        png = f.read()
+    with open(extra, "wb") as f:
+        f.write(png)
+    for g in range(4):
+        with open(extra.replace("images", "gt").replace(".png", f"_l{g}.png"), "wb") as f:
+            f.write(png)
+    with pytest.raises(ValueError, match=r"sha256 [0-9a-f]{64} does not match [0-9a-f]{64}, "
+                                         r"the sha256 of the data at .*crops \(the paths and "
+                                         r"sizes of its files\)"):
+        data.load("lidc", "val", data_dir=root, split_manifest=manifest)
+    assert lidc.crops_manifest(root)["sha256"] != manifest["sha256"]
+
+
+def test_lidc_crops_with_a_manifest_pool_the_folders_and_take_its_patients(crops_dir, tmp_path):
+    root, written = crops_dir
+    manifest = _moved(lidc.crops_manifest(root), "LIDC-IDRI-0001", "test")
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(manifest))
+    test = data.load("lidc", "test", data_dir=root, image_size=16, split_manifest=str(path))
+    got = list(test.dataset.as_numpy_iterator())
+    chosen = [key for key in written if key[0] in ("LIDC-IDRI-0001", "LIDC-IDRI-0005")]
+    assert len(got) == len(chosen) == 4
+    assert _sorted_bytes(np.round(image[..., 0] * 255).astype(np.uint8) for image, _ in got) \
+        == _sorted_bytes(_crop(written[key][0], 16).astype(np.uint8) for key in chosen)
+    # Training keeps its random windows: each example a 16x16 window of a train patient's tile.
+    train = data.load("lidc", "train", data_dir=root, image_size=16, split_manifest=manifest)
+    tiles = [written[key][0] for key in written if key[0] in ("LIDC-IDRI-0002", "LIDC-IDRI-0003")]
+    examples = list(train.dataset.as_numpy_iterator())
+    assert len(examples) == 4
+    for image, _ in examples:
+        assert any(np.allclose(image[..., 0], tile[dy:dy + 16, dx:dx + 16] / 255.0)
+                   for tile in tiles for dy in range(5) for dx in range(5))
+
+
+def test_lidc_says_when_a_split_is_not_the_published_one(crops_dir, monkeypatch):
+    root, _ = crops_dir
+    assert lidc.crops_summary(root) == {
+        split: {"images": 2 * len(p), "patients": len(p), "published": lidc.PUBLISHED_CROPS[split]}
+        for split, p in CROPS_PATIENTS.items()}
+    with pytest.warns(lidc.SplitCountWarning, match=r"'val' split has 2 images of 1 patients, "
+                                                    r"the published one 1993 images of 111 "
+                                                    r"patients .*not be comparable"):
+        data.load("lidc", "val", data_dir=root, image_size=16)
+    assert lidc.PUBLISHED_CROPS == {"train": {"images": 8843, "patients": 530},
+                                    "val": {"images": 1993, "patients": 111},
+                                    "test": {"images": 1980, "patients": 103}}
+    for split, published in lidc.PUBLISHED_CROPS.items():
+        assert lidc.count_difference(split, published["images"], published["patients"]) is None
+    assert "529 patients, the published one 8843 images of 530 patients" in \
+        lidc.count_difference("train", 8843, 529)
+    # A folder with the published counts (here: published as written) loads without a word.
+    monkeypatch.setitem(lidc.PUBLISHED_CROPS, "val", {"images": 2, "patients": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lidc.SplitCountWarning)
+        data.load("lidc", "val", data_dir=root, image_size=16)
+
+
+# PHiSeg's hdf5: uids (hashed patients), split as the file's groups hold it.
+
+@pytest.fixture
+def hdf5_path(tmp_path):
+    path = str(tmp_path / "data_lidc.hdf5")
+    return path, _write_phiseg_hdf5(path, (("train", 6), ("val", 2), ("test", 4)), per_patient=2)
+
+
+def test_phiseg_manifest_is_the_files_split_and_bound_to_its_bytes(hdf5_path, tmp_path):
+    path, written = hdf5_path
+    manifest = phiseg.split_manifest(path)
+    assert manifest == phiseg.split_manifest(path)
+    assert manifest["dataset"] == "lidc-phiseg" and manifest["seed"] is None
+    assert manifest["splits"] == {s: sorted(set(str(u) for u in written[s][2]))
+                                  for s in manifests.SPLITS}
+    assert manifest["fractions"] == [0.5, 0.1667, 0.3333]  # 3, 1 and 2 patients
+    _assert_partition(manifest, [str(u) for s in written for u in written[s][2]])
+    other = str(tmp_path / "other.hdf5")
+    _write_phiseg_hdf5(other, (("train", 6), ("val", 2), ("test", 4)), per_patient=2, seed=1)
+    with pytest.raises(ValueError, match=r"sha256 [0-9a-f]{64} does not match .*its bytes"):
+        data.load("lidc-phiseg", "val", data_dir=other, split_manifest=manifest)
+
+
+def test_phiseg_with_a_manifest_pools_the_groups_and_takes_its_patients(hdf5_path):
+    path, written = hdf5_path
+    moved = str(written["train"][2][0])
+    manifest = _moved(phiseg.split_manifest(path), moved, "val")
+    got = list(data.load("lidc-phiseg", "val", data_dir=path,
+                         split_manifest=manifest).dataset.as_numpy_iterator())
+    # By hand: the first train patient's two images, then the val group.
+    expected = [(written[s][0][k], written[s][1][k]) for s in manifests.SPLITS
+                for k, uid in enumerate(written[s][2]) if str(uid) in manifest["splits"]["val"]]
+    assert len(got) == len(expected) == 4
+    for (image, masks), (want_image, want_masks) in zip(got, expected):
+        np.testing.assert_allclose(image[..., 0], want_image, atol=1e-6)
+        np.testing.assert_array_equal(masks, want_masks)
+    assert len(list(data.load("lidc-phiseg", "train", data_dir=path,
+                              split_manifest=manifest).dataset)) == 4
+
+
+# Your folders: image file names, split by a seed or by subfolders.
+
+NAMES = [f"case{i:02d}" for i in range(10)]
+
+
+def _folder_names(source, written):
+    """The written names of a source's images (8x8, padded to 16x16), in its order."""
+    by_image = {grey.tobytes(): name for name, (grey, _) in written.items()}
+    return [by_image[np.round(image[:8, :8, 0] * 255).astype(np.uint8).tobytes()]
+            for image, _ in source.dataset.as_numpy_iterator()]
+
+
+def test_folder_manifest_records_the_seed_split_and_replaces_it(tmp_path):
+    root = str(tmp_path)
+    written = _write_folder(root, NAMES, size=(8, 8))
+    images, masks = str(tmp_path / "images"), str(tmp_path / "masks")
+    manifest = folders.split_manifest(images, masks, seed=3)
+    assert manifest == folders.split_manifest(images, masks, seed=3)
+    assert manifest["splits"] != folders.split_manifest(images, masks, seed=4)["splits"]
+    assert manifest["dataset"] == "folder" and manifest["seed"] == 3
+    assert manifest["fractions"] == [0.8, 0.1, 0.1]
+    _assert_partition(manifest, [f"{n}.png" for n in NAMES])
+    for split in manifests.SPLITS:  # the manifest is the split that seed draws
+        seeded = _folder_names(data.load("folder", split, data_dir=root, seed=3), written)
+        assert [f"{n}.png" for n in seeded] == manifest["splits"][split]
+    moved = _moved(manifest, manifest["splits"]["train"][0], "val")
+    got = _folder_names(data.load("folder", "val", data_dir=root, split_manifest=moved), written)
+    assert [f"{n}.png" for n in got] == sorted(moved["splits"]["val"]) and len(got) == 2
+    _write_folder(root, ["zz"], size=(8, 8))  # one more image: other data
+    with pytest.raises(ValueError, match=r"sha256 [0-9a-f]{64} does not match"):
+        data.load("folder", "val", data_dir=root, split_manifest=moved)
+
+
+def test_folder_manifest_of_subfolders_is_their_split_and_a_manifest_pools_them(tmp_path):
+    root = tmp_path / "data"
+    written = {}
+    for k, (split, names) in enumerate((("train", NAMES[:6]), ("val", NAMES[6:8]),
+                                        ("test", NAMES[8:]))):
+        written.update(_write_folder(str(tmp_path / split), names, size=(8, 8), seed=k))
+        for kind in ("images", "masks"):
+            os.makedirs(root / kind, exist_ok=True)
+            os.rename(tmp_path / split / kind, root / kind / split)
+    manifest = data.make_manifest("folder", str(root), seed=5)
+    assert manifest["seed"] is None and manifest["fractions"] == [0.6, 0.2, 0.2]
+    assert manifest["splits"]["val"] == ["case06.png", "case07.png"]
+    _assert_partition(manifest, [f"{n}.png" for n in NAMES])
+    moved = _moved(manifest, "case00.png", "test")
+    got = _folder_names(data.load("folder", "test", data_dir=str(root), split_manifest=moved),
+                        written)
+    assert sorted(got) == ["case00", "case08", "case09"]
+    os.remove(root / "masks" / "test" / "case09_2.png")
+    with pytest.raises(ValueError, match="sha256"):
+        data.load("folder", "test", data_dir=str(root), split_manifest=moved)
+
+
+def test_the_data_manifest_command_takes_every_dataset_with_manifests(crops_dir, tmp_path,
+                                                                      capsys):
+    root, _ = crops_dir
+    assert cli.main(["data", "manifest", "--dataset", "lidc", "--data-dir", root]) == 0
+    assert json.loads(capsys.readouterr().out) == lidc.crops_manifest(root)
+    _write_folder(str(tmp_path / "folder"), NAMES, size=(8, 8))
+    out = tmp_path / "folder.json"
+    assert cli.main(["data", "manifest", "--dataset", "folder", "--data-dir",
+                     str(tmp_path / "folder"), "--seed", "2", "--out", str(out)]) == 0
+    assert "8 train, 1 val, 1 test ids (seed 2)" in capsys.readouterr().out
+    assert json.loads(out.read_text()) == folders.split_manifest(
+        str(tmp_path / "folder" / "images"), str(tmp_path / "folder" / "masks"), seed=2)
+
+
+def test_as_source_passes_a_manifest_to_load_and_refuses_it_for_a_split_dataset(tmp_path):
+    _write_folder(str(tmp_path), NAMES, size=(16, 16))  # no padding
+    manifest = _moved(folders.split_manifest(str(tmp_path / "images"), str(tmp_path / "masks")),
+                      "case00.png", "test")
+    source = data.as_source("folder", "test", data_dir=str(tmp_path), split_manifest=manifest)
+    assert len(list(source.dataset)) == len(manifest["splits"]["test"])
+    for dataset in (source, source.dataset):
+        with pytest.raises(ValueError, match=r"chooses the examples of a dataset loaded by name"):
+            data.as_source(dataset, num_classes=2, split_manifest=manifest)
+
+
+def test_the_sha256_of_a_folder_dataset_covers_its_files_paths_and_sizes(tmp_path):
+    for name in ("a.png", "sub/b.png"):
+        os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
+        (tmp_path / name).write_bytes(b"0123")
+    files = [str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.png")]
+    digest = manifests.sha256(str(tmp_path), files)
+    assert digest == manifests.sha256(str(tmp_path), files[::-1])
+    (tmp_path / "sub" / "b.png").write_bytes(b"3210")  # same size: its bytes are not read
+    assert manifests.sha256(str(tmp_path), files) == digest
+    (tmp_path / "sub" / "b.png").write_bytes(b"01234")
+    assert manifests.sha256(str(tmp_path), files) != digest
+    (tmp_path / "sub" / "b.png").write_bytes(b"0123")
+    os.rename(tmp_path / "a.png", tmp_path / "c.png")
+    assert manifests.sha256(str(tmp_path), [str(tmp_path / "c.png"), files[1]]) != digest

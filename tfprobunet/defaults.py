@@ -10,9 +10,10 @@ MODEL_NAMES = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
 # The datasets `tfprobunet.data.load` knows by name.
 DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscapes", "npz",
             "folder")
-# The synthetic ones (no --data-dir), and those split by a seed that split manifests record.
+# The synthetic ones (no --data-dir), and those with patient (series, image) ids, whose splits
+# split manifests record (tfprobunet.data.manifests).
 SYNTHETIC_DATASETS = ("flips", "graders")
-MANIFEST_DATASETS = ("lidc-pickle",)
+MANIFEST_DATASETS = ("lidc", "lidc-pickle", "lidc-phiseg", "folder")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # `train(mixed_precision=...)`: Keras dtype policies (None: float32).

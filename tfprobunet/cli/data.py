@@ -1,4 +1,5 @@
-"""The commands about data: `data manifest` (a split manifest of a dataset split by a seed)."""
+"""The commands about data: `data manifest` (the split manifest of a dataset: which patients,
+series or images are in each split)."""
 
 import argparse
 import json
@@ -11,15 +12,20 @@ def add_parsers(commands):
     data = commands.add_parser("data", help="data tools: split manifests")
     tools = data.add_subparsers(dest="tool", required=True)
     manifest = tools.add_parser(
-        "manifest", help="the split manifest of a dataset split by a seed: which series are in "
-                         "train, val and test, and the data file's sha256 (JSON)")
+        "manifest", help="the split manifest of a dataset: which patients (series, images) are "
+                         "in train, val and test, and the data's sha256 (JSON)")
     manifest.add_argument("--dataset", required=True, choices=MANIFEST_DATASETS)
     manifest.add_argument("--data-dir", required=True,
-                          help="the data file (lidc-pickle: data_lidc.pickle or a folder of "
-                               "*.pickle)")
-    manifest.add_argument("--seed", type=int, default=0, help="shuffles the series")
+                          help="the data, as for train and evaluate (lidc-pickle: "
+                               "data_lidc.pickle or a folder of *.pickle)")
+    manifest.add_argument("--seed", type=int, default=0,
+                          help="shuffles the ids of the datasets split by a seed (lidc-pickle, "
+                               "folder without split subfolders); the others come split "
+                               "(lidc, lidc-phiseg, folder with subfolders): their manifest is "
+                               "the split found")
     manifest.add_argument("--fractions", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
-                          help="shares of the series (default: 0.64,0.16,0.2, PHiSeg's)")
+                          help="shares of the ids when split by a seed (default: lidc-pickle "
+                               "0.64,0.16,0.2, PHiSeg's; folder 0.8,0.1,0.1)")
     manifest.add_argument("--out", metavar="FILE",
                           help="write the manifest there (default: print it)")
     manifest.set_defaults(run=_manifest)
@@ -34,13 +40,13 @@ def _fractions(text):
 
 def _manifest(args):
     from tfprobunet import _io
-    from tfprobunet.data import lidc, manifests
+    from tfprobunet.data import sources
 
-    manifest = lidc.split_manifest(args.data_dir, args.seed,
-                                   args.fractions or manifests.FRACTIONS)
+    manifest = sources.make_manifest(args.dataset, args.data_dir, args.seed, args.fractions)
     if args.out is None:
         print(json.dumps(manifest, indent=2))
         return
     _io.write_json(args.out, manifest)
     counts = ", ".join(f"{len(v)} {k}" for k, v in manifest["splits"].items())
-    print(f"wrote {args.out}: {counts} series")
+    how = "as found" if manifest["seed"] is None else f"seed {manifest['seed']}"
+    print(f"wrote {args.out}: {counts} ids ({how})")

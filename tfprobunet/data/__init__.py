@@ -7,9 +7,11 @@ from tfprobunet.data import (arrays, checks, cityscapes, folders, lidc, manifest
                              synthetic)
 from tfprobunet.data.folders import from_folders
 from tfprobunet.data.pipeline import evaluation_pipeline, training_pipeline
-from tfprobunet.data.sources import DATASETS, Source, as_source, check_source, load
+from tfprobunet.data.sources import (DATASETS, Source, as_source, check_source, load,
+                                     make_manifest)
 from tfprobunet.data.synthetic import flip_modes, flips, graders
 
 __all__ = ["DATASETS", "Source", "arrays", "as_source", "check_source", "checks", "cityscapes",
            "evaluation_pipeline", "flip_modes", "flips", "folders", "from_folders", "graders",
-           "lidc", "load", "manifests", "phiseg", "synthetic", "training_pipeline"]
+           "lidc", "load", "make_manifest", "manifests", "phiseg", "synthetic",
+           "training_pipeline"]

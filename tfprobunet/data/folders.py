@@ -9,17 +9,20 @@ Layout (any names; PNG, JPEG, BMP or TIFF; `{stem}` is an image's file name with
 
 Every image has the same raters (the part of the mask name that `*` stands for), so that each
 image has A masks, in the sorted order of those parts. With subfolders `train/`, `val/` and
-`test/` in both folders, those are the splits; otherwise the images are split by a seed.
+`test/` in both folders, those are the splits; otherwise the images are split by a seed. A
+split manifest (`split_manifest`: the image file names of each split) replaces either: the
+images of all subfolders are pooled and each split takes the names the manifest lists.
 """
 
 import fnmatch
 import glob
+import itertools
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.data import checks
+from tfprobunet.data import checks, manifests
 from tfprobunet.losses import IGNORE_LABEL
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -102,7 +105,7 @@ def _read(path, mode):
 
 def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=1,
                  binarize=True, num_classes=None, multiple=MULTIPLE, fractions=FRACTIONS,
-                 seed=0):
+                 seed=0, split_manifest=None):
     """Read a split of your images and their raters' masks from two folders into memory.
 
     Args:
@@ -123,6 +126,9 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
             common size.
         fractions: shares of train, val and test when splitting by `seed`.
         seed: seeds the split (without split subfolders).
+        split_manifest: a manifest (its JSON file, or the dict; see `split_manifest`) whose
+            image file names make the split instead of `seed` or the subfolders; refused
+            unless made from these files (its sha256 covers their paths and sizes).
 
     Returns:
         A `tfprobunet.data.Source` of `(image (H, W, channels) float32 in [0, 1], annotations
@@ -140,7 +146,7 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
         raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 (grey) or 3 (RGB). Received: {channels!r}")
-    cases = _cases(images, masks, split, pattern, fractions, seed)
+    cases = _cases(images, masks, split, pattern, fractions, seed, split_manifest)
     image_list, mask_list = [], []
     for image_path, mask_paths in zip(*cases):
         image = _read(image_path, "L" if channels == 1 else "RGB")
@@ -172,42 +178,92 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
 
 
 def image_sizes(images, masks, split="train", pattern="{stem}_*.png", fractions=FRACTIONS,
-                seed=0):
+                seed=0, split_manifest=None):
     """The original `(height, width)` of each image of the split, in `from_folders`' order
     (same arguments): crop its outputs back with `[:h, :w]`."""
     from PIL import Image
 
     sizes = []
-    for path in _cases(images, masks, split, pattern, fractions, seed)[0]:
+    for path in _cases(images, masks, split, pattern, fractions, seed, split_manifest)[0]:
         with Image.open(path) as image:
             sizes.append((image.height, image.width))
     return sizes
 
 
-def _cases(images, masks, split, pattern, fractions, seed):
+def split_manifest(images, masks, seed=0, fractions=FRACTIONS):
+    """The split manifest (see `tfprobunet.data.manifests`) of the images in `images`: their
+    file names split by `seed` and `fractions`, or, with split subfolders, as the subfolders
+    split them (`"seed": None`); its sha256 covers the paths (relative to the folder holding
+    both) and sizes of the image and mask files."""
+    folders = _all_folders(images, masks)
+    files = _data_files(folders)
+    if None in folders:
+        return manifests.make("folder", _root(images, masks), _names(images), seed, fractions,
+                              files=files)
+    return manifests.found("folder", _root(images, masks),
+                           {split: _names(pair[0]) for split, pair in folders.items()},
+                           files=files)
+
+
+def _root(images, masks):
+    return os.path.commonpath([os.path.abspath(images), os.path.abspath(masks)])
+
+
+def _all_folders(images, masks):
+    """`{split: (image folder, mask folder)}` of every split subfolder, or `{None: (images,
+    masks)}` without them."""
+    present = [s for s in SPLITS if os.path.isdir(os.path.join(images, s))]
+    if not present:
+        return {None: (images, masks)}
+    return {split: _split_folders(images, masks, split) for split in present}
+
+
+def _data_files(folders):
+    return [os.path.join(folder, name) for pair in folders.values() for folder in pair
+            for name in _files(folder)]
+
+
+def _names(folder):
+    names = _files(folder)
+    if not names:
+        raise FileNotFoundError(f"No image files ({', '.join(EXTENSIONS)}) in {folder}.")
+    return names
+
+
+def _cases(images, masks, split, pattern, fractions, seed, split_manifest=None):
     """`(image paths, mask paths (n, A))` of the split."""
     for folder in (images, masks):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"No folder {folder}: from_folders reads images from one "
                                     "folder and their masks from another.")
-    folders = _split_folders(images, masks, split)
-    image_folder, mask_folder = folders or (images, masks)
-    names = _files(image_folder)
-    if not names:
-        raise FileNotFoundError(f"No image files ({', '.join(EXTENSIONS)}) in {image_folder}.")
-    if folders is None:
-        order = np.random.default_rng(seed).permutation(len(names))
-        bounds = np.round(np.cumsum((0,) + tuple(fractions)) / sum(fractions) * len(names))
-        index = SPLITS.index(split)
-        names = [names[i] for i in sorted(order[int(bounds[index]):int(bounds[index + 1])])]
-        if not names:
-            raise ValueError(f"Split {split!r} is empty: {len(_files(image_folder))} images "
-                             f"split by fractions {tuple(fractions)}.")
     if pattern.count("*") != 1 or "{stem}" not in pattern:
         raise ValueError("`pattern` must hold {stem} and one * (the rater), e.g. "
                          f"'{{stem}}_*.png'. Received: {pattern!r}")
-    mask_paths = _match_masks(names, mask_folder, pattern)
-    return [os.path.join(image_folder, n) for n in names], mask_paths
+    if split_manifest is None:
+        folders = _split_folders(images, masks, split)
+        image_folder, mask_folder = folders or (images, masks)
+        names = _names(image_folder)
+        how = f"{len(names)} images split by fractions {tuple(fractions)}"
+        if folders is None:
+            names = [names[i] for i in manifests.indices(manifests.split_ids(
+                names, seed, fractions), names, split)]
+        cases = [(image_folder, mask_folder, name) for name in names]
+    else:
+        folders = _all_folders(images, masks)
+        cases = [(i, m, name) for i, m in folders.values() for name in _names(i)]
+        manifest = manifests.read(split_manifest, _root(images, masks), "folder",
+                                  files=_data_files(folders))
+        index = manifests.indices(manifest["splits"], [name for *_, name in cases], split)
+        cases = [cases[k] for k in index]
+        how = "the split manifest lists none of its images"
+    if not cases:
+        raise ValueError(f"Split {split!r} is empty: {how}.")
+    image_paths, mask_paths = [], []
+    for (image_folder, mask_folder), group in itertools.groupby(cases, lambda c: c[:2]):
+        names = [name for *_, name in group]
+        image_paths += [os.path.join(image_folder, name) for name in names]
+        mask_paths += _match_masks(names, mask_folder, pattern)
+    return image_paths, mask_paths
 
 
 def _binary(mask):

@@ -8,7 +8,11 @@
 
   `<split>` is `train`, `val` or `test` (folders named `lidc_crops_<split>` work too); grader
   suffixes `_l0`..`_l3` and `_l1`..`_l4` are both accepted, the same for every image. Every
-  PNG's header and end are checked before anything is decoded.
+  PNG's header and end are checked before anything is decoded. A split whose images or
+  patients are not as many as published (`PUBLISHED_CROPS`) is loaded with a
+  `SplitCountWarning`; `crops_summary` says what was found. `crops_manifest` writes the split of
+  the folders down (its patients); with a manifest, `crops` pools the patients of the three
+  folders and takes the split the manifest gives.
 - `pickle_dataset(path, split)`: the `data_lidc.pickle` of the popular PyTorch port (a dict of
   `{'image': (128, 128) float, 'masks': [4 x (128, 128)], 'series_uid': str}` entries), read
   with the restricted unpickler of `safe_pickle` (nothing but numpy arrays and plain containers,
@@ -21,6 +25,7 @@ import collections
 import os
 import re
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -30,10 +35,18 @@ import tensorflow as tf
 from tfprobunet.data import manifests
 from tfprobunet.data.safe_pickle import ARRAY_BYTES_SLACK, UnsafePickleError, read_pickle
 
-__all__ = ["SPLITS", "SPLIT_FRACTIONS", "UnsafePickleError", "crop_size", "crops", "crops_files",
-           "pickle_arrays", "pickle_dataset", "read_pickle", "split_manifest", "split_series"]
+__all__ = ["PUBLISHED_CROPS", "SPLITS", "SPLIT_FRACTIONS", "SplitCountWarning", "UnsafePickleError",
+           "count_difference", "crop_size", "crops", "crops_files", "crops_manifest",
+           "crops_summary", "pickle_arrays", "pickle_dataset", "read_pickle", "split_manifest",
+           "split_series"]
 
 SPLITS = ("train", "val", "test")
+# The images and patients of each split of the LIDC crops as published: Kohl et al. 2019 (A
+# Hierarchical Probabilistic U-Net for Modeling Multi-Scale Ambiguities), the LIDC crops
+# released with it.
+PUBLISHED_CROPS = {"train": {"images": 8843, "patients": 530},
+                   "val": {"images": 1993, "patients": 111},
+                   "test": {"images": 1980, "patients": 103}}
 SPLIT_FRACTIONS = manifests.FRACTIONS  # PHiSeg's 64/16/20 of the series
 _MASK = re.compile(r"^(?P<slice>.+)_l(?P<grader>\d+)\.png$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -45,11 +58,18 @@ def _check_split(split):
         raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
 
 
-def _split_dir(data_dir, split):
+class SplitCountWarning(UserWarning):
+    """A split of the LIDC crops does not have the published numbers of images and patients
+    (`PUBLISHED_CROPS`): its GED and other metrics are not comparable with published tables."""
+
+
+def _split_dir(data_dir, split, required=True):
     for name in (split, f"lidc_crops_{split}"):
         path = os.path.join(data_dir, name)
         if os.path.isdir(os.path.join(path, "images")) and os.path.isdir(os.path.join(path, "gt")):
             return path
+    if not required:
+        return None
     raise FileNotFoundError(
         f"No LIDC crops for split {split!r} under {data_dir!r}: expected "
         f"{os.path.join(data_dir, split, 'images')} and {os.path.join(data_dir, split, 'gt')} "
@@ -162,6 +182,70 @@ def crops_files(data_dir, split="train"):
     return np.array(images), np.array(annotations)
 
 
+def _patients(images):
+    """The patient (folder name) of each image path."""
+    return [os.path.basename(os.path.dirname(path)) for path in images]
+
+
+def _found_files(data_dir):
+    """`{split: (images, masks)}` (`crops_files`) of every split folder under `data_dir`."""
+    files = {split: crops_files(data_dir, split) for split in SPLITS
+             if _split_dir(data_dir, split, required=False)}
+    if not files:
+        _split_dir(data_dir, "train")  # raises, saying what is expected
+    graders = {split: masks.shape[1] for split, (_, masks) in files.items()}
+    if len(set(graders.values())) > 1:
+        raise ValueError(f"The split folders of {data_dir} have different numbers of grader "
+                         f"masks per image: {graders}.")
+    return files
+
+
+def _pooled(files):
+    """`(images, masks)` of `files` (`_found_files`), pooled in the order of `SPLITS`."""
+    return (np.concatenate([images for images, _ in files.values()]),
+            np.concatenate([masks for _, masks in files.values()]))
+
+
+def _warn_if_not_published(data_dir, split, images):
+    difference = count_difference(split, len(images), len(set(_patients(images))))
+    if difference:
+        warnings.warn(f"{data_dir}: {difference}", SplitCountWarning, stacklevel=3)
+
+
+def count_difference(split, images, patients):
+    """None when `images` and `patients` are the published counts of `split`
+    (`PUBLISHED_CROPS`), else a line saying what was found and what was published."""
+    published = PUBLISHED_CROPS[split]
+    if (images, patients) == (published["images"], published["patients"]):
+        return None
+    return (f"the LIDC crops' {split!r} split has {images} images of {patients} patients, the "
+            f"published one {published['images']} images of {published['patients']} patients "
+            "(Kohl et al. 2019): GED and the other metrics will not be comparable with "
+            "published tables.")
+
+
+def crops_summary(data_dir):
+    """What the LIDC crops under `data_dir` hold: `{split: {"images": n, "patients": p,
+    "published": {"images": N, "patients": P}}}` for every split folder found, the published
+    counts from `PUBLISHED_CROPS`. Checks every file (`crops_files`)."""
+    return {split: {"images": len(images), "patients": len(set(_patients(images))),
+                    "published": dict(PUBLISHED_CROPS[split])}
+            for split, (images, _) in _found_files(data_dir).items()}
+
+
+def crops_manifest(data_dir):
+    """The split manifest of the LIDC crops under `data_dir` (see `tfprobunet.data.manifests`):
+    the patients of each split folder as found, `"seed": None`, and the sha256 of the files'
+    relative paths and sizes (`manifests.sha256`). Warns (`SplitCountWarning`) for every split
+    that is not as published."""
+    files = _found_files(data_dir)
+    for split, (images, _) in files.items():
+        _warn_if_not_published(data_dir, split, images)
+    images, masks = _pooled(files)
+    patients = {split: _patients(split_images) for split, (split_images, _) in files.items()}
+    return manifests.found("lidc", data_dir, patients, files=[*images, *masks.ravel()])
+
+
 def _read_png(path):
     """`(h, w)` uint8 from a grey (or RGB, converted) PNG."""
     image = tf.io.decode_png(tf.io.read_file(path), channels=1)
@@ -182,7 +266,8 @@ def crop_size(image_size):
     return int(size[0]), int(size[1])
 
 
-def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
+def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
+          split_manifest=None):
     """The LIDC crops as a `tf.data.Dataset`, read lazily from the PNG files.
 
     Args:
@@ -195,6 +280,9 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
             time the dataset is iterated) instead of the center one: the paper's training
             augmentation.
         seed: seeds the random windows.
+        split_manifest: a manifest (its JSON file, or the dict; see `crops_manifest`) whose
+            patients make the split, taken from the images of all split folders found;
+            refused unless made from these files (its sha256).
 
     Returns:
         `tf.data.Dataset` of `(image (h, w, 1) float32 in [0, 1], annotations (graders, h, w)
@@ -203,9 +291,24 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0):
     Raises:
         FileNotFoundError, ValueError: as `crops_files`, which checks every file up front; a
             tile smaller than `image_size`.
+
+    Warns:
+        SplitCountWarning: the split's images or patients are not as many as published
+            (`count_difference`; once per data folder and split, as Python shows a warning).
     """
     height, width = crop_size(image_size)
-    images, masks = crops_files(data_dir, split)
+    if split_manifest is None:
+        images, masks = crops_files(data_dir, split)
+    else:
+        _check_split(split)
+        images, masks = _pooled(_found_files(data_dir))
+        manifest = manifests.read(split_manifest, data_dir, "lidc",
+                                  files=[*images, *masks.ravel()])
+        index = manifests.indices(manifest["splits"], _patients(images), split)
+        if not len(index):
+            raise ValueError(f"The split manifest puts no patient of {data_dir} in {split!r}.")
+        images, masks = images[index], masks[index]
+    _warn_if_not_published(data_dir, split, images)
     for path in images:
         tile = _png_size(path)
         if tile[0] < height or tile[1] < width:

@@ -1,15 +1,19 @@
-"""Split manifests: which patients (series) are in train, val and test, written down so that a
-split can be named in a paper and shared ("split: tfprobunet manifest, seed S").
+"""Split manifests: which patients (series, cases) are in train, val and test, written down so
+that a split can be named in a paper and shared ("split: tfprobunet manifest, seed S").
 
 A manifest is JSON:
 
     {"dataset": "lidc-pickle", "seed": 0, "fractions": [0.64, 0.16, 0.2],
-     "sha256": "<of the data file>", "splits": {"train": [...], "val": [...], "test": [...]}}
+     "sha256": "<of the data>", "splits": {"train": [...], "val": [...], "test": [...]}}
 
-with the series ids of each split, sorted. Two users with the same file and seed get the same
-manifest; a manifest is only used on the file whose sha256 it records. `tfprobunet data
-manifest --dataset lidc-pickle --data-dir D [--seed S] [--out FILE]` writes one, and
-`load(..., split_manifest=FILE)` uses one.
+with the ids of each split, sorted: the series of `lidc-pickle`, the patient folders of `lidc`,
+the uids (decimal) of `lidc-phiseg`, the image file names of `folder`. A split drawn by a seed
+records its seed and shares; a split that comes with the data (the crops' folders, the hdf5's
+groups, a folder's split subfolders) has `"seed": null` and the shares of ids found. Two users
+with the same data and seed get the same manifest; a manifest is only used on the data whose
+sha256 it records (`sha256`). `tfprobunet data manifest --dataset NAME --data-dir D [--seed S]
+[--out FILE]` writes one, and `load(..., split_manifest=FILE)` uses one: on data that comes
+split, the ids of all its splits are pooled and each split takes those the manifest lists.
 """
 
 import glob
@@ -25,7 +29,7 @@ SPLITS = ("train", "val", "test")
 # The PHiSeg split's shares of the patients (Baumgartner et al. 2019: 60 % of 80 % and so on,
 # 64/16/20), the default of the manifests made here.
 FRACTIONS = (0.64, 0.16, 0.2)
-# The datasets whose splits are drawn by a seed, and so have manifests.
+# The datasets with patient (series, case) ids, and so with manifests.
 DATASETS = MANIFEST_DATASETS
 
 
@@ -39,10 +43,23 @@ def data_files(path):
     return [path]
 
 
-def sha256(path):
-    """The sha256 (hex) of the data at `path`: of the file, or of a folder's `*.pickle` files
-    (each file's name and bytes, in sorted order)."""
+def sha256(path, files=None):
+    """The sha256 (hex) of the data at `path`.
+
+    Without `files`: of the file's bytes, or of a folder's `*.pickle` files (each file's name
+    and bytes, in sorted order). With `files`, the data files of a folder dataset under `path`
+    (the LIDC crops' PNGs, your image folders): of their sorted paths relative to `path` and
+    their sizes in bytes, not of their bytes, since reading every byte of the ~45k PNGs of the
+    LIDC crops on each load is too slow. A file added, removed, renamed or grown changes it; a
+    file rewritten in place at the same size does not.
+    """
     digest = hashlib.sha256()
+    if files is not None:
+        listing = sorted((os.path.relpath(f, path).replace(os.sep, "/"), os.path.getsize(f))
+                         for f in files)
+        for name, size in listing:
+            digest.update(f"{name}\0{size}\n".encode())
+        return digest.hexdigest()
     for file in data_files(path):
         if os.path.isdir(path):
             digest.update(os.path.basename(file).encode() + b"\0")
@@ -66,16 +83,39 @@ def split_ids(ids, seed=0, fractions=FRACTIONS):
             for i, split in enumerate(SPLITS)}
 
 
-def make(dataset, path, ids, seed=0, fractions=FRACTIONS):
-    """The manifest of the data at `path` whose examples have the series `ids`."""
+def make(dataset, path, ids, seed=0, fractions=FRACTIONS, files=None):
+    """The manifest of the data at `path` (its `files`, see `sha256`) whose examples have the
+    ids `ids`, split by `seed` and `fractions`."""
     return {"dataset": dataset, "seed": seed, "fractions": list(fractions),
-            "sha256": sha256(path), "splits": split_ids(ids, seed, fractions)}
+            "sha256": sha256(path, files), "splits": split_ids(ids, seed, fractions)}
 
 
-def read(manifest, path, dataset):
+def found(dataset, path, ids, files=None):
+    """The manifest of the split the data at `path` (its `files`, see `sha256`) comes with:
+    `ids` is `{split: the ids of its examples}`; `"seed"` is None and `"fractions"` the shares
+    of the ids found. Raises `ValueError` if an id is in two splits."""
+    splits = {split: sorted(set(np.asarray(ids.get(split, ()), str).tolist()))
+              for split in SPLITS}
+    _check_disjoint(splits, f"The data at {path}")
+    total = sum(len(v) for v in splits.values())
+    return {"dataset": dataset, "seed": None,
+            "fractions": [round(len(splits[s]) / max(total, 1), 4) for s in SPLITS],
+            "sha256": sha256(path, files), "splits": splits}
+
+
+def _check_disjoint(splits, where):
+    seen = {}
+    for split in SPLITS:
+        for id_ in splits[split]:
+            if id_ in seen:
+                raise ValueError(f"{where}: {id_!r} is in both {seen[id_]} and {split}.")
+            seen[id_] = split
+
+
+def read(manifest, path, dataset, files=None):
     """The manifest `manifest` (a dict, or a JSON file's path), checked against the data at
-    `path` of `dataset`: its dataset, its keys, its sha256, and no id in two splits. Raises
-    `ValueError` saying which and what to do."""
+    `path` (its `files`, see `sha256`) of `dataset`: its dataset, its keys, its sha256, and no
+    id in two splits. Raises `ValueError` saying which and what to do."""
     where = manifest if isinstance(manifest, str) else "the split manifest"
     if isinstance(manifest, str):
         with open(manifest) as f:
@@ -88,30 +128,27 @@ def read(manifest, path, dataset):
     if manifest["dataset"] != dataset:
         raise ValueError(f"{where} is a manifest of {manifest['dataset']!r}, not of "
                          f"{dataset!r}.")
-    found = sha256(path)
-    if manifest["sha256"] != found:
+    digest = sha256(path, files)
+    if manifest["sha256"] != digest:
+        of = "the paths and sizes of its files" if files is not None else "its bytes"
         raise ValueError(
-            f"{where} was made for other data: its sha256 is {manifest['sha256']}, the data at "
-            f"{path} hash to {found}. Use the data file it was made from, or make a manifest "
-            "of this one (tfprobunet data manifest).")
-    seen = {}
-    for split in SPLITS:
-        for id_ in manifest["splits"][split]:
-            if id_ in seen:
-                raise ValueError(f"{where}: {id_!r} is in both {seen[id_]} and {split}.")
-            seen[id_] = split
+            f"{where} was made for other data: its sha256 {manifest['sha256']} does not match "
+            f"{digest}, the sha256 of the data at {path} ({of}). Use the data it was made "
+            "from, or make a manifest of this data (tfprobunet data manifest).")
+    _check_disjoint(manifest["splits"], where)
     return manifest
 
 
 def indices(splits, ids, split):
-    """The indices of the examples (with series `ids`) that `splits` (a manifest's
-    `{split: ids}`) puts in `split`; every id must be in one of them."""
+    """The indices of the examples (with ids `ids`) that `splits` (a manifest's `{split: ids}`)
+    puts in `split`; every id must be in one of them."""
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
     ids = np.asarray(ids, str).tolist()
     unknown = sorted(set(ids) - {id_ for s in SPLITS for id_ in splits[s]})
     if unknown:
-        raise ValueError(f"The split manifest does not place {len(unknown)} series of the data, "
-                         f"e.g. {unknown[0]!r}: it was made for other data.")
+        raise ValueError(f"The split manifest does not place {len(unknown)} ids of the data "
+                         f"(patients, series or images), e.g. {unknown[0]!r}: it was made for "
+                         "other data.")
     chosen = set(splits[split])
     return np.array([k for k, id_ in enumerate(ids) if id_ in chosen], np.int64)

@@ -9,12 +9,16 @@ Its layout, read from that code (`prepare_data`): one group per split, `train`, 
   told apart within one file, but not matched across files.
 
 Its split comes from `sklearn`'s `train_test_split` without a `random_state`: only those who
-share the file share the split, which is why this reader takes the file as it is. Needs h5py
-(`pip install "tfprobunet[data]"`; Keras installs it too).
+share the file share the split, which is why this reader takes the file as it is, and
+`split_manifest` writes it down (the uids of each group). With a manifest, `dataset` pools the
+three groups and takes the patients the manifest lists. Needs h5py (`pip install
+"tfprobunet[data]"`; Keras installs it too).
 """
 
 import numpy as np
 import tensorflow as tf
+
+from tfprobunet.data import manifests
 
 SPLITS = ("train", "val", "test")
 # Each dataset of a split: its dtype kind ("f" float, "u"/"i" integer) and its shape's rank.
@@ -22,8 +26,49 @@ LAYOUT = {"images": ("f", 3), "labels": ("u", 4), "uids": ("iu", 1)}
 NUM_GRADERS = 4
 
 
-def read(path, split):
+def _h5py():
+    try:
+        import h5py
+    except ImportError as error:
+        raise ImportError("Reading the PHiSeg hdf5 needs h5py: pip install "
+                          "'tfprobunet[data]'") from error
+    return h5py
+
+
+def _checked(f, path, split):
+    """`{key: h5py dataset}` of `split` in the open file `f`, checked against the layout."""
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
+    if split not in f:
+        raise ValueError(f"{path} has no group {split!r}: PHiSeg's data_lidc.hdf5 has "
+                         f"{list(SPLITS)}. Found: {sorted(f)}")
+    datasets = {}
+    for key, (kinds, rank) in LAYOUT.items():
+        name = f"{split}/{key}"
+        if key not in f[split]:
+            raise ValueError(f"{path} has no dataset {name!r} (expected {sorted(LAYOUT)} in "
+                             "each split, as PHiSeg's lidc_data_loader writes them).")
+        dataset = f[name]
+        if dataset.dtype.kind not in kinds or dataset.ndim != rank:
+            raise ValueError(f"{path}: {name!r} is {dataset.dtype} of shape "
+                             f"{dataset.shape}; PHiSeg writes a rank-{rank} array of "
+                             f"kind {kinds!r}.")
+        datasets[key] = dataset
+    images, labels, uids = datasets["images"].shape, datasets["labels"].shape, \
+        datasets["uids"].shape
+    if labels[:3] != images or labels[3] != NUM_GRADERS or uids[0] != images[0]:
+        raise ValueError(f"{path}: {split!r} holds images {images}, labels {labels} and uids "
+                         f"{uids}; expected (n, h, w), (n, h, w, {NUM_GRADERS}) and (n,).")
+    return datasets
+
+
+def read(path, split, rows=None):
     """The arrays of `split` in the PHiSeg hdf5 at `path`, checked against the layout.
+
+    Args:
+        path: the hdf5 file.
+        split: `"train"`, `"val"` or `"test"`, the group.
+        rows: increasing indices of the examples to read; default all.
 
     Returns:
         `(images (n, h, w, 1) float32 in [0, 1], annotations (n, 4, h, w) int32,
@@ -33,40 +78,45 @@ def read(path, split):
         ValueError: a missing group or dataset, or one of another dtype or shape, naming the
             file and the key.
     """
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
-    try:
-        import h5py
-    except ImportError as error:
-        raise ImportError("Reading the PHiSeg hdf5 needs h5py: pip install "
-                          "'tfprobunet[data]'") from error
-    with h5py.File(path, "r") as f:
-        if split not in f:
-            raise ValueError(f"{path} has no group {split!r}: PHiSeg's data_lidc.hdf5 has "
-                             f"{list(SPLITS)}. Found: {sorted(f)}")
-        arrays = {}
-        for key, (kinds, rank) in LAYOUT.items():
-            name = f"{split}/{key}"
-            if key not in f[split]:
-                raise ValueError(f"{path} has no dataset {name!r} (expected {sorted(LAYOUT)} in "
-                                 "each split, as PHiSeg's lidc_data_loader writes them).")
-            dataset = f[name]
-            if dataset.dtype.kind not in kinds or dataset.ndim != rank:
-                raise ValueError(f"{path}: {name!r} is {dataset.dtype} of shape "
-                                 f"{dataset.shape}; PHiSeg writes a rank-{rank} array of "
-                                 f"kind {kinds!r}.")
-            arrays[key] = dataset[()]
+    with _h5py().File(path, "r") as f:
+        datasets = _checked(f, path, split)
+        if rows is None:
+            arrays = {key: dataset[()] for key, dataset in datasets.items()}
+        else:  # h5py reads a list of rows, but not an empty one
+            rows = np.asarray(rows, np.int64)
+            arrays = {key: dataset[rows] if len(rows) else
+                      np.zeros((0, *dataset.shape[1:]), dataset.dtype)
+                      for key, dataset in datasets.items()}
     images, labels, uids = arrays["images"], arrays["labels"], arrays["uids"]
-    if labels.shape[:3] != images.shape or labels.shape[3] != NUM_GRADERS or len(uids) != len(
-            images):
-        raise ValueError(f"{path}: {split!r} holds images {images.shape}, labels "
-                         f"{labels.shape} and uids {uids.shape}; expected (n, h, w), "
-                         f"(n, h, w, {NUM_GRADERS}) and (n,).")
     return ((images + 0.5).astype(np.float32)[..., None],
             labels.transpose(0, 3, 1, 2).astype(np.int32), uids.astype(np.int64))
 
 
-def dataset(path, split="train"):
-    """`tf.data.Dataset` of `(image (h, w, 1) float32, annotations (4, h, w) int32)`."""
-    images, annotations, _ = read(path, split)
+def uids(path):
+    """`{split: uids (n,) int64}` of every group of the PHiSeg hdf5 at `path`."""
+    with _h5py().File(path, "r") as f:
+        return {split: _checked(f, path, split)["uids"][()].astype(np.int64)
+                for split in SPLITS}
+
+
+def split_manifest(path):
+    """The split manifest of the PHiSeg hdf5 at `path` (see `tfprobunet.data.manifests`): the
+    uids (as decimal strings) of each group, `"seed": None`, and the file's sha256."""
+    return manifests.found("lidc-phiseg", path,
+                           {split: ids.astype(str) for split, ids in uids(path).items()})
+
+
+def dataset(path, split="train", split_manifest=None):
+    """`tf.data.Dataset` of `(image (h, w, 1) float32, annotations (4, h, w) int32)`: the group
+    `split`, or with `split_manifest` (its JSON file, or the dict; refused unless made from
+    this very file, its sha256), the examples of all groups whose uids it puts in `split`."""
+    if split_manifest is None:
+        images, annotations, _ = read(path, split)
+    else:
+        manifest = manifests.read(split_manifest, path, "lidc-phiseg")
+        parts = [read(path, group, manifests.indices(manifest["splits"], ids.astype(str), split))
+                 for group, ids in uids(path).items()]
+        images, annotations = (np.concatenate([part[k] for part in parts]) for k in (0, 1))
+        if not len(images):
+            raise ValueError(f"The split manifest puts no uid of {path} in {split!r}.")
     return tf.data.Dataset.from_tensor_slices((images, annotations))

@@ -14,9 +14,7 @@ SYNTHETIC = SYNTHETIC_DATASETS
 SPLITS = ("train", "val", "test")
 # How the datasets without split manifests are split.
 _HOW_SPLIT = {"flips": "its seed (synthetic)", "graders": "its seed (synthetic)",
-              "lidc": "its published train/val/test folders",
-              "lidc-phiseg": "the groups of its hdf5 file", "npz": "your train/val/test files",
-              "folder": "its train/val/test subfolders or its seed", "cityscapes": "its folders"}
+              "npz": "your train/val/test files", "cityscapes": "its folders"}
 # The synthetic splits are drawn with these offsets added to the seed, so they never overlap.
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 # Default sizes of the synthetic splits; flips' test split has the official evaluation's 500.
@@ -73,21 +71,27 @@ def check_source(source):
 
 
 def as_source(dataset, split="train", data_dir=None, image_size=None, num_examples=None, seed=0,
-              num_classes=None):
+              num_classes=None, split_manifest=None):
     """`dataset` as a checked `Source`, for `train` and `evaluate` alike.
 
     Args:
         dataset: a name of `DATASETS` (loaded with `load`), a `Source`, or a `tf.data.Dataset`
             of `(image (h, w, c) float, annotations (A, h, w) int)` with `num_classes` given.
-        split, data_dir, image_size, num_examples, seed: as in `load`; `num_examples` also
-            shortens a `Source` or a dataset.
+        split, data_dir, image_size, num_examples, seed, split_manifest: as in `load`;
+            `num_examples` also shortens a `Source` or a dataset; `split_manifest` is for a
+            name only.
         num_classes: K of a plain dataset; for a name or a `Source`, the K it must have.
 
     Returns:
         A `Source`, its labels checked (`check_source`).
     """
+    if split_manifest is not None and not isinstance(dataset, str):
+        raise ValueError(
+            "A split manifest chooses the examples of a dataset loaded by name (one of "
+            f"{', '.join(manifests.DATASETS)}); a {type(dataset).__name__} is already split: "
+            f"pass its split itself. Received: split_manifest={split_manifest!r}")
     if isinstance(dataset, str):
-        source = load(dataset, split, data_dir, image_size, num_examples, seed)
+        source = load(dataset, split, data_dir, image_size, num_examples, seed, split_manifest)
     elif isinstance(dataset, tf.data.Dataset):
         if num_classes is None:
             raise ValueError(
@@ -129,9 +133,11 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         num_examples: the first n examples; default all (synthetic: `DEFAULT_EXAMPLES`, 1000
             for train, 100 for val, 100 for graders' test and 500 for flips' test).
         seed: synthetic data, the LIDC pickle's split by series and the folder split.
-        split_manifest: a split manifest (a JSON file, see `tfprobunet.data.manifests`) that
-            fixes which series are in each split instead of `seed`: for the datasets split by
-            a seed and series (`manifests.DATASETS`: `"lidc-pickle"`).
+        split_manifest: a split manifest (a JSON file or its dict, see
+            `tfprobunet.data.manifests` and `make_manifest`) that fixes which patients (series,
+            images) are in each split, instead of `seed` or the split the data comes with (all
+            of whose splits are then pooled): for the datasets with such ids
+            (`manifests.DATASETS`: `"lidc"`, `"lidc-pickle"`, `"lidc-phiseg"`, `"folder"`).
 
     Returns:
         A `Source`.
@@ -140,10 +146,8 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         raise ValueError(f"`dataset` must be one of {DATASETS}. Received: {name!r}")
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
-    if split_manifest is not None and name not in manifests.DATASETS:
-        raise ValueError(f"A split manifest fixes the split of {', '.join(manifests.DATASETS)}; "
-                         f"{name!r} is split by {_HOW_SPLIT.get(name, 'its files')}. Received: "
-                         f"split_manifest={split_manifest!r}")
+    if split_manifest is not None:
+        _check_has_manifests(name, f" Received: split_manifest={split_manifest!r}")
     if name in SYNTHETIC:
         return _synthetic(name, split, image_size or 64, num_examples, seed)
     if data_dir is None:
@@ -152,14 +156,16 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
     if name == "lidc":
         # As in the paper: random crops of the 180x180 tiles for training, center crops else.
         source = Source(lidc.crops(data_dir, split, image_size or 128,
-                                   random_crop=split == "train", seed=seed), 2, None, None)
+                                   random_crop=split == "train", seed=seed,
+                                   split_manifest=split_manifest), 2, None, None)
     elif name == "npz":
         source = Source(*arrays.npz_split(data_dir, split))
     elif name == "folder":
         source = folders.from_folders(os.path.join(data_dir, "images"),
-                                      os.path.join(data_dir, "masks"), split, seed=seed)
+                                      os.path.join(data_dir, "masks"), split, seed=seed,
+                                      split_manifest=split_manifest)
     elif name == "lidc-phiseg":
-        source = Source(phiseg.dataset(data_dir, split), 2, None, None)
+        source = Source(phiseg.dataset(data_dir, split, split_manifest), 2, None, None)
     elif name == "lidc-pickle":
         source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed,
                                             split_manifest=split_manifest), 2, None, None)
@@ -170,6 +176,32 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
     if num_examples is not None:
         source = source._replace(dataset=source.dataset.take(num_examples))
     return source
+
+
+def make_manifest(name, data_dir, seed=0, fractions=None):
+    """The split manifest of dataset `name` (one of `manifests.DATASETS`) at `data_dir`.
+
+    `"lidc-pickle"`, and `"folder"` without split subfolders, are split by `seed` and
+    `fractions` (default: theirs, 64/16/20 % and 80/10/10 %); `"lidc"`, `"lidc-phiseg"` and
+    `"folder"` with subfolders come split, and their manifest records that split (`"seed":
+    None`; `seed` and `fractions` unused).
+    """
+    _check_has_manifests(name)
+    if name == "lidc":
+        return lidc.crops_manifest(data_dir)
+    if name == "lidc-phiseg":
+        return phiseg.split_manifest(data_dir)
+    if name == "folder":
+        return folders.split_manifest(os.path.join(data_dir, "images"),
+                                      os.path.join(data_dir, "masks"), seed,
+                                      fractions or folders.FRACTIONS)
+    return lidc.split_manifest(data_dir, seed, fractions or lidc.SPLIT_FRACTIONS)
+
+
+def _check_has_manifests(name, received=""):
+    if name not in manifests.DATASETS:
+        raise ValueError(f"A split manifest fixes the split of {', '.join(manifests.DATASETS)}; "
+                         f"{name!r} is split by {_HOW_SPLIT.get(name, 'its files')}.{received}")
 
 
 def _synthetic(name, split, image_size, num_examples, seed):
