@@ -72,6 +72,14 @@ def test_compare_writes_results_and_both_figures(compared, capsys):
     assert test["p"] == pytest.approx(expected, rel=1e-9)
     means = {n: results["models"][n]["ged"]["16"]["mean"] for n in results["models"]}
     assert results["reference_best"]["16"] == (means["probunet"] < means["mheads"])
+    # The same test on the other per-image metrics, each against the exact enumeration.
+    assert sorted(results["wilcoxon"]) == ["ece", "hm_iou", "ncc"]
+    for metric, tests in results["wilcoxon"].items():
+        expected = _exact_wilcoxon_p(reports["probunet"]["per_image"][metric],
+                                     reports["mheads"]["per_image"][metric])
+        assert tests["mheads"]["p"] == pytest.approx(expected, rel=1e-9), metric
+        assert results["models"]["mheads"][metric]["seeds"] == [
+            reports["mheads"][metric] if metric == "ece" else reports["mheads"][metric]["mean"]]
 
 
 @pytest.mark.slow

@@ -51,13 +51,18 @@ def test_report_matches_the_metrics_on_the_same_samples(tmp_path):
             assert png.size[0] > 100 and png.size[1] > 100
 
 
+def _one_hot(masks, source):
+    """Label maps as the class probabilities of samples that are certain of them."""
+    return np.eye(source.num_classes)[masks]
+
+
 def test_noise_floor_has_its_closed_form_mean():
     # k draws from the truth against the truth: E[GED_k] = E[d(Y, Y')] / k (self-pairs count).
     source = data.load("flips", "test", image_size=16, num_examples=40)
     annotations = np.stack([a for _, a in source.dataset.as_numpy_iterator()])
     accumulator = evaluation._Accumulator(source, (1, 4), seed=0)
     for _ in range(5):
-        accumulator.add(annotations[:, :4], annotations)
+        accumulator.add(annotations[:, :4], annotations, _one_hot(annotations[:, :4], source))
     w = source.annotation_weights
     pairwise = metrics.pairwise_distances(annotations, annotations, source.num_classes,
                                           source.classes)
@@ -78,8 +83,8 @@ def test_unbiased_ged_of_draws_from_the_truth_is_zero_on_average():
     accumulator = evaluation._Accumulator(source, (1, 4), seed=0)
     for _ in range(10):
         draws = rng.choice(len(w), size=(len(annotations), 4), p=w)
-        accumulator.add(np.take_along_axis(annotations, draws[:, :, None, None], axis=1),
-                        annotations)
+        masks = np.take_along_axis(annotations, draws[:, :, None, None], axis=1)
+        accumulator.add(masks, annotations, _one_hot(masks, source))
     report = accumulator.report()
     assert set(report["ged_unbiased"]) == {"4"}
     unbiased = np.array(accumulator.ged_unbiased[4])

@@ -345,3 +345,40 @@ def test_the_sha256_of_a_folder_dataset_covers_its_files_paths_and_sizes(tmp_pat
     (tmp_path / "sub" / "b.png").write_bytes(b"0123")
     os.rename(tmp_path / "a.png", tmp_path / "c.png")
     assert manifests.sha256(str(tmp_path), [str(tmp_path / "c.png"), files[1]]) != digest
+
+
+@pytest.mark.slow
+def test_train_records_the_manifest_and_evaluate_tests_its_patients(pickle_path, tmp_path,
+                                                                     capsys):
+    """`train --split-manifest` trains on the manifest's train patients and records the file
+    in train_config.json; `evaluate` of that run tests the manifest's test patients."""
+    manifest = lidc.split_manifest(pickle_path, seed=5)
+    manifest_path = str(tmp_path / "split.json")
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    workdir = str(tmp_path / "run")
+    assert cli.main(["train", "--dataset", "lidc-pickle", "--data-dir", pickle_path,
+                     "--split-manifest", manifest_path, "--workdir", workdir, "--epochs", "1",
+                     "--steps-per-epoch", "1", "--batch-size", "2", "--num-channels", "8,16",
+                     "--convs-per-block", "1", "--latent-dim", "2"]) == 0
+    with open(os.path.join(workdir, "train_config.json")) as f:
+        assert json.load(f)["split_manifest"] == manifest_path
+    out = str(tmp_path / "eval")
+    assert cli.main(["evaluate", "--model", os.path.join(workdir, "model.keras"), "--out", out,
+                     "--samples", "2"]) == 0
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    series = lidc.pickle_arrays(pickle_path)[2]
+    assert report["num_images"] == sum(s in manifest["splits"]["test"] for s in series)
+    # Another manifest for the same run is another run: refused.
+    manifest["splits"]["train"], manifest["splits"]["test"] = (manifest["splits"]["test"],
+                                                               manifest["splits"]["train"])
+    other = str(tmp_path / "other.json")
+    with open(other, "w") as f:
+        json.dump(manifest, f)
+    message = cli_error(capsys, ["train", "--dataset", "lidc-pickle", "--data-dir", pickle_path,
+                                 "--split-manifest", other, "--workdir", workdir, "--epochs", "2",
+                                 "--steps-per-epoch", "1", "--batch-size", "2",
+                                 "--num-channels", "8,16", "--convs-per-block", "1",
+                                 "--latent-dim", "2"])
+    assert "split_manifest" in message

@@ -378,3 +378,117 @@ def test_sample_diversity_hand_worked_and_as_the_unbiased_geds_term():
         2 * cross - metrics.sample_diversity(samples, 2) - truth)
     with pytest.raises(ValueError, match="at least 2 samples"):
         metrics.sample_diversity(samples[:, :1], 2)
+
+
+def _dpersona_ged(samples, annotations):
+    """D-Persona's `calc_generalised_energy_distance` (ycwu1997/D-Persona,
+    code/lib/metrics_set.py), transcribed for binary masks: IoU = |x & y| / (|x | y| + 1e-8),
+    NaN set to 1 (never reached), background excluded; every pair, self-pairs included."""
+    def d(x, y):
+        x, y = x.astype(bool), y.astype(bool)
+        return 1 - (x & y).sum() / ((x | y).sum() + 1e-8)
+    return (2 * np.mean([d(s, y) for s in samples for y in annotations])
+            - np.mean([d(s, t) for s in samples for t in samples])
+            - np.mean([d(y, z) for y in annotations for z in annotations]))
+
+
+def _phiseg_ged(samples, annotations):
+    """PHiSeg's `utils.generalised_energy_distance` with its LIDC call (nlabels=1,
+    label_range=range(1, 2)), transcribed: two empty masks have IoU 1."""
+    def d(x, y):
+        x, y = x == 1, y == 1
+        if not x.any() and not y.any():
+            return 0.0
+        if x.any() != y.any():
+            return 1.0
+        return 1 - (x & y).sum() / (x | y).sum()
+    n, m = len(samples), len(annotations)
+    return (2 / (n * m) * sum(d(s, y) for s in samples for y in annotations)
+            - 1 / n ** 2 * sum(d(s, t) for s in samples for t in samples)
+            - 1 / m ** 2 * sum(d(y, z) for y in annotations for z in annotations))
+
+
+def test_empty_pair_changes_the_distance_of_two_empty_masks_only():
+    for other, expected in ((EMPTY, 0.0), (A, 1.0), (B, 1.0)):
+        for empty_pair in (0.0, 1.0):
+            d = metrics.pairwise_distances(_stack(EMPTY), _stack(other), 2,
+                                           empty_pair=empty_pair)[0, 0, 0]
+            # Only the pair of two empty masks follows the switch.
+            assert d == (empty_pair if other is EMPTY else expected)
+    d = metrics.pairwise_distances(_stack(A, B), _stack(A, B, C), 2, empty_pair=1.0)
+    np.testing.assert_allclose(d, metrics.pairwise_distances(_stack(A, B), _stack(A, B, C), 2))
+    with pytest.raises(ValueError, match="empty_pair"):
+        metrics.pairwise_distances(_stack(A), _stack(A), 2, empty_pair=0.5)
+
+
+def test_empty_pair_ged_equals_phiseg_and_dpersona_code_and_differs_by_the_empty_pairs():
+    """Samples {EMPTY, A, EMPTY}, graders {EMPTY, B}: with d = 1 for two empty masks, the
+    empty-empty pairs add 2·(2/6) to the cross term and subtract 4/9 (samples) and 1/4
+    (graders): GED rises by 2/3 - 4/9 - 1/4 = -1/36."""
+    samples, annotations = _stack(EMPTY, A, EMPTY), _stack(EMPTY, B)
+    zero = metrics.generalized_energy_distance(samples, annotations, 2)[0]
+    one = metrics.generalized_energy_distance(samples, annotations, 2, empty_pair=1.0)[0]
+    assert zero == pytest.approx(_phiseg_ged(samples[0], annotations[0]), abs=1e-12)
+    assert one == pytest.approx(_dpersona_ged(samples[0], annotations[0]), abs=1e-7)
+    assert one - zero == pytest.approx(2 * 2 / 6 - 4 / 9 - 1 / 4)
+    rng = np.random.default_rng(3)
+    full = rng.integers(0, 2, (2, 4, 5, 5))
+    full[..., 0, 0] = 1  # no empty mask: the switch changes nothing
+    np.testing.assert_allclose(
+        metrics.generalized_energy_distance(full, full[:, ::-1], 2, empty_pair=1.0),
+        metrics.generalized_energy_distance(full, full[:, ::-1], 2))
+
+
+def _best_matching_by_permutations(cost):
+    """The largest mean 1 - cost over one-to-one matchings of the rows into the columns
+    (rows <= columns), by trying every one: the reference for linear_sum_assignment."""
+    import itertools
+    rows, cols = cost.shape
+    return max(np.mean([1 - cost[i, j] for i, j in enumerate(p)])
+               for p in itertools.permutations(range(cols), rows))
+
+
+def test_hungarian_iou_forms_hand_worked_and_against_every_matching():
+    """Samples {A, A, B, C}, annotations {A, B}. Tiled: annotations {A, B, A, B}, the best
+    matching pairs A-A, A-A, B-B and C with the left-over B (IoU 0): 3/4. One per annotation:
+    A-A and B-B, both exact: 1."""
+    samples, annotations = _stack(A, A, B, C), _stack(A, B)
+    assert metrics.hungarian_iou(samples, annotations, 2)[0] == pytest.approx(3 / 4)
+    assert metrics.hungarian_iou(samples, annotations, 2,
+                                 form="one_per_annotation")[0] == pytest.approx(1.0)
+    rng = np.random.default_rng(4)
+    cross = rng.random((3, 6, 3))
+    tiled = np.repeat(cross, 2, axis=2)  # 3 annotations tiled to 6
+    np.testing.assert_allclose(metrics.matched_iou(cross),
+                               [_best_matching_by_permutations(c) for c in tiled])
+    np.testing.assert_allclose(metrics.matched_iou(cross, "one_per_annotation"),
+                               [_best_matching_by_permutations(c.T) for c in cross])
+    assert (metrics.matched_iou(cross, "one_per_annotation") >= metrics.matched_iou(cross)).all()
+    with pytest.raises(ValueError, match="form"):
+        metrics.matched_iou(cross, "kohl")
+
+
+def test_ged_counts_16_and_100_samples_as_the_loop_reference():
+    rng = np.random.default_rng(5)
+    annotations = rng.integers(0, 2, (1, 4, 6, 6))
+    for m in (16, 100):
+        samples = rng.integers(0, 2, (1, m, 6, 6))
+        np.testing.assert_allclose(metrics.generalized_energy_distance(samples, annotations, 2),
+                                   _phiseg_ged(samples[0], annotations[0]), rtol=1e-12)
+
+
+def test_weighted_annotations_in_ece_and_ncc():
+    """Weights (0.75, 0.25) on annotations that differ on a pixel make its target 0.75; an
+    annotation with weight 0 leaves the NCC that of the other one."""
+    probabilities = np.array([[[0.75, 0.05]]])
+    annotations = np.array([[[[1, 0]], [[0, 0]]]])
+    assert metrics.expected_calibration_error(probabilities, annotations,
+                                              annotation_weights=[0.75, 0.25]) == \
+        pytest.approx(0.025)  # (0 + |0.05 - 0|) / 2
+    rng = np.random.default_rng(6)
+    sample_probabilities = rng.dirichlet([1, 1], size=(1, 4, 5, 5))
+    graders = rng.integers(0, 2, (1, 2, 5, 5))
+    np.testing.assert_allclose(
+        metrics.normalized_cross_correlation(sample_probabilities, graders,
+                                             annotation_weights=[1.0, 0.0]),
+        metrics.normalized_cross_correlation(sample_probabilities, graders[:, :1]))

@@ -370,6 +370,42 @@ def test_the_evaluation_commands_run(flips_run, tmp_path, monkeypatch, capsys):
     assert "report and figures" in capsys.readouterr().out
 
 
+@runs(("docs/evaluation.md", "Published protocols", "sh"))
+def test_the_protocol_commands_print_the_published_tables(tmp_path, monkeypatch, capsys):
+    """Both protocols end to end on files in the published formats: a LIDC crops folder (its
+    test split, and a train split the model learns from) and PHiSeg's hdf5."""
+    from test_loaders import _write_lidc_crops
+    from test_phiseg import _write_phiseg_hdf5
+    from tfprobunet.data.lidc import SplitCountWarning
+
+    monkeypatch.chdir(tmp_path)
+    for split, patients in (("train", ("LIDC-IDRI-0001",)), ("test", ("LIDC-IDRI-0002",
+                                                                    "LIDC-IDRI-0003"))):
+        _write_lidc_crops("data/lidc_crops", split, patients=patients)  # 20x20 tiles
+    _write_phiseg_hdf5("data/data_lidc.hdf5", side=16)
+    with pytest.warns(SplitCountWarning, match="published"):  # 4 images, not 8843
+        tfprobunet.train("runs/lidc", dataset="lidc", data_dir="data/lidc_crops", image_size=16,
+                         epochs=1, steps_per_epoch=1, batch_size=2, num_channels=[8, 16],
+                         convs_per_block=1, latent_dim=2, verbose=0)
+    kohl, phiseg = _commands(_block("docs/evaluation.md", "Published protocols", "sh"))
+    capsys.readouterr()
+    with pytest.warns(SplitCountWarning):
+        _tfprobunet(kohl)
+    printed = capsys.readouterr().out
+    assert "| Method | Split | D²_GED (16) ↓ | HM-IoU (16) ↑ |" in printed
+    assert "| this model | lidc test (4 images) |" in printed
+    assert "Conventions: protocol kohl: 16 samples; GED over all pairs, self-pairs included" \
+        in printed
+    _tfprobunet(phiseg)
+    printed = capsys.readouterr().out
+    assert "| Method | Split | D²_GED (100) ↓ | S_NCC (100) ↑ |" in printed
+    assert "| this model | lidc-phiseg test (3 images) |" in printed
+    with open("runs/lidc/phiseg/report.json") as f:
+        report = json.load(f)
+    assert report["sample_counts"] == [1, 16, 100] and report["protocol"]["samples"] == 100
+    assert report["table"][2].split(" | ")[2].startswith(f"{report['ged']['100']['mean']:.4f}")
+
+
 @runs(("docs/evaluation.md", "During training", "python"))
 def test_the_validation_snippet_logs_val_ged(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -17,6 +17,8 @@ from tfprobunet import models as models_lib
 
 MODELS = tuple(models_lib.MODELS)
 REFERENCE = "probunet"
+# The per-image metrics compared with the reference besides GED (`evaluate`'s `per_image`).
+PAIRED_METRICS = ("hm_iou", "ncc", "ece")
 SAMPLE_COUNTS = evaluation.SAMPLE_COUNTS
 # Sample seed of every evaluation: the same test images and sample seeds for every model and
 # training seed (the synthetic test split is drawn from it too).
@@ -109,20 +111,28 @@ def _spread(values):
 
 
 def _wilcoxon(reference, other):
-    """Two-sided Wilcoxon signed-rank test of paired per-image values."""
+    """Two-sided Wilcoxon signed-rank test of paired per-image values (NaN p without any)."""
     from scipy import stats
 
     difference = np.asarray(reference) - np.asarray(other)
+    if not len(difference):
+        return {"p": float("nan"), "median_difference": float("nan"), "reference_lower": False}
     p = float(stats.wilcoxon(reference, other).pvalue) if np.any(difference) else 1.0
     median = float(np.median(difference))
     return {"p": p, "median_difference": median, "reference_lower": median < 0}
+
+
+def _defined(reference, other):
+    """The pairs of per-image values where both are defined (not NaN)."""
+    keep = ~(np.isnan(reference) | np.isnan(other))
+    return reference[keep], other[keep]
 
 
 def _summary(reports, sample_counts, seeds):
     """Per model: GED per sample count over seeds, modes, timings; the noise floor; Wilcoxon
     tests at the largest sample count on per-image GED averaged over seeds."""
     counts = [str(k) for k in sample_counts]
-    summary, per_image = {}, {}
+    summary, per_image, paired = {}, {}, {}
     for name, by_seed in reports.items():
         entry = {"ged": {c: _spread([r["ged"][c]["mean"] for r in by_seed]) for c in counts},
                  "ged_unbiased": {c: _spread([r["ged_unbiased"][c]["mean"] for r in by_seed])
@@ -138,8 +148,16 @@ def _summary(reports, sample_counts, seeds):
         if "presence" in by_seed[0]:
             entry["empty_fraction_samples"] = _spread(
                 [r["presence"]["empty_fraction_samples"] for r in by_seed])
+        for metric in PAIRED_METRICS:
+            if all(metric in r for r in by_seed):
+                entry[metric] = _spread([r[metric]["mean"] if isinstance(r[metric], dict)
+                                         else r[metric] for r in by_seed])
         summary[name] = entry
         per_image[name] = np.mean([r["ged_per_image"][counts[-1]] for r in by_seed], axis=0)
+        for metric in PAIRED_METRICS:  # reports written before these metrics lack them
+            if all(metric in r.get("per_image", {}) for r in by_seed):
+                paired.setdefault(metric, {})[name] = np.nanmean(
+                    [r["per_image"][metric] for r in by_seed], axis=0)
     first = next(iter(reports.values()))[0]
     results = {
         "models": summary,
@@ -155,6 +173,12 @@ def _summary(reports, sample_counts, seeds):
         results[f"wilcoxon_{counts[-1]}"] = {
             name: _wilcoxon(per_image[REFERENCE], values)
             for name, values in per_image.items() if name != REFERENCE}
+        # The same test on the other per-image metrics (where a value is undefined for an
+        # image in either model, e.g. the NCC of a constant map, the image is left out).
+        results["wilcoxon"] = {
+            metric: {name: _wilcoxon(*_defined(values[REFERENCE], other))
+                     for name, other in values.items() if name != REFERENCE}
+            for metric, values in paired.items() if REFERENCE in values}
         results["reference_best"] = {
             c: min(summary, key=lambda n: summary[n]["ged"][c]["mean"]) == REFERENCE
             for c in counts}

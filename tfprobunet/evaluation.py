@@ -10,16 +10,23 @@ import tensorflow as tf
 
 from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
-from tfprobunet import metrics, plots, saving
+from tfprobunet import metrics, plots, protocols, saving
 from tfprobunet.data import pipeline
 
 SAMPLE_COUNTS = (1, 4, 8, 16)
 
 
 def _mean_sem(values):
+    """Mean and standard error over images; images where the value is undefined (NaN, e.g. the
+    NCC of a constant map) are left out and counted."""
     values = np.asarray(values, np.float64)
-    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return {"mean": float(values.mean()), "sem": float(sem)}
+    defined = values[~np.isnan(values)]
+    sem = defined.std(ddof=1) / np.sqrt(len(defined)) if len(defined) > 1 else float("nan")
+    result = {"mean": float(defined.mean()) if len(defined) else float("nan"),
+              "sem": float(sem)}
+    if len(defined) < len(values):
+        result["undefined"] = int(len(values) - len(defined))
+    return result
 
 
 def _truth_distances(annotations_pairwise, weights, count, rng):
@@ -38,25 +45,29 @@ def _empty(masks, classes):
 
 
 class _Accumulator:
-    """Per-image values gathered batch by batch."""
+    """Per-image values gathered batch by batch, under the conventions of `protocol`."""
 
-    def __init__(self, source, sample_counts, seed):
+    def __init__(self, source, sample_counts, seed, protocol=protocols.PROTOCOLS["custom"]):
         self.source = source
         self.sample_counts = sample_counts
+        self.protocol = protocol
         self.classes = metrics.scored_classes(source.num_classes, source.classes)
         self.rng = np.random.default_rng(seed)
         self.ged = {k: [] for k in sample_counts}
         self.ged_unbiased = {k: [] for k in sample_counts if k > 1}
         self.noise_floor = {k: [] for k in sample_counts}
-        self.diversity = []
-        self.hm_iou = []
+        self.per_image = {"hm_iou": [], "sample_diversity": [], "ncc": [], "ece": []}
+        self.calibration = None  # pooled ECE bins, per scored class
         self.assignments = []
         self.flips = {}  # (c, t): [sampled, expected, pixels]
         self.empty_samples = []
         self.empty_annotations = []
 
-    def add(self, masks, annotations):
-        args = dict(num_classes=self.source.num_classes, classes=self.source.classes)
+    def add(self, masks, annotations, probabilities):
+        """`masks (b, m, h, w)`, `annotations (b, a, h, w)` and the samples' class
+        `probabilities (b, m, h, w, K)` of one batch."""
+        args = dict(num_classes=self.source.num_classes, classes=self.source.classes,
+                    empty_pair=self.protocol.empty_pair)
         weights = self.source.annotation_weights
         cross = metrics.pairwise_distances(masks, annotations, **args)
         samples_pairwise = metrics.pairwise_distances(masks, masks, **args)
@@ -64,7 +75,7 @@ class _Accumulator:
         for k in self.sample_counts:
             self.ged[k].extend(metrics.energy_distance(
                 cross[:, :k], samples_pairwise[:, :k, :k], truth_pairwise,
-                annotation_weights=weights))
+                annotation_weights=weights, self_pairs=self.protocol.self_pairs))
             # Without self-pairs both sides need two maps (or known weights).
             if k in self.ged_unbiased and (weights is not None or annotations.shape[1] > 1):
                 self.ged_unbiased[k].extend(metrics.energy_distance(
@@ -72,9 +83,18 @@ class _Accumulator:
                     annotation_weights=weights, self_pairs=False))
             floor_cross, floor_pairwise = _truth_distances(truth_pairwise, weights, k, self.rng)
             self.noise_floor[k].extend(metrics.energy_distance(
-                floor_cross, floor_pairwise, truth_pairwise, annotation_weights=weights))
-        self.diversity.extend(samples_pairwise.mean(axis=(1, 2)))
-        self.hm_iou.extend(metrics.matched_iou(cross))
+                floor_cross, floor_pairwise, truth_pairwise, annotation_weights=weights,
+                self_pairs=self.protocol.self_pairs))
+        m = masks.shape[1]
+        self.per_image["sample_diversity"].extend(
+            np.einsum("bij,ij->b", samples_pairwise, 1.0 - np.eye(m)) / (m * (m - 1))
+            if m > 1 else np.full(len(masks), np.nan))
+        headline = self.protocol.headline or m
+        self.per_image["hm_iou"].extend(metrics.matched_iou(cross[:, :headline],
+                                                            self.protocol.hm_iou))
+        self.per_image["ncc"].extend(metrics.normalized_cross_correlation(
+            probabilities, annotations, annotation_weights=weights))
+        self._add_calibration(probabilities.mean(axis=1), annotations, weights)
         if weights is not None:
             self.assignments.append(np.argmin(cross, axis=-1))  # assign_modes
             pairs = metrics.flip_pairs(annotations)
@@ -86,17 +106,31 @@ class _Accumulator:
         self.empty_samples.append(_empty(masks, self.classes))
         self.empty_annotations.append(_empty(annotations, self.classes))
 
+    def _add_calibration(self, mean_probabilities, annotations, weights):
+        """ECE of the mean probability, one scored class against the rest (class 1 alone for
+        a binary task), per image and pooled; the mean over the scored classes."""
+        bins = [metrics.calibration_bins(mean_probabilities[..., c], annotations,
+                                         positive_class=c, per_image=True,
+                                         annotation_weights=weights)
+                for c in self.classes]
+        self.per_image["ece"].extend(np.mean(
+            [metrics.calibration_error(*b) for b in bins], axis=0))
+        pooled = np.array([[s.sum(0) for s in b] for b in bins])  # (classes, 3, bins)
+        self.calibration = pooled if self.calibration is None else self.calibration + pooled
+
     def report(self, per_image=False):
         counts = [str(k) for k in self.sample_counts]
         report = {
-            "num_images": len(self.hm_iou),
+            "num_images": len(self.per_image["hm_iou"]),
             "ged": {c: _mean_sem(self.ged[k]) for c, k in zip(counts, self.sample_counts)},
             "ged_noise_floor": {c: _mean_sem(self.noise_floor[k])
                                 for c, k in zip(counts, self.sample_counts)},
             # Self-pairs left out: a perfect model scores 0 in expectation at every k.
             "ged_unbiased": {str(k): _mean_sem(values) for k, values in self.ged_unbiased.items()},
-            "sample_diversity": _mean_sem(self.diversity),
-            "hm_iou": _mean_sem(self.hm_iou),
+            **{name: _mean_sem(values) for name, values in self.per_image.items()
+               if name != "ece"},
+            # Pooled over every pixel of the split, as the metric is defined.
+            "ece": float(np.mean([metrics.calibration_error(*c) for c in self.calibration])),
         }
         if self.assignments:
             report["modes"] = self._modes()
@@ -105,6 +139,8 @@ class _Accumulator:
         if per_image:
             report["ged_per_image"] = {c: np.asarray(self.ged[k], np.float64).tolist()
                                        for c, k in zip(counts, self.sample_counts)}
+            report["per_image"] = {name: np.asarray(values, np.float64).tolist()
+                                   for name, values in self.per_image.items()}
         return report
 
     def _modes(self):
@@ -146,7 +182,8 @@ class _Accumulator:
 
 def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
              image_size=None, num_examples=None, sample_counts=SAMPLE_COUNTS, batch_size=8,
-             num_figure_examples=4, seed=0, per_image=False, verbose=None, num_classes=None):
+             num_figure_examples=4, seed=0, per_image=False, verbose=None, num_classes=None,
+             protocol="custom", split_manifest=None):
     """Evaluate a model's distribution of segmentations against all annotations of each image.
 
     For every image, `max(sample_counts)` segmentations are drawn once (seeded) and the first
@@ -158,7 +195,14 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
       (`metrics.generalized_energy_distance(self_pairs=False)`), which a perfect model scores
       0 on average at every k (`ged` itself follows the official evaluation code: self-pairs
       in);
-    - `sample_diversity`: E[d(S, S')]; `hm_iou`: Hungarian-matched IoU;
+    - `sample_diversity`: the mean d over pairs of two different samples; `hm_iou`: the
+      Hungarian-matched IoU (`metrics.hungarian_iou`, in the protocol's form);
+    - `ncc`: PHiSeg's S_NCC (`metrics.normalized_cross_correlation`) of the samples' softmax
+      probabilities; `ece`: the expected calibration error of their mean against the
+      annotators' mean, pooled over every pixel (for K > 2 the mean over the scored classes,
+      each against the rest);
+    - `protocol`: the conventions used, and `table`: the lines of the protocol's table
+      (`tfprobunet.protocols.table`);
     - with known annotation probabilities (*flips*, Cityscapes): `modes`, the frequency with
       which samples fall closest to each mode against its probability, Pearson r on linear and
       on log frequencies (`metrics.log_pearson_r`), the number of modes found (Fig. 5), and
@@ -177,15 +221,23 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         out_dir: where `report.json` and the figures go; None writes nothing.
         split, data_dir, image_size, num_examples: passed to `tfprobunet.data.load` (default
             test sizes: 500 images for *flips*, as the official evaluation, 100 for *graders*).
-        sample_counts: the numbers of samples to score.
+        sample_counts: the numbers of samples to score (a published protocol fixes them).
         batch_size: images per `model.sample` call.
         num_figure_examples: rows of the samples figure (Fig. 3).
         seed: seeds the samples (and the synthetic data).
-        per_image: also report `ged_per_image[k]`, the GED of each image in dataset order (for
+        per_image: also report `ged_per_image[k]`, the GED of each image in dataset order, and
+            `per_image`, each image's `hm_iou`, `sample_diversity`, `ncc` and `ece` (for
             paired tests between models on the same images, as `compare` does).
         verbose: 1 shows a progress bar, 0 nothing; None: the bar on a terminal or in a
             notebook, nothing otherwise.
         num_classes: K of a plain `tf.data.Dataset` (default: the model's).
+        protocol: a name of `tfprobunet.protocols.PROTOCOLS` or a `Protocol` of your own:
+            `"kohl"` (the released LIDC crops, GED and HM-IoU of 16 samples), `"phiseg"`
+            (PHiSeg's split, GED and S_NCC of 100 samples) or `"custom"` (the default: the
+            arguments given). A published protocol fixes the split, the sample counts and the
+            conventions, and refuses other data.
+        split_manifest: a split manifest fixing the test patients (see
+            `tfprobunet.data.load`).
 
     Returns:
         The report as a dict (also `out_dir/report.json`), with `figures` listing the PNGs.
@@ -197,15 +249,15 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         saving.check_finite(model)  # a diverged model's report would look normal
     if num_classes is None and isinstance(dataset, tf.data.Dataset):
         num_classes = model.num_classes
+    protocol = protocols.get(protocol)
+    split, sample_counts = protocols.resolve(protocol, dataset, split, sample_counts,
+                                             SAMPLE_COUNTS)
     source = data_lib.as_source(dataset, split, data_dir, image_size, num_examples, seed,
-                                num_classes)
+                                num_classes, split_manifest=split_manifest)
     if source.num_classes != model.num_classes:
         raise ValueError(f"The model predicts {model.num_classes} classes but the dataset has "
                          f"{source.num_classes}; evaluate it on the data it was trained for.")
-    sample_counts = tuple(sorted(set(int(k) for k in sample_counts)))
-    if not sample_counts or sample_counts[0] < 1:
-        raise ValueError(f"`sample_counts` must be integers >= 1. Received: {sample_counts}")
-    accumulator = _Accumulator(source, sample_counts, seed)
+    accumulator = _Accumulator(source, sample_counts, seed, protocol)
     figure_rows = []
     total = int(source.dataset.cardinality())
     progress = keras.utils.Progbar(total if total > 0 else None,
@@ -217,16 +269,19 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         logits = model.sample(images, sample_counts[-1], seed=tf.constant([seed, step]))
         masks = np.argmax(logits, axis=-1)
         annotations = annotations.numpy()
-        accumulator.add(masks, annotations)
+        probabilities = tf.nn.softmax(logits).numpy()
+        accumulator.add(masks, annotations, probabilities)
         if len(figure_rows) < num_figure_examples:
-            entropy, _ = metrics.uncertainty_maps(tf.nn.softmax(logits).numpy())
+            entropy, _ = metrics.uncertainty_maps(probabilities)
             for i in range(min(len(masks), num_figure_examples - len(figure_rows))):
                 figure_rows.append((images[i].numpy(), annotations[i], masks[i], entropy[i]))
         progress.add(len(masks))
 
     report = {"dataset": dataset if isinstance(dataset, str) else "custom", "split": split,
               "num_classes": source.num_classes, "sample_counts": list(sample_counts),
+              "protocol": protocols.conventions(protocol, sample_counts),
               **accumulator.report(per_image)}
+    report["table"] = protocols.table(report)
     report["seconds"] = round(time.monotonic() - start, 1)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)

@@ -8,6 +8,8 @@ from tfprobunet import _console
 from tfprobunet.cli import flags
 from tfprobunet.defaults import SYNTHETIC_DATASETS
 
+PROTOCOLS = ("kohl", "phiseg", "custom")  # tfprobunet.protocols.NAMES, without TensorFlow
+
 SPLITS = ("train", "val", "test")
 
 
@@ -20,7 +22,18 @@ def add_parsers(commands):
     evaluate.add_argument("--out", required=True, help="folder for report.json and the PNGs")
     evaluate.add_argument("--split", choices=SPLITS, default="test")
     evaluate.add_argument("--samples", type=flags.int_list, default=[1, 4, 8, 16],
-                          help="numbers of samples to score, comma-separated")
+                          help="numbers of samples to score, comma-separated (a published "
+                               "--protocol fixes them)")
+    evaluate.add_argument(
+        "--protocol", choices=PROTOCOLS, default="custom",
+        help="kohl: the released LIDC crops (--dataset lidc), GED and HM-IoU of 16 samples, as "
+             "the Probabilistic U-Net and HPU-Net papers; phiseg: PHiSeg's 64/16/20 split "
+             "(--dataset lidc-phiseg, or lidc-pickle with --split-manifest), GED and S_NCC of "
+             "100 samples, as PHiSeg and SSN; custom: the flags given (default). Prints the "
+             "table in the protocol's published layout")
+    evaluate.add_argument("--split-manifest", metavar="FILE",
+                          help="a split manifest (tfprobunet data manifest) fixing which "
+                               "patients are tested (default: the training run's)")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--seed", type=int,
                           help="samples and synthetic data (default: the training seed)")
@@ -53,9 +66,15 @@ def data_settings(args):
     seed = getattr(args, "seed", None)
     dataset = args.dataset or trained.get("dataset", "flips")
     check_dataset_flags(dataset, args.data_dir, args.image_size)
-    return dict(dataset=dataset, data_dir=args.data_dir or trained.get("data_dir"),
-                image_size=args.image_size or (tuple(size) if isinstance(size, list) else size),
-                seed=trained.get("seed", 0) if seed is None else seed)
+    settings = dict(dataset=dataset, data_dir=args.data_dir or trained.get("data_dir"),
+                    image_size=args.image_size or (tuple(size) if isinstance(size, list)
+                                                   else size),
+                    seed=trained.get("seed", 0) if seed is None else seed)
+    manifest = getattr(args, "split_manifest", None) or (
+        trained.get("split_manifest") if dataset == trained.get("dataset") else None)
+    if manifest is not None:
+        settings["split_manifest"] = manifest
+    return settings
 
 
 SYNTHETIC = SYNTHETIC_DATASETS
@@ -80,14 +99,18 @@ def _evaluate(args):
 
     report = evaluation.evaluate(args.model, out_dir=args.out, split=args.split,
                                  num_examples=args.num_examples, sample_counts=args.samples,
-                                 batch_size=args.batch_size,
+                                 batch_size=args.batch_size, protocol=args.protocol,
                                  verbose=_console.progress_verbosity(), **data_settings(args))
-    summary = {k: report[k] for k in ("dataset", "num_images", "ged", "hm_iou") if k in report}
+    summary = {k: report[k] for k in ("dataset", "num_images", "ged", "hm_iou", "ncc", "ece")
+               if k in report}
     for key in ("modes", "presence"):
         if key in report:
             summary[key] = {k: v for k, v in report[key].items()
                             if k not in ("frequencies", "true_probabilities")}
     print(json.dumps(summary, indent=2))
+    print()
+    print("\n".join(report["table"]))
+    print()
     print(f"report and figures ({', '.join(report['figures'])}) written to {args.out}")
 
 

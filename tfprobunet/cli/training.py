@@ -40,6 +40,8 @@ TRAIN_FLAGS = [
      "compute in float16 (GPUs) or bfloat16 (TPUs, AMX/AVX-512-BF16 CPUs); variables and "
      "losses stay float32"),
     ("seed", dict(type=int), "the data, the weights and the model's random draws"),
+    ("split_manifest", dict(metavar="FILE"),
+     "a split manifest (tfprobunet data manifest) fixing which patients train and validate"),
     ("jit_compile", dict(action="store_true"), "XLA-compile the train step"),
 ]
 MODEL_FLAGS = {

@@ -6,11 +6,11 @@ probabilities (`expected_calibration_error`) and the samples' own diversity
 import numpy as np
 
 from tfprobunet.losses import IGNORE_LABEL
-from tfprobunet.metrics.distances import _label_maps, pairwise_distances
+from tfprobunet.metrics.distances import _label_maps, _weights, pairwise_distances
 
 
 def normalized_cross_correlation(probabilities, annotations, eps=1e-8,
-                                 ignore_label=IGNORE_LABEL):
+                                 ignore_label=IGNORE_LABEL, annotation_weights=None):
     """PHiSeg's S_NCC per image (Baumgartner et al. 2019; `utils.variance_ncc_dist` of
     baumgach/PHiSeg-code, which its LIDC tables use): how well the map of where the samples
     disagree matches the maps of where they disagree with each annotator.
@@ -32,6 +32,8 @@ def normalized_cross_correlation(probabilities, annotations, eps=1e-8,
         eps: added inside the logarithms (PHiSeg's 1e-8).
         ignore_label: a pixel with this label in any annotation of an image is left out of
             every map of that image (PHiSeg's data has none).
+        annotation_weights: `(a,)` or `(b, a)` probabilities of the annotations: the NCCs
+            are averaged with these weights; None (PHiSeg's case) weighs them equally.
 
     Returns:
         `(b,)` float64 in [-1, 1]; NaN for an image where a map is constant (no correlation
@@ -55,11 +57,12 @@ def normalized_cross_correlation(probabilities, annotations, eps=1e-8,
                          f"{ignore_label}). Received labels in [{labels.min()}, {labels.max()}].")
     # E_s[CE(y, s)] per annotation: -mean_i log(s_i,y + eps), (b, a, h, w).
     per_annotation = -np.take_along_axis(mean_log_p[:, None], labels[..., None], axis=-1)[..., 0]
+    weights = _weights("annotation_weights", annotation_weights, *annotations.shape[:2])
     result = np.empty(len(gamma))
     for i in range(len(gamma)):
         x = gamma[i][valid[i]]
         z = per_annotation[i][:, valid[i]]  # (a, pixels)
-        result[i] = np.mean([_ncc(x, zj) for zj in z])
+        result[i] = np.dot(weights[i], [_ncc(x, zj) for zj in z])
     return result
 
 
@@ -71,7 +74,7 @@ def _ncc(x, z):
 
 
 def expected_calibration_error(probabilities, annotations, bins=10, positive_class=1,
-                               ignore_label=IGNORE_LABEL):
+                               ignore_label=IGNORE_LABEL, annotation_weights=None):
     """The expected calibration error of pixel probabilities against the annotators' mean,
     pooled over every pixel of the batch.
 
@@ -90,9 +93,28 @@ def expected_calibration_error(probabilities, annotations, bins=10, positive_cla
         positive_class: the class whose probability is scored.
         ignore_label: an annotation's pixel with this label does not count in that pixel's
             target; a pixel no annotation labels is left out.
+        annotation_weights: `(a,)` or `(b, a)` probabilities of the annotations (e.g. the
+            modes of *flips*): the target is then their weighted share; None weighs each
+            annotation equally.
 
     Returns:
         A float in [0, 1]; lower is better.
+    """
+    counts, predicted, observed = calibration_bins(probabilities, annotations, bins,
+                                                   positive_class, ignore_label,
+                                                   annotation_weights=annotation_weights)
+    return calibration_error(counts, predicted, observed)
+
+
+def calibration_bins(probabilities, annotations, bins=10, positive_class=1,
+                     ignore_label=IGNORE_LABEL, per_image=False, annotation_weights=None):
+    """The sums `expected_calibration_error` is made of, to pool over batches: per bin, the
+    number of pixels, the sum of their probabilities and the sum of their targets (same
+    arguments).
+
+    Returns:
+        `(counts, predicted, observed)`, each `(bins,)` float64, or `(b, bins)` with
+        `per_image=True` (each image's pixels on their own).
     """
     probabilities = np.asarray(probabilities, np.float64)
     annotations = _label_maps("annotations", annotations)
@@ -102,17 +124,32 @@ def expected_calibration_error(probabilities, annotations, bins=10, positive_cla
                          f"{annotations.shape}.")
     if not (isinstance(bins, int) and bins >= 1):
         raise ValueError(f"`bins` must be a positive integer. Received: bins={bins!r}")
-    labelled = (annotations != ignore_label).sum(axis=1)
-    marked = (annotations == positive_class).sum(axis=1)
+    weights = _weights("annotation_weights", annotation_weights, *annotations.shape[:2])
+    weights = weights[:, :, None, None]
+    labelled = ((annotations != ignore_label) * weights).sum(axis=1)
+    marked = ((annotations == positive_class) * weights).sum(axis=1)
     keep = labelled > 0
-    p = probabilities[keep]
-    target = marked[keep] / labelled[keep]
-    if p.size == 0:
+    if not keep.any():
         raise ValueError("No pixel has an annotation that is not `ignore_label`.")
-    index = np.minimum((p * bins).astype(int), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    gap = np.abs(np.bincount(index, p, bins) - np.bincount(index, target, bins))
-    return float(gap.sum() / counts.sum())
+    # A bin per image and per bin index: image i's bin j is i * bins + j.
+    image = np.broadcast_to(np.arange(len(keep))[:, None, None], keep.shape)[keep]
+    index = np.minimum((probabilities[keep] * bins).astype(int), bins - 1)
+    index = index + (image * bins if per_image else 0)
+    size = bins * (len(keep) if per_image else 1)
+    sums = [np.bincount(index, weights, size) for weights in
+            (None, probabilities[keep], marked[keep] / labelled[keep])]
+    return tuple(s.astype(np.float64).reshape(-1, bins) if per_image else s.astype(np.float64)
+                 for s in sums)
+
+
+def calibration_error(counts, predicted, observed):
+    """ECE from `calibration_bins`' sums (`(..., bins)`): `sum |predicted - observed| / sum
+    counts` over the bins; NaN where no pixel counts."""
+    gap = np.abs(np.asarray(predicted, np.float64) - np.asarray(observed, np.float64)).sum(-1)
+    total = np.asarray(counts, np.float64).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = np.where(total > 0, gap / total, np.nan)
+    return float(error) if error.ndim == 0 else error
 
 
 def sample_diversity(samples, num_classes, classes=None, ignore_label=IGNORE_LABEL):

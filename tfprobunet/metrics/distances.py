@@ -48,7 +48,8 @@ def _weights(name, weights, batch, count):
     return weights / totals
 
 
-def pairwise_distances(a, b, num_classes, classes=None, ignore_label=IGNORE_LABEL):
+def pairwise_distances(a, b, num_classes, classes=None, ignore_label=IGNORE_LABEL,
+                       empty_pair=0.0):
     """`d = 1 - IoU` between every map of `a` and every map of `b`, image by image.
 
     Args:
@@ -57,6 +58,9 @@ def pairwise_distances(a, b, num_classes, classes=None, ignore_label=IGNORE_LABE
         num_classes: K.
         classes: the scored classes (default: `[1]` for K = 2, all K otherwise).
         ignore_label: pixels with this label in either map of a pair are left out.
+        empty_pair: `d` of two maps in which no scored class is present (two empty masks):
+            0.0 (they agree: PHiSeg's, SSN's, MoSE's and CAR's code) or 1.0 (D-Persona's
+            code). The official Cityscapes code leaves it undefined (NaN) and skips it.
 
     Returns:
         `(batch, m, n)` float64 distances in [0, 1].
@@ -90,13 +94,16 @@ def pairwise_distances(a, b, num_classes, classes=None, ignore_label=IGNORE_LABE
                      + in_b.sum(-1, dtype=np.float64)[:, None, :] - intersection)
         iou_sum += np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
         present += union > 0
-    mean_iou = np.divide(iou_sum, present, out=np.ones_like(iou_sum), where=present > 0)
+    if empty_pair not in (0.0, 1.0):
+        raise ValueError(f"`empty_pair` must be 0.0 or 1.0. Received: {empty_pair!r}")
+    mean_iou = np.divide(iou_sum, present, out=np.full_like(iou_sum, 1.0 - empty_pair),
+                         where=present > 0)
     return 1.0 - mean_iou
 
 
 def generalized_energy_distance(samples, annotations, num_classes, classes=None,
                                 sample_weights=None, annotation_weights=None,
-                                ignore_label=IGNORE_LABEL, self_pairs=True):
+                                ignore_label=IGNORE_LABEL, self_pairs=True, empty_pair=0.0):
     """The squared generalized energy distance D²_GED between samples and annotations, per image.
 
     Args:
@@ -116,6 +123,10 @@ def generalized_energy_distance(samples, annotations, num_classes, classes=None,
             form, the mean over pairs of two different maps, whose expectation for a perfect
             model is 0 (needs m >= 2; a side given with weights is a known distribution and
             keeps its exact expectation).
+        empty_pair: `d` of two empty masks, as in `pairwise_distances`: 0.0 (the official
+            code, PHiSeg, SSN, MoSE, CAR) or 1.0 (D-Persona's code, whose IoU is
+            `|A ∩ B| / (|A ∪ B| + 1e-8)`); it changes GED only where two compared maps
+            (a sample or an annotation with itself included) are both empty.
 
     Returns:
         `(b,)` float64: `2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')]`.
@@ -128,7 +139,8 @@ def generalized_energy_distance(samples, annotations, num_classes, classes=None,
     """
     samples = _label_maps("samples", samples)
     annotations = _label_maps("annotations", annotations)
-    args = dict(num_classes=num_classes, classes=classes, ignore_label=ignore_label)
+    args = dict(num_classes=num_classes, classes=classes, ignore_label=ignore_label,
+                empty_pair=empty_pair)
     return energy_distance(pairwise_distances(samples, annotations, **args),
                            pairwise_distances(samples, samples, **args),
                            pairwise_distances(annotations, annotations, **args),
@@ -171,33 +183,50 @@ def energy_distance(cross, samples_pairwise, annotations_pairwise, sample_weight
                          annotation_weights, self_pairs))
 
 
-def hungarian_iou(samples, annotations, num_classes, classes=None, ignore_label=IGNORE_LABEL):
-    """Hungarian-matched IoU (HM-IoU) per image.
+HM_IOU_FORMS = ("tiled", "one_per_annotation")
 
-    The annotations are repeated to the number of samples (both sides to their least common
-    multiple when `a` does not divide `m`), matched one-to-one to the samples by
-    `scipy.optimize.linear_sum_assignment` on `d = 1 - IoU`, and the matched IoUs averaged.
+
+def hungarian_iou(samples, annotations, num_classes, classes=None, ignore_label=IGNORE_LABEL,
+                  form="tiled", empty_pair=0.0):
+    """Hungarian-matched IoU (HM-IoU) per image, in one of the two forms published code uses.
+
+    - `"tiled"`: the annotations are repeated to the number of samples (both sides to their
+      least common multiple when `a` does not divide `m`), matched one-to-one to the samples
+      by `scipy.optimize.linear_sum_assignment` on `d = 1 - IoU`, and the matched IoUs of all
+      samples averaged. MoSE's and CAR's code (which say they follow Kohl et al. 2019) tile
+      the 4 LIDC graders to 16 samples so; CCDM's tiles both to the least common multiple.
+    - `"one_per_annotation"`: each annotation is matched to a different sample (a
+      rectangular assignment; with more samples than annotations the rest stay unmatched) and
+      the `min(m, a)` matched IoUs averaged. It scores the best `a` samples only, so it is
+      never below `"tiled"` on the same distances when `a` divides `m` (D-Persona's matched
+      Dice is built so).
 
     Args:
         samples: `(b, m, h, w)`; annotations: `(b, a, h, w)` int label maps.
+        num_classes, classes, ignore_label, empty_pair: as in `pairwise_distances`.
+        form: `"tiled"` or `"one_per_annotation"`.
 
     Returns:
         `(b,)` float64 in [0, 1]; higher is better.
     """
     return matched_iou(pairwise_distances(samples, annotations, num_classes, classes,
-                                          ignore_label))
+                                          ignore_label, empty_pair), form)
 
 
-def matched_iou(cross):
-    """HM-IoU from the `(b, m, a)` distances between samples and annotations: `(b,)`."""
+def matched_iou(cross, form="tiled"):
+    """HM-IoU from the `(b, m, a)` distances between samples and annotations: `(b,)`. `form` as
+    in `hungarian_iou`."""
     from scipy.optimize import linear_sum_assignment
 
+    if form not in HM_IOU_FORMS:
+        raise ValueError(f"`form` must be one of {HM_IOU_FORMS}. Received: {form!r}")
     distances = np.asarray(cross, np.float64)
     m, a = distances.shape[1:]
     size = math.lcm(m, a)
     result = np.empty(len(distances))
     for i, d in enumerate(distances):
-        cost = np.repeat(np.repeat(d, size // m, axis=0), size // a, axis=1)
+        cost = d if form == "one_per_annotation" else np.repeat(
+            np.repeat(d, size // m, axis=0), size // a, axis=1)
         rows, cols = linear_sum_assignment(cost)
         result[i] = 1.0 - cost[rows, cols].mean()
     return result

@@ -61,7 +61,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
           learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
           seed=0, jit_compile=False, mixed_precision=None, verbose=None, callbacks=None,
           validation_data=None, tensorboard=None, connect_timeout=_cluster.CONNECT_TIMEOUT,
-          model="probunet", **model_kwargs):
+          model="probunet", split_manifest=None, **model_kwargs):
     """Train a `ProbabilisticUNet` (or a baseline) on a dataset, continuing the run `workdir`
     holds.
 
@@ -102,6 +102,9 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             `"ensemble"` (`UNetEnsemble`), `"mheads"` (`MHeads`), `"i2ivae"`
             (`Image2ImageVAE`).
         data_dir: where the real data lives (see `tfprobunet.data.load`).
+        split_manifest: a split manifest (JSON file; `tfprobunet data manifest`) fixing which
+            patients train and validate, for the datasets split by patient (see
+            `tfprobunet.data.load`); recorded, so a resumed run must pass the same one.
         epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global. `epochs`
             counts every epoch of the run, those of earlier calls included.
         image_size: height and width (default: the dataset's, see `tfprobunet.data.load`).
@@ -169,7 +172,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     workdir_lib.check_model_kwargs(model, model_kwargs)
     check_model_numbers(model_kwargs)
     source, validation = _sources(dataset, validation_data, validation_examples, data_dir,
-                                  image_size, num_examples, seed, model_kwargs.get("num_classes"))
+                                  image_size, num_examples, seed, model_kwargs.get("num_classes"),
+                                  split_manifest)
     schedule_value = learning_rate_schedule(schedule, learning_rate, epochs * steps_per_epoch)
     workdir_lib.make_workdir(workdir)
     chief = is_chief(distribution)
@@ -183,7 +187,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             batch_size=batch_size, image_size=image_size, num_examples=num_examples,
             validation_examples=validation_examples, learning_rate=learning_rate,
             schedule=schedule, mixed_precision=mixed_precision, strategy=strategy, seed=seed,
-            **model_kwargs))
+            split_manifest=split_manifest, **model_kwargs))
         saved = _effective(workdir_lib.read_settings(workdir))
         checkpoint = callbacks_lib.EpochCheckpoint(os.path.join(workdir, workdir_lib.BACKUP))
         points = workdir_lib.resume_points(workdir, checkpoint, saved, settings)
@@ -240,17 +244,18 @@ def _effective(settings):
 
 
 def _sources(dataset, validation_data, validation_examples, data_dir, image_size, num_examples,
-             seed, num_classes):
+             seed, num_classes, split_manifest):
     """The training `Source` and the validation one (None without validation)."""
     source = data_lib.as_source(dataset, "train", data_dir, image_size, num_examples, seed,
-                                num_classes)
+                                num_classes, split_manifest=split_manifest)
     validation = None
     if validation_data is not None:
         validation = data_lib.as_source(validation_data, "val", data_dir, image_size, None, seed,
                                         num_classes)
     elif validation_examples:
         validation = data_lib.as_source(dataset, "val", data_dir, image_size,
-                                        validation_examples, seed, num_classes)
+                                        validation_examples, seed, num_classes,
+                                        split_manifest=split_manifest)
     return source, validation
 
 
