@@ -29,7 +29,7 @@ ALL = {
         "lidc", "load", "synthetic", "training_pipeline"],
     "tfprobunet.models": [
         "MODELS", "DropoutUNet", "Image2ImageVAE", "MHeads", "ProbabilisticUNet",
-        "SegmentationSampler", "UNetEnsemble", "get"],
+        "SegmentationSampler", "StochasticSegmentationNetwork", "UNetEnsemble", "get"],
     "tfprobunet.serving": [
         "GrpcClient", "InvalidRequestError", "ModelServer", "RequestLimits", "RestClient",
         "Servable", "ServingError", "clean_stale_exports", "export_for_serving", "read_image",
@@ -47,7 +47,7 @@ NAMES = {
     "tfprobunet.callbacks": ["CalibrationLog", "TensorBoardSamples", "TimeBudget",
                              "sample_grid_image"],
     "tfprobunet.losses": ["analytic_kl", "elbo_loss", "energy_score", "oracle_set_loss",
-                          "pixel_cross_entropy", "sampled_kl"],
+                          "pixel_cross_entropy", "sampled_kl", "ssn_loss"],
     "tfprobunet.metrics": [
         "GeneralizedEnergyDistance", "energy_distance", "flip_frequencies",
         "generalized_energy_distance", "hungarian_iou", "log_pearson_r", "mode_frequencies",
@@ -142,6 +142,11 @@ SIGNATURES = {
         "num_classes=2", "num_channels=(32, 64, 128, 192)", "convs_per_block=3", "latent_dim=6",
         "beta=1.0", "reconstruction='sum'", "weight_decay=1e-05", "seed=None", "ged_samples=16",
         "ged_classes=None", "**kwargs"],
+    "tfprobunet.models.StochasticSegmentationNetwork": [
+        "num_classes=2", "num_channels=(32, 64, 128, 192)", "convs_per_block=3", "rank=10",
+        "num_mc_samples=20", "weight_decay=1e-05", "seed=None", "ged_samples=16",
+        "ged_classes=None", "**kwargs"],
+    "tfprobunet.losses.ssn_loss": ["labels", "logit_samples", "ignore_label=255"],
 }
 
 DATASETS = ["flips", "graders", "lidc", "lidc-pickle", "cityscapes", "npz", "folder"]
@@ -150,7 +155,9 @@ DATA_FLAGS = {"--dataset": ("flips", False, DATASETS), "--data-dir": (None, Fals
 LIMIT_FLAGS = {"--max-samples": (1000, False, None), "--max-pixels": (1048576, False, None),
                "--max-sample-pixels": (16777216, False, None)}
 PRESET_NAMES = ["cpu", "cpu-energy", "paper"]
-MODEL_NAMES = ["probunet", "dropout", "ensemble", "mheads", "i2ivae"]
+# `compare` runs the paper's five by default; the later models join MODEL_NAMES.
+PAPER_MODELS = ["probunet", "dropout", "ensemble", "mheads", "i2ivae"]
+MODEL_NAMES = [*PAPER_MODELS, "ssn"]
 
 # Every command, and for each flag: (effective default, required, choices). The effective
 # default is what the library receives when the flag is left out (see `_effective_default`).
@@ -258,7 +265,7 @@ CLI = {
     "compare": {
         **DATA_FLAGS,
         "--out": (None, True, None),
-        "--models": (MODEL_NAMES, False, None),
+        "--models": (PAPER_MODELS, False, None),
         "--steps": (2000, False, None),
         "--steps-per-epoch": (None, False, None),
         "--seeds": ([0], False, None),

@@ -14,8 +14,9 @@ from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
 from tfprobunet import evaluation, plots, saving, training
 from tfprobunet import models as models_lib
+from tfprobunet.defaults import PAPER_MODELS
 
-MODELS = tuple(models_lib.MODELS)
+MODELS = PAPER_MODELS
 REFERENCE = "probunet"
 # The per-image metrics compared with the reference besides GED (`evaluate`'s `per_image`).
 PAIRED_METRICS = ("hm_iou", "ncc", "ece")
@@ -210,8 +211,9 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
         out_dir: where the runs, `results.json` and the figures go.
         dataset: a name of `tfprobunet.data.DATASETS` (the `test` split is evaluated), or a
             `tfprobunet.data.Source` of your own training data, with `test_data`.
-        models: names of `tfprobunet.models.MODELS`; the Wilcoxon tests compare
-            `"probunet"` with each other model.
+        models: names of `tfprobunet.models.MODELS` (default: the paper's five; add
+            `"ssn"` to compare the Stochastic Segmentation Network); the Wilcoxon tests
+            compare `"probunet"` with each other model.
         steps: training steps of every model and seed.
         seeds: training seeds; each model is trained once per seed.
         recipe: the training recipe, a name of `training.PRESETS` (see `recipe_settings`).

@@ -5,8 +5,10 @@ TensorFlow-free `models/presets.py`). The modules that use these values import t
 (`serving.export.MAX_SAMPLES`, ... are the same objects).
 """
 
-# The names `train(model=...)`, `compare` and the CLI know the models by (`models.MODELS`).
-MODEL_NAMES = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
+# The names `train(model=...)`, `compare` and the CLI know the models by (`models.MODELS`):
+# the paper's comparison (section 4), which `compare` runs by default, then the later models.
+PAPER_MODELS = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
+MODEL_NAMES = (*PAPER_MODELS, "ssn")
 # The datasets `tfprobunet.data.load` knows by name.
 DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscapes", "npz",
             "folder")

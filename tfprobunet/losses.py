@@ -1,5 +1,5 @@
-"""The terms of the Probabilistic U-Net's beta-ELBO, and the optional soft surrogate of the
-energy score of prior samples, as pure functions on tensors.
+"""The terms of the Probabilistic U-Net's beta-ELBO, the optional soft surrogate of the
+energy score of prior samples, and the other models' losses, as pure functions on tensors.
 
     loss = CE(Y, S(X, z)) + beta * KL(Q(z|X, Y) || P(z|X)),   z ~ Q
          [+ w * (E d(S_k, Y) - 1/2 E d(S_k, S_l)),   S_k = S(X, z_k), z_k ~ P: `energy_score`]
@@ -42,6 +42,36 @@ def pixel_cross_entropy(labels, logits, reduction="sum", ignore_label=IGNORE_LAB
     if reduction == "sum":
         return total
     return tf.math.divide_no_nan(total, tf.reduce_sum(valid, axis=(1, 2)))
+
+
+def ssn_loss(labels, logit_samples, ignore_label=IGNORE_LABEL):
+    """The Stochastic Segmentation Network's loss (Monteiro et al., NeurIPS 2020): minus the
+    log of the Monte Carlo estimate of the likelihood of the segmentation, per example,
+
+        loss = -log( 1/N sum_n exp( sum_pixels log softmax(eta_n)[y] ) ),
+
+    over N logit samples eta_n. As the references (PHiSeg's `add_proposed_loss`, the SSN
+    repository's `StochasticSegmentationNetworkLossMCIntegral`) it sums over pixels, and the
+    caller averages over the batch. The per-sample sums run to thousands of nats on 128 x 128
+    images: the log-mean-exp is taken with `reduce_logsumexp`, which stays finite where
+    `exp` alone underflows.
+
+    Args:
+        labels: int `(b, h, w)` class indices in `[0, K)` or `ignore_label`.
+        logit_samples: float `(b, N, h, w, K)`, N >= 1 samples per example.
+        ignore_label: label whose pixels contribute nothing (their logits do not matter).
+
+    Returns:
+        `(b,)` float32.
+    """
+    logit_samples = tf.cast(logit_samples, tf.float32)
+    shape = tf.shape(logit_samples)
+    count = logit_samples.shape[1] or shape[1]
+    flat = tf.reshape(logit_samples, tf.concat([[-1], shape[2:]], 0))
+    repeated = tf.repeat(tf.cast(labels, tf.int32), count, axis=0)
+    log_likelihood = -tf.reshape(pixel_cross_entropy(repeated, flat, "sum", ignore_label),
+                                 tf.stack([shape[0], count]))
+    return tf.math.log(tf.cast(count, tf.float32)) - tf.reduce_logsumexp(log_likelihood, axis=1)
 
 
 def analytic_kl(q_loc, q_log_scale, p_loc, p_log_scale):

@@ -82,6 +82,8 @@ MODEL_FLAGS = {
     "num_heads": (dict(type=int), "output heads"),
     "epsilon": (dict(type=float), "the oracle set loss's weight on the heads that are not the "
                                   "best"),
+    "rank": (dict(type=int), "rank of the logits' covariance factor"),
+    "num_mc_samples": (dict(type=int), "logit samples per image of the Monte Carlo loss"),
 }
 
 
