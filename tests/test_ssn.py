@@ -21,7 +21,8 @@ TestStochasticSegmentationNetwork = run_model_test(
     StochasticSegmentationNetwork,
     dict(num_classes=3, num_channels=[4, 8, 8], convs_per_block=1, rank=2, num_mc_samples=4,
          weight_decay=1e-4, seed=1, ged_samples=4, ged_classes=[1, 2]),
-    input_shape=(2, 16, 16, 2), deterministic_training=False)
+    input_shape=(2, 16, 16, 2), deterministic_training=False,
+    signatures=("serving_default", "features", "sample"))
 
 SMALL = dict(num_channels=[4, 8, 8], convs_per_block=1, seed=1)
 IGNORE = losses.IGNORE_LABEL
@@ -196,3 +197,49 @@ def test_train_command_trains_an_ssn_with_the_cpu_preset(tmp_path, capsys):
     assert len(rows) == 1 and np.isfinite(float(rows[0]["loss"]))
     assert tf.reduce_all(tf.math.is_finite(model.sample(np.zeros((1, 16, 16, 1), np.float32),
                                                         2, seed=0)))
+
+
+def test_served_features_then_sample_give_what_sample_gives(tmp_path):
+    """`features` once, then `sample` (a matrix product, no network) equals `serving_default`
+    and `model.sample` for the same seed; bad parameters are refused with INVALID_ARGUMENT."""
+    from tfprobunet import serving
+
+    model = StochasticSegmentationNetwork(num_classes=3, rank=2, **SMALL)
+    images, _ = random_batch(batch=2, size=8)
+    model.build(images.shape)
+    path = serving.export_for_serving(model, str(tmp_path), "ssn", max_samples=4)
+    servable = serving.Servable("ssn", int(os.path.basename(path)), path)
+    try:
+        features = servable.run("features", {"images": images})
+        assert {k: v.shape for k, v in features.items()} == {
+            "mean": (2, 8, 8, 3), "diagonal": (2, 8, 8, 3), "factor": (2, 8, 8, 3, 2)}
+        for got, expected in zip((features[k] for k in ("mean", "diagonal", "factor")),
+                                 model.distribution_parameters(images)):
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+        def sample(**changes):
+            return servable.run("sample", {**features, "num_samples": np.int32(3),
+                                           "seed": np.int32([3, 4]), **changes})
+
+        served = sample()
+        assert set(served) == {"masks", "probabilities"}
+        expected = tf.nn.softmax(model.sample(images, 3, seed=tf.constant([3, 4]))).numpy()
+        np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+        default = servable.run("serving_default", {"images": images, "num_samples": np.int32(3),
+                                                   "seed": np.int32([3, 4])})
+        np.testing.assert_array_equal(served["masks"], default["masks"])
+        for changes, message in [
+                (dict(diagonal=-features["diagonal"]), "`diagonal` must be > 0"),
+                (dict(diagonal=features["diagonal"][:, :4]), "`diagonal` must have shape"),
+                (dict(factor=features["factor"][:, :, :4]), "`factor` must have shape"),
+                (dict(factor=features["factor"][..., :1]), "not compatible with the signature"),
+                (dict(factor=features["factor"][:1]), "must have the same batch size"),
+                (dict(factor=features["factor"][..., 0]), "factor"),
+                (dict(mean=np.full_like(features["mean"], np.nan)), "mean"),
+                (dict(num_samples=np.int32(5)), "above max_samples = 4")]:
+            with pytest.raises(serving.ServingError) as refused:
+                sample(**changes)
+            assert refused.value.code == "INVALID_ARGUMENT"
+            assert message in refused.value.message, refused.value.message
+    finally:
+        servable.close()

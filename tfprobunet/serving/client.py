@@ -43,26 +43,29 @@ def _seed(seed):
 
 
 def _features_inputs(features):
-    """The `sample` signature's feature inputs from what `features()` returned."""
-    missing = {"features", "prior_loc", "prior_scale"} - set(features)
+    """The `sample` signature's feature inputs from what `features()` returned: a Probabilistic
+    U-Net's `features`, `prior_loc`, `prior_scale`, or an SSN's `mean`, `diagonal`, `factor`."""
+    keys = ("mean", "diagonal", "factor") if "mean" in features else (
+        "features", "prior_loc", "prior_scale")
+    missing = set(keys) - set(features)
     if missing:
         raise ValueError(f"`features` must be the dict returned by `features()`; missing "
                          f"{sorted(missing)}.")
-    return {k: np.asarray(features[k], np.float32)
-            for k in ("features", "prior_loc", "prior_scale")}
+    return {k: np.asarray(features[k], np.float32) for k in keys}
 
 
 class _Client:
     """The signature calls shared by the gRPC and REST clients."""
 
     def features(self, images):
-        """`features` signature: `{"features", "prior_loc", "prior_scale"}` for `images
-        (b, h, w, c)` float32."""
+        """`features` signature: `{"features", "prior_loc", "prior_scale"}` (an SSN's
+        `{"mean", "diagonal", "factor"}`) for `images (b, h, w, c)` float32."""
         return self._predict("features", {"images": np.asarray(images, np.float32)})
 
     def sample(self, features, num_samples, seed=None, output_filter=None):
         """`sample` signature: `{"masks" (b, m, h, w), "probabilities" (b, m, h, w, K),
-        "z" (b, m, N)}` from the dict `features()` returned; only f_comb runs."""
+        "z" (b, m, N)}` from the dict `features()` returned; only f_comb runs (an SSN's:
+        masks and probabilities, a matrix product per sample)."""
         inputs = {**_features_inputs(features), "num_samples": np.int32(num_samples),
                   "seed": _seed(seed)}
         return self._predict("sample", inputs, output_filter)

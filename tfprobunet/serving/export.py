@@ -97,8 +97,9 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
     """Write `model` as version `version` of `name` under `base_dir`, as TF Serving expects.
 
     Args:
-        model: a built `ProbabilisticUNet` (four signatures) or baseline (`serving_default`
-            only, see `serving_functions`), or the path of a saved `.keras` model.
+        model: a built `ProbabilisticUNet` (four signatures), `StochasticSegmentationNetwork`
+            (three) or baseline (`serving_default` only, see `serving_functions`), or the path
+            of a saved `.keras` model.
         base_dir: the model base folder (e.g. `saved_models/`), holding `<name>/<version>/`.
         name: the model's serving name: ASCII letters, digits, `-`, `_`, `.`, not starting
             with `.` (`check_model_name`); `<base_dir>/<name>` must not be a symbolic link.

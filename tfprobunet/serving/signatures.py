@@ -1,8 +1,9 @@
 """The serving signatures of a model, as `tf.function`s with named inputs, and the checks of every
 request inside their graph, where TF Serving runs them (DESIGN section 6).
 
-Four signatures, their input and output keys part of the public API (b batch, h x w image,
-m samples, F feature channels, N latent dimension, K classes; `None` dimensions throughout):
+Four signatures for a Probabilistic U-Net, their input and output keys part of the public API
+(b batch, h x w image, m samples, F feature channels, N latent dimension, K classes, r rank;
+`None` dimensions throughout):
 
 - `serving_default`: `images (b, h, w, C) float32`, `num_samples () int32`, `seed (2,) int32`
   -> `masks (b, m, h, w) int32`, `probabilities (b, m, h, w, K) float32`
@@ -10,6 +11,11 @@ m samples, F feature channels, N latent dimension, K classes; `None` dimensions 
 - `sample`: `features`, `prior_loc`, `prior_scale`, `num_samples`, `seed`
   -> `masks`, `probabilities`, `z (b, m, N)`
 - `decode`: `features`, `z (b, m, N)` -> `masks`, `probabilities`
+
+Three for a Stochastic Segmentation Network, whose samples are drawn from per-pixel parameters:
+- `serving_default` as above;
+- `features`: `images` -> `mean (b, h, w, K)`, `diagonal (b, h, w, K)`, `factor (b, h, w, K, r)`
+- `sample`: `mean`, `diagonal`, `factor`, `num_samples`, `seed` -> `masks`, `probabilities`
 
 Every input is checked inside the graph: the rules a model's own inputs follow
 (`tfprobunet.models.checks`: rank, channels, sizes the U-Net divides, finite values,
@@ -19,7 +25,7 @@ limits the export records (`max_samples`, `max_pixels`, `max_sample_pixels`), al
 INVALID_ARGUMENT with a message that says what was received and what would work.
 
 A client computes `features` once per image and asks `sample` for as many segmentations as it
-needs: only f_comb runs per sample. Sampling is stateless, driven by `seed`: the same request
+needs: only f_comb runs per sample (an SSN's: a matrix product, no network). Sampling is stateless, driven by `seed`: the same request
 gives the same masks, and `features` + `sample` give exactly what `serving_default` gives.
 """
 
@@ -34,9 +40,9 @@ RANDOM_SEED = (-1, -1)
 IMAGE_RANGE = (0.0, 1.0)
 
 _NOT_FINITE = ("The model's {} are not finite for these inputs: their values are too large "
-               "for it. Send images scaled as in training (e.g. float32 in [0, 1]) and the "
-               "`features`, `prior_loc`, `prior_scale` or `z` that the `features` and `sample` "
-               "signatures return.")
+               "for it. Send images scaled as in training (e.g. float32 in [0, 1]) and what the "
+               "`features` and `sample` signatures return (`features`, `prior_loc`, "
+               "`prior_scale`, `z`; an SSN's `mean`, `diagonal`, `factor`).")
 
 
 def check_image_range(image_range):
@@ -68,6 +74,14 @@ def samples_cheaply(model):
                                                             "prior_latents"))
 
 
+def samples_from_parameters(model):
+    """Whether `model` draws its samples from per-pixel parameters computed once (the
+    Stochastic Segmentation Network's `distribution_parameters` and `sample_logits`): then the
+    export has the `features` and `sample` signatures too, and a sample is a matrix product."""
+    return all(callable(getattr(model, m, None)) for m in ("distribution_parameters",
+                                                            "sample_logits"))
+
+
 class RequestChecks:
     """The signatures' input checks (assert ops, `tfprobunet.models.checks`), against a model
     and the limits an export records.
@@ -81,6 +95,7 @@ class RequestChecks:
     def __init__(self, model, max_samples, max_pixels, max_sample_pixels, image_range):
         self.channels, self.features_channels = model.image_channels, model.num_channels[0]
         self.num_channels = model.num_channels
+        self.num_classes, self.factor_rank = model.num_classes, getattr(model, "rank", None)
         self.max_samples, self.max_pixels = max_samples, max_pixels
         self.max_sample_pixels = max_sample_pixels
         self.image_range = image_range
@@ -171,6 +186,28 @@ class RequestChecks:
         positive = checks.check(tf.reduce_all(prior_scale > 0), "`prior_scale` must be > 0.")
         return prior_loc, checks.checked([prior_scale], positive)[0]
 
+    def parameters(self, mean, diagonal, factor, num_samples):
+        """An SSN's `mean`, `diagonal (b, h, w, K)` and `factor (b, h, w, K, r)` behind their
+        checks (ranks, shapes that agree, finite, `diagonal > 0`) and those of `num_samples`."""
+        k, r = self.num_classes, self.factor_rank
+        asserts, mean = self.image_like(mean, "mean", k)
+        diagonal = self.rank(diagonal, 4, "diagonal", f"(b, h, w, {k})")
+        factor = self.rank(factor, 5, "factor", f"(b, h, w, {k}, {r})")
+        shape = tf.shape(mean)
+        for name, tensor, expected in (("diagonal", diagonal, shape),
+                                       ("factor", factor, tf.concat([shape, [r]], 0))):
+            asserts += checks.check(
+                tf.reduce_all(tf.equal(tf.shape(tensor), expected)),
+                f"`{name}` must have shape {{}} for `mean` of shape {{}} (rank r = {r}); "
+                "received {}.", expected, shape, tf.shape(tensor))
+        for name, tensor in (("mean", mean), ("diagonal", diagonal), ("factor", factor)):
+            asserts += checks.finite(tensor, name)
+        asserts += self.num_samples(num_samples, shape)
+        mean, diagonal, factor = checks.checked([mean, diagonal, factor], asserts)
+        # After the finiteness check: NaN is not > 0 either, and that message says less.
+        positive = checks.check(tf.reduce_all(diagonal > 0), "`diagonal` must be > 0.")
+        return mean, checks.checked([diagonal], positive)[0], factor
+
     def features(self, features, **others):
         """`features (b, h, w, F)` and the per-image `others` behind their checks."""
         asserts, features = self.image_like(features, "features", self.features_channels)
@@ -205,15 +242,21 @@ def _specs(model):
                      prior_loc=tf.TensorSpec([None, n], tf.float32, name="prior_loc"),
                      prior_scale=tf.TensorSpec([None, n], tf.float32, name="prior_scale"),
                      z=tf.TensorSpec([None, None, n], tf.float32, name="z"))
+    if samples_from_parameters(model):
+        k, r = model.num_classes, model.rank
+        specs.update(mean=tf.TensorSpec([None, None, None, k], tf.float32, name="mean"),
+                     diagonal=tf.TensorSpec([None, None, None, k], tf.float32, name="diagonal"),
+                     factor=tf.TensorSpec([None, None, None, k, r], tf.float32, name="factor"))
     return specs
 
 
 def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                       max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE):
     """The signature functions of `model`, as `tf.function`s with named input signatures: the
-    four of `SIGNATURES` for a Probabilistic U-Net, `serving_default` alone for a model that
-    only has `sample` (the baselines: each sample runs the whole network, or is one of M fixed
-    outputs, so there are no features to compute once).
+    four of `SIGNATURES` for a Probabilistic U-Net, `serving_default`, `features` and `sample`
+    for a Stochastic Segmentation Network, `serving_default` alone for a model that only has
+    `sample` (the baselines: each sample runs the whole network, or is one of M fixed outputs,
+    so there are no features to compute once).
 
     Args:
         model: a built `tfprobunet.models.SegmentationSampler`.
@@ -241,6 +284,9 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
         functions.update(features=_features(model, request, specs),
                          sample=_sample(model, request, specs),
                          decode=_decode(model, request, specs))
+    elif samples_from_parameters(model):
+        functions.update(features=_parameter_features(model, request, specs),
+                         sample=_parameter_sample(model, request, specs))
     return functions
 
 
@@ -257,19 +303,47 @@ def _serving_default(model, request, specs):
     return serving_default
 
 
+def _finite_outputs(outputs, what):
+    """The dict `outputs` behind the check that all its values are finite (`what` names them)."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in outputs.values()])
+    values = checks.checked(list(outputs.values()), checks.check(finite,
+                                                                 _NOT_FINITE.format(what)))
+    return dict(zip(outputs, values))
+
+
 def _features(model, request, specs):
     @tf.function(input_signature=[specs["images"]])
     def features(images):
         features, prior = model.features(request.images(images))
         # float32 on the wire under mixed precision too: `sample` and `decode` take float32.
-        outputs = {"features": tf.cast(features, tf.float32), "prior_loc": prior.loc,
-                   "prior_scale": prior.stddev()}
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in outputs.values()])
-        values = checks.checked(list(outputs.values()), checks.check(
-            finite, _NOT_FINITE.format("features or prior")))
-        return dict(zip(outputs, values))
+        return _finite_outputs({"features": tf.cast(features, tf.float32),
+                                "prior_loc": prior.loc, "prior_scale": prior.stddev()},
+                               "features or prior")
 
     return features
+
+
+def _parameter_features(model, request, specs):
+    @tf.function(input_signature=[specs["images"]])
+    def features(images):
+        mean, diagonal, factor = model.distribution_parameters(request.images(images))
+        return _finite_outputs({"mean": mean, "diagonal": diagonal, "factor": factor},
+                               "mean, diagonal or factor")
+
+    return features
+
+
+def _parameter_sample(model, request, specs):
+    one, random_seed = tf.constant(1, tf.int32), tf.constant(RANDOM_SEED, tf.int32)
+
+    @tf.function(input_signature=[specs[k] for k in ("mean", "diagonal", "factor",
+                                                     "num_samples", "seed")])
+    def sample(mean, diagonal, factor, num_samples=one, seed=random_seed):
+        mean, diagonal, factor = request.parameters(mean, diagonal, factor, num_samples)
+        return _outputs(model.sample_logits(mean, diagonal, factor, num_samples,
+                                            _fresh_seed(seed)))
+
+    return sample
 
 
 def _sample(model, request, specs):
