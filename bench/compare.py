@@ -72,6 +72,10 @@ def main():
     parser.add_argument("--dataset", choices=sorted(IMAGE_SIZES), default="flips")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--models", default=",".join(comparison.MODELS),
+                        help="comma-separated names of tfprobunet.models.MODELS (default: the "
+                             "paper's five; the successors hpunet and ssn join with "
+                             "probunet,...,hpunet,ssn)")
     parser.add_argument("--members", type=int, default=4, help="U-Net Ensemble members")
     parser.add_argument("--warmup-steps", type=int,
                         help="the Probabilistic U-Net's KL warm-up (default: the recipe's, 2000 "
@@ -91,13 +95,15 @@ def main():
     if args.warmup_steps is not None:
         overrides["probunet"] = {"beta_warmup_steps": args.warmup_steps}
     results = tfprobunet.compare(
-        os.path.join(args.out, args.dataset), args.dataset, steps=args.steps,
+        os.path.join(args.out, args.dataset), args.dataset, models=args.models.split(","),
+        steps=args.steps,
         seeds=[int(s) for s in args.seeds.split(",")], image_size=IMAGE_SIZES[args.dataset],
         model_overrides=overrides, verbose=2)
     counts = [str(k) for k in results["sample_counts"]]
     summary = {
         "dataset": args.dataset, "image_size": IMAGE_SIZES[args.dataset], "steps": args.steps,
-        "seeds": results["seeds"], "recipe": results["recipe"], "ensemble_members": args.members,
+        "seeds": results["seeds"], "recipe": results["recipe"],
+        "models": list(results["models"]), "ensemble_members": args.members,
         "probunet_warmup_steps": args.warmup_steps,
         "test_images": results["num_test_images"],
         "noise_floor": {c: round(results["ged_noise_floor"][c], 4) for c in counts},

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 import tfprobunet
-from tfprobunet import cli, tuning
+from tfprobunet import cli, comparison, tuning
 from tfprobunet.cli import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -554,6 +554,8 @@ def test_the_results_commands_are_the_ones_that_wrote_the_json(key, monkeypatch,
     dataset, kwargs = started.value.args
     assert dataset == bench["dataset"] and kwargs["steps"] == bench["steps"]
     assert kwargs["seeds"] == bench["seeds"] and kwargs["image_size"] == bench["image_size"]
+    # Comparisons published before `--models` ran the default, the paper's five.
+    assert kwargs["models"] == bench.get("models", list(comparison.MODELS))
     assert kwargs["model_overrides"]["ensemble"]["num_members"] == bench["ensemble_members"]
     warmup = kwargs["model_overrides"].get("probunet", {}).get("beta_warmup_steps")
     assert warmup == bench["probunet_warmup_steps"]
