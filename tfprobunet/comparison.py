@@ -14,8 +14,10 @@ from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
 from tfprobunet import evaluation, plots, saving, training
 from tfprobunet import models as models_lib
+from tfprobunet.defaults import PAPER_MODELS
 
-MODELS = tuple(models_lib.MODELS)
+# The paper's models (`compare`'s default); any of `models.MODELS` may be compared.
+MODELS = PAPER_MODELS
 REFERENCE = "probunet"
 # The per-image metrics compared with the reference besides GED (`evaluate`'s `per_image`).
 PAIRED_METRICS = ("hm_iou", "ncc", "ece")

@@ -6,7 +6,9 @@ TensorFlow-free `models/presets.py`). The modules that use these values import t
 """
 
 # The names `train(model=...)`, `compare` and the CLI know the models by (`models.MODELS`).
-MODEL_NAMES = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
+MODEL_NAMES = ("probunet", "dropout", "ensemble", "mheads", "i2ivae", "hpunet")
+# The models of the paper's comparison (section 4): what `compare` trains by default.
+PAPER_MODELS = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
 # The datasets `tfprobunet.data.load` knows by name.
 DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscapes", "npz",
             "folder")

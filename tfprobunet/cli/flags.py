@@ -26,7 +26,8 @@ MODELS = {"probunet": ("models/probabilistic_unet.py", "ProbabilisticUNet"),
           "dropout": ("models/dropout_unet.py", "DropoutUNet"),
           "ensemble": ("models/ensemble.py", "UNetEnsemble"),
           "mheads": ("models/m_heads.py", "MHeads"),
-          "i2ivae": ("models/image2image_vae.py", "Image2ImageVAE")}
+          "i2ivae": ("models/image2image_vae.py", "Image2ImageVAE"),
+          "hpunet": ("models/hpunet.py", "HierarchicalProbabilisticUNet")}
 # Model arguments that are not flags: the dataset sets `num_classes`; `train`'s `seed` is the
 # model's too.
 NOT_MODEL_FLAGS = ("num_classes", "seed")

@@ -5,6 +5,7 @@ export need of a model.
 - `ProbabilisticUNet` (`probabilistic_unet.py`): the paper's model.
 - Baselines of the paper's section 3: `DropoutUNet` (`dropout_unet.py`), `UNetEnsemble`
   (`ensemble.py`), `MHeads` (`m_heads.py`), `Image2ImageVAE` (`image2image_vae.py`).
+- `HierarchicalProbabilisticUNet` (`hpunet.py`): the HPU-Net of Kohl et al. 2019.
 - `presets.py`: the named training recipes (`PRESETS`, `preset`).
 
 `MODELS` names them for `train(model=...)` and `tfprobunet compare --models ...`.
@@ -20,7 +21,8 @@ from tfprobunet.models.presets import PRESETS, preset  # noqa: F401  (TensorFlow
 
 # Each class, and the module that defines it, in the order of `MODEL_NAMES`.
 _CLASSES = {"ProbabilisticUNet": "probabilistic_unet", "DropoutUNet": "dropout_unet",
-            "UNetEnsemble": "ensemble", "MHeads": "m_heads", "Image2ImageVAE": "image2image_vae"}
+            "UNetEnsemble": "ensemble", "MHeads": "m_heads", "Image2ImageVAE": "image2image_vae",
+            "HierarchicalProbabilisticUNet": "hpunet"}
 
 
 def _import_models():
@@ -46,5 +48,5 @@ def get(name):
     return (globals().get("MODELS") or __getattr__("MODELS"))[name]
 
 
-__all__ = ["MODELS", "DropoutUNet", "Image2ImageVAE", "MHeads", "ProbabilisticUNet",
-           "SegmentationSampler", "UNetEnsemble", "get"]
+__all__ = ["MODELS", "DropoutUNet", "HierarchicalProbabilisticUNet", "Image2ImageVAE", "MHeads",
+           "ProbabilisticUNet", "SegmentationSampler", "UNetEnsemble", "get"]
