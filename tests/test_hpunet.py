@@ -190,6 +190,29 @@ def test_sample_draws_around_the_prior_mean():
         np.testing.assert_allclose(narrow[:, j], model(images), rtol=1e-5, atol=1e-5)
 
 
+def test_mean_levels_fix_the_chosen_scales_at_their_prior_means():
+    """The reference notebook's "local" and "global" samples: only the levels not fixed vary.
+    With the finest level's prior scale shrunk, `[True, False]` leaves nothing to vary, while
+    `[False, True]` still varies the coarse level."""
+    model = tiny_hpunet()
+    images, _ = batch()
+    model.build(images.shape)
+    np.testing.assert_allclose(model.sample(images, 2, seed=1, mean_levels=[True, True])[:, 1],
+                               model(images), rtol=1e-5, atol=1e-5)
+    head = model.prior.heads[-1]
+    kernel, bias = head.get_weights()
+    kernel[..., 1:] = 0.0
+    bias[1:] = -30.0
+    head.set_weights([kernel, bias])
+    local = model.sample(images, 3, seed=1, mean_levels=[True, False]).numpy()
+    for j in range(3):
+        np.testing.assert_allclose(local[:, j], model(images), rtol=1e-5, atol=1e-5)
+    coarse = model.sample(images, 3, seed=1, mean_levels=[False, True]).numpy()
+    assert not np.allclose(coarse[:, 0], coarse[:, 1])
+    with pytest.raises(ValueError, match="one bool per latent level"):
+        model.sample(images, 2, mean_levels=[True])
+
+
 def test_default_configuration_is_the_reference_lidc_one():
     model = HierarchicalProbabilisticUNet()
     assert model.num_channels == (24, 48, 96, 192, 192, 192, 192, 192)

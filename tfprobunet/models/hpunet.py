@@ -176,11 +176,13 @@ class HierarchicalProbabilisticUNet(SegmentationSampler):
 
     def _chooser(self, seed=None, latents=None, mean=False):
         """`choose(level, loc, log_scale)` for the cores: the given latent of that level, the
-        mean, or a draw `loc + exp(log_scale) * noise`."""
+        mean (`mean`: a bool, or one per level), or a draw `loc + exp(log_scale) * noise`."""
+        means = [mean] * len(self.latent_dims) if isinstance(mean, bool) else list(mean)
+
         def choose(level, loc, log_scale):
             if latents is not None and latents[level] is not None:
                 return tf.cast(latents[level], tf.float32)
-            if mean:
+            if means[level]:
                 return loc
             return loc + tf.exp(log_scale) * self._level_noise(tf.shape(loc), seed, level)
         return choose
@@ -256,16 +258,23 @@ class HierarchicalProbabilisticUNet(SegmentationSampler):
                            choose=self._chooser(mean=True))
         return self.stitch(prior["encoder"], prior["decoder"])
 
-    def sample(self, images, num_samples=1, seed=None):
+    def sample(self, images, num_samples=1, seed=None, mean_levels=None):
         """Logits `(b, m, h, w, K)` of `num_samples` draws per image from the prior (`seed`: as
         for `ProbabilisticUNet.sample`): the encoder runs once per image, the decoder once per
-        sample, each level's noise its own stateless stream when `seed` is given."""
+        sample, each level's noise its own stateless stream when `seed` is given.
+        `mean_levels`: None, or one bool per latent level (coarse to fine), True taking that
+        level's prior mean instead of a draw: the reference notebook's `[1, 1, 1, 0]` varies
+        only the finest scale ("local" samples), `[0, 1, 1, 1]` only the coarsest."""
         check_num_samples(num_samples)
+        if mean_levels is not None and len(mean_levels) != len(self.latent_dims):
+            raise ValueError(f"`mean_levels` must hold one bool per latent level "
+                             f"({len(self.latent_dims)}). Received: {mean_levels!r}")
         images = self._check_images(images)
         self._ensure_built(images)
         encoder = self.prior.encode(keras.ops.cast(images, self.compute_dtype))
         tiled = [tf.repeat(x, num_samples, axis=0) for x in encoder]  # image-major
-        prior = self.prior.decode(tiled, self._chooser(seed))
+        prior = self.prior.decode(tiled, self._chooser(seed, mean=[
+            bool(m) for m in mean_levels or [False] * len(self.latent_dims)]))
         logits = self.stitch(tiled, prior["decoder"])
         shape = tf.shape(images)
         return tf.reshape(logits, tf.concat([shape[:1], [num_samples], shape[1:3],
