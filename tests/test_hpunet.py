@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfprobunet import cli, geco, losses
+from tfprobunet.cli import training as cli_training
 from tfprobunet.models import HierarchicalProbabilisticUNet
 from harness import run_model_test
 
@@ -245,6 +246,14 @@ def test_elbo_option_and_ignored_pixels():
     assert float(terms["reconstruction"][0]) == 0.0
     np.testing.assert_allclose(terms["loss"], terms["reconstruction"] + 0.5 * terms["kl"],
                                rtol=1e-6)
+
+
+def test_train_flags_take_the_presets_arguments_the_hpunet_has():
+    args = cli.build_parser().parse_args(["train", "--workdir", "w", "--model", "hpunet",
+                                          "--preset", "cpu", "--geco-target", "none"])
+    assert cli_training.train_arguments(args) == dict(
+        model="hpunet", geco_target=None, num_channels=[16, 32, 64], convs_per_block=2,
+        beta=1.0, learning_rate=1e-3, schedule="wsd", batch_size=16)
 
 
 def test_train_command_trains_an_hpunet(tmp_path):

@@ -48,6 +48,16 @@ def int_list(text):
     return [int(v) for v in text.split(",") if v]
 
 
+def optional_float(text):
+    """A number, or `none` (None)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
 def size(text):
     """`64` or `256,512`."""
     values = int_list(text)

@@ -61,11 +61,12 @@ MODEL_FLAGS = {
     "ged_samples": (dict(type=int), "samples per image of the val_ged metric"),
     "ged_classes": (dict(type=flags.int_list),
                     "the classes the GED scores, comma-separated (None: the dataset's)"),
-    "geco_target": (dict(type=float),
+    "geco_target": (dict(type=flags.optional_float),
                     "GECO (Rezende & Viola 2018, with the HPU-Net reference code's update): "
                     "minimise the KL subject to a reconstruction of kappa nats per (mined) "
                     "pixel; the Lagrange multiplier softplus(v)**2 starts at 1 and v is "
-                    "trained by the optimizer, its gradient scaled by -geco_rate"),
+                    "trained by the optimizer, its gradient scaled by -geco_rate; none: the "
+                    "beta-ELBO"),
     "geco_rate": (dict(type=float), "the GECO multiplier's gradient scale (with Adam only its "
                                     "sign matters)"),
     "blocks_per_level": (dict(type=int), "residual blocks per level"),
