@@ -335,19 +335,27 @@ def test_fit_on_a_dataset_does_not_warn_about_shuffle():
 
 
 def test_geco_multiplier_follows_the_hand_computed_update():
+    """The reference's rule (tfprobunet.geco): the first step's moving average is the batch's
+    reconstruction itself, c = average - kappa * pixels per image, and SGD at learning rate r
+    moves v by r * rate * c * 2 * softplus(v) * sigmoid(v), lambda = softplus(v)**2."""
     images, segmentations = random_batch(3, batch=4, seed=2)
-    kappa, rate = 0.5, 0.1
+    kappa, rate, learning_rate = 0.5, 0.1, 0.5
     model = tiny_model(3, use_posterior_mean=True, geco_target=kappa, geco_rate=rate)
     model.build(images.shape)
-    assert float(model.geco_lambda) == 1.0 and float(model.geco_average) == 0.0
+    v0 = np.log(np.e - 1.0)  # lambda = softplus(v0)**2 = 1
+    assert float(model.geco.multiplier) == pytest.approx(v0, rel=1e-6)
     # The step's reconstruction is the one of the weights before it (posterior mean: exact).
-    per_pixel = float(np.mean(model.elbo_terms(images, segmentations)["reconstruction"])) / 256
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
-    model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    average = 0.01 * (per_pixel - kappa)
-    assert float(model.geco_average) == pytest.approx(average, rel=1e-4)
-    assert float(model.geco_lambda) == pytest.approx(np.exp(rate * np.tanh(average / kappa)),
-                                                     rel=1e-5)
+    reconstruction = float(np.mean(model.elbo_terms(images, segmentations)["reconstruction"]))
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate))
+    logs = model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0,
+                     shuffle=False).history
+    assert float(model.geco.average) == pytest.approx(reconstruction, rel=1e-5)
+    c = reconstruction - kappa * 16 * 16  # 256 valid pixels per image
+    softplus, sigmoid = np.log1p(np.exp(v0)), 1.0 / (1.0 + np.exp(-v0))
+    v1 = v0 + learning_rate * rate * c * 2.0 * softplus * sigmoid
+    assert float(model.geco.multiplier) == pytest.approx(v1, rel=1e-5)
+    assert logs["geco_lambda"][0] == pytest.approx(np.log1p(np.exp(v1)) ** 2, rel=1e-5)
+    assert (logs["geco_lambda"][0] > 1.0) == (c > 0)
 
 
 def test_geco_step_is_lambda_times_reconstruction_plus_beta_kl():
@@ -359,22 +367,26 @@ def test_geco_step_is_lambda_times_reconstruction_plus_beta_kl():
     reference.build(images.shape)
     initial = [v.numpy() for v in reference.trainable_weights]
 
-    def step(model, geco_lambda=None):
+    def step(model, v=None):
         model.build(images.shape)
-        for variable, value in zip(model.trainable_weights, initial):
+        weights = [w for w in model.trainable_weights if "geco" not in w.path]
+        for variable, value in zip(weights, initial, strict=True):
             variable.assign(value)
-        if geco_lambda is not None:
-            model.geco_lambda.assign(geco_lambda)
+        if v is not None:
+            model.geco.multiplier.assign(v)
         model.compile(optimizer=keras.optimizers.SGD(1e-3))
         model.fit(images, segmentations, batch_size=4, epochs=1, verbose=0, shuffle=False)
-        return model
+        return weights
 
     plain = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0))
-    geco = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0, geco_target=0.1), 1.0)
-    for a, b in zip(plain.trainable_weights, geco.trainable_weights):
+    geco = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0, geco_target=0.1),
+                np.log(np.e - 1.0))  # lambda = 1
+    for a, b in zip(plain, geco, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
-    kl_only = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0, geco_target=0.1), 0.0)
-    for v, start in zip(kl_only.trainable_weights, initial):
+    # softplus(-100)**2 underflows to 0 in float32: lambda = 0.
+    kl_only = step(tiny_model(3, use_posterior_mean=True, weight_decay=0.0, geco_target=0.1),
+                   -100.0)
+    for v, start in zip(kl_only, initial, strict=True):
         moved = not np.array_equal(v.numpy(), start)
         assert moved == ("prior" in v.path or "posterior" in v.path), v.path
 

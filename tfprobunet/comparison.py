@@ -16,6 +16,7 @@ from tfprobunet import evaluation, plots, saving, training
 from tfprobunet import models as models_lib
 from tfprobunet.defaults import PAPER_MODELS
 
+# The paper's models (`compare`'s default); any of `models.MODELS` may be compared.
 MODELS = PAPER_MODELS
 REFERENCE = "probunet"
 # The per-image metrics compared with the reference besides GED (`evaluate`'s `per_image`).

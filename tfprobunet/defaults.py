@@ -6,9 +6,9 @@ TensorFlow-free `models/presets.py`). The modules that use these values import t
 """
 
 # The names `train(model=...)`, `compare` and the CLI know the models by (`models.MODELS`):
-# the paper's comparison (section 4), which `compare` runs by default, then the later models.
+# the paper's comparison (section 4), which `compare` runs by default, then its successors.
 PAPER_MODELS = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
-MODEL_NAMES = (*PAPER_MODELS, "ssn")
+MODEL_NAMES = (*PAPER_MODELS, "hpunet", "ssn")
 # The datasets `tfprobunet.data.load` knows by name.
 DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscapes", "npz",
             "folder")

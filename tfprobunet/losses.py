@@ -74,6 +74,66 @@ def ssn_loss(labels, logit_samples, ignore_label=IGNORE_LABEL):
     return tf.math.log(tf.cast(count, tf.float32)) - tf.reduce_logsumexp(log_likelihood, axis=1)
 
 
+def top_k_mask(per_pixel, valid, fraction, noise=None):
+    """The pixels whose loss is mined, image by image: the `ceil(fraction * n)` of the n pixels
+    with the largest `per_pixel` loss (or, given Gumbel `noise`, a draw of that many without
+    replacement with probabilities proportional to the loss: the Gumbel top-k trick of the
+    HPU-Net reference, `geco_utils.ce_loss`). Ignored pixels (`valid` False) are never chosen,
+    so an image with fewer valid pixels has all of them chosen. The choice has no gradient.
+
+    Args:
+        per_pixel: `(b, n)` float, each pixel's loss.
+        valid: `(b, n)` bool.
+        fraction: in (0, 1].
+        noise: None, or `(b, n)` standard Gumbel noise.
+
+    Returns:
+        `(b, n)` float32, 1 where a pixel is chosen.
+    """
+    per_pixel = tf.stop_gradient(tf.cast(per_pixel, tf.float32))
+    n = tf.shape(per_pixel)[1]
+    # Rounded to 1e-6 first, so that e.g. 0.07 * 100 chooses 7 pixels, not 8.
+    count = tf.cast(tf.math.ceil(tf.round(fraction * tf.cast(n, tf.float64) * 1e6) / 1e6),
+                    tf.int32)
+    score = tf.math.log(per_pixel + 1e-30)
+    if noise is not None:
+        score += noise
+    score = tf.where(valid, score, tf.constant(-float("inf")))
+    indices = tf.math.top_k(score, tf.minimum(tf.maximum(count, 1), n)).indices
+    rows = tf.broadcast_to(tf.range(tf.shape(indices)[0])[:, None], tf.shape(indices))
+    chosen = tf.scatter_nd(tf.stack([rows, indices], -1), tf.ones(tf.shape(indices)),
+                           tf.shape(per_pixel))
+    return chosen * tf.cast(valid, tf.float32)
+
+
+def gumbel_noise(uniform, eps=1e-20):
+    """Standard Gumbel noise from uniform `[0, 1)` draws, as the reference computes it."""
+    return -tf.math.log(-tf.math.log(uniform + eps) + eps)
+
+
+def top_k_cross_entropy(labels, logits, fraction, noise=None, ignore_label=IGNORE_LABEL):
+    """The softmax cross-entropy summed over the mined pixels (`top_k_mask`), per example.
+
+    Args:
+        labels: int `(b, h, w)`; `ignore_label` pixels are never chosen.
+        logits: `(b, h, w, K)`.
+        fraction, noise: see `top_k_mask` (noise `(b, h, w)` or `(b, h * w)`).
+
+    Returns:
+        `(loss (b,), chosen (b,))`: the sum over the chosen pixels and their count.
+    """
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.not_equal(labels, ignore_label)
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(valid, labels, tf.zeros_like(labels)), logits=tf.cast(logits, tf.float32))
+    batch = tf.shape(labels)[0]
+    flat = tf.reshape(per_pixel, (batch, -1))
+    if noise is not None:
+        noise = tf.reshape(noise, (batch, -1))
+    mask = top_k_mask(flat, tf.reshape(valid, (batch, -1)), fraction, noise)
+    return tf.reduce_sum(mask * flat, axis=1), tf.reduce_sum(mask, axis=1)
+
+
 def analytic_kl(q_loc, q_log_scale, p_loc, p_log_scale):
     """KL(Q || P) of two diagonal Gaussians in closed form, `(b,)`.
 

@@ -179,7 +179,7 @@ def write_figures(report, rows, source, out_dir):
 # Names of the models in the comparison figures, as the paper calls them.
 MODEL_LABELS = {"probunet": "Probabilistic U-Net", "dropout": "Dropout U-Net",
                 "ensemble": "U-Net Ensemble", "mheads": "M-Heads", "i2ivae": "Image2Image VAE",
-                "ssn": "Stochastic Segmentation Network"}
+                "hpunet": "HPU-Net", "ssn": "Stochastic Segmentation Network"}
 
 
 def comparison_ged(results, path):

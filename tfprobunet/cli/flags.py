@@ -27,6 +27,7 @@ MODELS = {"probunet": ("models/probabilistic_unet.py", "ProbabilisticUNet"),
           "ensemble": ("models/ensemble.py", "UNetEnsemble"),
           "mheads": ("models/m_heads.py", "MHeads"),
           "i2ivae": ("models/image2image_vae.py", "Image2ImageVAE"),
+          "hpunet": ("models/hpunet.py", "HierarchicalProbabilisticUNet"),
           "ssn": ("models/ssn.py", "StochasticSegmentationNetwork")}
 # Model arguments that are not flags: the dataset sets `num_classes`; `train`'s `seed` is the
 # model's too.
@@ -46,6 +47,16 @@ class CommandError(Exception):
 def int_list(text):
     """`8,16,32` as [8, 16, 32]."""
     return [int(v) for v in text.split(",") if v]
+
+
+def optional_float(text):
+    """A number, or `none` (None)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
 
 
 def size(text):

@@ -13,8 +13,8 @@ from tfprobunet.models.presets import PRESETS
 # `train` and of every model's constructor is here (tests/test_cli.py checks), except those
 # only Python can pass (`verbose`, `callbacks`, `validation_data`).
 TRAIN_FLAGS = [
-    ("model", dict(choices=MODEL_NAMES), "the model: the Probabilistic U-Net or a baseline of "
-                                         "the paper's section 3"),
+    ("model", dict(choices=MODEL_NAMES), "the model: the Probabilistic U-Net, a baseline of "
+                                         "the paper's section 3, or the HPU-Net (hpunet)"),
     ("strategy", dict(choices=STRATEGIES), "multi_worker: one process per worker, configured "
                                            "by TF_CONFIG"),
     ("connect_timeout", dict(type=float, metavar="SECONDS"),
@@ -51,7 +51,7 @@ MODEL_FLAGS = {
     "fcomb_layers": (dict(type=int), "hidden 1x1 convolutions of f_comb, before its 1x1 logits "
                                      "convolution (official code: 3 + 1)"),
     "fcomb_channels": (dict(type=int), "their filters (None: the first --num-channels)"),
-    "beta": (dict(type=float), "the KL weight"),
+    "beta": (dict(type=float), "the KL weight (hpunet: without GECO only)"),
     "reconstruction": (dict(choices=("sum", "mean")), "pixel losses summed or averaged"),
     "kl": (dict(choices=("analytic", "sampled")), ""),
     "use_posterior_mean": (dict(action="store_true"),
@@ -61,13 +61,23 @@ MODEL_FLAGS = {
     "ged_samples": (dict(type=int), "samples per image of the val_ged metric"),
     "ged_classes": (dict(type=flags.int_list),
                     "the classes the GED scores, comma-separated (None: the dataset's)"),
-    "geco_target": (dict(type=float),
-                    "GECO-style (after Rezende & Viola 2018; its multiplier update is not the "
-                    "HPU-Net reference code's): minimise beta * KL subject to this "
-                    "reconstruction, nats/pixel; the multiplier is updated as lambda *= "
-                    "exp(geco_rate * tanh(c / target)), c the moving average of the "
-                    "reconstruction per pixel minus the target"),
-    "geco_rate": (dict(type=float), "the GECO-style multiplier's rate"),
+    "geco_target": (dict(type=flags.optional_float),
+                    "GECO (Rezende & Viola 2018, with the HPU-Net reference code's update): "
+                    "minimise the KL subject to a reconstruction of kappa nats per (mined) "
+                    "pixel; the Lagrange multiplier softplus(v)**2 starts at 1 and v is "
+                    "trained by the optimizer, its gradient scaled by -geco_rate; none: the "
+                    "beta-ELBO"),
+    "geco_rate": (dict(type=float), "the GECO multiplier's gradient scale (with Adam only its "
+                                    "sign matters)"),
+    "blocks_per_level": (dict(type=int), "residual blocks per level"),
+    "latent_dims": (dict(type=flags.int_list),
+                    "latent channels per latent level, coarse to fine, comma-separated (None: "
+                    "1 at each of min(4, levels - 1) levels)"),
+    "top_k_fraction": (dict(type=float), "the fraction of each image's pixels whose "
+                                         "cross-entropy is mined (1: all)"),
+    "top_k_mode": (dict(choices=("stochastic", "deterministic")),
+                   "mined pixels drawn in proportion to their loss (Gumbel top-k) or the "
+                   "largest losses"),
     "beta_warmup_steps": (dict(type=int), "KL weight rising from 0 to --beta over this many "
                                           "steps"),
     "energy_weight": (dict(type=float),
@@ -200,7 +210,8 @@ def _add_compare_parser(commands):
                          help="the runs (one train workdir per model and seed), results.json "
                               "and the figures; a stopped compare continues from there")
     for name, spec, help, default_help in [
-            ("models", dict(type=flags.model_list), "comma-separated", "all five"),
+            ("models", dict(type=flags.model_list), "comma-separated",
+             "the paper's five: probunet,dropout,ensemble,mheads,i2ivae"),
             ("steps", dict(type=int), "training steps of every run", None),
             ("steps_per_epoch", dict(type=int), "steps between checkpoints", "min(steps, 500)"),
             ("seeds", dict(type=flags.int_list), "training seeds, comma-separated", None),

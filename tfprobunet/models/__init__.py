@@ -5,6 +5,7 @@ export need of a model.
 - `ProbabilisticUNet` (`probabilistic_unet.py`): the paper's model.
 - Baselines of the paper's section 3: `DropoutUNet` (`dropout_unet.py`), `UNetEnsemble`
   (`ensemble.py`), `MHeads` (`m_heads.py`), `Image2ImageVAE` (`image2image_vae.py`).
+- `HierarchicalProbabilisticUNet` (`hpunet.py`): the HPU-Net of Kohl et al. 2019.
 - `StochasticSegmentationNetwork` (`ssn.py`): Monteiro et al. 2020, a low-rank normal over
   the logits.
 - `presets.py`: the named training recipes (`PRESETS`, `preset`).
@@ -23,7 +24,7 @@ from tfprobunet.models.presets import PRESETS, preset  # noqa: F401  (TensorFlow
 # Each class, and the module that defines it, in the order of `MODEL_NAMES`.
 _CLASSES = {"ProbabilisticUNet": "probabilistic_unet", "DropoutUNet": "dropout_unet",
             "UNetEnsemble": "ensemble", "MHeads": "m_heads", "Image2ImageVAE": "image2image_vae",
-            "StochasticSegmentationNetwork": "ssn"}
+            "HierarchicalProbabilisticUNet": "hpunet", "StochasticSegmentationNetwork": "ssn"}
 
 
 def _import_models():
@@ -49,5 +50,6 @@ def get(name):
     return (globals().get("MODELS") or __getattr__("MODELS"))[name]
 
 
-__all__ = ["MODELS", "DropoutUNet", "Image2ImageVAE", "MHeads", "ProbabilisticUNet",
-           "SegmentationSampler", "StochasticSegmentationNetwork", "UNetEnsemble", "get"]
+__all__ = ["MODELS", "DropoutUNet", "HierarchicalProbabilisticUNet", "Image2ImageVAE", "MHeads",
+           "ProbabilisticUNet", "SegmentationSampler", "StochasticSegmentationNetwork",
+           "UNetEnsemble", "get"]

@@ -4,6 +4,7 @@ Ambiguous Images", NeurIPS 2018, as a subclassed `keras.Model`."""
 import keras
 import tensorflow as tf
 
+from tfprobunet import geco as geco_lib
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
@@ -11,11 +12,8 @@ from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models.base import GED_SEED, IGNORE_LABEL, SegmentationSampler  # noqa: F401
 from tfprobunet.models.checks import check_num_samples
 
-# The GECO-style constraint: the moving average's decay (0.99, as the HPU-Net reference code's
-# default, deepmind-research hierarchical_probabilistic_unet/model.py) and the range our
-# multiplier is kept in (its update is ours, see `geco_target`).
-GECO_DECAY = 0.99
-GECO_LAMBDA_RANGE = (1e-6, 1e6)
+# GECO's moving-average decay (the HPU-Net reference's 0.99), importable from here as before.
+GECO_DECAY = geco_lib.GECO_DECAY
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -66,17 +64,23 @@ class ProbabilisticUNet(SegmentationSampler):
             validation report when the data yields all annotations per image (see `test_step`).
         ged_classes: the classes `ged` scores (default: class 1 for K = 2, all K otherwise;
             the official Cityscapes evaluation scores the flipped classes and their twins).
-        geco_target: None (the paper's beta-ELBO), or kappa in nats per pixel: a GECO-style
-            constraint (after Rezende & Viola 2018), minimising `beta * KL` subject to a
-            reconstruction of at most kappa per pixel. The loss becomes
-            `lambda * reconstruction + beta * KL`, lambda a model weight (`geco_lambda`,
-            starting at 1) that the optimizer does not train: after each step,
-            `lambda *= exp(geco_rate * tanh(c / kappa))`, kept in [1e-6, 1e6], where c is the
-            moving average (decay 0.99, from 0) of the batch's reconstruction per pixel minus
-            kappa. Its multiplier update is not the HPU-Net reference code's (deepmind-research
-            `hierarchical_probabilistic_unet`: a Lagrange multiplier that the optimizer trains
-            by gradient ascent on the constraint term). Not in the paper.
-        geco_rate: lambda changes by a factor of at most `exp(geco_rate)` per step.
+        geco_target: None (the paper's beta-ELBO), or kappa in nats per pixel: GECO (Rezende &
+            Viola 2018) as the HPU-Net reference code implements it (`tfprobunet.geco`),
+            minimising `beta * KL` subject to a reconstruction of at most kappa per valid pixel
+            (with `reconstruction="mean"`, kappa itself). The training objective becomes
+            `lambda * (c) + beta * KL`, c the moving average (decay 0.99, starting at the first
+            batch's value) of the batch's reconstruction minus kappa times its valid pixels per
+            image, the reconstruction's gradient passed through the average; the Lagrange
+            multiplier `lambda = softplus(v)**2` starts at 1 and v, a trainable weight of the
+            `geco` layer, is trained by the model's optimizer with its gradient scaled by
+            `-geco_rate`: lambda rises while the reconstruction is worse than kappa and falls
+            while it is better. The logged `loss` stays the beta-ELBO; `geco_lambda` is logged
+            after each step. Not in the paper. (Before this rule, lambda was updated as
+            `lambda *= exp(geco_rate * tanh(c / kappa))`: `.keras` files of GECO models saved
+            then hold other weights and do not load.)
+        geco_rate: the multiplier's gradient scale (reference: 1e-2); with SGD at learning
+            rate r a step moves v by `r * geco_rate * c * d lambda / d v`; with Adam only the
+            sign of c matters.
         beta_warmup_steps: train with a KL weight rising linearly from 0 to `beta` over this
             many optimizer steps (KL annealing, not in the paper), so that the posterior puts
             information into every latent direction before the KL pulls it towards the prior.
@@ -149,6 +153,7 @@ class ProbabilisticUNet(SegmentationSampler):
             self.posterior = layers_lib.AxisAlignedGaussian(**gaussian_args, name="posterior")
             self.fcomb = layers_lib.FComb(num_classes, fcomb_channels or num_channels[0],
                                           fcomb_layers, weight_decay, name="fcomb")
+            self.geco = None if geco_target is None else geco_lib.GECO(geco_rate, name="geco")
         self._create_trackers()
 
         self.latent_dim = latent_dim
@@ -182,12 +187,8 @@ class ProbabilisticUNet(SegmentationSampler):
         self.prior.build(input_shape)
         self.posterior.build(input_shape[:-1] + (channels + self.num_classes,))
         self.fcomb.build((None, None, None, self.num_channels[0]), (None, self.latent_dim))
-        if self.geco_target is not None:
-            # Every replica computes the same update from all-reduced values.
-            geco = dict(shape=(), trainable=False, aggregation="only_first_replica")
-            self.geco_lambda = self.add_weight(initializer="ones", name="geco_lambda", **geco)
-            self.geco_average = self.add_weight(initializer="zeros", name="geco_average",
-                                                **geco)
+        if self.geco is not None:
+            self.geco.build()
         self.built = True
 
     def features(self, images):
@@ -313,22 +314,13 @@ class ProbabilisticUNet(SegmentationSampler):
                 probabilities, segmentations,
                 metrics_lib.scored_classes(self.num_classes, self.ged_classes))
             terms["loss"] = terms["loss"] + self.energy_weight * terms["energy"]
+        if self.geco is not None:
+            # The constraint's allowance per example: kappa per valid pixel (per pixel summed).
+            pixels = 1.0
+            if self.reconstruction == "sum":
+                pixels = tf.reduce_sum(tf.cast(segmentations != IGNORE_LABEL, tf.float32), (1, 2))
+            terms["geco_threshold"] = self.geco_target * pixels * tf.ones_like(terms["kl"])
         return terms
-
-    def _geco_update(self, reconstruction, segmentations):
-        """One multiplicative update of the GECO-style multiplier from the batch's
-        reconstruction `(b,)` (see `geco_target`)."""
-        if self.reconstruction == "sum":
-            pixels = tf.reduce_sum(tf.cast(segmentations != IGNORE_LABEL, tf.float32), (1, 2))
-            reconstruction = tf.math.divide_no_nan(reconstruction, pixels)
-        value = tf.reduce_mean(reconstruction)
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            value = context.all_reduce("mean", value)
-        average = GECO_DECAY * self.geco_average + (1.0 - GECO_DECAY) * (value - self.geco_target)
-        self.geco_average.assign(average)
-        step = tf.exp(self.geco_rate * tf.tanh(average / self.geco_target))
-        self.geco_lambda.assign(tf.clip_by_value(self.geco_lambda * step, *GECO_LAMBDA_RANGE))
 
     def _kl_weight(self):
         """beta, ramped up from 0 over the first `beta_warmup_steps` optimizer steps."""
@@ -338,18 +330,18 @@ class ProbabilisticUNet(SegmentationSampler):
         return self.beta * tf.minimum(progress, 1.0)
 
     def _objective(self, terms):
-        if self.geco_target is None and not self.beta_warmup_steps:
+        if self.geco is None and not self.beta_warmup_steps:
             return terms["loss"]
-        weight = 1.0 if self.geco_target is None else tf.stop_gradient(self.geco_lambda)
-        objective = weight * terms["reconstruction"] + self._kl_weight() * terms["kl"]
+        objective = terms["reconstruction"] if self.geco is None else self.geco.objective(
+            terms["reconstruction"], terms["geco_threshold"])
+        objective += self._kl_weight() * terms["kl"]
         if self.energy_weight:
             objective += self.energy_weight * terms["energy"]
         return objective
 
     def _after_train_step(self, terms, segmentations, logs):
-        if self.geco_target is not None:
-            self._geco_update(terms["reconstruction"], segmentations)
-            logs["geco_lambda"] = tf.identity(self.geco_lambda)
+        if self.geco is not None:
+            logs["geco_lambda"] = self.geco.update(terms["reconstruction"])
         return logs
 
     # ------------------------------------------------------------------ config
