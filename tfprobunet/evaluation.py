@@ -12,6 +12,7 @@ from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
 from tfprobunet import metrics, plots, protocols, saving
 from tfprobunet.data import pipeline
+from tfprobunet.metrics.distances import distinct_pair_mean
 
 SAMPLE_COUNTS = (1, 4, 8, 16)
 
@@ -87,8 +88,7 @@ class _Accumulator:
                 self_pairs=self.protocol.self_pairs))
         m = masks.shape[1]
         self.per_image["sample_diversity"].extend(
-            np.einsum("bij,ij->b", samples_pairwise, 1.0 - np.eye(m)) / (m * (m - 1))
-            if m > 1 else np.full(len(masks), np.nan))
+            distinct_pair_mean(samples_pairwise) if m > 1 else np.full(len(masks), np.nan))
         headline = self.protocol.headline or m
         self.per_image["hm_iou"].extend(metrics.matched_iou(cross[:, :headline],
                                                             self.protocol.hm_iou))

@@ -6,7 +6,8 @@ probabilities (`expected_calibration_error`) and the samples' own diversity
 import numpy as np
 
 from tfprobunet.losses import IGNORE_LABEL
-from tfprobunet.metrics.distances import _label_maps, _weights, pairwise_distances
+from tfprobunet.metrics.distances import (_label_maps, _weights, distinct_pair_mean,
+                                          pairwise_distances)
 
 
 def normalized_cross_correlation(probabilities, annotations, eps=1e-8,
@@ -167,5 +168,5 @@ def sample_diversity(samples, num_classes, classes=None, ignore_label=IGNORE_LAB
     m = samples.shape[1]
     if m < 2:
         raise ValueError(f"`samples` must hold at least 2 samples per image. Received: {m}")
-    pairwise = pairwise_distances(samples, samples, num_classes, classes, ignore_label)
-    return np.einsum("bij,ij->b", pairwise, 1.0 - np.eye(m)) / (m * (m - 1))
+    return distinct_pair_mean(pairwise_distances(samples, samples, num_classes, classes,
+                                                 ignore_label))

@@ -156,8 +156,14 @@ def _pair_mean(name, pairwise, weights, given, self_pairs):
     if n < 2:
         raise ValueError(f"`self_pairs=False` needs at least 2 {name} per image to leave out "
                          f"the self-pairs. Received: {n}; use `self_pairs=True` for one.")
-    off_diagonal = 1.0 - np.eye(n)
-    return np.einsum("bij,ij->b", pairwise, off_diagonal) / (n * (n - 1))
+    return distinct_pair_mean(pairwise)
+
+
+def distinct_pair_mean(pairwise):
+    """The mean of `(b, n, n)` pairwise distances over the n (n - 1) ordered pairs of two
+    different maps (n >= 2): `(b,)`."""
+    n = pairwise.shape[1]
+    return np.einsum("bij,ij->b", pairwise, 1.0 - np.eye(n)) / (n * (n - 1))
 
 
 def energy_distance(cross, samples_pairwise, annotations_pairwise, sample_weights=None,

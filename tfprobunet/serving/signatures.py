@@ -25,8 +25,9 @@ limits the export records (`max_samples`, `max_pixels`, `max_sample_pixels`), al
 INVALID_ARGUMENT with a message that says what was received and what would work.
 
 A client computes `features` once per image and asks `sample` for as many segmentations as it
-needs: only f_comb runs per sample (an SSN's: a matrix product, no network). Sampling is stateless, driven by `seed`: the same request
-gives the same masks, and `features` + `sample` give exactly what `serving_default` gives.
+needs: only f_comb runs per sample (an SSN's: a matrix product, no network). Sampling is
+stateless, driven by `seed`: the same request gives the same masks, and `features` + `sample`
+give exactly what `serving_default` gives.
 """
 
 import tensorflow as tf

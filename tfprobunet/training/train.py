@@ -100,7 +100,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         model: the model to train, a name of `tfprobunet.models.MODELS`: `"probunet"` (the
             default), or a baseline of the paper's section 3, `"dropout"` (`DropoutUNet`),
             `"ensemble"` (`UNetEnsemble`), `"mheads"` (`MHeads`), `"i2ivae"`
-            (`Image2ImageVAE`); or `"ssn"` (`StochasticSegmentationNetwork`, Monteiro et al.
+            (`Image2ImageVAE`); or a successor, `"hpunet"` (`HierarchicalProbabilisticUNet`,
+            Kohl et al. 2019) or `"ssn"` (`StochasticSegmentationNetwork`, Monteiro et al.
             2020).
         data_dir: where the real data lives (see `tfprobunet.data.load`).
         split_manifest: a split manifest (JSON file; `tfprobunet data manifest`) fixing which
