@@ -150,7 +150,8 @@ def table(report, method="this model"):
         elif isinstance(value, float):
             value = {"mean": value}
         row.append(_cell(value))
-    split = f"{report['dataset']} {report['split']} ({report['num_images']} images)"
+    count = report["num_images"]
+    split = f"{report['dataset']} {report['split']} ({count} image{'' if count == 1 else 's'})"
     lines = [f"| Method | Split | {' | '.join(headings)} |",
              "|" + "---|" * (len(columns) + 2),
              f"| {method} | {split} | {' | '.join(row)} |",
