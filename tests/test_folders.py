@@ -1,17 +1,20 @@
 """`tfprobunet.data.from_folders` and `--dataset folder` on folders written here: sizes that are
 not powers of two, an RGB image among grey ones, 0/255 masks, a missing rater file, splits by
-seed and by subfolder."""
+seed and by subfolder; the values it yields against ones computed here from the arrays written,
+the memory it holds them in, the file named when several are bad."""
 
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 import tfprobunet
 from conftest import cli_error
 from tfprobunet import cli
-from tfprobunet.data import folders
+from tfprobunet.data import folders, pipeline
 
 
 def _write(root, names, size=(75, 90), raters=3, rgb=(), seed=0):
@@ -139,3 +142,183 @@ def test_cli_trains_and_predicts_on_a_folder_at_the_original_size(tmp_path, caps
                      str(root / "images" / "scan07.png"), "-n", "2", "--out", str(out)]) == 0
     with Image.open(out / "scan07" / "sample_01.png") as png:
         assert png.size == (90, 75)
+
+
+def _write_cases(root, cases):
+    """`{name: (image, [mask per rater])}` as images/{name}.png and masks/{name}_{r}.png; each an
+    array (uint16 masks are saved 16-bit) or a PIL image (palette masks)."""
+    for kind in ("images", "masks"):
+        os.makedirs(os.path.join(root, kind), exist_ok=True)
+    for name, (image, masks) in cases.items():
+        Image.fromarray(image).save(os.path.join(root, "images", f"{name}.png"))
+        for r, mask in enumerate(masks):
+            mask = mask if isinstance(mask, Image.Image) else Image.fromarray(mask)
+            mask.save(os.path.join(root, "masks", f"{name}_{r}.png"))
+
+
+def _reference(cases, channels=1, binarize=True, multiple=16):
+    """What `from_folders` yields, worked out here from the arrays written: `(images (n, H, W,
+    channels) float32, annotations (n, A, H, W) int32)` in sorted name order; grey values / 255,
+    colour read as grey by PIL's conversion, grey repeated for RGB; masks foreground where above
+    127 (0/255) or 0 (0/1), or their labels; padded at the bottom and right to multiples of
+    `multiple`, images repeating their last row and column, masks with 255."""
+    named = [cases[name] for name in sorted(cases)]
+    height = -(-max(image.shape[0] for image, _ in named) // multiple) * multiple
+    width = -(-max(image.shape[1] for image, _ in named) // multiple) * multiple
+    images = np.zeros((len(named), height, width, channels), np.float32)
+    annotations = np.full((len(named), len(named[0][1]), height, width), 255, np.int32)
+    for n, (image, masks) in enumerate(named):
+        h, w = image.shape[:2]
+        if image.ndim == 3 and channels == 1:
+            image = np.asarray(Image.fromarray(image).convert("L"))
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], channels, axis=-1)
+        rows, columns = np.minimum(np.arange(height), h - 1), np.minimum(np.arange(width), w - 1)
+        images[n] = image[rows][:, columns].astype(np.float32) / np.float32(255)
+        for a, mask in enumerate(masks):
+            mask = np.asarray(mask).astype(np.int64)
+            if binarize:
+                mask = mask > (127 if mask.max() > 1 else 0)
+            annotations[n, a, :h, :w] = mask
+    return images, annotations
+
+
+def _odd_cases(seed=0):
+    """Four cases of different sizes, none a multiple of 16: every grey value from 0 to 255, a
+    colour image, 0/255 masks, an empty one and a 0/1 one."""
+    rng = np.random.default_rng(seed)
+    cases = {}
+    for name, size in (("a", (20, 30)), ("b", (33, 17, 3)), ("c", (8, 40)), ("d", (33, 40))):
+        image = rng.integers(0, 256, size).astype(np.uint8)
+        masks = [(rng.random(size[:2]) < 0.3).astype(np.uint8) * 255 for _ in range(3)]
+        cases[name] = (image, masks)
+    cases["a"][0].reshape(-1)[:256] = rng.permutation(256)
+    cases["a"][1][1][:] = 0
+    cases["c"][1][2] //= 255
+    return cases
+
+
+@pytest.mark.parametrize("channels, multiple", [(1, 16), (3, 16), (1, 1)])
+def test_yields_the_values_of_the_files_bit_for_bit_as_float32_and_int32(tmp_path, channels,
+                                                                          multiple):
+    cases = _odd_cases()
+    _write_cases(str(tmp_path), cases)
+    source = tfprobunet.data.from_folders(str(tmp_path / "images"), str(tmp_path / "masks"),
+                                          channels=channels, multiple=multiple,
+                                          fractions=(1, 0, 0))
+    images, annotations = _reference(cases, channels, multiple=multiple)
+    assert images.shape[1:3] == ((48, 48) if multiple == 16 else (33, 40))
+    assert source.dataset.element_spec == (
+        tf.TensorSpec(images.shape[1:], tf.float32), tf.TensorSpec(annotations.shape[1:],
+                                                                   tf.int32))
+    examples = list(source.dataset.as_numpy_iterator())
+    assert len(examples) == 4
+    for (image, annotation), expected_image, expected_annotation in zip(examples, images,
+                                                                          annotations):
+        assert image.dtype == np.float32 and annotation.dtype == np.int32
+        # Exact: the very float32 of x / 255, not within a tolerance.
+        np.testing.assert_array_equal(image.view(np.uint32), expected_image.view(np.uint32))
+        np.testing.assert_array_equal(annotation, expected_annotation)
+
+
+def test_label_masks_yield_their_labels_narrow_or_wide(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = [rng.integers(0, 3, (20, 30)).astype(np.uint8) for _ in range(4)]
+    labels[0][:2, :3] = 255  # ignored pixels
+    palette = Image.fromarray(labels[3]).convert("P")  # palette images hold the labels too
+    # A 16-bit mask whose labels fit in a byte among 8-bit ones.
+    cases = {"a": (rng.integers(0, 256, (20, 30)).astype(np.uint8),
+                   [labels[0], labels[1].astype(np.uint16)]),
+             "b": (rng.integers(0, 256, (17, 26)).astype(np.uint8),
+                   [np.ascontiguousarray(labels[2][:17, :26]), palette.crop((0, 0, 26, 17))])}
+    _write_cases(str(tmp_path / "narrow"), cases)
+    source = tfprobunet.data.from_folders(str(tmp_path / "narrow" / "images"),
+                                          str(tmp_path / "narrow" / "masks"), binarize=False,
+                                          fractions=(1, 0, 0))
+    images, annotations = _reference(cases, binarize=False)
+    assert source.num_classes == 3
+    got = list(source.dataset.as_numpy_iterator())
+    np.testing.assert_array_equal(np.stack([a for _, a in got]), annotations)
+    np.testing.assert_array_equal(np.stack([i for i, _ in got]), images)
+    # 16-bit masks with labels beyond 255 keep them (in a wider type than uint8).
+    wide = labels[1].astype(np.uint16)
+    wide[5, 5], wide[6, 6] = 300, 1000
+    cases["b"] = (cases["b"][0], [labels[2][:17, :26].astype(np.uint16) * 100, palette.crop(
+        (0, 0, 26, 17))])
+    cases["a"] = (cases["a"][0], [labels[0], wide])
+    _write_cases(str(tmp_path / "wide"), cases)
+    source = tfprobunet.data.from_folders(str(tmp_path / "wide" / "images"),
+                                          str(tmp_path / "wide" / "masks"), binarize=False,
+                                          fractions=(1, 0, 0))
+    _, annotations = _reference(cases, binarize=False)
+    assert source.num_classes == 1001 and source.dataset.element_spec[1].dtype == tf.int32
+    np.testing.assert_array_equal(np.stack([a for _, a in source.dataset.as_numpy_iterator()]),
+                                  annotations)
+
+
+def test_holds_the_files_in_memory_as_bytes_not_floats(tmp_path):
+    # 128 cases of 96x128 (multiples of 16: no padding), 3 raters: 4 bytes a pixel as uint8 (an
+    # image and 3 masks), against 16 as float32 images and int32 masks.
+    names = [f"s{i:03d}" for i in range(128)]
+    _write(str(tmp_path), names, size=(96, 128))
+    stored = len(names) * 96 * 128 * (1 + 3)
+    tracemalloc.start()  # numpy's arrays report to it, TensorFlow's tensors do not
+    try:
+        source = tfprobunet.data.from_folders(str(tmp_path / "images"),
+                                              str(tmp_path / "masks"), fractions=(1, 0, 0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(list(source.dataset)) == 128
+    # The arrays, allocated once, and the numpy copy TensorFlow makes of them to make its tensors
+    # (2 * stored), plus the few files being decoded and the objects of the dataset's graph: no
+    # list of the cases beside the arrays, no float32 images (at least 3.5 * stored).
+    assert stored <= peak < 2.75 * stored, (peak / stored, stored)
+
+
+def test_the_first_bad_file_in_order_is_named_though_files_are_decoded_together(tmp_path):
+    names = [f"s{i:02d}" for i in range(40)]
+    written = _write(str(tmp_path), names, size=(8, 8))
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    png = (images / "s09.png").read_bytes()
+    (masks / "s05_2.png").write_bytes(b"not a png")
+    (images / "s09.png").write_bytes(png[:-30])  # its header read, its pixels cut short
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(masks / "s20_1.png")
+    (images / "s30.png").write_bytes(b"")
+
+    def error():
+        with pytest.raises(ValueError) as raised:
+            tfprobunet.data.from_folders(str(images), str(masks), fractions=(1, 0, 0))
+        return str(raised.value)
+
+    assert error() == (f"{masks / 's05_2.png'} cannot be read as an image (cannot identify "
+                       f"image file '{masks / 's05_2.png'}').")
+    Image.fromarray(written["s05"][1][2].astype(np.uint8) * 255).save(masks / "s05_2.png")
+    assert error() == f"{images / 's09.png'} cannot be read as an image (image file is truncated)."
+    (images / "s09.png").write_bytes(png)
+    assert error() == (f"{masks / 's20_1.png'} is 8x9 pixels (height x width) but its image "
+                       f"{images / 's20.png'} is 8x8: every mask must have its image's size.")
+    os.remove(masks / "s20_1.png")
+    Image.fromarray(written["s20"][1][1].astype(np.uint8) * 255).save(masks / "s20_1.png")
+    assert error().startswith(f"{images / 's30.png'} cannot be read as an image (")
+
+
+def test_the_same_seed_gives_the_same_training_batches(tmp_path):
+    cases = {f"s{i:02d}": (image, masks) for i, (image, masks) in enumerate(
+        list(_odd_cases(0).values()) + list(_odd_cases(1).values()) + list(
+            _odd_cases(2).values()))}
+    _write_cases(str(tmp_path), cases)
+    source = tfprobunet.data.from_folders(str(tmp_path / "images"), str(tmp_path / "masks"),
+                                          multiple=1, fractions=(1, 0, 0))
+    # The dataset as from_folders built it when it held float32 images and int32 masks.
+    before = tf.data.Dataset.from_tensor_slices(_reference(cases, multiple=1))
+
+    def batches(dataset):
+        return [(images.numpy(), segmentations.numpy()) for images, segmentations in
+                pipeline.training_pipeline(dataset, 4, seed=0).take(3)]
+
+    first = batches(source.dataset)
+    for other in (batches(source.dataset), batches(before)):
+        for (images, segmentations), (other_images, other_segmentations) in zip(first, other):
+            np.testing.assert_array_equal(images, other_images)
+            np.testing.assert_array_equal(segmentations, other_segmentations)
