@@ -80,6 +80,11 @@ def main():
     parser.add_argument("--warmup-steps", type=int,
                         help="the Probabilistic U-Net's KL warm-up (default: the recipe's, 2000 "
                              "steps, for runs of about 6000)")
+    parser.add_argument("--mixed-precision", default="float32",
+                        choices=["float32", "mixed_bfloat16", "auto"],
+                        help="every model's precision (default: float32, which every machine "
+                             "reproduces; auto: bfloat16 on CPUs with AMX or AVX-512-BF16; "
+                             "docs/results/bf16 is the study)")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("--publish", help="copy the results, figures and run reports here")
     parser.add_argument("--finished-runs-only", action="store_true",
@@ -94,6 +99,8 @@ def main():
     overrides = {"ensemble": {"num_members": args.members}}
     if args.warmup_steps is not None:
         overrides["probunet"] = {"beta_warmup_steps": args.warmup_steps}
+    for name in args.models.split(","):
+        overrides.setdefault(name, {})["mixed_precision"] = args.mixed_precision
     results = tfprobunet.compare(
         os.path.join(args.out, args.dataset), args.dataset, models=args.models.split(","),
         steps=args.steps,
@@ -104,6 +111,7 @@ def main():
         "dataset": args.dataset, "image_size": IMAGE_SIZES[args.dataset], "steps": args.steps,
         "seeds": results["seeds"], "recipe": results["recipe"],
         "models": list(results["models"]), "ensemble_members": args.members,
+        "mixed_precision": args.mixed_precision,
         "probunet_warmup_steps": args.warmup_steps,
         "test_images": results["num_test_images"],
         "noise_floor": {c: round(results["ged_noise_floor"][c], 4) for c in counts},

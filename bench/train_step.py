@@ -21,7 +21,8 @@ from timing import add_step_arguments, run_times
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIGS = ("float32", "mixed_bfloat16", "xla", "torch")
+# "xla": float32 with `jit_compile=True`; "xla_mixed_bfloat16": both.
+CONFIGS = ("float32", "mixed_bfloat16", "xla", "xla_mixed_bfloat16", "torch")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
@@ -32,14 +33,14 @@ def measure(config, steps, repeats, size, batch):
 
     import tfprobunet
 
-    if config == "mixed_bfloat16":
+    if config.endswith("mixed_bfloat16"):
         keras.config.set_dtype_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     images = rng.random((batch * steps, size, size, 1), dtype=np.float32)
     labels = rng.integers(0, 2, (batch * steps, size, size)).astype(np.int32)
     model = tfprobunet.ProbabilisticUNet(num_classes=2)  # the library's defaults
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=config == "xla")
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=config.startswith("xla"))
     model.fit(images[:batch * 2], labels[:batch * 2], batch_size=batch, epochs=1, verbose=0)
     times = run_times(lambda: model.fit(images, labels, batch_size=batch, epochs=1, verbose=0,
                                         shuffle=False), repeats, warmup=False)
@@ -48,18 +49,11 @@ def measure(config, steps, repeats, size, batch):
 
 
 def cpu():
-    """The CPU's model name and the flags that decide low-precision speed."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return {"model": "unknown", "flags": []}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return {"model": model, "cores": os.cpu_count(),
-            "flags": [f for f in CPU_FLAGS if f in flags]}
+    """The CPU's model name, cores and the flags that decide low-precision speed."""
+    from tfprobunet.training import precision
+
+    info = precision.cpu_info()
+    return {**info, "flags": [f for f in CPU_FLAGS if f in info["flags"]]}
 
 
 def _run(config, args):
@@ -88,7 +82,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--configs", default="float32,mixed_bfloat16,torch")
     parser.add_argument("--torch-python", default=sys.executable)
-    parser.add_argument("--one", choices=CONFIGS[:3], help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=CONFIGS[:-1], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.steps, args.repeats, args.size, args.batch)))
@@ -105,7 +99,8 @@ def main():
             rates[config].extend(runs)
     summary = {c: _summary(r) for c, r in rates.items()}
     ratios = {}
-    for a, b in (("float32", "torch"), ("mixed_bfloat16", "float32"), ("xla", "float32")):
+    for a, b in (("float32", "torch"), ("mixed_bfloat16", "float32"), ("xla", "float32"),
+                 ("xla_mixed_bfloat16", "mixed_bfloat16"), ("mixed_bfloat16", "torch")):
         if a in summary and b in summary:
             ratios[f"{a}_over_{b}"] = {k: round(summary[a][k] / summary[b][k], 3)
                                        for k in ("median", "best")}

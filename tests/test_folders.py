@@ -322,3 +322,31 @@ def test_the_same_seed_gives_the_same_training_batches(tmp_path):
         for (images, segmentations), (other_images, other_segmentations) in zip(first, other):
             np.testing.assert_array_equal(images, other_images)
             np.testing.assert_array_equal(segmentations, other_segmentations)
+
+
+@pytest.mark.parametrize("pattern, mask_name", [
+    ("{stem}_*.png", "{stem}_{rater}.png"),
+    ("seg-{stem}-r*.png", "seg-{stem}-r{rater}.png"),
+    ("*{stem}.png", "{rater}{stem}.png"),  # the rater first: no literal start to look up
+])
+def test_masks_are_matched_to_their_image_when_names_share_starts_and_hold_glob_characters(
+        tmp_path, pattern, mask_name):
+    # "a" is the start of "a1" and "a[1]"; "[" is a glob character in a file name. Each image
+    # gets its own masks, told apart by their values, whatever the pattern.
+    names = ["a", "a1", "a[1]", "b"]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(tmp_path / "images" / f"{name}.png")
+        for rater in ("x", "y"):
+            mask = np.zeros((8, 8), np.uint8)
+            mask[:i + (rater == "y")] = 255  # rows of ones: which image, which rater
+            Image.fromarray(mask).save(
+                tmp_path / "masks" / mask_name.format(stem=name, rater=rater))
+    source = tfprobunet.data.from_folders(str(tmp_path / "images"), str(tmp_path / "masks"),
+                                          "train", pattern=pattern, fractions=(1, 0, 0),
+                                          multiple=1)
+    for (image, annotations), name in zip(source.dataset.as_numpy_iterator(), sorted(names)):
+        i = names.index(name)
+        assert round(float(image[0, 0, 0]) * 255) == 10 * i
+        np.testing.assert_array_equal(annotations.sum(axis=(1, 2)) // 8, [i, i + 1])

@@ -382,3 +382,23 @@ def test_lidc_training_crops_are_random_windows_shared_by_image_and_masks(tmp_pa
         np.testing.assert_array_equal(annotations, masks)
         offsets.append((dy, dx))
     assert len(set(offsets)) > 3  # windows differ between examples and passes
+
+
+@pytest.mark.parametrize("cache", [True, "file"])
+def test_lidc_crops_give_the_same_batches_with_their_tiles_cached(tmp_path, cache):
+    from tfprobunet.data import pipeline
+
+    _write_lidc_crops(str(tmp_path / "crops"), "train", size=20)
+    cache = str(tmp_path / "tiles.cache") if cache == "file" else cache
+
+    def batches(cache):
+        dataset = lidc.crops(str(tmp_path / "crops"), "train", 12, random_crop=True, seed=3,
+                             cache=cache)
+        # 4 tiles, batches of 3 over 5 passes: the later passes read the cache.
+        stream = pipeline.training_pipeline(dataset, 3, seed=0, num_classes=2)
+        return [(images.numpy(), labels.numpy()) for images, labels in stream.take(7)]
+
+    plain, cached = batches(False), batches(cache)
+    for (images, labels), (cached_images, cached_labels) in zip(plain, cached):
+        np.testing.assert_array_equal(cached_images, images)
+        np.testing.assert_array_equal(cached_labels, labels)

@@ -1,6 +1,8 @@
 """Mixed precision: `mixed_float16` and `mixed_bfloat16` compute in low precision, keep the
 variables, distributions, losses and metrics in float32, and save, load and export as float32."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -94,3 +96,125 @@ def test_train_with_mixed_precision_keeps_it_in_the_file_and_restores_the_global
     assert {v.dtype for v in loaded.weights} == {"float32"}
     with pytest.raises(ValueError, match="`mixed_precision` must be one of"):
         training.train(str(tmp_path / "other"), dataset="graders", mixed_precision="float8")
+
+
+# ------------------------------------------------------------------ "auto", asked for
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+model name\t: {model}
+flags\t\t: fpu sse sse2 avx avx2 avx512f {flags}
+
+processor\t: 1
+model name\t: {model}
+flags\t\t: fpu sse sse2 avx avx2 avx512f {flags}
+"""
+BF16_CPU = "amx_bf16 amx_tile avx512_bf16"
+
+
+@pytest.fixture
+def fake_cpu(tmp_path, monkeypatch):
+    """`fake_cpu(flags)`: make `precision` read a /proc/cpuinfo with these extra flags."""
+    from tfprobunet.training import precision
+
+    def fake(flags, model="Fake CPU", vendor="GenuineIntel"):
+        path = tmp_path / f"cpuinfo-{len(list(tmp_path.iterdir()))}"
+        path.write_text(CPUINFO.format(flags=flags, model=model, vendor=vendor))
+        monkeypatch.setattr(precision, "CPUINFO", str(path))
+        return path
+
+    return fake
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (BF16_CPU, "mixed_bfloat16"),  # Intel Sapphire Rapids and later
+    ("avx512_bf16", "mixed_bfloat16"),  # AMD Zen 4
+    ("amx_tile", None),  # AMX without its bfloat16 unit: float32
+    ("avx512_fp16 avx512vnni", None),
+    ("", None),
+])
+def test_auto_picks_bfloat16_only_on_cpus_with_native_bfloat16(fake_cpu, flags, expected):
+    from tfprobunet.training import precision
+
+    fake_cpu(flags)
+    assert precision.resolve("auto") == expected
+    # Explicit choices are never changed by the CPU.
+    assert precision.resolve("float32") is None and precision.resolve(None) is None
+    assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
+    assert precision.resolve("mixed_float16") == "mixed_float16"
+
+
+def test_auto_keeps_the_precision_a_resumed_run_began_with(fake_cpu):
+    from tfprobunet.training import precision
+
+    fake_cpu("avx512_bf16")
+    assert precision.resolve("auto", recorded=None) is None
+    fake_cpu("")
+    assert precision.resolve("auto", recorded="mixed_bfloat16") == "mixed_bfloat16"
+
+
+def test_cpu_info_reads_the_model_and_flags_and_survives_no_cpuinfo(fake_cpu, monkeypatch):
+    from tfprobunet.training import precision
+
+    fake_cpu("avx512_bf16 amx_bf16", model="AMD EPYC 9R14")
+    info = precision.cpu_info()
+    assert info["model"] == "AMD EPYC 9R14"
+    assert {"avx512_bf16", "amx_bf16", "avx2"} <= set(info["flags"])
+    assert precision.bfloat16_flags() == ["amx_bf16", "avx512_bf16"]
+    monkeypatch.setattr(precision, "CPUINFO", "/nonexistent/cpuinfo")
+    assert precision.cpu_info()["flags"] == [] and precision.resolve("auto") is None
+
+
+def _train_cpu_preset(workdir, **overrides):
+    from tfprobunet import training
+
+    settings = training.preset("cpu", dataset="graders", epochs=1, steps_per_epoch=1,
+                               batch_size=2, image_size=16, num_examples=4,
+                               num_channels=[8, 16], convs_per_block=1, latent_dim=2,
+                               beta_warmup_steps=0, verbose=0)
+    model, _ = training.train(str(workdir), **{**settings, **overrides})
+    with open(workdir / "train_config.json") as f:
+        return model, json.load(f)
+
+
+@pytest.mark.parametrize("flags, override, policy, recorded", [
+    # The presets stay in float32 on every CPU (docs/results/bf16: calibration did not hold).
+    (BF16_CPU, {}, "float32", None),
+    (BF16_CPU, {"mixed_precision": "auto"}, "mixed_bfloat16", "mixed_bfloat16"),
+    ("", {"mixed_precision": "auto"}, "float32", None),
+    (BF16_CPU, {"mixed_precision": "float32"}, "float32", None),
+    ("", {"mixed_precision": "mixed_bfloat16"}, "mixed_bfloat16", "mixed_bfloat16"),
+])
+def test_a_run_trains_in_the_precision_resolved_for_this_cpu_and_records_it(
+        fake_cpu, tmp_path, flags, override, policy, recorded):
+    fake_cpu(flags)
+    model, config = _train_cpu_preset(tmp_path / "run", **override)
+    assert model.dtype_policy.name == policy
+    assert config["mixed_precision"] == recorded
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_a_run_begun_in_bfloat16_resumes_in_bfloat16_on_a_cpu_without_it(fake_cpu, tmp_path):
+    fake_cpu("avx512_bf16")
+    _, config = _train_cpu_preset(tmp_path / "run", mixed_precision="auto")
+    assert config["mixed_precision"] == "mixed_bfloat16"
+    fake_cpu("")
+    model, config = _train_cpu_preset(tmp_path / "run", epochs=2, mixed_precision="auto")
+    assert config["finished_epochs"] == 2 and config["mixed_precision"] == "mixed_bfloat16"
+    assert model.dtype_policy.name == "mixed_bfloat16"
+
+
+def test_the_cli_takes_auto_and_float32(fake_cpu, tmp_path):
+    from tfprobunet import cli
+
+    fake_cpu("amx_bf16 avx512_bf16")
+    common = ["train", "--preset", "cpu", "--dataset", "graders", "--epochs", "1",
+              "--steps-per-epoch", "1", "--batch-size", "2", "--image-size", "16",
+              "--num-examples", "4", "--num-channels", "8,16", "--convs-per-block", "1",
+              "--latent-dim", "2"]
+    for i, (extra, recorded) in enumerate([([], None),
+                                           (["--mixed-precision", "auto"], "mixed_bfloat16"),
+                                           (["--mixed-precision", "float32"], None)]):
+        workdir = tmp_path / f"run-{i}"
+        assert cli.main([*common, "--workdir", str(workdir), *extra]) == 0
+        with open(workdir / "train_config.json") as f:
+            assert json.load(f)["mixed_precision"] == recorded

@@ -79,6 +79,8 @@ def _run(workdir, name, seed, epochs, steps_per_epoch, dataset, data_dir, image_
     """Train (or resume, or reuse) one model for one seed, then evaluate it (or reuse its
     evaluation): the evaluation report with `train_seconds`."""
     settings = recipe_settings(recipe, name, **model_overrides.get(name, {}))
+    if "mixed_precision" in settings:  # the policy used, not "auto": a record names its run
+        settings["mixed_precision"] = training.precision.resolve(settings["mixed_precision"])
     _check_run_record(workdir, dict(
         training_revision=TRAINING_REVISION, model=name, seed=seed, epochs=epochs,
         steps_per_epoch=steps_per_epoch,

@@ -18,8 +18,10 @@ SYNTHETIC_DATASETS = ("flips", "graders")
 MANIFEST_DATASETS = ("lidc", "lidc-pickle", "lidc-phiseg", "folder")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
-# `train(mixed_precision=...)`: Keras dtype policies (None: float32).
-MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+# `train(mixed_precision=...)`: Keras dtype policies (None or "float32": float32), or "auto":
+# mixed_bfloat16 on CPUs with AMX or AVX-512-BF16 and no GPU, float32 elsewhere
+# (`tfprobunet.training.precision`; not the presets' choice: docs/results/bf16).
+MIXED_PRECISION = (None, "float32", "auto", "mixed_float16", "mixed_bfloat16")
 
 # Request limits recorded in an export (TF Serving itself bounds neither): the sample count per
 # request, image pixels per request (b * h * w; the U-Net's activations take about 1 KB per

@@ -38,7 +38,9 @@ TRAIN_FLAGS = [
      "validation images each epoch"),
     ("mixed_precision", dict(choices=[p for p in MIXED_PRECISION if p]),
      "compute in float16 (GPUs) or bfloat16 (TPUs, AMX/AVX-512-BF16 CPUs); variables and "
-     "losses stay float32"),
+     "losses stay float32. auto: bfloat16 on CPUs with AMX or AVX-512-BF16, float32 "
+     "elsewhere (about twice as fast there, but calibration did not always hold: "
+     "docs/results/bf16); float32 (the default, every preset's)"),
     ("seed", dict(type=int), "the data, the weights and the model's random draws"),
     ("split_manifest", dict(metavar="FILE"),
      "a split manifest (tfprobunet data manifest) fixing which patients train and validate"),

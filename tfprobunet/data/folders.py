@@ -16,6 +16,7 @@ images of all subfolders are pooled and each split takes the names the manifest 
 
 import collections
 import concurrent.futures
+import bisect
 import fnmatch
 import glob
 import itertools
@@ -65,8 +66,8 @@ def _split_folders(images, masks, split):
 
 def _match_masks(image_names, masks, pattern):
     """`(n, A)` mask paths: the files of `masks` that `pattern` matches for each image."""
-    mask_names = _files(masks)
-    found = [fnmatch.filter(mask_names,
+    mask_names = _files(masks)  # sorted
+    found = [fnmatch.filter(_starting_with(mask_names, _literal_prefix(pattern, name)),
                             pattern.format(stem=glob.escape(os.path.splitext(name)[0])))
              for name in image_names]
     raters = [sorted(_rater(n, pattern, os.path.splitext(i)[0]) for n in f)
@@ -88,6 +89,24 @@ def _match_masks(image_names, masks, pattern):
         by_rater = {_rater(n, pattern, os.path.splitext(name)[0]): n for n in names}
         paths.append([os.path.join(masks, by_rater[r]) for r in everyone])
     return paths
+
+
+def _literal_prefix(pattern, image_name):
+    """The start of every mask name `pattern` matches for `image_name`: the pattern with the
+    stem filled in, up to its first wildcard."""
+    formatted = pattern.format(stem=os.path.splitext(image_name)[0])
+    return formatted[:min((i for i in map(formatted.find, "*?[") if i >= 0),
+                          default=len(formatted))]
+
+
+def _starting_with(sorted_names, prefix):
+    """The names of the sorted list `sorted_names` that start with `prefix` (a bisection: the
+    masks of n images are found in n log n, not by testing every name for every image)."""
+    start = bisect.bisect_left(sorted_names, prefix)
+    end = start
+    while end < len(sorted_names) and sorted_names[end].startswith(prefix):
+        end += 1
+    return sorted_names[start:end]
 
 
 def _rater(mask_name, pattern, stem):

@@ -267,7 +267,7 @@ def crop_size(image_size):
 
 
 def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
-          split_manifest=None):
+          split_manifest=None, cache=False):
     """The LIDC crops as a `tf.data.Dataset`, read lazily from the PNG files.
 
     Args:
@@ -283,6 +283,11 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
         split_manifest: a manifest (its JSON file, or the dict; see `crops_manifest`) whose
             patients make the split, taken from the images of all split folders found;
             refused unless made from these files (its sha256).
+        cache: keep the decoded tiles after the first pass, before the crop: True in memory
+            (uint8, (graders + 1) * 180 * 180 bytes a tile: 1.4 GB for the 8843 training
+            tiles), a file path to cache on disk (`tf.data.Dataset.cache`), False to decode
+            the PNGs on every pass. The crops and their order are the same either way
+            (bench/pipeline.py measures both).
 
     Returns:
         `tf.data.Dataset` of `(image (h, w, 1) float32 in [0, 1], annotations (graders, h, w)
@@ -319,10 +324,11 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
                 "folder with tfprobunet.data.from_folders (CLI: --dataset folder), which keeps "
                 "each image's size.")
 
-    def load(paths, key):
-        image_path, mask_paths = paths
-        tile = tf.concat([_read_png(image_path)[None],
+    def decode(image_path, mask_paths):
+        return tf.concat([_read_png(image_path)[None],
                           tf.map_fn(_read_png, mask_paths, fn_output_signature=tf.uint8)], axis=0)
+
+    def window(tile, key):
         if random_crop:  # one window for the image and its masks
             tile = tf.image.stateless_random_crop(
                 tile, tf.stack([tf.shape(tile)[0], height, width]),
@@ -332,9 +338,12 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
         image = tf.cast(tile[0], tf.float32) / 255.0
         return image[..., None], tf.cast(tile[1:] > 0, tf.int32)
 
+    tiles = tf.data.Dataset.from_tensor_slices((images, masks)).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        tiles = tiles.cache("" if cache is True else os.fspath(cache))
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices((images, masks)), keys).map(
-        load, num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(tiles, keys).map(window, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # Stacked as float32 and int32, arrays stored at 1 byte a pixel or more grow at most 4 times;

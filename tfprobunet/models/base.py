@@ -119,10 +119,11 @@ class SegmentationSampler(KerasOverrides, keras.Model):
 
     # ------------------------------------------------------------------ randomness
     def _noise(self, shape, seed=None):
-        """Standard normal noise: from the model's seed generator, or stateless from `seed`."""
+        """Standard normal noise: from the model's seed generator, or stateless from `seed`
+        (the same with XLA: `checks.RNG_ALGORITHM`)."""
         if seed is None:
             return keras.random.normal(shape, seed=self.seed_generator)
-        return tf.random.stateless_normal(shape, seed=seed_pair(seed))
+        return checks.stateless_normal(shape, seed_pair(seed))
 
     # ------------------------------------------------------------------ training
     def _unpack(self, data):

@@ -135,6 +135,19 @@ def seed_pair(seed):
     return seed
 
 
+# The stateless RNG algorithm of seeded draws (`sample(..., seed=...)`, the serving signatures).
+# Named rather than left to "auto_select", which picks Philox in TensorFlow's kernels but
+# another algorithm under XLA (`jit_compile=True`): a seeded sample would differ with XLA. (For
+# seeds computed at run time, such as the seed generator's and the HPU-Net's per-level seeds,
+# XLA's Philox still draws other numbers than TensorFlow's kernels: docs/benchmarks.md.)
+RNG_ALGORITHM = "philox"
+
+
+def stateless_normal(shape, seed):
+    """Standard normal noise of `shape` from the `(2,)` seed `seed` (`RNG_ALGORITHM`)."""
+    return tf.random.stateless_normal(shape, seed=seed, alg=RNG_ALGORITHM)
+
+
 # ---------------------------------------------------------------------- a model's inputs
 IMAGES_EXAMPLE = "float32 in [0, 1]"
 

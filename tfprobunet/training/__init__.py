@@ -5,6 +5,8 @@
 - `workdir.py`: the run's files, its settings record, resume points and the finished-run rules.
 - `schedules.py`: the learning-rate schedules (`learning_rate_schedule`).
 - `distribute.py`: the strategies (`make_strategy`, `is_chief`) and `fit_distributed`.
+- `precision.py`: the precision a run computes in (`mixed_precision="auto"`: bfloat16 where
+  the CPU has AMX or AVX-512-BF16).
 
 The callbacks `train` runs are in `tfprobunet.callbacks`, the presets in
 `tfprobunet.models.presets`; both are importable from here as before.
@@ -17,6 +19,7 @@ from tfprobunet.callbacks import (CHECKPOINT, MONITORED_TERMS, EpochCheckpoint, 
 from tfprobunet.defaults import SCHEDULES, STRATEGIES
 from tfprobunet.models.presets import PRESETS, preset
 from tfprobunet.saving import state_bytes
+from tfprobunet.training import precision
 from tfprobunet.training.distribute import fit_distributed, is_chief, make_strategy
 from tfprobunet.training.schedules import (PIECEWISE_BOUNDARIES, PIECEWISE_FACTORS,
                                            WarmupStableDecay, learning_rate_schedule)

@@ -25,6 +25,7 @@ from tfprobunet import models as models_lib
 from tfprobunet import saving
 from tfprobunet.data import pipeline
 from tfprobunet.defaults import MIXED_PRECISION, check_model_numbers, check_number
+from tfprobunet.training import precision
 from tfprobunet.training import workdir as workdir_lib
 from tfprobunet.training.distribute import fit_distributed, is_chief, make_strategy, writable_folder
 from tfprobunet.training.schedules import learning_rate_schedule
@@ -48,11 +49,14 @@ def _check_run_numbers(learning_rate, max_minutes, num_examples, validation_exam
         check_number(name, value, minimum=1, integer=True)
 
 
-def _dtype_policy(name):
-    """Keras' global dtype policy set to `name` (None: left as it is) while models are built."""
+def _check_mixed_precision(name):
     if name not in MIXED_PRECISION:
         raise ValueError(f"`mixed_precision` must be one of {MIXED_PRECISION}. Received: "
                          f"{name!r}")
+
+
+def _dtype_policy(name):
+    """Keras' global dtype policy set to `name` (None: left as it is) while models are built."""
     return contextlib.nullcontext() if name is None else layers_lib.global_dtype_policy(name)
 
 
@@ -136,10 +140,15 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             `make_strategy`; None: it waits for ever).
         seed: seeds the data, the weights and the model's random draws.
         jit_compile: XLA-compile the train step (see bench/train_step.py: slower on CPU).
-        mixed_precision: None (float32), `"mixed_float16"` (GPUs; with dynamic loss scaling)
-            or `"mixed_bfloat16"` (TPUs, CPUs with AMX or AVX-512-BF16): the model computes in
-            that precision, its variables, distributions, losses and metrics stay float32.
-            `model.keras` keeps the policy; the global Keras policy is left as it was.
+        mixed_precision: None or `"float32"` (float32), `"mixed_float16"` (GPUs; with dynamic
+            loss scaling), `"mixed_bfloat16"` (TPUs, CPUs with AMX or AVX-512-BF16), or
+            `"auto"`: `"mixed_bfloat16"` on a CPU with AMX or AVX-512-BF16 and no GPU, float32
+            elsewhere (`tfprobunet.training.precision`; a resumed run keeps the precision it
+            began with). bfloat16 halves a step's cost on such CPUs but, on *flips*, cost one
+            seed of three its calibration (docs/results/bf16): the presets use float32. The model computes in that precision, its
+            variables, distributions, losses and metrics stay float32. train_config.json
+            records the policy used (None: float32); `model.keras` keeps it; the global Keras
+            policy is left as it was.
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0); None: the
             progress bar on a terminal or in a notebook, a line per epoch otherwise.
         callbacks: extra Keras callbacks, run after the built-in ones (after the checkpoint).
@@ -170,6 +179,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     _check_run_numbers(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                        num_examples=num_examples, validation_examples=validation_examples,
                        learning_rate=learning_rate, max_minutes=max_minutes)
+    _check_mixed_precision(mixed_precision)
     distribution = make_strategy(strategy, connect_timeout)  # before TensorFlow runs anything
     workdir_lib.check_model_kwargs(model, model_kwargs)
     check_model_numbers(model_kwargs)
@@ -183,6 +193,9 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     # SIGINT/SIGTERM stop training at a step boundary instead of wherever they land.
     lock = _io.exclusive(workdir, "train") if chief else contextlib.nullcontext()
     with lock, _interrupts.stop_requests() as stop:
+        saved = _effective(workdir_lib.read_settings(workdir))
+        mixed_precision = precision.resolve(
+            mixed_precision, "unknown" if saved is None else saved["mixed_precision"])
         settings = _effective(dict(
             dataset=dataset if isinstance(dataset, str) else "custom", model=model,
             data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -190,7 +203,6 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             validation_examples=validation_examples, learning_rate=learning_rate,
             schedule=schedule, mixed_precision=mixed_precision, strategy=strategy, seed=seed,
             split_manifest=split_manifest, **model_kwargs))
-        saved = _effective(workdir_lib.read_settings(workdir))
         checkpoint = callbacks_lib.EpochCheckpoint(os.path.join(workdir, workdir_lib.BACKUP))
         points = workdir_lib.resume_points(workdir, checkpoint, saved, settings)
         batches, validation_batches = _pipelines(source, validation, batch_size, seed)
