@@ -159,9 +159,12 @@ def main():
         values = [r[key] for r in runs[name] if r.get(key) is not None]
         return round(float(np.median(values)), 2) if values else None
 
+    def spread(name):
+        rates = [r["examples_per_s"] for r in runs[name]]
+        return [round(min(rates), 2), round(max(rates), 2)]
+
     summary = {name: {"examples_per_s_median": median(name),
-                      "examples_per_s_range": [round(min(r["examples_per_s"] for r in runs[name]), 2),
-                                               round(max(r["examples_per_s"] for r in runs[name]), 2)],
+                      "examples_per_s_range": spread(name),
                       "peak_rss_mib_median": median(name, "peak_rss_mib"),
                       **({"setup_seconds_median": median(name, "setup_seconds")}
                          if name in pipelines else {}),

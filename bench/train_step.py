@@ -30,6 +30,7 @@ def measure(config, steps, repeats, size, batch):
     """One configuration in this process: `repeats` timed runs of `steps` steps."""
     import keras
     import numpy as np
+    import tensorflow as tf
 
     import tfprobunet
 
@@ -39,11 +40,16 @@ def measure(config, steps, repeats, size, batch):
     rng = np.random.default_rng(0)
     images = rng.random((batch * steps, size, size, 1), dtype=np.float32)
     labels = rng.integers(0, 2, (batch * steps, size, size)).astype(np.int32)
+    # Batches as `train` feeds them (tfprobunet.data.pipeline): without tf.data's autotuning
+    # thread, which holds a `fit` call up to 2.5 s after its last step.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch).prefetch(
+        tf.data.AUTOTUNE).with_options(options)
     model = tfprobunet.ProbabilisticUNet(num_classes=2)  # the library's defaults
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=config.startswith("xla"))
-    model.fit(images[:batch * 2], labels[:batch * 2], batch_size=batch, epochs=1, verbose=0)
-    times = run_times(lambda: model.fit(images, labels, batch_size=batch, epochs=1, verbose=0,
-                                        shuffle=False), repeats, warmup=False)
+    model.fit(dataset.take(2), epochs=1, verbose=0)
+    times = run_times(lambda: model.fit(dataset, epochs=1, verbose=0), repeats, warmup=False)
     return {"examples_per_s_runs": [batch * steps / t for t in times],
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

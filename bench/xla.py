@@ -54,6 +54,13 @@ def measure_sampling(policy, samples, repeats):
     return result
 
 
+def _error_line(stderr):
+    """The line of a failed run's stderr that says why (XLA's message), else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return next((line for line in lines if "disallowed" in line),
+                next((line for line in lines if "Error:" in line), lines[-1] if lines else ""))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -66,10 +73,16 @@ def main():
         return
     step_args = argparse.Namespace(steps=8, repeats=2, size=128, batch=8)
     train = {c: [] for c in ("float32", "xla", "mixed_bfloat16", "xla_mixed_bfloat16")}
+    errors = {}
     sampling = {p: [] for p in POLICIES}
     for _ in range(args.rounds):
         for config in train:
-            train[config].extend(step_run(config, step_args)[0])
+            if config in errors:
+                continue
+            try:
+                train[config].extend(step_run(config, step_args)[0])
+            except subprocess.CalledProcessError as error:  # XLA refused to compile the step
+                errors[config] = _error_line(error.stderr)
         for policy in POLICIES:
             out = subprocess.run([sys.executable, __file__, "--sampling-only", policy,
                                   "--samples", str(args.samples), "--repeats",
@@ -82,7 +95,7 @@ def main():
 
     train_summary = {c: {"examples_per_s_median": median(r), "range": [round(min(r), 3),
                                                                        round(max(r), 3)]}
-                     for c, r in train.items()}
+                     if r else {"error": errors[c]} for c, r in train.items()}
     sample_summary = {p: {"default_ms_median": median([r["default"] for r in runs]),
                           "xla_ms_median": median([r["xla"] for r in runs]),
                           "max_abs_logit_difference": max(r["max_abs_logit_difference"]
@@ -99,7 +112,8 @@ def main():
                                    / train_summary["float32"]["examples_per_s_median"], 3),
             "train_mixed_bfloat16": round(
                 train_summary["xla_mixed_bfloat16"]["examples_per_s_median"]
-                / train_summary["mixed_bfloat16"]["examples_per_s_median"], 3),
+                / train_summary["mixed_bfloat16"]["examples_per_s_median"], 3)
+            if train["xla_mixed_bfloat16"] else None,
             **{f"sample_{p}": round(s["default_ms_median"] / s["xla_ms_median"], 3)
                for p, s in sample_summary.items()}},
         "runs": {"train": train, "sample": sampling},

@@ -122,6 +122,17 @@ def test_training_pipeline_uniform_for_graders_and_same_batches_per_iterator():
     assert np.all(np.abs(picks / 400 - 0.25) < 0.1)
 
 
+def test_the_pipelines_run_without_tf_datas_autotuning_thread():
+    # Keras' `fit` and `evaluate` wait for that thread's next wake-up after their last step
+    # (up to 2.5 s a call: bench/fit_overhead.py measures it; no timing is asserted here).
+    data = synthetic.graders(3, 16, seed=0)
+    for batches in (pipeline.training_pipeline(data, batch_size=3, seed=1),
+                    pipeline.evaluation_pipeline(data, batch_size=3)):
+        assert batches.options().autotune.enabled is False
+        images, _ = next(iter(batches))  # and they still yield
+        assert images.shape[0] == 3
+
+
 def test_identify_flip_modes_reads_back_every_mode():
     (_, annotations), = synthetic.flips(1, 32, seed=3).take(1).as_numpy_iterator()
     base = synthetic.flips_arrays(1, 32, seed=3)[1][0]

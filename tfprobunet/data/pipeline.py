@@ -56,8 +56,19 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
         # the one a distribution strategy makes, gives the same batches.
         dataset = dataset.shuffle(shuffle_buffer_size(dataset.element_spec), seed=seed,
                                   reshuffle_each_iteration=not repeat)
-    return checks.mark_checked(
-        dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    return checks.mark_checked(_without_autotune(
+        dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)))
+
+
+def _without_autotune(dataset):
+    """`dataset` without tf.data's autotuning thread. Its wake-ups come at periods that double
+    (10 ms, 20 ms, ... 2.56 s), and Keras' `fit` and `evaluate` return only once the thread has
+    woken up after the last step: up to 2.5 s lost per call, per epoch with validation (25 % of
+    a 10-second `fit`: docs/benchmarks.md). Without it `AUTOTUNE` parallelism is the number of
+    cores, and the pipelines still keep well ahead of the training step (bench/pipeline.py)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def shuffle_buffer_size(element_spec, budget_bytes=1 << 30, most=4096):
@@ -87,4 +98,5 @@ def evaluation_pipeline(dataset, batch_size, annotation_weights=None, num_classe
     if annotation_weights is not None:
         weights = tf.constant(annotation_weights, tf.float32)
         dataset = dataset.map(lambda image, annotations: (image, annotations, weights))
-    return checks.mark_checked(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    return checks.mark_checked(_without_autotune(
+        dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)))
