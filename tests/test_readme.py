@@ -524,8 +524,28 @@ def test_the_serving_commands_and_clients_run_against_a_server(tmp_path, monkeyp
 # docs/results/*/README.md
 
 def _results_keys():
+    """The blocks of the comparisons' pages (a `bench.json` beside them)."""
     return [(page, section, "sh", 0) for page, section, _, _ in BLOCKS if page.startswith(
-        "docs/results/")]
+        "docs/results/") and os.path.exists(os.path.join(ROOT, os.path.dirname(page),
+                                                         "bench.json"))]
+
+
+@runs(("docs/results/bf16/README.md", "bfloat16 or float32: the study", "sh"))
+def test_the_precision_study_table_is_what_its_script_prints(monkeypatch, capsys):
+    page = os.path.join(ROOT, "docs", "results", "bf16", "README.md")
+    (command,) = _commands(BLOCKS[("docs/results/bf16/README.md",
+                                   "bfloat16 or float32: the study", "sh", 0)])
+    assert command[:2] == ["python", "bench/precision_study.py"]
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", command[1:])
+    runpy.run_path(command[1], run_name="__main__")
+    with open(page) as f:
+        assert capsys.readouterr().out.strip() in f.read()
+    with open(os.path.join(ROOT, "docs", "results", "bf16", "study.json")) as f:
+        study = json.load(f)
+    monkeypatch.setattr(sys, "argv", command[1:2])
+    runpy.run_path(command[1], run_name="__main__")
+    assert json.loads(capsys.readouterr().out) == study
 
 
 @runs(*_results_keys())
@@ -559,6 +579,9 @@ def test_the_results_commands_are_the_ones_that_wrote_the_json(key, monkeypatch,
     assert kwargs["model_overrides"]["ensemble"]["num_members"] == bench["ensemble_members"]
     warmup = kwargs["model_overrides"].get("probunet", {}).get("beta_warmup_steps")
     assert warmup == bench["probunet_warmup_steps"]
+    # Comparisons published before `--mixed-precision` were trained in float32.
+    assert {kwargs["model_overrides"][name]["mixed_precision"] for name in kwargs["models"]} \
+        == {bench.get("mixed_precision", "float32")}
     assert compare[compare.index("--publish") + 1] == os.path.relpath(folder, ROOT)
     assert table[:2] == ["python", "bench/results_table.py"]
     monkeypatch.setattr(sys, "argv", table[1:])

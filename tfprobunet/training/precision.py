@@ -1,12 +1,12 @@
 """Which precision a run computes in: `resolve("auto")` picks `mixed_bfloat16` where the CPU
 computes bfloat16 natively (AMX or AVX-512-BF16) and no GPU is visible, float32 elsewhere.
 
-`"auto"` is asked for, never a default: on such CPUs a training step costs about half as much
-in bfloat16, but calibration does not always hold (docs/results/bf16: on *flips*, with the
-`cpu` recipe's 4000 steps, one seed of three under bfloat16 reached a mode-frequency r of 0.74
-and a GED(16) 0.069 against float32's 0.936-0.948 and 0.046-0.047; on *graders* GED(16) held),
-so the presets compute in float32. The choice is made when a run starts and recorded in its
-`train_config.json`; a resumed run keeps it on any machine.
+`"auto"` is asked for, never a default: on such CPUs a training step costs about a third as
+much in bfloat16, but calibration does not always hold (docs/results/bf16: on *flips*, with
+the `cpu` recipe's 4000 steps, one seed of six under bfloat16 reached a mode-frequency r of
+0.74 and a GED(16) of 0.069, against float32's 0.90-0.96 and 0.044-0.058 on the same seeds;
+on *graders* GED(16) held), so the presets compute in float32. The choice is made when a run
+starts and recorded in its `train_config.json`; a resumed run keeps it on any machine.
 """
 
 import os

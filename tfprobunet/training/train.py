@@ -139,16 +139,18 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             one line names the tasks that never answered and the process is killed (see
             `make_strategy`; None: it waits for ever).
         seed: seeds the data, the weights and the model's random draws.
-        jit_compile: XLA-compile the train step (see bench/train_step.py: slower on CPU).
+        jit_compile: XLA-compile the train step (bench/xla.py: 0.65x the examples/s on a CPU;
+            it does not compile under mixed_bfloat16 there).
         mixed_precision: None or `"float32"` (float32), `"mixed_float16"` (GPUs; with dynamic
             loss scaling), `"mixed_bfloat16"` (TPUs, CPUs with AMX or AVX-512-BF16), or
             `"auto"`: `"mixed_bfloat16"` on a CPU with AMX or AVX-512-BF16 and no GPU, float32
             elsewhere (`tfprobunet.training.precision`; a resumed run keeps the precision it
-            began with). bfloat16 halves a step's cost on such CPUs but, on *flips*, cost one
-            seed of three its calibration (docs/results/bf16): the presets use float32. The model computes in that precision, its
-            variables, distributions, losses and metrics stay float32. train_config.json
-            records the policy used (None: float32); `model.keras` keeps it; the global Keras
-            policy is left as it was.
+            began with). bfloat16 cuts a step's cost by 2-3x on such CPUs but, on *flips*,
+            cost one seed of six its calibration (docs/results/bf16): the presets use
+            float32. The model computes in that precision, its variables, distributions,
+            losses and metrics stay float32. train_config.json records the policy used
+            (None: float32); `model.keras` keeps it; the global Keras policy is left as it
+            was.
         verbose: Keras progress bar (1), one line per epoch (2) or silent (0); None: the
             progress bar on a terminal or in a notebook, a line per epoch otherwise.
         callbacks: extra Keras callbacks, run after the built-in ones (after the checkpoint).
