@@ -39,7 +39,7 @@ TRAIN_FLAGS = [
     ("mixed_precision", dict(choices=[p for p in MIXED_PRECISION if p]),
      "compute in float16 (GPUs) or bfloat16 (TPUs, AMX/AVX-512-BF16 CPUs); variables and "
      "losses stay float32. auto: bfloat16 on CPUs with AMX or AVX-512-BF16, float32 "
-     "elsewhere (about twice as fast there, but calibration did not always hold: "
+     "elsewhere (2-3 times as fast there, but calibration did not always hold: "
      "docs/results/bf16); float32 (the default, every preset's)"),
     ("seed", dict(type=int), "the data, the weights and the model's random draws"),
     ("split_manifest", dict(metavar="FILE"),

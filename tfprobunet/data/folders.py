@@ -14,9 +14,9 @@ split manifest (`split_manifest`: the image file names of each split) replaces e
 images of all subfolders are pooled and each split takes the names the manifest lists.
 """
 
+import bisect
 import collections
 import concurrent.futures
-import bisect
 import fnmatch
 import glob
 import itertools
