@@ -382,3 +382,89 @@ def test_train_records_the_manifest_and_evaluate_tests_its_patients(pickle_path,
                                  "--num-channels", "8,16", "--convs-per-block", "1",
                                  "--latent-dim", "2"])
     assert "split_manifest" in message
+
+
+# MoSE's split of the LIDC pickle (gaozhitong/MoSE-AUSeg, data/preprocess/lidc_data_loader.py):
+#     unique_subjects = np.unique(series_uid)
+#     train_and_val_ids, test = train_test_split(unique_subjects, test_size=0.2, random_state=0)
+#     train, val = train_test_split(train_and_val_ids, test_size=0.2, random_state=0)
+# Transcribed from scikit-learn 1.9.1 (numpy 2.4.6), running exactly those two calls on
+# np.unique([f"s{i:02d}" for i in range(n)]) for n = 25 and n = 37; lists in sklearn's order.
+SKLEARN_MOSE = {
+    25: {"train_and_val": ["s22", "s17", "s24", "s23", "s14", "s01", "s10", "s13", "s08", "s06",
+                           "s18", "s04", "s09", "s07", "s20", "s03", "s00", "s21", "s15", "s12"],
+         "train": ["s18", "s21", "s10", "s07", "s14", "s24", "s01", "s20", "s06", "s13", "s00",
+                   "s04", "s23", "s22", "s03", "s09"],
+         "val": ["s15", "s17", "s12", "s08"],
+         "test": ["s05", "s02", "s19", "s16", "s11"]},
+    37: {"train_and_val": ["s02", "s25", "s30", "s32", "s36", "s34", "s29", "s33", "s08", "s13",
+                           "s05", "s17", "s14", "s07", "s27", "s01", "s12", "s26", "s24", "s06",
+                           "s23", "s04", "s18", "s21", "s19", "s09", "s35", "s03", "s00"],
+         "train": ["s03", "s35", "s34", "s27", "s08", "s12", "s18", "s26", "s25", "s05", "s00",
+                   "s29", "s36", "s24", "s06", "s13", "s33", "s19", "s32", "s02", "s04", "s01",
+                   "s14"],
+         "val": ["s30", "s23", "s21", "s07", "s17", "s09"],
+         "test": ["s22", "s20", "s16", "s10", "s31", "s28", "s15", "s11"]},
+}
+
+
+@pytest.mark.parametrize("n", sorted(SKLEARN_MOSE))
+def test_train_test_split_gives_sklearns_output(n):
+    expected = SKLEARN_MOSE[n]
+    ids = np.unique([f"s{i:02d}" for i in range(n)])
+    rest, test = manifests.train_test_split(ids, test_size=0.2, random_state=0)
+    assert (rest.tolist(), test.tolist()) == (expected["train_and_val"], expected["test"])
+    train, val = manifests.train_test_split(rest, test_size=0.2, random_state=0)
+    assert (train.tolist(), val.tolist()) == (expected["train"], expected["val"])
+    assert manifests.mose_split(ids[::-1]) == {
+        s: sorted(expected[s]) for s in manifests.SPLITS}  # np.unique first: order read is moot
+    # As sklearn: "the resulting train set will be empty" is refused.
+    with pytest.raises(ValueError, match="train set would be empty"):
+        manifests.train_test_split(["a"], test_size=0.2, random_state=0)
+
+
+@pytest.fixture
+def mose_pickle(tmp_path):
+    """A pickle whose 25 series (`s00`..`s24`, 2 slices each) are read in the reverse of their
+    sorted order."""
+    rng = np.random.default_rng(0)
+    entries = {f"key{24 - i:02d}_{k}": {
+        "image": rng.random((8, 8)).astype(np.float32),
+        "masks": [(rng.random((8, 8)) < 0.3).astype(np.uint8) for _ in range(4)],
+        "series_uid": f"s{i:02d}"} for i in range(25) for k in range(2)}
+    path = tmp_path / "data_lidc.pickle"
+    path.write_bytes(pickle.dumps(entries))
+    return str(path)
+
+
+def test_the_mose_manifest_is_moses_split_of_the_series(mose_pickle, tmp_path, capsys):
+    manifest = data.make_manifest("lidc-pickle", mose_pickle, split="mose")
+    assert manifest["splits"] == {s: sorted(SKLEARN_MOSE[25][s]) for s in manifests.SPLITS}
+    assert manifest["split"] == "mose" and manifest["seed"] == 0
+    assert manifest["fractions"] == [0.64, 0.16, 0.2]
+    assert manifest["sha256"] == lidc.split_manifest(mose_pickle)["sha256"]
+    test = data.load("lidc-pickle", "test", data_dir=mose_pickle, split_manifest=manifest)
+    assert len(list(test.dataset)) == 2 * len(SKLEARN_MOSE[25]["test"])
+    out = tmp_path / "mose.json"
+    assert cli.main(["data", "manifest", "--dataset", "lidc-pickle", "--split", "mose",
+                     "--data-dir", mose_pickle, "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == manifest
+    assert "16 train, 4 val, 5 test ids (MoSE's split" in capsys.readouterr().out
+    # The default stays the library's seeded split, without a "split" key.
+    assert "split" not in data.make_manifest("lidc-pickle", mose_pickle)
+    for argv, expected in (
+            (["--dataset", "lidc-pickle", "--seed", "3"], "random_state 0. Received seed=3"),
+            (["--dataset", "lidc-pickle", "--fractions", "0.8,0.1,0.1"], "Received fractions="),
+            (["--dataset", "lidc-phiseg"], "MoSE's split is of lidc-pickle (the PyTorch "
+                                           "port's pickle: its series uids). Received "
+                                           "dataset 'lidc-phiseg'")):
+        line = cli_error(capsys, ["data", "manifest", "--split", "mose", "--data-dir",
+                                  mose_pickle, *argv])
+        assert expected in line, line
+
+
+def test_the_manifest_command_documents_its_splits(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["data", "manifest", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--split {seed,mose}" in text and "gaozhitong/MoSE-AUSeg" in text, text

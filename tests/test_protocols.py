@@ -1,12 +1,18 @@
 """`evaluate(protocol=...)`: what each protocol fixes and refuses, and that its conventions
 reach the numbers (against the metrics recomputed on the same samples)."""
 
+import pickle
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfprobunet import data, evaluation, metrics, protocols
+from tfprobunet.data import lidc
 from conftest import tiny_model
+from test_loaders import _lidc_entries
+from test_phiseg import _write_phiseg_hdf5
 
 
 def test_a_published_protocol_refuses_other_data_splits_and_sample_counts():
@@ -72,3 +78,36 @@ def test_a_protocols_conventions_reach_the_report():
                                   "hm_iou": "one_per_annotation"}
     # graders has empty masks: d = 1 for two of them moves the GED.
     assert report["ged"]["4"]["mean"] != default["ged"]["4"]["mean"]
+
+
+def test_the_phiseg_protocol_on_the_pickle_without_a_manifest_says_its_split_is_no_papers(
+        tmp_path):
+    """lidc-pickle without a split manifest is split by the library's own seed, which no paper
+    used: evaluate says so in one line, with the commands that give a published split; with a
+    manifest, or on PHiSeg's own hdf5 (which comes split), it says nothing."""
+    pickle_path = str(tmp_path / "data_lidc.pickle")
+    with open(pickle_path, "wb") as f:
+        pickle.dump(_lidc_entries(num_series=10), f)
+    hdf5_path = str(tmp_path / "data_lidc.hdf5")
+    _write_phiseg_hdf5(hdf5_path)
+    model = tiny_model(2)
+    settings = dict(protocol="phiseg", num_examples=1, batch_size=1, verbose=0,
+                    num_figure_examples=0)
+    with pytest.warns(UserWarning, match="seeded split") as caught:
+        evaluation.evaluate(model, "lidc-pickle", data_dir=pickle_path, **settings)
+    [warning] = [w for w in caught if "seeded split" in str(w.message)]
+    assert warning.category is protocols.UnpublishedSplitWarning
+    message = str(warning.message)
+    assert "\n" not in message
+    assert ("tfprobunet data manifest --dataset lidc-pickle --split mose --data-dir "
+            f"{pickle_path} --out FILE" in message), message
+    assert "--split-manifest FILE" in message, message
+    manifest = lidc.split_manifest(pickle_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", protocols.UnpublishedSplitWarning)
+        evaluation.evaluate(model, "lidc-pickle", data_dir=pickle_path,
+                            split_manifest=manifest, **settings)
+        evaluation.evaluate(model, "lidc-phiseg", data_dir=hdf5_path, **settings)
+        # Other protocols do not claim a published split of the pickle.
+        evaluation.evaluate(model, "lidc-pickle", data_dir=pickle_path, sample_counts=(2,),
+                            **{**settings, "protocol": "custom"})

@@ -16,6 +16,10 @@ DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscape
 # split manifests record (tfprobunet.data.manifests).
 SYNTHETIC_DATASETS = ("flips", "graders")
 MANIFEST_DATASETS = ("lidc", "lidc-pickle", "lidc-phiseg", "folder")
+# How `tfprobunet data manifest --split` splits: "seed", the library's own split by a seed (or the
+# split the data comes with); "mose", MoSE's published split of lidc-pickle
+# (tfprobunet.data.manifests.mose_split).
+MANIFEST_SPLITS = ("seed", "mose")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # `train(mixed_precision=...)`: Keras dtype policies (None or "float32": float32), or "auto":

@@ -235,7 +235,9 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
             `"kohl"` (the released LIDC crops, GED and HM-IoU of 16 samples), `"phiseg"`
             (PHiSeg's split, GED and S_NCC of 100 samples) or `"custom"` (the default: the
             arguments given). A published protocol fixes the split, the sample counts and the
-            conventions, and refuses other data.
+            conventions, and refuses other data; `"phiseg"` on `"lidc-pickle"` without
+            `split_manifest` warns (`protocols.UnpublishedSplitWarning`): that split is the
+            library's own, no paper's.
         split_manifest: a split manifest fixing the test patients (see
             `tfprobunet.data.load`).
 
@@ -252,6 +254,7 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     protocol = protocols.get(protocol)
     split, sample_counts = protocols.resolve(protocol, dataset, split, sample_counts,
                                              SAMPLE_COUNTS)
+    protocols.warn_if_unpublished(protocol, dataset, data_dir, split_manifest)
     source = data_lib.as_source(dataset, split, data_dir, image_size, num_examples, seed,
                                 num_classes, split_manifest=split_manifest)
     if source.num_classes != model.num_classes:

@@ -10,9 +10,13 @@ conventions (docs/results/lidc.md gives the numbers and their sources):
   to 16 (as MoSE's and CAR's code read Kohl et al. 2019; DeepMind released no evaluation
   code).
 - `"phiseg"`: PHiSeg (Baumgartner et al. 2019) and the works that take its data (SSN,
-  Monteiro et al. 2020): the 128x128 pickle split 64/16/20 % by patient (`--dataset
-  lidc-phiseg` reads PHiSeg's own hdf5; `lidc-pickle` with a split manifest), GED and S_NCC
-  with 100 samples.
+  Monteiro et al. 2020): the 128x128 pickle split 64/16/20 % by CT series (`series_uid`), GED
+  and S_NCC with 100 samples, as the SSN fork's evaluation (`phiseg_full_evaluation.py`,
+  `--num-samples 100`) and PHiSeg's plotting scripts (its `ged100` files) read them; PHiSeg's
+  committed evaluation script draws 50 (`phiseg_test_quantitative.py`, `n_samples = 50`). `--dataset lidc-phiseg` reads PHiSeg's own hdf5 (split without a
+  fixed seed); `lidc-pickle` needs a split manifest, such as MoSE's (PHiSeg's code with
+  `random_state=0`: `tfprobunet data manifest --split mose`). On `lidc-pickle` without one it
+  warns (`UnpublishedSplitWarning`): that split is the library's own, no paper's.
 - `"custom"`: what the arguments of `evaluate` say, on any dataset.
 
 Every protocol computes GED over all pairs, each map with itself included, and `d = 0` for two
@@ -21,6 +25,7 @@ other choices (e.g. D-Persona's `d = 1` for two empty masks).
 """
 
 import collections
+import warnings
 
 import numpy as np
 
@@ -39,7 +44,8 @@ Fields:
     empty_pair: `d` between two masks without any scored class (0.0: they agree).
     hm_iou: `metrics.matched_iou`'s form: `"tiled"` or `"one_per_annotation"`.
     columns: the report's metrics the table shows, of `COLUMNS`.
-    papers: the works whose tables it reproduces (text).
+    papers: the works whose evaluation it follows (text): their split, sample counts and
+        conventions, not their training.
 """
 
 # Report key: (table heading, higher is better).
@@ -58,6 +64,14 @@ PROTOCOLS = {
                        ("ged", "hm_iou", "ncc", "ece"), "none: the conventions below"),
 }
 NAMES = tuple(PROTOCOLS)
+# The datasets on which a protocol scores a published split only with a split manifest: without
+# one, the LIDC pickle is split by the library's own seed, which no paper used.
+NEEDS_MANIFEST = {"phiseg": ("lidc-pickle",)}
+
+
+class UnpublishedSplitWarning(UserWarning):
+    """A published protocol scores a split that no paper used (the LIDC pickle without a split
+    manifest): its numbers are not comparable with the protocol's published tables."""
 
 
 def get(protocol):
@@ -95,6 +109,21 @@ def resolve(protocol, dataset, split, sample_counts, default_counts):
         raise ValueError(f"The protocol's headline sample count {protocol.headline} is not in "
                          f"its sample_counts {list(counts)}.")
     return split if protocol.split is None else protocol.split, counts
+
+
+def warn_if_unpublished(protocol, dataset, data_dir=None, split_manifest=None):
+    """Warn (`UnpublishedSplitWarning`, one line) when `protocol` would score `dataset` without
+    the split manifest that makes its split a published one (`NEEDS_MANIFEST`), saying how to
+    write MoSE's split of the pickle and use it."""
+    if split_manifest is not None or dataset not in NEEDS_MANIFEST.get(protocol.name, ()):
+        return
+    warnings.warn(
+        f"{dataset} without a split manifest is tfprobunet's own seeded split of its CT "
+        f"series, which no paper used: the {protocol.name!r} protocol's numbers are not "
+        "comparable with published tables. For MoSE's published split: `tfprobunet data "
+        f"manifest --dataset {dataset} --split mose --data-dir {data_dir or 'DIR'} --out FILE`, "
+        "then evaluate with --split-manifest FILE (Python: split_manifest=FILE).",
+        UnpublishedSplitWarning, stacklevel=3)
 
 
 def conventions(protocol, sample_counts):

@@ -4,7 +4,7 @@ series or images are in each split)."""
 import argparse
 import json
 
-from tfprobunet.defaults import MANIFEST_DATASETS
+from tfprobunet.defaults import MANIFEST_DATASETS, MANIFEST_SPLITS
 
 
 def add_parsers(commands):
@@ -18,6 +18,13 @@ def add_parsers(commands):
     manifest.add_argument("--data-dir", required=True,
                           help="the data, as for train and evaluate (lidc-pickle: "
                                "data_lidc.pickle or a folder of *.pickle)")
+    manifest.add_argument("--split", choices=MANIFEST_SPLITS, default="seed",
+                          help="seed (default): the library's own split by --seed and "
+                               "--fractions, or the split the data comes with; mose: MoSE's "
+                               "published split of lidc-pickle (gaozhitong/MoSE-AUSeg: "
+                               "sklearn's train_test_split of the sorted series uids, "
+                               "test_size 0.2, random_state 0, for test, then again on the "
+                               "rest for val; 64/16/20 %%), for --protocol phiseg")
     manifest.add_argument("--seed", type=int, default=0,
                           help="shuffles the ids of the datasets split by a seed (lidc-pickle, "
                                "folder without split subfolders); the others come split "
@@ -42,11 +49,14 @@ def _manifest(args):
     from tfprobunet import _io
     from tfprobunet.data import sources
 
-    manifest = sources.make_manifest(args.dataset, args.data_dir, args.seed, args.fractions)
+    manifest = sources.make_manifest(args.dataset, args.data_dir, args.seed, args.fractions,
+                                     split=args.split)
     if args.out is None:
         print(json.dumps(manifest, indent=2))
         return
     _io.write_json(args.out, manifest)
     counts = ", ".join(f"{len(v)} {k}" for k, v in manifest["splits"].items())
-    how = "as found" if manifest["seed"] is None else f"seed {manifest['seed']}"
+    how = ("as found" if manifest["seed"] is None else
+           f"MoSE's split, random_state {manifest['seed']}" if manifest.get("split") == "mose"
+           else f"seed {manifest['seed']}")
     print(f"wrote {args.out}: {counts} ids ({how})")

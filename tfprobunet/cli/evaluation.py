@@ -27,8 +27,9 @@ def add_parsers(commands):
     evaluate.add_argument(
         "--protocol", choices=PROTOCOLS, default="custom",
         help="kohl: the released LIDC crops (--dataset lidc), GED and HM-IoU of 16 samples, as "
-             "the Probabilistic U-Net and HPU-Net papers; phiseg: PHiSeg's 64/16/20 split "
-             "(--dataset lidc-phiseg, or lidc-pickle with --split-manifest), GED and S_NCC of "
+             "the Probabilistic U-Net and HPU-Net papers; phiseg: PHiSeg's 64/16/20 split of "
+             "the CT series (--dataset lidc-phiseg, or lidc-pickle with --split-manifest, e.g. "
+             "MoSE's: tfprobunet data manifest --split mose), GED and S_NCC of "
              "100 samples, as PHiSeg and SSN; custom: the flags given (default). Prints the "
              "table in the protocol's published layout")
     evaluate.add_argument("--split-manifest", metavar="FILE",

@@ -16,7 +16,8 @@
 - `pickle_dataset(path, split)`: the `data_lidc.pickle` of the popular PyTorch port (a dict of
   `{'image': (128, 128) float, 'masks': [4 x (128, 128)], 'series_uid': str}` entries), read
   with the restricted unpickler of `safe_pickle` (nothing but numpy arrays and plain containers,
-  and no more array bytes than the file holds), and split by series (patient scan) with a seed.
+  and no more array bytes than the file holds), and split by CT series (`series_uid`) with a
+  seed, or by a split manifest (MoSE's published split: `split_manifest(path, split="mose")`).
 
 Both yield `(image (s, s, 1) float32 in [0, 1], annotations (4, s, s) int32 in {0, 1})`.
 """
@@ -437,10 +438,12 @@ def split_series(series, split, fractions=SPLIT_FRACTIONS, seed=0):
     return manifests.indices(manifests.split_ids(series, seed, fractions), series, split)
 
 
-def split_manifest(path, seed=0, fractions=SPLIT_FRACTIONS):
+def split_manifest(path, seed=0, fractions=SPLIT_FRACTIONS, split="seed"):
     """The split manifest of the pickle at `path` (see `tfprobunet.data.manifests`): its series
-    shuffled with `seed`, cut by `fractions`, and the file's sha256."""
-    return manifests.make("lidc-pickle", path, pickle_arrays(path)[2], seed, fractions)
+    shuffled with `seed`, cut by `fractions`, or with `split="mose"` MoSE's split of them
+    (`manifests.mose_split`), and the file's sha256."""
+    return manifests.make("lidc-pickle", path, pickle_arrays(path)[2], seed, fractions,
+                          split=split)
 
 
 def pickle_dataset(path, split="train", image_size=None, seed=0, fractions=SPLIT_FRACTIONS,

@@ -9,28 +9,37 @@ A manifest is JSON:
 with the ids of each split, sorted: the series of `lidc-pickle`, the patient folders of `lidc`,
 the uids (decimal) of `lidc-phiseg`, the image file names of `folder`. A split drawn by a seed
 records its seed and shares; a split that comes with the data (the crops' folders, the hdf5's
-groups, a folder's split subfolders) has `"seed": null` and the shares of ids found. Two users
-with the same data and seed get the same manifest; a manifest is only used on the data whose
-sha256 it records (`sha256`). `tfprobunet data manifest --dataset NAME --data-dir D [--seed S]
-[--out FILE]` writes one, and `load(..., split_manifest=FILE)` uses one: on data that comes
-split, the ids of all its splits are pooled and each split takes those the manifest lists.
+groups, a folder's split subfolders) has `"seed": null` and the shares of ids found; MoSE's
+published split of `lidc-pickle` (`mose_split`) has `"split": "mose"` and its `random_state`
+as `"seed"`. Two users with the same data and seed get the same manifest; a manifest is only
+used on the data whose sha256 it records (`sha256`). `tfprobunet data manifest --dataset NAME
+--data-dir D [--seed S | --split mose] [--out FILE]` writes one, and `load(...,
+split_manifest=FILE)` uses one: on data that comes split, the ids of all its splits are pooled
+and each split takes those the manifest lists.
 """
 
 import glob
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
 
-from tfprobunet.defaults import MANIFEST_DATASETS
+from tfprobunet.defaults import MANIFEST_DATASETS, MANIFEST_SPLITS
 
 SPLITS = ("train", "val", "test")
-# The PHiSeg split's shares of the patients (Baumgartner et al. 2019: 60 % of 80 % and so on,
-# 64/16/20), the default of the manifests made here.
+# The PHiSeg split's shares of the CT series (Baumgartner et al. 2019: 20 % test, then 20 % of
+# the rest val: 64/16/20), the default of the manifests made here.
 FRACTIONS = (0.64, 0.16, 0.2)
 # The datasets with patient (series, case) ids, and so with manifests.
 DATASETS = MANIFEST_DATASETS
+# MoSE's split of the LIDC pickle (Gao et al. 2023, gaozhitong/MoSE-AUSeg,
+# data/preprocess/lidc_data_loader.py: PHiSeg's preprocessing with a random_state added):
+# sklearn's train_test_split of np.unique(series_uid) with this test_size and random_state
+# gives test; the same call on the rest gives train and val. By CT series, 64/16/20 %.
+MOSE_TEST_SIZE = 0.2
+MOSE_RANDOM_STATE = 0
 
 
 def data_files(path):
@@ -83,11 +92,67 @@ def split_ids(ids, seed=0, fractions=FRACTIONS):
             for i, split in enumerate(SPLITS)}
 
 
-def make(dataset, path, ids, seed=0, fractions=FRACTIONS, files=None):
+def train_test_split(ids, test_size, random_state):
+    """`(train, test)`: scikit-learn's `train_test_split(ids, test_size=test_size,
+    random_state=random_state)` (a float `test_size`, no `train_size`, no `stratify`), in its
+    order, without scikit-learn. As its `ShuffleSplit`: `n_test = ceil(test_size * n)`, the
+    rest train; `permutation = np.random.RandomState(random_state).permutation(n)` (numpy keeps
+    RandomState's stream fixed across versions); test `ids[permutation[:n_test]]`, train
+    `ids[permutation[n_test:]]`. Raises `ValueError` where sklearn does: `test_size` outside
+    (0, 1), or an empty train set."""
+    ids = np.asarray(ids)
+    if not 0 < test_size < 1:
+        raise ValueError(f"`test_size` must be a share in (0, 1). Received: {test_size!r}")
+    n_test = math.ceil(test_size * len(ids))
+    n_train = len(ids) - n_test
+    if n_train <= 0:
+        raise ValueError(f"{len(ids)} ids split with test_size={test_size}: the train set would "
+                         "be empty.")
+    permutation = np.random.RandomState(random_state).permutation(len(ids))
+    return ids[permutation[n_test:n_test + n_train]], ids[permutation[:n_test]]
+
+
+def mose_split(ids):
+    """`{split: sorted ids}`: MoSE's split of the unique `ids` (the LIDC pickle's series):
+    `train_test_split` of the sorted unique ids with `MOSE_TEST_SIZE` and `MOSE_RANDOM_STATE`
+    gives test, the same call on the rest gives train and val, as MoSE's
+    `data/preprocess/lidc_data_loader.py` does with scikit-learn."""
+    unique = np.unique(np.asarray(ids, str))
+    rest, test = train_test_split(unique, MOSE_TEST_SIZE, MOSE_RANDOM_STATE)
+    train, val = train_test_split(rest, MOSE_TEST_SIZE, MOSE_RANDOM_STATE)
+    return {split: sorted(chosen.tolist()) for split, chosen in zip(SPLITS, (train, val, test))}
+
+
+def check_split(split, dataset):
+    """Refuse a `split` (how a manifest splits) that is not one of `MANIFEST_SPLITS`, or
+    MoSE's split of a dataset other than `lidc-pickle`."""
+    if split not in MANIFEST_SPLITS:
+        raise ValueError(f"`split` must be one of {MANIFEST_SPLITS}. Received: {split!r}")
+    if split == "mose" and dataset != "lidc-pickle":
+        raise ValueError(f"MoSE's split is of lidc-pickle (the PyTorch port's pickle: its "
+                         f"series uids). Received dataset {dataset!r}: make its manifest with "
+                         "the default split, 'seed'.")
+
+
+def make(dataset, path, ids, seed=0, fractions=FRACTIONS, files=None, split="seed"):
     """The manifest of the data at `path` (its `files`, see `sha256`) whose examples have the
-    ids `ids`, split by `seed` and `fractions`."""
-    return {"dataset": dataset, "seed": seed, "fractions": list(fractions),
-            "sha256": sha256(path, files), "splits": split_ids(ids, seed, fractions)}
+    ids `ids`, split by `seed` and `fractions`, or with `split="mose"` by MoSE's split
+    (`mose_split`, `lidc-pickle` only), which fixes both: `seed` must be its random_state
+    (`MOSE_RANDOM_STATE`) and `fractions` its shares (`FRACTIONS`)."""
+    check_split(split, dataset)
+    if split == "seed":
+        return {"dataset": dataset, "seed": seed, "fractions": list(fractions),
+                "sha256": sha256(path, files), "splits": split_ids(ids, seed, fractions)}
+    if seed != MOSE_RANDOM_STATE:
+        raise ValueError(f"MoSE's split is sklearn's train_test_split with random_state "
+                         f"{MOSE_RANDOM_STATE}. Received seed={seed}: leave the seed out.")
+    if tuple(float(f) for f in fractions) != FRACTIONS:
+        raise ValueError(f"MoSE's split takes test_size {MOSE_TEST_SIZE} twice ("
+                         f"{', '.join(f'{f:g}' for f in FRACTIONS)} of the series). Received "
+                         f"fractions={list(fractions)}: leave the fractions out.")
+    return {"dataset": dataset, "split": "mose", "seed": MOSE_RANDOM_STATE,
+            "fractions": list(FRACTIONS), "sha256": sha256(path, files),
+            "splits": mose_split(ids)}
 
 
 def found(dataset, path, ids, files=None):

@@ -1,17 +1,18 @@
 """`lidc-phiseg`: the `data_lidc.hdf5` that PHiSeg's `data/lidc_data_loader.py`
-(baumgach/PHiSeg-code) writes from the PyTorch port's pickle, split 64/16/20 % by patient.
+(baumgach/PHiSeg-code) writes from the PyTorch port's pickle, split 64/16/20 % by CT series (`series_uid`).
 
 Its layout, read from that code (`prepare_data`): one group per split, `train`, `val` and
 `test`, each with
 - `images`: `(n, 128, 128)` float64, the pickle's image minus 0.5;
 - `labels`: `(n, 128, 128, 4)` uint8, the 4 graders' masks on the last axis;
-- `uids`: `(n,)` int64, Python's `hash()` of the series (patient scan) id, so patients can be
-  told apart within one file, but not matched across files.
+- `uids`: `(n,)` int64, Python's `hash()` of the series id (`series_uid`), which changes from
+  one Python process to the next: series can be told apart within one file, but not matched
+  across files nor to the pickle.
 
 Its split comes from `sklearn`'s `train_test_split` without a `random_state`: only those who
 share the file share the split, which is why this reader takes the file as it is, and
 `split_manifest` writes it down (the uids of each group). With a manifest, `dataset` pools the
-three groups and takes the patients the manifest lists. Needs h5py (`pip install
+three groups and takes the series the manifest lists. Needs h5py (`pip install
 "tfprobunet[data]"`; Keras installs it too).
 """
 

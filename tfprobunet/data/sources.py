@@ -154,7 +154,8 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
         raise ValueError(f"Dataset {name!r} is read from files: pass `data_dir` (CLI: "
                          "--data-dir).")
     if name == "lidc":
-        # As in the paper: random crops of the 180x180 tiles for training, center crops else.
+        # Random crops of the 180x180 tiles for training (this library's choice: the paper gives
+        # none; DeepMind's notebook and CCDM take the central crop), center crops else.
         source = Source(lidc.crops(data_dir, split, image_size or 128,
                                    random_crop=split == "train", seed=seed,
                                    split_manifest=split_manifest), 2, None, None)
@@ -178,15 +179,18 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
     return source
 
 
-def make_manifest(name, data_dir, seed=0, fractions=None):
+def make_manifest(name, data_dir, seed=0, fractions=None, split="seed"):
     """The split manifest of dataset `name` (one of `manifests.DATASETS`) at `data_dir`.
 
     `"lidc-pickle"`, and `"folder"` without split subfolders, are split by `seed` and
     `fractions` (default: theirs, 64/16/20 % and 80/10/10 %); `"lidc"`, `"lidc-phiseg"` and
     `"folder"` with subfolders come split, and their manifest records that split (`"seed":
-    None`; `seed` and `fractions` unused).
+    None`; `seed` and `fractions` unused). `split="mose"` (`"lidc-pickle"` only) writes MoSE's
+    published split of its series instead (`manifests.mose_split`: `"split": "mose"`, its
+    random_state 0 as `"seed"`), refusing another `seed` or `fractions`.
     """
     _check_has_manifests(name)
+    manifests.check_split(split, name)
     if name == "lidc":
         return lidc.crops_manifest(data_dir)
     if name == "lidc-phiseg":
@@ -195,7 +199,7 @@ def make_manifest(name, data_dir, seed=0, fractions=None):
         return folders.split_manifest(os.path.join(data_dir, "images"),
                                       os.path.join(data_dir, "masks"), seed,
                                       fractions or folders.FRACTIONS)
-    return lidc.split_manifest(data_dir, seed, fractions or lidc.SPLIT_FRACTIONS)
+    return lidc.split_manifest(data_dir, seed, fractions or lidc.SPLIT_FRACTIONS, split=split)
 
 
 def _check_has_manifests(name, received=""):
