@@ -15,6 +15,10 @@ The checks (after keras-hub's `TestCase`: `run_serialization_test`, `run_model_s
 - `MirroredStrategy` over conftest's two logical CPUs: one step gives the one-device loss and
   weights (models whose training step draws no noise) or, for the others, a finite loss that
   moves every variable;
+- GECO (`tfprobunet.geco`, for models given `geco_kwargs`): under `MirroredStrategy`, the moving
+  average after three steps is the one of the logged global-batch reconstructions (every GECO
+  model, noise or not); and, when the training step draws no noise, the three steps give one
+  device's weights, Lagrange multiplier and moving average;
 - `sample`: shapes `(b, m, h, w, K)`; seeds pin the draws (random models), or sample i is
   output i mod M whatever the seed (an ensemble's members, M heads);
 - `export_for_serving` + `serving.Servable`: `serving_default` gives what `sample` gives for
@@ -39,10 +43,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfprobunet import evaluation, saving, training
+from tfprobunet import evaluation, geco, saving, training
 
 # The options of `run_model_test`: `ModelTest`'s attributes of these names hold their defaults.
-OPTIONS = ("input_shape", "outputs", "deterministic_training", "signatures")
+OPTIONS = ("input_shape", "outputs", "deterministic_training", "signatures", "geco_kwargs")
+# Optimizer steps of the GECO checks: the moving average and the multiplier carry state from one
+# step to the next, so one step would not show an average taken over the wrong batch.
+GECO_STEPS = 3
 
 
 def saved_arrays(path, part="model"):
@@ -78,10 +85,15 @@ class ModelTest:
     # None: samples are random draws that a seed pins; M: sample i is the model's output i mod
     # M, whatever the seed (an ensemble's members, M heads).
     outputs = None
-    # The training step draws no noise, so under MirroredStrategy it equals one device's.
+    # The training step draws no noise, so under MirroredStrategy it equals one device's (for
+    # `init_kwargs`, and for the GECO configuration when `geco_kwargs` is given).
     deterministic_training = True
     # The signatures `export_for_serving` writes for the model.
     signatures = ("serving_default",)
+    # None: the model has no GECO. A dict: the constructor arguments that, added to
+    # `init_kwargs`, switch GECO on (`{}` when `init_kwargs` already do); `GECOModelTest`'s
+    # checks then run on that configuration.
+    geco_kwargs = None
 
     def make(self):
         """A new model, built for `input_shape`."""
@@ -198,6 +210,8 @@ class ModelTest:
             model = self.make()
             model.set_weights(initial)
             model.compile(optimizer=self.optimizer())
+        assert getattr(model, "geco", None) is None or self.geco_kwargs is not None, (
+            "The model has GECO: pass geco_kwargs={} to run_model_test for the GECO checks.")
         before = [v.numpy() for v in model.trainable_variables]
         replicated = self.fit_step(model)
         assert set(replicated) == set(single)
@@ -276,6 +290,89 @@ class ModelTest:
         assert all(np.isfinite(report["ged"][k]["mean"]) for k in ("1", "4"))
 
 
+class GECOModelTest(ModelTest):
+    """`ModelTest` and the checks of GECO's state under `MirroredStrategy`: its moving average
+    and Lagrange multiplier (`model.geco`, a `tfprobunet.geco.GECO`) are updated in replica
+    context from values all-reduced over the global batch (`geco.global_mean`)."""
+
+    def make_geco(self):
+        """A new model with GECO (`init_kwargs` and `geco_kwargs`), built."""
+        model = self.model_class(**{**self.init_kwargs, **self.geco_kwargs})
+        model.build((None, *self.input_shape[1:]))
+        assert isinstance(getattr(model, "geco", None), geco.GECO), (
+            f"geco_kwargs={self.geco_kwargs} give {self.model_class.__name__} no `geco` layer")
+        return model
+
+    def geco_optimizer(self):
+        # Smaller steps than `optimizer`'s 0.05, with which the HPU-Net's summed losses
+        # (hundreds of nats) reach NaN within three steps.
+        return keras.optimizers.SGD(1e-4, momentum=0.9)
+
+    def geco_steps(self, model):
+        """`GECO_STEPS` `fit` calls of one step each, on other batches of 4: each step's logs,
+        checked finite (NaN would equal NaN below)."""
+        logs = [self.fit_step(model, seed=10 + step) for step in range(GECO_STEPS)]
+        assert all(np.isfinite(v[0]) for step in logs for v in step.values()), logs
+        return logs
+
+    @pytest.fixture(scope="class")
+    def geco_mirrored(self):
+        """`(model, its weights before, each step's logs)` of the GECO steps under
+        `MirroredStrategy`, which both checks read."""
+        strategy = training.make_strategy("mirrored")
+        assert strategy.num_replicas_in_sync == 2, "conftest configures 2 logical CPU devices"
+        keras.utils.set_random_seed(1234)
+        with strategy.scope():
+            model = self.make_geco()
+            model.compile(optimizer=self.geco_optimizer())
+        initial = model.get_weights()
+        return model, initial, self.geco_steps(model)
+
+    def test_mirrored_geco_average_is_over_the_global_batch(self, geco_mirrored):
+        """Noise or not: each replica's average must move by the global batch's mean, the one
+        the trackers log, not by its own half of the batch."""
+        model, _, logs = geco_mirrored
+        expected = None
+        for step in logs:
+            value = step["reconstruction"][0]
+            expected = value if expected is None else (
+                model.geco.decay * expected + (1 - model.geco.decay) * value)
+        # Relative: a summed reconstruction is hundreds of nats.
+        np.testing.assert_allclose(model.geco.average.numpy(), expected, rtol=1e-5,
+                                   err_msg="GECO's moving average is not the global batch's")
+        assert model.geco.initialized.numpy() == 1.0
+        assert np.isfinite(model.geco.lagrange_multiplier().numpy())
+
+
+
+class DeterministicGECOModelTest(GECOModelTest):
+    """`GECOModelTest` for a GECO configuration whose training step draws no noise: the
+    mirrored steps must also give one device's weights, multiplier and average. (A model whose
+    training draws noise cannot: the HPU-Net samples its posterior latents and mines pixels by
+    Gumbel top-k in every step; there the average's check above is what runs.)"""
+
+    def test_mirrored_geco_steps_equal_one_device(self, geco_mirrored):
+        model, initial, replicated = geco_mirrored
+        single_model = self.make_geco()
+        single_model.set_weights(initial)
+        single_model.compile(optimizer=self.geco_optimizer())
+        single = self.geco_steps(single_model)
+        for step, (a, b) in enumerate(zip(single, replicated)):
+            assert set(b) == set(a)
+            for key in a:
+                assert b[key][0] == pytest.approx(a[key][0], rel=1e-4), (step, key)
+        multiplier = single_model.geco.lagrange_multiplier().numpy()
+        assert abs(multiplier - geco.GECO_INITIAL_LAMBDA) > 1e-3, (
+            f"lambda hardly moved ({multiplier}): geco_kwargs should make it move")
+        np.testing.assert_allclose(model.geco.lagrange_multiplier().numpy(), multiplier,
+                                   atol=1e-5, rtol=0, err_msg="GECO's Lagrange multiplier")
+        np.testing.assert_allclose(model.geco.average.numpy(),
+                                   single_model.geco.average.numpy(), atol=1e-5, rtol=1e-5,
+                                   err_msg="GECO's moving average")
+        for a, b in zip(single_model.weights, model.weights):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5, rtol=0, err_msg=a.path)
+
+
 def run_model_test(cls, init_kwargs, **options):
     """The harness's tests for `cls(**init_kwargs)`, as a test class: bind it to a name that
     starts with `Test` in a test module, and pytest collects each check as a test.
@@ -285,11 +382,18 @@ def run_model_test(cls, init_kwargs, **options):
         init_kwargs: small constructor arguments (e.g. `num_channels=[4, 8, 8]`,
             `convs_per_block=1`); values other than the defaults check `get_config` better.
         **options: the `OPTIONS` (`input_shape`, `outputs`, `deterministic_training`,
-            `signatures`; `ModelTest` says what they mean), where the model differs from
-            their defaults.
+            `signatures`, `geco_kwargs`; `ModelTest` says what they mean), where the model
+            differs from their defaults. With `geco_kwargs`, the class is a `GECOModelTest`
+            (`DeterministicGECOModelTest` when training draws no noise).
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(f"Unknown options {unknown}: run_model_test takes {sorted(OPTIONS)}.")
-    return type(f"Test{cls.__name__}", (ModelTest,),
+    if options.get("geco_kwargs") is None:
+        base = ModelTest
+    elif options.get("deterministic_training", ModelTest.deterministic_training):
+        base = DeterministicGECOModelTest
+    else:
+        base = GECOModelTest
+    return type(f"Test{cls.__name__}", (base,),
                 dict(model_class=cls, init_kwargs=dict(init_kwargs), **options))

@@ -24,7 +24,7 @@ TestHierarchicalProbabilisticUNet = run_model_test(
     HierarchicalProbabilisticUNet,
     dict(TINY, top_k_fraction=0.5, top_k_mode="deterministic", geco_target=0.1, geco_rate=0.05,
          beta=0.5, weight_decay=0.0, seed=3, ged_samples=4, ged_classes=[1, 2]),
-    input_shape=(2, 16, 16, 2), deterministic_training=False)
+    input_shape=(2, 16, 16, 2), deterministic_training=False, geco_kwargs={})
 
 
 def tiny_hpunet(**kwargs):
@@ -267,3 +267,33 @@ def test_train_command_trains_an_hpunet(tmp_path):
     assert isinstance(model, HierarchicalProbabilisticUNet)
     assert model.latent_dims == (2, 1) and model.top_k_fraction == 0.1
     assert model.blocks_per_level == 1 and float(model.geco.initialized) == 1.0
+
+
+def test_global_latent_channels_reach_one_pixel_and_the_model_puts_its_coarsest_latent_there():
+    """The comparisons' HPU-Net: the recipe's channels continued to 1x1 (32 -> 16 -> 8 -> 4 ->
+    2 -> 1 is 6 levels), its latents at 1x1, 2x2, 4x4 and 8x8 as the reference's at 128x128,
+    read back from the shapes of the built model's prior parameters."""
+    from tfprobunet.models import hpunet
+
+    assert hpunet.global_latent_channels([16, 32, 64], 32) == [16, 32, 64, 64, 64, 64]
+    assert hpunet.global_latent_channels([16, 32, 64], 64) == [16, 32, 64, 64, 64, 64, 64]
+    assert hpunet.global_latent_channels([4, 8], 4) == [4, 8, 8]
+    # The reference: 8 levels reach 1x1 at 128x128 and need nothing added.
+    reference = [24, 48, 96, 192, 192, 192, 192, 192]
+    assert hpunet.global_latent_channels(reference, 128) == reference
+    assert hpunet.latent_resolutions(reference, 128) == [1, 2, 4, 8]
+    assert hpunet.latent_resolutions([16, 32, 64], 32) == [8, 16]
+    for size in (48, 1):
+        with pytest.raises(ValueError, match="power of two"):
+            hpunet.global_latent_channels([16, 32, 64], size)
+    with pytest.raises(ValueError, match="below 1x1"):
+        hpunet.global_latent_channels([4, 8, 8, 8], 4)
+
+    channels = hpunet.global_latent_channels([4, 8], 16)
+    model = tiny_hpunet(num_channels=channels, latent_dims=None)
+    images, segmentations = batch(size=16)
+    parameters = model.distributions(images, segmentations)["prior"]
+    sides = [loc.shape[1:3] for loc, _ in parameters]
+    assert [tuple(side) for side in sides] == [(s, s) for s in
+                                              hpunet.latent_resolutions(channels, 16)]
+    assert tuple(sides[0]) == (1, 1)

@@ -25,6 +25,35 @@ def default_latent_dims(num_channels):
     return (1,) * min(REFERENCE_LATENT_LEVELS, len(num_channels) - 1)
 
 
+def global_latent_channels(num_channels, image_size):
+    """`num_channels` continued with its last value until the coarsest level is 1x1 for images
+    of side `image_size`, so that the coarsest latent is global, as the reference's is: its 8
+    levels reach 1x1 at LIDC's 128x128 (its last 192 repeated, model.py:315-322) and its
+    latents sit at 1x1, 2x2, 4x4 and 8x8. A recipe's shorter U-Net (the `cpu` preset's 3
+    levels) leaves the coarsest latent at `image_size / 4`: per-pixel only.
+
+    Example: `global_latent_channels([16, 32, 64], 32)` is `[16, 32, 64, 64, 64, 64]`
+    (32, 16, 8, 4, 2, 1), whose default latents are at 1x1, 2x2, 4x4 and 8x8.
+    """
+    num_channels = list(num_channels)
+    levels = int(image_size).bit_length()  # 1 + log2 of a power of two
+    if image_size < 2 or image_size & (image_size - 1):
+        raise ValueError("`image_size` must be a power of two for the U-Net to reach 1x1. "
+                         f"Received: image_size={image_size}")
+    if len(num_channels) > levels:
+        raise ValueError(f"{len(num_channels)} levels go below 1x1 at {image_size}x{image_size} "
+                         f"(at most {levels}). Received: num_channels={num_channels}")
+    return num_channels + num_channels[-1:] * (levels - len(num_channels))
+
+
+def latent_resolutions(num_channels, image_size, latent_dims=None):
+    """The side of each latent level, coarse to fine, for images of side `image_size`: the
+    coarsest decoder levels, `image_size / 2**(len(num_channels) - 1)` first."""
+    latent_dims = default_latent_dims(num_channels) if latent_dims is None else latent_dims
+    coarsest = image_size // 2 ** (len(num_channels) - 1)
+    return [coarsest * 2 ** level for level in range(len(latent_dims))]
+
+
 @keras.saving.register_keras_serializable(package="tfprobunet")
 class HierarchicalProbabilisticUNet(SegmentationSampler):
     """The Hierarchical Probabilistic U-Net (HPU-Net): a U-Net of pre-activated residual blocks
@@ -244,7 +273,12 @@ class HierarchicalProbabilisticUNet(SegmentationSampler):
 
     def reconstruct(self, images, segmentations, use_posterior_mean=True, seed=None):
         """Logits `(b, h, w, K)` of the prior net run with the posterior's latents (its means,
-        or a draw) injected, as training decodes them."""
+        or a draw) injected, as training decodes them (training draws).
+
+        The default, `use_posterior_mean=True`, is this library's convention for every
+        model's `reconstruct` (deterministic, for tests and figures); the reference's
+        `reconstruct(seg, img, mean=False)` draws from the posterior by default (model.py:448-463):
+        pass `use_posterior_mean=False` for its behaviour."""
         images, segmentations = self._check_pair(images, segmentations)
         _, prior = self._posterior_and_prior(images, segmentations, seed,
                                              use_posterior_mean=use_posterior_mean)
