@@ -23,6 +23,7 @@ from them.
 """
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 
 import tfprobunet  # noqa: E402
 from tfprobunet import comparison, data, metrics  # noqa: E402
+from tfprobunet.models import hpunet  # noqa: E402
 from train_step import cpu  # noqa: E402
 
 IMAGE_SIZES = {"flips": 32, "graders": 64}
@@ -65,6 +67,30 @@ def most_probable_modes_ged(image_size, num_images, sample_counts):
     return tuple({str(k): round(float(np.mean(ged)), 4)
                   for (k, self_pairs), ged in values.items() if self_pairs == wanted}
                  for wanted in (True, False))
+
+
+def hpunet_channels(image_size):
+    """The HPU-Net's U-Net in the comparisons: the recipe's channels continued until the
+    coarsest level is 1x1, so that its coarsest latent is global as the reference's is
+    (`hpunet.global_latent_channels`); the recipe's 3 levels alone leave it at 8x8 (*flips*)."""
+    return hpunet.global_latent_channels(tfprobunet.models.preset("cpu")["num_channels"],
+                                         image_size)
+
+
+def latents(name, settings, image_size):
+    """Where a compared model's samples get their randomness, for the pages to state."""
+    if name == "hpunet":
+        sides = hpunet.latent_resolutions(settings["num_channels"], image_size)
+        return ("latents of 1 channel per pixel at " + ", ".join(f"{s}x{s}" for s in sides)
+                + f" ({sides[0]}x{sides[0]} the coarsest)")
+    if name in ("probunet", "i2ivae"):
+        return f"one global latent of {settings['latent_dim']} dimensions (1x1)"
+    if name == "ssn":
+        rank = settings.get("rank", inspect.signature(
+            tfprobunet.models.StochasticSegmentationNetwork).parameters["rank"].default)
+        return f"no latent: a normal over all logits, covariance of rank {rank} + diagonal"
+    return {"dropout": "no latent: dropout masks", "ensemble": "no latent: its members",
+            "mheads": "no latent: its heads"}.get(name, "not recorded")
 
 
 def main():
@@ -96,7 +122,8 @@ def main():
         print(json.dumps(publish_runs(os.path.join(args.out, args.dataset), args.publish)))
         return
     start = time.monotonic()
-    overrides = {"ensemble": {"num_members": args.members}}
+    overrides = {"ensemble": {"num_members": args.members},
+                 "hpunet": {"num_channels": hpunet_channels(IMAGE_SIZES[args.dataset])}}
     if args.warmup_steps is not None:
         overrides["probunet"] = {"beta_warmup_steps": args.warmup_steps}
     for name in args.models.split(","):
@@ -111,6 +138,10 @@ def main():
         "dataset": args.dataset, "image_size": IMAGE_SIZES[args.dataset], "steps": args.steps,
         "seeds": results["seeds"], "recipe": results["recipe"],
         "models": list(results["models"]), "ensemble_members": args.members,
+        "hpunet_num_channels": hpunet_channels(IMAGE_SIZES[args.dataset]),
+        "latents": {name: latents(name, comparison.recipe_settings(
+            results["recipe"], name, **overrides.get(name, {})), IMAGE_SIZES[args.dataset])
+            for name in results["models"]},
         "mixed_precision": args.mixed_precision,
         "probunet_warmup_steps": args.warmup_steps,
         "test_images": results["num_test_images"],

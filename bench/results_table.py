@@ -11,6 +11,10 @@ follows), the same for the unbiased GED (self-pairs left out, from 2 samples), a
 they apply, the mode r and the modes found (*flips*), the Wilcoxon test of the Probabilistic
 U-Net against each model at the largest count and the fraction of empty samples (binary
 tasks). The line before the table names the JSON, as the test expects.
+
+`--write` also rewrites the page's sentences that order or compare models, each between a
+`<!-- prose: BLOCK -->` and an `<!-- end prose -->` line, from the same JSON
+(`bench/results_prose.py`; `tests/test_results_prose.py` checks them and the others).
 """
 
 import json
@@ -20,6 +24,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tfprobunet.plots import MODEL_LABELS  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results_prose  # noqa: E402
 
 FIXED_SET = "the 16 most probable modes as a fixed set"
 
@@ -88,7 +95,8 @@ PAGE = "README.md"  # the page of a comparison, in its folder
 
 def write(folder):
     """Replace the table that follows the folder's marker line in its page (the marker and
-    the table's rows, up to the first line that is not a row) by `table(folder)`."""
+    the table's rows, up to the first line that is not a row) by `table(folder)`, and its
+    prose blocks by `results_prose.write_blocks`."""
     page = os.path.join(folder, PAGE)
     with open(page) as f:
         lines = f.read().split("\n")
@@ -99,13 +107,72 @@ def write(folder):
         end += 1
     lines[start:end] = table(folder).split("\n")
     with open(page, "w") as f:
-        f.write("\n".join(lines))
+        f.write(results_prose.write_blocks("\n".join(lines), folder))
     return page
+
+
+def _best(rows, key, higher):
+    """The rows with the best value of `key` (ties all kept) and that value."""
+    values = [row[key] for row in rows if key in row]
+    best = max(values) if higher else min(values)
+    return [row["method"] for row in rows if row.get(key) == best], best
+
+
+def published(path):
+    """The published numbers of `path` (`docs/results/lidc.json`) as the page's Markdown: per
+    data block its title, the protocol that follows it, a table with each cell's source, the
+    best value of each column (ties named) and the caveats. Nothing in it is typed twice."""
+    with open(path) as f:
+        numbers = json.load(f)
+    columns, sources = numbers["columns"], numbers["sources"]
+    lines = [f"<!-- published: {path} -->"]
+    for block in numbers["blocks"]:
+        keys = [k for k in columns if any(k in row for row in block["rows"])]
+        lines += ["", f"**{block['title']}.** In this library: {block['protocol']}.", "",
+                  "| method | " + " | ".join(columns[k] for k in keys) + " | source |",
+                  "|" + "---|" * (len(keys) + 2)]
+        for row in block["rows"]:
+            cells = [f"{row[k]:.3f}" if k in row else "" for k in keys]
+            lines.append(f"| {row['method']} | " + " | ".join(cells) +
+                         f" | {sources[row['source']]['short']} |")
+        best = []
+        for key in keys:
+            methods, value = _best(block["rows"], key, higher="↑" in columns[key])
+            best.append(f"{columns[key][:-2]} {' and '.join(methods)} ({value:.3f})")
+        lines += ["", "Best published value of each column in this block: " + "; ".join(best)
+                  + "."]
+        lines += [f"- {method}: {text}." for method, text in block["caveats"].items()]
+    lines += ["", "Where the cells were read:"]
+    lines += [f"- {source['short']}: {source['cite']}; {source['read']}."
+              for source in sources.values()]
+    lines.append("<!-- end published -->")
+    return "\n".join(lines)
+
+
+def write_published(path, page):
+    """Replace the block between `<!-- published: path -->` and `<!-- end published -->` in
+    `page` by `published(path)`."""
+    with open(page) as f:
+        text = f.read()
+    start = text.index(f"<!-- published: {path} -->")
+    end = text.index("<!-- end published -->", start) + len("<!-- end published -->")
+    with open(page, "w") as f:
+        f.write(text[:start] + published(path) + text[end:])
+    return page
+
+
+PUBLISHED = {"docs/results/lidc.json": "docs/results/lidc.md"}  # numbers -> their page
 
 
 if __name__ == "__main__":
     folder = sys.argv[1].rstrip("/")
-    if sys.argv[2:] == ["--write"]:
+    if folder in PUBLISHED:
+        if sys.argv[2:] == ["--write"]:
+            print(f"wrote the numbers of {folder} into "
+                  f"{write_published(folder, PUBLISHED[folder])}")
+        else:
+            print(published(folder))
+    elif sys.argv[2:] == ["--write"]:
         print(f"wrote the table of {folder}/results.json into {write(folder)}")
     elif sys.argv[2:]:
         sys.exit("usage: python bench/results_table.py docs/results/NAME [--write]")

@@ -9,10 +9,9 @@ import json
 import os
 import re
 
-import importlib.util
-
 import pytest
 
+from fixtures import bench_module
 from tfprobunet.plots import MODEL_LABELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,11 +91,7 @@ TABLES = list(_tables())
 
 
 def _results_table():
-    spec = importlib.util.spec_from_file_location(
-        "results_table", os.path.join(ROOT, "bench", "results_table.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("results_table")
 
 
 def test_every_committed_results_json_has_a_table_on_its_page():

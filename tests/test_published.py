@@ -3,12 +3,13 @@ every cell has a source a reader can open, the page's block is what `bench/resul
 writes from the JSON, and the page's "best published value" sentence names the best cell of
 each column, worked out here from the JSON on its own."""
 
-import importlib.util
 import json
 import os
 import re
 
 import pytest
+
+from fixtures import bench_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUMBERS = "docs/results/lidc.json"
@@ -16,11 +17,7 @@ PAGE = "docs/results/lidc.md"
 
 
 def _results_table():
-    spec = importlib.util.spec_from_file_location(
-        "results_table", os.path.join(ROOT, "bench", "results_table.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("results_table")
 
 
 def _load():
