@@ -13,6 +13,11 @@ members (16 U-Nets cost 16 steps each; at 4, 8 and 16 samples its samples cycle 
     python bench/compare.py --dataset graders --steps 1500 --warmup-steps 500 --seeds 0,1,2 \
         --publish docs/results/graders
 
+The HPU-Net's U-Net continues the recipe's channels down to a 1x1 level (`--hpunet-levels
+global`, the default), so that its coarsest latent is global as its reference's;
+`--hpunet-levels recipe` trains it on the recipe's 3 levels, as the comparisons published
+before the option did.
+
 `--publish DIR` copies what the results pages quote into DIR: `results.json` and the figures of
 `compare`, this script's JSON (`bench.json`), and each run's record and evaluation report
 (`runs/<model>-seed<seed>/`), with which `compare` reuses the run instead of training it again
@@ -69,12 +74,18 @@ def most_probable_modes_ged(image_size, num_images, sample_counts):
                  for wanted in (True, False))
 
 
-def hpunet_channels(image_size):
-    """The HPU-Net's U-Net in the comparisons: the recipe's channels continued until the
-    coarsest level is 1x1, so that its coarsest latent is global as the reference's is
-    (`hpunet.global_latent_channels`); the recipe's 3 levels alone leave it at 8x8 (*flips*)."""
-    return hpunet.global_latent_channels(tfprobunet.models.preset("cpu")["num_channels"],
-                                         image_size)
+HPUNET_LEVELS = ("global", "recipe")
+
+
+def hpunet_channels(levels, image_size):
+    """The HPU-Net's U-Net in the comparisons. `"global"`: the recipe's channels continued
+    until the coarsest level is 1x1, so that its coarsest latent is global as the reference's
+    is (`hpunet.global_latent_channels`); `"recipe"`: the recipe's 3 levels, which leave its
+    coarsest latent at a quarter of the image side (8x8 on *flips*), as the comparisons
+    published before this option trained it."""
+    channels = tfprobunet.models.preset("cpu")["num_channels"]
+    return hpunet.global_latent_channels(channels, image_size) if levels == "global" \
+        else channels
 
 
 def latents(name, settings, image_size):
@@ -103,6 +114,11 @@ def main():
                              "paper's five; the successors hpunet and ssn join with "
                              "probunet,...,hpunet,ssn)")
     parser.add_argument("--members", type=int, default=4, help="U-Net Ensemble members")
+    parser.add_argument("--hpunet-levels", choices=HPUNET_LEVELS, default="global",
+                        help="the HPU-Net's U-Net: global (default), the recipe's channels "
+                             "continued to a 1x1 level, so that its coarsest latent is global "
+                             "as its reference's; recipe, the recipe's 3 levels (no global "
+                             "latent)")
     parser.add_argument("--warmup-steps", type=int,
                         help="the Probabilistic U-Net's KL warm-up (default: the recipe's, 2000 "
                              "steps, for runs of about 6000)")
@@ -123,7 +139,8 @@ def main():
         return
     start = time.monotonic()
     overrides = {"ensemble": {"num_members": args.members},
-                 "hpunet": {"num_channels": hpunet_channels(IMAGE_SIZES[args.dataset])}}
+                 "hpunet": {"num_channels": hpunet_channels(args.hpunet_levels,
+                                                            IMAGE_SIZES[args.dataset])}}
     if args.warmup_steps is not None:
         overrides["probunet"] = {"beta_warmup_steps": args.warmup_steps}
     for name in args.models.split(","):
@@ -138,7 +155,7 @@ def main():
         "dataset": args.dataset, "image_size": IMAGE_SIZES[args.dataset], "steps": args.steps,
         "seeds": results["seeds"], "recipe": results["recipe"],
         "models": list(results["models"]), "ensemble_members": args.members,
-        "hpunet_num_channels": hpunet_channels(IMAGE_SIZES[args.dataset]),
+        "hpunet_num_channels": overrides["hpunet"]["num_channels"],
         "latents": {name: latents(name, comparison.recipe_settings(
             results["recipe"], name, **overrides.get(name, {})), IMAGE_SIZES[args.dataset])
             for name in results["models"]},

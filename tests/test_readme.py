@@ -579,6 +579,11 @@ def test_the_results_commands_are_the_ones_that_wrote_the_json(key, monkeypatch,
     assert kwargs["model_overrides"]["ensemble"]["num_members"] == bench["ensemble_members"]
     warmup = kwargs["model_overrides"].get("probunet", {}).get("beta_warmup_steps")
     assert warmup == bench["probunet_warmup_steps"]
+    # Comparisons published before `--hpunet-levels` trained the HPU-Net on the recipe's U-Net.
+    if "hpunet" in kwargs["models"]:
+        recipe = tfprobunet.models.preset("cpu")["num_channels"]
+        assert kwargs["model_overrides"]["hpunet"].get("num_channels", recipe) == \
+            bench.get("hpunet_num_channels", recipe)
     # Comparisons published before `--mixed-precision` were trained in float32.
     assert {kwargs["model_overrides"][name]["mixed_precision"] for name in kwargs["models"]} \
         == {bench.get("mixed_precision", "float32")}
