@@ -12,6 +12,8 @@ Blocks (a page uses those that fit it; the text goes at the open marker's indent
     successors   the models after the paper (HPU-Net, SSN): modes, GED, unbiased GED or empty
                  samples, against the reference and the baselines; the lowest model per count
     hpunet-unet  the HPU-Net's U-Net and latent levels here, against its reference's
+    hpunet-before  the HPU-Net with a global latent against its runs on the recipe's U-Net
+                 (`BEFORE`; nothing until the comparison's runs record another U-Net)
     latents      where each model's samples get their randomness (`bench.json`'s `latents`;
                  nothing for runs that do not record it)
 """
@@ -373,6 +375,53 @@ def hpunet_unet(c):
             f"{_join(f'{s}x{s}' for s in ref_sides)}.")
 
 
+# The HPU-Net's runs of a comparison published before it had a global latent (its results.json
+# entry then), beside the page: `hpunet_before` sets the runs with a global latent beside them.
+BEFORE = "hpunet_recipe_levels.json"
+
+
+def _sides(channels, size):
+    return _join(f"{s}x{s}" for s in hpunet.latent_resolutions(channels, size))
+
+
+def hpunet_before(c):
+    """The HPU-Net with a global latent against its runs on the recipe's U-Net (`BEFORE`):
+    GED at the largest count on the mean and seed by seed, and mode r and modes found (*flips*)
+    or empty samples (binary tasks); nothing until the comparison's runs record a U-Net
+    (`hpunet_num_channels`) other than those runs'."""
+    path = os.path.join(c.folder, BEFORE)
+    channels = c.bench.get("hpunet_num_channels")
+    if "hpunet" not in c.models or not os.path.exists(path) or channels is None:
+        return ""
+    with open(path) as f:
+        before = json.load(f)
+    if channels == before["num_channels"]:
+        return ""
+    assert before["seeds"] == c.results["seeds"], (before["seeds"], c.results["seeds"])
+    old, new, k = before["hpunet"], c.results["models"]["hpunet"], c.last
+    size = before["image_size"]
+    lower = sum(a < b for a, b in zip(new["ged"][k]["seeds"], old["ged"][k]["seeds"]))
+    mean_lower = new["ged"][k]["mean"] < old["ged"][k]["mean"]
+    mean_equal = new["ged"][k]["mean"] == old["ged"][k]["mean"]
+    said = [f"its GED({k}) is {new['ged'][k]['mean']:.3f} against {old['ged'][k]['mean']:.3f}, "
+            f"{'equal' if mean_equal else 'lower' if mean_lower else 'higher'} on the mean and "
+            "lower "
+            f"{on_seeds(lower, c.num_seeds)}"]
+    if "pearson_r" in new:
+        said.append(f"mode r {new['pearson_r']['mean']:.2f} against "
+                    f"{old['pearson_r']['mean']:.2f}, modes found "
+                    f"{', '.join(str(int(v)) for v in new['modes_found']['seeds'])} against "
+                    f"{', '.join(str(int(v)) for v in old['modes_found']['seeds'])}")
+    if "empty_fraction_samples" in new:
+        said.append(f"{100 * new['empty_fraction_samples']['mean']:.0f} % of its samples are "
+                    f"empty against {100 * old['empty_fraction_samples']['mean']:.0f} % (the "
+                    f"graders' {100 * c.results['empty_fraction_graders']:.0f} %)")
+    return (f"**The global latent.** With latents at {_sides(channels, size)}, against its runs "
+            f"on the recipe's {_word(len(before['num_channels']))} levels (latents at "
+            f"{_sides(before['num_channels'], size)}; published before, their results in "
+            f"[{BEFORE}]({BEFORE})): " + "; ".join(said) + ".")
+
+
 def latents(c):
     if "latents" not in c.bench:
         return ""
@@ -383,7 +432,7 @@ def latents(c):
 
 
 GENERATORS = {"ged": ged, "wilcoxon": wilcoxon, "successors": successors,
-              "hpunet-unet": hpunet_unet, "latents": latents}
+              "hpunet-unet": hpunet_unet, "hpunet-before": hpunet_before, "latents": latents}
 # A wrapped line must not begin with what would start a list, a quote, a heading or a table.
 _MARKUP_START = re.compile(r"^([-+*>#|]|\d+[.)])(\s|$)")
 

@@ -518,3 +518,26 @@ def test_the_coverage_check_flags_what_no_claim_covers():
     text = _flat('M-Heads is lower on two seeds of three. The paper: "it beats all".')
     assert [word for word, _ in uncovered(text, [])] == ["lower", "two seeds of three"]
     assert uncovered(text, ["M-Heads is lower on two seeds of three"]) == []
+
+
+def test_the_global_latent_sentence_sets_the_runs_beside_the_earlier_ones(tmp_path):
+    """Hand-worked: the HPU-Net at 64x64 with 7 levels (latents 1x1 to 8x8) against its runs
+    on 3 levels (16x16, 32x32): GED(4) lower on the mean and on two seeds of three, empty
+    samples 30 % against 18 %; nothing while the runs record no other U-Net."""
+    c = _comparison(tmp_path, {"probunet": [0.2, 0.2, 0.2], "hpunet": [0.18, 0.21, 0.15]})
+    c.results["empty_fraction_graders"] = 0.39
+    c.results["models"]["hpunet"]["empty_fraction_samples"] = {"mean": 0.30}
+    prose = _prose_module()
+    assert prose.hpunet_before(c) == ""  # no BEFORE file
+    before = {"num_channels": [16, 32, 64], "image_size": 64, "seeds": [0, 1, 2],
+              "hpunet": {"ged": {"4": {"mean": 0.19, "seeds": [0.2, 0.2, 0.17]}},
+                         "empty_fraction_samples": {"mean": 0.18}}}
+    (tmp_path / prose.BEFORE).write_text(json.dumps(before))
+    assert prose.hpunet_before(c) == ""  # bench.json records no U-Net: the same runs
+    c.bench["hpunet_num_channels"] = [16, 32, 64, 64, 64, 64, 64]
+    assert prose.hpunet_before(c) == (
+        "**The global latent.** With latents at 1x1, 2x2, 4x4 and 8x8, against its runs on the "
+        "recipe's three levels (latents at 16x16 and 32x32; published before, their results in "
+        "[hpunet_recipe_levels.json](hpunet_recipe_levels.json)): its GED(4) is 0.180 against "
+        "0.190, lower on the mean and lower on two seeds of three; 30 % of its samples are "
+        "empty against 18 % (the graders' 39 %).")
