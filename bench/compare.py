@@ -28,7 +28,6 @@ from them.
 """
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -88,22 +87,6 @@ def hpunet_channels(levels, image_size):
         else channels
 
 
-def latents(name, settings, image_size):
-    """Where a compared model's samples get their randomness, for the pages to state."""
-    if name == "hpunet":
-        sides = hpunet.latent_resolutions(settings["num_channels"], image_size)
-        return ("latents of 1 channel per pixel at " + ", ".join(f"{s}x{s}" for s in sides)
-                + f" ({sides[0]}x{sides[0]} the coarsest)")
-    if name in ("probunet", "i2ivae"):
-        return f"one global latent of {settings['latent_dim']} dimensions (1x1)"
-    if name == "ssn":
-        rank = settings.get("rank", inspect.signature(
-            tfprobunet.models.StochasticSegmentationNetwork).parameters["rank"].default)
-        return f"no latent: a normal over all logits, covariance of rank {rank} + diagonal"
-    return {"dropout": "no latent: dropout masks", "ensemble": "no latent: its members",
-            "mheads": "no latent: its heads"}.get(name, "not recorded")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(IMAGE_SIZES), default="flips")
@@ -156,9 +139,6 @@ def main():
         "seeds": results["seeds"], "recipe": results["recipe"],
         "models": list(results["models"]), "ensemble_members": args.members,
         "hpunet_num_channels": overrides["hpunet"]["num_channels"],
-        "latents": {name: latents(name, comparison.recipe_settings(
-            results["recipe"], name, **overrides.get(name, {})), IMAGE_SIZES[args.dataset])
-            for name in results["models"]},
         "mixed_precision": args.mixed_precision,
         "probunet_warmup_steps": args.warmup_steps,
         "test_images": results["num_test_images"],

@@ -14,8 +14,7 @@ Blocks (a page uses those that fit it; the text goes at the open marker's indent
     hpunet-unet  the HPU-Net's U-Net and latent levels here, against its reference's
     hpunet-before  the HPU-Net with a global latent against its runs on the recipe's U-Net
                  (`BEFORE`; nothing until the comparison's runs record another U-Net)
-    latents      where each model's samples get their randomness (`bench.json`'s `latents`;
-                 nothing for runs that do not record it)
+    latents      where each model's samples get their randomness, from the run records
 """
 
 import inspect
@@ -26,7 +25,7 @@ import textwrap
 
 from tfprobunet.comparison import REFERENCE
 from tfprobunet.defaults import PAPER_MODELS
-from tfprobunet.models import hpunet
+from tfprobunet.models import hpunet, ssn
 from tfprobunet.plots import MODEL_LABELS
 
 BLOCK = re.compile(r"^([ \t]*)<!-- prose: (\S+) -->\n(.*?)^[ \t]*<!-- end prose -->$",
@@ -397,16 +396,26 @@ def hpunet_before(c):
         before = json.load(f)
     if channels == before["num_channels"]:
         return ""
-    assert before["seeds"] == c.results["seeds"], (before["seeds"], c.results["seeds"])
-    old, new, k = before["hpunet"], c.results["models"]["hpunet"], c.last
+    # The earlier runs on this comparison's seeds (it may have fewer).
+    keep = [before["seeds"].index(s) for s in c.results["seeds"]]
+
+    def spread(entry):
+        values = [entry["seeds"][i] for i in keep]
+        return {"mean": sum(values) / len(values), "seeds": values}
+
+    new, k = c.results["models"]["hpunet"], c.last
+    old = {key: spread(before["hpunet"][key][k] if key in ("ged",) else before["hpunet"][key])
+           for key in ("ged", "pearson_r", "modes_found", "empty_fraction_samples")
+           if key in before["hpunet"] and key in new}
+    old["ged"] = {k: old["ged"]}
     size = before["image_size"]
     lower = sum(a < b for a, b in zip(new["ged"][k]["seeds"], old["ged"][k]["seeds"]))
     mean_lower = new["ged"][k]["mean"] < old["ged"][k]["mean"]
     mean_equal = new["ged"][k]["mean"] == old["ged"][k]["mean"]
+    relation = "equal" if mean_equal else "lower" if mean_lower else "higher"
     said = [f"its GED({k}) is {new['ged'][k]['mean']:.3f} against {old['ged'][k]['mean']:.3f}, "
-            f"{'equal' if mean_equal else 'lower' if mean_lower else 'higher'} on the mean and "
-            "lower "
-            f"{on_seeds(lower, c.num_seeds)}"]
+            + (f"{relation} (seed {c.results['seeds'][0]} alone)" if c.num_seeds == 1 else
+               f"{relation} on the mean and lower {on_seeds(lower, c.num_seeds)}")]
     if "pearson_r" in new:
         said.append(f"mode r {new['pearson_r']['mean']:.2f} against "
                     f"{old['pearson_r']['mean']:.2f}, modes found "
@@ -422,13 +431,29 @@ def hpunet_before(c):
             f"[{BEFORE}]({BEFORE})): " + "; ".join(said) + ".")
 
 
+def _latent(model, record, image_size):
+    """Where `model`'s samples get their randomness, from its run's record (`record`: the
+    settings it was trained with; a setting it does not record is the model's default)."""
+    if model == "hpunet":
+        sides = hpunet.latent_resolutions(record["num_channels"], image_size)
+        return (f"latents of one channel per pixel at {_sides(record['num_channels'], image_size)}"
+                f" ({'a global latent' if sides[0] == 1 else 'none of them global'})")
+    if model in ("probunet", "i2ivae"):
+        return f"one global latent of {record['latent_dim']} dimensions (1x1)"
+    if model == "ssn":
+        rank = record.get("rank", inspect.signature(
+            ssn.StochasticSegmentationNetwork).parameters["rank"].default)
+        return (f"no latent: a normal over all the logits, its covariance of rank {rank} plus "
+                "a diagonal")
+    return {"dropout": "no latent: dropout masks", "ensemble": "no latent: its members",
+            "mheads": "no latent: its heads"}.get(model, "not recorded")
+
+
 def latents(c):
-    if "latents" not in c.bench:
-        return ""
-    return "\n".join(["Where each model's samples get their randomness (`latents` in "
-                      "`bench.json`):"] +
-                     [f"- {MODEL_LABELS.get(m, m)}: {text}"
-                      for m, text in c.bench["latents"].items()])
+    return "\n".join(["Where each model's samples get their randomness (from each run's "
+                      "`comparison_run.json`):"] +
+                     [f"- {MODEL_LABELS.get(m, m)}: "
+                      f"{_latent(m, c.run_record(m), c.bench['image_size'])}" for m in c.models])
 
 
 GENERATORS = {"ged": ged, "wilcoxon": wilcoxon, "successors": successors,
