@@ -1,7 +1,8 @@
 """Every table of measurements in README.md and docs/**/*.md names the committed JSON it was
 written from (issue 37): a table with a cell that holds a decimal number (`0.117`, `2.2`) or a
 number with a unit (`24 s`, `39 %`, `2.2 GB`, `1.36x`, `7.6/s`) has, in the `ABOVE` lines above
-it, a link or path to a `.json` (or JSON-lines `.jsonl`) file that exists in the repository and that git does not ignore:
+it, a link or path to a `.json` (or JSON-lines `.jsonl`) file that exists in the repository
+and that git does not ignore:
 `JSON: [results/speed/pipeline.json](results/speed/pipeline.json)`, or the comparisons' marker
 `<!-- results: docs/results/flips/results.json -->` (a path from the page's folder or from the
 root). A table inside a block that a script writes, between `<!-- NAME: PATH.json -->` and

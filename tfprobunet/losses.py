@@ -263,10 +263,11 @@ def energy_score(probabilities, labels, classes, smoothing=1.0, ignore_label=IGN
     sets, the Tanimoto kernel, is positive semi-definite; Ralaivola et al., "Graph kernels
     for chemical informatics", Neural Networks 18(8), 2005; Bouchard et al., "A proof for the
     positive definiteness of the Jaccard index matrix", Int. J. Approximate Reasoning 54(5),
-    2013; two empty masks at IoU 1 keep it so), the energy score is a proper scoring rule (its expectation
-    over Y is lowest when the samples follow Y's distribution), and its expectation, doubled,
-    less the annotations' own spread E[d(Y, Y')], is the GED the paper evaluates. The soft
-    version computed here is a training surrogate: not shown to be proper, nor equal to GED.
+    2013; two empty masks at IoU 1 keep it so), the energy score is a proper scoring rule (its
+    expectation over Y is lowest when the samples follow Y's distribution), and its expectation,
+    doubled, less the annotations' own spread E[d(Y, Y')], is the GED the paper evaluates. The
+    soft version computed here is a training surrogate: not shown to be proper, nor equal to
+    GED.
 
     Args:
         probabilities: `(b, m, h, w, K)` class probabilities of m >= 2 samples (a softmax).

@@ -13,9 +13,10 @@ conventions (docs/results/lidc.md gives the numbers and their sources):
   Monteiro et al. 2020): the 128x128 pickle split 64/16/20 % by CT series (`series_uid`), GED
   and S_NCC with 100 samples, as the SSN fork's evaluation (`phiseg_full_evaluation.py`,
   `--num-samples 100`) and PHiSeg's plotting scripts (its `ged100` files) read them; PHiSeg's
-  committed evaluation script draws 50 (`phiseg_test_quantitative.py`, `n_samples = 50`). `--dataset lidc-phiseg` reads PHiSeg's own hdf5 (split without a
-  fixed seed); `lidc-pickle` needs a split manifest, such as MoSE's (PHiSeg's code with
-  `random_state=0`: `tfprobunet data manifest --split mose`). On `lidc-pickle` without one it
+  committed evaluation script draws 50 (`phiseg_test_quantitative.py`, `n_samples = 50`).
+  `--dataset lidc-phiseg` reads PHiSeg's own hdf5 (split without a fixed seed); `lidc-pickle`
+  needs a split manifest, such as MoSE's (PHiSeg's code with `random_state=0`: `tfprobunet
+  data manifest --split mose`). On `lidc-pickle` without one it
   warns (`UnpublishedSplitWarning`): that split is the library's own, no paper's.
 - `"custom"`: what the arguments of `evaluate` say, on any dataset.
 

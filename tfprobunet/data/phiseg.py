@@ -1,5 +1,6 @@
 """`lidc-phiseg`: the `data_lidc.hdf5` that PHiSeg's `data/lidc_data_loader.py`
-(baumgach/PHiSeg-code) writes from the PyTorch port's pickle, split 64/16/20 % by CT series (`series_uid`).
+(baumgach/PHiSeg-code) writes from the PyTorch port's pickle, split 64/16/20 % by CT series
+(`series_uid`).
 
 Its layout, read from that code (`prepare_data`): one group per split, `train`, `val` and
 `test`, each with
