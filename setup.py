@@ -9,6 +9,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["tfprobunet", "tfprobunet.*"]),
+    # The command line's TensorFlow-free copy of the library's signatures (cli/flags.py).
+    package_data={"tfprobunet.cli": ["signatures.json"]},
     install_requires=[
         # The lowest versions are Colab's; requirements-oldest.txt holds them and
         # `make test-compat` tests them.

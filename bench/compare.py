@@ -18,6 +18,10 @@ global`, the default), so that its coarsest latent is global as its reference's;
 `--hpunet-levels recipe` trains it on the recipe's 3 levels, as the comparisons published
 before the option did.
 
+`minutes` and `cpu` in the JSON are this invocation's: a run reused from an earlier one (on
+another machine, say) adds nothing to `minutes`; each run's own training time is its report's
+`train_seconds`.
+
 `--publish DIR` copies what the results pages quote into DIR: `results.json` and the figures of
 `compare`, this script's JSON (`bench.json`), and each run's record and evaluation report
 (`runs/<model>-seed<seed>/`), with which `compare` reuses the run instead of training it again

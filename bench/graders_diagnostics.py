@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 import tfprobunet  # noqa: E402
 from tfprobunet import metrics  # noqa: E402
-from tfprobunet.data import sources, synthetic  # noqa: E402
+from tfprobunet.data import synthetic  # noqa: E402
 from train_step import cpu  # noqa: E402
 
 SAMPLE_COUNTS = (1, 4, 8, 16)
@@ -111,7 +111,7 @@ def main():
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    data_seed = args.seed + sources.SPLIT_SEEDS["test"]
+    data_seed = args.seed + synthetic.SPLIT_SEEDS["test"]
     images, annotations = synthetic.graders_arrays(args.images, args.image_size, data_seed)
     draw = synthetic.graders_truth(args.images, args.image_size, data_seed)
     result = {"image_size": args.image_size, "images": args.images, "seed": args.seed,

@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tfprobunet.plots import MODEL_LABELS  # noqa: E402
+from tfprobunet import catalog  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results_prose  # noqa: E402
@@ -62,7 +62,7 @@ def table(folder):
         header.append(f"empty samples (graders: {100 * results['empty_fraction_graders']:.0f} %)")
     rows = []
     for name, entry in results["models"].items():
-        label = MODEL_LABELS.get(name, name)
+        label = entry.get("label") or catalog.model_label(name)
         if name == "ensemble" and bench.get("ensemble_members"):
             label += f" ({bench['ensemble_members']} members)"
         row = [label,

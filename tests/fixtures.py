@@ -1,8 +1,12 @@
-"""Helpers the test modules share that are not the model harness (`harness.py`)."""
+"""Helpers the test modules share that are not the model harness (`harness.py`): bench scripts
+as modules, and writers of tiny data sets in the layouts the loaders read."""
 
 import functools
 import importlib.util
 import os
+
+import numpy as np
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,3 +18,96 @@ def bench_module(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def save_png(path, array):
+    """Write `array` (grey `(h, w)` or RGB `(h, w, 3)`) as an 8-bit PNG, making its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+def center_crop(array, size):
+    """The central `size x size` window of the last two axes of `array`."""
+    top = (array.shape[-2] - size) // 2
+    left = (array.shape[-1] - size) // 2
+    return array[..., top:top + size, left:left + size]
+
+
+def write_lidc_crops(root, split, first_grader=0, size=20, seed=0,
+                     patients=("LIDC-IDRI-0001", "LIDC-IDRI-0002")):
+    """The LIDC crops' layout (`tfprobunet.data.lidc.crops`): two slices of each patient, 4
+    graders (the first empty) as 0/255 PNGs; returns {(patient, slice): (image, [masks])}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for patient in patients:
+        for name in ("z-105.0_c0", "z-110.5_c1"):
+            image = rng.integers(0, 256, (size, size))
+            masks = [(rng.random((size, size)) < 0.3) * 255 for _ in range(4)]
+            masks[0][:] = 0  # an empty grader
+            save_png(os.path.join(root, split, "images", patient, name + ".png"), image)
+            for g, mask in enumerate(masks):
+                save_png(os.path.join(root, split, "gt", patient,
+                                      f"{name}_l{g + first_grader}.png"), mask)
+            written[(patient, name)] = (image, masks)
+    return written
+
+
+def lidc_entries(num_series=10, slices=3, seed=0):
+    """The entries of the LIDC pickle (`tfprobunet.data.lidc.pickle_arrays`): 16x16 images and
+    4 masks each, `slices` per series."""
+    rng = np.random.default_rng(seed)
+    entries = {}
+    for s in range(num_series):
+        for k in range(slices):
+            entries[f"series{s}_slice{k}.png"] = {
+                "image": rng.random((16, 16)).astype(np.float32),
+                "masks": [(rng.random((16, 16)) < 0.3).astype(np.uint8) for _ in range(4)],
+                "series_uid": f"1.3.6.1.{s}",
+            }
+    return entries
+
+
+def write_cityscapes(root):
+    """The Cityscapes layout (`tfprobunet.data.cityscapes`), one 8x8 image per city; the labels,
+    returned, hold every flippable class, another class and 255."""
+    rng = np.random.default_rng(0)
+    cities = {"train": ("aachen", "ulm", "darmstadt"), "val": ("frankfurt",)}
+    labels = np.array([[1, 11, 13, 8, 0, 5, 255, 2]] * 8, np.uint8)
+    for official, names in cities.items():
+        for city in names:
+            stem = f"{city}_000000_000019"
+            save_png(os.path.join(root, "leftImg8bit", official, city,
+                                  stem + "_leftImg8bit.png"), rng.integers(0, 256, (8, 8, 3)))
+            save_png(os.path.join(root, "gtFine", official, city,
+                                  stem + "_gtFine_labelTrainIds.png"), labels)
+    return labels
+
+
+def write_npz_splits(root, count=3, size=8, annotators=2, seed=0):
+    """`root/{train,val,test}.npz` (`tfprobunet.data.arrays`): `count` grey uint8 images and
+    binary annotations `(count, annotators, size, size)` each; returns {split: (images,
+    annotations)}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    os.makedirs(root, exist_ok=True)
+    for split in ("train", "val", "test"):
+        images = rng.integers(0, 256, (count, size, size, 1)).astype(np.uint8)
+        annotations = (rng.random((count, annotators, size, size)) < 0.3).astype(np.uint8)
+        np.savez(os.path.join(root, f"{split}.npz"), images=images, annotations=annotations)
+        written[split] = (images, annotations)
+    return written
+
+
+def write_image_folders(root, names, size=(8, 8), raters=2, seed=0):
+    """`root/images/NAME.png` (grey) and `root/masks/NAME_R.png` (0/255) for each name and rater
+    (`tfprobunet.data.folders`); returns {name: (image uint8, masks (raters, h, w) in {0, 1})}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name in names:
+        image = rng.integers(0, 256, size).astype(np.uint8)
+        save_png(os.path.join(root, "images", f"{name}.png"), image)
+        masks = (rng.random((raters, *size)) < 0.3).astype(np.uint8)
+        for r, mask in enumerate(masks):
+            save_png(os.path.join(root, "masks", f"{name}_{r}.png"), mask * 255)
+        written[name] = (image, masks)
+    return written

@@ -15,15 +15,22 @@ The checks (after keras-hub's `TestCase`: `run_serialization_test`, `run_model_s
 - `MirroredStrategy` over conftest's two logical CPUs: one step gives the one-device loss and
   weights (models whose training step draws no noise) or, for the others, a finite loss that
   moves every variable;
-- GECO (`tfprobunet.geco`, for models given `geco_kwargs`): under `MirroredStrategy`, the moving
-  average after three steps is the one of the logged global-batch reconstructions (every GECO
-  model, noise or not); and, when the training step draws no noise, the three steps give one
+- GECO (`tfprobunet.models.geco`, for models given `geco_kwargs`): under `MirroredStrategy`, the
+  moving average after three steps is the one of the logged global-batch reconstructions (every
+  GECO model, noise or not); and, when the training step draws no noise, the three steps give one
   device's weights, Lagrange multiplier and moving average;
 - `sample`: shapes `(b, m, h, w, K)`; seeds pin the draws (random models), or sample i is
   output i mod M whatever the seed (an ensemble's members, M heads);
 - `export_for_serving` + `serving.Servable`: `serving_default` gives what `sample` gives for
   the same seed, and refuses more samples than the export allows;
-- `evaluate` reports a finite GED.
+- `evaluate` reports a finite GED;
+- mixed precision: under `mixed_bfloat16` one training step is finite and moves every
+  variable, which stays float32, and samples are float32 logits;
+- XLA: `sample` with a seed, compiled with `jit_compile=True`, gives what the default
+  execution gives within float32 round-off.
+
+A model opts out of a check only with its reason (`opt_outs={"xla": "why"}`): the check then
+runs what still holds (finite samples of the right shape) and the reason stands in the test.
 
 The round trips are marked `compat` (`make test-compat` runs them on the oldest Keras); the
 serving check is not: the serving extra is not part of that set.
@@ -43,10 +50,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfprobunet import evaluation, geco, saving, training
+from tfprobunet import evaluation, saving, training
+from tfprobunet.models import geco
 
 # The options of `run_model_test`: `ModelTest`'s attributes of these names hold their defaults.
-OPTIONS = ("input_shape", "outputs", "deterministic_training", "signatures", "geco_kwargs")
+OPTIONS = ("input_shape", "outputs", "deterministic_training", "signatures", "geco_kwargs",
+           "opt_outs")
+# The checks a model may opt out of (`opt_outs`), each with its reason.
+OPT_OUTS = ("mixed_precision", "xla")
 # Optimizer steps of the GECO checks: the moving average and the multiplier carry state from one
 # step to the next, so one step would not show an average taken over the wrong batch.
 GECO_STEPS = 3
@@ -94,6 +105,8 @@ class ModelTest:
     # `init_kwargs`, switch GECO on (`{}` when `init_kwargs` already do); `GECOModelTest`'s
     # checks then run on that configuration.
     geco_kwargs = None
+    # {check of `OPT_OUTS`: the reason the model cannot pass it}.
+    opt_outs = {}
 
     def make(self):
         """A new model, built for `input_shape`."""
@@ -290,9 +303,52 @@ class ModelTest:
         assert all(np.isfinite(report["ged"][k]["mean"]) for k in ("1", "4"))
 
 
+    def _opted_out(self, check):
+        reason = self.opt_outs.get(check)
+        if reason is not None and not (isinstance(reason, str) and len(reason.split()) >= 5):
+            raise ValueError(f"opt_outs[{check!r}] must give the reason in words; received "
+                             f"{reason!r}")
+        return reason
+
+    def test_a_mixed_bfloat16_step_is_finite_and_keeps_float32_variables(self):
+        reason = self._opted_out("mixed_precision")
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        try:
+            keras.utils.set_random_seed(1234)
+            model = self.make()
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+        images, _ = self.batch(model.num_classes)
+        samples = model.sample(images, 2, seed=3)
+        assert samples.dtype == tf.float32 and np.isfinite(samples).all()
+        if reason is not None:
+            return
+        before = [v.numpy() for v in model.trainable_variables]
+        model.compile(optimizer=self.optimizer())
+        logs = self.fit_step(model)
+        assert all(np.isfinite(v).all() for v in logs.values()), logs
+        assert all(v.dtype == "float32" for v in model.trainable_variables)
+        _assert_moved(model.trainable_variables, before, "in a mixed_bfloat16 step")
+
+    def test_sample_with_a_seed_is_the_same_under_xla(self):
+        reason = self._opted_out("xla")
+        model = self.make()
+        images, _ = self.batch(model.num_classes)
+
+        def sample(x):
+            return model.sample(x, 3, seed=tf.constant([7, 8]))
+
+        xla = tf.function(sample, jit_compile=True)(images).numpy()
+        assert xla.shape == (images.shape[0], 3, *images.shape[1:3], model.num_classes)
+        assert np.isfinite(xla).all()
+        if reason is None:
+            np.testing.assert_allclose(xla, tf.function(sample)(images).numpy(), atol=1e-4,
+                                       rtol=1e-4)
+
+
 class GECOModelTest(ModelTest):
     """`ModelTest` and the checks of GECO's state under `MirroredStrategy`: its moving average
-    and Lagrange multiplier (`model.geco`, a `tfprobunet.geco.GECO`) are updated in replica
+    and Lagrange multiplier (`model.geco`, a `tfprobunet.models.geco.GECO`) are updated in replica
     context from values all-reduced over the global batch (`geco.global_mean`)."""
 
     def make_geco(self):
@@ -382,8 +438,8 @@ def run_model_test(cls, init_kwargs, **options):
         init_kwargs: small constructor arguments (e.g. `num_channels=[4, 8, 8]`,
             `convs_per_block=1`); values other than the defaults check `get_config` better.
         **options: the `OPTIONS` (`input_shape`, `outputs`, `deterministic_training`,
-            `signatures`, `geco_kwargs`; `ModelTest` says what they mean), where the model
-            differs from their defaults. With `geco_kwargs`, the class is a `GECOModelTest`
+            `signatures`, `geco_kwargs`, `opt_outs`; `ModelTest` says what they mean), where the
+            model differs from their defaults. With `geco_kwargs`, the class is a `GECOModelTest`
             (`DeterministicGECOModelTest` when training draws no noise).
     """
     unknown = sorted(set(options) - set(OPTIONS))
@@ -395,5 +451,8 @@ def run_model_test(cls, init_kwargs, **options):
         base = DeterministicGECOModelTest
     else:
         base = GECOModelTest
+    unknown = sorted(set(options.get("opt_outs", {})) - set(OPT_OUTS))
+    if unknown:
+        raise TypeError(f"Unknown opt_outs {unknown}: a model may opt out of {OPT_OUTS}.")
     return type(f"Test{cls.__name__}", (base,),
                 dict(model_class=cls, init_kwargs=dict(init_kwargs), **options))

@@ -21,8 +21,8 @@ import tfprobunet
 ALL = {
     "tfprobunet": [
         "AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "baselines", "callbacks",
-        "compare", "data", "evaluate", "export_for_serving", "latent", "losses", "metrics",
-        "models", "prediction", "saving", "serving", "train", "training"],
+        "catalog", "compare", "data", "evaluate", "export_for_serving", "latent", "losses",
+        "metrics", "models", "prediction", "saving", "serving", "train", "training"],
     "tfprobunet.data": [
         "DATASETS", "Source", "arrays", "as_source", "check_source", "checks", "cityscapes",
         "evaluation_pipeline", "flip_modes", "flips", "folders", "from_folders", "graders",
@@ -30,7 +30,7 @@ ALL = {
     "tfprobunet.models": [
         "MODELS", "DropoutUNet", "HierarchicalProbabilisticUNet", "Image2ImageVAE", "MHeads",
         "ProbabilisticUNet", "SegmentationSampler", "StochasticSegmentationNetwork",
-        "UNetEnsemble", "get"],
+        "UNetEnsemble", "get", "register"],
     "tfprobunet.serving": [
         "GrpcClient", "InvalidRequestError", "ModelServer", "RequestLimits", "RestClient",
         "Servable", "ServingError", "clean_stale_exports", "export_for_serving", "read_image",
@@ -319,6 +319,7 @@ def _parameters(function):
 
 
 @pytest.mark.parametrize("module", sorted(ALL))
+@pytest.mark.filterwarnings("ignore:tfprobunet.baselines is deprecated:DeprecationWarning")
 def test_all_is_pinned(module):
     assert set(ALL[module]) <= set(importlib.import_module(module).__all__)
     for name in ALL[module]:
@@ -441,3 +442,32 @@ def test_cli_flags_and_defaults_are_pinned(command):
         # Choices may be added, none removed.
         assert (action.choices is None) == (choices is None), flag
         assert set(choices or ()) <= set(action.choices or ()), flag
+
+
+def test_importing_the_package_loads_nothing_until_a_name_is_used(tmp_path):
+    """`import tfprobunet` behaves the same whoever imports it: no TensorFlow until the first
+    public name; then every model class is registered with Keras. A `.keras` file loads
+    through `tfprobunet.saving` even when only that module was imported."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, tfprobunet\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+        "tfprobunet.catalog.model_names()\n"
+        "print('tensorflow' in sys.modules)\n"
+        "tfprobunet.train\n"
+        "import keras\n"
+        "print(all(keras.saving.get_registered_object(f'tfprobunet>{e.class_name}') is not None"
+        " for e in tfprobunet.catalog.BUILTIN_MODELS.values()))\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, check=True, timeout=600).stdout.split()
+    assert out == ["False", "False", "False", "True"]
+    path = os.path.join(os.path.dirname(__file__), "data", "v0_1_mheads.keras")
+    script = ("import tfprobunet.saving as s\n"
+              f"print(type(s.load_model({path!r})).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, check=True, timeout=600).stdout.split()
+    assert out == ["MHeads"]

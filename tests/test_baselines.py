@@ -2,22 +2,29 @@
 package passes (config, `.keras`, one training step, MirroredStrategy, sampling, serving,
 `evaluate`) are the harness's (`harness.py`), one line per model below."""
 
+import ast
+import os
+import textwrap
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfprobunet.models
 from tfprobunet import losses
 from tfprobunet.models import DropoutUNet, Image2ImageVAE, MHeads, UNetEnsemble
 from conftest import random_batch
-from harness import run_model_test
+from harness import run_model_test, saved_arrays
 
 # The harness's models: tiny, with arguments other than the defaults (get_config must keep them).
 SMALL = dict(num_channels=[4, 8, 8], convs_per_block=1, seed=1, ged_samples=4)
 TestDropoutUNet = run_model_test(
     DropoutUNet, dict(SMALL, num_classes=3, dropout_rate=0.4, dropout_blocks=2,
                       reconstruction="mean", weight_decay=1e-4, ged_classes=[1, 2]),
-    deterministic_training=False)
+    deterministic_training=False,
+    opt_outs={"xla": "its dropout masks draw from seeds folded in at run time, one per layer, "
+                     "which XLA's Philox turns into other draws than TensorFlow's"})
 TestUNetEnsemble = run_model_test(UNetEnsemble, dict(SMALL, num_members=2), outputs=2)
 TestMHeads = run_model_test(MHeads, dict(SMALL, num_heads=3, epsilon=0.1, reconstruction="mean"),
                             outputs=3)
@@ -139,3 +146,71 @@ def test_image2image_vae_prior_is_n01_and_posterior_sees_only_the_segmentation()
     mu, sigma = posterior.loc.numpy(), posterior.stddev().numpy()
     closed_form = np.sum(0.5 * (sigma**2 + mu**2 - 1.0) - np.log(sigma), axis=-1)
     np.testing.assert_allclose(kl, closed_form, rtol=1e-5, atol=1e-6)
+
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("name", ["dropout", "ensemble", "mheads", "i2ivae"])
+def test_keras_file_written_before_the_shared_builder_still_loads(tmp_path, name):
+    """Each baseline's `.keras` file written before the baselines shared `UNetWithHeads`
+    (tfprobunet 0.1; 2 levels of 2 and 4 channels, 8x8 images, random weights) loads with every
+    weight, gives the outputs it gave then, and saves again to the same weight paths."""
+    path = os.path.join(DATA, f"v0_1_{name}.keras")
+    expected = np.load(os.path.join(DATA, "v0_1_baselines_outputs.npz"))
+    loaded = keras.models.load_model(path)
+    arrays = saved_arrays(path)
+    assert sorted(a.tobytes() for a in arrays.values()) == sorted(
+        w.numpy().tobytes() for w in loaded.weights)
+    np.testing.assert_allclose(loaded(expected["images"]), expected[f"{name}_call"],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.sample(expected["images"], 3, seed=1),
+                               expected[f"{name}_sample"], rtol=1e-5, atol=1e-6)
+    loaded.save(tmp_path / "again.keras")
+    again = saved_arrays(tmp_path / "again.keras")
+    assert sorted(again) == sorted(arrays)
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(again[key], array, err_msg=key)
+
+
+BASELINE_FILES = ("dropout_unet.py", "ensemble.py", "m_heads.py", "image2image_vae.py")
+
+
+def repeated_blocks(sources, size=6):
+    """The runs of `size` consecutive lines that stand in more than one place of `sources`
+    (`{name: Python source}`), compared stripped, blank lines and import statements left out
+    (imports say what a file uses, not what it does): `{run: [name, ...]}`, a name per place."""
+    places = {}
+    for name, text in sources.items():
+        imports = {line for node in ast.walk(ast.parse(text))
+                   if isinstance(node, (ast.Import, ast.ImportFrom))
+                   for line in range(node.lineno, node.end_lineno + 1)}
+        lines = [line.strip() for number, line in enumerate(text.splitlines(), start=1)
+                 if line.strip() and number not in imports]
+        for i in range(len(lines) - size + 1):
+            places.setdefault(tuple(lines[i:i + size]), []).append(name)
+    return {run: names for run, names in places.items() if len(names) > 1}
+
+
+def test_repeated_blocks_finds_a_block_and_passes_over_imports_and_blank_lines():
+    block = "".join(f"x{i} = f({i})\n\n" for i in range(6))
+    imports = "import os\nimport sys\nfrom a import (b,\n    c)\n"
+    found = repeated_blocks({"a.py": "y = 1\n" + block,
+                             "b.py": "def g():\n" + textwrap.indent(block, "    ")})
+    assert list(found.values()) == [["a.py", "b.py"]]
+    assert repeated_blocks({"a.py": imports * 2 + "y = 1\n", "b.py": "z = 2\n" + imports * 2}) == {}
+
+
+def test_no_block_of_six_lines_is_repeated_among_the_baselines():
+    """The four baselines share their builder (`models.base.UNetWithHeads`), not copies of it:
+    no six lines stand twice among their files (issue 38)."""
+    folder = os.path.dirname(tfprobunet.models.__file__)
+    sources = {}
+    for name in BASELINE_FILES:
+        with open(os.path.join(folder, name)) as f:
+            sources[name] = f.read()
+    repeated = repeated_blocks(sources)
+    assert not repeated, "\n\n".join(f"{names}:\n" + "\n".join(run)
+                                      for run, names in repeated.items())
+

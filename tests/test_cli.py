@@ -147,8 +147,8 @@ def test_captured_output_has_no_escape_codes_and_no_start_up_lines_unless_asked(
                      str(tmp_path / "missing.keras"), "--base-dir", str(tmp_path / "served")])
     assert loud.returncode != 0 and "missing.keras" in loud.stderr
     assert STARTUP_LINES.search(loud.stderr), loud.stderr
-    # So does the environment switch, for the library itself.
-    imported = _command(["-c", "import tfprobunet"], TFPROBUNET_VERBOSE="1")
+    # So does the environment switch, for the library itself (loaded by its first name used).
+    imported = _command(["-c", "import tfprobunet; tfprobunet.train"], TFPROBUNET_VERBOSE="1")
     assert STARTUP_LINES.search(imported.stderr), imported.stderr
 
 
@@ -297,21 +297,16 @@ def test_every_train_and_model_argument_has_a_flag_without_a_second_default():
     ("train", lambda: training.train), ("tune", lambda: tuning.tune),
     ("compare", lambda: comparison.compare)])
 def test_the_defaults_shown_in_help_are_the_librarys(command, function):
-    """`--help` reads the library's defaults from its source (no TensorFlow): each shown value
-    equals what `inspect` finds on the imported function (or model constructor)."""
-    shown = flags.signature_defaults({"train": flags.TRAIN, "tune": flags.TUNE,
-                                      "compare": flags.COMPARE}[command])
+    """`--help` reads the library's defaults from signatures.json (no TensorFlow): each shown
+    value equals what `inspect` finds on the imported function (or model constructor)."""
+    shown = flags.signature_defaults(command)
     real = {n: p.default for n, p in inspect.signature(function()).parameters.items()
             if p.default is not p.empty}
-    assert set(shown) == set(real)
-    for name, value in shown.items():
-        if not isinstance(value, flags.Unresolved):
-            assert json.dumps(value) == json.dumps(real[name]), name
-    for model, where in flags.MODELS.items():
-        real = {n: p.default for n, p in
-                inspect.signature(models.MODELS[model].__init__).parameters.items()
+    assert json.dumps(shown, sort_keys=True) == json.dumps(real, sort_keys=True)
+    for model, cls in models.MODELS.items():
+        real = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
                 if p.default is not p.empty}
-        assert json.dumps(flags.signature_defaults(where)) == json.dumps(real), model
+        assert json.dumps(flags.signature_defaults(model)) == json.dumps(real), model
 
 
 @pytest.mark.parametrize("argv, expected", [

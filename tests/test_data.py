@@ -91,7 +91,7 @@ def test_graders_have_four_binary_masks_and_up_to_three_empty():
 def test_training_pipeline_draws_annotations_with_the_given_probabilities():
     _, probabilities = synthetic.flip_modes()
     batches = pipeline.training_pipeline(synthetic.flips(4, 16, seed=0), batch_size=4,
-                                           annotation_probabilities=probabilities, seed=0)
+                                         annotation_weights=probabilities, seed=0)
     base = synthetic.flips_arrays(4, 16, seed=0)[1]
     images = synthetic.flips_arrays(4, 16, seed=0)[0]
     counts = np.zeros(32)

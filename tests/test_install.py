@@ -49,8 +49,9 @@ def test_missing_tf_keras_is_named_with_the_matching_version(tmp_path):
         "            raise ModuleNotFoundError(\"No module named 'tf_keras'\", name='tf_keras')\n"
         "sys.meta_path.insert(0, Block())\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", "import tfprobunet"], env=env,
-                            capture_output=True, text=True, timeout=300)
+    # `import tfprobunet` loads nothing; its first public name loads the library.
+    result = subprocess.run([sys.executable, "-c", "import tfprobunet; tfprobunet.train"],
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     tf_minor = ".".join(importlib.metadata.version("tensorflow").split(".")[:2])
     assert f'pip install "tf-keras~={tf_minor}.0"' in result.stderr, result.stderr[-2000:]

@@ -11,42 +11,18 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
+# Under the names test_manifests and test_readme import them from here.
+from fixtures import center_crop as _crop
+from fixtures import lidc_entries as _lidc_entries
+from fixtures import save_png as _png
+from fixtures import write_cityscapes as _write_cityscapes
+from fixtures import write_lidc_crops as _write_lidc_crops
 from tfprobunet import data
 from tfprobunet.data import cityscapes, lidc
 
 # The tiny crops written here are not the published split, which `load` says once per split.
 pytestmark = pytest.mark.filterwarnings("ignore::tfprobunet.data.lidc.SplitCountWarning")
-
-
-def _png(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.asarray(array, np.uint8)).save(path)
-
-
-def _write_lidc_crops(root, split, first_grader=0, size=20, seed=0,
-                      patients=("LIDC-IDRI-0001", "LIDC-IDRI-0002")):
-    """Two slices of each patient; returns {(patient, slice): (image, [masks])}."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for patient in patients:
-        for name in ("z-105.0_c0", "z-110.5_c1"):
-            image = rng.integers(0, 256, (size, size))
-            masks = [(rng.random((size, size)) < 0.3) * 255 for _ in range(4)]
-            masks[0][:] = 0  # an empty grader
-            _png(os.path.join(root, split, "images", patient, name + ".png"), image)
-            for g, mask in enumerate(masks):
-                _png(os.path.join(root, split, "gt", patient,
-                                  f"{name}_l{g + first_grader}.png"), mask)
-            written[(patient, name)] = (image, masks)
-    return written
-
-
-def _crop(array, size):
-    top = (array.shape[-2] - size) // 2
-    left = (array.shape[-1] - size) // 2
-    return array[..., top:top + size, left:left + size]
 
 
 @pytest.mark.parametrize("first_grader", [0, 1])
@@ -141,19 +117,6 @@ def test_lidc_crops_need_consecutive_grader_suffixes(tmp_path):
         os.rename(folder / f"{name}_l3.png", folder / f"{name}_l7.png")
     with pytest.raises(ValueError, match=r"_l0, _l1, _l2, _l7.*_l0, _l1, _l2, _l3"):
         lidc.crops_files(str(tmp_path), "train")
-
-
-def _lidc_entries(num_series=10, slices=3, seed=0):
-    rng = np.random.default_rng(seed)
-    entries = {}
-    for s in range(num_series):
-        for k in range(slices):
-            entries[f"series{s}_slice{k}.png"] = {
-                "image": rng.random((16, 16)).astype(np.float32),
-                "masks": [(rng.random((16, 16)) < 0.3).astype(np.uint8) for _ in range(4)],
-                "series_uid": f"1.3.6.1.{s}",
-            }
-    return entries
 
 
 def test_lidc_pickle_splits_by_series(tmp_path):
@@ -313,21 +276,6 @@ def test_lidc_pickle_entries_sharing_arrays_cannot_multiply_memory(tmp_path):
     path.write_bytes(pickle.dumps({"slice0": entry}))
     with pytest.raises(ValueError, match=r"'slice0'.*\(8, 16\).*\(16, 16\)"):
         lidc.pickle_arrays(str(path))
-
-
-def _write_cityscapes(root):
-    """One image per city; labels hold every flippable class, another class and 255."""
-    rng = np.random.default_rng(0)
-    cities = {"train": ("aachen", "ulm", "darmstadt"), "val": ("frankfurt",)}
-    labels = np.array([[1, 11, 13, 8, 0, 5, 255, 2]] * 8, np.uint8)
-    for official, names in cities.items():
-        for city in names:
-            stem = f"{city}_000000_000019"
-            _png(os.path.join(root, "leftImg8bit", official, city, stem + "_leftImg8bit.png"),
-                 rng.integers(0, 256, (8, 8, 3)))
-            _png(os.path.join(root, "gtFine", official, city, stem + "_gtFine_labelTrainIds.png"),
-                 labels)
-    return labels
 
 
 def test_cityscapes_splits_and_flip_protocol(tmp_path):

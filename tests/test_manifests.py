@@ -6,6 +6,7 @@ checked against the published ones."""
 import json
 import os
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -16,7 +17,6 @@ from test_folders import _write as _write_folder
 from test_loaders import _crop, _lidc_entries, _write_lidc_crops
 from test_phiseg import _write_phiseg_hdf5
 from tfprobunet import cli, data
-from tfprobunet.cli import data as cli_data
 from tfprobunet.data import folders, lidc, manifests, phiseg
 
 # The tiny crops are not the published split; the tests that check the warning catch it.
@@ -97,8 +97,13 @@ def test_the_data_manifest_command_prints_or_writes_it(pickle_path, tmp_path, ca
     assert "missing.pickle" in line, line
 
 
-def test_the_command_line_offers_the_datasets_that_have_manifests():
-    assert cli_data.MANIFEST_DATASETS == manifests.DATASETS
+def test_the_command_line_offers_the_datasets_that_have_manifests(capsys):
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "manifest", "--help"])
+    shown = re.search(r"--dataset \{([^}]*)\}", capsys.readouterr().out).group(1)
+    assert tuple(shown.split(",")) == manifests.DATASETS == ("lidc", "lidc-pickle",
+                                                             "lidc-phiseg", "folder")
 
 
 def _assert_partition(manifest, ids):

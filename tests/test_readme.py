@@ -471,6 +471,39 @@ def test_the_comparison_commands_run(tmp_path, monkeypatch):
     assert len(namespace["results"]["models"]) == 2
 
 
+# docs/successors.md
+
+@runs(("docs/successors.md", "The successors: HPU-Net and SSN", "sh"))
+def test_the_successors_commands_parse(monkeypatch):
+    """Parsed only: training either model is run by the tests of `train` and of each model,
+    a comparison by `test_the_comparison_commands_run`."""
+    hpunet, ssn, compare = [_parsed(argv, monkeypatch) for argv in _commands(
+        _block("docs/successors.md", "The successors: HPU-Net and SSN", "sh"))]
+    assert (hpunet.model, ssn.model) == ("hpunet", "ssn")
+    assert compare.models == ["probunet", "hpunet", "ssn"]
+    assert ("hpunet", "num_channels", [16, 32, 64, 64, 64, 64]) in compare.set
+
+
+# docs/development.md
+
+@runs(("docs/development.md", "Adding a part", "toml"))
+def test_the_entry_point_declaration_names_the_group_and_a_class(tmp_path):
+    """The `pyproject.toml` lines declare an entry point of the group the catalog reads, whose
+    value `module:Class` is what `importlib.metadata` loads (the toy model of
+    tests/test_catalog.py is declared the same way and trained from a new process)."""
+    import importlib.metadata
+    import tomllib
+
+    from tfprobunet import catalog
+
+    declared = tomllib.loads(_block("docs/development.md", "Adding a part", "toml"))
+    (group, points), = declared["project"]["entry-points"].items()
+    assert group == catalog.ENTRY_POINT_GROUP
+    (name, value), = points.items()
+    point = importlib.metadata.EntryPoint(name, value, group)
+    assert (point.module, point.attr) == ("my_package.toy", "ToySampler")
+
+
 # docs/serving.md
 
 @runs(("docs/serving.md", "Serving", "sh"), ("docs/serving.md", "Serving", "sh", 1),

@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from tfprobunet import cli, export, serving
+from tfprobunet import cli, serving
 from conftest import (SERVED, cli_error, raw_request, serve_process, served_images,
                       served_model)
 
@@ -27,7 +27,7 @@ K, C, N, F = (SERVED[k] for k in "KCNF")
 def server(tmp_path_factory):
     model = served_model(11)
     base = str(tmp_path_factory.mktemp("saved_models"))
-    path = export.export_for_serving(model, base, "pun")
+    path = serving.export_for_serving(model, base, "pun")
     with serving.ModelServer(base, port=0, rest_port=0) as running:
         running.model, running.base, running.path = model, base, path
         yield running

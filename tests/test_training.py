@@ -563,7 +563,7 @@ def test_max_minutes_stops_at_an_epoch_end_and_the_run_continues(tmp_path):
     assert history.epoch == [2, 3] and _logged_epochs(workdir) == [0, 1, 2, 3]
 
 
-def test_train_and_evaluate_take_your_own_source_with_its_mode_probabilities(tmp_path):
+def test_train_and_evaluate_take_your_own_source_with_its_annotation_weights(tmp_path):
     flips = (0.5, 0.2)  # 4 modes: 0.4, 0.1, 0.4, 0.1
     _, probabilities = synthetic.flip_modes(flips)
     num_classes = synthetic.flips_num_classes(flips)

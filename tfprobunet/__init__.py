@@ -2,11 +2,17 @@
 
 Public API: `ProbabilisticUNet`, its layers (`UNet`, `AxisAlignedGaussian`, `FComb`), `train`,
 `evaluate`, `compare` (the paper's comparison with the baselines), `export_for_serving`, and the
-modules `models` (every model, one file each, the baselines too), `prediction` (samples at any
-image size), `callbacks`, `latent` (what the latent space encodes), `losses`,
-`metrics`, `data`, `saving` (`load_model` within size limits, refusing non-finite weights),
-`serving` and `training` (presets, schedules);
-`tfprobunet.tuning` (Keras Tuner, with the `tune` extra) is imported on its own.
+modules `catalog` (the names of the models, datasets, splits, protocols and metrics, without
+TensorFlow), `models` (every model, one file each, the baselines too; `register` adds yours),
+`prediction` (samples at any image size), `callbacks`, `latent` (what the latent space
+encodes), `losses`, `metrics`, `data`, `saving` (`load_model` within size limits, refusing
+non-finite weights), `serving` and `training` (presets, schedules); `tfprobunet.tuning` (Keras
+Tuner, with the `tune` extra) is imported on its own.
+
+`import tfprobunet` imports no TensorFlow, whoever imports it: a module (`tfprobunet.data`) is
+imported when first used, and the first class or function (`tfprobunet.train`) loads the library
+and TensorFlow and registers every model class with Keras (`tfprobunet.saving.load_model`
+imports the class a `.keras` file names in any case).
 """
 
 
@@ -29,74 +35,76 @@ def _require_tf_keras():
             name="tf_keras") from None
 
 
-import os  # noqa: E402
-import sys  # noqa: E402
-
 from tfprobunet import _console  # noqa: E402
+
+# TensorFlow's start-up lines stay out of the output when it is imported, by the library or by
+# you (TFPROBUNET_VERBOSE=1 shows them); nothing is imported here.
+_console.hold_back_tensorflow_startup()
 
 __version__ = "0.1.0"
 
-__all__ = ["AxisAlignedGaussian", "FComb", "ProbabilisticUNet", "UNet", "baselines", "callbacks",
-           "compare", "data", "evaluate", "export_for_serving", "latent", "losses", "metrics",
-           "models", "prediction", "saving", "serving", "train", "training"]
+# The public names, each with where it lives: `(module, attribute)`, or `(module, None)` for
+# the module itself. `import tfprobunet` imports none of them (nor TensorFlow); a module is
+# imported when it is first used, and the first class or function used loads them all,
+# registering every model class with Keras.
+_PUBLIC = {
+    "AxisAlignedGaussian": ("tfprobunet.layers", "AxisAlignedGaussian"),
+    "FComb": ("tfprobunet.layers", "FComb"),
+    "ProbabilisticUNet": ("tfprobunet.models", "ProbabilisticUNet"),
+    "UNet": ("tfprobunet.layers", "UNet"),
+    "compare": ("tfprobunet.comparison", "compare"),
+    "evaluate": ("tfprobunet.evaluation", "evaluate"),
+    "export_for_serving": ("tfprobunet.serving", "export_for_serving"),
+    "train": ("tfprobunet.training", "train"),
+    **{module: (f"tfprobunet.{module}", None) for module in (
+        "callbacks", "data", "latent", "losses", "metrics", "models", "prediction", "saving",
+        "serving", "training")},
+}
+# Submodules that import without TensorFlow, loaded alone when asked for (the command line
+# builds its parser from the catalog), and the deprecated one (it warns).
+_ON_THEIR_OWN = ("baselines", "catalog")
 
+__all__ = sorted([*_PUBLIC, *_ON_THEIR_OWN], key=lambda name: (name.islower(), name))
 
 _loaded = False
 
 
 def _load():
-    """Import the library, and TensorFlow with it: what `import tfprobunet` does, except under
-    the console script, which calls this once its arguments are parsed (so that `tfprobunet
-    --help` answers without TensorFlow). Registers the Keras classes `load_model` needs."""
+    """Import the library, and TensorFlow with it: every name of `_PUBLIC`, and every model
+    class (registered with Keras, for `keras.saving.load_model`). Run by the first use of a
+    public name; the command line runs it once its arguments are parsed."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
     # TensorFlow's start-up lines stay out of the output (TFPROBUNET_VERBOSE=1 shows them).
     with _console.filtered_stderr():
         _require_tf_keras()
+        import importlib
 
-        from tfprobunet import (callbacks, data, latent, losses, metrics, models, prediction,
-                                saving, serving, training)
-        from tfprobunet.comparison import compare
-        from tfprobunet.evaluation import evaluate
-        from tfprobunet.layers import AxisAlignedGaussian, FComb, UNet
-        from tfprobunet.models import ProbabilisticUNet
+        from tfprobunet import catalog
 
-        models.MODELS  # every model class, registered for `load_model`
-        from tfprobunet.serving import export_for_serving
-        from tfprobunet.training import train
-
+        for name, (module, attribute) in _PUBLIC.items():
+            module = importlib.import_module(module)
+            globals()[name] = module if attribute is None else getattr(module, attribute)
+        for name in catalog.BUILTIN_MODELS:  # every class, registered for `load_model`
+            catalog.model_class(name)
         # CUDA is probed when the devices are first listed, which the first operation would
         # otherwise do outside this block (its `cuInit` failure on CPU-only machines). Listing
         # physical devices leaves them configurable (memory growth, logical devices).
         import tensorflow as tf
 
         tf.config.list_physical_devices()
-    globals().update({name: value for name, value in locals().items() if name in __all__})
-
-
-def _console_script():
-    """Whether this process is the command line: the `tfprobunet` console script, or
-    `python -m tfprobunet.cli` (whose `sys.argv[0]` is "-m" while the package is imported)."""
-    argv = getattr(sys, "argv", None) or [""]
-    if argv[0] == "-m":
-        original = getattr(sys, "orig_argv", [])
-        return "-m" in original and original[original.index("-m") + 1:][:1] == ["tfprobunet.cli"]
-    return os.path.splitext(os.path.basename(argv[0]))[0] in ("tfprobunet", "tfprobunet-script")
+    _loaded = True
 
 
 def __getattr__(name):
-    if name == "baselines":  # deprecated (it warns): imported only when asked for
+    """PEP 562: a public module is imported on its own (as `import tfprobunet.NAME` would); a
+    public class or function loads the library (`_load`)."""
+    if name in _ON_THEIR_OWN or _PUBLIC.get(name, (None, ""))[1] is None:
         import importlib
 
-        return importlib.import_module("tfprobunet.baselines")
-    # Otherwise only reached under the console script, before `_load()`.
-    if name in __all__ and not _loaded:
+        return importlib.import_module(f"tfprobunet.{name}")
+    if name in _PUBLIC:
         _load()
         return globals()[name]
     raise AttributeError(f"module 'tfprobunet' has no attribute {name!r}")
-
-
-if not _console_script():
-    _load()

@@ -8,7 +8,8 @@ it runs) straight to file descriptor 2,
 some of them before `TF_CPP_MIN_LOG_LEVEL` is read. `filtered_stderr()` routes descriptor 2
 through a pipe while it is active: a thread passes every line on to the real stderr at once,
 except those matching `NOISE`, which it keeps in `hidden` (`tfprobunet --debug ...` prints
-them). `TFPROBUNET_VERBOSE=1` turns the filter off.
+them). `TFPROBUNET_VERBOSE=1` turns the filter off. `hold_back_tensorflow_startup()` (run by
+`import tfprobunet`) applies the filter to the first import of TensorFlow, whoever makes it.
 """
 
 import contextlib
@@ -96,6 +97,52 @@ def filtered_stderr():
         os.close(saved)
         thread.join(timeout=2.0)  # a child process still holding the pipe delays its end
         _lock.release()
+
+
+class _QuietTensorFlowLoader:
+    """The loader of `tensorflow`, run inside `filtered_stderr`, then listing the physical
+    devices there (their CUDA probe would print its `cuInit` failure at the first operation);
+    every other attribute is the real loader's."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with filtered_stderr():
+            self._loader.exec_module(module)
+            module.config.list_physical_devices()
+
+
+class _QuietTensorFlowFinder:
+    """On `sys.meta_path` (`hold_back_tensorflow_startup`): finds `tensorflow` as the other
+    finders do, then loads it with `_QuietTensorFlowLoader`; removes itself once used."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(cls)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and not verbose():
+            spec.loader = _QuietTensorFlowLoader(spec.loader)
+        return spec
+
+
+def hold_back_tensorflow_startup():
+    """Make the first import of TensorFlow in this process, whoever imports it (the library,
+    Keras or your code), hold its start-up lines back as `filtered_stderr` does: what `import
+    tfprobunet` does, without importing TensorFlow itself. Does nothing once TensorFlow is
+    imported."""
+    if "tensorflow" not in sys.modules and _QuietTensorFlowFinder not in sys.meta_path:
+        sys.meta_path.insert(0, _QuietTensorFlowFinder)
 
 
 def progress_verbosity(verbose=None):

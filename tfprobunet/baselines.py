@@ -14,7 +14,8 @@ import warnings
 
 from tfprobunet.models import DropoutUNet, Image2ImageVAE, MHeads, UNetEnsemble
 
-warnings.warn("tfprobunet.baselines is deprecated: import DropoutUNet, UNetEnsemble, MHeads and "
-              "Image2ImageVAE from tfprobunet.models", DeprecationWarning, stacklevel=2)
+warnings.warn("tfprobunet.baselines is deprecated and will be removed in tfprobunet 0.3.0: import "
+              "DropoutUNet, UNetEnsemble, MHeads and Image2ImageVAE from tfprobunet.models",
+              DeprecationWarning, stacklevel=2)
 
 __all__ = ["DropoutUNet", "Image2ImageVAE", "MHeads", "UNetEnsemble"]

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfprobunet import _interrupts, _io, saving
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.catalog import IGNORE_LABEL
 
 # The loss terms `StopOnNonFiniteLoss` watches.
 MONITORED_TERMS = ("loss", "reconstruction", "kl", "energy")

@@ -10,15 +10,14 @@ import time
 import keras
 import numpy as np
 
-from tfprobunet import _console, _io
+from tfprobunet import _console, _io, catalog
 from tfprobunet import data as data_lib
 from tfprobunet import evaluation, plots, saving, training
 from tfprobunet import models as models_lib
-from tfprobunet.defaults import PAPER_MODELS
 
-# The paper's models (`compare`'s default); any of `models.MODELS` may be compared.
-MODELS = PAPER_MODELS
-REFERENCE = "probunet"
+# The paper's models (`compare`'s default); any model of the catalog may be compared.
+MODELS = catalog.PAPER_MODELS
+REFERENCE = catalog.REFERENCE_MODEL
 # The per-image metrics compared with the reference besides GED (`evaluate`'s `per_image`).
 PAIRED_METRICS = ("hm_iou", "ncc", "ece")
 SAMPLE_COUNTS = evaluation.SAMPLE_COUNTS
@@ -138,7 +137,8 @@ def _summary(reports, sample_counts, seeds):
     counts = [str(k) for k in sample_counts]
     summary, per_image, paired = {}, {}, {}
     for name, by_seed in reports.items():
-        entry = {"ged": {c: _spread([r["ged"][c]["mean"] for r in by_seed]) for c in counts},
+        entry = {"label": catalog.model_label(name),
+                 "ged": {c: _spread([r["ged"][c]["mean"] for r in by_seed]) for c in counts},
                  "ged_unbiased": {c: _spread([r["ged_unbiased"][c]["mean"] for r in by_seed])
                                   for c in counts if c in by_seed[0].get("ged_unbiased", {})},
                  "train_seconds": _spread([r.get("train_seconds", float("nan"))
@@ -214,9 +214,10 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
         out_dir: where the runs, `results.json` and the figures go.
         dataset: a name of `tfprobunet.data.DATASETS` (the `test` split is evaluated), or a
             `tfprobunet.data.Source` of your own training data, with `test_data`.
-        models: names of `tfprobunet.models.MODELS` (default: the paper's five; add
-            `"ssn"` to compare the Stochastic Segmentation Network); the Wilcoxon tests
-            compare `"probunet"` with each other model.
+        models: model names (`tfprobunet.catalog.model_names()`; default: the paper's five;
+            add `"ssn"` to compare the Stochastic Segmentation Network, or the name of a model
+            of your own, see `tfprobunet.models.register`); the Wilcoxon tests compare
+            `"probunet"` with each other model.
         steps: training steps of every model and seed.
         seeds: training seeds; each model is trained once per seed.
         recipe: the training recipe, a name of `training.PRESETS` (see `recipe_settings`).

@@ -1,25 +1,12 @@
 """Names, request limits and number checks shared by the library and the command line.
 
-Importable without TensorFlow: `tfprobunet --help` builds its parser from this module (and the
-TensorFlow-free `models/presets.py`). The modules that use these values import them from here
+Importable without TensorFlow: `tfprobunet --help` builds its parser from this module, the
+catalog (`tfprobunet.catalog`: the names of models, datasets, splits and metrics) and the
+TensorFlow-free `models/presets.py`. The modules that use these values import them from here
 (`serving.export.MAX_SAMPLES`, ... are the same objects).
 """
 
-# The names `train(model=...)`, `compare` and the CLI know the models by (`models.MODELS`):
-# the paper's comparison (section 4), which `compare` runs by default, then its successors.
-PAPER_MODELS = ("probunet", "dropout", "ensemble", "mheads", "i2ivae")
-MODEL_NAMES = (*PAPER_MODELS, "hpunet", "ssn")
-# The datasets `tfprobunet.data.load` knows by name.
-DATASETS = ("flips", "graders", "lidc", "lidc-pickle", "lidc-phiseg", "cityscapes", "npz",
-            "folder")
-# The synthetic ones (no --data-dir), and those with patient (series, image) ids, whose splits
-# split manifests record (tfprobunet.data.manifests).
-SYNTHETIC_DATASETS = ("flips", "graders")
-MANIFEST_DATASETS = ("lidc", "lidc-pickle", "lidc-phiseg", "folder")
-# How `tfprobunet data manifest --split` splits: "seed", the library's own split by a seed (or the
-# split the data comes with); "mose", MoSE's published split of lidc-pickle
-# (tfprobunet.data.manifests.mose_split).
-MANIFEST_SPLITS = ("seed", "mose")
+# The names of models, datasets, splits and metrics live in `tfprobunet.catalog`.
 STRATEGIES = ("default", "mirrored", "multi_worker")
 SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # `train(mixed_precision=...)`: Keras dtype policies (None or "float32": float32), or "auto":

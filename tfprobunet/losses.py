@@ -12,7 +12,7 @@ below is written in `log_scale` so that no `log(exp(.))` or division by a tiny s
 
 import tensorflow as tf
 
-IGNORE_LABEL = 255
+from tfprobunet.catalog import IGNORE_LABEL
 RECONSTRUCTIONS = ("sum", "mean")
 KL_ESTIMATORS = ("analytic", "sampled")
 

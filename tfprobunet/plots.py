@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet import catalog
+from tfprobunet.catalog import IGNORE_LABEL
 
 
 def _figure(width, height):
@@ -176,10 +177,13 @@ def write_figures(report, rows, source, out_dir):
     return written
 
 
-# Names of the models in the comparison figures, as the paper calls them.
-MODEL_LABELS = {"probunet": "Probabilistic U-Net", "dropout": "Dropout U-Net",
-                "ensemble": "U-Net Ensemble", "mheads": "M-Heads", "i2ivae": "Image2Image VAE",
-                "hpunet": "HPU-Net", "ssn": "Stochastic Segmentation Network"}
+# Names of the package's models in the comparison figures, as the paper calls them (the
+# catalog's labels; a results entry's own "label" names a model of your own).
+MODEL_LABELS = {name: entry.label for name, entry in catalog.BUILTIN_MODELS.items()}
+
+
+def _label(name, entry):
+    return entry.get("label") or catalog.model_label(name)
 
 
 def comparison_ged(results, path):
@@ -195,7 +199,7 @@ def comparison_ged(results, path):
         means = np.array([entry["ged"][str(k)]["mean"] for k in counts])
         low = means - [entry["ged"][str(k)]["min"] for k in counts]
         high = np.array([entry["ged"][str(k)]["max"] for k in counts]) - means
-        label = MODEL_LABELS.get(name, name)
+        label = _label(name, entry)
         if name in tests:
             side = "" if tests[name]["reference_lower"] else ", lower than ours"
             label += f" (p = {tests[name]['p']:.1e}{side})"
@@ -232,7 +236,7 @@ def comparison_modes(results, path):
         frequencies = np.asarray(entry["mode_frequencies"])[order]
         found = frequencies > 0
         colour = f"C{i}"
-        label = (f"{MODEL_LABELS.get(name, name)} (r = {entry['pearson_r']['mean']:.2f}, "
+        label = (f"{_label(name, entry)} (r = {entry['pearson_r']['mean']:.2f}, "
                  f"{entry['modes_found']['mean']:.0f}/{len(truth)} modes)")
         axes.semilogy(x[found], frequencies[found], "o", ms=4, color=colour, label=label)
         if (~found).any():

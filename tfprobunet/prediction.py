@@ -11,16 +11,16 @@ an image or a sample count beyond the request limits (`MAX_PIXELS`, `MAX_SAMPLE_
 """
 
 import os
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from tfprobunet import layers, metrics, saving
+from tfprobunet.data import images as images_lib
 from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 
-# What `tf.io.decode_image` decodes (PIL's format names).
-IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+# What `read_image` decodes (PIL's format names).
+IMAGE_FORMATS = images_lib.TF_FORMATS
 
 
 def pad_to_multiple(images, divisor, value=None):
@@ -98,34 +98,17 @@ def write_masks(masks, probabilities, out_dir):
 
 
 def image_size(path):
-    """The `(height, width)` of an image file, read from its header: nothing is decoded.
+    """The `(height, width)` of an image file, read from its header: nothing is decoded
+    (`tfprobunet.data.images.header_size`).
 
     Raises:
         ValueError: `path` is missing, a directory, or not a PNG, JPEG, GIF, BMP or WebP image;
             the message says which.
     """
-    from PIL import Image
-
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory: pass image files (on the command line, "
                          f"e.g. --image {os.path.join(path, '*.png')}: the shell expands it).")
-    if not os.path.exists(path):
-        raise ValueError(f"No image at {path}: pass PNG or JPEG files.")
-    try:
-        with warnings.catch_warnings():
-            # Above 89 million pixels PIL warns; the limits below say more.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                kind = image.format
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{path}: {error}. Resize it, or split it into tiles.") from None
-    except (OSError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"{path} is not an image that can be read ({error}): pass PNG or "
-                         "JPEG files.") from None
-    if kind not in IMAGE_FORMATS:
-        raise ValueError(f"{path} is a {kind} image: pass a PNG, JPEG, GIF, BMP or WebP file.")
-    return height, width
+    return images_lib.header_size(path, IMAGE_FORMATS)
 
 
 def check_image_files(paths, num_samples, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
@@ -187,8 +170,6 @@ def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX
     Returns:
         The paths written.
     """
-    from tfprobunet.serving.client import read_image
-
     if isinstance(model, (str, os.PathLike)):
         model = saving.load_model(model)
     check_image_files(paths, num_samples, max_samples, max_pixels, max_sample_pixels)
@@ -204,7 +185,7 @@ def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX
             return predict(model, images, num_samples, seed)
     written = []
     for path in paths:
-        outputs = run(read_image(path, channels))
+        outputs = run(images_lib.read_image(path, channels))
         stem = os.path.splitext(os.path.basename(path))[0]
         written += write_masks(outputs["masks"][0], outputs["probabilities"][0],
                                os.path.join(out_dir, stem))

@@ -30,6 +30,8 @@ import warnings
 
 import numpy as np
 
+from tfprobunet import catalog
+
 Protocol = collections.namedtuple(
     "Protocol", "name datasets split sample_counts headline self_pairs empty_pair hm_iou "
                 "columns papers")
@@ -49,9 +51,8 @@ Fields:
         conventions, not their training.
 """
 
-# Report key: (table heading, higher is better).
-COLUMNS = {"ged": ("D²_GED", False), "hm_iou": ("HM-IoU", True), "ncc": ("S_NCC", True),
-           "ece": ("ECE", False), "sample_diversity": ("diversity", True)}
+# Report key: (table heading, higher is better), the catalog's metrics.
+COLUMNS = {name: (m.label, m.higher_is_better) for name, m in catalog.METRICS.items()}
 
 PROTOCOLS = {
     "kohl": Protocol(
@@ -64,7 +65,7 @@ PROTOCOLS = {
     "custom": Protocol("custom", None, None, None, None, True, 0.0, "tiled",
                        ("ged", "hm_iou", "ncc", "ece"), "none: the conventions below"),
 }
-NAMES = tuple(PROTOCOLS)
+NAMES = tuple(PROTOCOLS)  # = catalog.PROTOCOL_NAMES (tests/test_catalog.py)
 # The datasets on which a protocol scores a published split only with a split manifest: without
 # one, the LIDC pickle is split by the library's own seed, which no paper used.
 NEEDS_MANIFEST = {"phiseg": ("lidc-pickle",)}

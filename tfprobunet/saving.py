@@ -11,6 +11,7 @@ raised per call (`load_model(path, max_bytes=...)`) or for a whole process, the 
 included, by the environment variable `TFPROBUNET_MAX_MODEL_BYTES`.
 """
 
+import importlib
 import json
 import math
 import os
@@ -19,6 +20,8 @@ import zipfile
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tfprobunet import catalog
 
 # The most bytes a `.keras` file may inflate to, and its model's weights take (the optimizer's
 # state adds up to twice as much again). The default model's weights take about 20 MB.
@@ -176,6 +179,21 @@ def _check_weights(path, config, limit):
             + _raise_hint(limit))
 
 
+def _import_model_class(config):
+    """Import the module of the model class `config` names when Keras does not know the class
+    yet: one of the package's (`import tfprobunet` imports none until it is used), or a model
+    of your own that an installed package declares in the `tfprobunet.models` entry-point group
+    (see `tfprobunet.catalog`)."""
+    if not isinstance(config, dict) or keras.saving.get_registered_object(
+            config.get("registered_name")) is not None:
+        return
+    module = config.get("module")
+    if isinstance(module, str) and module.startswith("tfprobunet.models."):
+        importlib.import_module(module)
+    else:
+        catalog.entry_point_class(module, config.get("class_name"))
+
+
 def load_model(path, max_bytes=None):
     """Load a `.keras` model after checking what loading it costs, and that its weights are
     finite.
@@ -202,6 +220,7 @@ def load_model(path, max_bytes=None):
     with _open_archive(path) as archive:
         _check_members(path, archive, limit)
         config = _read_config(path, archive)
+    _import_model_class(config)
     _check_weights(path, config, limit)
     try:
         model = keras.saving.load_model(path)

@@ -11,7 +11,6 @@ tfprobunet.tuning.search(tuner, train_source, validation_data=val_source, epochs
 Needs the `tune` extra (`pip install "tfprobunet[tune]"`: keras-tuner and tensorboard).
 """
 
-import inspect
 import json
 import os
 import warnings
@@ -54,7 +53,7 @@ def num_channels(num_levels, base_channels):
 
 
 def _model_arguments():
-    return set(inspect.signature(ProbabilisticUNet.__init__).parameters) - {"self", "kwargs"}
+    return {"num_classes", "seed", *training.model_arguments("probunet")}
 
 
 class ProbabilisticUNetHyperModel(keras_tuner.HyperModel):

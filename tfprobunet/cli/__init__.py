@@ -2,7 +2,7 @@
 
 - `main.py`: `main()`, the parser, one line per error, exit statuses.
 - `flags.py`: value parsers, and library flags whose defaults are read from the library's
-  signatures (each default has one home).
+  signatures, stored TensorFlow-free in `signatures.json` (each default has one home).
 - `training.py` (`train`, `tune`, `compare`, `demo`), `evaluation.py` (`evaluate`,
   `inspect`), `serving.py` (`export`, `serve`, `predict`): one module per command group.
 

@@ -4,7 +4,7 @@ series or images are in each split)."""
 import argparse
 import json
 
-from tfprobunet.defaults import MANIFEST_DATASETS, MANIFEST_SPLITS
+from tfprobunet import catalog
 
 
 def add_parsers(commands):
@@ -14,11 +14,11 @@ def add_parsers(commands):
     manifest = tools.add_parser(
         "manifest", help="the split manifest of a dataset: which patients (series, images) are "
                          "in train, val and test, and the data's sha256 (JSON)")
-    manifest.add_argument("--dataset", required=True, choices=MANIFEST_DATASETS)
+    manifest.add_argument("--dataset", required=True, choices=catalog.MANIFEST_DATASETS)
     manifest.add_argument("--data-dir", required=True,
                           help="the data, as for train and evaluate (lidc-pickle: "
                                "data_lidc.pickle or a folder of *.pickle)")
-    manifest.add_argument("--split", choices=MANIFEST_SPLITS, default="seed",
+    manifest.add_argument("--split", choices=catalog.MANIFEST_SPLITS, default="seed",
                           help="seed (default): the library's own split by --seed and "
                                "--fractions, or the split the data comes with; mose: MoSE's "
                                "published split of lidc-pickle (gaozhitong/MoSE-AUSeg: "

@@ -4,13 +4,12 @@ and figures) and `inspect` (the latent-space figure)."""
 import json
 import os
 
-from tfprobunet import _console
+from tfprobunet import _console, catalog
 from tfprobunet.cli import flags
-from tfprobunet.defaults import SYNTHETIC_DATASETS
 
 PROTOCOLS = ("kohl", "phiseg", "custom")  # tfprobunet.protocols.NAMES, without TensorFlow
 
-SPLITS = ("train", "val", "test")
+SPLITS = catalog.SPLITS
 
 
 def add_parsers(commands):
@@ -78,18 +77,13 @@ def data_settings(args):
     return settings
 
 
-SYNTHETIC = SYNTHETIC_DATASETS
-# The datasets whose arrays keep the size they were saved with: --image-size is refused.
-OWN_SIZE = ("npz", "folder", "lidc-phiseg")
-
-
 def check_dataset_flags(dataset, data_dir, image_size):
     """Refuse data flags that `dataset` would ignore, naming the flag."""
-    if dataset in SYNTHETIC and data_dir is not None:
+    if dataset in catalog.SYNTHETIC_DATASETS and data_dir is not None:
         raise flags.CommandError(
             f"--data-dir is not read by the synthetic dataset {dataset}: pass --dataset folder "
             "or npz (or lidc, lidc-pickle, cityscapes) to read your folder.")
-    if dataset in OWN_SIZE and image_size is not None:
+    if dataset in catalog.OWN_SIZE_DATASETS and image_size is not None:
         raise flags.CommandError(
             f"--image-size is not used by --dataset {dataset}: its images keep the size they "
             "were saved with. Resize them before saving, or drop the flag.")

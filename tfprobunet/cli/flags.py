@@ -2,42 +2,34 @@
 
 A flag that stands for a library argument (`train`'s, a model's, `tune`'s, `compare`'s) has no
 default of its own (`argparse.SUPPRESS`): only the flags a user gives are passed, and the
-library's signature supplies the rest. Its help shows that default, read from the library's
-source with `ast` (`signature_defaults`), because `tfprobunet --help` answers without importing
-TensorFlow. Importable without TensorFlow.
+library's signature supplies the rest. Its help shows that default, read from `signatures.json`
+beside this file (`signature_defaults`), because `tfprobunet --help` answers without importing
+TensorFlow: the defaults of those functions and of the package's models, written by
+`python -m tfprobunet.cli.flags` (tests/test_cli.py fails when it is stale). A model of your own
+(`tfprobunet.models.register`, or a `tfprobunet.models` entry point) is inspected instead, when
+a command names it. Importable without TensorFlow.
 """
 
 import argparse
-import ast
 import functools
 import importlib
+import inspect
 import json
 import os
 
-from tfprobunet.defaults import (DATASETS, MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES,
-                                 MODEL_NAMES)
+from tfprobunet import catalog
+from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 
-PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Where each library function or class a command forwards to is defined (module, name).
-TRAIN = ("training/train.py", "train")
-TUNE = ("tuning.py", "tune")
-COMPARE = ("comparison.py", "compare")
-MODELS = {"probunet": ("models/probabilistic_unet.py", "ProbabilisticUNet"),
-          "dropout": ("models/dropout_unet.py", "DropoutUNet"),
-          "ensemble": ("models/ensemble.py", "UNetEnsemble"),
-          "mheads": ("models/m_heads.py", "MHeads"),
-          "i2ivae": ("models/image2image_vae.py", "Image2ImageVAE"),
-          "hpunet": ("models/hpunet.py", "HierarchicalProbabilisticUNet"),
-          "ssn": ("models/ssn.py", "StochasticSegmentationNetwork")}
+# The library functions the commands forward to: name -> (module, attribute).
+FUNCTIONS = {"train": ("tfprobunet.training.train", "train"),
+             "tune": ("tfprobunet.tuning", "tune"),
+             "compare": ("tfprobunet.comparison", "compare")}
+TRAIN, TUNE, COMPARE = FUNCTIONS
+SIGNATURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "signatures.json")
 # Model arguments that are not flags: the dataset sets `num_classes`; `train`'s `seed` is the
 # model's too.
 NOT_MODEL_FLAGS = ("num_classes", "seed")
-DATA_HELP = ("flips, graders: synthetic; lidc: the PNG crops folder; "
-             "lidc-pickle: the PyTorch port's data_lidc.pickle; lidc-phiseg: PHiSeg's "
-             "data_lidc.hdf5; cityscapes: the folder with "
-             "leftImg8bit/ and gtFine/; your own data: npz, a folder with train.npz, val.npz, "
-             "test.npz; folder, a folder with images/ and masks/ (NAME_0.png, NAME_1.png, ... per "
-             "image NAME.png; see docs/data.md)")
+DATA_HELP = "; ".join(f"{name}: {entry.help}" for name, entry in catalog.DATASETS.items())
 
 
 class CommandError(Exception):
@@ -78,7 +70,7 @@ def image_range(text):
     return low, high
 
 
-def _value(text):
+def json_or_text(text):
     """A value as JSON when it is JSON (`8`, `0.0`, `[16, 32]`, `true`), else the text."""
     try:
         return json.loads(text)
@@ -93,19 +85,20 @@ def fixed(text):
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    parsed = _value(value)
+    parsed = json_or_text(value)
     if isinstance(parsed, str) and "," in value:
-        parsed = [_value(v) for v in value.split(",") if v]
+        parsed = [json_or_text(v) for v in value.split(",") if v]
     return name.replace("-", "_"), parsed
 
 
 def model_list(text):
-    """`probunet,dropout` as a list of names of `tfprobunet.models.MODELS`."""
+    """`probunet,dropout` as a list of model names (`tfprobunet.catalog.model_names()`)."""
     names = [v for v in text.split(",") if v]
-    unknown = [v for v in names if v not in MODEL_NAMES]
+    known = catalog.model_names()
+    unknown = [v for v in names if v not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(MODEL_NAMES)}; got {text!r}")
+            f"expected a comma-separated list of {', '.join(known)}; got {text!r}")
     return names
 
 
@@ -118,51 +111,51 @@ def override(text):
     return model, argument, value
 
 
+def inspected_defaults(function):
+    """The defaults of `function` (or of a class's constructor) as JSON values (tuples as
+    lists): `{argument: value}`, arguments without a default left out."""
+    if isinstance(function, type):
+        function = function.__init__
+    return json.loads(json.dumps({name: p.default for name, p in
+                                  inspect.signature(function).parameters.items()
+                                  if p.default is not p.empty}))
+
+
+def library_signatures():
+    """What `signatures.json` holds, read off the library (imports it, and TensorFlow):
+    `{"functions": {name: defaults}, "models": {model: defaults}}`."""
+    functions = {name: inspected_defaults(getattr(importlib.import_module(module), attribute))
+                 for name, (module, attribute) in FUNCTIONS.items()}
+    models = {name: inspected_defaults(catalog.model_class(name))
+              for name in catalog.BUILTIN_MODELS}
+    return {"functions": functions, "models": models}
+
+
 @functools.lru_cache(maxsize=None)
+def _stored_signatures():
+    with open(SIGNATURES) as f:
+        return json.load(f)
+
+
 def signature_defaults(where):
-    """The defaults of the function (or class constructor) `where`, `(module path under the
-    package, name)`, read from its source without importing it: `{argument: value}`, values
-    as Python literals, or a module constant's value (`_cluster.CONNECT_TIMEOUT`) when the
-    module is importable without TensorFlow (else `Unresolved`, its text). Arguments without a
-    default are left out."""
-    path, name = where
-    with open(os.path.join(PACKAGE, path)) as f:
-        tree = ast.parse(f.read())
-    (node,) = [n for n in tree.body if getattr(n, "name", None) == name]
-    if isinstance(node, ast.ClassDef):
-        (node,) = [n for n in node.body if getattr(n, "name", None) == "__init__"]
-    args = node.args
-    positional = [*args.posonlyargs, *args.args]
-    pairs = [*zip(positional[len(positional) - len(args.defaults):], args.defaults),
-             *((a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None)]
-    return {arg.arg: _literal(default) for arg, default in pairs}
+    """The defaults of the library function `where` (`TRAIN`, `TUNE`, `COMPARE`) or of the
+    constructor of the model named `where`: `{argument: value}`, arguments without a default
+    left out. The package's own are read from `signatures.json` (no TensorFlow); a model
+    registered or declared as an entry point is imported and inspected."""
+    stored = _stored_signatures()
+    if where in stored["functions"]:
+        return stored["functions"][where]
+    if where in stored["models"]:
+        return stored["models"][where]
+    return inspected_defaults(catalog.model_class(where))
 
 
-class Unresolved(str):
-    """A default that cannot be read without running its module (`MODELS`, a constant of a
-    module that imports TensorFlow): its source text."""
-
-
-# Modules whose constants a default may name and that import without TensorFlow.
-LIGHT_MODULES = ("_cluster", "defaults")
-
-
-def _literal(node):
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        text = ast.unparse(node)
-        module, _, attribute = text.rpartition(".")
-        if module in LIGHT_MODULES:  # e.g. `_cluster.CONNECT_TIMEOUT`
-            return getattr(importlib.import_module(f"tfprobunet.{module}"), attribute)
-        return Unresolved(text)
-
-
-def model_arguments():
-    """Every model's constructor arguments that are flags: `{argument: [model names]}`."""
+def model_arguments(models=tuple(catalog.BUILTIN_MODELS)):
+    """The constructor arguments that are flags of the models named `models` (the package's by
+    default): `{argument: [model names]}`."""
     taken = {}
-    for model, where in MODELS.items():
-        for argument in signature_defaults(where):
+    for model in models:
+        for argument in signature_defaults(model):
             if argument not in NOT_MODEL_FLAGS:
                 taken.setdefault(argument, []).append(model)
     return taken
@@ -182,7 +175,7 @@ def add_library_flag(parser, where, name, help="", models=None, default_help=Non
     if models is None:
         defaults = {None: signature_defaults(where).get(name)}
     else:
-        defaults = {m: signature_defaults(MODELS[m]).get(name) for m in models}
+        defaults = {m: signature_defaults(m).get(name) for m in models}
     shown = sorted({_shown(v) for v in defaults.values()})
     if default_help is not None:
         default = default_help
@@ -190,7 +183,7 @@ def add_library_flag(parser, where, name, help="", models=None, default_help=Non
         default = "; ".join(f"{m}: {_shown(v)}" for m, v in defaults.items())
     else:
         default = shown[0]
-    if models is not None and len(models) < len(MODELS):
+    if models is not None and set(catalog.BUILTIN_MODELS) - set(models):
         help = f"{help}{'; ' if help else ''}with --model {' or '.join(models)}"
     help = f"{help}{' ' if help else ''}(default: {default})".replace("%", "%%")
     parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
@@ -209,9 +202,10 @@ def given(args, where, *more):
 def add_data_flags(parser, library=None):
     """`--dataset`, `--data-dir`, `--image-size`, `--num-examples`; as library flags of the
     function `library` when given (`train`, `tune`, `compare`)."""
-    specs = [("dataset", dict(choices=DATASETS), DATA_HELP, None),
-             ("data_dir", {}, "where --dataset folder, npz, lidc, lidc-pickle, lidc-phiseg or "
-                              "cityscapes is read from (needs --dataset)", "none"),
+    read = [n for n in catalog.DATASET_NAMES if catalog.DATASETS[n].needs_data_dir]
+    specs = [("dataset", dict(choices=catalog.DATASET_NAMES), DATA_HELP, None),
+             ("data_dir", {}, f"where --dataset {' or '.join(read)} is read from (needs "
+                              "--dataset)", "none"),
              ("image_size", dict(type=size), "SIZE or HEIGHT,WIDTH",
               "64 synthetic, 128 LIDC, 256,512 Cityscapes"),
              ("num_examples", dict(type=int), "images of the split",
@@ -238,3 +232,12 @@ def limits(args):
     """The request limits given (or defaulted) on the command line."""
     return {"max_samples": args.max_samples, "max_pixels": args.max_pixels,
             "max_sample_pixels": args.max_sample_pixels}
+
+
+
+def write_signatures():
+    """Rewrite `signatures.json` from the library (after a signature changed):
+    `python -c "from tfprobunet.cli import flags; flags.write_signatures()"`."""
+    with open(SIGNATURES, "w") as f:
+        json.dump(library_signatures(), f, indent=1)
+        f.write("\n")

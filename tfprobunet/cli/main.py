@@ -6,23 +6,23 @@ import os
 import signal
 import sys
 
-from tfprobunet import _console, _interrupts
+from tfprobunet import _console, _interrupts, catalog
 from tfprobunet.cli import data, evaluation, flags, serving, training
-from tfprobunet.defaults import DATASETS
 
 DESCRIPTION = "The `tfprobunet` console script. Thin: every command calls a library function."
 # The commands that train, and read the synthetic flips data unless --dataset says otherwise.
 FLIPS_BY_DEFAULT = ("train", "tune", "compare")
 
 
-def build_parser():
-    """The parser of `tfprobunet`."""
+def build_parser(argv=()):
+    """The parser of `tfprobunet`; a model of your own named by `--model` in `argv` gets its
+    constructor arguments as `train` flags (its class is imported, TensorFlow with it)."""
     parser = argparse.ArgumentParser(prog="tfprobunet", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true",
                         help="show TensorFlow's start-up and C++ log lines, which are held "
                              f"back otherwise (also: {_console.VERBOSE_VARIABLE}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
-    training.add_parsers(commands)
+    training.add_parsers(commands, models=_own_models(argv))
     evaluation.add_parsers(commands)
     serving.add_parsers(commands)
     data.add_parsers(commands)
@@ -32,7 +32,8 @@ def build_parser():
 def main(argv=None):
     """Run `tfprobunet argv` (default: `sys.argv[1:]`); returns 0, or exits with 2 and one line
     on a refusal or an error (the traceback under `--debug`), 128+N on signal N."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         _check_data_flags(args)
@@ -53,6 +54,14 @@ def main(argv=None):
             raise
         parser.exit(2, f"{parser.prog}: error: {_one_line(error)}\n")
     return 0
+
+
+def _own_models(argv):
+    """The models of your own (not the package's) that `argv` names with `--model NAME`."""
+    names = [value for flag, value in zip(argv, argv[1:]) if flag == "--model"]
+    names += [arg.partition("=")[2] for arg in argv if arg.startswith("--model=")]
+    known = catalog.model_names()
+    return [n for n in names if n in known and n not in catalog.BUILTIN_MODELS]
 
 
 def _run(args):
@@ -83,9 +92,10 @@ def _check_data_flags(args):
     dataset, data_dir, image_size = (getattr(args, name, None)
                                      for name in ("dataset", "data_dir", "image_size"))
     if dataset is None and args.command in FLIPS_BY_DEFAULT and data_dir is not None:
+        read = [d for d in catalog.DATASET_NAMES if catalog.DATASETS[d].needs_data_dir]
         raise flags.CommandError(
             f"--data-dir {data_dir} needs --dataset: which layout to read there "
-            f"({', '.join(d for d in DATASETS if d not in evaluation.SYNTHETIC)}). Without "
+            f"({', '.join(read)}). Without "
             f"--dataset, {args.command} uses the synthetic flips data.")
     if dataset is not None or args.command in FLIPS_BY_DEFAULT:
         evaluation.check_dataset_flags(dataset or "flips", data_dir, image_size)

@@ -4,17 +4,18 @@ arguments are generated from the library's signatures (see `flags.py`)."""
 import json
 import os
 
-from tfprobunet import _console
+from tfprobunet import _console, catalog
 from tfprobunet.cli import flags
-from tfprobunet.defaults import MIXED_PRECISION, MODEL_NAMES, SCHEDULES, STRATEGIES
+from tfprobunet.defaults import MIXED_PRECISION, SCHEDULES, STRATEGIES
 from tfprobunet.models.presets import PRESETS
 
 # The `train` flags, but the data flags: (argument, argparse spec, help). Every argument of
 # `train` and of every model's constructor is here (tests/test_cli.py checks), except those
 # only Python can pass (`verbose`, `callbacks`, `validation_data`).
 TRAIN_FLAGS = [
-    ("model", dict(choices=MODEL_NAMES), "the model: the Probabilistic U-Net, a baseline of "
-                                         "the paper's section 3, or the HPU-Net (hpunet)"),
+    ("model", {}, "the model: the Probabilistic U-Net, a baseline of the paper's section 3, the "
+                  "HPU-Net (hpunet), the SSN (ssn), or a model of your own (registered, or an "
+                  "installed package's tfprobunet.models entry point)"),
     ("strategy", dict(choices=STRATEGIES), "multi_worker: one process per worker, configured "
                                            "by TF_CONFIG"),
     ("connect_timeout", dict(type=float, metavar="SECONDS"),
@@ -99,18 +100,22 @@ MODEL_FLAGS = {
 }
 
 
-def add_parsers(commands):
-    """Add `train`, `tune`, `compare` and `demo` to the subparsers `commands`."""
+def add_parsers(commands, models=()):
+    """Add `train`, `tune`, `compare` and `demo` to the subparsers `commands`; `models`: names of
+    models of your own whose constructor arguments become `train` flags too."""
     train = commands.add_parser(
         "train", help="train on a built-in benchmark or your data (resumes a killed run, "
                       "continues a finished one to more --epochs)")
     flags.add_data_flags(train, flags.TRAIN)
     train.add_argument("--workdir", required=True, help="checkpoints, log.csv, model.keras")
     for name, spec, help in TRAIN_FLAGS:
+        if name == "model":
+            spec = dict(choices=catalog.model_names())
         flags.add_library_flag(train, flags.TRAIN, name, help, **spec)
-    for name, models in flags.model_arguments().items():
-        spec, help = MODEL_FLAGS[name]
-        flags.add_library_flag(train, flags.TRAIN, name, help, models=models, **spec)
+    for name, takers in flags.model_arguments((*catalog.BUILTIN_MODELS, *models)).items():
+        # A model of your own: its other arguments read as JSON, else as text (`--size 8`).
+        spec, help = MODEL_FLAGS.get(name, (dict(type=flags.json_or_text), ""))
+        flags.add_library_flag(train, flags.TRAIN, name, help, models=takers, **spec)
     train.add_argument("--preset", choices=sorted(PRESETS),
                        help="defaults for the training recipe (explicit flags override them): "
                             + "; ".join(f"{k}: {v['description']}" for k, v in
@@ -130,13 +135,14 @@ def add_parsers(commands):
 def train_arguments(args):
     """The `train` keyword arguments of the parsed `args`: the preset's (those the model takes),
     then the flags given; the library's defaults fill in the rest."""
-    given = flags.given(args, flags.TRAIN, *flags.MODELS.values())
+    model = getattr(args, "model", catalog.REFERENCE_MODEL)
+    given = flags.given(args, flags.TRAIN, *catalog.BUILTIN_MODELS,
+                        *([] if model in catalog.BUILTIN_MODELS else [model]))
     given.pop("workdir", None)
     if args.preset is None:
         return given
-    model = given.get("model", "probunet")
     accepted = {*flags.signature_defaults(flags.TRAIN), *flags.signature_defaults(
-        flags.MODELS[model])} - {"workdir", "model"}
+        model)} - {"workdir", "model"}
     settings = {k: v for k, v in PRESETS[args.preset].items() if k in accepted}
     return {**settings, **given}
 

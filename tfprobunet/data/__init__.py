@@ -1,17 +1,24 @@
 """Datasets: synthetic ambiguous benchmarks, LIDC and Cityscapes readers, and the tf.data
 pipelines for training and evaluation. `load(name, split, ...)` opens any of them by name; your
 own data comes as image folders (`from_folders`), npz arrays (`arrays`), a `Source` or a
-`tf.data.Dataset`, its labels checked where it comes in (`checks`)."""
+`tf.data.Dataset`, its labels checked where it comes in (`checks`).
 
-from tfprobunet.data import (arrays, checks, cityscapes, folders, lidc, manifests, phiseg,
-                             synthetic)
+Where things live, from the bottom up: `checks.py` (label checks), `source.py` (`Source`, its
+checks; imports no loader), `images.py` (image headers and decoding), `manifests.py` and
+`safe_pickle.py`; one module per dataset, each with `load(data_dir, split, image_size=None,
+seed=..., split_manifest=None, ...) -> Source`: `synthetic`, `lidc` (two datasets), `phiseg`,
+`cityscapes`, `arrays`, `folders`; on top, `sources.py` (`load` by name through
+`tfprobunet.catalog.DATASETS`, `as_source`, `make_manifest`) and `pipeline.py` (`tf.data`)."""
+
+from tfprobunet.data import (arrays, checks, cityscapes, folders, images, lidc, manifests,
+                             phiseg, source, synthetic)
 from tfprobunet.data.folders import from_folders
 from tfprobunet.data.pipeline import evaluation_pipeline, training_pipeline
-from tfprobunet.data.sources import (DATASETS, Source, as_source, check_source, load,
-                                     make_manifest)
+from tfprobunet.data.source import Source, check_source
+from tfprobunet.data.sources import DATASETS, as_source, load, make_manifest
 from tfprobunet.data.synthetic import flip_modes, flips, graders
 
 __all__ = ["DATASETS", "Source", "arrays", "as_source", "check_source", "checks", "cityscapes",
            "evaluation_pipeline", "flip_modes", "flips", "folders", "from_folders", "graders",
-           "lidc", "load", "make_manifest", "manifests", "phiseg", "synthetic",
-           "training_pipeline"]
+           "images", "lidc", "load", "make_manifest", "manifests", "phiseg", "source",
+           "synthetic", "training_pipeline"]

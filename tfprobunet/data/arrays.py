@@ -1,6 +1,6 @@
 """Your own data as numpy arrays: a folder with `train.npz`, `val.npz` and `test.npz`, read by
-`tfprobunet.data.load("npz", split, data_dir=folder)` and `tfprobunet train|evaluate --dataset
-npz --data-dir folder`.
+`load(folder, split)` (the dataset `"npz"`: `tfprobunet.data.load("npz", split,
+data_dir=folder)`, `tfprobunet train|evaluate --dataset npz --data-dir folder`).
 
 Each file holds (`numpy.savez`):
 
@@ -29,8 +29,9 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet.catalog import IGNORE_LABEL
 from tfprobunet.data import checks
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.data.source import Source, check_split, refuse_split_manifest
 from tfprobunet.saving import byte_limit
 
 KEYS = ("images", "annotations", "num_classes", "annotation_weights", "classes")
@@ -170,3 +171,22 @@ def npz_split(data_dir, split, max_bytes=None):
                                                   annotations.astype(np.int32, copy=False)))
     return (dataset, num_classes, None if weights is None else weights.astype(np.float64),
             None if classes is None else [int(c) for c in np.ravel(classes)])
+
+
+def load(data_dir, split, image_size=None, seed=0, split_manifest=None, *, max_bytes=None):
+    """The dataset `"npz"`: `npz_split(data_dir, split, max_bytes)` as a `Source`.
+
+    Args:
+        data_dir: the folder of train.npz, val.npz and test.npz.
+        split: `"train"`, `"val"` or `"test"`.
+        image_size, seed: unused: the arrays are taken as stored, split by their files.
+        split_manifest: refused (the files are the split).
+        max_bytes: as in `npz_split`.
+
+    Returns:
+        A `Source` of `(image (h, w, c) float32, annotations (A, h, w) int32)`, with the
+        file's `num_classes`, `annotation_weights` and `classes` when it holds them.
+    """
+    refuse_split_manifest("npz", split_manifest, "your train/val/test files")
+    check_split(split)
+    return Source(*npz_split(data_dir, split, max_bytes))

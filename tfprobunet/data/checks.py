@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.catalog import IGNORE_LABEL
 
 # Examples (or batches, in `fit`) read ahead of training to check their labels: what a user's
 # mask set holds is seen in its first few dozen masks.

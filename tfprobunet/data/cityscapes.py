@@ -13,13 +13,18 @@ Layout (the official download)::
     <data_dir>/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png
 
 The `*_labelTrainIds.png` files are made by `cityscapesscripts`' `createTrainIdLabelImgs`.
+`load(data_dir, split)` gives the dataset as a `Source` (`tfprobunet.data.load("cityscapes",
+...)`); the PNGs are decoded by `tfprobunet.data.images`.
 """
 
 import os
 
 import tensorflow as tf
 
+from tfprobunet import catalog
+from tfprobunet.data import images as images_lib
 from tfprobunet.data import synthetic
+from tfprobunet.data.source import Source, check_split, refuse_split_manifest
 
 # (train id, name, flip probability) in the paper's order.
 FLIPS = ((1, "sidewalk", 8 / 17), (11, "person", 7 / 17), (13, "car", 6 / 17),
@@ -32,15 +37,14 @@ NUM_CLASSES = NUM_TRAIN_IDS + len(FLIPS)
 # The official evaluation scores the flippable classes and their twins only.
 SCORED_CLASSES = tuple(sorted(FLIPPABLE + TWINS))
 VALIDATION_CITIES = ("darmstadt", "monchengladbach", "ulm")
-SPLITS = ("train", "val", "test")
+SPLITS = catalog.SPLITS
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 
 
 def files(data_dir, split="train"):
     """`(images, labels)`: sorted paths of the split's images and train-id label maps."""
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
+    check_split(split)
     official = "val" if split == "test" else "train"
     image_root = os.path.join(data_dir, "leftImg8bit", official)
     label_root = os.path.join(data_dir, "gtFine", official)
@@ -87,10 +91,9 @@ def dataset(data_dir, split="train", image_size=(256, 512)):
     images, labels = files(data_dir, split)
     modes, _ = synthetic.flip_modes(FLIP_PROBABILITIES)
 
-    def load(image_path, label_path):
-        image = tf.image.convert_image_dtype(
-            tf.io.decode_png(tf.io.read_file(image_path), channels=3), tf.float32)
-        label = tf.io.decode_png(tf.io.read_file(label_path), channels=1)
+    def decode(image_path, label_path):
+        image = tf.image.convert_image_dtype(images_lib.decode_png(image_path, 3), tf.float32)
+        label = images_lib.decode_png(label_path, 1)
         if image_size is not None:
             image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
             label = tf.image.resize(label, image_size, method="nearest")
@@ -98,7 +101,27 @@ def dataset(data_dir, split="train", image_size=(256, 512)):
         return image, synthetic.mode_label_maps(base, modes, FLIPPABLE, TWINS)
 
     return tf.data.Dataset.from_tensor_slices((images, labels)).map(
-        load, num_parallel_calls=tf.data.AUTOTUNE)
+        decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load(data_dir, split, image_size=None, seed=0, split_manifest=None):
+    """The dataset `"cityscapes"` as a `Source`: `dataset(data_dir, split, image_size)`,
+    `NUM_CLASSES` classes, the annotations weighted by `mode_probabilities()`, the metrics
+    scoring `SCORED_CLASSES`.
+
+    Args:
+        data_dir, split: as in `dataset`.
+        image_size: `(h, w)`; default `(256, 512)`, the paper's (the catalog's).
+        seed: unused: the split is the paper's, by city.
+        split_manifest: refused (no patient ids: the split is by city).
+
+    Returns:
+        A `Source` of `(image (h, w, 3) float32 in [0, 1], annotations (32, h, w) int32)`.
+    """
+    refuse_split_manifest("cityscapes", split_manifest, "its folders")
+    size = image_size or catalog.DATASETS["cityscapes"].image_size
+    return Source(dataset(data_dir, split, size), NUM_CLASSES, mode_probabilities(),
+                  list(SCORED_CLASSES))
 
 
 def mode_probabilities():

@@ -1,6 +1,8 @@
 """Your own data as image files: a folder of images and a folder of masks, one mask file per
-rater, read by `from_folders(images, masks, split)` and `tfprobunet train|evaluate --dataset
-folder --data-dir FOLDER` (`FOLDER/images`, `FOLDER/masks`).
+rater, read by `from_folders(images, masks, split)`, and by `load(FOLDER, split)` (the dataset
+`"folder"`: `tfprobunet.data.load("folder", ...)`, `tfprobunet train|evaluate --dataset folder
+--data-dir FOLDER`) from `FOLDER/images` and `FOLDER/masks`. The files are decoded by
+`tfprobunet.data.images`.
 
 Layout (any names; PNG, JPEG, BMP or TIFF; `{stem}` is an image's file name without extension)::
 
@@ -25,11 +27,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet.catalog import IGNORE_LABEL, SPLITS
 from tfprobunet.data import checks, manifests
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.data import images as images_lib
+from tfprobunet.data.source import Source, check_split
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-SPLITS = ("train", "val", "test")
+# The image files read (`tfprobunet.data.images` decodes them).
+EXTENSIONS = images_lib.EXTENSIONS
 FRACTIONS = (0.8, 0.1, 0.1)
 # Sides are padded to a multiple of this by default: U-Nets of up to 5 levels take them.
 MULTIPLE = 16
@@ -115,23 +119,6 @@ def _rater(mask_name, pattern, stem):
     return mask_name[len(head):len(mask_name) - len(tail)]
 
 
-def _read(path, mode):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            if mode is None:
-                if image.mode not in ("1", "L", "P", "I", "I;16"):
-                    raise ValueError(f"{path} is a {image.mode} image: label masks "
-                                     "(binarize=False) must be grey or palette images whose "
-                                     "values are the class indices.")
-                labels = np.asarray(image)  # uint8, uint16 (I;16) or int32 (I)
-                return labels.astype(np.uint8) if labels.dtype == bool else labels
-            return np.asarray(image.convert(mode))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path} cannot be read as an image ({error}).") from None
-
-
 def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=1,
                  binarize=True, num_classes=None, multiple=MULTIPLE, fractions=FRACTIONS,
                  seed=0, split_manifest=None):
@@ -177,10 +164,7 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
         ValueError: an unreadable file, a mask of another size than its image, labels out of
             range, or 0/255 masks with `binarize=False` (`checks.check_labels`).
     """
-    from tfprobunet.data.sources import Source
-
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
+    check_split(split)
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 (grey) or 3 (RGB). Received: {channels!r}")
     cases = _cases(images, masks, split, pattern, fractions, seed, split_manifest)
@@ -197,17 +181,31 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
     return Source(dataset, 2 if binarize else int(num_classes), None, None)
 
 
+def load(data_dir, split, image_size=None, seed=0, split_manifest=None, **options):
+    """The dataset `"folder"`: `from_folders(data_dir/images, data_dir/masks, split, ...)`.
+
+    Args:
+        data_dir: the folder holding `images/` and `masks/`.
+        split: `"train"`, `"val"` or `"test"`.
+        image_size: unused: every image keeps its size (padded to a common one, see
+            `from_folders`' `multiple`).
+        seed, split_manifest: as in `from_folders`.
+        **options: the other arguments of `from_folders` (`pattern`, `channels`, `binarize`,
+            `num_classes`, `multiple`, `fractions`).
+
+    Returns:
+        A `Source` of `(image (H, W, channels) float32 in [0, 1], annotations (A, H, W) int32)`.
+    """
+    return from_folders(os.path.join(data_dir, "images"), os.path.join(data_dir, "masks"),
+                        split, seed=seed, split_manifest=split_manifest, **options)
+
+
 def image_sizes(images, masks, split="train", pattern="{stem}_*.png", fractions=FRACTIONS,
                 seed=0, split_manifest=None):
     """The original `(height, width)` of each image of the split, in `from_folders`' order
     (same arguments): crop its outputs back with `[:h, :w]`."""
-    from PIL import Image
-
-    sizes = []
-    for path in _cases(images, masks, split, pattern, fractions, seed, split_manifest)[0]:
-        with Image.open(path) as image:
-            sizes.append((image.height, image.width))
-    return sizes
+    return [images_lib.header_size(path)
+            for path in _cases(images, masks, split, pattern, fractions, seed, split_manifest)[0]]
 
 
 def split_manifest(images, masks, seed=0, fractions=FRACTIONS):
@@ -318,11 +316,8 @@ def _load(image_paths, mask_paths, channels, binarize, multiple):
 def _header_size(path):
     """`(height, width)` from the file's header, or None if it cannot be opened: decoding it
     then raises the error, in the files' order."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            return image.height, image.width
+        return images_lib.header_size(path)
     except Exception:  # noqa: BLE001 -- `_decode` raises it, in the files' order
         return None
 
@@ -346,11 +341,11 @@ def _in_order(pool, function, arguments):
 
 def _decode(image_path, mask_paths, channels, binarize):
     """`(image (h, w, channels) uint8, annotations (A, h, w))` of one case, from its files."""
-    image = _read(image_path, "L" if channels == 1 else "RGB")
+    image = images_lib.decode(image_path, "L" if channels == 1 else "RGB")
     image = image[..., None] if channels == 1 else image
     annotations = []
     for path in mask_paths:
-        mask = _read(path, "L" if binarize else None)
+        mask = images_lib.decode(path, "L" if binarize else None)
         if mask.shape[:2] != image.shape[:2]:
             raise ValueError(f"{path} is {mask.shape[0]}x{mask.shape[1]} pixels (height x "
                              f"width) but its image {image_path} is {image.shape[0]}x"

@@ -19,29 +19,32 @@
   and no more array bytes than the file holds), and split by CT series (`series_uid`) with a
   seed, or by a split manifest (MoSE's published split: `split_manifest(path, split="mose")`).
 
-Both yield `(image (s, s, 1) float32 in [0, 1], annotations (4, s, s) int32 in {0, 1})`.
+Both yield `(image (s, s, 1) float32 in [0, 1], annotations (4, s, s) int32 in {0, 1})`;
+`load(data_dir, split, name="lidc" | "lidc-pickle")` gives either as a `Source`, for
+`tfprobunet.data.load`. PNG headers are checked and decoded by `tfprobunet.data.images`.
 """
 
 import collections
 import os
 import re
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import tensorflow as tf
 
-# The restricted unpickler has its own module; its names stay importable from here.
+from tfprobunet import catalog
+from tfprobunet.catalog import SPLITS
+from tfprobunet.data import images as images_lib
 from tfprobunet.data import manifests
+# The restricted unpickler has its own module; its names stay importable from here.
 from tfprobunet.data.safe_pickle import ARRAY_BYTES_SLACK, UnsafePickleError, read_pickle
+from tfprobunet.data.source import Source, check_split
 
 __all__ = ["PUBLISHED_CROPS", "SPLITS", "SPLIT_FRACTIONS", "SplitCountWarning", "UnsafePickleError",
            "count_difference", "crop_size", "crops", "crops_files", "crops_manifest",
-           "crops_summary", "pickle_arrays", "pickle_dataset", "read_pickle", "split_manifest",
-           "split_series"]
+           "crops_summary", "load", "pickle_arrays", "pickle_dataset", "read_pickle",
+           "split_manifest", "split_series"]
 
-SPLITS = ("train", "val", "test")
 # The images and patients of each split of the LIDC crops as published: Kohl et al. 2019 (A
 # Hierarchical Probabilistic U-Net for Modeling Multi-Scale Ambiguities), the LIDC crops
 # released with it.
@@ -50,13 +53,6 @@ PUBLISHED_CROPS = {"train": {"images": 8843, "patients": 530},
                    "test": {"images": 1980, "patients": 103}}
 SPLIT_FRACTIONS = manifests.FRACTIONS  # PHiSeg's 64/16/20 of the series
 _MASK = re.compile(r"^(?P<slice>.+)_l(?P<grader>\d+)\.png$")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))  # the last 12 bytes of a PNG
-
-
-def _check_split(split):
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
 
 
 class SplitCountWarning(UserWarning):
@@ -99,36 +95,6 @@ def _check_graders(images, graders):
             f"{_suffixes(range(1, len(expected) + 1))}. Rename the misnumbered grader's masks.")
 
 
-def _png_size(path):
-    """`(h, w)` from the header of the PNG at `path`, reading its first 24 and last 12 bytes.
-
-    Raises:
-        ValueError: naming `path`, if it is empty, not a PNG, or cut short (no end chunk).
-            Damage between the header and the end (say, bytes flipped inside the image data) is
-            found only when TensorFlow decodes the file, in an error that does not name it.
-    """
-    with open(path, "rb") as f:
-        head = f.read(24)
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(size - len(_PNG_END), 0))
-        tail = f.read()
-    if not size:
-        problem = "it is empty"
-    elif not head.startswith(_PNG_SIGNATURE):
-        problem = f"it does not start with the PNG signature but with {head[:8]!r}"
-    elif len(head) < 24 or head[12:16] != b"IHDR":
-        problem = f"its header is cut short or has no IHDR chunk ({size} bytes)"
-    elif tail != _PNG_END:
-        problem = f"it does not end with the PNG end chunk (IEND): it is cut short ({size} bytes)"
-    else:
-        width, height = struct.unpack(">II", head[16:24])
-        if width and height:
-            return height, width
-        problem = f"its header gives a size of {height}x{width} pixels"
-    raise ValueError(f"{path} is not a readable PNG: {problem}. Replace it with an intact copy "
-                     "(download or export it again).")
-
-
 def crops_files(data_dir, split="train"):
     """The image files of a split of the LIDC crops and their graders' mask files.
 
@@ -145,7 +111,7 @@ def crops_files(data_dir, split="train"):
         ValueError: grader suffixes that differ between images or skip a number; an empty,
             foreign or truncated PNG; a mask of another size than its image.
     """
-    _check_split(split)
+    check_split(split)
     root = _split_dir(data_dir, split)
     masks = collections.defaultdict(dict)
     for patient in sorted(os.listdir(os.path.join(root, "gt"))):
@@ -172,9 +138,9 @@ def crops_files(data_dir, split="train"):
         raise FileNotFoundError(f"No PNG images under {os.path.join(root, 'images')}.")
     _check_graders(images, graders)
     for image, image_masks in zip(images, annotations):
-        size = _png_size(image)
+        size = images_lib.png_size(image)
         for mask in image_masks:
-            mask_size = _png_size(mask)
+            mask_size = images_lib.png_size(mask)
             if mask_size != size:
                 raise ValueError(
                     f"Grader mask {mask} is {mask_size[0]}x{mask_size[1]} pixels (height x "
@@ -249,8 +215,7 @@ def crops_manifest(data_dir):
 
 def _read_png(path):
     """`(h, w)` uint8 from a grey (or RGB, converted) PNG."""
-    image = tf.io.decode_png(tf.io.read_file(path), channels=1)
-    return image[..., 0]
+    return images_lib.decode_png(path, 1)[..., 0]
 
 
 def _center(image, height, width):
@@ -306,7 +271,7 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
     if split_manifest is None:
         images, masks = crops_files(data_dir, split)
     else:
-        _check_split(split)
+        check_split(split)
         images, masks = _pooled(_found_files(data_dir))
         manifest = manifests.read(split_manifest, data_dir, "lidc",
                                   files=[*images, *masks.ravel()])
@@ -316,7 +281,7 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
         images, masks = images[index], masks[index]
     _warn_if_not_published(data_dir, split, images)
     for path in images:
-        tile = _png_size(path)
+        tile = images_lib.png_size(path)
         if tile[0] < height or tile[1] < width:
             raise ValueError(
                 f"{path} is {tile[0]}x{tile[1]} pixels (height x width), smaller than the "
@@ -477,3 +442,37 @@ def pickle_dataset(path, split="train", image_size=None, seed=0, fractions=SPLIT
     return dataset.map(lambda image, masks: (
         _center(image[..., 0], *crop_size(image_size))[..., None],
         _center(masks, *crop_size(image_size))))
+
+
+def load(data_dir, split, image_size=None, seed=0, split_manifest=None, *, name="lidc",
+         **options):
+    """The datasets `"lidc"` (the PNG crops, `crops`) and `"lidc-pickle"` (the PyTorch port's
+    pickle, `pickle_dataset`) as a `Source` of 2 classes, annotations equally likely.
+
+    Args:
+        data_dir: the crops' folder (`"lidc"`), or the pickle file or its folder
+            (`"lidc-pickle"`).
+        split: `"train"`, `"val"` or `"test"`.
+        image_size: crop size, an int or `(height, width)`. Default: the crops' 128 (the
+            catalog's), the pickle's stored size.
+        seed: seeds the crops' random windows, or the pickle's split by series.
+        split_manifest: a manifest (its JSON file, or the dict) fixing the split.
+        name: `"lidc"` or `"lidc-pickle"`: this module reads both.
+        **options: passed to `crops` (`random_crop`, default True for `"train"`: random
+            windows for training, this library's choice, the paper gives none; DeepMind's
+            notebook and CCDM take the central crop; `cache`) or to `pickle_dataset`
+            (`fractions`).
+
+    Returns:
+        A `Source` of `(image (h, w, 1) float32 in [0, 1], annotations (4, h, w) int32)`.
+    """
+    if name == "lidc":
+        options.setdefault("random_crop", split == "train")
+        dataset = crops(data_dir, split, image_size or catalog.DATASETS[name].image_size,
+                        seed=seed, split_manifest=split_manifest, **options)
+    elif name == "lidc-pickle":
+        dataset = pickle_dataset(data_dir, split, image_size, seed,
+                                 split_manifest=split_manifest, **options)
+    else:
+        raise ValueError(f"`name` must be 'lidc' or 'lidc-pickle'. Received: {name!r}")
+    return Source(dataset, 2, None, None)

@@ -26,9 +26,8 @@ import os
 
 import numpy as np
 
-from tfprobunet.defaults import MANIFEST_DATASETS, MANIFEST_SPLITS
+from tfprobunet.catalog import MANIFEST_DATASETS, MANIFEST_SPLITS, SPLITS
 
-SPLITS = ("train", "val", "test")
 # The PHiSeg split's shares of the CT series (Baumgartner et al. 2019: 20 % test, then 20 % of
 # the rest val: 64/16/20), the default of the manifests made here.
 FRACTIONS = (0.64, 0.16, 0.2)

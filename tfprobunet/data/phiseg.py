@@ -13,16 +13,18 @@ Its layout, read from that code (`prepare_data`): one group per split, `train`, 
 Its split comes from `sklearn`'s `train_test_split` without a `random_state`: only those who
 share the file share the split, which is why this reader takes the file as it is, and
 `split_manifest` writes it down (the uids of each group). With a manifest, `dataset` pools the
-three groups and takes the series the manifest lists. Needs h5py (`pip install
-"tfprobunet[data]"`; Keras installs it too).
+three groups and takes the series the manifest lists; `load` gives it as a `Source`, for
+`tfprobunet.data.load("lidc-phiseg", ...)`. Needs h5py (`pip install "tfprobunet[data]"`;
+Keras installs it too).
 """
 
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet.catalog import SPLITS
 from tfprobunet.data import manifests
+from tfprobunet.data.source import Source, check_split
 
-SPLITS = ("train", "val", "test")
 # Each dataset of a split: its dtype kind ("f" float, "u"/"i" integer) and its shape's rank.
 LAYOUT = {"images": ("f", 3), "labels": ("u", 4), "uids": ("iu", 1)}
 NUM_GRADERS = 4
@@ -39,8 +41,7 @@ def _h5py():
 
 def _checked(f, path, split):
     """`{key: h5py dataset}` of `split` in the open file `f`, checked against the layout."""
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
+    check_split(split)
     if split not in f:
         raise ValueError(f"{path} has no group {split!r}: PHiSeg's data_lidc.hdf5 has "
                          f"{list(SPLITS)}. Found: {sorted(f)}")
@@ -122,3 +123,19 @@ def dataset(path, split="train", split_manifest=None):
         if not len(images):
             raise ValueError(f"The split manifest puts no uid of {path} in {split!r}.")
     return tf.data.Dataset.from_tensor_slices((images, annotations))
+
+
+def load(data_dir, split, image_size=None, seed=0, split_manifest=None):
+    """The dataset `"lidc-phiseg"`: `dataset(data_dir, split, split_manifest)` as a `Source`
+    of 2 classes, annotations equally likely.
+
+    Args:
+        data_dir: PHiSeg's `data_lidc.hdf5`.
+        split: `"train"`, `"val"` or `"test"`.
+        image_size, seed: unused: the file holds 128x128 images, split.
+        split_manifest: as in `dataset`.
+
+    Returns:
+        A `Source` of `(image (h, w, 1) float32 in [0, 1], annotations (4, h, w) int32)`.
+    """
+    return Source(dataset(data_dir, split, split_manifest), 2, None, None)

@@ -2,21 +2,23 @@
 `evaluate` take."""
 
 import math
+import warnings
 
 import tensorflow as tf
 
 from tfprobunet.data import checks
 
 
-def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffle=True,
-                      repeat=True, seed=0, num_classes=None):
+def training_pipeline(dataset, batch_size, annotation_weights=None, shuffle=True,
+                      repeat=True, seed=0, num_classes=None, *, annotation_probabilities=None):
     """Batches of `(images, segmentations)` with one annotation drawn per example and step.
 
     Args:
         dataset: yields `(image (h, w, c), annotations (A, h, w))`.
         batch_size: global batch size (a distribution strategy splits it over replicas).
-        annotation_probabilities: `(A,)` probabilities of the annotations (the *flips* mode
-            probabilities); None draws them uniformly (graders are equally likely).
+        annotation_weights: `(A,)` probabilities of the annotations (the *flips* mode
+            probabilities, a `Source`'s `annotation_weights`); None draws them uniformly
+            (graders are equally likely).
         shuffle: shuffle the examples.
         repeat: repeat forever (use with `steps_per_epoch`).
         seed: seeds the shuffling and the draws. With `repeat`, every iterator of the result
@@ -25,14 +27,25 @@ def training_pipeline(dataset, batch_size, annotation_probabilities=None, shuffl
         num_classes: K, to refuse labels >= K other than 255 (ignore); None checks only for
             negative labels and 0/255 masks. The first examples are read to check them
             (`tfprobunet.data.checks.check_dataset`).
+        annotation_probabilities: deprecated, the old name of `annotation_weights` (it warns;
+            removed in tfprobunet 0.3.0).
 
     Returns:
         `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`.
     """
+    if annotation_probabilities is not None:
+        if annotation_weights is not None:
+            raise TypeError("training_pipeline got both annotation_weights and its deprecated "
+                            "name annotation_probabilities: pass only annotation_weights.")
+        warnings.warn("tfprobunet.data.training_pipeline(annotation_probabilities=...) is "
+                      "deprecated and will be removed in tfprobunet 0.3.0: pass "
+                      "annotation_weights=... (the name the rest of tfprobunet uses)",
+                      DeprecationWarning, stacklevel=2)
+        annotation_weights = annotation_probabilities
     checks.check_dataset(dataset, num_classes, "The annotations of the training dataset")
     logits = None
-    if annotation_probabilities is not None:
-        logits = tf.math.log(tf.constant(annotation_probabilities, tf.float32))[None]
+    if annotation_weights is not None:
+        logits = tf.math.log(tf.constant(annotation_weights, tf.float32))[None]
     if repeat:
         dataset = dataset.repeat()
     draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not repeat)

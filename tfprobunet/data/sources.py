@@ -1,73 +1,23 @@
-"""`load(name, split)`: every dataset the library knows by name, as `(image, annotations)`."""
+"""`load(name, split)`: every dataset the library knows by name (`tfprobunet.catalog.DATASETS`),
+as a `Source` of `(image, annotations)`; `as_source` (names, `Source`s and `tf.data` datasets
+alike, checked) and `make_manifest`.
 
-import collections
-import os
-
-import numpy as np
-import tensorflow as tf
-
-from tfprobunet.data import (arrays, checks, cityscapes, folders, lidc, manifests, phiseg,
-                             synthetic)
-from tfprobunet.defaults import DATASETS, SYNTHETIC_DATASETS
-
-SYNTHETIC = SYNTHETIC_DATASETS
-SPLITS = ("train", "val", "test")
-# How the datasets without split manifests are split.
-_HOW_SPLIT = {"flips": "its seed (synthetic)", "graders": "its seed (synthetic)",
-              "npz": "your train/val/test files", "cityscapes": "its folders"}
-# The synthetic splits are drawn with these offsets added to the seed, so they never overlap.
-SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
-# Default sizes of the synthetic splits; flips' test split has the official evaluation's 500.
-DEFAULT_EXAMPLES = {"flips": {"train": 1000, "val": 100, "test": 500},
-                    "graders": {"train": 1000, "val": 100, "test": 100}}
-
-Source = collections.namedtuple("Source", "dataset num_classes annotation_weights classes")
-Source.__doc__ = """A loaded dataset and what evaluating it needs.
-
-Fields:
-    dataset: `tf.data.Dataset` of `(image (h, w, c) float32, annotations (A, h, w) int32)`.
-    num_classes: K.
-    annotation_weights: `(A,)` probabilities of the annotations (the flip modes), or None when
-        the annotations are equally likely (graders).
-    classes: the classes the metrics score, or None for the default (class 1 for K = 2, all K).
-
-Your own data trains and evaluates as a `Source`, e.g. *flips* with other flip probabilities:
-
-```python
-p = (0.5, 0.3, 0.1)
-source = tfprobunet.data.Source(synthetic.flips(1000, 32, p), synthetic.flips_num_classes(p),
-                                synthetic.flip_modes(p)[1], None)
-tfprobunet.train("runs/mine", dataset=source, ...)
-```
+The dispatcher, above the loaders: the catalog names each dataset's module under
+`tfprobunet.data`, and `load` calls that module's `load(data_dir, split, image_size, seed,
+split_manifest, ...)`. `Source` and its checks live below every loader, in `source.py`.
 """
 
+import importlib
+import os
 
-def check_source(source):
-    """Raise `ValueError` naming what is wrong if `source` cannot be trained or evaluated on:
-    its element spec, `num_classes`, `annotation_weights`, and the labels of its first
-    `checks.PEEK_EXAMPLES` examples (`checks.check_labels`: 0/255 masks are refused)."""
-    if not isinstance(source.dataset, tf.data.Dataset):
-        raise ValueError("`Source.dataset` must be a tf.data.Dataset. Received: "
-                         f"{type(source.dataset).__name__}")
-    spec = source.dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2 and spec[0].shape.rank == 3
-            and spec[1].shape.rank == 3 and spec[0].dtype.is_floating
-            and spec[1].dtype.is_integer):
-        raise ValueError("The dataset must yield (image (h, w, c) float, annotations (A, h, w) "
-                         f"int): every annotation of an image. Received element_spec {spec}.")
-    if not isinstance(source.num_classes, (int, np.integer)) or source.num_classes < 2:
-        raise ValueError(f"`num_classes` must be an integer >= 2. Received: "
-                         f"{source.num_classes!r}")
-    if source.annotation_weights is not None:
-        weights = np.asarray(source.annotation_weights, np.float64)
-        count = spec[1].shape[0]
-        if weights.ndim != 1 or (count is not None and len(weights) != count):
-            raise ValueError(f"`annotation_weights` must hold one probability per annotation "
-                             f"({count}). Received shape {weights.shape}.")
-        if not (np.all(weights >= 0) and weights.sum() > 0):
-            raise ValueError("`annotation_weights` must be non-negative with a positive sum. "
-                             f"Received: {weights.tolist()}")
-    checks.check_dataset(source.dataset, source.num_classes, "The annotations of the dataset")
+import tensorflow as tf
+
+from tfprobunet import catalog
+from tfprobunet.data import folders, lidc, manifests, phiseg
+from tfprobunet.data.source import Source, check_source, check_split
+
+# The names `load` knows, in the catalog's order.
+DATASETS = catalog.DATASET_NAMES
 
 
 def as_source(dataset, split="train", data_dir=None, image_size=None, num_examples=None, seed=0,
@@ -88,8 +38,8 @@ def as_source(dataset, split="train", data_dir=None, image_size=None, num_exampl
     if split_manifest is not None and not isinstance(dataset, str):
         raise ValueError(
             "A split manifest chooses the examples of a dataset loaded by name (one of "
-            f"{', '.join(manifests.DATASETS)}); a {type(dataset).__name__} is already split: "
-            f"pass its split itself. Received: split_manifest={split_manifest!r}")
+            f"{', '.join(catalog.MANIFEST_DATASETS)}); a {type(dataset).__name__} is already "
+            f"split: pass its split itself. Received: split_manifest={split_manifest!r}")
     if isinstance(dataset, str):
         source = load(dataset, split, data_dir, image_size, num_examples, seed, split_manifest)
     elif isinstance(dataset, tf.data.Dataset):
@@ -116,7 +66,8 @@ def as_source(dataset, split="train", data_dir=None, image_size=None, num_exampl
 
 def load(name, split="train", data_dir=None, image_size=None, num_examples=None, seed=0,
          split_manifest=None):
-    """Load a dataset by name.
+    """Load a dataset by name: the `load` of the module the catalog names for it
+    (`tfprobunet.catalog.DATASETS[name].module`, under `tfprobunet.data`).
 
     Args:
         name: `"flips"` or `"graders"` (synthetic, see `tfprobunet.data.synthetic`), `"lidc"`
@@ -130,57 +81,45 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
             Cityscapes root); unused for the synthetic sets.
         image_size: height and width (an int, or `(h, w)` for Cityscapes). Default: 64 for the
             synthetic sets, 128 for LIDC, `(256, 512)` for Cityscapes.
-        num_examples: the first n examples; default all (synthetic: `DEFAULT_EXAMPLES`, 1000
-            for train, 100 for val, 100 for graders' test and 500 for flips' test).
+        num_examples: the first n examples; default all (synthetic:
+            `synthetic.DEFAULT_EXAMPLES`, 1000 for train, 100 for val, 100 for graders' test
+            and 500 for flips' test).
         seed: synthetic data, the LIDC pickle's split by series and the folder split.
         split_manifest: a split manifest (a JSON file or its dict, see
             `tfprobunet.data.manifests` and `make_manifest`) that fixes which patients (series,
             images) are in each split, instead of `seed` or the split the data comes with (all
             of whose splits are then pooled): for the datasets with such ids
-            (`manifests.DATASETS`: `"lidc"`, `"lidc-pickle"`, `"lidc-phiseg"`, `"folder"`).
+            (`catalog.MANIFEST_DATASETS`: `"lidc"`, `"lidc-pickle"`, `"lidc-phiseg"`,
+            `"folder"`).
 
     Returns:
         A `Source`.
     """
-    if name not in DATASETS:
-        raise ValueError(f"`dataset` must be one of {DATASETS}. Received: {name!r}")
-    if split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}. Received: {split!r}")
-    if split_manifest is not None:
-        _check_has_manifests(name, f" Received: split_manifest={split_manifest!r}")
-    if name in SYNTHETIC:
-        return _synthetic(name, split, image_size or 64, num_examples, seed)
-    if data_dir is None:
+    entry = catalog.dataset_entry(name)
+    check_split(split)
+    if entry.needs_data_dir and data_dir is None:
         raise ValueError(f"Dataset {name!r} is read from files: pass `data_dir` (CLI: "
                          "--data-dir).")
-    if name == "lidc":
-        # Random crops of the 180x180 tiles for training (this library's choice: the paper gives
-        # none; DeepMind's notebook and CCDM take the central crop), center crops else.
-        source = Source(lidc.crops(data_dir, split, image_size or 128,
-                                   random_crop=split == "train", seed=seed,
-                                   split_manifest=split_manifest), 2, None, None)
-    elif name == "npz":
-        source = Source(*arrays.npz_split(data_dir, split))
-    elif name == "folder":
-        source = folders.from_folders(os.path.join(data_dir, "images"),
-                                      os.path.join(data_dir, "masks"), split, seed=seed,
-                                      split_manifest=split_manifest)
-    elif name == "lidc-phiseg":
-        source = Source(phiseg.dataset(data_dir, split, split_manifest), 2, None, None)
-    elif name == "lidc-pickle":
-        source = Source(lidc.pickle_dataset(data_dir, split, image_size, seed,
-                                            split_manifest=split_manifest), 2, None, None)
-    else:
-        source = Source(cityscapes.dataset(data_dir, split, image_size or (256, 512)),
-                        cityscapes.NUM_CLASSES, cityscapes.mode_probabilities(),
-                        list(cityscapes.SCORED_CLASSES))
-    if num_examples is not None:
+    options = {}
+    if _shares_module(entry):  # the module reads several datasets: tell it which
+        options["name"] = name
+    if not entry.needs_data_dir:  # generated: as many examples as asked for
+        options["num_examples"] = num_examples
+    loader = importlib.import_module(f"tfprobunet.data.{entry.module}").load
+    source = loader(data_dir, split, image_size, seed, split_manifest, **options)
+    if num_examples is not None and entry.needs_data_dir:
         source = source._replace(dataset=source.dataset.take(num_examples))
     return source
 
 
+def _shares_module(entry):
+    """Whether `entry`'s module reads other datasets of the catalog too (its `load` takes
+    `name=`)."""
+    return sum(e.module == entry.module for e in catalog.DATASETS.values()) > 1
+
+
 def make_manifest(name, data_dir, seed=0, fractions=None, split="seed"):
-    """The split manifest of dataset `name` (one of `manifests.DATASETS`) at `data_dir`.
+    """The split manifest of dataset `name` (one of `catalog.MANIFEST_DATASETS`) at `data_dir`.
 
     `"lidc-pickle"`, and `"folder"` without split subfolders, are split by `seed` and
     `fractions` (default: theirs, 64/16/20 % and 80/10/10 %); `"lidc"`, `"lidc-phiseg"` and
@@ -189,7 +128,10 @@ def make_manifest(name, data_dir, seed=0, fractions=None, split="seed"):
     published split of its series instead (`manifests.mose_split`: `"split": "mose"`, its
     random_state 0 as `"seed"`), refusing another `seed` or `fractions`.
     """
-    _check_has_manifests(name)
+    if not catalog.dataset_entry(name).manifests:
+        raise ValueError(f"A split manifest fixes the split of "
+                         f"{', '.join(catalog.MANIFEST_DATASETS)}, the datasets with patient "
+                         f"(series, image) ids; {name!r} has none.")
     manifests.check_split(split, name)
     if name == "lidc":
         return lidc.crops_manifest(data_dir)
@@ -200,23 +142,3 @@ def make_manifest(name, data_dir, seed=0, fractions=None, split="seed"):
                                       os.path.join(data_dir, "masks"), seed,
                                       fractions or folders.FRACTIONS)
     return lidc.split_manifest(data_dir, seed, fractions or lidc.SPLIT_FRACTIONS, split=split)
-
-
-def _check_has_manifests(name, received=""):
-    if name not in manifests.DATASETS:
-        raise ValueError(f"A split manifest fixes the split of {', '.join(manifests.DATASETS)}; "
-                         f"{name!r} is split by {_HOW_SPLIT.get(name, 'its files')}.{received}")
-
-
-def _synthetic(name, split, image_size, num_examples, seed):
-    if num_examples is None:
-        num_examples = DEFAULT_EXAMPLES[name][split]
-    seed = seed + SPLIT_SEEDS[split]
-    if name == "flips":
-        _, probabilities = synthetic.flip_modes()
-        num_classes = synthetic.flips_num_classes()
-        # As the official Cityscapes evaluation: score the flippable classes and their twins.
-        return Source(synthetic.flips(num_examples, image_size, seed=seed), num_classes,
-                      probabilities, list(range(1, num_classes)))
-    return Source(synthetic.graders(num_examples, image_size, seed=seed), 2, None, None)
-

@@ -10,7 +10,8 @@
 
 Both are seeded `tf.data` pipelines yielding `(image (h, w, c) float32, annotations (A, h, w)
 int32)`: every grader's (or every mode's) label map. `tfprobunet.data.training_pipeline` draws
-one annotation per example and step, as the model is trained.
+one annotation per example and step, as the model is trained. `load(None, split, name=...)`
+gives either's split as a `Source`, for `tfprobunet.data.load("flips" | "graders", ...)`.
 """
 
 import itertools
@@ -18,10 +19,18 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet import catalog
+from tfprobunet.data.source import Source, check_split, refuse_split_manifest
+
 FLIP_PROBABILITIES = (8 / 17, 7 / 17, 6 / 17, 5 / 17, 4 / 17)
 NUM_GRADERS = 4
 # A grader's mask of the *graders* blob reaches out to a radius drawn from this range.
 EXTENT_RANGE = (0.7, 1.2)
+# The splits are drawn with these offsets added to the seed, so they never overlap.
+SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
+# Default sizes of the splits; flips' test split has the official evaluation's 500.
+DEFAULT_EXAMPLES = {"flips": {"train": 1000, "val": 100, "test": 500},
+                    "graders": {"train": 1000, "val": 100, "test": 100}}
 
 # Distinct RGB colours: background first, then one per flippable class.
 _PALETTE = np.array([
@@ -153,7 +162,7 @@ def flips(num_examples, image_size=64, flip_probabilities=FLIP_PROBABILITIES, se
     Returns:
         `tf.data.Dataset` of `(image (s, s, 3) float32, annotations (2**n, s, s) int32)`,
         annotations in the order of `flip_modes(flip_probabilities)`; use those probabilities
-        as `training_pipeline(annotation_probabilities=...)`.
+        as `training_pipeline(annotation_weights=...)`.
     """
     images, labels = flips_arrays(num_examples, image_size, flip_probabilities, seed)
     modes, _ = flip_modes(flip_probabilities)
@@ -228,3 +237,40 @@ def graders(num_examples, image_size=128, seed=0):
         `tf.data.Dataset` of `(image (s, s, 1) float32, annotations (4, s, s) int32)`.
     """
     return tf.data.Dataset.from_tensor_slices(graders_arrays(num_examples, image_size, seed))
+
+
+def load(data_dir, split, image_size=None, seed=0, split_manifest=None, *, name,
+         num_examples=None):
+    """A split of *flips* or *graders* as a `Source`, generated.
+
+    Args:
+        data_dir: unused (None): the data is generated.
+        split: `"train"`, `"val"` or `"test"`: drawn with the seed `seed + SPLIT_SEEDS[split]`,
+            so that the splits never share an image.
+        image_size: height and width; default the catalog's (64).
+        seed: the same seed gives the same images.
+        split_manifest: refused (no patient ids: the split is by seed).
+        name: `"flips"` or `"graders"`: this module generates both.
+        num_examples: default `DEFAULT_EXAMPLES[name][split]` (1000 for train, 100 for val,
+            100 for graders' test and 500 for flips' test).
+
+    Returns:
+        A `Source`: *flips* `(image (s, s, 3) float32, annotations (32, s, s) int32)`, 11
+        classes, the modes' probabilities, scoring the flippable classes and their twins (as
+        the official Cityscapes evaluation); *graders* `(image (s, s, 1) float32, annotations
+        (4, s, s) int32)`, 2 classes, annotations equally likely.
+    """
+    if name not in DEFAULT_EXAMPLES:
+        raise ValueError(f"`name` must be one of {tuple(DEFAULT_EXAMPLES)}. Received: {name!r}")
+    refuse_split_manifest(name, split_manifest, "its seed (synthetic)")
+    check_split(split)
+    image_size = image_size or catalog.DATASETS[name].image_size
+    if num_examples is None:
+        num_examples = DEFAULT_EXAMPLES[name][split]
+    seed = seed + SPLIT_SEEDS[split]
+    if name == "flips":
+        _, probabilities = flip_modes()
+        num_classes = flips_num_classes()
+        return Source(flips(num_examples, image_size, seed=seed), num_classes, probabilities,
+                      list(range(1, num_classes)))
+    return Source(graders(num_examples, image_size, seed=seed), 2, None, None)

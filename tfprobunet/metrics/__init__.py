@@ -22,7 +22,7 @@ Modules: `distances.py` (d, GED, HM-IoU), `modes.py` (mode and flip frequencies)
 metric).
 """
 
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.catalog import IGNORE_LABEL
 from tfprobunet.metrics.calibration import (calibration_bins, calibration_error,
                                             expected_calibration_error,
                                             normalized_cross_correlation, sample_diversity)

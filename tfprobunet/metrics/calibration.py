@@ -5,7 +5,7 @@ probabilities (`expected_calibration_error`) and the samples' own diversity
 
 import numpy as np
 
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.catalog import IGNORE_LABEL
 from tfprobunet.metrics.distances import (_label_maps, _weights, distinct_pair_mean,
                                           pairwise_distances)
 

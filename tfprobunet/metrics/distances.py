@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.catalog import IGNORE_LABEL
 
 
 def scored_classes(num_classes, classes=None):

@@ -5,7 +5,8 @@ models' `test_step` updates (`val_ged`). Same conventions as `distances.py`."""
 import keras
 import tensorflow as tf
 
-from tfprobunet.losses import IGNORE_LABEL, class_indicators
+from tfprobunet.catalog import IGNORE_LABEL
+from tfprobunet.losses import class_indicators
 from tfprobunet.metrics.distances import scored_classes
 
 

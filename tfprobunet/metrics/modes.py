@@ -3,7 +3,7 @@ flip frequencies, and the log-Pearson r between sampled and true frequencies."""
 
 import numpy as np
 
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.catalog import IGNORE_LABEL
 from tfprobunet.metrics.distances import pairwise_distances
 
 

@@ -10,7 +10,10 @@ export need of a model.
   the logits.
 - `presets.py`: the named training recipes (`PRESETS`, `preset`).
 
-`MODELS` names them for `train(model=...)` and `tfprobunet compare --models ...`.
+`MODELS` maps each name of `tfprobunet.catalog` (`probunet`, `dropout`, ...) to its class, for
+`train(model=...)` and `tfprobunet compare --models ...`; `register(name, cls)` adds a model of
+your own (see docs/development.md), as does an installed package's `tfprobunet.models` entry
+point.
 
 The model classes (and TensorFlow with them) are imported at their first use, so that the
 command line can read `presets` without TensorFlow; `import tfprobunet` imports them all.
@@ -18,38 +21,66 @@ command line can read `presets` without TensorFlow; `import tfprobunet` imports 
 
 import importlib
 
-from tfprobunet.defaults import MODEL_NAMES
+from tfprobunet import catalog
 from tfprobunet.models.presets import PRESETS, preset  # noqa: F401  (TensorFlow-free)
 
-# Each class, and the module that defines it, in the order of `MODEL_NAMES`.
-_CLASSES = {"ProbabilisticUNet": "probabilistic_unet", "DropoutUNet": "dropout_unet",
-            "UNetEnsemble": "ensemble", "MHeads": "m_heads", "Image2ImageVAE": "image2image_vae",
-            "HierarchicalProbabilisticUNet": "hpunet", "StochasticSegmentationNetwork": "ssn"}
-
-
-def _import_models():
-    """Import every model module (registering their Keras classes) and bind the names."""
-    classes = {name: getattr(importlib.import_module(f"{__name__}.{module}"), name)
-               for name, module in _CLASSES.items()}
-    base = importlib.import_module(f"{__name__}.base")
-    globals().update(classes, SegmentationSampler=base.SegmentationSampler,
-                     MODELS=dict(zip(MODEL_NAMES, classes.values())))
+# The package's classes by their names, read from the catalog.
+_CLASSES = {entry.class_name: entry.name for entry in catalog.BUILTIN_MODELS.values()}
 
 
 def __getattr__(name):
-    if name in (*_CLASSES, "SegmentationSampler", "MODELS"):
-        _import_models()
-        return globals()[name]
+    """PEP 562: the classes, `SegmentationSampler` and `MODELS` are imported when first used."""
+    if name in _CLASSES or name == "SegmentationSampler":
+        value = (catalog.model_class(_CLASSES[name]) if name in _CLASSES
+                 else importlib.import_module(f"{__name__}.base").SegmentationSampler)
+        globals()[name] = value
+        return value
+    if name == "MODELS":
+        return {model: catalog.model_class(model) for model in catalog.model_names()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name):
-    """The model class named `name` in `MODELS`."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"`model` must be one of {', '.join(MODEL_NAMES)}. Received: {name!r}")
-    return (globals().get("MODELS") or __getattr__("MODELS"))[name]
+    """The model class named `name` (a name of `tfprobunet.catalog.model_names()`)."""
+    return catalog.model_class(name)
+
+
+def register(name, cls, label=None):
+    """Make the model class `cls` known as `name`, as the package's own are: `train(model=name)`,
+    `tfprobunet train --model NAME`, `compare(models=[..., name])` and the evaluation then use
+    it with the same protocols and metrics.
+
+    Args:
+        name: its name, e.g. `"toy"`: lower case letters, digits, `-` and `_`, not a name
+            already taken.
+        cls: a subclass of `SegmentationSampler` whose constructor takes the shared arguments
+            (`num_classes`, `num_channels`, `seed`, ...; see `SegmentationSampler`). Register
+            it with `keras.saving.register_keras_serializable` too, so that its `.keras` files
+            load.
+        label: what tables and figures call it (default: the class's `LABEL`, else its name).
+
+    Returns:
+        `cls`, so that `register` can decorate a class: `register("toy", Toy)`.
+
+    A package can make its models known without code: declare them in the entry-point group
+    `tfprobunet.models` (`name = "module:Class"`; see `tfprobunet.catalog`).
+    """
+    import re
+
+    from tfprobunet.models.base import SegmentationSampler
+
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+        raise ValueError("`name` must be lower case letters, digits, `-` and `_`, starting with "
+                         f"a letter or digit, e.g. 'toy'. Received: {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, SegmentationSampler)):
+        raise TypeError("`cls` must be a subclass of tfprobunet.models.SegmentationSampler "
+                        f"(with `sample` and `_loss_terms`). Received: {cls!r}")
+    label = label or getattr(cls, "LABEL", None) or cls.__name__
+    catalog.add_model(catalog.ModelEntry(name, cls.__module__, cls.__name__, str(label), False,
+                                         ("serving_default",), cls))
+    return cls
 
 
 __all__ = ["MODELS", "DropoutUNet", "HierarchicalProbabilisticUNet", "Image2ImageVAE", "MHeads",
            "ProbabilisticUNet", "SegmentationSampler", "StochasticSegmentationNetwork",
-           "UNetEnsemble", "get"]
+           "UNetEnsemble", "get", "register"]

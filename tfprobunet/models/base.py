@@ -12,6 +12,10 @@ A model subclasses it with its layers and two methods:
 The base class then gives the training step around the per-example loss and a validation step
 that also scores `ged` against all annotations. The input checks live in `checks.py`, the
 departures from `keras.Model`'s `compile` / `fit` in `overrides.py`.
+
+`UNetWithHeads` is the one builder of the paper's four baselines (`DropoutUNet`, `UNetEnsemble`,
+`MHeads`, `Image2ImageVAE`): U-Nets with 1x1-convolution heads, their `build`, the
+`reconstruction` argument and sampling by running copies of each image.
 """
 
 import numbers
@@ -22,13 +26,12 @@ import tensorflow as tf
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
+from tfprobunet.catalog import IGNORE_LABEL
 from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models import checks
-# Importable from here, where they were before `checks.py` (the models and tests use them).
-from tfprobunet.models.checks import check_num_samples, require, seed_pair  # noqa: F401
+from tfprobunet.models.checks import check_num_samples, seed_pair
 from tfprobunet.models.overrides import KerasOverrides
 
-IGNORE_LABEL = losses.IGNORE_LABEL
 # Validation samples for `ged` are drawn with this stateless seed: the same weights and data give
 # the same `val_ged`, so epochs and tuner trials are compared on the same noise.
 GED_SEED = 0
@@ -117,6 +120,12 @@ class SegmentationSampler(KerasOverrides, keras.Model):
         if not self.built:
             self.build(tuple(images.shape))
 
+    def _checked_and_built(self, images):
+        """`images (b, h, w, c)` as float, checked, the model built for them."""
+        images = self._check_images(images)
+        self._ensure_built(images)
+        return images
+
     # ------------------------------------------------------------------ randomness
     def _noise(self, shape, seed=None):
         """Standard normal noise: from the model's seed generator, or stateless from `seed`
@@ -135,8 +144,7 @@ class SegmentationSampler(KerasOverrides, keras.Model):
         return self._check_pair(data[0], data[1])
 
     def _check_pair(self, images, segmentations):
-        images = self._check_images(images)
-        self._ensure_built(images)
+        images = self._checked_and_built(images)
         return images, self._check_segmentations(segmentations, images)
 
     def _regularization(self):
@@ -252,4 +260,81 @@ class SegmentationSampler(KerasOverrides, keras.Model):
             ged_samples=self.ged_samples,
             ged_classes=self.ged_classes,
         )
+        return config
+
+
+class UNetWithHeads(SegmentationSampler):
+    """The builder of the baselines of Kohl et al. 2018 (section 3, Fig. 2): a
+    `SegmentationSampler` made of U-Nets (`layers.UNet`, images `(b, h, w, c)` to features
+    `(b, h, w, F)`, F = `num_channels[0]`), each with a 1x1-convolution head on its features,
+    trained on the pixel cross-entropy. `DropoutUNet`, `UNetEnsemble`, `MHeads` and
+    `Image2ImageVAE` subclass it.
+
+    Args:
+        num_classes, num_channels, convs_per_block, weight_decay, seed, ged_samples,
+            ged_classes: as for `SegmentationSampler`.
+        reconstruction: `"sum"` of the pixel cross-entropy over pixels (as the Probabilistic
+            U-Net's) or `"mean"`.
+
+    A subclass calls this constructor, checks its own arguments, creates its U-Nets and heads
+    with `_make_unet` and `_make_head`, assigns them to its attributes and calls
+    `_create_trackers` (the attributes' names and order fix the layout of its `.keras` file; the
+    order of creation, its initial weights under `keras.utils.set_random_seed`). It lists them
+    in pairs in `_unets_and_heads`, which `build` builds: each U-Net on
+    `_unet_input_shape(input_shape)`, each head on `(b, h, w, F)`.
+    """
+
+    def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
+                 reconstruction="sum", weight_decay=1e-5, seed=None, ged_samples=16,
+                 ged_classes=None, **kwargs):
+        super().__init__(num_classes, num_channels, convs_per_block, weight_decay, seed,
+                         ged_samples, ged_classes, **kwargs)
+        if reconstruction not in losses.RECONSTRUCTIONS:
+            raise ValueError(f"`reconstruction` must be one of {losses.RECONSTRUCTIONS}. "
+                             f"Received: reconstruction={reconstruction!r}")
+        self.reconstruction = reconstruction
+
+    def _make_unet(self, name="unet"):
+        """A `layers.UNet` of the model's levels, computing with its dtype policy."""
+        with layers_lib.own_policy(self):
+            return layers_lib.UNet(self.num_channels, self.convs_per_block, self.weight_decay,
+                                   name=name)
+
+    def _make_head(self, channels, name="logits"):
+        """A 1x1 convolution with `channels` outputs (K, or M * K for M heads in one) for the
+        U-Net's features `(b, h, w, F)`, computing with the model's dtype policy."""
+        with layers_lib.own_policy(self):
+            return keras.layers.Conv2D(channels, 1, name=name)
+
+    def _unets_and_heads(self):
+        """The model's `(unet, head)` pairs, in the order `build` builds them."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_unets_and_heads`.")
+
+    def _unet_input_shape(self, input_shape):
+        """The U-Nets' input shape for images of `input_shape (b, h, w, c)`: the same, unless a
+        subclass feeds them more channels."""
+        return input_shape
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self.image_channels = input_shape[-1]
+        for unet, head in self._unets_and_heads():
+            unet.build(self._unet_input_shape(input_shape))
+            head.build((None, None, None, self.num_channels[0]))
+        self.built = True
+
+    def _sample_copies(self, images, num_samples, copy_logits):
+        """Logits `(b, m, h, w, K)` of `num_samples` segmentations per image of `images
+        (b, h, w, c)`: `copy_logits` maps `(b * m, h, w, c)`, each image repeated m times in a
+        row, to logits `(b * m, h, w, K)`, drawing each copy's randomness itself."""
+        check_num_samples(num_samples)
+        images = self._checked_and_built(images)
+        shape = tf.shape(images)
+        logits = copy_logits(tf.repeat(images, num_samples, axis=0))
+        return tf.reshape(logits, tf.concat([shape[:1], [num_samples], shape[1:3],
+                                             [self.num_classes]], axis=0))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(reconstruction=self.reconstruction)
         return config

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfprobunet import layers as layers_lib
-from tfprobunet.losses import IGNORE_LABEL
+from tfprobunet.catalog import IGNORE_LABEL
 
 _NUM_SAMPLES = "`num_samples` must be >= 1. Received: num_samples={}"
 

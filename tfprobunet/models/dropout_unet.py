@@ -4,14 +4,13 @@ Bayesian SegNet: a U-Net whose samples differ by dropout kept on while sampling.
 import keras
 import tensorflow as tf
 
-from tfprobunet import layers as layers_lib
 from tfprobunet import losses
-from tfprobunet.models.base import SegmentationSampler
-from tfprobunet.models.checks import check_num_samples, seed_pair
+from tfprobunet.models.base import UNetWithHeads
+from tfprobunet.models.checks import seed_pair
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
-class DropoutUNet(SegmentationSampler):
+class DropoutUNet(UNetWithHeads):
     """A U-Net with dropout (p = 0.5 in the paper) on the inputs of its three inner-most encoder
     and decoder blocks, during training as well as when sampling: each sample is one dropout
     mask. The image itself is never dropped. `call` (and `predict`) runs with dropout off.
@@ -45,32 +44,21 @@ class DropoutUNet(SegmentationSampler):
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  dropout_rate=0.5, dropout_blocks=3, reconstruction="sum", weight_decay=1e-5,
                  seed=None, ged_samples=16, ged_classes=None, **kwargs):
-        super().__init__(num_classes, num_channels, convs_per_block, weight_decay, seed,
-                         ged_samples, ged_classes, **kwargs)
+        super().__init__(num_classes, num_channels, convs_per_block, reconstruction,
+                         weight_decay, seed, ged_samples, ged_classes, **kwargs)
         if not 0.0 < dropout_rate < 1.0:
             raise ValueError("`dropout_rate` must be in (0, 1) (the paper's: 0.5). Received: "
                              f"dropout_rate={dropout_rate!r}")
         if not isinstance(dropout_blocks, int) or dropout_blocks < 1:
             raise ValueError("`dropout_blocks` must be an integer >= 1 (the paper's: 3). "
                              f"Received: dropout_blocks={dropout_blocks!r}")
-        if reconstruction not in losses.RECONSTRUCTIONS:
-            raise ValueError(f"`reconstruction` must be one of {losses.RECONSTRUCTIONS}. "
-                             f"Received: reconstruction={reconstruction!r}")
-        with layers_lib.own_policy(self):
-            self.unet = layers_lib.UNet(self.num_channels, convs_per_block, weight_decay,
-                                        name="unet")
-            self.head = keras.layers.Conv2D(num_classes, 1, name="logits")
+        self.unet, self.head = self._make_unet(), self._make_head(num_classes)
         self._create_trackers()
         self.dropout_rate = float(dropout_rate)
         self.dropout_blocks = dropout_blocks
-        self.reconstruction = reconstruction
 
-    def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        self.image_channels = input_shape[-1]
-        self.unet.build(input_shape)
-        self.head.build((None, None, None, self.num_channels[0]))
-        self.built = True
+    def _unets_and_heads(self):
+        return [(self.unet, self.head)]
 
     def _logits(self, images, dropout=None):
         features = self.unet(images, dropout=dropout, dropout_blocks=self.dropout_blocks)
@@ -88,9 +76,7 @@ class DropoutUNet(SegmentationSampler):
 
     def call(self, images, training=None):
         """Logits `(b, h, w, K)` with dropout off: deterministic."""
-        images = self._check_images(images)
-        self._ensure_built(images)
-        return self._logits(images)
+        return self._logits(self._checked_and_built(images))
 
     def sample(self, images, num_samples=1, seed=None):
         """`num_samples` segmentations per image, one dropout mask each.
@@ -103,15 +89,9 @@ class DropoutUNet(SegmentationSampler):
         Returns:
             logits `(b, m, h, w, K)`.
         """
-        check_num_samples(num_samples)
-        images = self._check_images(images)
-        self._ensure_built(images)
-        shape = tf.shape(images)
         # Every copy of an image gets its own dropout masks.
-        tiled = tf.repeat(images, num_samples, axis=0)
-        logits = self._logits(tiled, self._dropout(seed))
-        return tf.reshape(logits, tf.concat([shape[:1], [num_samples], shape[1:3],
-                                             [self.num_classes]], axis=0))
+        return self._sample_copies(images, num_samples,
+                                   lambda copies: self._logits(copies, self._dropout(seed)))
 
     def _loss_terms(self, images, segmentations):
         logits = self._logits(images, self._dropout())
@@ -120,6 +100,5 @@ class DropoutUNet(SegmentationSampler):
 
     def get_config(self):
         config = super().get_config()
-        config.update(dropout_rate=self.dropout_rate, dropout_blocks=self.dropout_blocks,
-                      reconstruction=self.reconstruction)
+        config.update(dropout_rate=self.dropout_rate, dropout_blocks=self.dropout_blocks)
         return config

@@ -5,11 +5,11 @@ for Modeling Multi-Scale Ambiguities", 2019, after its reference code (deepmind-
 import keras
 import tensorflow as tf
 
-from tfprobunet import geco as geco_lib
-from tfprobunet import hierarchical_layers as hl
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet.defaults import check_model_numbers, check_number
+from tfprobunet.models import geco as geco_lib
+from tfprobunet.models import hpunet_layers as hl
 from tfprobunet.models.base import SegmentationSampler
 from tfprobunet.models.checks import check_num_samples, seed_pair
 
@@ -63,7 +63,7 @@ class HierarchicalProbabilisticUNet(SegmentationSampler):
     segmentation concatenated with the image. Training reconstructs through the *prior* net
     with the posterior's latents injected, and the loss is GECO's
     `lambda * (moving average of the mined cross-entropy - kappa * mined pixels) + KL`, the KL
-    analytic, summed over the latents' pixels and levels (`tfprobunet.geco`).
+    analytic, summed over the latents' pixels and levels (`tfprobunet.models.geco`).
 
     Each sample runs the whole decoder (the latents re-enter it level by level); the encoder
     runs once per image. Hence no `features` serving signature: only `serving_default`.

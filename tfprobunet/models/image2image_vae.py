@@ -8,12 +8,11 @@ import tensorflow as tf
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet.defaults import check_model_numbers
-from tfprobunet.models.base import SegmentationSampler
-from tfprobunet.models.checks import check_num_samples
+from tfprobunet.models.base import UNetWithHeads
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
-class Image2ImageVAE(SegmentationSampler):
+class Image2ImageVAE(UNetWithHeads):
     """A conditional VAE whose latent is broadcast over the image and concatenated to it at the
     U-Net's input. The prior is fixed, N(0, I): unlike the Probabilistic U-Net's, it does not
     depend on the image. The posterior Q(z | Y) sees only the segmentation. Training minimises
@@ -36,32 +35,29 @@ class Image2ImageVAE(SegmentationSampler):
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  latent_dim=6, beta=1.0, reconstruction="sum", weight_decay=1e-5, seed=None,
                  ged_samples=16, ged_classes=None, **kwargs):
-        super().__init__(num_classes, num_channels, convs_per_block, weight_decay, seed,
-                         ged_samples, ged_classes, **kwargs)
+        super().__init__(num_classes, num_channels, convs_per_block, reconstruction,
+                         weight_decay, seed, ged_samples, ged_classes, **kwargs)
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"`latent_dim` must be an integer >= 1. Received: {latent_dim!r}")
         check_model_numbers(dict(beta=beta))
-        if reconstruction not in losses.RECONSTRUCTIONS:
-            raise ValueError(f"`reconstruction` must be one of {losses.RECONSTRUCTIONS}. "
-                             f"Received: reconstruction={reconstruction!r}")
+        self.unet, self.head = self._make_unet(), self._make_head(num_classes)
         with layers_lib.own_policy(self):
-            self.unet = layers_lib.UNet(self.num_channels, convs_per_block, weight_decay,
-                                        name="unet")
-            self.head = keras.layers.Conv2D(num_classes, 1, name="logits")
             self.posterior = layers_lib.AxisAlignedGaussian(
                 latent_dim, self.num_channels, convs_per_block, weight_decay, name="posterior")
         self._create_trackers()
         self.latent_dim = latent_dim
         self.beta = float(beta)
-        self.reconstruction = reconstruction
+
+    def _unets_and_heads(self):
+        return [(self.unet, self.head)]
+
+    def _unet_input_shape(self, input_shape):
+        # z's N planes beside the image's channels.
+        return input_shape[:-1] + (input_shape[-1] + self.latent_dim,)
 
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        self.image_channels = input_shape[-1]
-        self.unet.build(input_shape[:-1] + (self.image_channels + self.latent_dim,))
-        self.head.build((None, None, None, self.num_channels[0]))
-        self.posterior.build(input_shape[:-1] + (self.num_classes,))
-        self.built = True
+        super().build(input_shape)
+        self.posterior.build(tuple(input_shape)[:-1] + (self.num_classes,))
 
     def posterior_distribution(self, segmentations):
         """Q(z | Y) from the segmentations alone, `(b, h, w)` int: a `tfd.MultivariateNormalDiag`
@@ -84,8 +80,7 @@ class Image2ImageVAE(SegmentationSampler):
 
     def call(self, images, training=None):
         """Logits `(b, h, w, K)` at z = 0, the prior mean: deterministic."""
-        images = self._check_images(images)
-        self._ensure_built(images)
+        images = self._checked_and_built(images)
         return self.decode(images, tf.zeros([tf.shape(images)[0], self.latent_dim]))
 
     def sample(self, images, num_samples=1, seed=None):
@@ -94,14 +89,8 @@ class Image2ImageVAE(SegmentationSampler):
         Returns:
             logits `(b, m, h, w, K)`.
         """
-        check_num_samples(num_samples)
-        images = self._check_images(images)
-        self._ensure_built(images)
-        shape = tf.shape(images)
-        z = self._noise(tf.stack([shape[0] * num_samples, self.latent_dim]), seed)
-        logits = self.decode(tf.repeat(images, num_samples, axis=0), z)
-        return tf.reshape(logits, tf.concat([shape[:1], [num_samples], shape[1:3],
-                                             [self.num_classes]], axis=0))
+        return self._sample_copies(images, num_samples, lambda copies: self.decode(
+            copies, self._noise(tf.stack([tf.shape(copies)[0], self.latent_dim]), seed)))
 
     def _loss_terms(self, images, segmentations):
         q_loc, q_log_scale = self.posterior.loc_log_scale(self._posterior_input(segmentations))
@@ -113,6 +102,5 @@ class Image2ImageVAE(SegmentationSampler):
 
     def get_config(self):
         config = super().get_config()
-        config.update(latent_dim=self.latent_dim, beta=self.beta,
-                      reconstruction=self.reconstruction)
+        config.update(latent_dim=self.latent_dim, beta=self.beta)
         return config

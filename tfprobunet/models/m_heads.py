@@ -4,14 +4,13 @@
 import keras
 import tensorflow as tf
 
-from tfprobunet import layers as layers_lib
 from tfprobunet import losses
-from tfprobunet.models.base import SegmentationSampler, cycle_samples
+from tfprobunet.models.base import UNetWithHeads, cycle_samples
 from tfprobunet.models.checks import check_num_samples
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
-class MHeads(SegmentationSampler):
+class MHeads(UNetWithHeads):
     """A U-Net with `num_heads` 1x1-conv class heads on its last feature map. Training weighs,
     per example, the best head's cross-entropy by `1 - epsilon` and the others' by
     `epsilon / (M - 1)` (`losses.oracle_set_loss`), so the heads specialise on different modes.
@@ -33,37 +32,24 @@ class MHeads(SegmentationSampler):
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  num_heads=16, epsilon=0.05, reconstruction="sum", weight_decay=1e-5,
                  seed=None, ged_samples=16, ged_classes=None, **kwargs):
-        super().__init__(num_classes, num_channels, convs_per_block, weight_decay, seed,
-                         ged_samples, ged_classes, **kwargs)
+        super().__init__(num_classes, num_channels, convs_per_block, reconstruction,
+                         weight_decay, seed, ged_samples, ged_classes, **kwargs)
         if not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"`num_heads` must be an integer >= 1. Received: {num_heads!r}")
         if not 0.0 <= epsilon < 1.0:
             raise ValueError(f"`epsilon` must be in [0, 1) (paper: 0.05). Received: {epsilon!r}")
-        if reconstruction not in losses.RECONSTRUCTIONS:
-            raise ValueError(f"`reconstruction` must be one of {losses.RECONSTRUCTIONS}. "
-                             f"Received: reconstruction={reconstruction!r}")
-        with layers_lib.own_policy(self):
-            self.unet = layers_lib.UNet(self.num_channels, convs_per_block, weight_decay,
-                                        name="unet")
-            # All heads in one 1x1 convolution: M * K output channels.
-            self.heads = keras.layers.Conv2D(num_heads * num_classes, 1, name="heads")
+        # All heads in one 1x1 convolution: M * K output channels.
+        self.unet, self.heads = self._make_unet(), self._make_head(num_heads * num_classes, "heads")
         self._create_trackers()
         self.num_heads = num_heads
         self.epsilon = float(epsilon)
-        self.reconstruction = reconstruction
 
-    def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        self.image_channels = input_shape[-1]
-        self.unet.build(input_shape)
-        self.heads.build((None, None, None, self.num_channels[0]))
-        self.built = True
+    def _unets_and_heads(self):
+        return [(self.unet, self.heads)]
 
     def head_logits(self, images):
         """Every head's logits, `(b, M, h, w, K)`."""
-        images = self._check_images(images)
-        self._ensure_built(images)
-        return self._head_logits(images)
+        return self._head_logits(self._checked_and_built(images))
 
     def _head_logits(self, images):
         logits = keras.ops.cast(self.heads(self.unet(images)), "float32")
@@ -91,6 +77,5 @@ class MHeads(SegmentationSampler):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_heads=self.num_heads, epsilon=self.epsilon,
-                      reconstruction=self.reconstruction)
+        config.update(num_heads=self.num_heads, epsilon=self.epsilon)
         return config

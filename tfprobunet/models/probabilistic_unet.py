@@ -4,16 +4,13 @@ Ambiguous Images", NeurIPS 2018, as a subclassed `keras.Model`."""
 import keras
 import tensorflow as tf
 
-from tfprobunet import geco as geco_lib
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet import metrics as metrics_lib
 from tfprobunet.defaults import check_model_numbers
-from tfprobunet.models.base import GED_SEED, IGNORE_LABEL, SegmentationSampler  # noqa: F401
+from tfprobunet.models import geco as geco_lib
+from tfprobunet.models.base import IGNORE_LABEL, SegmentationSampler
 from tfprobunet.models.checks import check_num_samples
-
-# GECO's moving-average decay (the HPU-Net reference's 0.99), importable from here as before.
-GECO_DECAY = geco_lib.GECO_DECAY
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -65,7 +62,7 @@ class ProbabilisticUNet(SegmentationSampler):
         ged_classes: the classes `ged` scores (default: class 1 for K = 2, all K otherwise;
             the official Cityscapes evaluation scores the flipped classes and their twins).
         geco_target: None (the paper's beta-ELBO), or kappa in nats per pixel: GECO (Rezende &
-            Viola 2018) as the HPU-Net reference code implements it (`tfprobunet.geco`),
+            Viola 2018) as the HPU-Net reference code implements it (`tfprobunet.models.geco`),
             minimising `beta * KL` subject to a reconstruction of at most kappa per valid pixel
             (with `reconstruction="mean"`, kappa itself). The training objective becomes
             `lambda * (c) + beta * KL`, c the moving average (decay 0.99, starting at the first

@@ -5,8 +5,9 @@ per image, then `sample(features, num_samples)` as often as needed; `predict` is
 call (`serving_default`), `decode` runs f_comb on given latents, `metadata` lists the
 signatures. `RestClient` does the same over TF Serving's REST API. Both talk to
 `tensorflow_model_server` (docs/serving.md) and to the local stand-in, `tfprobunet.serving.ModelServer`.
-`tfprobunet.prediction.predict_files` segments image files through either. The errors they
-raise, `ServingError` and `InvalidRequestError`, live in `wire` with the status names.
+`tfprobunet.prediction.predict_files` segments image files through either (`read_image`, from
+`tfprobunet.data.images`, reads them). The errors they raise, `ServingError` and
+`InvalidRequestError`, live in `wire` with the status names.
 """
 
 import json
@@ -17,6 +18,8 @@ from urllib import request as urllib_request
 import numpy as np
 import tensorflow as tf
 
+# `read_image` (image files in, as the signatures take them) lives with the other image readers.
+from tfprobunet.data.images import read_image
 from tfprobunet.defaults import MAX_MESSAGE_BYTES
 from tfprobunet.serving.wire import (INIT_OP_SIGNATURE, STATUS_OF_HTTP,  # noqa: F401
                                      InvalidRequestError, ServingError, grpc_options,
@@ -207,10 +210,3 @@ class RestClient(_Client):
     def status(self):
         """`GET /v1/models/NAME`: the versions and their states."""
         return self._request(self._model_url())
-
-
-# ---------------------------------------------------------------------- files in, files out
-def read_image(path, channels):
-    """A PNG or JPEG as `(1, h, w, channels)` float32 in [0, 1]."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-    return tf.image.convert_image_dtype(image, tf.float32)[None].numpy()

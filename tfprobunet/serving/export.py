@@ -28,10 +28,7 @@ import tensorflow as tf
 from tfprobunet import _io, saving
 from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 from tfprobunet.saving import check_finite
-# Importable from here, where they were before `signatures.py`.
-from tfprobunet.serving.signatures import (IMAGE_RANGE, RANDOM_SEED, SIGNATURES,  # noqa: F401
-                                           check_image_range, samples_cheaply,
-                                           serving_functions)
+from tfprobunet.serving.signatures import IMAGE_RANGE, check_image_range, serving_functions
 
 CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
 MODELS_CONFIG = "models.config"

@@ -23,8 +23,8 @@ from tfprobunet.training import precision
 from tfprobunet.training.distribute import fit_distributed, is_chief, make_strategy
 from tfprobunet.training.schedules import (PIECEWISE_BOUNDARIES, PIECEWISE_FACTORS,
                                            WarmupStableDecay, learning_rate_schedule)
-from tfprobunet.training.train import MIXED_PRECISION, UNRECORDED, train
-from tfprobunet.training.workdir import (CONFIG, RESUMABLE_CHANGES, model_arguments,
+from tfprobunet.training.train import MIXED_PRECISION, train
+from tfprobunet.training.workdir import (CONFIG, RESUMABLE_CHANGES, UNRECORDED, model_arguments,
                                          setting_differences)
 
 __all__ = ["CHECKPOINT", "CONFIG", "MIXED_PRECISION", "MONITORED_TERMS", "PIECEWISE_BOUNDARIES",

@@ -30,11 +30,6 @@ from tfprobunet.training import workdir as workdir_lib
 from tfprobunet.training.distribute import fit_distributed, is_chief, make_strategy, writable_folder
 from tfprobunet.training.schedules import learning_rate_schedule
 
-# `train` arguments that are not settings of the run (not recorded in train_config.json).
-UNRECORDED = ("workdir", "max_minutes", "jit_compile", "verbose", "callbacks", "validation_data",
-              "connect_timeout", "model_kwargs")
-
-
 def _check_run_numbers(learning_rate, max_minutes, num_examples, validation_examples,
                        **counts):
     """Refuse `train`'s numeric settings outside their sense (NaN, infinities, a negative or
@@ -251,7 +246,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
 def _recorded_defaults():
     """The recorded `train` arguments with their defaults."""
     return {name: p.default for name, p in inspect.signature(train).parameters.items()
-            if name not in UNRECORDED and p.default is not p.empty}
+            if name not in workdir_lib.UNRECORDED and p.default is not p.empty}
 
 
 def _effective(settings):

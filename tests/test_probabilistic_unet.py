@@ -1,3 +1,6 @@
+"""`tfprobunet.models.ProbabilisticUNet` (`models/probabilistic_unet.py`): the harness's checks and
+the paper's model's own: its prior, posterior, f_comb, losses and sampling."""
+
 import os
 import tempfile
 import warnings
@@ -9,7 +12,7 @@ import tensorflow as tf
 
 import tfprobunet
 from tfprobunet import losses, metrics
-from tfprobunet.model import GED_SEED
+from tfprobunet.models.base import GED_SEED
 from conftest import random_batch, tiny_model
 from harness import run_model_test
 
@@ -340,9 +343,9 @@ def test_fit_on_a_dataset_does_not_warn_about_shuffle():
 
 
 def test_geco_multiplier_follows_the_hand_computed_update():
-    """The reference's rule (tfprobunet.geco): the first step's moving average is the batch's
-    reconstruction itself, c = average - kappa * pixels per image, and SGD at learning rate r
-    moves v by r * rate * c * 2 * softplus(v) * sigmoid(v), lambda = softplus(v)**2."""
+    """The reference's rule (tfprobunet.models.geco): the first step's moving average is the
+    batch's reconstruction itself, c = average - kappa * pixels per image, and SGD at learning
+    rate r moves v by r * rate * c * 2 * softplus(v) * sigmoid(v), lambda = softplus(v)**2."""
     images, segmentations = random_batch(3, batch=4, seed=2)
     kappa, rate, learning_rate = 0.5, 0.1, 0.5
     model = tiny_model(3, use_posterior_mean=True, geco_target=kappa, geco_rate=rate)

@@ -1,0 +1,147 @@
+"""Image files, in one place: their sizes read from their headers (nothing decoded) and their
+pixels decoded to arrays. The loaders (`folders`, `lidc`, `cityscapes`),
+`tfprobunet.prediction` and the serving client (`tfprobunet.serving.read_image`) read images
+through these functions.
+
+- `header_size(path, formats=None)`: `(height, width)` of any image PIL opens (PNG, JPEG, BMP,
+  TIFF, GIF, WebP, ...), from its header; `ValueError` naming the file otherwise.
+- `png_size(path)`: `(height, width)` of a PNG from its first 24 and last 12 bytes, refusing an
+  empty, foreign or truncated file before anything is decoded (the LIDC crops' check).
+- `decode(path, mode=None)`: the pixels as numpy, with PIL: grey or RGB uint8, or a label map
+  with its values (8-, 16- or 32-bit).
+- `decode_png(path, channels)`: the pixels as a uint8 tensor, with TensorFlow (in `tf.data`
+  graphs).
+- `read_image(path, channels)`: a PNG, JPEG, GIF, BMP or WebP as a batch of one in [0, 1], as
+  a model takes it (TensorFlow's decoders, at 8 bits: 16-bit PNGs lose their low byte).
+"""
+
+import os
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+# The file types read from image folders (`tfprobunet.data.folders`), decoded by PIL.
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# What `tf.io.decode_image` decodes (PIL's format names): the formats `read_image` reads.
+TF_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))  # the last 12 bytes of a PNG
+
+
+def _names(formats):
+    return f"{', '.join(formats[:-1])} or {formats[-1]}" if len(formats) > 1 else formats[0]
+
+
+def header_size(path, formats=None):
+    """The `(height, width)` of an image file, read from its header: nothing is decoded.
+
+    Args:
+        path: the image file.
+        formats: PIL format names accepted (e.g. `TF_FORMATS`); None accepts any image PIL
+            opens.
+
+    Returns:
+        `(height, width)` ints.
+
+    Raises:
+        ValueError: `path` is missing, not an image (a directory, a text file, a damaged
+            header), above PIL's decompression-bomb limit, or of a format not in `formats`;
+            the message names the file and says which.
+    """
+    from PIL import Image
+
+    wanted = _names(formats) if formats else "image"
+    if not os.path.exists(path):
+        raise ValueError(f"No image at {path}: pass {wanted} files.")
+    try:
+        with warnings.catch_warnings():
+            # Above 89 million pixels PIL warns; the callers' limits say more.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                kind = image.format
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: {error}. Resize it, or split it into tiles.") from None
+    except (OSError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{path} is not an image that can be read ({error}): pass {wanted} "
+                         "files.") from None
+    if formats and kind not in formats:
+        raise ValueError(f"{path} is a {kind} image: pass a {_names(formats)} file.")
+    return height, width
+
+
+def png_size(path):
+    """`(height, width)` from the header of the PNG at `path`, reading its first 24 and last
+    12 bytes.
+
+    Raises:
+        ValueError: naming `path`, if it is empty, not a PNG, or cut short (no end chunk).
+            Damage between the header and the end (say, bytes flipped inside the image data) is
+            found only when the file is decoded, in an error that does not name it.
+    """
+    with open(path, "rb") as f:
+        head = f.read(24)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - len(_PNG_END), 0))
+        tail = f.read()
+    if not size:
+        problem = "it is empty"
+    elif not head.startswith(_PNG_SIGNATURE):
+        problem = f"it does not start with the PNG signature but with {head[:8]!r}"
+    elif len(head) < 24 or head[12:16] != b"IHDR":
+        problem = f"its header is cut short or has no IHDR chunk ({size} bytes)"
+    elif tail != _PNG_END:
+        problem = f"it does not end with the PNG end chunk (IEND): it is cut short ({size} bytes)"
+    else:
+        width, height = struct.unpack(">II", head[16:24])
+        if width and height:
+            return height, width
+        problem = f"its header gives a size of {height}x{width} pixels"
+    raise ValueError(f"{path} is not a readable PNG: {problem}. Replace it with an intact copy "
+                     "(download or export it again).")
+
+
+def decode(path, mode=None):
+    """The pixels of an image file, decoded by PIL.
+
+    Args:
+        path: any image PIL reads (PNG, JPEG, BMP, TIFF, ...).
+        mode: `"L"`: grey `(h, w)` uint8 (colour converted); `"RGB"`: `(h, w, 3)` uint8 (grey
+            repeated); None: a label map `(h, w)` with the file's values, uint8 (1-bit files
+            too), uint16 (`I;16`) or int32 (`I`), from a grey or palette image only.
+
+    Raises:
+        ValueError: naming `path`, if it cannot be decoded, or is a colour image read as a
+            label map.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if mode is None:
+                if image.mode not in ("1", "L", "P", "I", "I;16"):
+                    raise ValueError(f"{path} is a {image.mode} image: label masks "
+                                     "(binarize=False) must be grey or palette images whose "
+                                     "values are the class indices.")
+                labels = np.asarray(image)  # uint8, uint16 (I;16) or int32 (I)
+                return labels.astype(np.uint8) if labels.dtype == bool else labels
+            return np.asarray(image.convert(mode))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{path} cannot be read as an image ({error}).") from None
+
+
+def decode_png(path, channels):
+    """`(h, w, channels)` uint8 tensor of the PNG at `path` (a string tensor in a `tf.data`
+    map, or a str): grey (1, colour converted) or RGB (3). 16-bit PNGs are scaled to 8 bits."""
+    return tf.io.decode_png(tf.io.read_file(path), channels=channels)
+
+
+def read_image(path, channels):
+    """A PNG, JPEG, GIF (its first frame), BMP or WebP file as `(1, h, w, channels)` float32 in
+    [0, 1]: 8-bit values divided by 255 (16-bit PNGs are decoded at 8 bits, as
+    `tf.io.decode_image` does); grey (1) or RGB (3), converted from what the file holds."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    return tf.image.convert_image_dtype(image, tf.float32)[None].numpy()
