@@ -23,15 +23,14 @@ import os
 import re
 import textwrap
 
-from tfprobunet.comparison import REFERENCE
-from tfprobunet.defaults import PAPER_MODELS
+from tfprobunet import catalog
+from tfprobunet.catalog import PAPER_MODELS, REFERENCE_MODEL as REFERENCE
 from tfprobunet.models import hpunet, ssn
-from tfprobunet.plots import MODEL_LABELS
 
 BLOCK = re.compile(r"^([ \t]*)<!-- prose: (\S+) -->\n(.*?)^[ \t]*<!-- end prose -->$",
                    re.MULTILINE | re.DOTALL)
 WIDTH = 95  # the pages' line width
-# How the sentences name the models (the table uses `MODEL_LABELS`).
+# How the sentences name the models (the table uses the catalog's labels).
 NAMES = {"probunet": "the Probabilistic U-Net", "dropout": "the Dropout U-Net",
          "ensemble": "the ensemble", "mheads": "M-Heads", "i2ivae": "the Image2Image VAE",
          "hpunet": "the HPU-Net", "ssn": "the SSN"}
@@ -50,7 +49,7 @@ def _word(n):
 
 
 def _name(model):
-    return NAMES.get(model, MODEL_LABELS.get(model, model))
+    return NAMES.get(model, catalog.model_label(model))
 
 
 def _possessive(text):
@@ -428,7 +427,34 @@ def hpunet_before(c):
     return (f"**The global latent.** With latents at {_sides(channels, size)}, against its runs "
             f"on the recipe's {_word(len(before['num_channels']))} levels (latents at "
             f"{_sides(before['num_channels'], size)}; published before, their results in "
-            f"[{BEFORE}]({BEFORE})): " + "; ".join(said) + ".")
+            f"[{BEFORE}]({BEFORE})): " + "; ".join(said) + ". " + _ranking(c, old["ged"][k]))
+
+
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+            "ninth", "tenth")
+
+
+def _ranking(c, before):
+    """Whether the HPU-Net's place by mean GED at the largest count, among the page's models
+    and against the reference, is what it was with its earlier runs (`before`, their spread)."""
+    k = c.last
+    means = {m: c.spread(m, k)["mean"] for m in c.models}
+
+    def place(value):
+        return 1 + sum(v < value for m, v in means.items() if m != "hpunet")
+
+    now, then = place(means["hpunet"]), place(before["mean"])
+    reference = means[REFERENCE]
+    side_now = "lower" if means["hpunet"] < reference else "higher"
+    side_then = "lower" if before["mean"] < reference else "higher"
+    where = (f"its place by mean GED({k}) among the {_word(len(means))} models is "
+             f"{ORDINALS[now - 1]}" + (", as before" if now == then else
+                                       f", where it was {ORDINALS[then - 1]}"))
+    against = (f"{side_now} than {_name(REFERENCE)}'s"
+               + (", as before" if side_now == side_then else f", where it was {side_then}"))
+    changed = now != then or side_now != side_then
+    return (f"The global latent {'changes' if changed else 'does not change'} its ranking: "
+            f"{where}, and {against}.")
 
 
 def _latent(model, record, image_size):
@@ -452,7 +478,7 @@ def _latent(model, record, image_size):
 def latents(c):
     return "\n".join(["Where each model's samples get their randomness (from each run's "
                       "`comparison_run.json`):"] +
-                     [f"- {MODEL_LABELS.get(m, m)}: "
+                     [f"- {catalog.model_label(m)}: "
                       f"{_latent(m, c.run_record(m), c.bench['image_size'])}" for m in c.models])
 
 

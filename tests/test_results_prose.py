@@ -19,7 +19,7 @@ import re
 import pytest
 
 from fixtures import bench_module
-from tfprobunet.defaults import PAPER_MODELS as PAPER  # the reference first
+from tfprobunet.catalog import PAPER_MODELS as PAPER  # the reference first
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Pages whose sentences are checked elsewhere: lidc.md quotes published numbers, written by
@@ -525,7 +525,9 @@ def test_the_coverage_check_flags_what_no_claim_covers():
 def test_the_global_latent_sentence_sets_the_runs_beside_the_earlier_ones(tmp_path):
     """Hand-worked: the HPU-Net at 64x64 with 7 levels (latents 1x1 to 8x8) against its runs
     on 3 levels (16x16, 32x32): GED(4) lower on the mean and on two seeds of three, empty
-    samples 30 % against 18 %; nothing while the runs record no other U-Net."""
+    samples 30 % against 18 %, first of two models by mean GED(4) as before (0.18 and 0.19
+    against 0.2), second before when the earlier mean is 0.22; nothing while the runs record
+    no other U-Net."""
     c = _comparison(tmp_path, {"probunet": [0.2, 0.2, 0.2], "hpunet": [0.18, 0.21, 0.15]})
     c.results["empty_fraction_graders"] = 0.39
     c.results["models"]["hpunet"]["empty_fraction_samples"] = {"mean": 0.30,
@@ -543,4 +545,13 @@ def test_the_global_latent_sentence_sets_the_runs_beside_the_earlier_ones(tmp_pa
         "recipe's three levels (latents at 16x16 and 32x32; published before, their results in "
         "[hpunet_recipe_levels.json](hpunet_recipe_levels.json)): its GED(4) is 0.180 against "
         "0.190, lower on the mean and lower on two seeds of three; 30 % of its samples are "
-        "empty against 18 % (the graders' 39 %).")
+        "empty against 18 % (the graders' 39 %). The global latent does not change its "
+        "ranking: its place by mean GED(4) among the two models is first, as before, and lower "
+        "than the Probabilistic U-Net's, as before.")
+    # Earlier runs above the Probabilistic U-Net's 0.2: the ranking changed, and it says so.
+    before["hpunet"]["ged"]["4"] = {"mean": 0.22, "seeds": [0.22, 0.22, 0.22]}
+    (tmp_path / prose.BEFORE).write_text(json.dumps(before))
+    assert prose.hpunet_before(c).endswith(
+        "The global latent changes its ranking: its place by mean GED(4) among the two models "
+        "is first, where it was second, and lower than the Probabilistic U-Net's, where it was "
+        "higher.")
