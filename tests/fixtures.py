@@ -5,6 +5,7 @@ import functools
 import importlib.util
 import os
 
+import h5py
 import numpy as np
 from PIL import Image
 
@@ -110,4 +111,48 @@ def write_image_folders(root, names, size=(8, 8), raters=2, seed=0):
         for r, mask in enumerate(masks):
             save_png(os.path.join(root, "masks", f"{name}_{r}.png"), mask * 255)
         written[name] = (image, masks)
+    return written
+
+
+def write_folder_cases(root, names, size=(75, 90), raters=3, rgb=(), seed=0):
+    """Grey images (RGB for the names in `rgb`) and 0/255 masks; returns {name: (grey image
+    uint8, masks (raters, h, w) in {0, 1})}."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "masks"), exist_ok=True)
+    for name in names:
+        grey = rng.integers(0, 256, size).astype(np.uint8)
+        if name in rgb:  # the same grey value on the three channels: converts back exactly
+            Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)).save(
+                os.path.join(root, "images", f"{name}.png"))
+        else:
+            Image.fromarray(grey).save(os.path.join(root, "images", f"{name}.png"))
+        masks = rng.random((raters, *size)) < 0.3
+        masks[0] = False  # an empty mask, as raters who see nothing draw
+        for r, mask in enumerate(masks):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(
+                os.path.join(root, "masks", f"{name}_{r}.png"))
+        written[name] = (grey, masks.astype(np.int32))
+    return written
+
+
+def write_phiseg_hdf5(path, sizes=(("train", 5), ("val", 2), ("test", 3)), side=16, seed=0,
+                      per_patient=1):
+    """As `prepare_data` does: per split a group with `uids` (int, `per_patient` images with
+    each), `labels` (uint8, graders on the last axis) and `images` (float, the pickle's image
+    minus 0.5). Returns what it wrote: `{split: (images in [0, 1], masks (n, 4, h, w), uids)}`."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    with h5py.File(path, "w") as f:
+        for split, n in sizes:
+            images = rng.random((n, side, side))
+            masks = (rng.random((n, 4, side, side)) < 0.3).astype(np.uint8)
+            uids = np.repeat(rng.integers(-2**62, 2**62, -(-n // per_patient)), per_patient)[:n]
+            group = f.create_group(split)
+            group.create_dataset("uids", data=np.asarray(uids, dtype=int))
+            group.create_dataset("labels", data=np.asarray(masks.transpose(0, 2, 3, 1),
+                                                          dtype=np.uint8))
+            group.create_dataset("images", data=np.asarray(images - 0.5, dtype=float))
+            written[split] = (images, masks, uids)
     return written

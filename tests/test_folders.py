@@ -13,31 +13,9 @@ from PIL import Image
 
 import tfprobunet
 from conftest import cli_error
+from fixtures import write_folder_cases as _write
 from tfprobunet import cli
 from tfprobunet.data import folders, pipeline
-
-
-def _write(root, names, size=(75, 90), raters=3, rgb=(), seed=0):
-    """Grey images (RGB for the names in `rgb`) and 0/255 masks; returns {name: (grey image
-    uint8, masks (raters, h, w) in {0, 1})}."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    os.makedirs(os.path.join(root, "images"), exist_ok=True)
-    os.makedirs(os.path.join(root, "masks"), exist_ok=True)
-    for name in names:
-        grey = rng.integers(0, 256, size).astype(np.uint8)
-        if name in rgb:  # the same grey value on the three channels: converts back exactly
-            Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)).save(
-                os.path.join(root, "images", f"{name}.png"))
-        else:
-            Image.fromarray(grey).save(os.path.join(root, "images", f"{name}.png"))
-        masks = rng.random((raters, *size)) < 0.3
-        masks[0] = False  # an empty mask, as raters who see nothing draw
-        for r, mask in enumerate(masks):
-            Image.fromarray(mask.astype(np.uint8) * 255).save(
-                os.path.join(root, "masks", f"{name}_{r}.png"))
-        written[name] = (grey, masks.astype(np.int32))
-    return written
 
 
 def test_reads_odd_sizes_rgb_among_grey_and_0_255_masks_padded_for_the_model(tmp_path):

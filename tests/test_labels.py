@@ -150,3 +150,12 @@ def test_mostly_ignored_labels_warn_with_the_count():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         checks.check_labels(mask, 2)
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ([[0, 1], [1, 0]], 2), ([[0, 0], [0, 0]], 2), ([[0, 2], [255, 1]], 3),
+    ([[255, 255]], 2), ([[4, 255]], 5)])
+def test_the_classes_labels_imply_ignore_255_and_are_at_least_two(labels, expected):
+    """Hand-worked: the largest label but 255, plus one, at least 2 (what the npz and folder
+    loaders assume when nothing states `num_classes`)."""
+    assert checks.implied_num_classes(np.array(labels)) == expected

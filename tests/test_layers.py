@@ -102,3 +102,9 @@ def test_conv_block_config_round_trip_and_list_access():
     for conv in (block[0], block[1]):
         expected = np.maximum(conv.convolution_op(expected, conv.kernel) + conv.bias, 0.0)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size, divisor, expected", [(243, 8, 248), (240, 8, 240), (1, 4, 4),
+                                                     (200, 1, 200), (129, 128, 256)])
+def test_padded_size_rounds_up_to_the_divisor(size, divisor, expected):
+    assert layers.padded_size(size, divisor) == expected

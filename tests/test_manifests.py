@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import cli_error
-from test_folders import _write as _write_folder
-from test_loaders import _crop, _lidc_entries, _write_lidc_crops
-from test_phiseg import _write_phiseg_hdf5
+from fixtures import write_folder_cases as _write_folder
+from fixtures import center_crop as _crop
+from fixtures import lidc_entries as _lidc_entries
+from fixtures import write_lidc_crops as _write_lidc_crops
+from fixtures import write_phiseg_hdf5 as _write_phiseg_hdf5
 from tfprobunet import cli, data
 from tfprobunet.data import folders, lidc, manifests, phiseg
 

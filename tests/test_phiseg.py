@@ -5,29 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
+from fixtures import write_phiseg_hdf5 as _write_phiseg_hdf5
 from tfprobunet import data
 from tfprobunet.data import phiseg
-
-
-def _write_phiseg_hdf5(path, sizes=(("train", 5), ("val", 2), ("test", 3)), side=16, seed=0,
-                      per_patient=1):
-    """As `prepare_data` does: per split a group with `uids` (int, `per_patient` images with
-    each), `labels` (uint8, graders on the last axis) and `images` (float, the pickle's image
-    minus 0.5). Returns what it wrote: `{split: (images in [0, 1], masks (n, 4, h, w), uids)}`."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    with h5py.File(path, "w") as f:
-        for split, n in sizes:
-            images = rng.random((n, side, side))
-            masks = (rng.random((n, 4, side, side)) < 0.3).astype(np.uint8)
-            uids = np.repeat(rng.integers(-2**62, 2**62, -(-n // per_patient)), per_patient)[:n]
-            group = f.create_group(split)
-            group.create_dataset("uids", data=np.asarray(uids, dtype=int))
-            group.create_dataset("labels", data=np.asarray(masks.transpose(0, 2, 3, 1),
-                                                          dtype=np.uint8))
-            group.create_dataset("images", data=np.asarray(images - 0.5, dtype=float))
-            written[split] = (images, masks, uids)
-    return written
 
 
 def test_reads_back_the_arrays_phiseg_wrote(tmp_path):

@@ -11,8 +11,8 @@ import tensorflow as tf
 from tfprobunet import data, evaluation, metrics, protocols
 from tfprobunet.data import lidc
 from conftest import tiny_model
-from test_loaders import _lidc_entries
-from test_phiseg import _write_phiseg_hdf5
+from fixtures import lidc_entries as _lidc_entries
+from fixtures import write_phiseg_hdf5 as _write_phiseg_hdf5
 
 
 def test_a_published_protocol_refuses_other_data_splits_and_sample_counts():

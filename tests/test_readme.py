@@ -374,8 +374,8 @@ def test_the_evaluation_commands_run(flips_run, tmp_path, monkeypatch, capsys):
 def test_the_protocol_commands_print_the_published_tables(tmp_path, monkeypatch, capsys):
     """Both protocols end to end on files in the published formats: a LIDC crops folder (its
     test split, and a train split the model learns from) and PHiSeg's hdf5."""
-    from test_loaders import _write_lidc_crops
-    from test_phiseg import _write_phiseg_hdf5
+    from fixtures import write_lidc_crops as _write_lidc_crops
+    from fixtures import write_phiseg_hdf5 as _write_phiseg_hdf5
     from tfprobunet.data.lidc import SplitCountWarning
 
     monkeypatch.chdir(tmp_path)

@@ -14,7 +14,7 @@ import pytest
 
 from fixtures import (ROOT, lidc_entries, write_cityscapes, write_image_folders, write_lidc_crops,
                       write_npz_splits)
-from test_phiseg import _write_phiseg_hdf5
+from fixtures import write_phiseg_hdf5 as _write_phiseg_hdf5
 from tfprobunet import catalog, data
 
 DATA = os.path.join(ROOT, "tfprobunet", "data")

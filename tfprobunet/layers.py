@@ -35,6 +35,12 @@ def size_divisor(num_channels):
     return 2 ** (len(num_channels) - 1)
 
 
+def padded_size(size, divisor):
+    """`size` rounded up to a multiple of `divisor` (e.g. `size_divisor(num_channels)`): the
+    height or width an image is padded to for the U-Net."""
+    return -(-size // divisor) * divisor
+
+
 def check_spatial_size(height, width, num_channels):
     """Raise a `ValueError` naming valid sizes if `height` or `width` is not divisible."""
     divisor = size_divisor(num_channels)

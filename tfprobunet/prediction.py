@@ -37,7 +37,8 @@ def pad_to_multiple(images, divisor, value=None):
     """
     images = np.asarray(images)
     h, w = images.shape[1:3]
-    pad = [(0, 0), (0, -h % divisor), (0, -w % divisor)] + [(0, 0)] * (images.ndim - 3)
+    pad = [(0, 0), (0, layers.padded_size(h, divisor) - h),
+           (0, layers.padded_size(w, divisor) - w)] + [(0, 0)] * (images.ndim - 3)
     if value is None:
         return np.pad(images, pad, mode="edge"), (h, w)
     return np.pad(images, pad, constant_values=value), (h, w)

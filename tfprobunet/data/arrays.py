@@ -163,7 +163,7 @@ def npz_split(data_dir, split, max_bytes=None):
                 f"saved as 0/{present[1]}? Binarise them, e.g. `(masks > {present[1] // 2})"
                 ".astype(np.uint8)`, or store `num_classes` in the file if the classes in "
                 "between exist.")
-        num_classes = max(2, int(present[-1]) + 1 if labels.size else 2)
+        num_classes = checks.implied_num_classes(labels)
     checks.check_labels(annotations, num_classes, f"The annotations of {path}")
     weights = content.get("annotation_weights")
     classes = content.get("classes")

@@ -26,6 +26,14 @@ BINARIZE_HINT = ("binarise them, e.g. `masks = (masks > 127).astype(np.uint8)`, 
                  "`binarize=True` to tfprobunet.data.from_folders")
 
 
+def implied_num_classes(labels):
+    """The number of classes the label maps `labels` (any shape, ints) imply when nothing says
+    it: their largest label but the ignore label, plus one, and at least 2."""
+    labels = np.asarray(labels)
+    valid = labels[labels != IGNORE_LABEL]
+    return max(2, int(valid.max()) + 1 if valid.size else 2)
+
+
 def check_labels(labels, num_classes=None, where="the masks"):
     """Raise `ValueError` if `labels` cannot be trained on; warn if most of them are ignored.
 

@@ -27,6 +27,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet import layers
 from tfprobunet.catalog import IGNORE_LABEL, SPLITS
 from tfprobunet.data import checks, manifests
 from tfprobunet.data import images as images_lib
@@ -172,9 +173,7 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
     if not binarize:
         labels = _unpadded(stored_masks, sizes)
         if num_classes is None:
-            valid = labels[labels != IGNORE_LABEL]
-            num_classes = max(2, int(valid.max()) + 1 if valid.size else 2)
-            del valid
+            num_classes = checks.implied_num_classes(labels)
         checks.check_labels(labels, num_classes, f"The masks in {masks}")
         del labels
     dataset = tf.data.Dataset.from_tensor_slices((stored_images, stored_masks)).map(_for_model)
@@ -292,8 +291,8 @@ def _load(image_paths, mask_paths, channels, binarize, multiple):
     count, raters = len(image_paths), len(mask_paths[0])
     with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
         found = [size for size in pool.map(_header_size, image_paths) if size] or [(1, 1)]
-        height = _round_up(max(h for h, _ in found), multiple)
-        width = _round_up(max(w for _, w in found), multiple)
+        height = layers.padded_size(max(h for h, _ in found), multiple)
+        width = layers.padded_size(max(w for _, w in found), multiple)
         images = np.empty((count, height, width, channels), np.uint8)
         masks = np.empty((count, raters, height, width), np.uint8)
         sizes = []
@@ -376,7 +375,4 @@ def _binary(mask):
     """Lesion where the grey value is above half its range: 0/255 and 0/1 masks alike."""
     return (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
 
-
-def _round_up(size, multiple):
-    return -(-size // multiple) * multiple
 
