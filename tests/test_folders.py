@@ -328,3 +328,27 @@ def test_masks_are_matched_to_their_image_when_names_share_starts_and_hold_glob_
         i = names.index(name)
         assert round(float(image[0, 0, 0]) * 255) == 10 * i
         np.testing.assert_array_equal(annotations.sum(axis=(1, 2)) // 8, [i, i + 1])
+
+
+def test_fit_on_a_source_is_refused_in_one_line_naming_the_pipelines(tmp_path):
+    """Keras would unpack the `Source` namedtuple as (x, y) and fail on its fields ("they
+    hold [2]"); `fit` names the pipeline that turns a Source into batches instead."""
+    root = str(tmp_path)
+    _write(root, [f"scan{i}" for i in range(5)], size=(16, 16))
+    source = tfprobunet.data.from_folders(os.path.join(root, "images"),
+                                          os.path.join(root, "masks"), "train")
+    model = tfprobunet.ProbabilisticUNet(num_channels=[4, 8], convs_per_block=1, latent_dim=2)
+    model.compile(optimizer="adam")
+    with pytest.raises(TypeError) as refused:
+        model.fit(source, epochs=1)
+    message = str(refused.value)
+    assert "\n" not in message and "tfprobunet.data.Source" in message
+    assert "training_pipeline(source.dataset, batch_size=" in message
+    batches = pipeline.evaluation_pipeline(source.dataset, 2, source.annotation_weights)
+    with pytest.raises(TypeError, match=r"validation_data.*evaluation_pipeline"):
+        model.fit(pipeline.training_pipeline(source.dataset, 2, repeat=False),
+                  validation_data=source)
+    # The pipelines' batches train and validate.
+    history = model.fit(pipeline.training_pipeline(source.dataset, 2, repeat=False),
+                        validation_data=batches, epochs=1, verbose=0)
+    assert np.isfinite(history.history["val_ged"][0])

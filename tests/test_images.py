@@ -1,13 +1,15 @@
 """`tfprobunet.data.images`: image sizes from headers, which must be the sizes the decoders give,
 and the decoders' values, on small files of every format written here."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
 from tfprobunet import prediction
-from tfprobunet.data import images
+from tfprobunet.data import folders, images
 from tfprobunet.serving import client
 
 HEIGHT, WIDTH = 5, 7  # unequal, so that a swap shows
@@ -101,3 +103,62 @@ def test_prediction_and_the_client_read_images_here(tmp_path):
     np.testing.assert_array_equal(
         client.read_image(path, 1)[0, ..., 0],
         tf.image.convert_image_dtype(values, tf.float32).numpy())
+
+
+# 16-bit grey values, as CT and MR slices exported to PNG or TIFF hold them.
+VALUES_16 = np.array([[0, 1000, 4095], [30000, 50000, 65535]], np.uint16)
+
+
+def _write_16bit_case(root, name, suffix=".png"):
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "masks"), exist_ok=True)
+    image = np.tile(VALUES_16, (4, 4))[:8, :8]  # 8x8, every value present
+    Image.fromarray(image).save(os.path.join(root, "images", f"{name}{suffix}"))
+    Image.fromarray(np.eye(8, dtype=np.uint8)).save(os.path.join(root, "masks", f"{name}_0.png"))
+    return image
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_16bit_image_reaches_the_model_at_its_full_range(tmp_path, suffix):
+    """Each value divided by its data type's maximum (65535): never clipped to white."""
+    root = str(tmp_path)
+    written = {f"scan{i}": _write_16bit_case(root, f"scan{i}", suffix) for i in range(5)}
+    source = folders.from_folders(os.path.join(root, "images"), os.path.join(root, "masks"),
+                                  "train", fractions=(1.0, 0.0, 0.0), pattern="{stem}_*.png")
+    seen = [image.numpy()[:8, :8, 0] for image, _ in source.dataset]  # padded to a multiple
+    assert len(seen) == 5
+    for image in seen:
+        np.testing.assert_allclose(image, written["scan0"] / 65535.0, atol=1e-6)
+    assert len(np.unique(seen[0])) == 6  # not one value (white)
+
+
+def test_an_8bit_image_beside_16bit_ones_keeps_its_scale(tmp_path):
+    """Mixed depths in one folder: each image by its own type's maximum (255 or 65535)."""
+    root = str(tmp_path)
+    _write_16bit_case(root, "deep")
+    eight = np.array([[0, 51, 255, 128] * 2] * 8, np.uint8)
+    Image.fromarray(eight).save(os.path.join(root, "images", "flat.png"))
+    Image.fromarray(np.eye(8, dtype=np.uint8)).save(os.path.join(root, "masks", "flat_0.png"))
+    source = folders.from_folders(os.path.join(root, "images"), os.path.join(root, "masks"),
+                                  "train", fractions=(1.0, 0.0, 0.0))
+    by_max = sorted((image.numpy()[:8, :8, 0] for image, _ in source.dataset),
+                    key=lambda a: len(np.unique(a)))
+    np.testing.assert_allclose(by_max[0], eight / 255.0, atol=1e-6)
+
+
+def test_predict_and_the_serving_client_read_16bit_pngs_at_their_full_range(tmp_path):
+    path = str(tmp_path / "scan.png")
+    Image.fromarray(VALUES_16).save(path)
+    for read in (images.read_image, client.read_image):
+        np.testing.assert_allclose(read(path, 1)[0, ..., 0], VALUES_16 / 65535.0, atol=1e-6)
+    eight = str(tmp_path / "eight.png")
+    Image.fromarray(np.array([[0, 51, 255]], np.uint8)).save(eight)
+    np.testing.assert_allclose(images.read_image(eight, 1)[0, ..., 0], [[0, 0.2, 1.0]],
+                               atol=1e-6)
+
+
+def test_images_of_a_kind_that_cannot_be_scaled_are_refused_by_name(tmp_path):
+    path = str(tmp_path / "float.tif")
+    Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(path)
+    with pytest.raises(ValueError, match=r"float.tif.*32-bit float.*8- or 16-bit"):
+        images.decode(path, "L")

@@ -126,8 +126,9 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
     """Read a split of your images and their raters' masks from two folders into memory.
 
     The files are decoded a few at a time, in threads, and held in bytes, as stored: a case of
-    H x W pixels (padded) with A masks takes `H * W * channels + A * H * W` bytes (4 bytes a mask
-    pixel for labels outside 0-255, with `binarize=False`); the dataset makes float32 and int32
+    H x W pixels (padded) with A masks takes `H * W * channels + A * H * W` bytes (2 bytes an
+    image pixel when a file of the split is 16-bit; 4 bytes a mask pixel for labels outside
+    0-255, with `binarize=False`); the dataset makes float32 and int32
     of each example as it yields it. 9000 cases of 180x180, padded to 192x192, with 4 masks take
     184 KB each, 1.7 GB, where they took 737 KB (6.6 GB) as the float32 images and int32 masks
     held before, and several times that while being read. A pipeline reading the dataset holds a
@@ -284,7 +285,8 @@ def _cases(images, masks, split, pattern, fractions, seed, split_manifest=None):
 
 
 def _load(image_paths, mask_paths, channels, binarize, multiple):
-    """`(images (n, H, W, channels) uint8, masks (n, A, H, W), sizes)`: the cases read, padded as
+    """`(images (n, H, W, channels) uint8, or uint16 if any file is 16-bit, masks (n, A, H, W),
+    sizes)`: the cases read, padded as
     `from_folders` says, masks in uint8 (int32 if labels do not fit), `sizes` the images'
     `(h, w)`. The arrays are allocated once, at the padded size their headers give, and each
     case is stored as its files are decoded, in order: the first bad file is the one named."""
@@ -298,6 +300,11 @@ def _load(image_paths, mask_paths, channels, binarize, multiple):
         sizes = []
         arguments = [(i, m, channels, binarize) for i, m in zip(image_paths, mask_paths)]
         for n, (image, annotations) in enumerate(_in_order(pool, _decode, arguments)):
+            # 8 and 16 bits in one folder: all held in 16, an 8-bit v as v * 257 (v / 255 still)
+            if image.dtype == np.uint16 and images.dtype == np.uint8:
+                images = images.astype(np.uint16) * np.uint16(257)
+            elif image.dtype == np.uint8 and images.dtype == np.uint16:
+                image = image.astype(np.uint16) * np.uint16(257)
             h, w = image.shape[:2]
             sizes.append((h, w))
             images[n, :h, :w] = image
@@ -339,7 +346,8 @@ def _in_order(pool, function, arguments):
 
 
 def _decode(image_path, mask_paths, channels, binarize):
-    """`(image (h, w, channels) uint8, annotations (A, h, w))` of one case, from its files."""
+    """`(image (h, w, channels) uint8 or uint16, annotations (A, h, w))` of one case, from its
+    files."""
     image = images_lib.decode(image_path, "L" if channels == 1 else "RGB")
     image = image[..., None] if channels == 1 else image
     annotations = []
@@ -368,6 +376,8 @@ def _unpadded(masks, sizes):
 
 def _for_model(image, annotations):
     """A stored example as the model takes it: float32 in [0, 1] and int32."""
+    if image.dtype == tf.uint16:  # by images.SCALE_RULE, as the 8-bit table
+        return tf.cast(image, tf.float32) / 65535.0, tf.cast(annotations, tf.int32)
     return tf.gather(_FLOATS, tf.cast(image, tf.int32)), tf.cast(annotations, tf.int32)
 
 

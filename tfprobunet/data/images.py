@@ -7,12 +7,13 @@ through these functions.
   TIFF, GIF, WebP, ...), from its header; `ValueError` naming the file otherwise.
 - `png_size(path)`: `(height, width)` of a PNG from its first 24 and last 12 bytes, refusing an
   empty, foreign or truncated file before anything is decoded (the LIDC crops' check).
-- `decode(path, mode=None)`: the pixels as numpy, with PIL: grey or RGB uint8, or a label map
-  with its values (8-, 16- or 32-bit).
+- `decode(path, mode=None)`: the pixels as numpy, with PIL: grey or RGB, uint8 or (16-bit
+  files) uint16, or a label map with its values (8-, 16- or 32-bit); `to_unit` scales pixels to
+  [0, 1] by `SCALE_RULE`, each value divided by its type's maximum.
 - `decode_png(path, channels)`: the pixels as a uint8 tensor, with TensorFlow (in `tf.data`
   graphs).
 - `read_image(path, channels)`: a PNG, JPEG, GIF, BMP or WebP as a batch of one in [0, 1], as
-  a model takes it (TensorFlow's decoders, at 8 bits: 16-bit PNGs lose their low byte).
+  a model takes it (TensorFlow's decoders, by `SCALE_RULE`: 16-bit PNGs at their full range).
 """
 
 import os
@@ -104,23 +105,55 @@ def png_size(path):
                      "(download or export it again).")
 
 
+# PIL's modes of grey images deeper than 8 bits: 16-bit (PNG, TIFF), 32-bit integer and float.
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# How images become what a model takes, for every reader of image files: each value divided by
+# its data type's maximum (255 for 8-bit files, 65535 for 16-bit ones), so [0, 1] spans the
+# file's whole range and a 16-bit image is never clipped to white.
+SCALE_RULE = "each value divided by its data type's maximum (255 for 8 bits, 65535 for 16)"
+
+
+def _deep_grey(path, image):
+    """A grey image of more than 8 bits as `(h, w)` uint16; refuses what holds more."""
+    if image.mode == "F":
+        raise ValueError(f"{path} is a 32-bit float image, whose range has no fixed maximum to "
+                         "scale by: save it as an 8- or 16-bit PNG or TIFF (e.g. windowed to "
+                         "the intensities that matter).")
+    values = np.asarray(image)
+    if values.size and (values.min() < 0 or values.max() > np.iinfo(np.uint16).max):
+        raise ValueError(f"{path} is a 32-bit integer image with values in [{values.min()}, "
+                         f"{values.max()}]: save it as an 8- or 16-bit PNG or TIFF.")
+    return values.astype(np.uint16)
+
+
+def to_unit(pixels):
+    """`pixels` (uint8 or uint16 numpy) as float32 in [0, 1], by `SCALE_RULE`."""
+    pixels = np.asarray(pixels)
+    return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+
+
 def decode(path, mode=None):
     """The pixels of an image file, decoded by PIL.
 
     Args:
         path: any image PIL reads (PNG, JPEG, BMP, TIFF, ...).
-        mode: `"L"`: grey `(h, w)` uint8 (colour converted); `"RGB"`: `(h, w, 3)` uint8 (grey
-            repeated); None: a label map `(h, w)` with the file's values, uint8 (1-bit files
-            too), uint16 (`I;16`) or int32 (`I`), from a grey or palette image only.
+        mode: `"L"`: grey `(h, w)` (colour converted); `"RGB"`: `(h, w, 3)` (grey repeated);
+            both uint8, or uint16 for a 16-bit grey file (`to_unit` scales either); None: a
+            label map `(h, w)` with the file's values, uint8 (1-bit files too), uint16
+            (`I;16`) or int32 (`I`), from a grey or palette image only.
 
     Raises:
-        ValueError: naming `path`, if it cannot be decoded, or is a colour image read as a
-            label map.
+        ValueError: naming `path`, if it cannot be decoded, is a colour image read as a label
+            map, or a grey image that 16 bits cannot hold (32-bit float, or integers above
+            65535).
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if mode is not None and image.mode in _DEEP_MODES:
+                grey = _deep_grey(path, image)
+                return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=-1)
             if mode is None:
                 if image.mode not in ("1", "L", "P", "I", "I;16"):
                     raise ValueError(f"{path} is a {image.mode} image: label masks "
@@ -141,7 +174,12 @@ def decode_png(path, channels):
 
 def read_image(path, channels):
     """A PNG, JPEG, GIF (its first frame), BMP or WebP file as `(1, h, w, channels)` float32 in
-    [0, 1]: 8-bit values divided by 255 (16-bit PNGs are decoded at 8 bits, as
-    `tf.io.decode_image` does); grey (1) or RGB (3), converted from what the file holds."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    [0, 1] by `SCALE_RULE` (a 16-bit PNG at its full range); grey (1) or RGB (3), converted
+    from what the file holds."""
+    with open(path, "rb") as f:
+        contents = f.read()
+    # A 16-bit PNG (its IHDR's bit depth, byte 24) decoded at 16 bits, anything else at 8.
+    deep = contents.startswith(_PNG_SIGNATURE) and len(contents) > 24 and contents[24] == 16
+    image = tf.io.decode_image(contents, channels=channels, expand_animations=False,
+                               dtype=tf.uint16 if deep else tf.uint8)
     return tf.image.convert_image_dtype(image, tf.float32)[None].numpy()

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tfprobunet import _console
 from tfprobunet.data import checks as data_checks
+from tfprobunet.data.source import Source
 
 # `compile` arguments the models have their own of (the loss, its trackers): refused if given.
 _BUILT_IN_COMPILE_ARGS = ("loss", "loss_weights", "metrics", "weighted_metrics")
@@ -107,6 +108,7 @@ class KerasOverrides:
         """
         bound = inspect.signature(keras.Model.fit).bind(self, x, y, *args, **kwargs)
         given = bound.arguments
+        _refuse_sources(x, given.get("validation_data"))
         if "verbose" not in given:  # Keras' "auto" draws bars into files
             given["verbose"] = _console.progress_verbosity()
         if ((isinstance(x, _SELF_SHUFFLING) or inspect.isgenerator(x))
@@ -138,3 +140,16 @@ class KerasOverrides:
                                          f"The segmentations of {where}")
         if y is not None and not isinstance(x, tf.data.Dataset):
             data_checks.check_labels(y, self.num_classes, "`fit`'s y")
+
+
+def _refuse_sources(x, validation_data):
+    """A `tfprobunet.data.Source` passed to `fit` (Keras would unpack the namedtuple as inputs
+    and labels): refused in one line naming the pipeline that makes its batches."""
+    for value, where, make in (
+            (x, "x", "tfprobunet.data.training_pipeline(source.dataset, batch_size=8, "
+                     "annotation_weights=source.annotation_weights)"),
+            (validation_data, "validation_data", "tfprobunet.data.evaluation_pipeline("
+                                                 "source.dataset, 8, source.annotation_weights)")):
+        if isinstance(value, Source):
+            raise TypeError(f"`fit` got a tfprobunet.data.Source as `{where}`: pass its batches, "
+                            f"e.g. {where}={make} (as `train` does).")
