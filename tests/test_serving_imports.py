@@ -1,6 +1,6 @@
-"""`import tfprobunet` imports the export, not the clients nor the local server: no grpc, no
-`tfprobunet.serving.local_server` (what `python -X importtime` lists), while the lazy names of
-`tfprobunet.serving` still resolve on first use."""
+"""The library, once loaded (its first name used), has imported the export, not the clients
+nor the local server: no grpc, no `tfprobunet.serving.local_server` (what `python -X
+importtime` lists), while the lazy names of `tfprobunet.serving` still resolve on first use."""
 
 import os
 import re

@@ -1,3 +1,6 @@
+"""The synthetic benchmarks (`tfprobunet.data.synthetic`: *flips* and *graders*, their modes and
+truths) and the training pipeline that draws their annotations (`data/pipeline.py`)."""
+
 import numpy as np
 import pytest
 
