@@ -333,3 +333,24 @@ def test_a_model_flag_the_model_does_not_take_is_refused_by_name(tmp_path, capsy
                               "--latent-dim", "3", "--epochs", "1", "--steps-per-epoch", "1"])
     assert "DropoutUNet" in line and "'latent_dim'" in line, line
     assert not os.path.exists(tmp_path / "w" / "train_config.json")
+
+
+def test_a_warning_is_one_line_without_a_source_path(tmp_path):
+    """Most labels of these masks are the ignore label (a real warning): the command says so
+    in one line of its own, not Python's `file.py:LINE: UserWarning` and a code line."""
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 16, 16, 1), dtype=np.float32)
+    shape = (4, 1, 16, 16)
+    annotations = np.where(rng.random(shape) < 0.8, 255, rng.integers(0, 2, shape))
+    for split in ("train", "val", "test"):
+        np.savez(tmp_path / f"{split}.npz", images=images,
+                 annotations=annotations.astype(np.uint8))
+    done = _command(["-m", "tfprobunet.cli", "train", "--dataset", "npz", "--data-dir",
+                     str(tmp_path), "--workdir", str(tmp_path / "run"), "--epochs", "1",
+                     "--steps-per-epoch", "1", "--batch-size", "2", "--num-channels", "4,8",
+                     "--convs-per-block", "1", "--latent-dim", "2"])
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert lines and all(re.fullmatch(r"tfprobunet: warning: .*ignore label 255.*", line)
+                         for line in lines), lines
+    assert not any(".py:" in line for line in lines)

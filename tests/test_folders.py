@@ -352,3 +352,23 @@ def test_fit_on_a_source_is_refused_in_one_line_naming_the_pipelines(tmp_path):
     history = model.fit(pipeline.training_pipeline(source.dataset, 2, repeat=False),
                         validation_data=batches, epochs=1, verbose=0)
     assert np.isfinite(history.history["val_ged"][0])
+
+
+def test_padding_mixed_sizes_is_not_taken_for_ignored_labels(tmp_path, recwarn):
+    """Most pixels of a small image padded to a large one's size are padding (labelled 255 so
+    that nothing scores them): that is no reason for the warning about 0/255 masks, through
+    training and evaluation alike."""
+    root = str(tmp_path)
+    _write(root, [f"small{i}" for i in range(4)], size=(8, 8), raters=2)
+    _write(root, ["large"], size=(40, 40), raters=2, seed=1)
+    source = tfprobunet.data.from_folders(os.path.join(root, "images"),
+                                          os.path.join(root, "masks"), "train",
+                                          fractions=(1.0, 0.0, 0.0))
+    padded = np.concatenate([np.ravel(a) for _, a in source.dataset.as_numpy_iterator()])
+    assert np.mean(padded == 255) > 0.5  # the case the warning used to take for 0/255 masks
+    tfprobunet.train(str(tmp_path / "run"), dataset=source, validation_data=source, epochs=1,
+                     steps_per_epoch=1, batch_size=2, num_channels=[4, 8], convs_per_block=1,
+                     latent_dim=2, verbose=0)
+    tfprobunet.evaluate(str(tmp_path / "run" / "model.keras"), source, sample_counts=(1, 2),
+                        verbose=0)
+    assert not [w for w in recwarn if "ignore label" in str(w.message)]

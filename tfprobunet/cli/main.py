@@ -5,10 +5,12 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 
 from tfprobunet import _console, _interrupts, catalog
 from tfprobunet.cli import data, evaluation, flags, serving, training
 
+PROG = "tfprobunet"
 DESCRIPTION = "The `tfprobunet` console script. Thin: every command calls a library function."
 # The commands that train, and read the synthetic flips data unless --dataset says otherwise.
 FLIPS_BY_DEFAULT = ("train", "tune", "compare")
@@ -17,7 +19,7 @@ FLIPS_BY_DEFAULT = ("train", "tune", "compare")
 def build_parser(argv=()):
     """The parser of `tfprobunet`; a model of your own named by `--model` in `argv` gets its
     constructor arguments as `train` flags (its class is imported, TensorFlow with it)."""
-    parser = argparse.ArgumentParser(prog="tfprobunet", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true",
                         help="show TensorFlow's start-up and C++ log lines, which are held "
                              f"back otherwise (also: {_console.VERBOSE_VARIABLE}=1)")
@@ -35,6 +37,22 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _main(parser, args)
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    """A warning as the command prints it: one line of its own, no source path, no code line
+    (Python's `warnings.formatwarning`; where warnings are recorded, as by pytest, they stay
+    warnings)."""
+    return f"{PROG}: warning: {' '.join(str(message).split())}\n"
+
+
+def _main(parser, args):
     try:
         _check_data_flags(args)
         if args.debug:

@@ -83,7 +83,7 @@ def check_dataset(dataset, num_classes=None, where="the dataset", index=1,
                   count=PEEK_EXAMPLES):
     """`check_labels` on component `index` of the first `count` elements of a `tf.data.Dataset`
     (read eagerly, before any training), then mark the dataset as checked."""
-    if getattr(dataset, _CHECKED, False) or not isinstance(dataset, tf.data.Dataset):
+    if is_checked(dataset) or not isinstance(dataset, tf.data.Dataset):
         return
     spec = dataset.element_spec
     if not isinstance(spec, (tuple, list)) or len(spec) <= index \
@@ -94,6 +94,11 @@ def check_dataset(dataset, num_classes=None, where="the dataset", index=1,
         check_labels(np.concatenate(labels), num_classes,
                      f"{where} (its first {len(labels)} elements)")
     mark_checked(dataset)
+
+
+def is_checked(dataset):
+    """Whether `dataset`'s labels were checked (`check_dataset`, `mark_checked`)."""
+    return getattr(dataset, _CHECKED, False)
 
 
 def mark_checked(dataset):

@@ -178,7 +178,9 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
         checks.check_labels(labels, num_classes, f"The masks in {masks}")
         del labels
     dataset = tf.data.Dataset.from_tensor_slices((stored_images, stored_masks)).map(_for_model)
-    return Source(dataset, 2 if binarize else int(num_classes), None, None)
+    # Checked above without the padding (binarised masks hold 0 and 1 only): the pipelines
+    # would count the padding's 255 as ignored labels, and warn about 0/255 masks.
+    return Source(checks.mark_checked(dataset), 2 if binarize else int(num_classes), None, None)
 
 
 def load(data_dir, split, image_size=None, seed=0, split_manifest=None, **options):

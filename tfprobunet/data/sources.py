@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 
 from tfprobunet import catalog
-from tfprobunet.data import folders, lidc, manifests, phiseg
+from tfprobunet.data import checks, folders, lidc, manifests, phiseg
 from tfprobunet.data.source import Source, check_source, check_split
 
 # The names `load` knows, in the catalog's order.
@@ -60,8 +60,15 @@ def as_source(dataset, split="train", data_dir=None, image_size=None, num_exampl
         raise ValueError(f"`num_classes={num_classes}` contradicts the dataset's "
                          f"num_classes={source.num_classes}.")
     if num_examples is not None and not isinstance(dataset, str):
-        source = source._replace(dataset=source.dataset.take(num_examples))
+        source = source._replace(dataset=_first(source.dataset, num_examples))
     return source
+
+
+def _first(dataset, count):
+    """The first `count` elements of `dataset`, checked if `dataset` was
+    (`checks.mark_checked`)."""
+    first = dataset.take(count)
+    return checks.mark_checked(first) if checks.is_checked(dataset) else first
 
 
 def load(name, split="train", data_dir=None, image_size=None, num_examples=None, seed=0,
@@ -108,7 +115,7 @@ def load(name, split="train", data_dir=None, image_size=None, num_examples=None,
     loader = importlib.import_module(f"tfprobunet.data.{entry.module}").load
     source = loader(data_dir, split, image_size, seed, split_manifest, **options)
     if num_examples is not None and entry.needs_data_dir:
-        source = source._replace(dataset=source.dataset.take(num_examples))
+        source = source._replace(dataset=_first(source.dataset, num_examples))
     return source
 
 
