@@ -372,3 +372,22 @@ def test_padding_mixed_sizes_is_not_taken_for_ignored_labels(tmp_path, recwarn):
     tfprobunet.evaluate(str(tmp_path / "run" / "model.keras"), source, sample_counts=(1, 2),
                         verbose=0)
     assert not [w for w in recwarn if "ignore label" in str(w.message)]
+
+
+def test_a_multiclass_label_map_is_not_binarised_into_background(tmp_path):
+    """Masks of labels 0, 1 and 2 read as binary would all be background (`> 127`): refused,
+    naming the file, its values and `binarize=False`, which reads them as three classes."""
+    root = str(tmp_path)
+    _write(root, [f"scan{i}" for i in range(3)], size=(8, 8), raters=1)
+    for i in range(3):
+        labels = np.tile(np.array([0, 1, 2, 0], np.uint8), (8, 2))
+        Image.fromarray(labels).save(os.path.join(root, "masks", f"scan{i}_0.png"))
+    folders_args = (os.path.join(root, "images"), os.path.join(root, "masks"), "train")
+    with pytest.raises(ValueError) as refused:
+        tfprobunet.data.from_folders(*folders_args, fractions=(1.0, 0.0, 0.0))
+    message = str(refused.value)
+    assert "scan0_0.png" in message and "[0, 1, 2]" in message and "binarize=False" in message
+    assert "0/255" not in message.split("binarize=False")[0]
+    source = tfprobunet.data.from_folders(*folders_args, fractions=(1.0, 0.0, 0.0),
+                                          binarize=False)
+    assert source.num_classes == 3

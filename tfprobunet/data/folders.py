@@ -142,8 +142,10 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
         channels: 1 reads every image as grey (RGB converted), 3 as RGB (grey repeated).
         binarize: True reads each mask as foreground (1) / background (0) from its grey
             values: `mask > 127` for 8-bit masks (0/255, as annotation tools save them),
-            `mask > 0` for masks whose values are 0 and 1. False keeps the values as class
-            labels (grey or palette images; 255 is the ignore label).
+            `mask > 0` for masks whose values are 0 and 1; a mask whose largest value is 2 to
+            127 (a label map of several classes, all background read so) is refused. False
+            keeps the values as class labels (grey or palette images; 255 is the ignore
+            label).
         num_classes: with `binarize=False`, K (default: the largest label + 1).
         multiple: every image is padded at the bottom and right, repeating its last row and
             column, to the largest height and width in the split rounded up to a multiple of
@@ -359,7 +361,7 @@ def _decode(image_path, mask_paths, channels, binarize):
             raise ValueError(f"{path} is {mask.shape[0]}x{mask.shape[1]} pixels (height x "
                              f"width) but its image {image_path} is {image.shape[0]}x"
                              f"{image.shape[1]}: every mask must have its image's size.")
-        annotations.append(_binary(mask) if binarize else mask)
+        annotations.append(_binary(mask, path) if binarize else mask)
     return image, np.stack(annotations)
 
 
@@ -383,8 +385,19 @@ def _for_model(image, annotations):
     return tf.gather(_FLOATS, tf.cast(image, tf.int32)), tf.cast(annotations, tf.int32)
 
 
-def _binary(mask):
-    """Lesion where the grey value is above half its range: 0/255 and 0/1 masks alike."""
-    return (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
+def _binary(mask, path):
+    """Lesion where the grey value is above half its range: 0/255 and 0/1 masks alike. A mask
+    whose labels are small integers beyond 1 (a label map of several classes: every one of
+    them below half the range, so all background) is refused."""
+    top = int(mask.max()) if mask.size else 0
+    if 1 < top <= 127:
+        values = np.unique(mask)
+        shown = f"{values[:8].tolist()}{' ...' if len(values) > 8 else ''}"
+        raise ValueError(
+            f"{path} holds the labels {shown}: a label map of {top + 1} classes? Read as a "
+            "binary mask (foreground above 127) it would be all background. Pass "
+            "binarize=False to keep the labels as classes (from_folders; the command line "
+            "reads binary masks only), or save binary masks as 0/1 or 0/255.")
+    return (mask > (127 if top > 1 else 0)).astype(np.uint8)
 
 
