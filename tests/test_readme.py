@@ -259,6 +259,17 @@ def test_the_own_data_python_snippet_runs_as_written(tmp_path, monkeypatch, caps
     assert "(1, 16, 90, 75)" in capsys.readouterr().out
 
 
+@runs(("docs/model.md", "`fit` on your own data", "python"))
+def test_fit_on_your_own_data_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_folder("data")
+    namespace = {}
+    _exec(_cut(_block("docs/model.md", "`fit` on your own data", "python"),
+               [("epochs=20, steps_per_epoch=500", "epochs=2, steps_per_epoch=1")]), namespace)
+    history = namespace["model"].history.history
+    assert len(history["val_ged"]) == 2 and all(np.isfinite(history["val_ged"]))
+
+
 # docs/training.md, docs/recipes.md, docs/distributed.md
 
 @runs(("docs/training.md", "From the command line", "sh"))
