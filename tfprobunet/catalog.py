@@ -110,9 +110,14 @@ def model_entry(name):
         raise ValueError(f"`model` must be one of {', '.join(model_names())} (or a model "
                          "registered with tfprobunet.models.register). Received: "
                          f"{name!r}")
-    cls = entry_point.load()
-    return ModelEntry(name, cls.__module__, cls.__name__,
-                      getattr(cls, "LABEL", None) or cls.__name__, False, _ONE, cls)
+    return class_entry(name, entry_point.load())
+
+
+def class_entry(name, cls, label=None):
+    """The `ModelEntry` of a model class of your own known as `name`: labelled `label`, else
+    the class's `LABEL`, else its name; not the paper's; `serving_default` alone."""
+    label = label or getattr(cls, "LABEL", None) or cls.__name__
+    return ModelEntry(name, cls.__module__, cls.__name__, str(label), False, _ONE, cls)
 
 
 def entry_point_class(module, class_name):

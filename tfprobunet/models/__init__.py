@@ -75,9 +75,7 @@ def register(name, cls, label=None):
     if not (isinstance(cls, type) and issubclass(cls, SegmentationSampler)):
         raise TypeError("`cls` must be a subclass of tfprobunet.models.SegmentationSampler "
                         f"(with `sample` and `_loss_terms`). Received: {cls!r}")
-    label = label or getattr(cls, "LABEL", None) or cls.__name__
-    catalog.add_model(catalog.ModelEntry(name, cls.__module__, cls.__name__, str(label), False,
-                                         ("serving_default",), cls))
+    catalog.add_model(catalog.class_entry(name, cls, label))
     return cls
 
 
