@@ -25,7 +25,7 @@ $(OLDEST)/.installed: requirements-oldest.txt setup.py
 	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip
 	$(OLDEST)/bin/python -m pip install --quiet -r requirements-oldest.txt
-	$(OLDEST)/bin/python -m pip install --quiet -e ".[tune,dev]"
+	$(OLDEST)/bin/python -m pip install --quiet -e ".[tune,dev,medical]"
 	$(OLDEST)/bin/python -m pip install --quiet "tf-keras~=$$($(OLDEST)/bin/python -c \
 		'import importlib.metadata as m; print(m.version("tensorflow").rsplit(".", 1)[0])').0"
 	touch $@

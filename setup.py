@@ -35,6 +35,8 @@ setup(
         "serving": ["tensorflow-serving-api", "grpcio"],
         # h5py: PHiSeg's LIDC hdf5 (`lidc-phiseg`); Keras installs it too
         "data": ["h5py"],
+        # NIfTI and DICOM volumes (`from_volumes`, `--dataset volumes`, `predict` of a volume)
+        "medical": ["nibabel>=5.3", "pydicom>=3"],
         "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist", "pillow"],
     },
     entry_points={"console_scripts": ["tfprobunet=tfprobunet.cli:main"]},

@@ -156,3 +156,63 @@ def write_phiseg_hdf5(path, sizes=(("train", 5), ("val", 2), ("test", 3)), side=
             group.create_dataset("images", data=np.asarray(images - 0.5, dtype=float))
             written[split] = (images, masks, uids)
     return written
+
+
+# DICOM series (tests/test_volumes.py, the volumes dataset of tests/test_source.py): sagittal,
+# rows run along y, columns down z; the slice normal is row x column = -x, so the slices' order
+# is that of decreasing x, not of any coordinate increasing.
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ROW, COLUMN = (0.0, 1.0, 0.0), (0.0, 0.0, -1.0)
+
+
+def write_dicom_series(folder, pixels, intercept, slope, order, bits=12):
+    """`pixels (rows, columns, n)` uint16 as a DICOM series (pydicom), slice k at x = 10 -
+    2.5 k, the files written (and named) in the order `order`."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    os.makedirs(folder)
+    series = generate_uid()
+    for written, k in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.Modality = series, "CT"
+        ds.ImagePositionPatient = [10.0 - 2.5 * k, 5.0, 7.0]
+        ds.ImageOrientationPatient = [*ROW, *COLUMN]
+        ds.PixelSpacing = [0.9, 0.6]
+        ds.Rows, ds.Columns = pixels.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+        ds.RescaleIntercept, ds.RescaleSlope = intercept, slope
+        ds.PixelData = np.ascontiguousarray(pixels[:, :, k], np.uint16).tobytes()
+        ds.save_as(os.path.join(folder, f"IM{written:03d}.dcm"), enforce_file_format=True)
+
+
+def write_nifti(path, array, affine=None):
+    """`array` as a NIfTI file (nibabel), with `affine` (default: the identity)."""
+    import nibabel
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
+
+
+def write_volume_cases(root, count=6, shape=(16, 16, 4), raters=2, seed=0):
+    """`count` CT-like int16 volumes (Hounsfield units) `root/images/case{v}.nii.gz` with a
+    bright blob on every slice, and `raters` label volumes `root/masks/case{v}_{r}.nii.gz` (0/1)
+    each; returns `root`."""
+    rng = np.random.default_rng(seed)
+    for v in range(count):
+        image = rng.normal(-700, 100, shape).astype(np.int16)
+        image[4:10, 5:11] = 40
+        write_nifti(os.path.join(root, "images", f"case{v}.nii.gz"), image)
+        for r in range(raters):
+            mask = np.zeros(shape, np.uint8)
+            mask[4 + r:10, 5:11] = 1
+            write_nifti(os.path.join(root, "masks", f"case{v}_{r}.nii.gz"), mask)
+    return root

@@ -99,7 +99,7 @@ class ModelTest:
     # The training step draws no noise, so under MirroredStrategy it equals one device's (for
     # `init_kwargs`, and for the GECO configuration when `geco_kwargs` is given).
     deterministic_training = True
-    # The signatures `export_for_serving` writes for the model.
+    # The signatures `export_for_serving` writes for the model (and `info`, which every export has).
     signatures = ("serving_default",)
     # None: the model has no GECO. A dict: the constructor arguments that, added to
     # `init_kwargs`, switch GECO on (`{}` when `init_kwargs` already do); `GECOModelTest`'s
@@ -268,7 +268,7 @@ class ModelTest:
         path = serving.export_for_serving(model, str(tmp_path), "model", max_samples=4)
         servable = serving.Servable("model", int(os.path.basename(path)), path)
         try:
-            assert set(servable.signatures) == set(self.signatures)
+            assert set(servable.signatures) == {*self.signatures, "info"}
 
             def predict(num_samples, seed):
                 return servable.run("serving_default", {

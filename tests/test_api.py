@@ -93,9 +93,9 @@ SIGNATURES = {
         "max_samples=1000", "max_pixels=1048576", "max_sample_pixels=16777216",
         "image_range=(0.0, 1.0)"],
     "tfprobunet.data.load": ["name", "split='train'", "data_dir=None", "image_size=None",
-                             "num_examples=None", "seed=0"],
+                             "num_examples=None", "seed=0", "split_manifest=None", "**options"],
     "tfprobunet.data.from_folders": [
-        "images", "masks", "split='train'", "pattern='{stem}_*.png'", "channels=1",
+        "images", "masks", "split='train'", "pattern=None", "channels=1",
         "binarize=True", "num_classes=None", "multiple=16", "fractions=(0.8, 0.1, 0.1)",
         "seed=0"],
     "tfprobunet.prediction.predict": ["model", "images", "num_samples=16", "seed=None"],

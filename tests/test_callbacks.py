@@ -1,8 +1,10 @@
 """TensorBoardSamples: the grid it draws, hand-checked pixel by pixel, and the summaries it
-writes during `train(tensorboard=...)`, read back from the event files beside Keras' own."""
+writes during `train(tensorboard=...)`, read back from the event files beside Keras' own.
+ProgressLog: the lines a log file gets between Keras' lines per epoch."""
 
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -83,3 +85,45 @@ def test_train_with_tensorboard_writes_samples_scalars_and_keras_logs(tmp_path):
     # Keras' own TensorBoard callback, beside it.
     assert "epoch_loss" in _events(os.path.join(logs, "train"))
     assert "epoch_ged" in _events(os.path.join(logs, "validation"))
+
+
+@pytest.mark.slow
+def test_output_to_a_file_gets_step_lines_before_the_epoch_line(tmp_path, capsys):
+    # capsys: standard output is not a terminal, as with `tfprobunet train ... > log.txt`.
+    training.train(str(tmp_path / "run"), dataset="flips", epochs=1, steps_per_epoch=101,
+                   batch_size=2, image_size=16, num_examples=4, num_channels=[8, 16],
+                   convs_per_block=1, latent_dim=2)
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line for line in lines if line.startswith("epoch ")]
+    # The default interval, 100 steps (or a minute, whichever first); the last step is left
+    # to Keras' line per epoch, which comes after.
+    assert steps and steps[-1].startswith("epoch 1/1 step 100/101 - kl ")
+    assert all(re.fullmatch(r"epoch 1/1 step \d+/101 - kl \S+ - loss \S+ - reconstruction \S+"
+                            r" - [\d.]+ m?s/step - epoch ends in \d+:\d\d", s) for s in steps)
+    epoch_line = next(i for i, line in enumerate(lines) if line.startswith("101/101 - "))
+    assert lines.index(steps[-1]) < epoch_line
+    assert not re.search(r"[\x1b\r\x08]", "\n".join(lines))
+
+
+def test_a_progress_log_of_your_own_replaces_the_default_one():
+    assert [type(c) for c in callbacks.progress_callbacks(2)] == [callbacks.ProgressLog]
+    assert callbacks.progress_callbacks(2, [callbacks.ProgressLog(every_steps=5)]) == []
+    assert callbacks.progress_callbacks(1) == [] and callbacks.progress_callbacks(0) == []
+    with pytest.raises(ValueError, match="every_steps=0"):
+        callbacks.ProgressLog(every_steps=0)
+    with pytest.raises(ValueError, match="every_seconds=0"):
+        callbacks.ProgressLog(every_seconds=0)
+
+
+def test_progress_log_prints_every_n_steps_but_not_the_last(capsys):
+    log = callbacks.ProgressLog(every_steps=2)
+    log.set_params({"epochs": 3, "steps": 5})
+    log.on_epoch_begin(1)
+    for batch in range(5):
+        log.on_train_batch_end(batch, {"loss": np.float32(1.5), "kl": 0.25})
+    lines = capsys.readouterr().out.splitlines()
+    # Steps 2 and 4; step 5 ends the epoch, which Keras' own line reports.
+    assert [line.split(" - ")[:3] for line in lines] == [
+        ["epoch 2/3 step 2/5", "kl 0.25", "loss 1.5"],
+        ["epoch 2/3 step 4/5", "kl 0.25", "loss 1.5"]]
+    assert all(re.search(r" - [\d.e-]+ ms/step - epoch ends in 0:00$", line) for line in lines)

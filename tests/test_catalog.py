@@ -137,7 +137,7 @@ def test_every_dataset_has_its_loader_module():
         module = importlib.import_module(f"tfprobunet.data.{entry.module}")
         assert module.__name__.endswith(entry.module), name
     assert set(catalog.SYNTHETIC_DATASETS) == {"flips", "graders"}
-    assert set(catalog.OWN_SIZE_DATASETS) == {"npz", "folder", "lidc-phiseg"}
+    assert set(catalog.OWN_SIZE_DATASETS) == {"npz", "folder", "lidc-phiseg", "volumes"}
 
 
 def test_the_stored_signatures_are_the_librarys():

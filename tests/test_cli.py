@@ -281,7 +281,8 @@ def test_every_train_and_model_argument_has_a_flag_without_a_second_default():
     """Each default has one home, the library's signature: every argument of `train()` and of
     every model's constructor is a `train` flag, and none of those flags has a default of its
     own (argparse.SUPPRESS: only the flags given are passed)."""
-    python_only = {"verbose", "callbacks", "validation_data", "model_kwargs"}
+    # data_options: the flags of DATA_OPTION_FLAGS (--crop, --pattern, ...) make it.
+    python_only = {"verbose", "callbacks", "validation_data", "model_kwargs", "data_options"}
     arguments = {n for n in inspect.signature(training.train).parameters} - python_only
     for model in models.MODELS.values():
         arguments |= set(inspect.signature(model.__init__).parameters) - {

@@ -1,4 +1,5 @@
-"""`evaluate()` and `tfprobunet evaluate`: the report against independent recomputation."""
+"""`evaluate()` and `tfprobunet evaluate`: the report against independent recomputation, and
+the samples figure's rows on their images' own extent."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tfprobunet import cli, data, evaluation, metrics
+from tfprobunet import cli, data, evaluation, metrics, plots
 from conftest import tiny_model
 
 
@@ -49,6 +50,35 @@ def test_report_matches_the_metrics_on_the_same_samples(tmp_path):
     for name in report["figures"]:
         with Image.open(tmp_path / name) as png:
             assert png.size[0] > 100 and png.size[1] > 100
+
+
+def test_sample_grid_shows_a_padded_example_on_its_own_extent(tmp_path):
+    # A 10 x 12 image padded to 16 x 16, as `from_folders` pads mixed sizes: its masks are 255
+    # below and right; the model samples the padding as anything (here all of class 1).
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16, 1))
+    padded = np.full((2, 16, 16), 255)
+    padded[:, :10, :12] = 0
+    padded[0, 2:5, 2:5] = 1
+    samples = rng.integers(0, 2, (3, 16, 16))
+    samples[:, 10:], samples[:, :, 12:] = 1, 1
+    entropy = rng.random((16, 16)) * np.log(2)
+    whole = np.zeros((2, 16, 16), int)  # an image of the full size: nothing to crop
+    assert (plots.labelled_extent(padded), plots.labelled_extent(whole)) == ((10, 12), (16, 16))
+    assert plots.labelled_extent(np.full((1, 4, 5), 255)) == (4, 5)  # all ignored: all shown
+
+    rows = [(image, padded, samples, entropy), (image, whole, samples, entropy)]
+    figure = plots.sample_grid(rows, 2, str(tmp_path / "samples.png"))
+    tiles = [axes.images[0] for axes in figure.axes if axes.images]
+    assert len(tiles) == 2 * 7  # image, 2 annotations, 3 samples, entropy
+    expected = [image[..., 0], *padded, *samples, entropy]
+    for tile, full in zip(tiles[:7], expected):
+        np.testing.assert_array_equal(np.ma.getdata(tile.get_array()), full[:10, :12])
+    for tile, full in zip(tiles[7:], [image[..., 0], *whole, *samples, entropy]):
+        np.testing.assert_array_equal(np.ma.getdata(tile.get_array()), full)
+    # The entropy on one scale for every row, 0 to log K nats, labelled by a colour bar.
+    assert {tiles[6].get_clim(), tiles[13].get_clim()} == {(0.0, np.log(2))}
+    assert any(axes.get_ylabel() == "entropy (nats)" for axes in figure.axes)
 
 
 def _one_hot(masks, source):

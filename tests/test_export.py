@@ -40,6 +40,10 @@ EXPECTED = {
     "decode": (
         {"features": (FLOAT, [-1, -1, -1, F]), "z": (FLOAT, [-1, -1, N])},
         {"masks": (INT, [-1, -1, -1, -1]), "probabilities": (FLOAT, [-1, -1, -1, -1, K])}),
+    "info": (
+        {"size": (INT, [2])},
+        {"multiple": (INT, []), "padded_size": (INT, [2]),
+         "config": (tf.string.as_datatype_enum, [])}),
 }
 
 
@@ -73,6 +77,7 @@ def test_signatures_are_exactly_the_contract(exported):
         defaults = {k: tf.make_ndarray(v).tolist() for k, v in signatures[name].defaults.items()}
         assert defaults == {"num_samples": 1, "seed": [-1, -1]}, name
     assert not signatures["features"].defaults and not signatures["decode"].defaults
+    assert tf.make_ndarray(signatures["info"].defaults["size"]).tolist() == [1, 1]
     # The fingerprint on disk is that of the graph file with the defaults.
     from tensorflow.core.protobuf import fingerprint_pb2
     from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting

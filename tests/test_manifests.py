@@ -81,7 +81,7 @@ def test_a_manifest_of_other_data_or_with_a_shared_patient_is_refused(pickle_pat
         lidc.pickle_dataset(pickle_path, "train", split_manifest={"splits": {}})
     for name in ("npz", "cityscapes", "flips", "graders"):
         with pytest.raises(ValueError, match=f"fixes the split of lidc, lidc-pickle, "
-                                             f"lidc-phiseg, folder; '{name}' is split by"):
+                                             f"lidc-phiseg, folder, volumes; '{name}' is split by"):
             data.load(name, "train", data_dir=str(tmp_path), split_manifest=manifest)
 
 
@@ -105,7 +105,7 @@ def test_the_command_line_offers_the_datasets_that_have_manifests(capsys):
         parser.parse_args(["data", "manifest", "--help"])
     shown = re.search(r"--dataset \{([^}]*)\}", capsys.readouterr().out).group(1)
     assert tuple(shown.split(",")) == manifests.DATASETS == ("lidc", "lidc-pickle",
-                                                             "lidc-phiseg", "folder")
+                                                             "lidc-phiseg", "folder", "volumes")
 
 
 def _assert_partition(manifest, ids):

@@ -67,3 +67,24 @@ def test_cli_predicts_locally_at_each_images_own_size(model, tmp_path, capsys):
         for name in files:
             with Image.open(out / stem / name) as png:
                 assert png.size == (width, height)
+
+
+def test_uncertainty_png_maps_entropy_to_grey_as_documented(tmp_path):
+    # Two samples, K = 2; their mean at the three pixels: certain, (0.9, 0.1) and (0.5, 0.5).
+    probabilities = np.array([[[[1.0, 0.0], [0.8, 0.2], [1.0, 0.0]]],
+                              [[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]]])  # (m, h, w, K)
+    written = prediction.write_masks(probabilities.argmax(-1), probabilities, str(tmp_path))
+    assert written[-1] == str(tmp_path / "uncertainty.png")
+    with Image.open(written[-1]) as png:
+        grey, description = np.asarray(png), png.text["Description"]
+    entropy = [0.0, -(0.9 * np.log(0.9) + 0.1 * np.log(0.1)), np.log(2)]  # 0, 0.325, 0.693
+    # docs/evaluation.md: grey = round(255 * H / log K), white at log K.
+    np.testing.assert_array_equal(grey, [[0, 120, 255]])
+    np.testing.assert_allclose(grey[0] / 255 * np.log(2), entropy, atol=0.5 / 255 * np.log(2))
+    assert "round(255 * H / log 2)" in description and "log 2 = 0.6931 nats" in description
+    # K = 3: white is log 3 nats, all three classes equally likely.
+    uniform = np.full((3, 1, 1, 3), 1 / 3)
+    prediction.write_masks(np.zeros((3, 1, 1), int), uniform, str(tmp_path / "three"))
+    with Image.open(tmp_path / "three" / "uncertainty.png") as png:
+        assert np.asarray(png).tolist() == [[255]] and "log 3 = 1.0986 nats" in png.text[
+            "Description"]

@@ -259,6 +259,61 @@ def test_the_own_data_python_snippet_runs_as_written(tmp_path, monkeypatch, caps
     assert "(1, 16, 90, 75)" in capsys.readouterr().out
 
 
+def _write_volumes(root):
+    """The volumes page's layout: a NIfTI CT and a DICOM series, each with two raters' NIfTI
+    label volumes, a few more NIfTI cases to split, and `new.nii.gz` to predict."""
+    import nibabel
+
+    from fixtures import write_dicom_series, write_nifti, write_volume_cases
+
+    write_volume_cases(os.path.join(root, "data"), count=8)
+    os.rename(os.path.join(root, "data", "images", "case1.nii.gz"),
+              os.path.join(root, "data", "images", "case01.nii.gz"))
+    for r in range(2):
+        os.rename(os.path.join(root, "data", "masks", f"case1_{r}.nii.gz"),
+                  os.path.join(root, "data", "masks", f"case01_{r}.nii.gz"))
+    ct = nibabel.load(os.path.join(root, "data", "images", "case2.nii.gz")).get_fdata()
+    write_dicom_series(os.path.join(root, "data", "images", "case02"),
+                       (ct + 1024).astype(np.uint16), -1024, 1, [3, 1, 0, 2])
+    os.remove(os.path.join(root, "data", "images", "case2.nii.gz"))
+    for r in range(2):
+        os.rename(os.path.join(root, "data", "masks", f"case2_{r}.nii.gz"),
+                  os.path.join(root, "data", "masks", f"case02_{r}.nii.gz"))
+    ct[:4] = -1000
+    write_nifti(os.path.join(root, "new.nii.gz"), ct.astype(np.int16), np.diag([0.7, 0.7, 2.5, 1]))
+
+
+@runs(("docs/data.md", "Volumes: NIfTI and DICOM", "text"),
+      ("docs/data.md", "Volumes: NIfTI and DICOM", "python"),
+      ("docs/data.md", "Volumes: NIfTI and DICOM", "sh"))
+def test_the_volumes_snippets_run_as_written(tmp_path, monkeypatch, capsys):
+    import nibabel
+
+    monkeypatch.chdir(tmp_path)
+    _write_volumes(str(tmp_path))
+    for path in _block("docs/data.md", "Volumes: NIfTI and DICOM", "text").split():
+        if path.startswith("data/") and not path.endswith(")"):  # not the alternative shown
+            assert glob.glob(path), path
+    _exec(_cut(_block("docs/data.md", "Volumes: NIfTI and DICOM", "python"), BUDGETS[1:]))
+    assert "'labelled'" in capsys.readouterr().out
+    new = nibabel.load("new.nii.gz")
+    for folder in ("masks/new", "masks/new_cli"):
+        if folder == "masks/new_cli":
+            commands = _commands(_cut(_block("docs/data.md", "Volumes: NIfTI and DICOM", "sh"),
+                                      BUDGETS[:1]))
+            assert len(commands) == 2
+            commands[0][commands[0].index("runs/ct")] = "runs/ct_cli"
+            _tfprobunet(commands[0])
+            commands[1][commands[1].index("runs/ct/model.keras")] = "runs/ct_cli/model.keras"
+            commands[1][commands[1].index("masks/")] = "masks_cli/"
+            _tfprobunet(commands[1])
+            folder = "masks_cli/new"
+        written = nibabel.load(os.path.join(folder, "sample_00.nii.gz"))
+        assert written.shape == new.shape
+        np.testing.assert_allclose(written.affine, new.affine)
+        assert os.path.exists(os.path.join(folder, "uncertainty.nii.gz"))
+
+
 @runs(("docs/model.md", "`fit` on your own data", "python"))
 def test_fit_on_your_own_data_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -271,6 +326,25 @@ def test_fit_on_your_own_data_runs_as_written(tmp_path, monkeypatch):
 
 
 # docs/training.md, docs/recipes.md, docs/distributed.md
+
+@runs(("docs/training.md", "What it prints, on a terminal and in a log file", "text"))
+def test_the_log_lines_shown_are_those_train_prints_to_a_file(tmp_path, capsys):
+    """Each `epoch E/N step S/M ...` line of the page has the shape of one `train` prints when
+    its output is not a terminal (captured here), numbers aside."""
+    tfprobunet.train(str(tmp_path / "run"), dataset="graders", image_size=16, epochs=2,
+                     steps_per_epoch=5, batch_size=2, num_channels=[4, 8], convs_per_block=1,
+                     latent_dim=2, callbacks=[tfprobunet.callbacks.ProgressLog(every_steps=2)])
+    printed = capsys.readouterr().out.splitlines()
+    number = r"\d+(?:\.\d+)?"
+    shown = [line for line in _block("docs/training.md", "What it prints, on a terminal and in "
+                                     "a log file", "text").splitlines()
+             if line.startswith(("epoch ", "Epoch "))]
+    assert len(shown) == 3
+    for line in shown:
+        shape = re.sub(r"\d+(?:\\\.\d+)?", lambda _: number, re.escape(line))
+        shape = shape.replace(r"\ s/step", r"\ m?s/step")  # fast steps are in ms
+        assert any(re.fullmatch(shape, p) for p in printed), (line, printed)
+
 
 @runs(("docs/training.md", "From the command line", "sh"))
 def test_the_training_command_runs(tmp_path, monkeypatch):

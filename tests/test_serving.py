@@ -61,7 +61,7 @@ def test_grpc_round_trip_equals_the_session_path_and_the_model(server):
         assert set(client.predict(images, 2, output_filter=["masks"])) == {"masks"}
         metadata = client.metadata()
     servable.close()
-    assert set(metadata) == {"serving_default", "features", "sample", "decode"}
+    assert set(metadata) == {"serving_default", "features", "sample", "decode", "info"}
     assert metadata["sample"]["inputs"]["features"] == ("float32", (None, None, None, F))
     assert metadata["serving_default"]["outputs"]["masks"] == ("int32", (None,) * 4)
 
@@ -223,10 +223,11 @@ def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(server):
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
         assert message in caught.value.details(), (name, caught.value.details())
     channel.close()
-    # Our client turns the same status into a ValueError with the message.
+    # Our client turns the same status into a ValueError with the message (it pads sizes the
+    # U-Net cannot divide: tests/test_serving_padding.py).
     with _grpc(server) as client:
-        with pytest.raises(serving.InvalidRequestError, match="divisible by 2"):
-            client.predict(served_images(size=17), 2)
+        with pytest.raises(serving.InvalidRequestError, match="num_samples` must be >= 1"):
+            client.predict(served_images(), 0)
         # And the server still answers a good request correctly.
         images = served_images(seed=9)
         got = client.predict(images, 3, seed=[7, 7])["probabilities"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fixtures import (ROOT, lidc_entries, write_cityscapes, write_image_folders, write_lidc_crops,
-                      write_npz_splits)
+                      write_npz_splits, write_volume_cases)
 from fixtures import write_phiseg_hdf5 as _write_phiseg_hdf5
 from tfprobunet import catalog, data
 
@@ -73,6 +73,10 @@ def _write_cityscapes(root):
     return root
 
 
+def _write_volumes(root):
+    return write_volume_cases(root, count=10)
+
+
 def _write_npz(root):
     write_npz_splits(root)
     return root
@@ -89,6 +93,8 @@ TINY = {
     "cityscapes": (_write_cityscapes, dict(image_size=(8, 8)), ((8, 8, 3), (32, 8, 8))),
     "npz": (_write_npz, {}, ((8, 8, 1), (2, 8, 8))),
     "folder": (_write_folders, {}, ((16, 16, 1), (2, 16, 16))),
+    # int16 CT: the volumes dataset's default intensity rule refuses it without a window
+    "volumes": (_write_volumes, dict(window=(-1000, 400)), ((16, 16, 1), (2, 16, 16))),
 }
 
 
@@ -113,6 +119,7 @@ def test_load_by_name_gives_the_modules_source(name, tmp_path):
     options = {"name": name} if _shares_module(name) else {}
     if not entry.needs_data_dir:
         options["num_examples"] = arguments["num_examples"]
+    options.update({k: v for k, v in arguments.items() if k not in ("image_size", "num_examples")})
     direct = _module(name).load(data_dir, split, arguments.get("image_size"), 0, None, **options)
     assert isinstance(direct, data.Source)
     assert direct.num_classes == source.num_classes

@@ -1,5 +1,5 @@
 """Keras Tuner searches over the model: the hyper-model's space and defaults, trials that save,
-reload and report `val_ged`, searches that fail loudly."""
+reload and report `val_ged`, searches that fail loudly, and their output in a log file."""
 
 import json
 import os
@@ -110,6 +110,24 @@ def test_two_trial_search_reports_val_ged_and_returns_a_working_best_model(tmp_p
     assert again.values == best_hp.values
     config = {k: v for k, v in best.get_config().items() if k != "name"}
     assert {k: v for k, v in hypermodel.build(again).get_config().items() if k != "name"} == config
+
+
+@pytest.mark.slow
+def test_a_search_into_a_log_file_prints_plain_lines_with_step_progress(tmp_path, capfd):
+    # capfd: standard output is not a terminal, as with `tfprobunet tune ... > tune.log`.
+    trials = tuning.tune(str(tmp_path), max_trials=1, epochs=1, steps_per_epoch=101,
+                         image_size=16, num_examples=8, validation_examples=2,
+                         num_channels=[8, 16], convs_per_block=1, ged_samples=2)
+    assert len(trials) == 1
+    out, err = capfd.readouterr()
+    log = out + err
+    # Keras Tuner's summary of the trial, without the escape codes of IPython's clear_output.
+    assert "Trial 1 Complete" in log
+    assert not re.search(r"[\x1b\r\x08]", log), repr(log[-600:])
+    # The trial's own progress: a line at step 100 (the default interval), then Keras' epoch.
+    lines = log.splitlines()
+    step = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1 step 100/101"))
+    assert lines[step + 1].startswith("101/101 - ")
 
 
 class _Broken(tuning.ProbabilisticUNetHyperModel):

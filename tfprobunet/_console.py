@@ -51,10 +51,14 @@ def verbose():
 
 
 def _forward(read, out):
+    held_back = False  # the last line was: its indented continuation lines are too
     with os.fdopen(read, "rb", buffering=0) as pipe:
         while chunk := pipe.read(1 << 16):
             for line in chunk.splitlines(keepends=True):
-                if NOISE.search(line):
+                # A hidden message's continuation, e.g. the `\t [[{{node Assert_4/Assert}}]]`
+                # of the warning each failed assert op logs (a refused serving request).
+                held_back = bool(NOISE.search(line)) or (held_back and line[:1] in (b"\t", b" "))
+                if held_back:
                     hidden.append(line.decode(errors="replace").rstrip("\n"))
                 else:
                     try:
@@ -148,14 +152,20 @@ def hold_back_tensorflow_startup():
 def progress_verbosity(verbose=None):
     """Keras' `verbose` for the entry points: `verbose` if given, else the progress bar (1) on a
     terminal or in a notebook and one line per epoch (2) otherwise, e.g. when the output goes to
-    a log file (whose progress bars would be escape codes)."""
+    a log file (whose progress bars would be escape codes); `train` and `tune` add the step
+    lines of `tfprobunet.callbacks.ProgressLog` to the latter."""
     if verbose is not None:
         return verbose
-    interactive = _in_notebook() or (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
-    return 1 if interactive else 2
+    return 1 if interactive() else 2
 
 
-def _in_notebook():
+def interactive():
+    """Whether the output is seen as it is drawn: standard output is a terminal, or this process
+    is a notebook's kernel."""
+    return in_notebook() or (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
+
+
+def in_notebook():
     """Whether this process is a running Jupyter (or Colab) kernel: IPython's shell has a
     kernel. ipykernel merely imported (by a notebook client, a test) is not enough."""
     ipython = sys.modules.get("IPython")

@@ -2,7 +2,8 @@
 
 Those `train` runs on every run: `StopOnNonFiniteLoss` (no NaN reaches a file), `StopOnSignal`
 (SIGINT/SIGTERM stop at a step boundary), `EpochLog` (a CSV row per epoch) and
-`EpochCheckpoint` (weights and optimizer state after each epoch, safe against a kill).
+`EpochCheckpoint` (weights and optimizer state after each epoch, safe against a kill); and,
+when the output is not a terminal, `ProgressLog` (a line every 100 steps or minute).
 Those to add to `fit` (or that `train` adds when asked): `TimeBudget` (stop at an epoch end once
 time is spent), `CalibrationLog` (mode and flip frequencies on validation images after each
 epoch) and `TensorBoardSamples` (sample grids and calibration scalars for TensorBoard).
@@ -55,6 +56,78 @@ class TimeBudget(keras.callbacks.Callback):
         if time.monotonic() - self._start >= 60.0 * self.minutes:
             self.model.stop_training = True
             self.stopped_epoch = epoch
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """A line of text every `every_steps` training steps or `every_seconds` seconds, whichever
+    comes first, written and flushed at once: progress a log file can show, such as
+
+        epoch 3/10 step 200/500 - kl 2.341 - loss 693.1 - 1.9 s/step - epoch ends in 9:30
+
+    The values are the epoch's running means, as Keras shows them; the time per step is that of
+    the steps since the previous line (the first line's includes building the graph), and the
+    epoch's end is estimated from it, validation not included. The last step of an epoch has no
+    line of its own: Keras' line per epoch (`verbose=2`) follows.
+
+    Keras' progress bar (`verbose=1`) redraws itself with `\\r`, backspaces and colour codes,
+    which a file keeps as they are, and its `verbose=2` says nothing until an epoch ends (many
+    minutes, on full-size images). `train` and `tune` therefore add this
+    callback to `verbose=2` when the output is not a terminal (`progress_callbacks`); pass your
+    own to `train(callbacks=[...])` for another interval (it then replaces the default one).
+
+    Args:
+        every_steps: at most this many steps between two lines (>= 1).
+        every_seconds: at most about this many seconds between two lines, checked at the end
+            of each step (> 0).
+    """
+
+    def __init__(self, every_steps=100, every_seconds=60.0):
+        super().__init__()
+        if not (isinstance(every_steps, int) and every_steps >= 1):
+            raise ValueError(f"`every_steps` must be an integer >= 1. Received: "
+                             f"every_steps={every_steps!r}")
+        if not every_seconds > 0:
+            raise ValueError(f"`every_seconds` must be > 0. Received: "
+                             f"every_seconds={every_seconds!r}")
+        self.every_steps = every_steps
+        self.every_seconds = float(every_seconds)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._last_step, self._last_time = 0, time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, now = batch + 1, time.monotonic()
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if step == steps or (step - self._last_step < self.every_steps
+                             and now - self._last_time < self.every_seconds):
+            return
+        per_step = (now - self._last_time) / (step - self._last_step)
+        self._last_step, self._last_time = step, now
+        parts = [f"epoch {self._epoch + 1}/{epochs} step {step}/{steps or '?'}"]
+        parts += [f"{name} {float(value):.4g}" for name, value in sorted((logs or {}).items())
+                  if np.size(value) == 1]
+        parts.append(f"{per_step:.1f} s/step" if per_step >= 1.0 else
+                     f"{per_step * 1000:.3g} ms/step")
+        if steps:
+            parts.append(f"epoch ends in {_duration(per_step * (steps - step))}")
+        print(" - ".join(parts), flush=True)
+
+
+def _duration(seconds):
+    """`h:mm:ss`, or `m:ss` under an hour."""
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def progress_callbacks(verbose, callbacks=None):
+    """What an entry point adds to Keras' `verbose` (`_console.progress_verbosity`): a
+    `ProgressLog` with its default interval for `verbose=2` (output that is not a terminal),
+    unless `callbacks` (the caller's own) hold one already; nothing otherwise."""
+    if verbose != 2 or any(isinstance(c, ProgressLog) for c in callbacks or ()):
+        return []
+    return [ProgressLog()]
 
 
 class CalibrationLog(keras.callbacks.Callback):

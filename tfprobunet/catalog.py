@@ -175,7 +175,11 @@ DATASETS = {e.name: e for e in (
                  "your own arrays: a folder with train.npz, val.npz, test.npz"),
     DatasetEntry("folder", "folders", None, True, True, True,
                  "your own images: a folder with images/ and masks/ (NAME_0.png, NAME_1.png, "
-                 "... per image NAME.png; see docs/data.md)"),
+                 "..., or RATER/NAME.png, or NAME.png, per image NAME.png; see docs/data.md)"),
+    DatasetEntry("volumes", "volumes", None, True, True, True,
+                 "your own scans: a folder with images/ and masks/ (NIfTI files or DICOM "
+                 "series folders; NAME_0.nii.gz, ... per volume NAME; sliced; see "
+                 "docs/data.md)"),
 )}
 DATASET_NAMES = tuple(DATASETS)
 SYNTHETIC_DATASETS = tuple(n for n, e in DATASETS.items() if not e.needs_data_dir)

@@ -183,7 +183,7 @@ class _Accumulator:
 def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
              image_size=None, num_examples=None, sample_counts=SAMPLE_COUNTS, batch_size=8,
              num_figure_examples=4, seed=0, per_image=False, verbose=None, num_classes=None,
-             protocol="custom", split_manifest=None):
+             protocol="custom", split_manifest=None, data_options=None):
     """Evaluate a model's distribution of segmentations against all annotations of each image.
 
     For every image, `max(sample_counts)` segmentations are drawn once (seeded) and the first
@@ -223,7 +223,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
             test sizes: 500 images for *flips*, as the official evaluation, 100 for *graders*).
         sample_counts: the numbers of samples to score (a published protocol fixes them).
         batch_size: images per `model.sample` call.
-        num_figure_examples: rows of the samples figure (Fig. 3).
+        num_figure_examples: rows of the samples figure (Fig. 3), each cropped to its image's
+            extent (`plots.sample_grid`: padding left out) with the entropy on one colour bar.
         seed: seeds the samples (and the synthetic data).
         per_image: also report `ged_per_image[k]`, the GED of each image in dataset order, and
             `per_image`, each image's `hm_iou`, `sample_diversity`, `ncc` and `ece` (for
@@ -240,6 +241,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
             library's own, no paper's.
         split_manifest: a split manifest fixing the test patients (see
             `tfprobunet.data.load`).
+        data_options: the named dataset's options, as `train` takes them (a training run's
+            are in its `train_config.json`; the command line passes them).
 
     Returns:
         The report as a dict (also `out_dir/report.json`), with `figures` listing the PNGs.
@@ -256,7 +259,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
                                              SAMPLE_COUNTS)
     protocols.warn_if_unpublished(protocol, dataset, data_dir, split_manifest)
     source = data_lib.as_source(dataset, split, data_dir, image_size, num_examples, seed,
-                                num_classes, split_manifest=split_manifest)
+                                num_classes, split_manifest=split_manifest,
+                                data_options=data_options)
     if source.num_classes != model.num_classes:
         raise ValueError(f"The model predicts {model.num_classes} classes but the dataset has "
                          f"{source.num_classes}; evaluate it on the data it was trained for.")

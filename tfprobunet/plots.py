@@ -60,35 +60,74 @@ def mode_calibration(modes, path):
     figure.savefig(path, dpi=120)
 
 
+def labelled_extent(annotations):
+    """The `(h, w)` an example's annotations cover: up to the last row and the last column in
+    which some annotation is not `IGNORE_LABEL`. Mixed sizes are padded at the bottom and right
+    to a common one with that label (`tfprobunet.data.from_folders`); `[:h, :w]` crops the
+    padding away. The whole size when every pixel is ignored.
+
+    Args:
+        annotations: `(A, H, W)` labels.
+    """
+    labelled = np.any(np.asarray(annotations) != IGNORE_LABEL, axis=0)
+    rows, columns = np.flatnonzero(labelled.any(axis=1)), np.flatnonzero(labelled.any(axis=0))
+    if not len(rows):
+        return labelled.shape
+    return int(rows[-1]) + 1, int(columns[-1]) + 1
+
+
 def sample_grid(rows, num_classes, path, annotation_order=None, max_annotations=4,
                 max_samples=6):
-    """One row per image: the image, its annotations, samples, and the entropy map.
+    """One row per image: the image, its annotations, samples, and the entropy map, each
+    cropped to the image's own extent (`labelled_extent`: the padding of mixed sizes left out).
+
+    The entropy map is the pixel-wise entropy of the samples' mean class probabilities, on one
+    scale for every row, from 0 (every sample certain of the same class; black) to log K nats
+    (all K classes equally likely, 0.69 for two; white), shown by the colour bar.
 
     Args:
         rows: `(image (h, w, c), annotations (A, h, w), samples (m, h, w), entropy (h, w))`.
         annotation_order: indices of the annotations to show first (e.g. the likeliest modes).
+
+    Returns:
+        The matplotlib `Figure`, also written to `path`.
     """
-    columns = 1 + max_annotations + max_samples + 1
-    figure = _figure(1.3 * columns, 1.4 * len(rows))
+    columns = 1 + max((min(max_annotations, len(row[1])) + min(max_samples, len(row[2]))
+                       for row in rows), default=0) + 1
+    figure = _figure(1.3 * columns + 0.6, 1.4 * len(rows))
     grid = figure.subplots(len(rows), columns, squeeze=False)
+    top = np.log(num_classes)
     for r, (image, annotations, samples, entropy) in enumerate(rows):
+        h, w = labelled_extent(annotations)
         order = annotation_order if annotation_order is not None else range(len(annotations))
-        shown = [("image", image)]
-        shown += [(f"annotation {j}", annotations[j]) for j in list(order)[:max_annotations]]
-        shown += [(f"sample {j}", samples[j]) for j in range(min(max_samples, len(samples)))]
+        shown = [("image", np.asarray(image)[:h, :w])]
+        shown += [(f"annotation {j}", np.asarray(annotations[j])[:h, :w])
+                  for j in list(order)[:max_annotations]]
+        shown += [(f"sample {j}", np.asarray(samples[j])[:h, :w])
+                  for j in range(min(max_samples, len(samples)))]
         for c, axes in enumerate(grid[r]):
-            axes.set_axis_off()
+            # A frame without ticks: a mask all of the light class still shows its edges.
+            axes.set_xticks([])
+            axes.set_yticks([])
             if c == columns - 1:
-                axes.imshow(entropy, cmap="magma")
+                entropy_map = axes.imshow(np.asarray(entropy)[:h, :w], cmap="magma", vmin=0.0,
+                                          vmax=top)
                 title = "entropy"
             elif c < len(shown):
                 title, picture = shown[c]
                 _show(axes, picture, num_classes, is_image=c == 0)
             else:
+                axes.set_axis_off()
                 continue
             if r == 0:
                 axes.set_title(title, fontsize=7)
+    if rows:
+        bar = figure.colorbar(entropy_map, ax=grid[:, -1], shrink=0.9, ticks=[0.0, top / 2, top])
+        bar.ax.set_yticklabels(["0", f"{top / 2:.2f}", f"{top:.2f} = log {num_classes}"],
+                               fontsize=6)
+        bar.set_label("entropy (nats)", fontsize=7)
     figure.savefig(path, dpi=100)
+    return figure
 
 
 def _show(axes, picture, num_classes, is_image, **imshow):

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfprobunet import layers, metrics, saving
 from tfprobunet.data import images as images_lib
+from tfprobunet.data import intensity as intensity_lib
 from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 
 # What `read_image` decodes (PIL's format names).
@@ -75,14 +76,17 @@ def write_masks(masks, probabilities, out_dir):
 
     Args:
         masks: `(m, h, w)` labels; written as `sample_00.png`, ... scaled to 0..255.
-        probabilities: `(m, h, w, K)` the samples' class probabilities; the entropy of their
-            mean, scaled by its maximum log K, is written as `uncertainty.png`.
+        probabilities: `(m, h, w, K)` the samples' class probabilities; the entropy H (nats)
+            of their mean is written as `uncertainty.png`, 8-bit grey `round(255 * H / log K)`:
+            black where every sample is certain of the same class, white at log K (all K
+            classes equally likely: 0.69 nats for two), e.g. 120 for a mean of (0.9, 0.1).
+            The PNG's text field `Description` says so.
         out_dir: created if missing.
 
     Returns:
         The paths written.
     """
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     num_classes = probabilities.shape[-1]
     os.makedirs(out_dir, exist_ok=True)
@@ -94,7 +98,12 @@ def write_masks(masks, probabilities, out_dir):
         written.append(path)
     entropy, _ = metrics.uncertainty_maps(np.asarray(probabilities)[None])
     path = os.path.join(out_dir, "uncertainty.png")
-    Image.fromarray(np.uint8(np.clip(entropy[0] / np.log(num_classes), 0, 1) * 255)).save(path)
+    scale = PngImagePlugin.PngInfo()
+    scale.add_text("Description", f"entropy H of the samples' mean class probabilities: grey = "
+                                  f"round(255 * H / log {num_classes}); 0 = 0 nats, 255 = "
+                                  f"log {num_classes} = {np.log(num_classes):.4f} nats")
+    grey = np.round(np.clip(entropy[0] / np.log(num_classes), 0, 1) * 255)
+    Image.fromarray(grey.astype(np.uint8)).save(path, pnginfo=scale)
     return written + [path]
 
 
@@ -150,14 +159,16 @@ def check_image_files(paths, num_samples, max_samples=MAX_SAMPLES, max_pixels=MA
 
 
 def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX_SAMPLES,
-                  max_pixels=MAX_PIXELS, max_sample_pixels=MAX_SAMPLE_PIXELS):
+                  max_pixels=MAX_PIXELS, max_sample_pixels=MAX_SAMPLE_PIXELS, intensity=None):
     """Segment image files, each at its own size: locally, or through a served model.
 
     Args:
         model: a `SegmentationSampler`, the path of a `.keras` file (`saving.load_model`), or a
-            serving client (`tfprobunet.serving.GrpcClient` or `RestClient`: `features` once
-            per image, then `sample`; the served model refuses sides it cannot divide, which
-            are padded only locally).
+            serving client (`tfprobunet.serving.GrpcClient` or `RestClient`: `predict`, which
+            pads each image to the served model's multiple as `predict` does here and crops
+            the masks back, so both give the same masks for the same seed; an export made
+            before the `info` signature existed gets the image as it is, and refuses sides it
+            cannot divide).
         paths: PNG or JPEG files; read with the model's channels (grey or RGB converted).
         num_samples: segmentations per image.
         out_dir: `out_dir/<file stem>/sample_00.png, ..., uncertainty.png` per image
@@ -167,18 +178,27 @@ def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX
             before any is decoded or sent (`check_image_files`); a served model's export may
             record other limits (its `assets.extra/tfprobunet_config.json`), which its server
             applies.
+        intensity: how pixel values become [0, 1] (`tfprobunet.data.intensity`); None: the
+            rule the model was trained with: its training run's (`intensity.of_run`, for the
+            path of a `.keras` file in a run's workdir), or the one a served model's export
+            records (`client.info()`); the data type's range otherwise.
 
     Returns:
         The paths written.
     """
+    if intensity is None and isinstance(model, (str, os.PathLike)):
+        intensity = intensity_lib.of_run(os.fspath(model))
     if isinstance(model, (str, os.PathLike)):
         model = saving.load_model(model)
     check_image_files(paths, num_samples, max_samples, max_pixels, max_sample_pixels)
     if hasattr(model, "features") and hasattr(model, "metadata"):  # a serving client
-        channels = model.metadata()["features"]["inputs"]["images"][1][-1]
+        # `serving_default`, which every export has (a baseline's has no `features`).
+        channels = model.metadata()["serving_default"]["inputs"]["images"][1][-1]
 
         def run(images):
-            return model.sample(model.features(images), num_samples, seed)
+            return model.predict(images, num_samples, seed)
+        if intensity is None and model.info() is not None:
+            intensity = model.info()["config"].get("intensity")
     else:
         channels = model.image_channels
 
@@ -186,7 +206,7 @@ def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX
             return predict(model, images, num_samples, seed)
     written = []
     for path in paths:
-        outputs = run(images_lib.read_image(path, channels))
+        outputs = run(images_lib.read_image(path, channels, intensity))
         stem = os.path.splitext(os.path.basename(path))[0]
         written += write_masks(outputs["masks"][0], outputs["probabilities"][0],
                                os.path.join(out_dir, stem))

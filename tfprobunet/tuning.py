@@ -11,6 +11,7 @@ tfprobunet.tuning.search(tuner, train_source, validation_data=val_source, epochs
 Needs the `tune` extra (`pip install "tfprobunet[tune]"`: keras-tuner and tensorboard).
 """
 
+import contextlib
 import json
 import os
 import warnings
@@ -26,6 +27,7 @@ except ModuleNotFoundError as error:  # an extra: say how to get it
                               '"tfprobunet[tune]"', name="keras_tuner") from None
 
 from tfprobunet import _console, _io
+from tfprobunet import callbacks as callbacks_lib
 from tfprobunet import data as data_lib
 from tfprobunet import training
 from tfprobunet.data import pipeline
@@ -178,16 +180,43 @@ def make_tuner(tuner, hypermodel, directory, project_name="search", max_trials=1
     return TUNERS[tuner](hypermodel, max_trials=max_trials, **common)
 
 
+@contextlib.contextmanager
+def _plain_trial_summaries():
+    """Keras Tuner's trial summaries as plain text outside a notebook, within the block.
+
+    Keras Tuner (1.4) takes any process that can import IPython for a notebook
+    (`keras_tuner.src.utils.IS_NOTEBOOK`: the class name of `get_ipython()`, which is None
+    outside IPython, lacks "Terminal"), and before each "Trial n Complete" clears the output
+    with IPython's `clear_output`, which elsewhere prints the escape codes `ESC[2K\\r` twice:
+    into the log file, when the output goes to one. Here it is a notebook only in a notebook's
+    kernel (`_console.in_notebook`), and prints a blank line otherwise.
+    """
+    try:
+        from keras_tuner.src import utils
+    except ImportError:  # another layout of Keras Tuner: nothing to correct
+        utils = None
+    saved = getattr(utils, "IS_NOTEBOOK", False)
+    if saved:
+        utils.IS_NOTEBOOK = _console.in_notebook()
+    try:
+        yield
+    finally:
+        if saved:
+            utils.IS_NOTEBOOK = saved
+
+
 def search(tuner, *args, **kwargs):
     """`tuner.search(*args, **kwargs)`, then raise `TuningError` with the first failed
     trial's error when no trial completed (Keras Tuner itself returns quietly when fewer trials
-    than `max_consecutive_failed_trials` were run and all failed).
+    than `max_consecutive_failed_trials` were run and all failed). Outside a notebook, Keras
+    Tuner's summaries are plain text (no escape codes in a log file).
 
     Returns:
         The best trials, best first (`tuner.oracle.get_best_trials`); [] on a distributed
         search's workers.
     """
-    tuner.search(*args, **kwargs)
+    with _plain_trial_summaries():
+        tuner.search(*args, **kwargs)
     if distributed_role() == "worker":
         return []  # the chief's oracle holds the trials
     trials = list(tuner.oracle.trials.values())
@@ -228,7 +257,8 @@ def distributed_role():
 
 def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=10, epochs=5,
          steps_per_epoch=100, image_size=None, num_examples=None, validation_examples=100,
-         validation_data=None, strategy="default", seed=0, verbose=None, **fixed):
+         validation_data=None, strategy="default", seed=0, verbose=None, data_options=None,
+         **fixed):
     """Search the hyper-parameters of `ProbabilisticUNetHyperModel` on `val_ged`, resuming a
     search that `directory` already holds, and keep the best model.
 
@@ -254,8 +284,11 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
             `(image, annotations)`); needed when `dataset` is not a name.
         strategy: `"default"` or `"mirrored"` (`training.make_strategy`): each trial's devices.
         seed: the search's, the data's and the models' seed.
-        verbose: Keras Tuner's and Keras' progress output (0: silent; None: progress bars on
-            a terminal or in a notebook, a line per epoch otherwise).
+        verbose: Keras Tuner's and Keras' progress output (0: silent; 1: progress bars; 2: a
+            line per epoch and one every 100 steps or minute, `callbacks.ProgressLog`; None:
+            progress bars on a terminal or in a notebook, 2 otherwise, e.g. into a log file).
+        data_options: the named dataset's options, as `train` takes them (e.g. `{"crop":
+            (128, 128)}` for `"folder"`).
         **fixed: passed to `ProbabilisticUNetHyperModel` (settings not searched);
             `num_classes=` for a plain dataset, as `train` takes it.
 
@@ -272,13 +305,14 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
                          "#20585); spread a search over machines with chief and workers "
                          f"instead. Received: strategy={strategy!r}")
     source = data_lib.as_source(dataset, "train", data_dir, image_size, num_examples, seed,
-                                fixed.pop("num_classes", None))
+                                fixed.pop("num_classes", None), data_options=data_options)
     if validation_data is None and not isinstance(dataset, str):
         raise ValueError("A search on your own `dataset` needs `validation_data=` (a Source or "
                          "a dataset of (image, annotations)) to compute val_ged on.")
     validation = data_lib.as_source(
         dataset if validation_data is None else validation_data, "val", data_dir, image_size,
-        validation_examples if validation_data is None else None, seed, source.num_classes)
+        validation_examples if validation_data is None else None, seed, source.num_classes,
+        data_options=data_options if validation_data is None else None)
     hypermodel = ProbabilisticUNetHyperModel(
         source.num_classes, source.dataset.element_spec[0].shape, ged_classes=source.classes,
         steps=epochs * steps_per_epoch, seed=seed, **fixed)
@@ -286,10 +320,12 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
         tuner, hypermodel, directory, project_name="search", max_trials=max_trials,
         max_epochs=epochs, seed=seed, distribution_strategy=(
             None if strategy == "default" else training.make_strategy(strategy)))
+    verbose = _console.progress_verbosity(verbose)
     trials = search(search_tuner, source, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                    validation_data=validation, verbose=_console.progress_verbosity(verbose),
+                    validation_data=validation, verbose=verbose,
                     callbacks=[keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard"),
-                                                           write_graph=False)])
+                                                           write_graph=False),
+                               *callbacks_lib.progress_callbacks(verbose)])
     if distributed_role() == "worker":
         return []
     completed = [t for t in trials if t.status == "COMPLETED"]

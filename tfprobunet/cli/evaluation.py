@@ -70,10 +70,14 @@ def data_settings(args):
                     image_size=args.image_size or (tuple(size) if isinstance(size, list)
                                                    else size),
                     seed=trained.get("seed", 0) if seed is None else seed)
+    same = dataset == trained.get("dataset")
     manifest = getattr(args, "split_manifest", None) or (
-        trained.get("split_manifest") if dataset == trained.get("dataset") else None)
+        trained.get("split_manifest") if same else None)
     if manifest is not None:
         settings["split_manifest"] = manifest
+    options = flags.data_options(args, trained.get("data_options") if same else None)
+    if options:
+        settings["data_options"] = options
     return settings
 
 
@@ -110,7 +114,7 @@ def _evaluate(args):
 
 
 def _inspect(args):
-    from tfprobunet import latent, plots, prediction, saving, serving
+    from tfprobunet import data, latent, plots, prediction, saving, serving
 
     if (args.image is None) == (args.dataset is None):
         raise flags.CommandError(
@@ -122,7 +126,8 @@ def _inspect(args):
     model = saving.load_model(args.model)
     annotations = None
     if args.image is not None:
-        image = serving.read_image(args.image, model.image_channels)[0]
+        image = serving.read_image(args.image, model.image_channels,
+                                   data.intensity.of_run(args.model))[0]
     else:
         image, annotations = _dataset_image(args)
     inspection = latent.inspect(model, image, annotations, axes=args.axes, extent=args.extent,
@@ -143,8 +148,9 @@ def _dataset_image(args):
 
     settings = data_settings(args)
     # All of the split, as `evaluate` loads it: synthetic images depend on how many.
+    options = settings.pop("data_options", None) or {}
     source = data.load(settings.pop("dataset"), args.split, num_examples=args.num_examples,
-                       **settings)
+                       **settings, **options)
     examples = list(source.dataset.skip(args.index).take(1).as_numpy_iterator())
     if not examples:
         raise flags.CommandError(f"the {args.split} split has no image --index {args.index}.")

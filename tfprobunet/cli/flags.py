@@ -128,7 +128,12 @@ def library_signatures():
                  for name, (module, attribute) in FUNCTIONS.items()}
     models = {name: inspected_defaults(catalog.model_class(name))
               for name in catalog.BUILTIN_MODELS}
-    return {"functions": functions, "models": models}
+    from tfprobunet.data import sources
+
+    datasets = {name: json.loads(json.dumps(sources.dataset_options(name)))
+                for name in catalog.DATASET_NAMES}
+    return {"functions": functions, "models": models,
+            "datasets": {k: v for k, v in datasets.items() if v}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,9 +204,74 @@ def given(args, where, *more):
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def pair(text):
+    """`LOW,HIGH` as two floats."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") \
+            from None
+    return [low, high]
+
+
+def crop_size(text):
+    """`128` or `128,96` as [height, width]."""
+    value = size(text)
+    return [value, value] if isinstance(value, int) else list(value)
+
+
+# The flags of the options of the datasets read from your files (`tfprobunet.data.
+# dataset_options`: the folder's, the volumes'): (flag's argument, argparse spec, help). They
+# become `data_options` (see `data_options`); evaluate and inspect default to the run's. A
+# dataset refuses the options it does not take, naming its own.
+DATA_OPTION_FLAGS = [
+    ("pattern", {}, "where each image's masks are, relative to the mask folder: {stem} for the "
+                    "image's name without extension, * for the rater, e.g. '{stem}_*.png', "
+                    "'*/{stem}.png' (a subfolder per rater), '{stem}.png' (one rater); none "
+                    "tries those three"),
+    ("labels", dict(choices=("binary", "multiclass")),
+     "binary: masks of 0/255 or 0/1, read as lesion/background; multiclass: the mask values "
+     "are class labels 0..K-1 (255 ignored)"),
+    ("num_classes", dict(type=int), "K of multiclass labels (implies --labels multiclass; "
+                                    "none: the largest label + 1)"),
+    ("missing_mask", dict(choices=("error", "empty")),
+     "a rater's mask that is missing for an image: refused (error), or read as all "
+     "background (empty)"),
+    ("crop", dict(type=crop_size, metavar="H,W"),
+     "train on random H,W windows of each image (a share centred on labels); evaluation and "
+     "prediction take whole images (none: whole images)"),
+    ("window", dict(type=pair, metavar="LOW,HIGH"),
+     "scale intensities by this window, in the file's units after its rescaling (e.g. "
+     "-1000,400 Hounsfield units for CT); none: by the data type's range, 255 or 65535"),
+    ("percentiles", dict(type=pair, metavar="LOW,HIGH"),
+     "scale intensities by each image's own percentiles, e.g. 0.5,99.5 (MR)"),
+    ("axis", dict(type=int, choices=(0, 1, 2)), "the array axis to slice volumes along, as "
+                                                "stored"),
+    ("empty_share", dict(type=float, metavar="SHARE"),
+     "the share of a volume's slices that no rater labelled kept; every labelled slice is"),
+]
+# The option flags' arguments of `tfprobunet.data.load` (`labels` stands for `binarize`).
+_OPTION_ARGUMENTS = {"labels": "binarize"}
+
+
+def _option_default(name):
+    """`folder: X; volumes: Y`: the defaults of the datasets that take option `name`, from
+    signatures.json."""
+    argument = _OPTION_ARGUMENTS.get(name, name)
+    defaults = {dataset: options[argument] for dataset, options in
+                _stored_signatures().get("datasets", {}).items() if argument in options}
+    if argument == "binarize":
+        defaults = {k: "binary" if v else "multiclass" for k, v in defaults.items()}
+    shown = {_shown(v).lower() for v in defaults.values()}
+    if len(shown) == 1:
+        return f"{shown.pop()}; {' and '.join(defaults)} only"
+    return "; ".join(f"{k}: {_shown(v).lower()}" for k, v in defaults.items())
+
+
 def add_data_flags(parser, library=None):
     """`--dataset`, `--data-dir`, `--image-size`, `--num-examples`; as library flags of the
-    function `library` when given (`train`, `tune`, `compare`)."""
+    function `library` when given (`train`, `tune`, `compare`); and, but for `compare`, the
+    dataset options' flags (`DATA_OPTION_FLAGS`)."""
     read = [n for n in catalog.DATASET_NAMES if catalog.DATASETS[n].needs_data_dir]
     specs = [("dataset", dict(choices=catalog.DATASET_NAMES), DATA_HELP, None),
              ("data_dir", {}, f"where --dataset {' or '.join(read)} is read from (needs "
@@ -216,6 +286,35 @@ def add_data_flags(parser, library=None):
                                 help=f"{help} (default: the training run's)", **spec)
         else:
             add_library_flag(parser, library, name, help, default_help=default_help, **spec)
+    if library == COMPARE:
+        return
+    for name, spec, help in DATA_OPTION_FLAGS:
+        default = "the training run's" if library is None else _option_default(name)
+        help = f"{help} (default: {default})"
+        spec = {"metavar": name.upper(), **spec} if "choices" not in spec else spec
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"data_{name}",
+                            default=None, help=help.replace("%", "%%"), **spec)
+
+
+def data_options(args, recorded=None):
+    """The dataset options the flags of `args` give (`DATA_OPTION_FLAGS`), over `recorded`
+    (a training run's `data_options`, for evaluate and inspect): `{option: value}` as
+    `tfprobunet.data.load` takes them, None when there are none."""
+    given = {name: getattr(args, f"data_{name}", None) for name, _, _ in DATA_OPTION_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    labels = given.pop("labels", None)
+    if labels is not None:
+        given["binarize"] = labels == "binary"
+    if given.get("num_classes") is not None:
+        if labels == "binary":
+            raise CommandError("--num-classes is for --labels multiclass (binary masks have "
+                               f"2 classes). Received: --num-classes {given['num_classes']} "
+                               "--labels binary")
+        given["binarize"] = False
+    if "window" in given or "percentiles" in given:  # one rule replaces the other
+        recorded = {k: v for k, v in (recorded or {}).items()
+                    if k not in ("window", "percentiles")}
+    return {**(recorded or {}), **given} or None
 
 
 def add_limit_flags(parser, whose):

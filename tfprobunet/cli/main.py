@@ -3,6 +3,7 @@ group adds its own parsers (`training.py`, `evaluation.py`, `serving.py`)."""
 
 import argparse
 import os
+import re
 import signal
 import sys
 import warnings
@@ -34,7 +35,7 @@ def build_parser(argv=()):
 def main(argv=None):
     """Run `tfprobunet argv` (default: `sys.argv[1:]`); returns 0, or exits with 2 and one line
     on a refusal or an error (the traceback under `--debug`), 128+N on signal N."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _negative_values_joined(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     formatwarning = warnings.formatwarning
@@ -43,6 +44,23 @@ def main(argv=None):
         return _main(parser, args)
     finally:
         warnings.formatwarning = formatwarning
+
+
+# A list of numbers whose first is negative, e.g. `-1000,400` (argparse takes it for a flag).
+_NEGATIVE_LIST = re.compile(r"-\d[\d.eE+-]*(,[-\d.eE+]*)+")
+
+
+def _negative_values_joined(argv):
+    """`argv` with `--window -1000,400` given as `--window=-1000,400`: argparse reads a value
+    that starts with `-` and is not a plain number as a flag of its own."""
+    joined = []
+    for arg in argv:
+        if (joined and joined[-1].startswith("--") and "=" not in joined[-1]
+                and _NEGATIVE_LIST.fullmatch(arg)):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):

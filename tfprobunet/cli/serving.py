@@ -49,14 +49,15 @@ def add_parsers(commands):
 
 def _add_predict_parser(commands):
     predict = commands.add_parser(
-        "predict", help="segment image files of any size: here with --model X.keras, or "
-                        "through a server with --target HOST:PORT")
-    predict.add_argument("--model", help="a saved .keras model: predict here, without a server "
-                                         "(sides the U-Net cannot divide are padded, and the "
-                                         "masks cropped back)")
+        "predict", help="segment image files of any size, here with --model X.keras or "
+                        "through a server with --target HOST:PORT: sides the U-Net cannot "
+                        "divide are padded, and the masks cropped back")
+    predict.add_argument("--model", help="a saved .keras model: predict here, without a server")
     predict.add_argument("--target", metavar="HOST:PORT",
                          help="a gRPC server (TF Serving or `tfprobunet serve`) to predict "
-                              "through instead")
+                              "through instead: the same masks as --model for the same --seed "
+                              "(an export older than its `info` signature takes only the sizes "
+                              "its U-Net divides)")
     predict.add_argument("--name", help="with --target: the served model's name (default: "
                                         "probunet)")
     predict.add_argument("--version", type=int, help="with --target: the served version")
@@ -121,8 +122,14 @@ def _predict(args):
         if args.name is not None or args.version is not None:
             raise flags.CommandError("--name and --version select a served model: use them "
                                      "with --target HOST:PORT, not with --model.")
-        files = prediction.predict_files(args.model, args.image, args.num_samples, args.out,
-                                         args.seed, **flags.limits(args))
+        from tfprobunet.data import intensity, volumes
+
+        if any(map(volumes.is_volume, args.image)):  # NIfTI files, DICOM series folders
+            files = volumes.predict_volumes(args.model, args.image, args.out, args.num_samples,
+                                            args.seed, intensity=intensity.of_run(args.model))
+        else:
+            files = prediction.predict_files(args.model, args.image, args.num_samples,
+                                             args.out, args.seed, **flags.limits(args))
     else:
         with serving.GrpcClient(args.target, args.name or "probunet",
                                 version=args.version) as client:

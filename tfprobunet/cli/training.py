@@ -139,6 +139,9 @@ def train_arguments(args):
     given = flags.given(args, flags.TRAIN, *catalog.BUILTIN_MODELS,
                         *([] if model in catalog.BUILTIN_MODELS else [model]))
     given.pop("workdir", None)
+    options = flags.data_options(args)
+    if options:
+        given["data_options"] = options
     if args.preset is None:
         return given
     accepted = {*flags.signature_defaults(flags.TRAIN), *flags.signature_defaults(
@@ -197,6 +200,7 @@ def _tune(args):
         os.environ.update({tuning.ORACLE_IP: host, tuning.ORACLE_PORT: port,
                            tuning.TUNER_ID: "chief" if args.chief else f"tuner{args.worker}"})
     settings = {k: v for k, v in flags.given(args, flags.TUNE).items() if k != "verbose"}
+    settings["data_options"] = flags.data_options(args)
     trials = tuning.tune(
         args.directory, **settings,
         verbose=_console.progress_verbosity() if args.verbose is None else args.verbose,

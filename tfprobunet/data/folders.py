@@ -19,8 +19,6 @@ images of all subfolders are pooled and each split takes the names the manifest 
 import bisect
 import collections
 import concurrent.futures
-import fnmatch
-import glob
 import itertools
 import os
 
@@ -29,7 +27,7 @@ import tensorflow as tf
 
 from tfprobunet import layers
 from tfprobunet.catalog import IGNORE_LABEL, SPLITS
-from tfprobunet.data import checks, manifests
+from tfprobunet.data import checks, crops, intensity, manifests
 from tfprobunet.data import images as images_lib
 from tfprobunet.data.source import Source, check_split
 
@@ -47,9 +45,9 @@ _WORKERS = min(8, (os.cpu_count() or 1) + 2)
 _FLOATS = np.arange(256, dtype=np.float32) / 255.0
 
 
-def _files(folder):
+def _files(folder, extensions=EXTENSIONS):
     return sorted(name for name in os.listdir(folder)
-                  if name.lower().endswith(EXTENSIONS) and os.path.isfile(
+                  if name.lower().endswith(tuple(extensions)) and os.path.isfile(
                       os.path.join(folder, name)))
 
 
@@ -69,83 +67,188 @@ def _split_folders(images, masks, split):
     return os.path.join(images, split), mask_folder
 
 
-def _match_masks(image_names, masks, pattern):
-    """`(n, A)` mask paths: the files of `masks` that `pattern` matches for each image."""
-    mask_names = _files(masks)  # sorted
-    found = [fnmatch.filter(_starting_with(mask_names, _literal_prefix(pattern, name)),
-                            pattern.format(stem=glob.escape(os.path.splitext(name)[0])))
-             for name in image_names]
-    raters = [sorted(_rater(n, pattern, os.path.splitext(i)[0]) for n in f)
-              for f, i in zip(found, image_names)]
-    everyone = sorted(set().union(*map(set, raters)))
-    if not everyone:
-        raise FileNotFoundError(f"No mask in {masks} matches {pattern!r} for any image (e.g. "
-                                f"{pattern.format(stem=os.path.splitext(image_names[0])[0])} "
-                                "for the first).")
+def match_masks(stems, masks, pattern=None, missing_mask="error", extensions=EXTENSIONS,
+                names=None, entries=None):
+    """Each image's mask files, one per rater, found in the folder `masks`.
+
+    Args:
+        stems: the images' names without their extension.
+        masks: the folder of masks (a split's, with split subfolders).
+        pattern: where the masks of image `{stem}` are, relative to `masks`: `{stem}` stands
+            for the image's name, `*` (at most one) for the rater, one `/` at most (a subfolder
+            per rater: `*/{stem}.png`); everything else is literal. Without an extension it
+            matches any of `extensions` (`{stem}_*` matches `scan01_0.png` and `scan01_0.tif`).
+            None tries the `LAYOUTS` in turn and takes the one that finds masks for the most
+            images.
+        missing_mask: `"error"` refuses an image without a mask for a rater the other images
+            have, naming the file expected; `"empty"` reads it as an empty mask (all
+            background; a tool that saves nothing for an image without a lesion).
+        extensions: the mask files read (lower case, with the dot).
+        names: the images' file names, for messages (default: `stems`).
+        entries: `entries(folder)`: the sorted names of the masks in a folder (default: its
+            files with one of `extensions`); a subfolder that is no entry of `masks` is a
+            rater's. Volumes pass theirs (NIfTI files and DICOM series folders).
+
+    Returns:
+        `(paths, raters)`: `paths[i][a]` the mask of image i by rater a (None for an empty one,
+        with `missing_mask="empty"`), raters in sorted order of their names (`raters`; `""`
+        for the single rater of a `{stem}` layout).
+
+    Raises:
+        FileNotFoundError: no mask matches any image (naming the layouts tried, the first
+            image's expected masks and files the folder holds), or a rater's mask is missing.
+        ValueError: a malformed `pattern` or `missing_mask`.
+    """
+    if missing_mask not in MISSING_MASKS:
+        raise ValueError(f"`missing_mask` must be one of {MISSING_MASKS}: 'empty' reads a "
+                         f"missing mask as all background. Received: {missing_mask!r}")
+    index = _mask_index(masks, extensions, entries)
+    if pattern is None:
+        found = [_find(stems, index, layout, extensions) for layout, _ in LAYOUTS]
+        best = max(range(len(found)), key=lambda k: sum(map(bool, found[k])))
+        if not any(found[best]):
+            raise FileNotFoundError(_unmatched((names or stems)[0], stems[0], masks, index,
+                                               [p for p, _ in LAYOUTS]))
+        pattern, found = LAYOUTS[best][0], found[best]
+    else:
+        _check_pattern(pattern)
+        found = _find(stems, index, pattern, extensions)
+        if not any(found):
+            raise FileNotFoundError(_unmatched((names or stems)[0], stems[0], masks, index,
+                                               [pattern]))
+    raters = sorted(set().union(*found))
     paths = []
-    for name, names, image_raters in zip(image_names, found, raters):
-        missing = [r for r in everyone if r not in image_raters]
-        if missing:
-            stem = os.path.splitext(name)[0]
+    for stem, name, by_rater in zip(stems, names or stems, found):
+        missing = [r for r in raters if r not in by_rater]
+        if missing and missing_mask == "error":
+            expected = os.path.join(masks, _shown_pattern(pattern, extensions).format(
+                stem=stem).replace("*", missing[0]))
             raise FileNotFoundError(
-                f"{name} has no mask for rater(s) {missing}: expected "
-                f"{os.path.join(masks, pattern.format(stem=stem).replace('*', missing[0]))} "
-                f"(the other images have masks for raters {everyone}).")
-        by_rater = {_rater(n, pattern, os.path.splitext(name)[0]): n for n in names}
-        paths.append([os.path.join(masks, by_rater[r]) for r in everyone])
-    return paths
+                f"{name} has no mask for rater(s) {missing}: expected {expected} (the other "
+                f"images have masks for raters {raters}). If no mask means no lesion, pass "
+                "missing_mask='empty' (command line: --missing-mask empty).")
+        paths.append([by_rater.get(r) for r in raters])
+    return paths, raters
 
 
-def _literal_prefix(pattern, image_name):
-    """The start of every mask name `pattern` matches for `image_name`: the pattern with the
-    stem filled in, up to its first wildcard."""
-    formatted = pattern.format(stem=os.path.splitext(image_name)[0])
-    return formatted[:min((i for i in map(formatted.find, "*?[") if i >= 0),
-                          default=len(formatted))]
+# The rater layouts that `match_masks` recognises by itself (`pattern=None`), in the order
+# tried: (pattern, what it reads).
+LAYOUTS = (("{stem}_*", "a file per rater after the image's name: scan01_0.png, scan01_1.png"),
+           ("*/{stem}", "a subfolder per rater: rater1/scan01.png, rater2/scan01.png"),
+           ("{stem}", "a single rater, the mask named as its image: scan01.png"))
+MISSING_MASKS = ("error", "empty")
 
 
-def _starting_with(sorted_names, prefix):
-    """The names of the sorted list `sorted_names` that start with `prefix` (a bisection: the
-    masks of n images are found in n log n, not by testing every name for every image)."""
-    start = bisect.bisect_left(sorted_names, prefix)
-    end = start
-    while end < len(sorted_names) and sorted_names[end].startswith(prefix):
-        end += 1
-    return sorted_names[start:end]
+def _check_pattern(pattern):
+    if (not isinstance(pattern, str) or "{stem}" not in pattern or pattern.count("*") > 1
+            or pattern.count("/") > 1 or ("*" in pattern.partition("/")[0]
+                                          and "/" in pattern and "*" in pattern.split("/")[1])):
+        raise ValueError(
+            "`pattern` holds {stem} (the image's name without extension), at most one * (the "
+            "rater) and at most one / (a subfolder), e.g. '{stem}_*.png', '*/{stem}.png' or "
+            f"'{{stem}}.png'. Received: {pattern!r}")
 
 
-def _rater(mask_name, pattern, stem):
-    """The part of `mask_name` that `*` stands for in `pattern`."""
-    head, _, tail = pattern.format(stem=stem).partition("*")
-    return mask_name[len(head):len(mask_name) - len(tail)]
+def _stem(name, extensions):
+    lower = name.lower()
+    cut = max((len(e) for e in extensions if lower.endswith(e)), default=0)
+    return name[:len(name) - cut] if cut else name
 
 
-def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=1,
-                 binarize=True, num_classes=None, multiple=MULTIPLE, fractions=FRACTIONS,
-                 seed=0, split_manifest=None):
+def _mask_index(masks, extensions, entries=None):
+    """`{subfolder: sorted mask names}` of `masks` (subfolder `""`) and of its subfolders but
+    the split ones and the masks themselves (one level)."""
+    entries = entries or (lambda folder: _files(folder, extensions))
+    index = {"": entries(masks)}
+    for name in sorted(os.listdir(masks)):
+        path = os.path.join(masks, name)
+        if name not in SPLITS and name not in index[""] and os.path.isdir(path):
+            index[name] = entries(path)
+    return index
+
+
+def _find(stems, index, pattern, extensions):
+    """`[{rater: mask path relative to the mask folder}]` per stem, for `pattern`. A mask that
+    two images' patterns match belongs to the longer name (`a_1_x.png`: image `a_1`, rater
+    `x`, not image `a`, rater `1_x`)."""
+    folder, _, name_pattern = pattern.rpartition("/")
+    whole = name_pattern.lower().endswith(tuple(extensions))  # else: any extension
+    found = [{} for _ in stems]
+    if "*" in folder:  # a subfolder per rater
+        head, _, tail = folder.partition("*")
+        for sub, names in index.items():
+            if sub and sub.startswith(head) and sub.endswith(tail) and len(sub) >= len(
+                    head) + len(tail):
+                keys = {(n if whole else _stem(n, extensions)): n for n in names}
+                for stem, masks in zip(stems, found):
+                    name = keys.get(name_pattern.format(stem=stem))
+                    if name is not None:
+                        masks[sub[len(head):len(sub) - len(tail)]] = os.path.join(sub, name)
+        return found
+    names = index.get(folder, [])
+    keys = sorted(((n if whole else _stem(n, extensions)), n) for n in names)
+    claimed = {}
+    for k in sorted(range(len(stems)), key=lambda k: -len(stems[k])):
+        head, star, tail = name_pattern.format(stem=stems[k]).partition("*")
+        start = bisect.bisect_left(keys, (head,))
+        while start < len(keys) and keys[start][0].startswith(head):
+            key, name = keys[start]
+            start += 1
+            rest = key[len(head):]
+            if name in claimed or not (rest == "" if not star else rest.endswith(tail)
+                                       and len(rest) >= len(tail)):
+                continue
+            claimed[name] = k
+            found[k][rest[:len(rest) - len(tail)] if star else ""] = os.path.join(folder, name)
+    return found
+
+
+def _shown_pattern(pattern, extensions):
+    """`pattern` as a file name (an extension added where it has none)."""
+    has = pattern.lower().endswith(tuple(extensions))
+    return pattern if has else pattern + (".png" if ".png" in extensions else extensions[0])
+
+
+def _unmatched(name, stem, masks, index, patterns):
+    examples = [_shown_pattern(p, EXTENSIONS).format(stem=stem).replace("*", "RATER")
+                for p in patterns]
+    tried = "; ".join(f"{p} (e.g. {e})" for p, e in zip(patterns, examples))
+    held = [os.path.join(sub, n) for sub, files in index.items() for n in files[:3]][:5]
+    return (f"No mask in {masks} matches any image. Tried: {tried}; the first image, {name}, "
+            f"has none. The folder holds {', '.join(held) if held else 'no image files'}. "
+            "Pass the layout as pattern= (command line: --pattern), with {stem} for the "
+            "image's name and * for the rater, e.g. 'seg_{stem}_*.png'.")
+
+
+def from_folders(images, masks, split="train", pattern=None, channels=1, binarize=True,
+                 num_classes=None, multiple=MULTIPLE, fractions=FRACTIONS, seed=0,
+                 split_manifest=None, missing_mask="error", window=None, percentiles=None,
+                 crop=None):
     """Read a split of your images and their raters' masks from two folders into memory.
 
     The files are decoded a few at a time, in threads, and held in bytes, as stored: a case of
     H x W pixels (padded) with A masks takes `H * W * channels + A * H * W` bytes (2 bytes an
-    image pixel when a file of the split is 16-bit; 4 bytes a mask pixel for labels outside
-    0-255, with `binarize=False`); the dataset makes float32 and int32
-    of each example as it yields it. 9000 cases of 180x180, padded to 192x192, with 4 masks take
-    184 KB each, 1.7 GB, where they took 737 KB (6.6 GB) as the float32 images and int32 masks
-    held before, and several times that while being read. A pipeline reading the dataset holds a
-    second copy (tf.data copies the tensors it starts from).
+    image pixel when a file of the split is 16-bit, or with `window` or `percentiles`; 4 bytes
+    a mask pixel for labels outside 0-255, with `binarize=False`); the dataset makes float32
+    and int32 of each example as it yields it. 9000 cases of 180x180, padded to 192x192, with
+    4 masks take 184 KB each, 1.7 GB, where they took 737 KB (6.6 GB) as the float32 images and
+    int32 masks held before, and several times that while being read. A pipeline reading the
+    dataset holds a second copy (tf.data copies the tensors it starts from).
 
     Args:
         images: folder of image files, one per case (or with `train/`, `val/`, `test/`).
         masks: folder of mask files, one per case and rater, split the same way.
         split: `"train"`, `"val"` or `"test"`.
-        pattern: the masks of image `{stem}`, `*` standing for the rater.
+        pattern: where the masks of image `{stem}` are, `*` standing for the rater:
+            `'{stem}_*.png'` (`scan01_0.png`, `scan01_1.png`), `'*/{stem}.png'` (a subfolder per
+            rater), `'{stem}.png'` (one rater); None (the default) tries those layouts
+            (`LAYOUTS`) and takes the one that finds the most masks. See `match_masks`.
         channels: 1 reads every image as grey (RGB converted), 3 as RGB (grey repeated).
-        binarize: True reads each mask as foreground (1) / background (0) from its grey
-            values: `mask > 127` for 8-bit masks (0/255, as annotation tools save them),
-            `mask > 0` for masks whose values are 0 and 1; a mask whose largest value is 2 to
-            127 (a label map of several classes, all background read so) is refused. False
-            keeps the values as class labels (grey or palette images; 255 is the ignore
-            label).
+        binarize: True reads each mask as foreground (1) / background (0): masks whose values
+            are exactly 0 and 255 (as annotation tools save them) or 0 and 1 (or 0 and 65535);
+            any other mask is refused, naming it (a label map of several classes, or grey
+            levels from resizing or JPEG). False keeps the values as class labels (grey or
+            palette images; 255 is the ignore label).
         num_classes: with `binarize=False`, K (default: the largest label + 1).
         multiple: every image is padded at the bottom and right, repeating its last row and
             column, to the largest height and width in the split rounded up to a multiple of
@@ -153,26 +256,40 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
             with the ignore label, which the loss and the metrics leave out. 1 pads only to a
             common size.
         fractions: shares of train, val and test when splitting by `seed`.
-        seed: seeds the split (without split subfolders).
+        seed: seeds the split (without split subfolders) and the crops.
         split_manifest: a manifest (its JSON file, or the dict; see `split_manifest`) whose
             image file names make the split instead of `seed` or the subfolders; refused
             unless made from these files (its sha256 covers their paths and sizes).
+        missing_mask: `"error"` (the default) refuses an image without a mask for a rater the
+            other images have; `"empty"` reads it as all background.
+        window: `(low, high)`: intensities scaled by this window instead of by their data
+            type's range (see `tfprobunet.data.intensity`).
+        percentiles: `(low, high)`: by each image's own percentiles instead.
+        crop: `(height, width)`: the train split yields a random window of this size of each
+            image and its masks, another one each pass, a share of them centred on labelled
+            pixels (`tfprobunet.data.crops.random_windows`); the other splits keep whole
+            images (evaluation and prediction run on the whole image). For images larger than
+            the network needs to see: a step costs in proportion to its pixels.
 
     Returns:
         A `tfprobunet.data.Source` of `(image (H, W, channels) float32 in [0, 1], annotations
-        (A, H, W) int32)`, images in sorted file order; `image_sizes` gives their original
-        sizes, to crop outputs back (`tfprobunet.prediction.predict` pads and crops by itself).
+        (A, H, W) int32)`, images in sorted file order (`(crop[0], crop[1], ...)` with a crop);
+        `image_sizes` gives their original sizes, to crop outputs back
+        (`tfprobunet.prediction.predict` pads and crops by itself).
 
     Raises:
-        FileNotFoundError: a folder, split, or rater mask that is missing (named).
-        ValueError: an unreadable file, a mask of another size than its image, labels out of
-            range, or 0/255 masks with `binarize=False` (`checks.check_labels`).
+        FileNotFoundError: a folder, split, or rater mask that is missing (named), or masks
+            in no layout (the layouts tried named).
+        ValueError: an unreadable file, a mask of another size than its image, a mask that is
+            not binary with `binarize=True`, labels out of range, or 0/255 masks with
+            `binarize=False` (`checks.check_labels`).
     """
     check_split(split)
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 (grey) or 3 (RGB). Received: {channels!r}")
-    cases = _cases(images, masks, split, pattern, fractions, seed, split_manifest)
-    stored_images, stored_masks, sizes = _load(*cases, channels, binarize, multiple)
+    rule = intensity.rule(window, percentiles)
+    cases = _cases(images, masks, split, pattern, fractions, seed, split_manifest, missing_mask)
+    stored_images, stored_masks, sizes = _load(*cases, channels, binarize, multiple, rule)
     if not binarize:
         labels = _unpadded(stored_masks, sizes)
         if num_classes is None:
@@ -180,32 +297,39 @@ def from_folders(images, masks, split="train", pattern="{stem}_*.png", channels=
         checks.check_labels(labels, num_classes, f"The masks in {masks}")
         del labels
     dataset = tf.data.Dataset.from_tensor_slices((stored_images, stored_masks)).map(_for_model)
+    if crop is not None and split == "train":
+        dataset = crops.random_windows(dataset, crop, seed=seed)
     # Checked above without the padding (binarised masks hold 0 and 1 only): the pipelines
     # would count the padding's 255 as ignored labels, and warn about 0/255 masks.
     return Source(checks.mark_checked(dataset), 2 if binarize else int(num_classes), None, None)
 
 
-def load(data_dir, split, image_size=None, seed=0, split_manifest=None, **options):
+def load(data_dir, split, image_size=None, seed=0, split_manifest=None, *, pattern=None,
+         channels=1, binarize=True, num_classes=None, multiple=MULTIPLE, fractions=FRACTIONS,
+         missing_mask="error", window=None, percentiles=None, crop=None):
     """The dataset `"folder"`: `from_folders(data_dir/images, data_dir/masks, split, ...)`.
 
     Args:
         data_dir: the folder holding `images/` and `masks/`.
         split: `"train"`, `"val"` or `"test"`.
         image_size: unused: every image keeps its size (padded to a common one, see
-            `from_folders`' `multiple`).
-        seed, split_manifest: as in `from_folders`.
-        **options: the other arguments of `from_folders` (`pattern`, `channels`, `binarize`,
-            `num_classes`, `multiple`, `fractions`).
+            `from_folders`' `multiple`; `crop` trains on windows).
+        seed, split_manifest, pattern, channels, binarize, num_classes, multiple, fractions,
+            missing_mask, window, percentiles, crop: as in `from_folders` (the dataset's
+            options: `train(data_options=...)`, and flags of the command line).
 
     Returns:
         A `Source` of `(image (H, W, channels) float32 in [0, 1], annotations (A, H, W) int32)`.
     """
     return from_folders(os.path.join(data_dir, "images"), os.path.join(data_dir, "masks"),
-                        split, seed=seed, split_manifest=split_manifest, **options)
+                        split, pattern=pattern, channels=channels, binarize=binarize,
+                        num_classes=num_classes, missing_mask=missing_mask, window=window,
+                        percentiles=percentiles, crop=crop, multiple=multiple,
+                        fractions=fractions, seed=seed, split_manifest=split_manifest)
 
 
-def image_sizes(images, masks, split="train", pattern="{stem}_*.png", fractions=FRACTIONS,
-                seed=0, split_manifest=None):
+def image_sizes(images, masks, split="train", pattern=None, fractions=FRACTIONS, seed=0,
+                split_manifest=None):
     """The original `(height, width)` of each image of the split, in `from_folders`' order
     (same arguments): crop its outputs back with `[:h, :w]`."""
     return [images_lib.header_size(path)
@@ -241,8 +365,13 @@ def _all_folders(images, masks):
 
 
 def _data_files(folders):
-    return [os.path.join(folder, name) for pair in folders.values() for folder in pair
-            for name in _files(folder)]
+    """The image files and mask files (those in rater subfolders too) of `folders`."""
+    files = []
+    for images, masks in folders.values():
+        files += [os.path.join(images, name) for name in _files(images)]
+        files += [os.path.join(masks, sub, name) for sub, names in
+                  _mask_index(masks, EXTENSIONS).items() for name in names]
+    return files
 
 
 def _names(folder):
@@ -252,15 +381,15 @@ def _names(folder):
     return names
 
 
-def _cases(images, masks, split, pattern, fractions, seed, split_manifest=None):
+def _cases(images, masks, split, pattern, fractions, seed, split_manifest=None,
+           missing_mask="error"):
     """`(image paths, mask paths (n, A))` of the split."""
     for folder in (images, masks):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"No folder {folder}: from_folders reads images from one "
                                     "folder and their masks from another.")
-    if pattern.count("*") != 1 or "{stem}" not in pattern:
-        raise ValueError("`pattern` must hold {stem} and one * (the rater), e.g. "
-                         f"'{{stem}}_*.png'. Received: {pattern!r}")
+    if pattern is not None:
+        _check_pattern(pattern)
     if split_manifest is None:
         folders = _split_folders(images, masks, split)
         image_folder, mask_folder = folders or (images, masks)
@@ -284,13 +413,16 @@ def _cases(images, masks, split, pattern, fractions, seed, split_manifest=None):
     for (image_folder, mask_folder), group in itertools.groupby(cases, lambda c: c[:2]):
         names = [name for *_, name in group]
         image_paths += [os.path.join(image_folder, name) for name in names]
-        mask_paths += _match_masks(names, mask_folder, pattern)
+        paths, _ = match_masks([os.path.splitext(n)[0] for n in names], mask_folder, pattern,
+                               missing_mask, names=names)
+        mask_paths += [[p and os.path.join(mask_folder, p) for p in case] for case in paths]
     return image_paths, mask_paths
 
 
-def _load(image_paths, mask_paths, channels, binarize, multiple):
-    """`(images (n, H, W, channels) uint8, or uint16 if any file is 16-bit, masks (n, A, H, W),
-    sizes)`: the cases read, padded as
+def _load(image_paths, mask_paths, channels, binarize, multiple, rule=intensity.DTYPE):
+    """`(images (n, H, W, channels) uint8, or uint16 if any file is 16-bit or `rule` is not
+    the data type's (then scaled by it, `intensity.to_uint16`), masks (n, A, H, W), sizes)`:
+    the cases read, padded as
     `from_folders` says, masks in uint8 (int32 if labels do not fit), `sizes` the images'
     `(h, w)`. The arrays are allocated once, at the padded size their headers give, and each
     case is stored as its files are decoded, in order: the first bad file is the one named."""
@@ -302,7 +434,7 @@ def _load(image_paths, mask_paths, channels, binarize, multiple):
         images = np.empty((count, height, width, channels), np.uint8)
         masks = np.empty((count, raters, height, width), np.uint8)
         sizes = []
-        arguments = [(i, m, channels, binarize) for i, m in zip(image_paths, mask_paths)]
+        arguments = [(i, m, channels, binarize, rule) for i, m in zip(image_paths, mask_paths)]
         for n, (image, annotations) in enumerate(_in_order(pool, _decode, arguments)):
             # 8 and 16 bits in one folder: all held in 16, an 8-bit v as v * 257 (v / 255 still)
             if image.dtype == np.uint16 and images.dtype == np.uint8:
@@ -349,19 +481,24 @@ def _in_order(pool, function, arguments):
             future.cancel()
 
 
-def _decode(image_path, mask_paths, channels, binarize):
+def _decode(image_path, mask_paths, channels, binarize, rule):
     """`(image (h, w, channels) uint8 or uint16, annotations (A, h, w))` of one case, from its
-    files."""
+    files; a mask path None (missing, read as empty) gives zeros."""
     image = images_lib.decode(image_path, "L" if channels == 1 else "RGB")
+    if rule["rule"] != "dtype":
+        image = intensity.to_uint16(image, rule, image_path)
     image = image[..., None] if channels == 1 else image
     annotations = []
     for path in mask_paths:
+        if path is None:
+            annotations.append(np.zeros(image.shape[:2], np.uint8))
+            continue
         mask = images_lib.decode(path, "L" if binarize else None)
         if mask.shape[:2] != image.shape[:2]:
             raise ValueError(f"{path} is {mask.shape[0]}x{mask.shape[1]} pixels (height x "
                              f"width) but its image {image_path} is {image.shape[0]}x"
                              f"{image.shape[1]}: every mask must have its image's size.")
-        annotations.append(_binary(mask, path) if binarize else mask)
+        annotations.append(binary(mask, path) if binarize else mask)
     return image, np.stack(annotations)
 
 
@@ -385,19 +522,19 @@ def _for_model(image, annotations):
     return tf.gather(_FLOATS, tf.cast(image, tf.int32)), tf.cast(annotations, tf.int32)
 
 
-def _binary(mask, path):
-    """Lesion where the grey value is above half its range: 0/255 and 0/1 masks alike. A mask
-    whose labels are small integers beyond 1 (a label map of several classes: every one of
-    them below half the range, so all background) is refused."""
+def binary(mask, path):
+    """Foreground (1) where a binary mask is not 0: a mask whose values are 0 and one other,
+    1 or its data type's largest (255 as annotation tools save them, 65535). Any other mask is
+    refused, naming its values and what would read it."""
     top = int(mask.max()) if mask.size else 0
-    if 1 < top <= 127:
-        values = np.unique(mask)
-        shown = f"{values[:8].tolist()}{' ...' if len(values) > 8 else ''}"
-        raise ValueError(
-            f"{path} holds the labels {shown}: a label map of {top + 1} classes? Read as a "
-            "binary mask (foreground above 127) it would be all background. Pass "
-            "binarize=False to keep the labels as classes (from_folders; the command line "
-            "reads binary masks only), or save binary masks as 0/1 or 0/255.")
-    return (mask > (127 if top > 1 else 0)).astype(np.uint8)
-
-
+    if top in (0, 1, np.iinfo(mask.dtype).max) and (top <= 1 or not np.any(
+            (mask != 0) & (mask != top))):
+        return (mask > 0).astype(np.uint8)
+    values = np.unique(mask)
+    shown = f"{values[:8].tolist()}{' ...' if len(values) > 8 else ''}"
+    raise ValueError(
+        f"{path} holds the values {shown}, not those of a binary mask (0 and 255, or 0 and 1). "
+        f"A label map of {top + 1} classes? Keep the values as classes: binarize=False "
+        "(command line: --labels multiclass, or --num-classes K). Grey levels between 0 and "
+        "255 (a mask resized with interpolation, or saved as JPEG)? Save the masks as 0/255 "
+        "PNGs, thresholded where you mean.")

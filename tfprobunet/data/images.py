@@ -12,8 +12,9 @@ through these functions.
   [0, 1] by `SCALE_RULE`, each value divided by its type's maximum.
 - `decode_png(path, channels)`: the pixels as a uint8 tensor, with TensorFlow (in `tf.data`
   graphs).
-- `read_image(path, channels)`: a PNG, JPEG, GIF, BMP or WebP as a batch of one in [0, 1], as
-  a model takes it (TensorFlow's decoders, by `SCALE_RULE`: 16-bit PNGs at their full range).
+- `read_image(path, channels, intensity=None)`: a PNG, JPEG, GIF, BMP or WebP as a batch of one
+  in [0, 1], as a model takes it (TensorFlow's decoders, by `SCALE_RULE`: 16-bit PNGs at their
+  full range; or by a run's intensity rule, `tfprobunet.data.intensity`).
 """
 
 import os
@@ -172,10 +173,19 @@ def decode_png(path, channels):
     return tf.io.decode_png(tf.io.read_file(path), channels=channels)
 
 
-def read_image(path, channels):
+def read_image(path, channels, intensity=None):
     """A PNG, JPEG, GIF (its first frame), BMP or WebP file as `(1, h, w, channels)` float32 in
-    [0, 1] by `SCALE_RULE` (a 16-bit PNG at its full range); grey (1) or RGB (3), converted
-    from what the file holds."""
+    [0, 1] by `SCALE_RULE` (a 16-bit PNG at its full range), or by the rule `intensity` (a
+    window or percentiles, `tfprobunet.data.intensity`: the pixels decoded at their full depth,
+    then scaled); grey (1) or RGB (3), converted from what the file holds."""
+    from tfprobunet.data import intensity as intensity_lib
+
+    rule = intensity_lib.check(intensity)
+    if rule["rule"] != "dtype":
+        header_size(path, TF_FORMATS)  # the same formats, and errors, as below
+        pixels = decode(path, "L" if channels == 1 else "RGB")
+        pixels = pixels[..., None] if channels == 1 else pixels
+        return intensity_lib.scale(pixels, rule, path)[None]
     with open(path, "rb") as f:
         contents = f.read()
     # A 16-bit PNG (its IHDR's bit depth, byte 24) decoded at 16 bits, anything else at 8.

@@ -8,6 +8,13 @@ signatures. `RestClient` does the same over TF Serving's REST API. Both talk to
 `tfprobunet.prediction.predict_files` segments image files through either (`read_image`, from
 `tfprobunet.data.images`, reads them). The errors they raise, `ServingError` and
 `InvalidRequestError`, live in `wire` with the status names.
+
+Images of any height and width: the signatures refuse sides the U-Net cannot divide, so the
+clients pad images as local prediction does (`tfprobunet.prediction.pad_to_multiple`: the last
+row and column repeated, up to the multiple) and crop the masks and probabilities back. They
+learn the multiple from the export's `info` signature, asked once per client; an export made
+before it existed has none, and images are then sent as they are (the server refuses sizes it
+cannot divide, saying which would work).
 """
 
 import json
@@ -21,6 +28,8 @@ import tensorflow as tf
 # `read_image` (image files in, as the signatures take them) lives with the other image readers.
 from tfprobunet.data.images import read_image
 from tfprobunet.defaults import MAX_MESSAGE_BYTES
+from tfprobunet.prediction import pad_to_multiple
+from tfprobunet.serving.signatures import INFO
 from tfprobunet.serving.wire import (INIT_OP_SIGNATURE, STATUS_OF_HTTP,  # noqa: F401
                                      InvalidRequestError, ServingError, grpc_options,
                                      require_serving_extra, status_error, tensor_infos)
@@ -32,7 +41,8 @@ try:  # the `serving` extra
 except ImportError:
     grpc = None
 
-__all__ = ["GrpcClient", "InvalidRequestError", "RestClient", "ServingError", "read_image"]
+__all__ = ["Features", "GrpcClient", "InvalidRequestError", "RestClient", "ServingError",
+           "read_image"]
 
 
 # ---------------------------------------------------------------------- clients
@@ -57,34 +67,106 @@ def _features_inputs(features):
     return {k: np.asarray(features[k], np.float32) for k in keys}
 
 
+_NOT_ASKED = object()
+
+
+class Features(dict):
+    """What `features()` returns: the `features` signature's outputs by name, computed on the
+    images padded to the served multiple (so at the padded size), and `image_size`, the
+    images' own `(h, w)` (None when they were sent as they are), which `sample` and `decode`
+    crop their outputs to. As a dict it holds the outputs alone: it can be sent as it is."""
+
+    def __init__(self, outputs, image_size=None):
+        super().__init__(outputs)
+        self.image_size = image_size
+
+
+def _cropped(outputs, size):
+    """`outputs` with `masks (b, m, h', w')` and `probabilities (b, m, h', w', K)` cropped to
+    `size = (h, w)`; as they are when `size` is None."""
+    if size is None:
+        return outputs
+    h, w = (int(v) for v in size)
+    return {k: v[:, :, :h, :w] if k in ("masks", "probabilities") else v
+            for k, v in outputs.items()}
+
+
+def _signatures(signature_map):
+    """`{name: {"inputs": {key: (dtype, shape)}, "outputs": {...}}}` of a `SignatureDefMap`."""
+    return {name: {"inputs": tensor_infos(sig.inputs), "outputs": tensor_infos(sig.outputs)}
+            for name, sig in signature_map.signature_def.items() if name != INIT_OP_SIGNATURE}
+
+
 class _Client:
-    """The signature calls shared by the gRPC and REST clients."""
+    """The signature calls shared by the gRPC and REST clients, with the padding of images to
+    the served model's multiple and the cropping of what comes back."""
+
+    _info = _NOT_ASKED  # the `info` signature's answer, once asked
+
+    def info(self):
+        """The served export's `info` signature, asked once and kept: `{"multiple": m,
+        "config": {...}}`, the side divisor of its images and its
+        `assets.extra/tfprobunet_config.json` (`"limits"`, `"intensity"`, the model's config).
+        None for an export made before the signature existed."""
+        if self._info is _NOT_ASKED:
+            try:
+                answer = self._predict(INFO, {"size": np.int32([1, 1])})
+            except ServingError as e:
+                # TF Serving: FAILED_PRECONDITION over gRPC, INVALID_ARGUMENT (400) over REST.
+                if f'"{INFO}" not found' not in e.message:
+                    raise
+                self._info = None
+            else:
+                config = np.asarray(answer["config"]).item()
+                config = json.loads(config.decode() if isinstance(config, bytes) else config)
+                self._info = {"multiple": int(answer["multiple"]), "config": config}
+        return self._info
+
+    def _padded(self, images):
+        """`images` as float32, padded at the bottom and right to the served multiple, and
+        their own `(h, w)`; as they are, and None, when the export records no multiple (or
+        the array is not `(b, h, w, c)`, which the server refuses in its words)."""
+        images = np.asarray(images, np.float32)
+        info = self.info() if images.ndim == 4 else None
+        if info is None:
+            return images, None
+        return pad_to_multiple(images, info["multiple"])
 
     def features(self, images):
-        """`features` signature: `{"features", "prior_loc", "prior_scale"}` (an SSN's
-        `{"mean", "diagonal", "factor"}`) for `images (b, h, w, c)` float32."""
-        return self._predict("features", {"images": np.asarray(images, np.float32)})
+        """`features` signature for `images (b, h, w, c)` float32 of any height and width:
+        `{"features", "prior_loc", "prior_scale"}` (an SSN's `{"mean", "diagonal", "factor"}`)
+        as `Features`, computed on the images padded to the served multiple, so at the padded
+        size; its `image_size`, the images' own `(h, w)`, is what `sample` and `decode` crop
+        their outputs to."""
+        images, size = self._padded(images)
+        return Features(self._predict("features", {"images": images}), size)
 
     def sample(self, features, num_samples, seed=None, output_filter=None):
         """`sample` signature: `{"masks" (b, m, h, w), "probabilities" (b, m, h, w, K),
         "z" (b, m, N)}` from the dict `features()` returned; only f_comb runs (an SSN's:
-        masks and probabilities, a matrix product per sample)."""
+        masks and probabilities, a matrix product per sample). Masks and probabilities are
+        cropped to the images' own size when `features` is the `Features` that `features()`
+        returned; a plain dict gives them at the size of its `features`."""
         inputs = {**_features_inputs(features), "num_samples": np.int32(num_samples),
                   "seed": _seed(seed)}
-        return self._predict("sample", inputs, output_filter)
+        return _cropped(self._predict("sample", inputs, output_filter),
+                        getattr(features, "image_size", None))
 
     def predict(self, images, num_samples, seed=None, output_filter=None):
-        """`serving_default`: features and `num_samples` samples in one call."""
-        inputs = {"images": np.asarray(images, np.float32), "num_samples": np.int32(num_samples),
-                  "seed": _seed(seed)}
-        return self._predict("serving_default", inputs, output_filter)
+        """`serving_default`: features and `num_samples` samples in one call, for `images`
+        of any height and width (padded to the served multiple, outputs cropped back)."""
+        images, size = self._padded(images)
+        inputs = {"images": images, "num_samples": np.int32(num_samples), "seed": _seed(seed)}
+        return _cropped(self._predict("serving_default", inputs, output_filter), size)
 
     def decode(self, features, z, output_filter=None):
-        """`decode` signature: masks and probabilities for latents `z (b, m, N)`."""
+        """`decode` signature: masks and probabilities for latents `z (b, m, N)`, cropped to
+        the images' own size when `features` is the `Features` that `features()` returned."""
+        size = getattr(features, "image_size", None)
         if isinstance(features, dict):
             features = features["features"]
         inputs = {"features": np.asarray(features, np.float32), "z": np.asarray(z, np.float32)}
-        return self._predict("decode", inputs, output_filter)
+        return _cropped(self._predict("decode", inputs, output_filter), size)
 
 
 class GrpcClient(_Client):
@@ -148,8 +230,7 @@ class GrpcClient(_Client):
         response = self._call(self._stub.GetModelMetadata, request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
-        return {name: {"inputs": tensor_infos(sig.inputs), "outputs": tensor_infos(sig.outputs)}
-                for name, sig in signatures.signature_def.items() if name != INIT_OP_SIGNATURE}
+        return _signatures(signatures)
 
     def close(self):
         self._channel.close()
@@ -173,7 +254,8 @@ class RestClient(_Client):
         model_name, version, timeout: as for `GrpcClient`.
     """
 
-    _DTYPES = {"masks": np.int32}
+    _DTYPES = {"masks": np.int32, "multiple": np.int32, "padded_size": np.int32,
+               "config": object}
     # HTTP statuses back to the gRPC status names of `ServingError.code`.
     _STATUS = STATUS_OF_HTTP
 
@@ -210,3 +292,15 @@ class RestClient(_Client):
     def status(self):
         """`GET /v1/models/NAME`: the versions and their states."""
         return self._request(self._model_url())
+
+    def metadata(self):
+        """`GET /v1/models/NAME[/versions/N]/metadata`: the signatures, as
+        `GrpcClient.metadata` gives them."""
+        require_serving_extra()
+        from google.protobuf import json_format
+
+        answer = self._request(self._model_url() + "/metadata")
+        signatures = json_format.ParseDict(answer["metadata"]["signature_def"],
+                                           get_model_metadata_pb2.SignatureDefMap(),
+                                           ignore_unknown_fields=True)
+        return _signatures(signatures)

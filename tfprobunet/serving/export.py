@@ -25,10 +25,12 @@ import uuid
 import keras
 import tensorflow as tf
 
-from tfprobunet import _io, saving
+from tfprobunet import _io, layers, saving
+from tfprobunet.data import intensity as intensity_lib
 from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 from tfprobunet.saving import check_finite
-from tfprobunet.serving.signatures import IMAGE_RANGE, check_image_range, serving_functions
+from tfprobunet.serving.signatures import (IMAGE_RANGE, INFO, check_image_range, info_function,
+                                           serving_functions)
 
 CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
 MODELS_CONFIG = "models.config"
@@ -90,7 +92,8 @@ def next_version(model_dir):
 
 def export_for_serving(model, base_dir, name, version=None, config_base_path="/models",
                        max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
-                       max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE):
+                       max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE,
+                       intensity=None):
     """Write `model` as version `version` of `name` under `base_dir`, as TF Serving expects.
 
     Args:
@@ -115,10 +118,18 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
             (0, 1) for every built-in loader. Images with values more than half that range
             beyond it (e.g. 0..255 pixels sent to a [0, 1] model) are refused with the
             conversion. None accepts any finite values.
+        intensity: the rule the model's images were scaled to [0, 1] by
+            (`tfprobunet.data.intensity`, e.g. `{"rule": "window", "low": -1000, "high": 400}`),
+            recorded for clients, which must scale theirs the same way. None: for a `.keras`
+            path, the rule of the training run beside it (`intensity.of_run`: its
+            `train_config.json`'s `window` or `percentiles`), else `{"rule": "dtype"}`.
 
     The signatures refuse requests beyond these limits with INVALID_ARGUMENT before any
     memory is spent: TF Serving itself bounds neither the sample count nor the image size.
-    They are recorded in the version's `assets.extra/tfprobunet_config.json` (`"limits"`).
+    They are recorded in the version's `assets.extra/tfprobunet_config.json` (`"limits"`),
+    with `"multiple"` (the side divisor of the images: the signatures refuse other sizes) and
+    `"intensity"`. The export adds the `info` signature, which serves that record to clients
+    (TF Serving does not serve `assets.extra`): they pad images to the multiple.
 
     Returns:
         The version folder's path, `<base_dir>/<name>/<version>`.
@@ -138,6 +149,9 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
     source = model if isinstance(model, str) else None
     if source is not None:
         model = saving.load_model(source)  # bounded, and refuses non-finite weights
+        if intensity is None:
+            intensity = intensity_lib.of_run(source)
+    intensity = intensity_lib.check(intensity)
     if not isinstance(model, keras.Model) or not callable(getattr(model, "sample", None)):
         raise TypeError("Expected a tfprobunet model (a keras.Model with `sample(images, m, "
                         f"seed)`, e.g. a ProbabilisticUNet), received {type(model).__name__}.")
@@ -146,6 +160,10 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
     # Checks the model is built, the limits and the range.
     functions = serving_functions(model, **limits, image_range=image_range)
     limits["image_range"] = None if image_range is None else list(check_image_range(image_range))
+    config = {"class_name": type(model).__name__, "config": model.get_config(),
+              "image_channels": model.image_channels, "limits": limits,
+              "multiple": layers.size_divisor(model.num_channels), "intensity": intensity}
+    functions[INFO] = info_function(config["multiple"], config)
     check_finite(model, source)
     os.makedirs(model_dir, exist_ok=True)
     clean_stale_exports(base_dir, name)
@@ -161,7 +179,7 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
     try:
         with _writing(tmp):
             try:
-                _write_version(model, functions, limits, tmp)
+                _write_version(model, functions, config, tmp)
                 # Listed before the version appears: an export that fails changes neither.
                 write_models_config(base_dir, name, config_base_path)
                 os.rename(tmp, final)
@@ -188,7 +206,7 @@ def _failed(error, what, consequence):
     return OSError(code, message) if code else OSError(message)
 
 
-def _write_version(model, functions, limits, tmp):
+def _write_version(model, functions, config, tmp):
     archive = keras.export.ExportArchive()
     archive.track(model)
     for signature, fn in functions.items():
@@ -197,8 +215,7 @@ def _write_version(model, functions, limits, tmp):
     _write_defaults(tmp, functions)
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, CONFIG_ASSET), "w") as f:
-        json.dump({"class_name": type(model).__name__, "config": model.get_config(),
-                   "image_channels": model.image_channels, "limits": limits}, f, indent=2)
+        json.dump(config, f, indent=2)
 
 
 def _write_defaults(path, functions):

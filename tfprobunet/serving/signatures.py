@@ -24,11 +24,19 @@ batches or images, pixel values outside the exported `image_range`, and requests
 limits the export records (`max_samples`, `max_pixels`, `max_sample_pixels`), all
 INVALID_ARGUMENT with a message that says what was received and what would work.
 
+Every export adds `info` (`info_function`), for clients: `size (2,) int32` (an image's height
+and width; optional, default (1, 1)) -> `multiple () int32`, the side divisor the other
+signatures need, `padded_size (2,) int32`, `size` rounded up to it, and `config () string`, the
+export's `assets.extra/tfprobunet_config.json` (which TF Serving does not serve). A client pads
+images to the multiple, as local prediction does, and crops the outputs back.
+
 A client computes `features` once per image and asks `sample` for as many segmentations as it
 needs: only f_comb runs per sample (an SSN's: a matrix product, no network). Sampling is
 stateless, driven by `seed`: the same request gives the same masks, and `features` + `sample`
 give exactly what `serving_default` gives.
 """
+
+import json
 
 import tensorflow as tf
 
@@ -36,6 +44,8 @@ from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 from tfprobunet.models import checks
 
 SIGNATURES = ("serving_default", "features", "sample", "decode")
+# The signature every export adds for clients (`info_function`).
+INFO = "info"
 # `seed` omitted (or sent as this) draws a fresh random seed per request.
 RANDOM_SEED = (-1, -1)
 IMAGE_RANGE = (0.0, 1.0)
@@ -380,3 +390,32 @@ def _decode(model, request, specs):
         return _outputs(model.decode(features, z))
 
     return decode
+
+
+def info_function(multiple, config):
+    """The `info` signature: what a client must know before it sends images, served because TF
+    Serving does not serve `assets.extra`. Exports made before it existed lack it.
+
+    Args:
+        multiple: the side divisor of the model's images (`layers.size_divisor`).
+        config: the export's JSON-able record (`assets.extra/tfprobunet_config.json`).
+
+    Returns:
+        A `tf.function`: `size (2,) int32`, an image's height and width (optional: TF Serving's
+        REST API refuses a signature without inputs, so it has one; default (1, 1)) ->
+        `multiple () int32`, `padded_size (2,) int32` (`size` rounded up to `multiple`, the
+        size to pad the image to) and `config () string` (the record as JSON).
+    """
+    text = json.dumps(config)
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.int32, name="size")])
+    def info(size=tf.constant([1, 1], tf.int32)):
+        size = RequestChecks.rank(size, 1, "size", "(2,): height, width")
+        [size] = checks.checked([size], checks.check(
+            tf.equal(tf.size(size), 2) & tf.reduce_all(size >= 1),
+            "`size` must be the (height, width) of an image, both >= 1. Received: {}.", size))
+        divisor = tf.constant(multiple, tf.int32)
+        return {"multiple": divisor, "padded_size": (size + divisor - 1) // divisor * divisor,
+                "config": tf.constant(text)}
+
+    return info

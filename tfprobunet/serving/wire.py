@@ -3,6 +3,8 @@
 reading of tensor protos. Imports neither grpc nor tensorflow-serving-api (see
 `require_serving_extra`)."""
 
+import re
+
 import tensorflow as tf
 
 from tfprobunet.defaults import MAX_MESSAGE_BYTES
@@ -42,10 +44,22 @@ def grpc_options(max_message_bytes=MAX_MESSAGE_BYTES):
 class ServingError(RuntimeError):
     """A request failed on the server. `code` is the gRPC status name (e.g. `"NOT_FOUND"`)."""
 
+    # The longest `headline`: messages may echo what a client sent.
+    HEADLINE_CHARS = 500
+
     def __init__(self, code, message):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    @property
+    def headline(self):
+        """`code: ` and the message's first line, at most `HEADLINE_CHARS` of it: one line
+        for a log."""
+        first = self.message.strip().split("\n", 1)[0]
+        if len(first) > self.HEADLINE_CHARS:
+            first = f"{first[:self.HEADLINE_CHARS]}..."
+        return f"{self.code}: {first}"
 
 
 class InvalidRequestError(ServingError, ValueError):
@@ -61,6 +75,18 @@ def status_error(code, message):
 def status_name(error_code):
     """The status name of a TensorFlow error code (`tf.errors.OpError.error_code`)."""
     return _TF_STATUS.get(error_code, "INTERNAL")
+
+
+# The lines of a TensorFlow error that name graph nodes (`[[{{node Assert_4/Assert}}]]`).
+_NODE_LINE = re.compile(r"^\s*\[\[.*\]\]\s*$")
+
+
+def op_error_message(error):
+    """The message of a `tf.errors.OpError` a signature's run raised, as a client and a log
+    should read it: what the check says, without the graph's node names."""
+    message = error.message.replace("Graph execution error:", "")
+    return "\n".join(line for line in message.strip().splitlines()
+                     if not _NODE_LINE.match(line)).strip()
 
 
 # ---------------------------------------------------------------------- tensor protos

@@ -60,7 +60,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
           learning_rate=1e-4, schedule="constant", max_minutes=None, strategy="default",
           seed=0, jit_compile=False, mixed_precision=None, verbose=None, callbacks=None,
           validation_data=None, tensorboard=None, connect_timeout=_cluster.CONNECT_TIMEOUT,
-          model="probunet", split_manifest=None, **model_kwargs):
+          model="probunet", split_manifest=None, data_options=None, **model_kwargs):
     """Train a `ProbabilisticUNet` (or a baseline) on a dataset, continuing the run `workdir`
     holds.
 
@@ -106,6 +106,11 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
         split_manifest: a split manifest (JSON file; `tfprobunet data manifest`) fixing which
             patients train and validate, for the datasets split by patient (see
             `tfprobunet.data.load`); recorded, so a resumed run must pass the same one.
+        data_options: the named dataset's own options as a dict
+            (`tfprobunet.data.dataset_options(dataset)`), e.g. for `"folder"`
+            `{"pattern": "*/{stem}.png", "crop": (128, 128), "window": (-1000, 400),
+            "binarize": False}`; recorded, so `evaluate` and `export` read the data (and scale
+            the intensities) as the run did, and a resumed run must pass the same ones.
         epochs, steps_per_epoch, batch_size: the schedule; `batch_size` is global. `epochs`
             counts every epoch of the run, those of earlier calls included.
         image_size: height and width (default: the dataset's, see `tfprobunet.data.load`).
@@ -146,8 +151,10 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             losses and metrics stay float32. train_config.json records the policy used
             (None: float32); `model.keras` keeps it; the global Keras policy is left as it
             was.
-        verbose: Keras progress bar (1), one line per epoch (2) or silent (0); None: the
-            progress bar on a terminal or in a notebook, a line per epoch otherwise.
+        verbose: Keras progress bar (1), one line per epoch and one every 100 steps or minute
+            (2: `tfprobunet.callbacks.ProgressLog`; a `ProgressLog` in `callbacks` sets another
+            interval) or silent (0); None: the progress bar on a terminal or in a notebook, 2
+            otherwise (output to a log file).
         callbacks: extra Keras callbacks, run after the built-in ones (after the checkpoint).
         tensorboard: a TensorBoard log folder: Keras' `TensorBoard` callback (losses, with
             `val_ged` and the calibration diagnostics when validating) and
@@ -180,9 +187,10 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     distribution = make_strategy(strategy, connect_timeout)  # before TensorFlow runs anything
     workdir_lib.check_model_kwargs(model, model_kwargs)
     check_model_numbers(model_kwargs)
+    data_options = dict(data_options) if data_options else None
     source, validation = _sources(dataset, validation_data, validation_examples, data_dir,
                                   image_size, num_examples, seed, model_kwargs.get("num_classes"),
-                                  split_manifest)
+                                  split_manifest, data_options)
     schedule_value = learning_rate_schedule(schedule, learning_rate, epochs * steps_per_epoch)
     workdir_lib.make_workdir(workdir)
     chief = is_chief(distribution)
@@ -199,7 +207,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             batch_size=batch_size, image_size=image_size, num_examples=num_examples,
             validation_examples=validation_examples, learning_rate=learning_rate,
             schedule=schedule, mixed_precision=mixed_precision, strategy=strategy, seed=seed,
-            split_manifest=split_manifest, **model_kwargs))
+            split_manifest=split_manifest, data_options=data_options, **model_kwargs))
         checkpoint = callbacks_lib.EpochCheckpoint(os.path.join(workdir, workdir_lib.BACKUP))
         points = workdir_lib.resume_points(workdir, checkpoint, saved, settings)
         batches, validation_batches = _pipelines(source, validation, batch_size, seed)
@@ -223,6 +231,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             run_callbacks = [
                 callbacks_lib.StopOnNonFiniteLoss(),
                 callbacks_lib.StopOnSignal(stop),
+                *callbacks_lib.progress_callbacks(verbose, callbacks),
                 *calibration,
                 callbacks_lib.EpochLog(os.path.join(writable, workdir_lib.LOG),
                                        initial_epoch=initial_epoch),
@@ -255,10 +264,11 @@ def _effective(settings):
 
 
 def _sources(dataset, validation_data, validation_examples, data_dir, image_size, num_examples,
-             seed, num_classes, split_manifest):
+             seed, num_classes, split_manifest, data_options):
     """The training `Source` and the validation one (None without validation)."""
     source = data_lib.as_source(dataset, "train", data_dir, image_size, num_examples, seed,
-                                num_classes, split_manifest=split_manifest)
+                                num_classes, split_manifest=split_manifest,
+                                data_options=data_options)
     validation = None
     if validation_data is not None:
         validation = data_lib.as_source(validation_data, "val", data_dir, image_size, None, seed,
@@ -266,7 +276,8 @@ def _sources(dataset, validation_data, validation_examples, data_dir, image_size
     elif validation_examples:
         validation = data_lib.as_source(dataset, "val", data_dir, image_size,
                                         validation_examples, seed, num_classes,
-                                        split_manifest=split_manifest)
+                                        split_manifest=split_manifest,
+                                        data_options=data_options)
     return source, validation
 
 

@@ -28,12 +28,16 @@ MAX_STATUS_CHARS = 4000
 
 def _answer(context, method, request):
     """`method(request)`, or the request aborted with its status: TF Serving's for a
-    `ServingError`, INTERNAL (logged) for anything else, never UNKNOWN. The exception is not
-    kept: its traceback would hold the request's inputs until the next garbage collection."""
+    `ServingError` (logged as one line, the problem), INTERNAL (logged with its traceback) for
+    anything else, never UNKNOWN. The exception is not kept: its traceback would hold the
+    request's inputs until the next garbage collection."""
     try:
         return method(request)
     except ServingError as e:
         code, message = e.code, e.message
+        spec = request.model_spec
+        logger.warning("Refused a gRPC %s (model %.100r, signature %.100r): %s",
+                       type(request).__name__, spec.name, spec.signature_name, e.headline)
     except Exception as e:  # noqa: BLE001 (answered, and logged for the operator)
         logger.exception("Internal error answering a request")
         code, message = "INTERNAL", f"{type(e).__name__}: {e}"

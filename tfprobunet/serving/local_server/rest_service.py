@@ -98,6 +98,15 @@ def _rest_predict_request(servable, body):
     return signature_name, inputs
 
 
+def _json_output(value):
+    """An output as JSON values; strings (the `info` signature's `config`) as text, as TF
+    Serving writes them."""
+    value = np.asarray(value)  # a session gives scalars as numpy or Python scalars
+    if value.dtype.kind in "OS":
+        return np.char.decode(value.astype(np.bytes_), "utf-8", errors="replace").tolist()
+    return value.tolist()
+
+
 def _parse_json(data):
     try:
         return json.loads(data)
@@ -158,6 +167,8 @@ class _RestHandler(BaseHTTPRequestHandler):
             status, body = 200, self._route(method, held)
         except ServingError as e:
             status, body = HTTP_STATUS.get(e.code, 500), {"error": e.message}
+            logger.warning("Refused a REST request (%s %.200r): %s", method, self.path,
+                           e.headline)
         except TimeoutError:
             status, body = 408, {"error": (
                 f"The request did not arrive within the server's request_timeout of "
@@ -187,7 +198,7 @@ class _RestHandler(BaseHTTPRequestHandler):
             signature_name, inputs = _rest_predict_request(servable, body)
             outputs = servable.run(signature_name, inputs, limits=self.server.limits,
                                    bytes_per_value=JSON_BYTES_PER_VALUE)
-            return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+            return {"outputs": {k: _json_output(v) for k, v in outputs.items()}}
         servable = self.server.registry.get(match["name"], version)
         if match["rest"] == "/metadata":
             return {"model_spec": {"name": servable.name, "version": str(servable.version)},

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from tfprobunet.saving import NonFiniteWeightsError
 from tfprobunet.serving.local_server.limits import GRPC_BYTES_PER_VALUE
-from tfprobunet.serving.wire import INIT_OP_SIGNATURE, dims, status_error, status_name
+from tfprobunet.serving.wire import (INIT_OP_SIGNATURE, dims, op_error_message, status_error,
+                                     status_name)
 
 
 class Servable:
@@ -75,8 +76,7 @@ class Servable:
         try:
             fetched = self.session.run([signature.outputs[k].name for k in names], feed)
         except tf.errors.OpError as e:
-            message = e.message.replace("Graph execution error:", "").strip()
-            raise status_error(status_name(e.error_code), message) from None
+            raise status_error(status_name(e.error_code), op_error_message(e)) from None
         return dict(zip(names, fetched))
 
     def signature(self, name):
