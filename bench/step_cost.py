@@ -34,10 +34,19 @@ import numpy as np  # noqa: E402
 
 from train_step import cpu  # noqa: E402
 
-# The `cpu` preset's model (tfprobunet/models/presets.py); "default": the constructor's defaults.
-MODELS = {"default": {},
-          "cpu": dict(num_channels=[16, 32, 64], convs_per_block=2, latent_dim=8,
-                      fcomb_channels=64)}
+# The models timed: "default", the constructor's defaults; "cpu", the `cpu` preset's
+# architecture (its arguments that `ProbabilisticUNet` takes, read from the preset itself).
+_ARCHITECTURE = ("num_channels", "convs_per_block", "latent_dim", "fcomb_layers",
+                 "fcomb_channels")
+
+
+def _model_arguments(name):
+    from tfprobunet.models.presets import PRESETS
+
+    return {} if name == "default" else {k: v for k, v in PRESETS[name].items()
+                                         if k in _ARCHITECTURE}
+
+
 RATERS = 4
 EXAMPLES = 16  # distinct examples, repeated: the step's cost does not depend on their number
 
@@ -95,12 +104,13 @@ def measure(size, crop, model_name, batch, steps, repeats):
     if crop:
         dataset = crops.random_windows(dataset, crop, seed=0)
     batches = pipeline.training_pipeline(dataset, batch, seed=0, num_classes=2)
-    model = tfprobunet.ProbabilisticUNet(num_classes=2, **MODELS[model_name])
+    model = tfprobunet.ProbabilisticUNet(num_classes=2, **_model_arguments(model_name))
     model.compile(optimizer=keras.optimizers.Adam(1e-4))
     epochs = EpochSeconds()
     # With `steps_per_epoch`, Keras keeps one iterator over the endless pipeline for all epochs.
     model.fit(batches, epochs=1 + repeats, steps_per_epoch=steps, callbacks=[epochs], verbose=0)
-    return {"seconds_per_step_runs": [t / steps for t in epochs.seconds[1:]],
+    return {"model_input": list(batches.element_spec[0].shape[1:]),
+            "seconds_per_step_runs": [t / steps for t in epochs.seconds[1:]],
             "warmup_seconds": epochs.seconds[0],
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -113,8 +123,8 @@ def _run(size, crop, args):
     command = [sys.executable, __file__, "--one", f"{size[0]}x{size[1]}", "--model", args.model,
                "--batch", str(args.batch), "--steps", str(args.steps), "--repeats",
                str(args.repeats)]
-    if crop:
-        command += ["--crop", f"{crop[0]}x{crop[1]}"]
+    # Always said: the parser's default is a crop, which a whole-image run must not get.
+    command += ["--crop", f"{crop[0]}x{crop[1]}" if crop else "0"]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out[out.index("{"):])
 
@@ -149,7 +159,7 @@ def main():
     parser.add_argument("--crop", type=_crop, default=(128, 128),
                         help="the window, HxW; 0 measures whole images only")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--model", choices=sorted(MODELS), default="default")
+    parser.add_argument("--model", choices=("cpu", "default"), default="default")
     parser.add_argument("--steps", type=int, default=4, help="training steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed epochs of --steps steps per process")
@@ -170,6 +180,10 @@ def main():
     for _ in range(args.rounds):
         for size, c in configs:
             result = _run(size, c, args)
+            seen = list(c or size) + [1]
+            if result["model_input"] != seen:  # the child ran what it was asked to
+                raise RuntimeError(f"{_name(size, c)} trained on {result['model_input']}, not "
+                                   f"{seen}")
             runs[_name(size, c)].extend(result["seconds_per_step_runs"])
             memory[_name(size, c)] = round(result["peak_rss_mib"], 1)
     results = {name: summarise(size, c, runs[name], args.batch)
@@ -180,7 +194,7 @@ def main():
                 for size in sizes if crop}
     report = {
         "command": " ".join(["python", "bench/step_cost.py", *sys.argv[1:]]),
-        "config": {"model": args.model, "model_arguments": MODELS[args.model],
+        "config": {"model": args.model, "model_arguments": _model_arguments(args.model),
                    "policy": "float32", "batch": args.batch, "raters": RATERS,
                    "steps_per_epoch": args.steps, "timed_epochs_per_process": args.repeats,
                    "rounds": args.rounds, "crop": list(crop) if crop else None,

@@ -194,3 +194,35 @@ def test_a_dataset_of_other_elements_is_refused():
     images = tf.data.Dataset.from_tensor_slices(np.zeros((2, 8, 8, 1), np.float32))
     with pytest.raises(ValueError, match=r"\(image \(h, w, c\), annotations \(A, h, w\)\)"):
         crops.random_windows(images, (4, 4))
+
+
+def test_the_step_cost_table_and_its_sentence_are_their_json():
+    """docs/data.md's step-cost table and the sentence below it, cell by cell and number by
+    number, from docs/results/speed/step_cost.json (bench/step_cost.py)."""
+    import json
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "results", "speed", "step_cost.json")) as f:
+        measured = json.load(f)
+    with open(os.path.join(root, "docs", "data.md")) as f:
+        page = f.read()
+    table = page.split("<!-- step-cost: docs/results/speed/step_cost.json -->")[1].split(
+        "<!-- end step-cost -->")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.strip().splitlines()
+            [2:]]
+    results, speedup = measured["results"], measured["crop_speedup"]
+    crop = "x".join(map(str, measured["config"]["crop"]))
+    assert [row[0] for row in rows] == list(speedup)
+    for size, whole, cropped, per_pixel, faster in rows:
+        assert whole == f"{results[size]['seconds_per_step']['median']:.3f}"
+        assert cropped == f"{results[f'{size}_crop_{crop}']['seconds_per_step']['median']:.3f}"
+        assert per_pixel == f"{results[size]['microseconds_per_pixel']:.2f}"
+        assert faster == f"{speedup[size]:.2f}x"
+    sentence = " ".join(page.split("<!-- end step-cost -->")[1].split("\n\n")[1].split())
+    per_pixel = [results[size]["microseconds_per_pixel"] for size in speedup]
+    assert f"({min(per_pixel):.2f} to {max(per_pixel):.2f} µs here)" in sentence
+    assert f"train {speedup['256x208']:.2f} times as fast" in sentence
+    assert f"128x128 windows: {speedup['64x64']:.2f}x)" in sentence
+    assert speedup["64x64"] < 1 < speedup["256x208"] and re.search(r"costs more", sentence)

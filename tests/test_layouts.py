@@ -196,6 +196,33 @@ def test_a_window_and_percentiles_scale_16_bit_images_as_documented(tmp_path):
                                    atol=1 / 65535)
 
 
+def test_a_float_tiff_is_read_with_a_window_and_refused_without_one(tmp_path):
+    """32-bit float images (a CT saved as float TIFF, in Hounsfield units): refused by the
+    data type's rule, naming --window; read at their values with one, by the folder loader
+    and by `read_image` (predict) alike."""
+    from tfprobunet.data import images as images_lib
+
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "images"))
+    os.makedirs(os.path.join(root, "masks"))
+    hu = np.linspace(-1200, 600, 80, dtype=np.float32).reshape(10, 8)
+    for n, stem in enumerate(NAMES):
+        Image.fromarray(hu + n).save(os.path.join(root, "images", f"{stem}.tif"))
+        Image.fromarray(_mask(n, 0, (10, 8))).save(os.path.join(root, "masks", f"{stem}_0.png"))
+    with pytest.raises(ValueError, match=r"scan01.tif is a 32-bit float image.*--window"):
+        _rows(root)
+    source = tfprobunet.data.from_folders(os.path.join(root, "images"),
+                                          os.path.join(root, "masks"), "train",
+                                          fractions=(1.0, 0.0, 0.0), multiple=1,
+                                          window=(-1000, 400))
+    for n, (image, _) in enumerate(source.dataset.as_numpy_iterator()):
+        np.testing.assert_allclose(image[..., 0], np.clip((hu + n + 1000) / 1400, 0, 1),
+                                   atol=1 / 65535)
+    read = images_lib.read_image(os.path.join(root, "images", "scan01.tif"), 1,
+                                 intensity.rule(window=(-1000, 400)))
+    np.testing.assert_allclose(read[0, ..., 0], np.clip((hu + 1000) / 1400, 0, 1), atol=1e-6)
+
+
 def test_the_runs_intensity_rule_is_recorded_and_evaluate_reads_the_data_as_trained(tmp_path):
     """The window given to `train` is in train_config.json (`intensity.of_run` reads it back),
     and `evaluate` without data flags reads the data with it: a window that clips every pixel

@@ -23,6 +23,7 @@ AFFINE = np.array([[0.0, -0.8, 0.0, 12.0], [0.7, 0.0, 0.0, -30.0], [0.0, 0.0, 2.
                    [0.0, 0.0, 0.0, 1.0]])
 
 
+@pytest.mark.compat  # the oldest nibabel and pydicom the medical extra admits
 def test_a_12_bit_ct_series_written_out_of_order_reaches_the_model_windowed_in_hu(tmp_path):
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 4096, (10, 12, 5)).astype(np.uint16)  # 12 bits stored
@@ -77,6 +78,7 @@ def _slices_of(source):
     return found
 
 
+@pytest.mark.compat
 def test_every_labelled_slice_is_kept_empty_ones_at_the_share_split_by_volume(tmp_path, capsys):
     root = str(tmp_path)
     _labelled_cases(root)
@@ -133,6 +135,7 @@ class _Threshold:
 
 
 @pytest.mark.parametrize("axis", [0, 2])
+@pytest.mark.compat
 def test_predict_volume_writes_each_slice_back_where_it_came_from(tmp_path, axis):
     values = np.random.default_rng(1).integers(0, 65536, (7, 9, 5)).astype(np.uint16)
     _write_nifti(str(tmp_path / "v.nii.gz"), values)

@@ -484,8 +484,9 @@ def _in_order(pool, function, arguments):
 def _decode(image_path, mask_paths, channels, binarize, rule):
     """`(image (h, w, channels) uint8 or uint16, annotations (A, h, w))` of one case, from its
     files; a mask path None (missing, read as empty) gives zeros."""
-    image = images_lib.decode(image_path, "L" if channels == 1 else "RGB")
-    if rule["rule"] != "dtype":
+    scaled = rule["rule"] != "dtype"  # a window or percentiles: any values, 32-bit too
+    image = images_lib.decode(image_path, "L" if channels == 1 else "RGB", any_values=scaled)
+    if scaled:
         image = intensity.to_uint16(image, rule, image_path)
     image = image[..., None] if channels == 1 else image
     annotations = []

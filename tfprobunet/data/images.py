@@ -114,16 +114,23 @@ _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 SCALE_RULE = "each value divided by its data type's maximum (255 for 8 bits, 65535 for 16)"
 
 
-def _deep_grey(path, image):
-    """A grey image of more than 8 bits as `(h, w)` uint16; refuses what holds more."""
+def _deep_grey(path, image, any_values=False):
+    """A grey image of more than 8 bits as `(h, w)` uint16; refuses what holds more, unless
+    `any_values` (a window or percentiles will scale it): then 32-bit integers and floats come
+    as they are (int32, float32)."""
+    if any_values and image.mode in ("F", "I"):
+        return np.asarray(image)
     if image.mode == "F":
         raise ValueError(f"{path} is a 32-bit float image, whose range has no fixed maximum to "
-                         "scale by: save it as an 8- or 16-bit PNG or TIFF (e.g. windowed to "
-                         "the intensities that matter).")
+                         "scale by: pass a window in its units (--window LOW,HIGH) or "
+                         "percentiles (--percentiles 0.5,99.5), or save it as an 8- or 16-bit "
+                         "PNG or TIFF.")
     values = np.asarray(image)
     if values.size and (values.min() < 0 or values.max() > np.iinfo(np.uint16).max):
         raise ValueError(f"{path} is a 32-bit integer image with values in [{values.min()}, "
-                         f"{values.max()}]: save it as an 8- or 16-bit PNG or TIFF.")
+                         f"{values.max()}]: pass a window in its units (--window LOW,HIGH) or "
+                         "percentiles (--percentiles 0.5,99.5), or save it as an 8- or 16-bit "
+                         "PNG or TIFF.")
     return values.astype(np.uint16)
 
 
@@ -133,7 +140,7 @@ def to_unit(pixels):
     return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
 
 
-def decode(path, mode=None):
+def decode(path, mode=None, any_values=False):
     """The pixels of an image file, decoded by PIL.
 
     Args:
@@ -142,18 +149,20 @@ def decode(path, mode=None):
             both uint8, or uint16 for a 16-bit grey file (`to_unit` scales either); None: a
             label map `(h, w)` with the file's values, uint8 (1-bit files too), uint16
             (`I;16`) or int32 (`I`), from a grey or palette image only.
+        any_values: with `mode`, a 32-bit integer or float grey file comes as it is (int32,
+            float32), for a window or percentiles to scale (`tfprobunet.data.intensity`).
 
     Raises:
         ValueError: naming `path`, if it cannot be decoded, is a colour image read as a label
             map, or a grey image that 16 bits cannot hold (32-bit float, or integers above
-            65535).
+            65535) without `any_values`.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             if mode is not None and image.mode in _DEEP_MODES:
-                grey = _deep_grey(path, image)
+                grey = _deep_grey(path, image, any_values)
                 return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=-1)
             if mode is None:
                 if image.mode not in ("1", "L", "P", "I", "I;16"):
@@ -176,14 +185,15 @@ def decode_png(path, channels):
 def read_image(path, channels, intensity=None):
     """A PNG, JPEG, GIF (its first frame), BMP or WebP file as `(1, h, w, channels)` float32 in
     [0, 1] by `SCALE_RULE` (a 16-bit PNG at its full range), or by the rule `intensity` (a
-    window or percentiles, `tfprobunet.data.intensity`: the pixels decoded at their full depth,
-    then scaled); grey (1) or RGB (3), converted from what the file holds."""
+    window or percentiles, `tfprobunet.data.intensity`: any image PIL reads, 32-bit integer and
+    float TIFF too, decoded at its full depth, then scaled); grey (1) or RGB (3), converted
+    from what the file holds."""
     from tfprobunet.data import intensity as intensity_lib
 
     rule = intensity_lib.check(intensity)
     if rule["rule"] != "dtype":
-        header_size(path, TF_FORMATS)  # the same formats, and errors, as below
-        pixels = decode(path, "L" if channels == 1 else "RGB")
+        header_size(path)  # any image PIL reads (float TIFF too), refused by name otherwise
+        pixels = decode(path, "L" if channels == 1 else "RGB", any_values=True)
         pixels = pixels[..., None] if channels == 1 else pixels
         return intensity_lib.scale(pixels, rule, path)[None]
     with open(path, "rb") as f:
