@@ -169,13 +169,22 @@ def test_nifti_round_trip_train_predict_keeps_the_affine_and_shape(tmp_path):
     tfprobunet.train(workdir, dataset="volumes", data_dir=root, epochs=1, steps_per_epoch=2,
                      batch_size=2, num_channels=[4, 8], convs_per_block=1, latent_dim=2,
                      fcomb_layers=1, verbose=0,
-                     data_options={"window": [-1000, 400], "fractions": [0.5, 0.25, 0.25]})
+                     data_options={"window": [-1000, 400], "fractions": [0.5, 0.25, 0.25],
+                                   "axis": 0})
     model_path = os.path.join(workdir, "model.keras")
     assert intensity.of_run(model_path) == {"rule": "window", "low": -1000.0, "high": 400.0}
     out = str(tmp_path / "out")
-    # The command line finds the run's window (the default rule would refuse signed HU).
+    # The command line finds the run's window (the default rule would refuse signed HU) and
+    # axis: the same samples as passing both.
     cli.main(["predict", "--model", model_path, "--image",
               os.path.join(root, "images", "p3.nii.gz"), "-n", "3", "--seed", "1", "--out", out])
+    direct = volumes.predict_volume(tfprobunet.saving.load_model(model_path),
+                                    os.path.join(root, "images", "p3.nii.gz"),
+                                    str(tmp_path / "direct"), 3, seed=1, axis=0,
+                                    intensity=intensity.rule(window=(-1000, 400)))
+    np.testing.assert_array_equal(np.asanyarray(nibabel.load(direct[0]).dataobj),
+                                  np.asanyarray(nibabel.load(
+                                      os.path.join(out, "p3", "sample_00.nii.gz")).dataobj))
     for name in ("sample_00.nii.gz", "sample_02.nii.gz", "uncertainty.nii.gz"):
         written = nibabel.load(os.path.join(out, "p3", name))
         assert written.shape == (24, 20, 6)

@@ -122,11 +122,12 @@ def _predict(args):
         if args.name is not None or args.version is not None:
             raise flags.CommandError("--name and --version select a served model: use them "
                                      "with --target HOST:PORT, not with --model.")
-        from tfprobunet.data import intensity, volumes
+        from tfprobunet.data import volumes
 
         if any(map(volumes.is_volume, args.image)):  # NIfTI files, DICOM series folders
+            # sliced and scaled as the training run's data_options say
             files = volumes.predict_volumes(args.model, args.image, args.out, args.num_samples,
-                                            args.seed, intensity=intensity.of_run(args.model))
+                                            args.seed)
         else:
             files = prediction.predict_files(args.model, args.image, args.num_samples,
                                              args.out, args.seed, **flags.limits(args))

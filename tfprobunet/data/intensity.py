@@ -152,17 +152,24 @@ def to_uint16(values, intensity=None, where="the image"):
 _RUN_CONFIG = "train_config.json"
 
 
-def of_run(path):
-    """The intensity rule of the training run that wrote `path` (its workdir, or a file in it,
-    e.g. its `model.keras`): from `data_options`' `window` or `percentiles` in the run's
-    `train_config.json`; `DTYPE` when there is no such file or neither option."""
+def run_options(path):
+    """The dataset options (`data_options`) recorded by the training run that wrote `path` (its
+    workdir, or a file in it, e.g. its `model.keras`): `{}` when there are none."""
     import json
     import os
 
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     try:
         with open(os.path.join(folder, _RUN_CONFIG)) as f:
-            options = json.load(f).get("data_options") or {}
-    except (OSError, ValueError, AttributeError):
-        return dict(DTYPE)
+            return dict(json.load(f).get("data_options") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def of_run(path):
+    """The intensity rule of the training run that wrote `path` (its workdir, or a file in it,
+    e.g. its `model.keras`): from `data_options`' `window` or `percentiles` in the run's
+    `train_config.json` (`run_options`); `DTYPE` when there is no such file or neither
+    option."""
+    options = run_options(path)
     return rule(window=options.get("window"), percentiles=options.get("percentiles"))

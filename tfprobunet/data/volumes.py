@@ -401,7 +401,7 @@ def load(data_dir, split, image_size=None, seed=0, split_manifest=None, *, axis=
                         fractions=fractions, seed=seed, split_manifest=split_manifest)
 
 
-def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=2, intensity=None,
+def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=None, intensity=None,
                    batch_size=BATCH_SLICES):
     """Segment a volume slice by slice and write the samples back as volumes.
 
@@ -414,7 +414,8 @@ def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=2, inte
             builds from the series' geometry).
         num_samples: segmentations per slice.
         seed: an int makes the samples reproducible.
-        axis: the axis sliced along, as in `from_volumes`.
+        axis: the axis sliced along, as in `from_volumes`; None: the training run's (its
+            `data_options`, for a model path), else 2.
         intensity: the intensity rule (`tfprobunet.data.intensity`); None: the training run's
             (`intensity.of_run`) for a model path, else the data type's range.
         batch_size: slices segmented at once (each holds num_samples x h x w x K floats).
@@ -424,8 +425,7 @@ def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=2, inte
     """
     from tfprobunet import _io, metrics, prediction, saving
 
-    if intensity is None and isinstance(model, (str, os.PathLike)):
-        intensity = intensity_lib.of_run(model)
+    axis, intensity = _as_trained(model, axis, intensity)
     if isinstance(model, (str, os.PathLike)):
         model = saving.load_model(model)
     values, affine, header = read_volume(path)
@@ -456,12 +456,24 @@ def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=2, inte
     return written
 
 
-def predict_volumes(model, paths, out_dir, num_samples=16, seed=None, axis=2, intensity=None):
+def _as_trained(model, axis, intensity):
+    """`axis` and `intensity`, those of the training run of the `.keras` path `model` where
+    None (`intensity.run_options`), else 2 and the data type's range."""
+    options = intensity_lib.run_options(model) if isinstance(model, (str, os.PathLike)) else {}
+    if axis is None:
+        axis = options.get("axis", 2)
+    if intensity is None:
+        intensity = intensity_lib.rule(window=options.get("window"),
+                                       percentiles=options.get("percentiles"))
+    return axis, intensity
+
+
+def predict_volumes(model, paths, out_dir, num_samples=16, seed=None, axis=None,
+                    intensity=None):
     """`predict_volume` of each of `paths` into `out_dir/<stem>/` (`tfprobunet predict --model
     X.keras --image case.nii.gz --out OUT`); the model is loaded once. Returns the paths
     written."""
-    if intensity is None and isinstance(model, (str, os.PathLike)):
-        intensity = intensity_lib.of_run(model)
+    axis, intensity = _as_trained(model, axis, intensity)
     not_volumes = [p for p in paths if not is_volume(p)]
     if not_volumes:
         raise ValueError(f"{not_volumes[0]} is neither a NIfTI file ({', '.join(NIFTI)}) nor a "
