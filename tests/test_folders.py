@@ -225,9 +225,14 @@ def test_label_masks_yield_their_labels_narrow_or_wide(tmp_path):
         (0, 0, 26, 17))])
     cases["a"] = (cases["a"][0], [labels[0], wide])
     _write_cases(str(tmp_path / "wide"), cases)
+    # Sparse labels (an atlas's ids) imply 1001 classes of which 7 appear: stated, not implied.
+    with pytest.raises(ValueError, match=r"994 of the 1001 classes never appear"):
+        tfprobunet.data.from_folders(str(tmp_path / "wide" / "images"),
+                                     str(tmp_path / "wide" / "masks"), binarize=False,
+                                     fractions=(1, 0, 0))
     source = tfprobunet.data.from_folders(str(tmp_path / "wide" / "images"),
                                           str(tmp_path / "wide" / "masks"), binarize=False,
-                                          fractions=(1, 0, 0))
+                                          fractions=(1, 0, 0), num_classes=1001)
     _, annotations = _reference(cases, binarize=False)
     assert source.num_classes == 1001 and source.dataset.element_spec[1].dtype == tf.int32
     np.testing.assert_array_equal(np.stack([a for _, a in source.dataset.as_numpy_iterator()]),

@@ -6,6 +6,7 @@ yields is checked against the masks written."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -242,7 +243,10 @@ def test_the_runs_intensity_rule_is_recorded_and_evaluate_reads_the_data_as_trai
     assert cli_evaluation.data_settings(args)["data_options"] == {"window": [1000.0, 3000.0]}
     args = cli.build_parser().parse_args(["evaluate", "--model", model_path, "--out",
                                           str(tmp_path / "eval"), "--percentiles", "1,99"])
-    assert cli_evaluation.data_settings(args)["data_options"] == {"percentiles": [1.0, 99.0]}
+    with pytest.warns(UserWarning, match=r"scaled by --percentiles 1,99, the training run by "
+                                         r"--window 1000,3000"):
+        assert cli_evaluation.data_settings(args)["data_options"] == {
+            "percentiles": [1.0, 99.0]}
 
 
 def test_predict_and_an_export_use_the_runs_intensity_rule(tmp_path):
@@ -323,3 +327,118 @@ def test_match_masks_refuses_a_malformed_pattern():
     for pattern in ("{stem}_**.png", "masks_*.png", "*/*_{stem}.png", "a/b/{stem}.png"):
         with pytest.raises(ValueError, match="holds {stem}"):
             folders._check_pattern(pattern)
+
+
+# What a hostile probe of the layouts found (each of these tests fails on the code before it).
+
+def test_a_palette_mask_is_read_by_its_indices_not_its_colours(tmp_path):
+    """Index 0 = background drawn white, 1 = lesion drawn black: the grey conversion read it
+    inside out."""
+    root = str(tmp_path)
+    _write(root, "{stem}_{rater}.png", raters=["0"])
+    for n, stem in enumerate(NAMES):
+        mask = Image.fromarray((_mask(n, 0) > 0).astype(np.uint8), mode="P")
+        mask.putpalette([255, 255, 255, 0, 0, 0])
+        mask.save(os.path.join(root, "masks", f"{stem}_0.png"))
+    assert _rows(root) == [[n + 1] for n in range(len(NAMES))]
+
+
+def test_hidden_files_and_folders_are_no_images_or_raters(tmp_path):
+    root = str(tmp_path)
+    _write(root, "{rater}/{stem}.png")
+    _write(os.path.join(root, "hidden"), "{stem}.png", raters=[""])
+    os.rename(os.path.join(root, "hidden", "masks"), os.path.join(root, "masks",
+                                                                    ".ipynb_checkpoints"))
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(os.path.join(root, "images",
+                                                                    "._scan01.png"))
+    assert _rows(root) == [[n + 1 + r for r in range(3)] for n in range(len(NAMES))]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("split_named_rater", r"subfolder 'train', a split's name"),
+    ("two_layouts", r"fit several layouts, each with masks for every image: \{stem\}_\*, "
+                    r"\*/\{stem\}"),
+    ("two_files_one_rater", r"scan01_0.png and scan01_0.tif are both rater '0'"),
+    ("two_images_one_stem", r"scan01.png and scan01.tif are both image 'scan01'"),
+])
+def test_layouts_that_would_be_read_wrongly_are_refused(tmp_path, case, message):
+    root = str(tmp_path)
+    _write(root, "{stem}_{rater}.png", raters=["0"])
+    if case == "split_named_rater":
+        _write(root, "train/{stem}.png", raters=[""])
+    elif case == "two_layouts":
+        _write(root, "{rater}/{stem}.png", raters=["r1"])
+    elif case == "two_files_one_rater":
+        Image.fromarray(_mask(0, 0)).save(os.path.join(root, "masks", "scan01_0.tif"))
+    else:
+        Image.fromarray(np.zeros((12, 10), np.uint8)).save(os.path.join(root, "images",
+                                                                        "scan01.tif"))
+    with pytest.raises(ValueError, match=message):
+        _rows(root)
+
+
+def test_a_stray_file_that_adds_a_rater_with_missing_mask_empty_is_warned_about(tmp_path):
+    root = str(tmp_path)
+    _write(root, "{stem}_{rater}.png", raters=["0"])
+    Image.fromarray(_mask(0, 0)).save(os.path.join(root, "masks", "scan01_0 copy.png"))
+    with pytest.warns(UserWarning, match=r"Rater '0 copy' has masks for 1 of 5 images"):
+        rows = _rows(root, missing_mask="empty")
+    assert rows[1] == [2, 0]  # rater 0's mask, then the stray rater's empty one
+
+
+@pytest.mark.parametrize("values, labels", [([0, 128, 255], "[0, 128]"), ([0, 3, 200],
+                                                                             "[0, 3, 200]")])
+def test_grey_levels_read_as_classes_are_refused_unless_k_is_given(tmp_path, values, labels):
+    """{0, 128, 255} as classes would be K = 129 (the lesion, 255, ignored); K stated is
+    taken as stated."""
+    root = str(tmp_path)
+    _write_labels(root, values)
+    with pytest.raises(ValueError, match=rf"hold the labels {re.escape(labels)}.* never appear"):
+        _rows(root, binarize=False)
+    source = tfprobunet.data.from_folders(os.path.join(root, "images"),
+                                          os.path.join(root, "masks"), "train",
+                                          fractions=(1.0, 0.0, 0.0), binarize=False,
+                                          num_classes=max(values[:2] + values[2:3]) + 1
+                                          if 255 not in values else 129)
+    assert source.num_classes in (129, 201)
+
+
+def test_predict_reads_an_image_as_training_does(tmp_path):
+    """An RGB JPEG and a 16-bit TIFF: `read_image` (predict, the serving clients) gives the
+    very floats the folder dataset trains on (TensorFlow's JPEG decoder and grey conversion
+    differed by 1/255)."""
+    from tfprobunet.data import images as images_lib
+
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "images"))
+    os.makedirs(os.path.join(root, "masks"))
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (12, 10, 3), np.uint8)
+    Image.fromarray(colour).save(os.path.join(root, "images", "a.jpg"), quality=70)
+    Image.fromarray(rng.integers(0, 65536, (12, 10)).astype(np.uint16)).save(
+        os.path.join(root, "images", "b.tif"))
+    for stem in ("a", "b"):
+        Image.fromarray(np.zeros((12, 10), np.uint8)).save(
+            os.path.join(root, "masks", f"{stem}_0.png"))
+    source = tfprobunet.data.from_folders(os.path.join(root, "images"),
+                                          os.path.join(root, "masks"), "train",
+                                          fractions=(1.0, 0.0, 0.0), multiple=1)
+    for (image, _), name in zip(source.dataset.as_numpy_iterator(), ("a.jpg", "b.tif")):
+        read = images_lib.read_image(os.path.join(root, "images", name), 1)
+        np.testing.assert_array_equal(read[0], image)
+
+
+def test_command_line_option_values_are_refused_by_their_flags(tmp_path, capsys):
+    root = str(tmp_path)
+    _write(root, "{stem}_{rater}.png")
+    base = ["train", "--dataset", "folder", "--data-dir", root, "--workdir",
+            str(tmp_path / "run"), *TINY]
+    with pytest.raises(SystemExit):  # argparse's own refusal: usage, then the error
+        cli.main([*base, "--crop", "0"])
+    assert "argument --crop: expected a positive H,W window" in capsys.readouterr().err
+    assert "--crop 16,16" in cli_error(capsys, [*base, "--crop", "9,9"])
+    # `-inf,0` and `-.5,1` are values, not flags: the first is refused by the rule, the
+    # second trains.
+    assert "finite low < high" in cli_error(capsys, [*base, "--window", "-inf,0"])
+    assert cli.main([*base, "--window", "-.5,1"]) == 0
+    assert "`pattern` holds {stem}" in cli_error(capsys, [*base, "--pattern", "{stem}_{x}*"])

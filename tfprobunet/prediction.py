@@ -20,8 +20,9 @@ from tfprobunet.data import images as images_lib
 from tfprobunet.data import intensity as intensity_lib
 from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 
-# What `read_image` decodes (PIL's format names).
-IMAGE_FORMATS = images_lib.TF_FORMATS
+# What `read_image` decodes (PIL's format names; None: any image PIL reads, as the folder
+# dataset does).
+IMAGE_FORMATS = None
 
 
 def pad_to_multiple(images, divisor, value=None):
@@ -112,8 +113,8 @@ def image_size(path):
     (`tfprobunet.data.images.header_size`).
 
     Raises:
-        ValueError: `path` is missing, a directory, or not a PNG, JPEG, GIF, BMP or WebP image;
-            the message says which.
+        ValueError: `path` is missing, a directory, or not an image PIL reads; the message says
+            which.
     """
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory: pass image files (on the command line, "

@@ -3,6 +3,7 @@ and figures) and `inspect` (the latent-space figure)."""
 
 import json
 import os
+import warnings
 
 from tfprobunet import _console, catalog
 from tfprobunet.cli import flags
@@ -75,10 +76,21 @@ def data_settings(args):
         trained.get("split_manifest") if same else None)
     if manifest is not None:
         settings["split_manifest"] = manifest
-    options = flags.data_options(args, trained.get("data_options") if same else None)
+    recorded = (trained.get("data_options") or {}) if same else {}
+    options = flags.data_options(args, recorded)
+    rule = {k: options.get(k) for k in ("window", "percentiles")} if options else {}
+    if same and rule != {k: recorded.get(k) for k in ("window", "percentiles")}:
+        warnings.warn(f"the intensities are scaled by {_rule(rule)}, the training run by "
+                      f"{_rule(recorded)}: the model sees other values than it learnt from.")
     if options:
         settings["data_options"] = options
     return settings
+
+
+def _rule(options):
+    given = {k: v for k, v in options.items() if k in ("window", "percentiles") and v}
+    return " and ".join(f"--{k} {','.join(f'{x:g}' for x in v)}" for k, v in given.items()) or \
+        "the data type's range"
 
 
 def check_dataset_flags(dataset, data_dir, image_size):

@@ -215,9 +215,12 @@ def pair(text):
 
 
 def crop_size(text):
-    """`128` or `128,96` as [height, width]."""
+    """`128` or `128,96` as [height, width], positive."""
     value = size(text)
-    return [value, value] if isinstance(value, int) else list(value)
+    value = [value, value] if isinstance(value, int) else list(value)
+    if min(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive H,W window, got {text!r}")
+    return value
 
 
 # The flags of the options of the datasets read from your files (`tfprobunet.data.

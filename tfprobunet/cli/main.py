@@ -46,8 +46,9 @@ def main(argv=None):
         warnings.formatwarning = formatwarning
 
 
-# A list of numbers whose first is negative, e.g. `-1000,400` (argparse takes it for a flag).
-_NEGATIVE_LIST = re.compile(r"-\d[\d.eE+-]*(,[-\d.eE+]*)+")
+# A list of numbers whose first is negative, e.g. `-1000,400`, `-.5,1` or `-inf,0` (argparse
+# takes it for a flag; no flag holds a comma).
+_NEGATIVE_LIST = re.compile(r"-[\d.a-zA-Z][^,\s]*(,[^,\s]*)+")
 
 
 def _negative_values_joined(argv):

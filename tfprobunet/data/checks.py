@@ -34,6 +34,28 @@ def implied_num_classes(labels):
     return max(2, int(valid.max()) + 1 if valid.size else 2)
 
 
+def check_implied_classes(labels, num_classes, where="the masks"):
+    """Refuse `num_classes` implied by `labels` (their largest label + 1) when most of those
+    classes never appear and there are more than 8: grey levels read as labels (a 16-bit
+    0/65535 mask, JPEG masks, {0, 128, 255}), which would build a model of hundreds of output
+    channels. Naming `num_classes` explicitly is not checked. `labels`: an int array, or a
+    list of them (the label volumes of a dataset)."""
+    parts = [np.asarray(a) for a in (labels if isinstance(labels, list) else [labels])]
+    if num_classes <= 8 or any(a.dtype.kind not in "iu" for a in parts):
+        return
+    counts = sum(np.bincount(a[a != IGNORE_LABEL].ravel().astype(np.int64),
+                             minlength=num_classes) for a in parts)
+    found = np.flatnonzero(counts)
+    if 2 * len(found) < num_classes:
+        shown = f"{found[:8].tolist()}{' ...' if len(found) > 8 else ''}"
+        raise ValueError(
+            f"{where} hold the labels {shown}: read as classes 0..{num_classes - 1}, "
+            f"{num_classes - len(found)} of the {num_classes} classes never appear. Grey levels "
+            "rather than classes (0/255 or 0/65535 masks, JPEG masks)? Read them as binary "
+            "masks (binarize=True; command line: --labels binary). Else give the number of "
+            "classes (num_classes=K, --num-classes K), or number the labels 0..n-1.")
+
+
 def check_labels(labels, num_classes=None, where="the masks"):
     """Raise `ValueError` if `labels` cannot be trained on; warn if most of them are ignored.
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tfprobunet import catalog
 from tfprobunet.data import checks
 
-__all__ = ["LABELLED_SHARE", "random_windows"]
+__all__ = ["LABELLED_SHARE", "check_multiple", "random_windows"]
 
 # nnU-Net's `oversample_foreground_percent` (0.33): a third of the windows are sure to show a
 # lesion, and the other two thirds show the scan as it is, background included, so that the
@@ -38,6 +38,17 @@ def _window_size(size):
         raise ValueError("`size` must be two positive ints (height, width), e.g. (128, 128). "
                          f"Received: size={size!r}")
     return int(size[0]), int(size[1])
+
+
+def check_multiple(size, multiple):
+    """Refuse a window `size` whose sides are not multiples of `multiple` (the loaders'
+    `multiple`: the sides a U-Net of their depth divides), naming the nearest that are."""
+    height, width = _window_size(size)
+    if multiple > 1 and (height % multiple or width % multiple):
+        near = [max(multiple, round(v / multiple) * multiple) for v in (height, width)]
+        raise ValueError(f"A crop of {height}x{width} does not suit the U-Net: its sides must be "
+                         f"multiples of {multiple} (`multiple`), e.g. {near[0]}x{near[1]} (crop="
+                         f"({near[0]}, {near[1]}); command line: --crop {near[0]},{near[1]}).")
 
 
 def _share(labelled_share):

@@ -21,6 +21,8 @@ import collections
 import concurrent.futures
 import itertools
 import os
+import string
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -46,9 +48,11 @@ _FLOATS = np.arange(256, dtype=np.float32) / 255.0
 
 
 def _files(folder, extensions=EXTENSIONS):
+    """The image files of `folder`, sorted; hidden ones (`.name`, as macOS's `._scan01.png`
+    copies of resource forks) left out."""
     return sorted(name for name in os.listdir(folder)
-                  if name.lower().endswith(tuple(extensions)) and os.path.isfile(
-                      os.path.join(folder, name)))
+                  if not name.startswith(".") and name.lower().endswith(tuple(extensions))
+                  and os.path.isfile(os.path.join(folder, name)))
 
 
 def _split_folders(images, masks, split):
@@ -109,6 +113,11 @@ def match_masks(stems, masks, pattern=None, missing_mask="error", extensions=EXT
         if not any(found[best]):
             raise FileNotFoundError(_unmatched((names or stems)[0], stems[0], masks, index,
                                                [p for p, _ in LAYOUTS]))
+        whole = [LAYOUTS[k][0] for k in range(len(found)) if all(found[k])]
+        if len(whole) > 1:
+            raise ValueError(f"The masks in {masks} fit several layouts, each with masks for "
+                             f"every image: {', '.join(whole)}. Say which with pattern= "
+                             "(command line: --pattern), or remove the other files.")
         pattern, found = LAYOUTS[best][0], found[best]
     else:
         _check_pattern(pattern)
@@ -117,6 +126,15 @@ def match_masks(stems, masks, pattern=None, missing_mask="error", extensions=EXT
             raise FileNotFoundError(_unmatched((names or stems)[0], stems[0], masks, index,
                                                [pattern]))
     raters = sorted(set().union(*found))
+    if missing_mask == "empty":  # a stray file is a rater of its own: say so
+        for rater in raters:
+            count = sum(rater in by_rater for by_rater in found)
+            if count * 2 < len(stems):
+                warnings.warn(f"Rater {rater!r} has masks for {count} of {len(stems)} images in "
+                              f"{masks} (e.g. {next(b[rater] for b in found if rater in b)}); "
+                              "with missing_mask='empty' the others count as empty masks of "
+                              "theirs. A stray file? Remove it, or pass a pattern= that leaves "
+                              "it out.", stacklevel=2)
     paths = []
     for stem, name, by_rater in zip(stems, names or stems, found):
         missing = [r for r in raters if r not in by_rater]
@@ -140,7 +158,11 @@ MISSING_MASKS = ("error", "empty")
 
 
 def _check_pattern(pattern):
-    if (not isinstance(pattern, str) or "{stem}" not in pattern or pattern.count("*") > 1
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+    except (ValueError, TypeError, AttributeError):
+        fields = None
+    if (not isinstance(pattern, str) or fields != {"stem"} or pattern.count("*") > 1
             or pattern.count("/") > 1 or ("*" in pattern.partition("/")[0]
                                           and "/" in pattern and "*" in pattern.split("/")[1])):
         raise ValueError(
@@ -162,8 +184,14 @@ def _mask_index(masks, extensions, entries=None):
     index = {"": entries(masks)}
     for name in sorted(os.listdir(masks)):
         path = os.path.join(masks, name)
-        if name not in SPLITS and name not in index[""] and os.path.isdir(path):
-            index[name] = entries(path)
+        if name.startswith(".") or name in index[""] or not os.path.isdir(path):
+            continue  # hidden folders (.ipynb_checkpoints) are no raters
+        if name in SPLITS:
+            raise ValueError(
+                f"{masks} has a subfolder {name!r}, a split's name, but is read as one split's "
+                f"masks: with split subfolders, images/ needs them too ({name}/ in both); as a "
+                "rater's folder, rename it.")
+        index[name] = entries(path)
     return index
 
 
@@ -179,11 +207,19 @@ def _find(stems, index, pattern, extensions):
         for sub, names in index.items():
             if sub and sub.startswith(head) and sub.endswith(tail) and len(sub) >= len(
                     head) + len(tail):
-                keys = {(n if whole else _stem(n, extensions)): n for n in names}
+                keys = {}
+                for n in names:
+                    key = n if whole else _stem(n, extensions)
+                    if key in keys:
+                        raise ValueError(f"{os.path.join(sub, keys[key])} and "
+                                         f"{os.path.join(sub, n)} are both mask {key!r}: keep "
+                                         "one.")
+                    keys[key] = n
                 for stem, masks in zip(stems, found):
                     name = keys.get(name_pattern.format(stem=stem))
                     if name is not None:
-                        masks[sub[len(head):len(sub) - len(tail)]] = os.path.join(sub, name)
+                        _add(masks, sub[len(head):len(sub) - len(tail)], os.path.join(sub, name),
+                             stem)
         return found
     names = index.get(folder, [])
     keys = sorted(((n if whole else _stem(n, extensions)), n) for n in names)
@@ -199,8 +235,18 @@ def _find(stems, index, pattern, extensions):
                                        and len(rest) >= len(tail)):
                 continue
             claimed[name] = k
-            found[k][rest[:len(rest) - len(tail)] if star else ""] = os.path.join(folder, name)
+            _add(found[k], rest[:len(rest) - len(tail)] if star else "",
+                 os.path.join(folder, name), stems[k])
     return found
+
+
+def _add(masks, rater, path, stem):
+    """`masks[rater] = path`, refusing a second mask of one rater (`scan01_0.png` and
+    `scan01_0.tif`)."""
+    if rater in masks:
+        raise ValueError(f"{masks[rater]} and {path} are both rater {rater!r}'s mask of image "
+                         f"{stem!r}: keep one.")
+    masks[rater] = path
 
 
 def _shown_pattern(pattern, extensions):
@@ -287,6 +333,8 @@ def from_folders(images, masks, split="train", pattern=None, channels=1, binariz
     check_split(split)
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 (grey) or 3 (RGB). Received: {channels!r}")
+    if crop is not None:
+        crops.check_multiple(crop, multiple)
     rule = intensity.rule(window, percentiles)
     cases = _cases(images, masks, split, pattern, fractions, seed, split_manifest, missing_mask)
     stored_images, stored_masks, sizes = _load(*cases, channels, binarize, multiple, rule)
@@ -294,7 +342,10 @@ def from_folders(images, masks, split="train", pattern=None, channels=1, binariz
         labels = _unpadded(stored_masks, sizes)
         if num_classes is None:
             num_classes = checks.implied_num_classes(labels)
-        checks.check_labels(labels, num_classes, f"The masks in {masks}")
+            checks.check_labels(labels, num_classes, f"The masks in {masks}")
+            checks.check_implied_classes(labels, num_classes, f"The masks in {masks}")
+        else:
+            checks.check_labels(labels, num_classes, f"The masks in {masks}")
         del labels
     dataset = tf.data.Dataset.from_tensor_slices((stored_images, stored_masks)).map(_for_model)
     if crop is not None and split == "train":
@@ -378,6 +429,13 @@ def _names(folder):
     names = _files(folder)
     if not names:
         raise FileNotFoundError(f"No image files ({', '.join(EXTENSIONS)}) in {folder}.")
+    stems = {}
+    for name in names:  # one case per name: its masks are found by the name without extension
+        other = stems.setdefault(os.path.splitext(name)[0], name)
+        if other != name:
+            raise ValueError(f"{os.path.join(folder, other)} and {name} are both image "
+                             f"{os.path.splitext(name)[0]!r}, and would share its masks: keep "
+                             "one.")
     return names
 
 
@@ -494,7 +552,7 @@ def _decode(image_path, mask_paths, channels, binarize, rule):
         if path is None:
             annotations.append(np.zeros(image.shape[:2], np.uint8))
             continue
-        mask = images_lib.decode(path, "L" if binarize else None)
+        mask = images_lib.decode(path, "mask" if binarize else None)
         if mask.shape[:2] != image.shape[:2]:
             raise ValueError(f"{path} is {mask.shape[0]}x{mask.shape[1]} pixels (height x "
                              f"width) but its image {image_path} is {image.shape[0]}x"
@@ -528,7 +586,7 @@ def binary(mask, path):
     1 or its data type's largest (255 as annotation tools save them, 65535). Any other mask is
     refused, naming its values and what would read it."""
     top = int(mask.max()) if mask.size else 0
-    if top in (0, 1, np.iinfo(mask.dtype).max) and (top <= 1 or not np.any(
+    if top in (0, 1, 255, np.iinfo(mask.dtype).max) and (top <= 1 or not np.any(
             (mask != 0) & (mask != top))):
         return (mask > 0).astype(np.uint8)
     values = np.unique(mask)

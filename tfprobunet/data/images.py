@@ -12,9 +12,9 @@ through these functions.
   [0, 1] by `SCALE_RULE`, each value divided by its type's maximum.
 - `decode_png(path, channels)`: the pixels as a uint8 tensor, with TensorFlow (in `tf.data`
   graphs).
-- `read_image(path, channels, intensity=None)`: a PNG, JPEG, GIF, BMP or WebP as a batch of one
-  in [0, 1], as a model takes it (TensorFlow's decoders, by `SCALE_RULE`: 16-bit PNGs at their
-  full range; or by a run's intensity rule, `tfprobunet.data.intensity`).
+- `read_image(path, channels, intensity=None)`: an image file as a batch of one in [0, 1], as a
+  model takes it: decoded as the folder dataset decodes (`decode`, 16-bit files at their full
+  range) and scaled by `SCALE_RULE` or a run's intensity rule (`tfprobunet.data.intensity`).
 """
 
 import os
@@ -148,7 +148,8 @@ def decode(path, mode=None, any_values=False):
         mode: `"L"`: grey `(h, w)` (colour converted); `"RGB"`: `(h, w, 3)` (grey repeated);
             both uint8, or uint16 for a 16-bit grey file (`to_unit` scales either); None: a
             label map `(h, w)` with the file's values, uint8 (1-bit files too), uint16
-            (`I;16`) or int32 (`I`), from a grey or palette image only.
+            (`I;16`) or int32 (`I`), from a grey or palette image only; `"mask"`: the same
+            label map, or a colour image as grey (`"L"`), for a binary mask.
         any_values: with `mode`, a 32-bit integer or float grey file comes as it is (int32,
             float32), for a window or percentiles to scale (`tfprobunet.data.intensity`).
 
@@ -161,6 +162,8 @@ def decode(path, mode=None, any_values=False):
 
     try:
         with Image.open(path) as image:
+            if mode == "mask":  # a binary mask: palette indices as they are, colour as grey
+                mode = None if image.mode in ("1", "L", "P", "I", "I;16") else "L"
             if mode is not None and image.mode in _DEEP_MODES:
                 grey = _deep_grey(path, image, any_values)
                 return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=-1)
@@ -183,23 +186,16 @@ def decode_png(path, channels):
 
 
 def read_image(path, channels, intensity=None):
-    """A PNG, JPEG, GIF (its first frame), BMP or WebP file as `(1, h, w, channels)` float32 in
-    [0, 1] by `SCALE_RULE` (a 16-bit PNG at its full range), or by the rule `intensity` (a
-    window or percentiles, `tfprobunet.data.intensity`: any image PIL reads, 32-bit integer and
-    float TIFF too, decoded at its full depth, then scaled); grey (1) or RGB (3), converted
-    from what the file holds."""
+    """An image file (PNG, JPEG, BMP, TIFF, GIF's first frame, WebP: any image PIL reads) as
+    `(1, h, w, channels)` float32 in [0, 1], decoded as the folder dataset decodes its images
+    (`decode`, at the file's full depth) and scaled by the rule `intensity`
+    (`tfprobunet.data.intensity`; None: `SCALE_RULE`, a 16-bit file at its full range): so
+    `predict` sees an image as training saw it. Grey (1) or RGB (3), converted from what the
+    file holds."""
     from tfprobunet.data import intensity as intensity_lib
 
     rule = intensity_lib.check(intensity)
-    if rule["rule"] != "dtype":
-        header_size(path)  # any image PIL reads (float TIFF too), refused by name otherwise
-        pixels = decode(path, "L" if channels == 1 else "RGB", any_values=True)
-        pixels = pixels[..., None] if channels == 1 else pixels
-        return intensity_lib.scale(pixels, rule, path)[None]
-    with open(path, "rb") as f:
-        contents = f.read()
-    # A 16-bit PNG (its IHDR's bit depth, byte 24) decoded at 16 bits, anything else at 8.
-    deep = contents.startswith(_PNG_SIGNATURE) and len(contents) > 24 and contents[24] == 16
-    image = tf.io.decode_image(contents, channels=channels, expand_animations=False,
-                               dtype=tf.uint16 if deep else tf.uint8)
-    return tf.image.convert_image_dtype(image, tf.float32)[None].numpy()
+    header_size(path)  # any image PIL reads, refused by name otherwise
+    pixels = decode(path, "L" if channels == 1 else "RGB", any_values=rule["rule"] != "dtype")
+    pixels = pixels[..., None] if channels == 1 else pixels
+    return intensity_lib.scale(pixels, rule, path)[None]

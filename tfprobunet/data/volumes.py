@@ -331,6 +331,8 @@ def from_volumes(images, masks, split="train", axis=2, empty_share=EMPTY_SHARE, 
         volumes in sorted order, slices in array order.
     """
     _check_share(empty_share)
+    if crop is not None:
+        crops.check_multiple(crop, multiple)
     rule = intensity_lib.rule(window=window, percentiles=percentiles)
     stems, image_paths, mask_paths = _cases(images, masks, split, pattern, missing_mask,
                                             fractions, seed, split_manifest)
@@ -345,6 +347,8 @@ def from_volumes(images, masks, split="train", axis=2, empty_share=EMPTY_SHARE, 
               totals["empty_dropped"])
     if num_classes is None:
         num_classes = max(checks.implied_num_classes(a) for _, _, a in cases)
+        checks.check_implied_classes([a for _, _, a in cases], num_classes,
+                                     f"The label volumes in {masks}")
     for path, _, annotations in cases:
         checks.check_labels(annotations, num_classes, f"The label volumes of {path}")
     stored_images, stored_masks = _padded(cases, len(mask_paths[0]), multiple)
