@@ -7,6 +7,7 @@ yields is checked against the masks written."""
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -237,6 +238,16 @@ def test_the_runs_intensity_rule_is_recorded_and_evaluate_reads_the_data_as_trai
     assert intensity.of_run(model_path) == {"rule": "window", "low": 1000.0, "high": 3000.0}
     assert intensity.of_run(str(tmp_path)) == intensity.DTYPE
     from tfprobunet.cli import evaluation as cli_evaluation
+
+    # A run with no rule, evaluated with none: nothing to warn about.
+    plain = str(tmp_path / "plain")
+    assert cli.main(["train", "--dataset", "folder", "--data-dir", root, "--workdir", plain,
+                     *TINY]) == 0
+    args = cli.build_parser().parse_args(["evaluate", "--model", os.path.join(
+        plain, "model.keras"), "--out", str(tmp_path / "eval")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "data_options" not in cli_evaluation.data_settings(args)
 
     args = cli.build_parser().parse_args(["evaluate", "--model", model_path, "--out",
                                           str(tmp_path / "eval")])

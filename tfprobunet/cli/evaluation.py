@@ -78,7 +78,7 @@ def data_settings(args):
         settings["split_manifest"] = manifest
     recorded = (trained.get("data_options") or {}) if same else {}
     options = flags.data_options(args, recorded)
-    rule = {k: options.get(k) for k in ("window", "percentiles")} if options else {}
+    rule = {k: (options or {}).get(k) for k in ("window", "percentiles")}
     if same and rule != {k: recorded.get(k) for k in ("window", "percentiles")}:
         warnings.warn(f"the intensities are scaled by {_rule(rule)}, the training run by "
                       f"{_rule(recorded)}: the model sees other values than it learnt from.")
