@@ -205,6 +205,21 @@ def test_the_workdir_lock_is_refused_while_held_and_free_once_released(tmp_path)
         pass
 
 
+def test_a_symlinked_workdir_lock_is_refused_and_its_target_left_untouched(tmp_path, capsys):
+    """Issue 40, point 1: `train` followed `runs/x/.tfprobunet.lock` when it was a symlink and
+    wrote "pid N on host" into its target, outside the workdir."""
+    workdir, target = tmp_path / "run", tmp_path / "precious.txt"
+    workdir.mkdir()
+    target.write_text("keep me")
+    os.symlink(target, workdir / _io.LOCK_NAME)
+    with pytest.raises(_io.WorkdirError, match=r"\.tfprobunet\.lock is a symbolic link"):
+        with _io.exclusive(str(workdir), "train"):
+            pass
+    line = cli_error(capsys, ["train", "--workdir", str(workdir), "--epochs", "1", *CLI_SMALL])
+    assert "symbolic link" in line and str(target) in line
+    assert target.read_text() == "keep me"
+
+
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     workdir = tmp_path / "run"
     workdir.write_text("not a folder")

@@ -139,7 +139,15 @@ def exclusive(directory, purpose):
         yield
         return
     path = os.path.join(directory, LOCK_NAME)
-    with open(path, "a+") as f:
+    try:  # never through a symbolic link: the lock is written to, outside the workdir else
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise WorkdirError(f"{path} is a symbolic link (to {os.path.realpath(path)}): the lock "
+                           "is written to, and nothing outside the workdir is. Remove the link "
+                           "(the run makes its own lock file).") from None
+    with os.fdopen(descriptor, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
