@@ -171,7 +171,8 @@ def _check_pattern(pattern):
             f"'{{stem}}.png'. Received: {pattern!r}")
 
 
-def _stem(name, extensions):
+def name_stem(name, extensions):
+    """`name` without the longest of `extensions` it ends with (`.nii.gz`, not `.gz`)."""
     lower = name.lower()
     cut = max((len(e) for e in extensions if lower.endswith(e)), default=0)
     return name[:len(name) - cut] if cut else name
@@ -209,7 +210,7 @@ def _find(stems, index, pattern, extensions):
                     head) + len(tail):
                 keys = {}
                 for n in names:
-                    key = n if whole else _stem(n, extensions)
+                    key = n if whole else name_stem(n, extensions)
                     if key in keys:
                         raise ValueError(f"{os.path.join(sub, keys[key])} and "
                                          f"{os.path.join(sub, n)} are both mask {key!r}: keep "
@@ -222,7 +223,7 @@ def _find(stems, index, pattern, extensions):
                              stem)
         return found
     names = index.get(folder, [])
-    keys = sorted(((n if whole else _stem(n, extensions)), n) for n in names)
+    keys = sorted(((n if whole else name_stem(n, extensions)), n) for n in names)
     claimed = {}
     for k in sorted(range(len(stems)), key=lambda k: -len(stems[k])):
         head, star, tail = name_pattern.format(stem=stems[k]).partition("*")
@@ -395,14 +396,15 @@ def split_manifest(images, masks, seed=0, fractions=FRACTIONS):
     folders = _all_folders(images, masks)
     files = _data_files(folders)
     if None in folders:
-        return manifests.make("folder", _root(images, masks), _names(images), seed, fractions,
+        return manifests.make("folder", data_root(images, masks), _names(images), seed, fractions,
                               files=files)
-    return manifests.found("folder", _root(images, masks),
+    return manifests.found("folder", data_root(images, masks),
                            {split: _names(pair[0]) for split, pair in folders.items()},
                            files=files)
 
 
-def _root(images, masks):
+def data_root(images, masks):
+    """The folder holding both `images` and `masks`: a manifest's paths are relative to it."""
     return os.path.commonpath([os.path.abspath(images), os.path.abspath(masks)])
 
 
@@ -460,7 +462,7 @@ def _cases(images, masks, split, pattern, fractions, seed, split_manifest=None,
     else:
         folders = _all_folders(images, masks)
         cases = [(i, m, name) for i, m in folders.values() for name in _names(i)]
-        manifest = manifests.read(split_manifest, _root(images, masks), "folder",
+        manifest = manifests.read(split_manifest, data_root(images, masks), "folder",
                                   files=_data_files(folders))
         index = manifests.indices(manifest["splits"], [name for *_, name in cases], split)
         cases = [cases[k] for k in index]

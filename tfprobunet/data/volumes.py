@@ -66,11 +66,6 @@ def _dicom_files(folder):
                   and os.path.isfile(os.path.join(folder, n)))
 
 
-def _stem(name):
-    lower = name.lower()
-    return next((name[:-len(e)] for e in NIFTI if lower.endswith(e)), name)
-
-
 def read_volume(path):
     """A NIfTI file or a DICOM series folder as `(values (X, Y, Z), affine (4, 4), header)`.
 
@@ -154,7 +149,7 @@ def _volumes(folder):
         path = os.path.join(folder, name)
         if not is_volume(path):
             continue
-        stem = _stem(name)
+        stem = folders.name_stem(name, NIFTI)
         if stem in found:
             raise ValueError(f"{found[stem]} and {path} are both volume {stem!r}: keep one.")
         found[stem] = path
@@ -178,7 +173,7 @@ def _cases(images, masks, split, pattern, missing_mask, fractions, seed, split_m
         index = manifests.indices(manifests.split_ids(stems, seed, fractions), stems, split)
         how = f"{len(stems)} volumes split by fractions {tuple(fractions)}"
     else:
-        manifest = manifests.read(split_manifest, _root(images, masks), "volumes",
+        manifest = manifests.read(split_manifest, folders.data_root(images, masks), "volumes",
                                   files=_data_files(images, masks))
         index = manifests.indices(manifest["splits"], stems, split)
         how = "the split manifest lists none of its volumes"
@@ -189,10 +184,6 @@ def _cases(images, masks, split, pattern, missing_mask, fractions, seed, split_m
                                    entries=_entries)
     return stems, [volumes[s] for s in stems], [
         [p and os.path.join(masks, p) for p in case] for case in paths]
-
-
-def _root(images, masks):
-    return os.path.commonpath([os.path.abspath(images), os.path.abspath(masks)])
 
 
 def _data_files(images, masks):
@@ -209,8 +200,8 @@ def split_manifest(images, masks, seed=0, fractions=FRACTIONS):
     """The split manifest (see `tfprobunet.data.manifests`) of the volumes in `images`: their
     stems split by `seed` and `fractions`; its sha256 covers the paths (relative to the folder
     holding both) and sizes of every volume and label file."""
-    return manifests.make("volumes", _root(images, masks), sorted(_volumes(images)), seed,
-                          fractions, files=_data_files(images, masks))
+    return manifests.make("volumes", folders.data_root(images, masks), sorted(_volumes(images)),
+                          seed, fractions, files=_data_files(images, masks))
 
 
 def _labels(path, shape, image_path, binarize):
@@ -488,7 +479,7 @@ def predict_volumes(model, paths, out_dir, num_samples=16, seed=None, axis=None,
         model = saving.load_model(model)
     written = []
     for path in paths:
-        stem = _stem(os.path.basename(os.path.normpath(path)))
+        stem = folders.name_stem(os.path.basename(os.path.normpath(path)), NIFTI)
         written += predict_volume(model, path, os.path.join(out_dir, stem), num_samples, seed,
                                   axis, intensity)
     return written
