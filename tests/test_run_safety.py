@@ -220,6 +220,82 @@ def test_a_symlinked_workdir_lock_is_refused_and_its_target_left_untouched(tmp_p
     assert target.read_text() == "keep me"
 
 
+def _snapshot(path):
+    """The names and bytes under `path` (a file or a folder), to compare before and after."""
+    if path.is_file():
+        return path.read_bytes()
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None
+            for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("name", ["log.csv", "train_config.json", "model.keras", "backup",
+                                  "backup/epoch-0001.weights.h5"])
+def test_a_symlinked_run_file_or_folder_is_refused_and_its_target_left_untouched(
+        tmp_path, capsys, name):
+    """Issue 40, point 1: a run's log, settings, model, checkpoint folder or checkpoint that is a
+    symbolic link led reads or writes outside the workdir (a `backup` link got the checkpoints)."""
+    workdir, outside = tmp_path / "run", tmp_path / "outside"
+    training.train(str(workdir), epochs=1, **SMALL)
+    outside.mkdir()
+    is_folder = name == "backup"
+    target = outside / ("folder" if is_folder else os.path.basename(name))
+    if is_folder:
+        target.mkdir()
+        (target / "keep.txt").write_text("keep me")
+    else:
+        target.write_text("keep me")
+    link = workdir / name
+    link.parent.mkdir(exist_ok=True)
+    if link.exists():
+        link.unlink()
+    os.symlink(target, link)
+    before = _snapshot(outside)
+    line = cli_error(capsys, ["train", "--workdir", str(workdir), "--epochs", "2", *CLI_SMALL])
+    assert f"{link} is a symbolic link (to {target})" in line, line
+    assert _snapshot(outside) == before
+    assert os.path.islink(link)
+
+
+def test_a_run_file_of_the_wrong_kind_is_refused_before_anything_changes(tmp_path, capsys):
+    """Issue 40, point 3: with `backup` a file, `train` started again at epoch 1, cut log.csv
+    from 3 rows to 1, then crashed."""
+    workdir = tmp_path / "run"
+    training.train(str(workdir), epochs=3, **SMALL)
+    (workdir / "backup").write_text("not a folder")
+    before = _snapshot(workdir)
+    line = cli_error(capsys, ["train", "--workdir", str(workdir), "--epochs", "4", *CLI_SMALL])
+    assert f"{workdir / 'backup'} is a file" in line and "folder" in line, line
+    after = _snapshot(workdir)
+    after.pop(_io.LOCK_NAME), before.pop(_io.LOCK_NAME)
+    assert after == before
+    (workdir / "backup").unlink()
+    for name in ("log.csv", "train_config.json"):  # a folder where a file belongs
+        path = workdir / name
+        saved = path.read_bytes()
+        path.unlink()
+        path.mkdir()
+        line = cli_error(capsys, ["train", "--workdir", str(workdir), "--epochs", "4",
+                                  *CLI_SMALL])
+        assert f"{path} is a folder" in line, line
+        path.rmdir()
+        path.write_bytes(saved)
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("epoch,loss\n0,1.5\nzero,1.2\n", "row 3"),
+    ("loss,kl\n1.5,0.1\n", "no `epoch` column"),
+    ("epoch,loss\n0,1.5,7\n", "row 2"),
+])
+def test_a_malformed_log_csv_is_refused_naming_the_file(tmp_path, capsys, text, problem):
+    """Issue 40, point 10: a damaged log.csv failed with a bare KeyError or ValueError."""
+    workdir = tmp_path / "run"
+    training.train(str(workdir), epochs=1, **SMALL)
+    (workdir / "log.csv").write_text(text)
+    line = cli_error(capsys, ["train", "--workdir", str(workdir), "--epochs", "2", *CLI_SMALL])
+    assert str(workdir / "log.csv") in line and problem in line, line
+    assert (workdir / "log.csv").read_text() == text
+
+
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     workdir = tmp_path / "run"
     workdir.write_text("not a folder")

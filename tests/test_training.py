@@ -3,6 +3,7 @@ resume after a kill (even mid-save), damaged checkpoints, continuing a finished 
 non-finite guard."""
 
 import csv
+import hashlib
 import importlib
 import json
 import os
@@ -419,7 +420,7 @@ def test_refusals_write_nothing_and_a_missing_finished_model_is_not_retrained(tm
 
     # A folder where model.keras goes is refused up front, not after training.
     os.makedirs(os.path.join(workdir, "model.keras"))
-    with pytest.raises(training.WorkdirError, match=r"model\.keras is not a file"):
+    with pytest.raises(training.WorkdirError, match=r"model\.keras is a folder, not a file"):
         training.train(workdir, epochs=2, **SMALL)
     assert _snapshot(workdir) == before
 
@@ -452,6 +453,51 @@ def test_checkpoint_with_non_finite_weights_falls_back_to_the_previous_one(tmp_p
                                          r"non-finite.*after epoch 1"):
         _, history = training.train(workdir, epochs=2, **SMALL)
     assert history.epoch == [1]
+
+
+def test_a_checkpoint_changed_after_it_was_written_falls_back_to_the_previous_one(tmp_path):
+    """Issue 40, point 2: two kernels overwritten with finite noise were resumed without a word
+    (the KL went from 1.1 to 6.3 million); only NaN and Inf were noticed."""
+    workdir = str(tmp_path / "run")
+    _crash_after(workdir, 2, epochs=2)
+    # What `sha256sum -c` reads: each checkpoint's record matches its bytes.
+    for path in _weights_files(workdir):
+        digest, name = _read(path + ".sha256", "r").split()
+        assert name == os.path.basename(path)
+        assert digest == hashlib.sha256(_read(path)).hexdigest()
+    newest = _weights_files(workdir)[-1]
+    import h5py
+    with h5py.File(newest, "r+") as f:
+        kernels = []
+        f.visititems(lambda name, obj: kernels.append(obj)
+                     if isinstance(obj, h5py.Dataset) and obj.ndim == 4 else None)
+        for kernel in kernels[:2]:
+            kernel[...] = np.random.default_rng(0).normal(0, 30, kernel.shape)
+    with pytest.warns(UserWarning, match=rf"{os.path.basename(newest)} is unreadable \(its "
+                                         r"bytes differ from its checksum.*after epoch 1"):
+        _, history = training.train(workdir, epochs=2, **SMALL)
+    assert history.epoch == [1]
+
+
+def test_a_resume_that_fails_leaves_log_csv_as_it_was(tmp_path):
+    """Issue 40, point 3: a resume dropped the log rows of the epochs it was to run again before
+    running any; when it failed, their history was gone."""
+    workdir = str(tmp_path / "run")
+    _crash_after(workdir, 2, epochs=3)
+    _truncate(_weights_files(workdir)[-1])  # the resume falls back to epoch 1's checkpoint
+    log = _read(os.path.join(workdir, "log.csv"))
+
+    class CrashAtFirstStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            raise RuntimeError("crash at the first step")
+
+    with pytest.warns(UserWarning, match="resuming from"):
+        with pytest.raises(RuntimeError, match="crash at the first step"):
+            training.train(workdir, epochs=3, callbacks=[CrashAtFirstStep()], **SMALL)
+    assert _read(os.path.join(workdir, "log.csv")) == log
+    with pytest.warns(UserWarning, match="resuming from"):
+        _, history = training.train(workdir, epochs=3, **SMALL)
+    assert history.epoch == [1, 2] and _logged_epochs(workdir) == [0, 1, 2]
 
 
 def test_kill_after_the_finish_was_recorded_leaves_no_stale_checkpoints(tmp_path):

@@ -1,6 +1,7 @@
 """How the library writes its files, the one home of atomic writes and file locks: whole or not
 at all (`replacing`, `write_json`), after checking that the disk has room (`ensure_space`), one
-writer at a time (`locked`), and one run per folder at a time (`exclusive`). Used by training,
+writer at a time (`locked`), one run per folder at a time (`exclusive`), never through a symbolic
+link (`refuse_link`), with checksums of what must come back unchanged (`sha256`). Used by training,
 the serving export, `compare` and `tune`. Imports nothing heavy."""
 
 import contextlib
@@ -97,6 +98,30 @@ def _megabytes(count):
     return f"{count / 2**20:.1f} MiB"
 
 
+def _link_error(path, fix):
+    return WorkdirError(f"{path} is a symbolic link (to {os.path.realpath(path)}): the library "
+                        f"writes there, and never outside the folder it was given. {fix}")
+
+
+def refuse_link(path, fix="Put the file itself in its place (or remove the link)."):
+    """Raise `WorkdirError` naming `path` and its target if `path` is a symbolic link: a file
+    the library writes (or reads to write again) is never reached through one, which could lead
+    outside the folder it was given. `fix` says what to do instead."""
+    if os.path.islink(path):
+        raise _link_error(path, fix)
+
+
+def sha256(path):
+    """The SHA-256 of the bytes of the file `path`, as hexadecimal (`sha256sum`'s)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _no_follow(path, flags):
     return os.open(path, flags | os.O_NOFOLLOW, 0o666)
 
@@ -144,9 +169,7 @@ def exclusive(directory, purpose):
     except OSError as error:
         if error.errno != errno.ELOOP:
             raise
-        raise WorkdirError(f"{path} is a symbolic link (to {os.path.realpath(path)}): the lock "
-                           "is written to, and nothing outside the workdir is. Remove the link "
-                           "(the run makes its own lock file).") from None
+        raise _link_error(path, "Remove the link (the run makes its own lock file).") from None
     with os.fdopen(descriptor, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

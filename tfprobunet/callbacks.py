@@ -9,6 +9,7 @@ time is spent), `CalibrationLog` (mode and flip frequencies on validation images
 epoch) and `TensorBoardSamples` (sample grids and calibration scalars for TensorBoard).
 """
 
+import contextlib
 import csv
 import json
 import math
@@ -331,10 +332,17 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 class EpochLog(keras.callbacks.Callback):
     """A CSV row per epoch (`epoch` and the logs) that survives restarts.
 
-    A run that starts at `initial_epoch` first drops the rows of epochs >= `initial_epoch`
-    (logged before a kill, without a checkpoint), so each epoch appears exactly once. Put it
-    before the checkpoint callback: a kill then leaves at worst a row without its checkpoint,
-    which the resumed run drops and writes again, never a checkpoint without its row.
+    Each epoch appears exactly once: the row of an epoch replaces the rows of that epoch and
+    later ones (logged before a kill, without a checkpoint, by the run being resumed). Rows are
+    dropped only when the epoch that replaces them has run, so a resume that fails leaves the
+    log as it was. Put it before the checkpoint callback: a kill then leaves at worst a row
+    without its checkpoint, which the resumed run writes again, never a checkpoint without its
+    row.
+
+    Args:
+        filename: the CSV file; `train` uses `workdir/log.csv`.
+        initial_epoch: unused (the rows to replace are known from each epoch's number); kept
+            for callers of earlier versions.
     """
 
     def __init__(self, filename, initial_epoch=0):
@@ -342,11 +350,35 @@ class EpochLog(keras.callbacks.Callback):
         self.filename = filename
         self.initial_epoch = initial_epoch
 
-    def _rows(self):
+    def rows(self):
+        """The rows logged so far, as dicts of strings; `WorkdirError` naming the file and the
+        row if it is not a log this callback wrote (a row of other length, no `epoch` column,
+        an epoch that is not a whole number)."""
         if not os.path.exists(self.filename):
             return []
-        with open(self.filename, newline="") as f:
-            return list(csv.DictReader(f))
+        try:
+            with open(self.filename, newline="") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                fieldnames = reader.fieldnames or []
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            problem = f"{type(error).__name__}: {error}"
+        else:
+            problem = None if "epoch" in fieldnames else "it has no `epoch` column"
+            for number, row in enumerate(rows if problem is None else (), start=2):
+                if None in row or None in row.values():
+                    problem = (f"row {number} has {'more' if None in row else 'fewer'} values "
+                               f"than its {len(fieldnames)} columns")
+                elif not row["epoch"].isdigit():
+                    problem = f"row {number} has epoch {row['epoch'][:20]!r}, not a whole number"
+                if problem is not None:
+                    break
+        if problem is not None:
+            raise _io.WorkdirError(
+                f"{self.filename} is not a log this library wrote ({problem}): it was changed "
+                "from outside. Put back a good copy, or move it away (the run writes a new log "
+                "from the epoch it continues from).")
+        return rows
 
     def _write(self, rows, fieldnames):
         with _io.replacing(self.filename) as tmp, open(tmp, "w", newline="") as f:
@@ -355,17 +387,17 @@ class EpochLog(keras.callbacks.Callback):
             writer.writerows(rows)
 
     def on_train_begin(self, logs=None):
-        rows = self._rows()
-        if rows:
-            self._write([r for r in rows if int(r["epoch"]) < self.initial_epoch], list(rows[0]))
+        self.rows()  # an unreadable log is refused before any epoch runs
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, **{k: float(v) for k, v in sorted((logs or {}).items())}}
-        rows = self._rows() + [row]
+        rows = [r for r in self.rows() if int(r["epoch"]) < epoch] + [row]
         self._write(rows, list(rows[0]))
 
 
 CHECKPOINT = re.compile(r"epoch-(\d+)\.weights\.h5")
+# Beside each checkpoint, `<name>.sha256`: its SHA-256 in `sha256sum`'s format.
+CHECKSUM = ".sha256"
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -374,6 +406,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     After epoch n (counted from 1) it writes `directory/.epoch-000n.weights.h5`, flushes it to
     disk and renames it to `epoch-000n.weights.h5`, so a checkpoint file is complete or absent.
+    Before the rename, the SHA-256 of its bytes goes to `epoch-000n.weights.h5.sha256` (the
+    format `sha256sum -c` reads); `restore` verifies it, so a checkpoint changed afterwards
+    (damaged on disk, or overwritten with finite values that no NaN check sees) is not resumed.
     The previous checkpoint is deleted only once the new one is in place; the newest `keep`
     are kept, for `restore` to fall back on if the newest is damaged later.
 
@@ -410,13 +445,41 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.directory, exist_ok=True)
         _io.ensure_space(self.directory, saving.state_bytes(self.model), "a checkpoint")
-        with _io.replacing(self.path(epoch + 1)) as tmp:
+        path = self.path(epoch + 1)
+        with _io.replacing(path) as tmp:
             self.model.save_weights(tmp)
+            with _io.replacing(path + CHECKSUM) as record, open(record, "w") as f:
+                f.write(f"{_io.sha256(tmp)}  {os.path.basename(path)}\n")
         for old in self.epochs()[:-self.keep]:
-            os.remove(self.path(old))
-        for name in os.listdir(self.directory):  # a write cut short by an earlier kill
-            if _io.is_temporary(name) and CHECKPOINT.fullmatch(name.split(".", 2)[2]):
+            self.remove(self.path(old))
+        names = set(os.listdir(self.directory))
+        for name in names:  # a write cut short by an earlier kill, a record without its file
+            temporary = _io.is_temporary(name)
+            owner = (name.split(".", 2)[2] if temporary else name).removesuffix(CHECKSUM)
+            if CHECKPOINT.fullmatch(owner) and (temporary or owner not in names):
                 os.remove(os.path.join(self.directory, name))
+
+    def remove(self, path):
+        """Delete the checkpoint `path` and its checksum record."""
+        for name in (path, path + CHECKSUM):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+
+    def verify(self, path):
+        """Why the checkpoint `path` cannot be trusted, or None: its bytes differ from its
+        checksum record (checkpoints of earlier versions, which have none, are not checked)."""
+        record = path + CHECKSUM
+        if not os.path.exists(record):
+            return None
+        try:
+            with open(record) as f:
+                expected = f.read().split()[0]
+        except (OSError, UnicodeDecodeError, IndexError) as error:
+            return f"its checksum record {record} is unreadable ({type(error).__name__})"
+        if _io.sha256(path) != expected:
+            return (f"its bytes differ from its checksum in {os.path.basename(record)}: it was "
+                    "changed after it was written")
+        return None
 
     def checkpoints(self):
         """`(epochs, path, problem)` of every checkpoint in `directory`, newest first; `problem`
@@ -454,11 +517,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 except Exception as error:  # h5py, zipfile and Keras all raise their own
                     problem = f"{type(error).__name__}: {error}"
                 else:
-                    bad = saving.nonfinite_weights(model)
-                    if not bad:
-                        break
                     # Training never checkpoints NaN weights (StopOnNonFiniteLoss): damage.
-                    problem = f"non-finite values in {len(bad)} weights, e.g. {bad[0]}"
+                    bad = saving.nonfinite_weights(model)
+                    problem = (f"non-finite values in {len(bad)} weights, e.g. {bad[0]}" if bad
+                               else self.verify(path))
+                    if problem is None:
+                        break
             failures.append(f"{path} is unreadable ({problem})")
         else:
             if all(os.path.dirname(c[1]) == self.directory for c in candidates):

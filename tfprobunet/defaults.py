@@ -21,12 +21,22 @@ MIXED_PRECISION = (None, "float32", "auto", "mixed_float16", "mixed_bfloat16")
 MAX_SAMPLES = 1000
 MAX_PIXELS = 2**20
 MAX_SAMPLE_PIXELS = 2**24
+# Bytes of the per-class probabilities a request's samples take, b * m * h * w * K * 4 (float32):
+# what a sample costs grows with the class count K, which the pixel limits do not see. 2**29
+# (512 MiB): 1000 samples of 128 x 128 with up to 8 classes; 32 samples with 255 classes.
+MAX_SAMPLE_BYTES = 2**29
 # gRPC message sizes, both ways (TF Serving: --grpc_channel_arguments). A response of 1000
 # samples of one 128 x 128 image with 2 classes is 0.2 GB.
 MAX_MESSAGE_BYTES = 2**28
 # REST bodies are parsed into Python lists of floats, about 34 times their size in memory: their
 # limit is lower than gRPC messages' (32 MiB: 64 images of 128 x 128 x 3 as JSON).
 MAX_BODY_BYTES = 2**25
+
+
+def sample_bytes(images, samples, height, width, num_classes):
+    """Bytes of the float32 probabilities of `samples` segmentations of each of `images` images of
+    `height` x `width` with `num_classes` classes: what `MAX_SAMPLE_BYTES` bounds."""
+    return 4 * int(images) * int(samples) * int(height) * int(width) * int(num_classes)
 
 
 def check_number(name, value, minimum=None, maximum=None, *, above=None, integer=False,

@@ -198,6 +198,10 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
     # SIGINT/SIGTERM stop training at a step boundary instead of wherever they land.
     lock = _io.exclusive(workdir, "train") if chief else contextlib.nullcontext()
     with lock, _interrupts.stop_requests() as stop:
+        # Refusals before anything is read or written: links, files of the wrong kind, a log
+        # that cannot be continued.
+        workdir_lib.check_files(workdir)
+        callbacks_lib.EpochLog(os.path.join(workdir, workdir_lib.LOG)).rows()
         saved = _effective(workdir_lib.read_settings(workdir))
         mixed_precision = precision.resolve(
             mixed_precision, "unknown" if saved is None else saved["mixed_precision"])
@@ -233,8 +237,7 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
                 callbacks_lib.StopOnSignal(stop),
                 *callbacks_lib.progress_callbacks(verbose, callbacks),
                 *calibration,
-                callbacks_lib.EpochLog(os.path.join(writable, workdir_lib.LOG),
-                                       initial_epoch=initial_epoch),
+                callbacks_lib.EpochLog(os.path.join(writable, workdir_lib.LOG)),
                 *([] if tensorboard is None else _tensorboard(
                     tensorboard if chief else os.path.join(writable, "tensorboard"),
                     validation or source, seed)),

@@ -1,7 +1,7 @@
 """The one home of a run's file layout, used by `train`, `compare`, `tune` and the CLI: its
-paths (`CONFIG`, `MODEL`, `LOG`, `BACKUP`), its settings record (`read_settings`,
-`write_settings`, `effective`), what it can resume from (`resume_points`) and the rules of a
-finished run (`finished_model_path`).
+paths (`CONFIG`, `MODEL`, `LOG`, `BACKUP`) and their kinds (`check_files`), its settings
+record (`read_settings`, `write_settings`, `effective`), what it can resume from
+(`resume_points`) and the rules of a finished run (`finished_model_path`).
 
 A workdir holds:
 - `train_config.json`: the settings and, once a run is finished, `finished_epochs`;
@@ -115,12 +115,10 @@ def resume_points(workdir, checkpoint, saved, settings):
     """What a run in `workdir` can continue from, newest first, as `(epochs, path, problem)`
     (see `EpochCheckpoint.checkpoints`): the checkpoints newer than the finished model, then
     `model.keras`. `saved` (None for a new run) and `settings` are effective settings (see
-    `effective`), the recorded ones and those asked for. Raises `WorkdirError` when the run has other settings, when `epochs` leaves
-    nothing to train, or when `model.keras` holds an unknown number of epochs."""
+    `effective`), the recorded ones and those asked for; call `check_files` first. Raises
+    `WorkdirError` when the run has other settings, when `epochs` leaves nothing to train, or
+    when `model.keras` holds an unknown number of epochs."""
     model_path = os.path.join(workdir, MODEL)
-    if os.path.lexists(model_path) and not os.path.isfile(model_path):
-        raise WorkdirError(f"{model_path} is not a file, and `train` writes the trained model "
-                           "there: move it away, or use a new workdir.")
     finished = (saved or {}).get("finished_epochs")
     if finished is not None and not os.path.exists(model_path):
         raise WorkdirError(
@@ -138,7 +136,7 @@ def resume_points(workdir, checkpoint, saved, settings):
         # run left behind (model.keras holds their state): finish its clean-up.
         stale = [c for c in points if c[0] is not None and c[0] <= finished]
         for _, path, _ in stale:
-            os.remove(path)
+            checkpoint.remove(path)
         points = [c for c in points if c not in stale]
         if not points:
             shutil.rmtree(checkpoint.directory, ignore_errors=True)
@@ -166,6 +164,30 @@ def resume_points(workdir, checkpoint, saved, settings):
             f"epochs={epochs} is fewer. Pass epochs >= {newest} to finish it, or use a new "
             "workdir to start a new run.")
     return points
+
+
+# What each of a run's files holds, and its kind.
+FILES = {CONFIG: ("the run's settings", "file"), LOG: ("a row per epoch", "file"),
+         MODEL: ("the trained model", "file"), BACKUP: ("the epoch checkpoints", "folder")}
+
+
+def check_files(workdir):
+    """Refuse, before anything is read or changed, a run whose files (`FILES`, and the
+    checkpoints in `backup/`) are symbolic links (they could lead outside the workdir) or of the
+    wrong kind (`backup` a file, `log.csv` a folder): one `WorkdirError` naming the path."""
+    for name, (holds, kind) in FILES.items():
+        path = os.path.join(workdir, name)
+        _io.refuse_link(path, f"Put the {kind} itself in its place ({holds}), or use a new "
+                              "workdir.")
+        if os.path.exists(path) and os.path.isdir(path) != (kind == "folder"):
+            actual = "folder" if os.path.isdir(path) else "file"
+            raise WorkdirError(f"{path} is a {actual}, not a {kind}: `train` keeps {holds} "
+                               "there. Move it away, or use a new workdir.")
+    backup = os.path.join(workdir, BACKUP)
+    for name in os.listdir(backup) if os.path.isdir(backup) else ():
+        _io.refuse_link(os.path.join(backup, name),
+                        f"Put the checkpoint itself in its place, or delete {backup} to start "
+                        "the run again from epoch 1.")
 
 
 def make_workdir(workdir):
