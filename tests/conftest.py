@@ -88,6 +88,16 @@ def serve_process(base, *flags):
         process.wait(timeout=30)
 
 
+def status_mb(pid, key):
+    """A memory figure of the process `pid` from /proc/PID/status, in MB: `key` "VmRSS" (resident
+    now) or "VmHWM" (its peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} line")
+
+
 def raw_request(signature, inputs, output_filter=(), model="pun"):
     """A PredictRequest built by hand, without our client's conversions."""
     from tensorflow_serving.apis import predict_pb2

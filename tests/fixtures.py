@@ -4,6 +4,8 @@ as modules, and writers of tiny data sets in the layouts the loaders read."""
 import functools
 import importlib.util
 import os
+import struct
+import zlib
 
 import h5py
 import numpy as np
@@ -216,3 +218,37 @@ def write_volume_cases(root, count=6, shape=(16, 16, 4), raters=2, seed=0):
             mask[4 + r:10, 5:11] = 1
             write_nifti(os.path.join(root, "masks", f"case{v}_{r}.nii.gz"), mask)
     return root
+
+
+def write_png_header(path, height, width, rows=0):
+    """A grey 8-bit PNG written by hand whose header (IHDR) claims `height` x `width` pixels and
+    whose data (IDAT) holds `rows` rows of zeros, deflated a row at a time: `rows=0` gives a file
+    of 65 bytes that PIL opens (its size read from the header) but cannot decode; `rows=height`
+    a whole image (13000 x 13000 takes about 170 KB)."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    deflate, row = zlib.compressobj(9), bytes(width + 1)  # a filter byte, then the pixels
+    data = b"".join(deflate.compress(row) for _ in range(rows)) + deflate.flush()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                                   0, 0, 0))
+                + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def write_phiseg_unwritten(path, count, side=128, compression="gzip"):
+    """PHiSeg's layout (`write_phiseg_hdf5`) whose `images` and `labels` datasets are declared
+    `(count, side, side)` and `(count, side, side, 4)`, chunked and compressed (contiguous with
+    `compression=None`), but never written (HDF5 reads them as zeros): a file of a few kB that
+    claims `count * side**2 * 12` bytes. Only the uids are stored."""
+    layout = dict(chunks=True, compression=compression) if compression else {}
+    with h5py.File(path, "w") as f:
+        for split in ("train", "val", "test"):
+            group = f.create_group(split)
+            group.create_dataset("uids", data=np.arange(count, dtype=np.int64))
+            group.create_dataset("labels", (count, side, side, 4), np.uint8, **layout)
+            group.create_dataset("images", (count, side, side), np.float64, **layout)
+    return str(path)

@@ -224,14 +224,15 @@ def test_a_keras_zip_bomb_is_refused_before_it_is_inflated(saved, tmp_path, memb
 def test_a_config_asking_for_huge_weights_is_refused_before_building(saved, tmp_path,
                                                                     baseline_peak):
     config = json.loads(saved[1]["config.json"])
-    config["config"]["num_channels"] = [16384, 16384]  # 3x3 kernels of 9 and 18 GiB
+    # Within the size limits (4096 channels a level), 3x3 kernels of 0.56 and 1.1 GiB.
+    config["config"]["num_channels"] = [4096, 4096]
     path = rezipped(tmp_path / "huge.keras",
                     {**saved[1], "config.json": json.dumps(config).encode()})
     assert os.path.getsize(path) < 1e6
     status, errors, peak, seconds = measured("cli", *EVALUATE, "--model", path,
                                              "--out", str(tmp_path / "out"))
     assert status == 2 and len(errors) == 1, errors
-    for part in (path, "ProbabilisticUNet", "110.0 GiB", "(3, 3, 32768, 16384)", "max_bytes",
+    for part in (path, "ProbabilisticUNet", "GiB", "(3, 3, 8192, 4096)", "max_bytes",
                  saving.MAX_MODEL_BYTES_VARIABLE):
         assert part in errors[0], (part, errors[0])
     assert peak < baseline_peak + PEAK_MARGIN, (peak / GIB, baseline_peak / GIB)
@@ -251,6 +252,165 @@ def test_load_model_loads_what_was_saved_within_the_limit_it_names(saved, monkey
     with pytest.raises(saving.ModelFileError, match=saving.MAX_MODEL_BYTES_VARIABLE):
         saving.load_model(path)
     assert len(saving.load_model(path, max_bytes=GIB).weights) == len(loaded.weights)
+
+
+# What a config asks Keras to build: a 128 KB file with convs_per_block=1000 built for 9 min 23 s
+# (2.7 GB) before `load_model` refused it in a 290 KB line (its weights, sized by building the
+# model, were small: the cost is in the number of layers, not their bytes).
+@pytest.mark.parametrize("argument, value", [
+    ("convs_per_block", 1000), ("convs_per_block", 100000), ("num_channels", [8] * 100000),
+    ("num_channels", [2**20, 8]), ("latent_dim", 10**6), ("ged_samples", 10**9),
+    ("fcomb_layers", 5000)])
+def test_a_config_asking_for_a_costly_model_is_refused_before_building(saved, tmp_path,
+                                                                       argument, value):
+    config = json.loads(saved[1]["config.json"])
+    config["config"][argument] = value
+    path = rezipped(tmp_path / "costly.keras",
+                    {**saved[1], "config.json": json.dumps(config).encode()})
+    with pytest.raises(saving.ModelFileError) as error:
+        saving.load_model(path)
+    line = str(error.value)
+    assert len(line) < len(path) + 300 and "\n" not in line, line[:1000]
+    for part in (path, "'ProbabilisticUNet' beyond the size limits; nothing was built",
+                 f"`{argument}` must be"):
+        assert part in line, (part, line)
+    # The constructor refuses the same values in the same words.
+    with pytest.raises(ValueError) as direct:
+        tiny_model(2, **{argument: value})
+    assert line.endswith(str(direct.value)), (line, str(direct.value))
+
+
+def test_a_nested_layer_asking_for_many_convolutions_is_refused_before_building(tmp_path):
+    from tfprobunet import layers
+
+    model = keras.Sequential([keras.Input((16, 16, 1)), layers.Container(4, 2, name="block")])
+    path = tmp_path / "sequential.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    (block,) = [layer for layer in config["config"]["layers"]
+                if layer["class_name"] == "Container"]
+    block["config"]["num_convs"] = 100000
+    path = rezipped(tmp_path / "costly.keras",
+                    {**members, "config.json": json.dumps(config).encode()})
+    with pytest.raises(saving.ModelFileError, match=r"'Container' beyond the size limits.*"
+                                                    r"`num_convs` must be an integer from 1 to 32"):
+        saving.load_model(path)
+
+
+@pytest.mark.parametrize("name, arguments", [
+    ("probunet", {}), ("dropout", {}), ("ensemble", dict(num_members=2)),
+    ("mheads", dict(num_heads=2)), ("i2ivae", {}), ("ssn", {}),
+    ("hpunet", dict(num_channels=[8, 8, 8]))])
+def test_sample_refuses_probabilities_beyond_the_byte_limit(name, arguments):
+    """255 classes at 64 x 64: one sample of one image takes 64 * 64 * 255 * 4 = 4,177,920
+    bytes, so `MAX_SAMPLE_BYTES` (2**29) holds 128 of them; 140 (557.8 MiB) are refused before
+    anything is drawn, by every model."""
+    from tfprobunet import models
+
+    model = models.get(name)(num_classes=255, **arguments)
+    images = np.zeros((1, 64, 64, 1), np.float32)
+    with pytest.raises(ValueError) as error:
+        model.sample(images, 140)
+    for part in ("140 samples of 1 image(s) of 64 x 64 pixels with 255 classes", "557.8 MiB",
+                 "above the limit of 512.0 MiB", "at most 128 samples of 1 image(s)"):
+        assert part in str(error.value), (part, str(error.value))
+    assert not model.built
+
+
+def test_sample_in_a_graph_is_left_to_the_graph():
+    """Inside a `tf.function` (the serving signatures, `fit`'s validation) the check cannot
+    know the batch: tracing is not refused."""
+    import tensorflow as tf
+
+    model = tiny_model(255)
+    model.build((None, 64, 64, 1))
+    tf.function(lambda images: model.sample(images, 140)).get_concrete_function(
+        tf.TensorSpec((None, 64, 64, 1), tf.float32))
+
+
+def test_predict_files_refuses_samples_whose_classes_exceed_the_byte_limit(tmp_path):
+    """128 x 128 with 255 classes: 128 * 128 * 255 * 4 = 16,711,680 bytes a sample, 32 of them
+    in 2**29; 40 (637.5 MiB) pass every pixel limit but this one."""
+    model = tiny_model(255)
+    model.build((None, 16, 16, 1))
+    path = write_png(tmp_path / "scan.png", 128, 128)
+    with pytest.raises(ValueError) as error:
+        prediction.predict_files(model, [path], 40, str(tmp_path / "out"))
+    for part in (path, "40 samples of 1 image(s) of 128 x 128 pixels with 255 classes",
+                 "637.5 MiB", "at most 32 samples", "max_sample_bytes", "It was not decoded"):
+        assert part in str(error.value), (part, str(error.value))
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_predict_of_a_255_class_model_is_refused_before_sampling(tmp_path, baseline_peak):
+    """The finding: 1000 samples of 128 x 128 for a 255-class model (15.6 GiB of
+    probabilities) peaked at 6.3 GB in local predict."""
+    model = tiny_model(255)
+    model.build((None, 16, 16, 1))
+    saved_path = str(tmp_path / "k255.keras")
+    model.save(saved_path)
+    path = write_png(tmp_path / "scan.png", 128, 128)
+    status, errors, peak, _ = measured("cli", "predict", "--model", saved_path, "--image", path,
+                                       "-n", "1000", "--out", str(tmp_path / "out"))
+    assert status == 2 and len(errors) == 1, errors
+    assert "15.6 GiB" in errors[0] and "at most 32 samples" in errors[0], errors
+    assert peak < baseline_peak + PEAK_MARGIN, (peak / GIB, baseline_peak / GIB)
+
+
+@pytest.mark.slow
+def test_a_training_batch_beyond_memory_is_refused_with_an_estimate(tmp_path, baseline_peak):
+    """The finding: `train --batch-size 100000` aborted with std::bad_alloc (exit 134)."""
+    status, errors, peak, _ = measured("cli", "train", "--workdir", str(tmp_path / "run"),
+                                       "--batch-size", "100000", "--epochs", "1",
+                                       "--steps-per-epoch", "1")
+    assert status == 2 and len(errors) == 1, errors
+    for part in ("batch_size=100000 of 64 x 64 images needs at least", "per example",
+                 "use batch_size <= ", "TFPROBUNET_MAX_TRAIN_BYTES"):
+        assert part in errors[0], (part, errors[0])
+    assert not os.path.exists(tmp_path / "run")
+    assert peak < baseline_peak + PEAK_MARGIN, (peak / GIB, baseline_peak / GIB)
+
+
+# Peak RSS of a child after one training step on a batch of each size, after a first step of 2
+# (which builds and traces): the slope between them is what an example costs.
+STEP_PEAKS = """
+import sys
+import numpy as np, keras, tfprobunet
+model = tfprobunet.ProbabilisticUNet()
+model.compile(optimizer=keras.optimizers.Adam(1e-4))
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+for b in (2, *map(int, sys.argv[1:])):
+    model.train_on_batch(np.zeros((b, 64, 64, 1), "float32"), np.zeros((b, 64, 64), "int32"))
+    print(peak())
+"""
+
+
+def flags_defaults(model):
+    """The constructor defaults of the model named `model`."""
+    from tfprobunet import models
+    from tfprobunet.cli import flags
+
+    return flags.inspected_defaults(models.get(model))
+
+
+@pytest.mark.slow
+def test_the_batch_estimate_stays_below_what_a_training_step_takes():
+    """`checks.training_bytes` is a lower bound: the default model at 64 x 64 (measured 18.3
+    MiB an example when written, estimated 13.1)."""
+    from tfprobunet.models import checks
+
+    result = subprocess.run([sys.executable, "-c", STEP_PEAKS, "8", "24"], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    _, small, large = map(int, result.stdout.split()[-3:])
+    per_example = (large - small) / 16
+    estimate = checks.training_bytes(flags_defaults("probunet"), 64, 64)
+    assert estimate == 11 * 64 * 64 * (59 * 3 + 32 * 4)  # U-Net channels, f_comb's
+    assert estimate < per_example, (estimate / 2**20, per_example / 2**20)
 
 
 def test_evaluate_refuses_a_model_with_nan_weights(tmp_path, capsys):

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tfprobunet import cli, data, evaluation, metrics, plots
-from conftest import tiny_model
+from conftest import cli_error, tiny_model
 
 
 def _recompute(model, source, batch_size, counts, seed=0):
@@ -161,3 +161,86 @@ def test_evaluate_command_reads_the_training_run(tmp_path, capsys):
     for command in ("train", "evaluate", "inspect", "tune", "compare"):
         (action,) = [a for a in commands[command]._actions if a.dest == "dataset"]
         assert tuple(action.choices) == tuple(data.DATASETS), command
+
+
+# ---------------------------------------------------------------------- bounds and whole writes
+def test_evaluate_refuses_more_samples_than_a_batch_may_hold(tmp_path, capsys):
+    """8 images of 128 x 128 with 2 classes, 1000 samples each: 8 * 1000 * 128 * 128 * 2 * 4 =
+    1,048,576,000 bytes (1000.0 MiB) of probabilities per batch, above 2**29: 512 samples of 8
+    images fit, or 4 images of 1000 samples. Refused before any sample is drawn (the finding:
+    `--samples 1000000` still ran after 15 minutes)."""
+    model = tiny_model(2)
+    model.build((None, 16, 16, 1))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    out = tmp_path / "out"
+    line = cli_error(capsys, ["evaluate", "--model", path, "--out", str(out), "--dataset",
+                              "graders", "--image-size", "128", "--num-examples", "8",
+                              "--batch-size", "8", "--samples", "1,1000"])
+    for part in ("1000 samples of 8 image(s) of 128 x 128 pixels with 2 classes",
+                 "1000.0 MiB", "above the limit of 512.0 MiB",
+                 "at most 512 samples of 8 image(s) or at most 4 image(s) of 1000 samples",
+                 "--samples", "--batch-size"):
+        assert part in line, (part, line)
+    assert not os.path.exists(out)
+
+
+def test_evaluate_draws_at_most_max_samples():
+    with pytest.raises(ValueError, match=r"`sample_counts` must be a finite integer >= 1 and "
+                                         r"<= 1000 .*Received: sample_counts=1001"):
+        evaluation.evaluate(tiny_model(2), "graders", image_size=16, num_examples=2,
+                            sample_counts=(1, 1001), verbose=0)
+
+
+def _files(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_a_full_disk_while_writing_leaves_the_previous_report_and_figures(tmp_path,
+                                                                          monkeypatch):
+    """A second evaluation whose second figure hits a full disk (a fault injected into
+    matplotlib's writer) leaves the first evaluation's files, byte for byte; run again, it
+    replaces them all."""
+    import errno
+
+    import matplotlib.figure
+
+    source = data.load("flips", "test", image_size=16, num_examples=4)
+    model = tiny_model(source.num_classes)
+    out = tmp_path / "out"
+    settings = dict(out_dir=str(out), sample_counts=(1, 4), batch_size=4, verbose=0)
+    evaluation.evaluate(model, source, seed=0, **settings)
+    before = _files(out)
+    assert sorted(before) == ["ged.png", "mode_frequencies.png", "report.json", "samples.png"]
+
+    save, written = matplotlib.figure.Figure.savefig, []
+
+    def full_disk(figure, path, *args, **kwargs):
+        written.append(os.path.basename(path))
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        evaluation.evaluate(model, source, seed=1, **settings)
+    assert written == ["ged.png", "mode_frequencies.png"]
+    assert _files(out) == before
+    monkeypatch.undo()
+    report = evaluation.evaluate(model, source, seed=1, **settings)
+    after = _files(out)
+    assert sorted(after) == sorted(before) and after["ged.png"] != before["ged.png"]
+    assert json.loads(after["report.json"]) == report
+
+
+def test_figures_the_new_report_does_not_list_are_removed_and_other_files_kept(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({"figures": ["old.png", "../outside.png"]}))
+    for name in ("old.png", "notes.txt"):
+        (out / name).write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    report = evaluation.evaluate(tiny_model(2), "graders", out_dir=str(out), image_size=16,
+                                 num_examples=2, sample_counts=(1, 2), batch_size=2, verbose=0)
+    assert sorted(os.listdir(out)) == sorted([*report["figures"], "notes.txt", "report.json"])
+    assert os.path.exists(tmp_path / "outside.png")

@@ -251,12 +251,14 @@ def test_the_export_enforces_its_recorded_request_limits(exported, tmp_path):
     model, _, default_path = exported
     with open(os.path.join(default_path, export.CONFIG_ASSET)) as f:
         assert json.load(f)["limits"] == {"max_samples": 1000, "max_pixels": 2**20,
-                                          "max_sample_pixels": 2**24, "image_range": [0, 1]}
+                                          "max_sample_pixels": 2**24, "max_sample_bytes": 2**29,
+                                          "image_range": [0, 1]}
     path = export.export_for_serving(model, str(tmp_path), "pun", max_samples=4, max_pixels=600,
                                      max_sample_pixels=2000, image_range=None)
     with open(os.path.join(path, export.CONFIG_ASSET)) as f:
         assert json.load(f)["limits"] == {"max_samples": 4, "max_pixels": 600,
-                                          "max_sample_pixels": 2000, "image_range": None}
+                                          "max_sample_pixels": 2000, "max_sample_bytes": 2**29,
+                                          "image_range": None}
     signatures = tf.saved_model.load(path).signatures
     images = served_images()  # 2 x 16 x 16 = 512 pixels
     seed = np.int32([1, 2])
@@ -290,6 +292,33 @@ def test_the_export_enforces_its_recorded_request_limits(exported, tmp_path):
         assert message in caught.value.message, (name, caught.value.message)
     with pytest.raises(ValueError, match="`max_samples` must be an integer >= 1. Received: 0"):
         export.export_for_serving(model, str(tmp_path), "pun", max_samples=0)
+
+
+def test_the_export_bounds_the_bytes_of_the_samples_by_the_class_count(exported, tmp_path):
+    """The pixel limits do not see the class count: a 255-class model's samples cost 255 times
+    a pixel's. Hand-worked: 2 images of 16x16, K = 3 classes, 3 samples take 4 x 2 x 3 x 16 x
+    16 x 3 = 18,432 bytes of probabilities and pass a limit of 18,432; 4 samples (24,576) are
+    refused by every signature that samples."""
+    model, _, _ = exported
+    path = export.export_for_serving(model, str(tmp_path), "pun", max_sample_bytes=18_432)
+    with open(os.path.join(path, export.CONFIG_ASSET)) as f:
+        assert json.load(f)["limits"]["max_sample_bytes"] == 18_432
+    signatures = tf.saved_model.load(path).signatures
+    images, seed = served_images(), np.int32([1, 2])
+    answer = signatures["serving_default"](images=images, num_samples=np.int32(3), seed=seed)
+    assert answer["probabilities"].shape == (2, 3, 16, 16, K)
+    features = signatures["features"](images=images)
+    message = ("2 x 4 x 16 x 16 samples of 3 classes: 24576 bytes of probabilities (float32), "
+               "above max_sample_bytes = 18432 (recorded in this export)")
+    for name, inputs in [
+            ("serving_default", dict(images=images, num_samples=np.int32(4), seed=seed)),
+            ("sample", dict(**features, num_samples=np.int32(4), seed=seed)),
+            ("decode", dict(features=features["features"], z=np.zeros((2, 4, N), np.float32)))]:
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            signatures[name](**inputs)
+        assert message in caught.value.message, (name, caught.value.message)
+    with pytest.raises(ValueError, match="`max_sample_bytes` must be an integer >= 1"):
+        export.export_for_serving(model, str(tmp_path), "pun", max_sample_bytes=0)
 
 
 def _tree(root):

@@ -19,7 +19,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tfprobunet import serving
 from tfprobunet.serving import export
-from conftest import SERVED, raw_request, serve_process, served_images, served_model
+from conftest import (SERVED, raw_request, serve_process, served_images, served_model,
+                      status_mb)
 
 K, C, N, F = (SERVED[k] for k in "KCNF")
 
@@ -34,11 +35,7 @@ def _claiming(value, shape):
 
 def _peak_rss_mb(pid):
     """The process's peak resident memory (VmHWM), in MB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM line")
+    return status_mb(pid, "VmHWM")
 
 
 @pytest.fixture(scope="module")
@@ -135,22 +132,39 @@ def test_messages_and_responses_beyond_the_size_limit_are_resource_exhausted(bas
         assert status == 413 and "max_message_bytes" in answer["error"], answer
 
 
+DATA_SHARD = os.path.join("variables", "variables.data-00000-of-00001")
+
+
 def _break(version_dir):
-    """What a non-atomic `cp -r` caught halfway leaves: the graph, but no weights yet."""
-    shutil.rmtree(os.path.join(version_dir, "variables"))
-    os.makedirs(os.path.join(version_dir, "variables"))
+    """What a copy that died halfway through the weights leaves: every file, the variables'
+    data cut short. It fails to load."""
+    data = os.path.join(version_dir, DATA_SHARD)
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
 
 
-def _wait_for(condition, seconds=30):
+def _place_broken(source, target):
+    """A broken copy of the version folder `source` at `target`, made beside it and renamed in:
+    a poll sees it whole and broken, never half-copied."""
+    staging = f"{os.path.dirname(target)}.staging"
+    shutil.copytree(source, staging)
+    _break(staging)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(staging, target)
+
+
+def _wait_for(condition, seconds=120):
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def test_a_broken_version_is_skipped_and_a_later_good_one_served(tmp_path, caplog):
     """New versions are picked up by polling; one that fails to load is logged once and skipped
-    while the previous one keeps serving, and the poll goes on."""
+    while the previous one keeps serving, and the poll goes on. Everything is waited for as a
+    condition (a log line, the version served), never a fixed time: under load, polls and
+    loads take their time."""
     base = str(tmp_path)
     first, third = served_model(1), served_model(2)
     export.export_for_serving(first, base, "pun")
@@ -159,20 +173,20 @@ def test_a_broken_version_is_skipped_and_a_later_good_one_served(tmp_path, caplo
     def expected(model):
         return tf.nn.softmax(model.sample(images, 2, seed=tf.constant([3, 3]))).numpy()
 
+    def logged(path):
+        return [r.getMessage() for r in caplog.records if path in r.getMessage()]
+
     caplog.set_level(logging.WARNING)
     with serving.ModelServer(base, port=0, rest_port=None, poll_seconds=0.1) as running, \
             serving.GrpcClient(f"127.0.0.1:{running.port}", "pun") as client:
         broken = os.path.join(base, "pun", "2")
-        shutil.copytree(os.path.join(base, "pun", "1"), broken)
-        _break(broken)
-        time.sleep(1.0)  # ten polls
-        # Version 1 keeps serving, the failure was logged with its path once, not every poll.
+        _place_broken(os.path.join(base, "pun", "1"), broken)
+        _wait_for(lambda: logged(broken))
+        # Version 1 keeps serving.
         np.testing.assert_allclose(client.predict(images, 2, seed=[3, 3])["probabilities"],
                                    expected(first), atol=1e-5)
-        failures = [r for r in caplog.records if broken in r.getMessage()]
-        assert len(failures) == 1, [r.getMessage() for r in caplog.records]
         # A model whose only version is broken is NOT_FOUND, and does not affect the others.
-        shutil.copytree(broken, os.path.join(base, "bad", "1"))
+        _place_broken(broken, os.path.join(base, "bad", "1"))
         with serving.GrpcClient(f"127.0.0.1:{running.port}", "bad") as bad:
             for _ in range(3):
                 with pytest.raises(serving.ServingError) as caught:
@@ -189,10 +203,70 @@ def test_a_broken_version_is_skipped_and_a_later_good_one_served(tmp_path, caplo
                                    expected(third), atol=1e-5)
         with pytest.raises(serving.ServingError, match=r"Specific\(pun, 1\)"):
             serving.GrpcClient(f"127.0.0.1:{running.port}", "pun", version=1).features(images)
-        # A broken folder that changes (the copy completes) is tried again.
+        # Many polls later, each broken folder was logged once, with its path, not every poll.
+        assert len(logged(broken)) == 1, logged(broken)
+        assert len(logged(os.path.join(base, "bad", "1"))) == 1
+        # A broken folder that changes (copied again, in place, file by file) is tried again
+        # once the copy is complete: no failure of a half-copied folder is logged.
         shutil.rmtree(os.path.join(base, "bad", "1"))
         shutil.copytree(os.path.join(base, "pun", "1"), os.path.join(base, "bad", "1"))
         _wait_for(lambda: running.registry.versions("bad") == [1])
+        assert len(logged(os.path.join(base, "bad", "1"))) == 1
+
+
+def _files(folder):
+    """The files under `folder`, relative to it."""
+    return sorted(os.path.relpath(os.path.join(parent, name), folder)
+                  for parent, _, names in os.walk(folder) for name in names)
+
+
+def test_a_version_copied_file_by_file_is_loaded_once_complete(tmp_path, caplog):
+    """TF Serving users copy versions in non-atomically: a folder being copied must not be
+    loaded, and its failure not logged, before it is complete, whether `saved_model.pb` comes
+    last or first (then the variables are missing). A data file cut short, which the loader
+    alone can tell, is logged once and tried again when it changes. The registry is scanned
+    after each file, as a poll between two files of a slow copy would."""
+    base = str(tmp_path / "models")
+    export.export_for_serving(served_model(1), base, "pun")
+    source = export.export_for_serving(served_model(2), str(tmp_path / "source"), "pun")
+    registry = serving.local_server.Registry(base)
+    registry.reload()
+    assert registry.versions("pun") == [1]
+    caplog.set_level(logging.WARNING)
+    files = _files(source)
+    orders = {2: [f for f in files if f != "saved_model.pb"] + ["saved_model.pb"],
+              3: ["saved_model.pb"] + [f for f in files if f not in ("saved_model.pb",
+                                                                     DATA_SHARD)]}
+    for version, order in orders.items():
+        target = os.path.join(base, "pun", str(version))
+        for name in order:
+            os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+            shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+            registry.reload()
+            if name != order[-1] or version == 3:
+                assert registry.versions("pun") == [version - 1], (version, name)
+        failures = [r.getMessage() for r in caplog.records if "Could not load" in r.getMessage()]
+        assert failures == [], failures
+    # What version 3 waited for, each logged once: its index, then its data.
+    waiting = [r.getMessage() for r in caplog.records if target in r.getMessage()]
+    assert len(waiting) == 2, waiting
+    for line, missing in zip(waiting, ("variables/variables.index", DATA_SHARD)):
+        assert f"has no {missing}. It is not loaded until it is complete." in line, line
+    # Version 3's data file arrives cut short, and stays so: the loader fails, once.
+    with open(os.path.join(source, DATA_SHARD), "rb") as f:
+        data = f.read()
+    with open(os.path.join(target, DATA_SHARD), "wb") as f:
+        f.write(data[:len(data) // 2])
+    for _ in range(3):
+        registry.reload()
+    assert registry.versions("pun") == [2]
+    failures = [r.getMessage() for r in caplog.records if "Could not load" in r.getMessage()]
+    assert len(failures) == 1 and target in failures[0], failures
+    with open(os.path.join(target, DATA_SHARD), "ab") as f:
+        f.write(data[len(data) // 2:])
+    registry.reload()
+    assert registry.versions("pun") == [3]
+    registry.close()
 
 
 def test_version_folders_with_odd_names_do_not_stop_the_model(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -325,6 +326,71 @@ def test_the_data_manifest_command_takes_every_dataset_with_manifests(crops_dir,
     assert "8 train, 1 val, 1 test ids (seed 2)" in capsys.readouterr().out
     assert json.loads(out.read_text()) == folders.split_manifest(
         str(tmp_path / "folder" / "images"), str(tmp_path / "folder" / "masks"), seed=2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="file names of any bytes: Linux file systems")
+def test_a_file_name_that_is_not_utf_8_is_in_the_manifest_and_loads(tmp_path, capsys):
+    root = tmp_path / "folder"
+    written = _write_folder(str(root), NAMES, size=(8, 8))
+    folder = os.fsencode(root)  # case03 renamed to the byte 0xff: no UTF-8 text
+    os.rename(folder + b"/images/case03.png", folder + b"/images/\xff.png")
+    for rater in range(3):
+        os.rename(folder + b"/masks/case03_%d.png" % rater, folder + b"/masks/\xff_%d.png" % rater)
+    written[os.fsdecode(b"\xff")] = written.pop("case03")
+    out = tmp_path / "split.json"
+    assert cli.main(["data", "manifest", "--dataset", "folder", "--data-dir", str(root),
+                     "--out", str(out)]) == 0
+    assert "8 train, 1 val, 1 test ids (seed 0)" in capsys.readouterr().out
+    manifest = json.loads(out.read_text())
+    _assert_partition(manifest, [f"{n}.png" for n in NAMES if n != "case03"] + ["\udcff.png"])
+    split = next(s for s in manifests.SPLITS if "\udcff.png" in manifest["splits"][s])
+    got = _folder_names(data.load("folder", split, data_dir=str(root), split_manifest=str(out)),
+                        written)
+    assert [f"{n}.png" for n in got] == manifest["splits"][split]
+    assert cli.main(["data", "manifest", "--dataset", "folder", "--data-dir", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out) == manifest
+
+
+def test_a_folder_of_pickles_whose_name_holds_glob_characters_has_a_manifest(tmp_path):
+    folder = tmp_path / "lidc[1]*"  # glob would read [1] as a set of characters, * as any
+    folder.mkdir()
+    (folder / "part.pickle").write_bytes(pickle.dumps(_lidc_entries(num_series=5)))
+    assert manifests.data_files(str(folder)) == [str(folder / "part.pickle")]
+    _assert_partition(lidc.split_manifest(str(folder)), [f"1.3.6.1.{s}" for s in range(5)])
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("{", r"it is not JSON text \(JSONDecodeError: Expecting property name"),
+    ("\xff\xfe", r"it is not JSON text \(UnicodeDecodeError"),
+    ("[]", r"it holds a JSON list, not an object"),
+    ('{"dataset": "folder"}', r"it has no \['seed', 'fractions', 'sha256', 'splits'\]"),
+    ('{"dataset": 3, "seed": 0, "fractions": [1, 0, 0], "sha256": "", "splits": {}}',
+     r"its 'dataset' must be a dataset's name \(a string\); it holds 3\."),
+    ('{"dataset": "folder", "seed": "0", "fractions": [1, 0, 0], "sha256": "", "splits": {}}',
+     r"its 'seed' must be an integer, or null; it holds \"0\""),
+    ('{"dataset": "folder", "seed": 0, "fractions": 1, "sha256": "", "splits": {}}',
+     r"its 'fractions' must be three shares"),
+    ('{"dataset": "folder", "seed": 0, "fractions": [1, 0, 0], "sha256": [], "splits": {}}',
+     r"its 'sha256' must be a hex digest"),
+    ('{"dataset": "folder", "seed": 0, "fractions": [1, 0, 0], "sha256": "", "splits": '
+     '{"train": 5, "val": [], "test": []}}', r"its 'splits' must be an object of \['train', "
+                                             r"'val', 'test'\], each a list of ids \(strings\); "
+                                             r"it holds \{\"train\": 5"),
+    ('{"dataset": "folder", "seed": 0, "fractions": [1, 0, 0], "sha256": "", "splits": '
+     '{"train": [1], "val": [], "test": []}}', r"its 'splits' must be"),
+])
+def test_a_malformed_manifest_file_is_named_with_what_is_wrong(tmp_path, text, problem):
+    root = str(tmp_path / "folder")
+    _write_folder(root, NAMES, size=(8, 8))
+    path = tmp_path / "split.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError) as refused:
+        data.load("folder", "train", data_dir=root, split_manifest=str(path))
+    message = str(refused.value)
+    assert message.startswith(f"{path} is not a split manifest: ") and "\n" not in message
+    assert re.search(problem, message), message
+    assert message.endswith("Write one with tfprobunet data manifest.")
 
 
 def test_as_source_passes_a_manifest_to_load_and_refuses_it_for_a_split_dataset(tmp_path):

@@ -88,3 +88,21 @@ def test_uncertainty_png_maps_entropy_to_grey_as_documented(tmp_path):
     with Image.open(tmp_path / "three" / "uncertainty.png") as png:
         assert np.asarray(png).tolist() == [[255]] and "log 3 = 1.0986 nats" in png.text[
             "Description"]
+
+
+def test_masks_written_over_symbolic_links_replace_the_links_not_their_targets(tmp_path):
+    """Issue 40, point 1: nothing the library writes goes through a link, which could lead
+    outside the folder it was given (PIL's `save` opened `sample_00.png` following it)."""
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("sample_00.png", "uncertainty.png"):
+        os.symlink(outside, out / name)
+    probabilities = np.full((1, 4, 4, 2), 0.5)
+    written = prediction.write_masks(np.zeros((1, 4, 4), int), probabilities, str(out))
+    assert outside.read_bytes() == b"keep me"
+    for path in written:
+        assert not os.path.islink(path)
+        with Image.open(path) as png:
+            assert png.size == (4, 4)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_error, tiny_model
-from tfprobunet import _io, training
+from tfprobunet import _io, cli, training
 
 SMALL = dict(dataset="graders", steps_per_epoch=2, batch_size=2, image_size=16, num_examples=4,
              num_channels=[8, 16], convs_per_block=1, latent_dim=2, verbose=0)
@@ -52,9 +52,13 @@ def test_non_finite_or_senseless_settings_are_refused_before_anything_is_written
 
 def test_learning_rate_nan_from_the_cli_is_one_line_and_leaves_no_model(tmp_path, capsys):
     workdir = tmp_path / "run"
-    line = cli_error(capsys, ["train", "--workdir", str(workdir), "--epochs", "1",
-                              "--learning-rate", "nan", *CLI_SMALL])
-    assert "learning_rate" in line and "nan" in line
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--workdir", str(workdir), "--epochs", "1", "--learning-rate", "nan",
+                  *CLI_SMALL])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("tfprobunet train: error: argument --learning-rate") and \
+        "'nan'" in lines[0], lines
     assert not (workdir / "model.keras").exists()
     if (workdir / training.CONFIG).exists():
         _strict_json(workdir / training.CONFIG)

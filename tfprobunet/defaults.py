@@ -14,6 +14,11 @@ SCHEDULES = ("constant", "piecewise", "cosine", "wsd")
 # (`tfprobunet.training.precision`; not the presets' choice: docs/results/bf16).
 MIXED_PRECISION = (None, "float32", "auto", "mixed_float16", "mixed_bfloat16")
 
+# Seeds become int32 tensors (the pipeline's, the stateless draws'); a multi-worker run waits at
+# most this many seconds for its cluster (`connect_timeout`).
+MAX_SEED = 2**31 - 1
+MAX_CONNECT_TIMEOUT = 3600.0
+
 # Request limits recorded in an export (TF Serving itself bounds neither): the sample count per
 # request, image pixels per request (b * h * w; the U-Net's activations take about 1 KB per
 # pixel on the default configuration: 2**20 pixels, 1 GB) and sampled pixels per request

@@ -1,7 +1,15 @@
 """`evaluate()`: the paper's evaluation of a trained model (section 4, Figs. 3-5) on any dataset
-that yields all annotations per image, written as `report.json` and PNG figures."""
+that yields all annotations per image, written as `report.json` and PNG figures.
 
+Its outputs are written as one set (`_write_outputs`): into a temporary folder first, then moved
+into place, `report.json` last, so that a failure (a full disk) leaves the previous report and
+figures, never new figures beside an old report."""
+
+import contextlib
+import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -12,7 +20,9 @@ from tfprobunet import _console, _io
 from tfprobunet import data as data_lib
 from tfprobunet import metrics, plots, protocols, saving
 from tfprobunet.data import pipeline
+from tfprobunet.defaults import MAX_SAMPLES, MAX_SEED, check_number
 from tfprobunet.metrics.distances import distinct_pair_mean
+from tfprobunet.models import checks
 
 SAMPLE_COUNTS = (1, 4, 8, 16)
 
@@ -218,14 +228,19 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
             `tfprobunet.data.Source` of your own, or a `tf.data.Dataset` of `(image (h, w, c)
             float, annotations (A, h, w) int)` (equally likely annotations, `num_classes` K).
             Its labels are checked first (`tfprobunet.data.check_source`).
-        out_dir: where `report.json` and the figures go; None writes nothing.
+        out_dir: where `report.json` and the figures go, as one set: a write that fails (a full
+            disk) leaves the previous report and figures as they were. None writes nothing.
         split, data_dir, image_size, num_examples: passed to `tfprobunet.data.load` (default
             test sizes: 500 images for *flips*, as the official evaluation, 100 for *graders*).
-        sample_counts: the numbers of samples to score (a published protocol fixes them).
-        batch_size: images per `model.sample` call.
+        sample_counts: the numbers of samples to score (a published protocol fixes them),
+            each at most `MAX_SAMPLES` (1000).
+        batch_size: images per `model.sample` call. Each call's samples, `batch_size` x
+            `max(sample_counts)` x h x w x K float32 probabilities, must fit in
+            `defaults.MAX_SAMPLE_BYTES` (512 MiB): beyond it the evaluation is refused before
+            any sample is drawn, saying how many samples, or images per batch, fit.
         num_figure_examples: rows of the samples figure (Fig. 3), each cropped to its image's
             extent (`plots.sample_grid`: padding left out) with the entropy on one colour bar.
-        seed: seeds the samples (and the synthetic data).
+        seed: seeds the samples (and the synthetic data), from 0 to 2**31 - 1.
         per_image: also report `ged_per_image[k]`, the GED of each image in dataset order, and
             `per_image`, each image's `hm_iou`, `sample_diversity`, `ncc` and `ece` (for
             paired tests between models on the same images, as `compare` does).
@@ -248,6 +263,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
         The report as a dict (also `out_dir/report.json`), with `figures` listing the PNGs.
     """
     start = time.monotonic()
+    check_number("seed", seed, 0, MAX_SEED, integer=True, example=0)
+    check_number("batch_size", batch_size, 1, integer=True, example=8)
     if isinstance(model, str):
         model = saving.load_model(model)  # bounded; refuses non-finite weights
     else:
@@ -257,6 +274,8 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     protocol = protocols.get(protocol)
     split, sample_counts = protocols.resolve(protocol, dataset, split, sample_counts,
                                              SAMPLE_COUNTS)
+    for count in sample_counts:
+        check_number("sample_counts", count, 1, MAX_SAMPLES, integer=True, example=16)
     protocols.warn_if_unpublished(protocol, dataset, data_dir, split_manifest)
     source = data_lib.as_source(dataset, split, data_dir, image_size, num_examples, seed,
                                 num_classes, split_manifest=split_manifest,
@@ -267,12 +286,18 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     accumulator = _Accumulator(source, sample_counts, seed, protocol)
     figure_rows = []
     total = int(source.dataset.cardinality())
+    height, width = source.dataset.element_spec[0].shape[:2]
+    if height is not None and width is not None:  # else checked batch by batch
+        _check_sample_budget(min(batch_size, total) if total > 0 else batch_size,
+                            max(sample_counts), height, width, source.num_classes)
     progress = keras.utils.Progbar(total if total > 0 else None,
                                    verbose=int(_console.progress_verbosity(verbose) == 1),
                                    unit_name="image")
     batches = pipeline.evaluation_pipeline(source.dataset, batch_size,
                                            num_classes=source.num_classes)
     for step, (images, annotations) in enumerate(batches):
+        _check_sample_budget(images.shape[0], max(sample_counts), *images.shape[1:3],
+                             source.num_classes)
         logits = model.sample(images, sample_counts[-1], seed=tf.constant([seed, step]))
         masks = np.argmax(logits, axis=-1)
         annotations = annotations.numpy()
@@ -291,7 +316,56 @@ def evaluate(model, dataset="flips", out_dir=None, split="test", data_dir=None,
     report["table"] = protocols.table(report)
     report["seconds"] = round(time.monotonic() - start, 1)
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        report["figures"] = plots.write_figures(report, figure_rows, source, out_dir)
-        _io.write_json(os.path.join(out_dir, "report.json"), report, allow_nan=True)
+        _write_outputs(out_dir, report, lambda folder: plots.write_figures(
+            report, figure_rows, source, folder))
     return report
+
+
+def _check_sample_budget(batch, samples, height, width, num_classes):
+    """Refuse an evaluation whose `model.sample` calls (`batch` images of `height` x `width`,
+    `samples` each, K = `num_classes`) would return more than `defaults.MAX_SAMPLE_BYTES` of
+    probabilities, naming the --samples and --batch-size that fit."""
+    checks.check_sample_bytes(batch, samples, height, width, num_classes,
+                              hint="evaluate draws the largest sample count for each batch: "
+                                   "fewer --samples, or a smaller --batch-size")
+
+
+_REPORT = "report.json"
+
+
+def _write_outputs(out_dir, report, write_figures):
+    """Write `report` as `out_dir/report.json` and the figures `write_figures(folder)` writes
+    (it returns their file names, recorded as `report["figures"]`), as one set.
+
+    Everything is written into a temporary folder inside `out_dir`, then moved into place,
+    `report.json` last (each move atomic, `_io.replacing`); the figures the previous report
+    listed and this one does not are removed after. A failure while writing (a full disk)
+    removes the temporary folder and leaves `out_dir` as it was: the previous report with its
+    own figures, never new figures beside an old report.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".evaluation-", dir=out_dir)
+    try:
+        report["figures"] = write_figures(staging)
+        _io.write_json(os.path.join(staging, _REPORT), report, allow_nan=True)
+        previous = _listed_figures(os.path.join(out_dir, _REPORT))
+        for name in [*report["figures"], _REPORT]:
+            with _io.replacing(os.path.join(out_dir, name)) as tmp:
+                os.replace(os.path.join(staging, name), tmp)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in set(previous) - set(report["figures"]):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out_dir, name))
+
+
+def _listed_figures(path):
+    """The figures the report at `path` lists (none if there is no readable report): file names
+    in its folder, never the report itself."""
+    try:
+        with open(path) as f:
+            figures = json.load(f).get("figures", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in figures if isinstance(name, str) and name != _REPORT
+            and os.path.basename(name) == name]

@@ -7,7 +7,8 @@ and crops the outputs back: you get segmentations of the size you gave (a 1 x 1 
 
 `predict_files` reads each image's size from its header and refuses, before anything is decoded,
 an image or a sample count beyond the request limits (`MAX_PIXELS`, `MAX_SAMPLE_PIXELS`,
-`MAX_SAMPLES`: an export's defaults; a 291 KB PNG can hold 10000 x 10000 pixels).
+`MAX_SAMPLES`, and `MAX_SAMPLE_BYTES`, which counts the classes: an export's defaults; a 291 KB
+PNG can hold 10000 x 10000 pixels).
 """
 
 import os
@@ -15,10 +16,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfprobunet import layers, metrics, saving
+from tfprobunet import _io, layers, metrics, saving
 from tfprobunet.data import images as images_lib
 from tfprobunet.data import intensity as intensity_lib
-from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+from tfprobunet.defaults import (MAX_PIXELS, MAX_SAMPLES, MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS,
+                                MAX_SEED, check_number, sample_bytes)
+from tfprobunet.models import checks
 
 # What `read_image` decodes (PIL's format names; None: any image PIL reads, as the folder
 # dataset does).
@@ -46,7 +49,7 @@ def pad_to_multiple(images, divisor, value=None):
     return np.pad(images, pad, constant_values=value), (h, w)
 
 
-def predict(model, images, num_samples=16, seed=None):
+def predict(model, images, num_samples=16, seed=None, max_sample_bytes=MAX_SAMPLE_BYTES):
     """Draw `num_samples` segmentations of images of any height and width.
 
     Args:
@@ -55,7 +58,11 @@ def predict(model, images, num_samples=16, seed=None):
         images: `(b, h, w, c)` float in the range the model was trained on ([0, 1] for the
             built-in loaders), or uint8 (divided by 255, as the loaders do).
         num_samples: segmentations per image.
-        seed: an int makes the samples reproducible; None draws fresh ones.
+        seed: an int from 0 to 2**31 - 1 makes the samples reproducible; None draws fresh ones.
+        max_sample_bytes: the most bytes the probabilities may take (b * m * h * w * K * 4,
+            of the padded images); beyond `MAX_SAMPLE_BYTES`, which one `model.sample` call
+            may return, the samples are drawn in several calls, the i-th seeded `[seed, i]`
+            (a served model draws them in one call: the same seed gives it other masks).
 
     Returns:
         A dict, as the served `sample` signature's: `masks (b, num_samples, h, w)` int32 labels
@@ -65,11 +72,26 @@ def predict(model, images, num_samples=16, seed=None):
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"`images` must be (b, h, w, c). Received shape {images.shape}.")
+    if seed is not None:
+        check_number("seed", seed, 0, MAX_SEED, integer=True, example=0)
     # uint8 stays uint8: `model.sample` divides it by 255 itself.
     padded, (h, w) = pad_to_multiple(images, layers.size_divisor(model.num_channels))
-    logits = model.sample(padded, num_samples, seed=seed)[:, :, :h, :w]
-    return {"masks": tf.argmax(logits, axis=-1, output_type=tf.int32).numpy(),
-            "probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1).numpy()}
+    per_call = num_samples
+    k = getattr(model, "num_classes", None)  # a stand-in sampler may not say
+    if k is not None:
+        b, (ph, pw) = len(padded), padded.shape[1:3]
+        checks.check_sample_bytes(b, num_samples, ph, pw, k, max_sample_bytes,
+                                  hint="or raise max_sample_bytes")
+        per_call = max(1, MAX_SAMPLE_BYTES // sample_bytes(b, 1, ph, pw, k))
+    masks, probabilities = [], []
+    for i, start in enumerate(range(0, num_samples, per_call)):
+        call_seed = seed if i == 0 or seed is None else tf.constant([seed, i], tf.int32)
+        logits = model.sample(padded, min(per_call, num_samples - start),
+                              seed=call_seed)[:, :, :h, :w]
+        masks.append(tf.argmax(logits, axis=-1, output_type=tf.int32).numpy())
+        probabilities.append(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1).numpy())
+    return {"masks": np.concatenate(masks, axis=1),
+            "probabilities": np.concatenate(probabilities, axis=1)}
 
 
 def write_masks(masks, probabilities, out_dir):
@@ -94,8 +116,9 @@ def write_masks(masks, probabilities, out_dir):
     written = []
     for i, mask in enumerate(masks):
         path = os.path.join(out_dir, f"sample_{i:02d}.png")
-        Image.fromarray((np.asarray(mask) * (255 // (num_classes - 1))).astype(np.uint8)).save(
-            path)
+        with _io.replacing(path) as tmp:  # a link at `path` is replaced, not written through
+            Image.fromarray((np.asarray(mask) * (255 // (num_classes - 1))).astype(
+                np.uint8)).save(tmp, format="PNG")
         written.append(path)
     entropy, _ = metrics.uncertainty_maps(np.asarray(probabilities)[None])
     path = os.path.join(out_dir, "uncertainty.png")
@@ -104,7 +127,8 @@ def write_masks(masks, probabilities, out_dir):
                                   f"round(255 * H / log {num_classes}); 0 = 0 nats, 255 = "
                                   f"log {num_classes} = {np.log(num_classes):.4f} nats")
     grey = np.round(np.clip(entropy[0] / np.log(num_classes), 0, 1) * 255)
-    Image.fromarray(grey.astype(np.uint8)).save(path, pnginfo=scale)
+    with _io.replacing(path) as tmp:
+        Image.fromarray(grey.astype(np.uint8)).save(tmp, format="PNG", pnginfo=scale)
     return written + [path]
 
 
@@ -123,7 +147,8 @@ def image_size(path):
 
 
 def check_image_files(paths, num_samples, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
-                      max_sample_pixels=MAX_SAMPLE_PIXELS):
+                      max_sample_pixels=MAX_SAMPLE_PIXELS, num_classes=None, divisor=1,
+                      max_sample_bytes=MAX_SAMPLE_BYTES):
     """Refuse, from their headers and before anything is decoded, image files that cannot be
     read and requests beyond the limits.
 
@@ -133,6 +158,9 @@ def check_image_files(paths, num_samples, max_samples=MAX_SAMPLES, max_pixels=MA
         max_samples, max_pixels, max_sample_pixels: the most samples per image, pixels per
             image (h * w) and sampled pixels per image (num_samples * h * w); the defaults are
             an export's (`tfprobunet.defaults`).
+        num_classes, divisor, max_sample_bytes: with `num_classes` K, also the most bytes of
+            the samples' probabilities, num_samples * h * w * K * 4, for the image padded to
+            multiples of `divisor` (`defaults.sample_bytes`).
 
     Returns:
         The `(height, width)` of each file.
@@ -156,11 +184,20 @@ def check_image_files(paths, num_samples, max_samples=MAX_SAMPLES, max_pixels=MA
                 f"{num_samples * pixels:,} sampled pixels, above max_sample_pixels = "
                 f"{max_sample_pixels:,}: ask for at most "
                 f"{max(1, max_sample_pixels // pixels)} samples of it.")
+        if num_classes is not None:
+            try:
+                checks.check_sample_bytes(
+                    1, num_samples, layers.padded_size(height, divisor),
+                    layers.padded_size(width, divisor), num_classes, max_sample_bytes,
+                    hint="--num-samples, or max_sample_bytes")
+            except ValueError as error:
+                raise ValueError(f"{path}: {error} It was not decoded.") from None
     return sizes
 
 
 def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX_SAMPLES,
-                  max_pixels=MAX_PIXELS, max_sample_pixels=MAX_SAMPLE_PIXELS, intensity=None):
+                  max_pixels=MAX_PIXELS, max_sample_pixels=MAX_SAMPLE_PIXELS, intensity=None,
+                  max_sample_bytes=MAX_SAMPLE_BYTES):
     """Segment image files, each at its own size: locally, or through a served model.
 
     Args:
@@ -174,11 +211,13 @@ def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX
         num_samples: segmentations per image.
         out_dir: `out_dir/<file stem>/sample_00.png, ..., uncertainty.png` per image
             (`write_masks`).
-        seed: an int makes the samples reproducible.
-        max_samples, max_pixels, max_sample_pixels: every file is checked against these
-            before any is decoded or sent (`check_image_files`); a served model's export may
-            record other limits (its `assets.extra/tfprobunet_config.json`), which its server
-            applies.
+        seed: an int (0 to 2**31 - 1) makes the samples reproducible.
+        max_samples, max_pixels, max_sample_pixels, max_sample_bytes: every file is checked
+            against these before any is decoded or sent (`check_image_files`;
+            `max_sample_bytes`, for a local model, bounds num_samples * h * w * K * 4, K its
+            classes: by default `defaults.MAX_SAMPLE_BYTES`, 32 samples of 128 x 128 for 255
+            classes); a served model's export may record other limits (its
+            `assets.extra/tfprobunet_config.json`), which its server applies.
         intensity: how pixel values become [0, 1] (`tfprobunet.data.intensity`); None: the
             rule the model was trained with: its training run's (`intensity.of_run`, for the
             path of a `.keras` file in a run's workdir), or the one a served model's export
@@ -191,8 +230,13 @@ def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX
         intensity = intensity_lib.of_run(os.fspath(model))
     if isinstance(model, (str, os.PathLike)):
         model = saving.load_model(model)
-    check_image_files(paths, num_samples, max_samples, max_pixels, max_sample_pixels)
-    if hasattr(model, "features") and hasattr(model, "metadata"):  # a serving client
+    served = hasattr(model, "features") and hasattr(model, "metadata")  # a serving client
+    # A served model's classes are its server's to count (before any request is sent).
+    check_image_files(paths, num_samples, max_samples, max_pixels, max_sample_pixels,
+                      *((None, 1) if served else (model.num_classes,
+                                                   layers.size_divisor(model.num_channels))),
+                      max_sample_bytes)
+    if served:
         # `serving_default`, which every export has (a baseline's has no `features`).
         channels = model.metadata()["serving_default"]["inputs"]["images"][1][-1]
 
@@ -204,7 +248,7 @@ def predict_files(model, paths, num_samples, out_dir, seed=None, max_samples=MAX
         channels = model.image_channels
 
         def run(images):
-            return predict(model, images, num_samples, seed)
+            return predict(model, images, num_samples, seed, max_sample_bytes)
     written = []
     for path in paths:
         outputs = run(images_lib.read_image(path, channels, intensity))

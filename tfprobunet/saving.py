@@ -5,8 +5,11 @@ reading it costs, and `check_finite` refuses a model whose weights hold NaN or i
 Before Keras reads a file, `load_model` checks that the path is a complete zip archive, that no
 member inflates more than `MAX_EXPANSION` times its stored size (Keras stores members
 uncompressed: such a member is a decompression bomb), that the archive inflates to at most the
-limit, that `config.json` is at most `MAX_CONFIG_BYTES`, and that the weights the config creates,
-sized without allocating them, fit in the limit. The limit, `MAX_MODEL_BYTES` (1 GiB), is
+limit, that `config.json` is at most `MAX_CONFIG_BYTES`, that the numbers which make a model
+costly to build (levels, channels, convolutions per block, members, ...) are within the limits
+the constructors apply (`tfprobunet.models.checks.check_model_sizes`: a config read as it stands
+is not built first), and that the weights the config creates, sized without allocating them,
+fit in the limit. The limit, `MAX_MODEL_BYTES` (1 GiB), is
 raised per call (`load_model(path, max_bytes=...)`) or for a whole process, the command line
 included, by the environment variable `TFPROBUNET_MAX_MODEL_BYTES`.
 """
@@ -22,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfprobunet import catalog
+from tfprobunet.models import checks
+from tfprobunet.models.checks import byte_limit, readable  # the loaders import them from here
 
 # The most bytes a `.keras` file may inflate to, and its model's weights take (the optimizer's
 # state adds up to twice as much again). The default model's weights take about 20 MB.
@@ -33,6 +38,11 @@ MAX_EXPANSION = 100
 EXPANSION_FLOOR = 2**24
 # A model's config.json takes a few kilobytes.
 MAX_CONFIG_BYTES = 2**24
+# Objects (layers, initializers, dtype policies: dicts with a "class_name") a config may
+# describe: the package's models have a handful; each Keras layer brings about four.
+MAX_CONFIG_OBJECTS = 20000
+# What an error message shows of another error's text (Keras' can list every weight).
+MAX_ECHO = 300
 CONFIG = "config.json"
 
 
@@ -43,33 +53,6 @@ class ModelFileError(ValueError):
 
 class NonFiniteWeightsError(ValueError):
     """A model's weights hold NaN or infinite values: its outputs mean nothing."""
-
-
-def byte_limit(max_bytes, variable, default):
-    """The limit in force: `max_bytes` if given, else the environment variable `variable` (a
-    number of bytes, e.g. `8000000000` or `8e9`), else `default`."""
-    source = "max_bytes"
-    if max_bytes is None:
-        text = os.environ.get(variable, "").strip()
-        if not text:
-            return default
-        source = variable
-        try:
-            max_bytes = int(text) if text.isdigit() else int(float(text))
-        except (ValueError, OverflowError):
-            raise ValueError(f"{variable} must be a number of bytes, e.g. 8000000000 or 8e9. "
-                             f"Received {text!r}.") from None
-    if max_bytes < 1:
-        raise ValueError(f"{source} must be a positive number of bytes. Received {max_bytes}.")
-    return int(max_bytes)
-
-
-def readable(size):
-    """`size` bytes as `1.5 GiB` (or `512 bytes`)."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} bytes"
 
 
 def _raise_hint(limit):
@@ -141,6 +124,40 @@ def _read_config(path, archive):
                              f"({type(error).__name__}: {error}).") from None
 
 
+def _cut(text, limit=MAX_ECHO):
+    """`text` on one line, at most `limit` characters of it."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def check_config_sizes(path, config):
+    """Refuse, before anything is built, a config whose model or nested layers ask for more
+    than `checks.check_model_sizes` admits (levels, channels, convolutions per block, members,
+    ...: what the constructors refuse too), or that describes more than `MAX_CONFIG_OBJECTS`
+    objects; one short `ModelFileError` naming the class and the argument."""
+    stack, objects = [config], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if "class_name" in item:
+                objects += 1
+                if isinstance(item.get("config"), dict):
+                    try:
+                        checks.check_model_sizes(item["config"])
+                    except ValueError as error:
+                        raise ModelFileError(
+                            f"{path}: its {CONFIG} asks for a "
+                            f"{checks.shown(item['class_name'], 40)} beyond the size limits; "
+                            f"nothing was built: {error}") from None
+            stack.extend(item.values())
+    if objects > MAX_CONFIG_OBJECTS:
+        raise ModelFileError(f"{path}: its {CONFIG} describes {objects:,} objects (layers, "
+                             f"initializers, ...), above {MAX_CONFIG_OBJECTS:,}; refused before "
+                             "anything was built.")
+
+
 def config_weights(config):
     """The weights a model config (a `.keras` file's config.json, `build_config` included)
     creates, as `[(path, shape, dtype)]`, found without allocating them: the model is built in a
@@ -164,7 +181,7 @@ def _check_weights(path, config, limit):
         weights = config_weights(config)
     except Exception as error:  # noqa: BLE001 -- any failure here is the load's failure
         raise ModelFileError(f"{path}: Keras cannot build the model its {CONFIG} describes "
-                             f"({type(error).__name__}: {' '.join(str(error).split())})") from None
+                             f"({type(error).__name__}: {_cut(error)})") from None
     sizes = [math.prod(shape) * tf.as_dtype(dtype).size for _, shape, dtype in weights]
     total = sum(sizes)
     if total > limit:
@@ -172,8 +189,9 @@ def _check_weights(path, config, limit):
         arguments = {k: v for k, v in config.get("config", {}).items()
                      if k in ("num_channels", "latent_dim", "num_classes")}
         raise ModelFileError(
-            f"{path}: its config builds a {config.get('class_name', 'model')} "
-            f"({', '.join(f'{k}={v}' for k, v in arguments.items())}) whose {len(weights)} "
+            f"{path}: its config builds a {checks.shown(config.get('class_name', 'model'), 40)} "
+            f"({', '.join(f'{k}={checks.shown(v)}' for k, v in arguments.items())}) whose "
+            f"{len(weights)} "
             f"weights take {readable(total)} ({total:,} bytes; the largest, {name}, "
             f"{shape}), above the limit of {readable(limit)}; nothing was allocated. "
             + _raise_hint(limit))
@@ -208,8 +226,8 @@ def load_model(path, max_bytes=None):
 
     Raises:
         ModelFileError: `path` is missing, a directory, empty, cut short, not a `.keras` archive,
-            a decompression bomb, beyond the limit, or Keras cannot load it; the message says
-            which.
+            a decompression bomb, beyond the limit, its config asks for a model beyond the
+            size limits (`check_config_sizes`), or Keras cannot load it; the message says which.
         NonFiniteWeightsError: its weights hold NaN or infinite values.
 
     Example:
@@ -220,13 +238,14 @@ def load_model(path, max_bytes=None):
     with _open_archive(path) as archive:
         _check_members(path, archive, limit)
         config = _read_config(path, archive)
+    check_config_sizes(path, config)
     _import_model_class(config)
     _check_weights(path, config, limit)
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # noqa: BLE001 -- one error type, naming the path
         raise ModelFileError(f"{path}: Keras could not load it ({type(error).__name__}: "
-                             f"{' '.join(str(error).split())})") from error
+                             f"{_cut(error)})") from error
     check_finite(model, path)
     return model
 

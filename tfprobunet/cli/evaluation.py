@@ -2,15 +2,20 @@
 and figures) and `inspect` (the latent-space figure)."""
 
 import json
+import math
 import os
 import warnings
 
 from tfprobunet import _console, catalog
 from tfprobunet.cli import flags
+from tfprobunet.defaults import MAX_SAMPLES
 
 PROTOCOLS = ("kohl", "phiseg", "custom")  # tfprobunet.protocols.NAMES, without TensorFlow
 
 SPLITS = catalog.SPLITS
+# inspect's grid: decoded steps**2 times, as many as a request's samples may be.
+MAX_GRID_STEPS = math.isqrt(MAX_SAMPLES)
+MAX_EXTENT = 100.0  # prior standard deviations
 
 
 def add_parsers(commands):
@@ -21,9 +26,12 @@ def add_parsers(commands):
     flags.add_data_flags(evaluate)
     evaluate.add_argument("--out", required=True, help="folder for report.json and the PNGs")
     evaluate.add_argument("--split", choices=SPLITS, default="test")
-    evaluate.add_argument("--samples", type=flags.int_list, default=[1, 4, 8, 16],
-                          help="numbers of samples to score, comma-separated (a published "
-                               "--protocol fixes them)")
+    evaluate.add_argument("--samples", type=flags.number_list(1, MAX_SAMPLES),
+                          default=[1, 4, 8, 16],
+                          help="numbers of samples to score, comma-separated, at most "
+                               f"{MAX_SAMPLES}; a batch's samples must fit in the sample budget "
+                               "(fewer --samples or a smaller --batch-size). A published "
+                               "--protocol fixes them")
     evaluate.add_argument(
         "--protocol", choices=PROTOCOLS, default="custom",
         help="kohl: the released LIDC crops (--dataset lidc), GED and HM-IoU of 16 samples, as "
@@ -35,8 +43,9 @@ def add_parsers(commands):
     evaluate.add_argument("--split-manifest", metavar="FILE",
                           help="a split manifest (tfprobunet data manifest) fixing which "
                                "patients are tested (default: the training run's)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--seed", type=int,
+    evaluate.add_argument("--batch-size", type=flags.COUNT, default=8,
+                          help="images per sampling call")
+    evaluate.add_argument("--seed", type=flags.SEED,
                           help="samples and synthetic data (default: the training seed)")
     evaluate.set_defaults(run=_evaluate)
     inspect = commands.add_parser(
@@ -46,13 +55,18 @@ def add_parsers(commands):
     inspect.add_argument("--image", help="a PNG or JPEG; or take one from --dataset")
     flags.add_data_flags(inspect)
     inspect.add_argument("--split", choices=SPLITS, default="test")
-    inspect.add_argument("--index", type=int, default=0, help="with --dataset: which image")
-    inspect.add_argument("--axes", type=flags.int_list,
+    inspect.add_argument("--index", type=flags.number(0, flags.MAX_COUNT, integer=True),
+                         default=0, help="with --dataset: which image")
+    inspect.add_argument("--axes", type=flags.number_list(0, flags.MAX_COUNT),
                          help="two latent axes, e.g. 0,3 (default: with annotations, the two "
                               "their posteriors spread most along; else 0,1)")
-    inspect.add_argument("--extent", type=float, default=2.0,
-                         help="the grid spans +-this many prior standard deviations")
-    inspect.add_argument("--steps", type=int, default=5, help="grid points per axis")
+    inspect.add_argument("--extent", type=flags.number(maximum=MAX_EXTENT, above=0.0),
+                         default=2.0, help="the grid spans +-this many prior standard "
+                                           f"deviations (at most {MAX_EXTENT:g})")
+    inspect.add_argument("--steps", type=flags.number(2, MAX_GRID_STEPS, integer=True),
+                         default=5, help="grid points per axis: the image is decoded steps**2 "
+                                         f"times, at most {MAX_SAMPLES} (--steps <= "
+                                         f"{MAX_GRID_STEPS})")
     inspect.add_argument("--out", required=True, help="the figure, a .png file")
     inspect.set_defaults(run=_inspect)
 

@@ -18,7 +18,7 @@ import json
 import os
 
 from tfprobunet import catalog
-from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES, MAX_SEED, check_number
 
 # The library functions the commands forward to: name -> (module, attribute).
 FUNCTIONS = {"train": ("tfprobunet.training.train", "train"),
@@ -32,8 +32,63 @@ NOT_MODEL_FLAGS = ("num_classes", "seed")
 DATA_HELP = "; ".join(f"{name}: {entry.help}" for name, entry in catalog.DATASETS.items())
 
 
+# The ranges of the numeric flags (the library checks its arguments again, some more tightly,
+# e.g. a model's size limits). Counts become int32 tensors in places.
+MAX_COUNT = 2**31 - 1
+# The longest image side --image-size takes (a 8192 x 8192 image is 64 million pixels).
+MAX_SIDE = 8192
+
+
 class CommandError(Exception):
     """A command refused its arguments: printed as one line, `tfprobunet: error: ...`."""
+
+
+def _bounds(minimum, maximum, above):
+    parts = [(">", above), (">=", minimum), ("<=", maximum)]
+    return " and ".join(f"{sign} {value if isinstance(value, int) else f'{value:g}'}"
+                        for sign, value in parts if value is not None)
+
+
+def number(minimum=None, maximum=None, *, above=None, integer=False):
+    """An argparse `type=`: the flag's text as a finite number (an int if `integer`) with
+    `minimum <= value <= maximum` and `value > above` (`defaults.check_number`). Anything else
+    (`nan`, `inf`, `1e3` for an integer, out of range) is argparse's one-line refusal naming
+    the flag, e.g. `argument --seed: expected an integer >= 0 and <= 2147483647, got '-5'`."""
+    wanted = f"{'an integer' if integer else 'a finite number'} {_bounds(minimum, maximum, above)}"
+
+    def parse(text):
+        try:
+            value = int(text) if integer else float(text)
+            return check_number("value", value, minimum, maximum, above=above, integer=integer)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"expected {wanted.strip()}, got {text!r}") from None
+
+    parse.__name__ = "integer" if integer else "number"
+    return parse
+
+
+def number_list(minimum=None, maximum=None, *, integer=True):
+    """An argparse `type=`: `8,16,32` as [8, 16, 32], each value checked as `number` checks
+    one."""
+    parse_one = number(minimum, maximum, integer=integer)
+    wanted = f"{'integers' if integer else 'finite numbers'} {_bounds(minimum, maximum, None)}"
+
+    def parse(text):
+        try:
+            values = [parse_one(v) for v in text.split(",") if v]
+        except argparse.ArgumentTypeError:
+            values = []
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {wanted.strip()}, got "
+                                             f"{text!r}")
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
+COUNT = number(1, MAX_COUNT, integer=True)  # epochs, steps, batch sizes, images, trials
+SEED = number(0, MAX_SEED, integer=True)
 
 
 def int_list(text):
@@ -41,21 +96,25 @@ def int_list(text):
     return [int(v) for v in text.split(",") if v]
 
 
-def optional_float(text):
-    """A number, or `none` (None)."""
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+def optional(parse):
+    """An argparse `type=`: `none` as None, any other text as `parse` reads it."""
+    def parse_optional(text):
+        return None if text.lower() == "none" else parse(text)
+
+    parse_optional.__name__ = f"optional {parse.__name__}"
+    return parse_optional
 
 
 def size(text):
-    """`64` or `256,512`."""
-    values = int_list(text)
+    """`64` or `256,512`: one or two integers from 1 to `MAX_SIDE` (which sides a model's U-Net
+    divides, `train` checks once it knows the model)."""
+    try:
+        values = number_list(1, MAX_SIDE)(text)
+    except argparse.ArgumentTypeError:
+        values = []
     if len(values) not in (1, 2):
-        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHT,WIDTH, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHT,WIDTH, positive integers "
+                                         f"<= {MAX_SIDE}, got {text!r}")
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -281,7 +340,7 @@ def add_data_flags(parser, library=None):
                               "--dataset)", "none"),
              ("image_size", dict(type=size), "SIZE or HEIGHT,WIDTH",
               "64 synthetic, 128 LIDC, 256,512 Cityscapes"),
-             ("num_examples", dict(type=int), "images of the split",
+             ("num_examples", dict(type=COUNT), "images of the split",
               "all; synthetic: 1000 train, 100 val/test")]
     for name, spec, help, default_help in specs:
         if library is None:  # evaluate, inspect: the training run's (its train_config.json)
@@ -322,11 +381,11 @@ def data_options(args, recorded=None):
 
 def add_limit_flags(parser, whose):
     """The request limits, whose defaults are `tfprobunet.defaults`' (the library's too)."""
-    parser.add_argument("--max-samples", type=int, default=MAX_SAMPLES,
+    parser.add_argument("--max-samples", type=COUNT, default=MAX_SAMPLES,
                         help=f"{whose}: the most samples per image one request may ask for")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=COUNT, default=MAX_PIXELS,
                         help=f"{whose}: the most image pixels (b*h*w) per request")
-    parser.add_argument("--max-sample-pixels", type=int, default=MAX_SAMPLE_PIXELS,
+    parser.add_argument("--max-sample-pixels", type=COUNT, default=MAX_SAMPLE_PIXELS,
                         help=f"{whose}: the most sampled pixels (b*m*h*w) per request")
 
 

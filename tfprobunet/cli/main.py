@@ -17,10 +17,21 @@ DESCRIPTION = "The `tfprobunet` console script. Thin: every command calls a libr
 FLIPS_BY_DEFAULT = ("train", "tune", "compare")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too) whose refusals are one line, e.g.
+    `tfprobunet train: error: argument --seed: expected an integer >= 0 and <= 2147483647, got
+    '-5' (tfprobunet train --help lists the flags)`, instead of the usage (dozens of lines for
+    `train`) and then the error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} ({self.prog} --help "
+                     "lists the flags)\n")
+
+
 def build_parser(argv=()):
     """The parser of `tfprobunet`; a model of your own named by `--model` in `argv` gets its
     constructor arguments as `train` flags (its class is imported, TensorFlow with it)."""
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser = OneLineParser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true",
                         help="show TensorFlow's start-up and C++ log lines, which are held "
                              f"back otherwise (also: {_console.VERBOSE_VARIABLE}=1)")

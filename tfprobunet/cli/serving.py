@@ -4,7 +4,11 @@ stand-in) and `predict` (image files, here or through a server)."""
 import os
 
 from tfprobunet.cli import flags
-from tfprobunet.defaults import MAX_BODY_BYTES, MAX_MESSAGE_BYTES
+from tfprobunet.defaults import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_SAMPLE_BYTES
+
+# The local server's queues and backlog (`ModelServer`'s defaults; the CLI imports no
+# TensorFlow to show its help).
+REST_QUEUE, REST_BACKLOG, GRPC_QUEUE = 64, 128, 64
 
 
 def add_parsers(commands):
@@ -18,6 +22,7 @@ def add_parsers(commands):
     export.add_argument("--name", default="probunet", help="the served model's name")
     export.add_argument("--version", type=int, help="default: the next free integer")
     flags.add_limit_flags(export, "recorded in the export")
+    _add_sample_bytes_flag(export, "recorded in the export")
     export.add_argument("--image-range", type=flags.image_range, default=(0.0, 1.0),
                         metavar="LOW,HIGH",
                         help="the pixel values the model was trained on (default 0,1, every "
@@ -37,14 +42,29 @@ def add_parsers(commands):
     serve.add_argument("--poll-seconds", type=float, default=1.0,
                        help="seconds between scans for new versions")
     flags.add_limit_flags(serve, "on top of each export's own")
+    _add_sample_bytes_flag(serve, "on top of each export's own")
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
                        help="the largest gRPC message (both ways) and response")
     serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                        help="the largest REST request body")
     serve.add_argument("--request-timeout", type=float, default=30.0,
                        help="seconds a REST client may take to send its request")
+    serve.add_argument("--rest-queue", type=int, default=REST_QUEUE,
+                       help="REST requests in flight (read, waiting or answered); more get 503 "
+                            "with Retry-After at once")
+    serve.add_argument("--rest-backlog", type=int, default=REST_BACKLOG,
+                       help="connections the kernel queues before the REST server accepts them")
+    serve.add_argument("--grpc-queue", type=int, default=GRPC_QUEUE,
+                       help="gRPC calls in flight (answered or waiting); more get "
+                            "RESOURCE_EXHAUSTED at once")
     serve.set_defaults(run=_serve)
     _add_predict_parser(commands)
+
+
+def _add_sample_bytes_flag(parser, whose):
+    parser.add_argument("--max-sample-bytes", type=int, default=MAX_SAMPLE_BYTES,
+                        help=f"{whose}: the most bytes of class probabilities (b*m*h*w*K*4) "
+                             "one request's samples may take")
 
 
 def _add_predict_parser(commands):
@@ -88,7 +108,8 @@ def _export(args):
         raise flags.CommandError(f"no model at {args.model!r}; pass a .keras file saved by "
                                  "`tfprobunet train` or `model.save`.")
     path = export.export_for_serving(args.model, args.base_dir, args.name, args.version,
-                                     image_range=args.image_range, **flags.limits(args))
+                                     image_range=args.image_range,
+                                     max_sample_bytes=args.max_sample_bytes, **flags.limits(args))
     print(f"exported {args.model} to {path}; "
           f"TF Serving config: {os.path.join(args.base_dir, export.MODELS_CONFIG)}")
 
@@ -101,7 +122,8 @@ def _serve(args):
         max_workers=args.workers, rest_workers=args.rest_workers,
         poll_seconds=args.poll_seconds, max_message_bytes=args.max_message_bytes,
         max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
-        **flags.limits(args)).start()
+        max_sample_bytes=args.max_sample_bytes, rest_queue=args.rest_queue,
+        rest_backlog=args.rest_backlog, grpc_queue=args.grpc_queue, **flags.limits(args)).start()
     print(f"serving {args.model_base_path}: gRPC {args.host}:{server.port}, REST "
           f"http://{args.host}:{server.rest_port} (Ctrl-C stops)", flush=True)
     try:

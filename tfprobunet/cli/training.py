@@ -6,34 +6,40 @@ import os
 
 from tfprobunet import _console, catalog
 from tfprobunet.cli import flags
-from tfprobunet.defaults import MIXED_PRECISION, SCHEDULES, STRATEGIES
+from tfprobunet.defaults import (MAX_CONNECT_TIMEOUT, MAX_SEED, MIXED_PRECISION, MODEL_NUMBERS,
+                                 SCHEDULES, STRATEGIES)
 from tfprobunet.models.presets import PRESETS
 
 # The `train` flags, but the data flags: (argument, argparse spec, help). Every argument of
 # `train` and of every model's constructor is here (tests/test_cli.py checks), except those
-# only Python can pass (`verbose`, `callbacks`, `validation_data`).
+# only Python can pass (`verbose`, `callbacks`, `validation_data`). Each number is parsed by a
+# `flags.number` type: finite, in range, or argparse's one-line refusal.
+COUNT, SEED = flags.COUNT, flags.SEED
 TRAIN_FLAGS = [
     ("model", {}, "the model: the Probabilistic U-Net, a baseline of the paper's section 3, the "
                   "HPU-Net (hpunet), the SSN (ssn), or a model of your own (registered, or an "
                   "installed package's tfprobunet.models entry point)"),
     ("strategy", dict(choices=STRATEGIES), "multi_worker: one process per worker, configured "
                                            "by TF_CONFIG"),
-    ("connect_timeout", dict(type=float, metavar="SECONDS"),
+    ("connect_timeout", dict(type=flags.number(maximum=MAX_CONNECT_TIMEOUT, above=0.0),
+                             metavar="SECONDS"),
      "multi_worker: give up when the cluster has not formed after this long (one line names "
      "the tasks that never answered, and the process is killed: TensorFlow's wait cannot be "
      "interrupted)"),
-    ("epochs", dict(type=int), ""),
-    ("steps_per_epoch", dict(type=int), ""),
-    ("batch_size", dict(type=int), "global batch size"),
-    ("validation_examples", dict(type=int),
+    ("epochs", dict(type=COUNT), ""),
+    ("steps_per_epoch", dict(type=COUNT), ""),
+    ("batch_size", dict(type=COUNT), "global batch size (a batch a training step cannot hold "
+                                     "in the memory available is refused with an estimate)"),
+    ("validation_examples", dict(type=flags.number(0, flags.MAX_COUNT, integer=True)),
      "evaluate this many val images after each epoch (val_ged)"),
-    ("learning_rate", dict(type=float), "Adam's (initial) learning rate"),
+    ("learning_rate", dict(type=flags.number(maximum=1.0, above=0.0)),
+     "Adam's (initial) learning rate"),
     ("schedule", dict(choices=SCHEDULES),
      "learning-rate schedule over epochs * steps-per-epoch: constant, piecewise (the official "
      "Cityscapes configuration's, scaled), cosine (warm-up + decay), wsd (warm-up, stable, "
      "cosine decay over the last third)"),
-    ("max_minutes", dict(type=float), "stop at the end of the first epoch past this many "
-                                      "minutes"),
+    ("max_minutes", dict(type=flags.number(above=0.0)),
+     "stop at the end of the first epoch past this many minutes"),
     ("tensorboard", dict(metavar="DIR"),
      "TensorBoard logs: losses, val_ged and calibration scalars, and sample grids of 4 "
      "validation images each epoch"),
@@ -42,61 +48,71 @@ TRAIN_FLAGS = [
      "losses stay float32. auto: bfloat16 on CPUs with AMX or AVX-512-BF16, float32 "
      "elsewhere (2-3 times as fast there, but calibration did not always hold: "
      "docs/results/bf16); float32 (the default, every preset's)"),
-    ("seed", dict(type=int), "the data, the weights and the model's random draws"),
+    ("seed", dict(type=SEED), "the data, the weights and the model's random draws"),
     ("split_manifest", dict(metavar="FILE"),
      "a split manifest (tfprobunet data manifest) fixing which patients train and validate"),
     ("jit_compile", dict(action="store_true"), "XLA-compile the train step"),
 ]
+def _ranges(name):
+    """The range of the model argument `name` (`tfprobunet.defaults.MODEL_NUMBERS`)."""
+    return {k: v for k, v in MODEL_NUMBERS[name].items() if k != "example"}
+
+
 MODEL_FLAGS = {
-    "num_channels": (dict(type=flags.int_list), "U-Net filters per level, comma-separated"),
-    "convs_per_block": (dict(type=int), ""),
-    "latent_dim": (dict(type=int), ""),
-    "fcomb_layers": (dict(type=int), "hidden 1x1 convolutions of f_comb, before its 1x1 logits "
-                                     "convolution (official code: 3 + 1)"),
-    "fcomb_channels": (dict(type=int), "their filters (None: the first --num-channels)"),
-    "beta": (dict(type=float), "the KL weight (hpunet: without GECO only)"),
+    "num_channels": (dict(type=flags.number_list(1, flags.MAX_COUNT)),
+                     "U-Net filters per level, comma-separated"),
+    "convs_per_block": (dict(type=COUNT), ""),
+    "latent_dim": (dict(type=COUNT), ""),
+    "fcomb_layers": (dict(type=COUNT), "hidden 1x1 convolutions of f_comb, before its 1x1 "
+                                       "logits convolution (official code: 3 + 1)"),
+    "fcomb_channels": (dict(type=COUNT), "their filters (None: the first --num-channels)"),
+    "beta": (dict(type=flags.number(**_ranges("beta"))),
+             "the KL weight (hpunet: without GECO only)"),
     "reconstruction": (dict(choices=("sum", "mean")), "pixel losses summed or averaged"),
     "kl": (dict(choices=("analytic", "sampled")), ""),
     "use_posterior_mean": (dict(action="store_true"),
                            "decode the posterior mean instead of a posterior sample "
                                                  "while training (deterministic)"),
-    "weight_decay": (dict(type=float), "L2 on the kernels"),
-    "ged_samples": (dict(type=int), "samples per image of the val_ged metric"),
-    "ged_classes": (dict(type=flags.int_list),
+    "weight_decay": (dict(type=flags.number(**_ranges("weight_decay"))), "L2 on the kernels"),
+    "ged_samples": (dict(type=COUNT), "samples per image of the val_ged metric"),
+    "ged_classes": (dict(type=flags.number_list(0, flags.MAX_COUNT)),
                     "the classes the GED scores, comma-separated (None: the dataset's)"),
-    "geco_target": (dict(type=flags.optional_float),
+    "geco_target": (dict(type=flags.optional(flags.number(**_ranges("geco_target")))),
                     "GECO (Rezende & Viola 2018, with the HPU-Net reference code's update): "
                     "minimise the KL subject to a reconstruction of kappa nats per (mined) "
                     "pixel; the Lagrange multiplier softplus(v)**2 starts at 1 and v is "
                     "trained by the optimizer, its gradient scaled by -geco_rate; none: the "
                     "beta-ELBO"),
-    "geco_rate": (dict(type=float), "the GECO multiplier's gradient scale (with Adam only its "
-                                    "sign matters)"),
-    "blocks_per_level": (dict(type=int), "residual blocks per level"),
-    "latent_dims": (dict(type=flags.int_list),
+    "geco_rate": (dict(type=flags.number(**_ranges("geco_rate"))),
+                  "the GECO multiplier's gradient scale (with Adam only its sign matters)"),
+    "blocks_per_level": (dict(type=COUNT), "residual blocks per level"),
+    "latent_dims": (dict(type=flags.number_list(1, flags.MAX_COUNT)),
                     "latent channels per latent level, coarse to fine, comma-separated (None: "
                     "1 at each of min(4, levels - 1) levels)"),
-    "top_k_fraction": (dict(type=float), "the fraction of each image's pixels whose "
-                                         "cross-entropy is mined (1: all)"),
+    "top_k_fraction": (dict(type=flags.number(maximum=1.0, above=0.0)),
+                       "the fraction of each image's pixels whose cross-entropy is mined (1: "
+                       "all)"),
     "top_k_mode": (dict(choices=("stochastic", "deterministic")),
                    "mined pixels drawn in proportion to their loss (Gumbel top-k) or the "
                    "largest losses"),
-    "beta_warmup_steps": (dict(type=int), "KL weight rising from 0 to --beta over this many "
-                                          "steps"),
-    "energy_weight": (dict(type=float),
+    "beta_warmup_steps": (dict(type=flags.number(0, flags.MAX_COUNT, integer=True)),
+                          "KL weight rising from 0 to --beta over this many steps"),
+    "energy_weight": (dict(type=flags.number(**_ranges("energy_weight"))),
                       "add this many nats times a differentiable surrogate of the energy score "
                       "(soft 1 - IoU) of prior samples against the annotation (not in the "
                       "paper; 0: off)"),
-    "energy_samples": (dict(type=int), "prior samples per image for --energy-weight"),
-    "dropout_rate": (dict(type=float), "dropout of the inner-most blocks"),
-    "dropout_blocks": (dict(type=int), "how many inner-most encoder and decoder blocks get "
-                                       "dropout"),
-    "num_members": (dict(type=int), "U-Nets of the ensemble"),
-    "num_heads": (dict(type=int), "output heads"),
-    "epsilon": (dict(type=float), "the oracle set loss's weight on the heads that are not the "
-                                  "best"),
-    "rank": (dict(type=int), "rank of the logits' covariance factor"),
-    "num_mc_samples": (dict(type=int), "logit samples per image of the Monte Carlo loss"),
+    "energy_samples": (dict(type=flags.number(2, flags.MAX_COUNT, integer=True)),
+                       "prior samples per image for --energy-weight"),
+    "dropout_rate": (dict(type=flags.number(maximum=1.0, above=0.0)),
+                     "dropout of the inner-most blocks"),
+    "dropout_blocks": (dict(type=COUNT), "how many inner-most encoder and decoder blocks get "
+                                         "dropout"),
+    "num_members": (dict(type=COUNT), "U-Nets of the ensemble"),
+    "num_heads": (dict(type=COUNT), "output heads"),
+    "epsilon": (dict(type=flags.number(0.0, 1.0)),
+                "the oracle set loss's weight on the heads that are not the best"),
+    "rank": (dict(type=COUNT), "rank of the logits' covariance factor"),
+    "num_mc_samples": (dict(type=COUNT), "logit samples per image of the Monte Carlo loss"),
 }
 
 
@@ -125,9 +141,9 @@ def add_parsers(commands, models=()):
     _add_compare_parser(commands)
     demo = commands.add_parser("demo", help="train a small model on flips and sample from it")
     demo.add_argument("--workdir", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=6000,
+    demo.add_argument("--steps", type=COUNT, default=6000,
                       help="training steps (a multiple of 500): the same model on every machine")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=SEED, default=0)
     demo.add_argument("--base-dir", default="saved_models", help="where the model is exported")
     demo.set_defaults(run=_demo)
 
@@ -165,13 +181,13 @@ def _add_tune_parser(commands):
                       help="the search's trials, TensorBoard logs, best model and JSON")
     for name, spec, help in [
             ("tuner", dict(choices=("random", "bayesian", "hyperband")), ""),
-            ("max_trials", dict(type=int), "random and bayesian"),
-            ("epochs", dict(type=int), "per trial (hyperband: the longest trials')"),
-            ("steps_per_epoch", dict(type=int), ""),
-            ("validation_examples", dict(type=int), "val images scored for the objective, "
-                                                    "val_ged"),
+            ("max_trials", dict(type=COUNT), "random and bayesian"),
+            ("epochs", dict(type=COUNT), "per trial (hyperband: the longest trials')"),
+            ("steps_per_epoch", dict(type=COUNT), ""),
+            ("validation_examples", dict(type=COUNT), "val images scored for the objective, "
+                                                      "val_ged"),
             ("strategy", dict(choices=("default", "mirrored")), ""),
-            ("seed", dict(type=int), "")]:
+            ("seed", dict(type=SEED), "")]:
         flags.add_library_flag(tune, flags.TUNE, name, help, **spec)
     tune.add_argument("--fixed", type=flags.fixed, action="append", default=[],
                       metavar="NAME=VALUE", help="a setting not searched (repeatable): a "
@@ -179,10 +195,11 @@ def _add_tune_parser(commands):
     role = tune.add_mutually_exclusive_group()
     role.add_argument("--chief", action="store_true",
                       help="distributed: run the oracle at --oracle and wait for the workers")
-    role.add_argument("--worker", type=int, metavar="ID",
+    role.add_argument("--worker", type=flags.number(0, flags.MAX_COUNT, integer=True),
+                      metavar="ID",
                       help="distributed: run trials for the chief at --oracle")
     tune.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address")
-    tune.add_argument("--show", type=int, default=5, help="best trials to print")
+    tune.add_argument("--show", type=COUNT, default=5, help="best trials to print")
     tune.add_argument("--verbose", type=int, choices=(0, 1, 2),
                       help="Keras: 1 progress bars, 2 a line per epoch, 0 silent (default: 1 "
                            "on a terminal, else 2)")
@@ -224,13 +241,15 @@ def _add_compare_parser(commands):
     for name, spec, help, default_help in [
             ("models", dict(type=flags.model_list), "comma-separated",
              "the paper's five: probunet,dropout,ensemble,mheads,i2ivae"),
-            ("steps", dict(type=int), "training steps of every run", None),
-            ("steps_per_epoch", dict(type=int), "steps between checkpoints", "min(steps, 500)"),
-            ("seeds", dict(type=flags.int_list), "training seeds, comma-separated", None),
+            ("steps", dict(type=COUNT), "training steps of every run", None),
+            ("steps_per_epoch", dict(type=COUNT), "steps between checkpoints",
+             "min(steps, 500)"),
+            ("seeds", dict(type=flags.number_list(0, MAX_SEED)),
+             "training seeds, comma-separated", None),
             ("recipe", dict(choices=sorted(PRESETS)), "the training recipe of every model (its "
              "U-Net, optimizer, schedule and batch size; the model arguments each model takes)",
              None),
-            ("test_examples", dict(type=int), "test images", "the dataset's, 500 for flips")]:
+            ("test_examples", dict(type=COUNT), "test images", "the dataset's, 500 for flips")]:
         flags.add_library_flag(compare, flags.COMPARE, name, help, default_help=default_help,
                                **spec)
     compare.add_argument("--set", type=flags.override, action="append", default=[],

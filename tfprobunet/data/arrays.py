@@ -15,11 +15,14 @@ Each file holds (`numpy.savez`):
 
 Files are read with `allow_pickle=False`: object arrays are refused. Before any array is read,
 each one's shape and dtype are taken from its `.npy` header and checked against the size its
-zip member declares (a file whose two disagree is refused) and against a limit: an array may
-take at most `MAX_ARRAY_BYTES` (2 GiB) once read, counting 4 bytes per value (images become
-float32, annotations int32), so a few megabytes of compressed zeros cannot claim tens of
-gigabytes. Raise it with `npz_split(..., max_bytes=...)` or, for `tfprobunet.data.load` and the
-command line, the environment variable `TFPROBUNET_MAX_ARRAY_BYTES` (e.g. `8e9`).
+zip member declares (a file whose two disagree is refused), against each other (`images` and
+`annotations` of the same n, h and w, their dtypes, `annotation_weights` of length A), and
+against a limit: an array may take at most `MAX_ARRAY_BYTES` (2 GiB) once read, counting 4
+bytes per value (images become float32, annotations int32), so a few megabytes of compressed
+zeros cannot claim tens of gigabytes. Raise it with `npz_split(..., max_bytes=...)` or, for
+`tfprobunet.data.load` and the command line, the environment variable
+`TFPROBUNET_MAX_ARRAY_BYTES` (e.g. `8e9`). The same limit bounds the other loaders that read
+arrays (`array_limit`, `check_array_bytes`): PHiSeg's hdf5 and the image folders.
 """
 
 import math
@@ -52,7 +55,7 @@ def npz_headers(path, max_bytes=None):
             size of its zip member; or an array would take more than `max_bytes` once read
             (default: `TFPROBUNET_MAX_ARRAY_BYTES` if set, else `MAX_ARRAY_BYTES`).
     """
-    limit = byte_limit(max_bytes, MAX_ARRAY_BYTES_VARIABLE, MAX_ARRAY_BYTES)
+    limit = array_limit(max_bytes)
     headers = {}
     try:
         archive = zipfile.ZipFile(path)
@@ -75,19 +78,67 @@ def npz_headers(path, max_bytes=None):
                     f"its zip member holds {info.file_size - header_bytes:,}: the two "
                     "disagree (a damaged or crafted file). Save the arrays again with "
                     "numpy.savez.")
-            held = values * max(dtype.itemsize, 4)
-            if held > limit:
-                read_as = ("" if dtype.itemsize >= 4
-                           else f" stored, {held:,} once read as 4-byte values")
-                raise ValueError(
-                    f"{path}: `{key}` is {dtype} {shape}: {stored:,} bytes{read_as}, above the "
-                    f"limit of {limit:,} bytes. It was not read. If the file is yours and the "
-                    "machine has the memory (about three times that), raise the limit: "
-                    f"{MAX_ARRAY_BYTES_VARIABLE}={held} (the command line, "
-                    "tfprobunet.data.load) or npz_split(..., max_bytes=...); or split the "
-                    "data into smaller files.")
+            check_array_bytes(path, key, shape, dtype, limit, "npz_split(..., max_bytes=...)")
             headers[key] = (shape, dtype)
     return headers
+
+
+def array_limit(max_bytes=None):
+    """The bytes the arrays a loader reads may take, in force: `max_bytes` if given, else
+    `TFPROBUNET_MAX_ARRAY_BYTES` if set (e.g. `8e9`), else `MAX_ARRAY_BYTES` (2 GiB)."""
+    return byte_limit(max_bytes, MAX_ARRAY_BYTES_VARIABLE, MAX_ARRAY_BYTES)
+
+
+def check_array_bytes(path, key, shape, dtype, limit, option, held=None):
+    """Refuse the array `key` of the file `path`, of `shape` and numpy `dtype` as the file
+    declares them, if it would take more than `limit` bytes once read, at `held` bytes a value
+    (default: 4 at least, as images become float32 and labels int32): a `ValueError` in one
+    line naming the file, the array, the bytes, the limit and how to raise it
+    (`TFPROBUNET_MAX_ARRAY_BYTES`, or the Python argument `option`, e.g.
+    `"npz_split(..., max_bytes=...)"`)."""
+    per_value = max(dtype.itemsize, 4) if held is None else held
+    stored, total = math.prod(shape) * dtype.itemsize, math.prod(shape) * per_value
+    if total > limit:
+        read_as = ("" if per_value == dtype.itemsize
+                   else f" stored, {total:,} once read as {per_value}-byte values")
+        raise ValueError(
+            f"{path}: `{key}` is {dtype} {tuple(shape)}: {stored:,} bytes{read_as}, above the "
+            f"limit of {limit:,} bytes. It was not read. If the file is yours and the machine "
+            f"has the memory (about three times that), raise the limit: "
+            f"{MAX_ARRAY_BYTES_VARIABLE}={total} (the command line, tfprobunet.data.load) or "
+            f"{option}; or split the data into smaller files.")
+
+
+def _check_layout(path, headers):
+    """Refuse, from the arrays' headers (`npz_headers`), an npz whose arrays disagree: before
+    any of them is read."""
+    unknown = sorted(set(headers) - set(KEYS))
+    missing = [k for k in KEYS[:2] if k not in headers]
+    if missing or unknown:
+        raise ValueError(f"{path} must hold `images` and `annotations` (and optionally "
+                         f"num_classes, annotation_weights, classes). Missing: {missing}; "
+                         f"unknown: {unknown}.")
+    (images, image_type), (annotations, label_type) = headers["images"], headers["annotations"]
+    graders = annotations[1:2] if len(annotations) == 4 else (1,)
+    if len(images) != 4 or len(annotations) not in (3, 4) or images[0] != annotations[0] \
+            or images[1:3] != annotations[-2:]:
+        raise ValueError(f"{path}: `images` must be (n, h, w, c) and `annotations` (n, A, h, w) "
+                         f"with the same n, h and w. Received images {images}, annotations "
+                         f"{annotations}. Nothing was read.")
+    if not (image_type == np.uint8 or np.issubdtype(image_type, np.floating)) \
+            or not np.issubdtype(label_type, np.integer):
+        raise ValueError(f"{path}: `images` must be float (or uint8) and `annotations` int. "
+                         f"Received {image_type} and {label_type}.")
+    expected = {"num_classes": "a single number", "annotation_weights": f"of shape {graders}",
+                "classes": "a list of class labels (one axis)"}
+    fits = {"num_classes": lambda shape: math.prod(shape) == 1,
+            "annotation_weights": lambda shape: shape == graders,
+            "classes": lambda shape: len(shape) <= 1}
+    for key in expected:
+        if key in headers and not fits[key](headers[key][0]):
+            raise ValueError(f"{path}: `{key}` must be {expected[key]} (annotations "
+                             f"{annotations}). Received shape {headers[key][0]}. Nothing was "
+                             "read.")
 
 
 def _npy_header(path, archive, info):
@@ -126,13 +177,7 @@ def npz_split(data_dir, split, max_bytes=None):
         raise FileNotFoundError(f"No {split} split at {path}: the npz layout is one file per "
                                 "split, train.npz, val.npz and test.npz, each with `images` "
                                 "(n, h, w, c) and `annotations` (n, A, h, w).")
-    headers = npz_headers(path, max_bytes)
-    unknown = sorted(set(headers) - set(KEYS))
-    missing = [k for k in KEYS[:2] if k not in headers]
-    if missing or unknown:
-        raise ValueError(f"{path} must hold `images` and `annotations` (and optionally "
-                         f"num_classes, annotation_weights, classes). Missing: {missing}; "
-                         f"unknown: {unknown}.")
+    _check_layout(path, npz_headers(path, max_bytes))
     try:
         with np.load(path, allow_pickle=False) as f:
             content = {k: f[k] for k in f.files}
@@ -141,17 +186,8 @@ def npz_split(data_dir, split, max_bytes=None):
     images, annotations = content["images"], content["annotations"]
     if annotations.ndim == 3:
         annotations = annotations[:, None]
-    if images.ndim != 4 or annotations.ndim != 4 or len(images) != len(annotations) \
-            or images.shape[1:3] != annotations.shape[2:]:
-        raise ValueError(f"{path}: `images` must be (n, h, w, c) and `annotations` (n, A, h, w) "
-                         f"with the same n, h and w. Received images {images.shape}, "
-                         f"annotations {content['annotations'].shape}.")
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
-    if not np.issubdtype(images.dtype, np.floating) or not np.issubdtype(annotations.dtype,
-                                                                         np.integer):
-        raise ValueError(f"{path}: `images` must be float (or uint8) and `annotations` int. "
-                         f"Received {images.dtype} and {annotations.dtype}.")
     labels = annotations[annotations != IGNORE_LABEL]
     if "num_classes" in content:
         num_classes = int(content["num_classes"])

@@ -29,9 +29,10 @@ import tensorflow as tf
 
 from tfprobunet import layers
 from tfprobunet.catalog import IGNORE_LABEL, SPLITS
-from tfprobunet.data import checks, crops, intensity, manifests
+from tfprobunet.data import arrays, checks, crops, intensity, manifests
 from tfprobunet.data import images as images_lib
 from tfprobunet.data.source import Source, check_split
+from tfprobunet.saving import readable
 
 # The image files read (`tfprobunet.data.images` decodes them).
 EXTENSIONS = images_lib.EXTENSIONS
@@ -41,6 +42,9 @@ MULTIPLE = 16
 # Files decoded at the same time (PIL lets go of the GIL while it decodes). Twice as many cases
 # are read ahead of the one being stored, no more: the decoded files do not pile up.
 _WORKERS = min(8, (os.cpu_count() or 1) + 2)
+# The pixels of the files being decoded at once (one case at least): decoding a file takes a few
+# times its pixels' bytes, above what the arrays hold.
+_DECODING_PIXELS = 2**26
 # x / 255 in float32 for each 8-bit value x: the dataset looks the pixels up here, so that they
 # are the very floats that numpy's `image / 255.0` gives (as they were before the images were
 # kept as bytes), whatever TensorFlow's division does.
@@ -139,8 +143,8 @@ def match_masks(stems, masks, pattern=None, missing_mask="error", extensions=EXT
     for stem, name, by_rater in zip(stems, names or stems, found):
         missing = [r for r in raters if r not in by_rater]
         if missing and missing_mask == "error":
-            expected = os.path.join(masks, _shown_pattern(pattern, extensions).format(
-                stem=stem).replace("*", missing[0]))
+            expected = os.path.join(masks, _filled(_shown_pattern(pattern, extensions), stem,
+                                                   missing[0]))
             raise FileNotFoundError(
                 f"{name} has no mask for rater(s) {missing}: expected {expected} (the other "
                 f"images have masks for raters {raters}). If no mask means no lesion, pass "
@@ -226,7 +230,7 @@ def _find(stems, index, pattern, extensions):
     keys = sorted(((n if whole else name_stem(n, extensions)), n) for n in names)
     claimed = {}
     for k in sorted(range(len(stems)), key=lambda k: -len(stems[k])):
-        head, star, tail = name_pattern.format(stem=stems[k]).partition("*")
+        head, star, tail = (part.format(stem=stems[k]) for part in name_pattern.partition("*"))
         start = bisect.bisect_left(keys, (head,))
         while start < len(keys) and keys[start][0].startswith(head):
             key, name = keys[start]
@@ -256,9 +260,14 @@ def _shown_pattern(pattern, extensions):
     return pattern if has else pattern + (".png" if ".png" in extensions else extensions[0])
 
 
+def _filled(pattern, stem, rater):
+    """`pattern` with `{stem}` replaced by `stem` and its `*` by `rater`: a `*` in the image's
+    name stays as it is."""
+    return rater.join(part.format(stem=stem) for part in pattern.split("*"))
+
+
 def _unmatched(name, stem, masks, index, patterns):
-    examples = [_shown_pattern(p, EXTENSIONS).format(stem=stem).replace("*", "RATER")
-                for p in patterns]
+    examples = [_filled(_shown_pattern(p, EXTENSIONS), stem, "RATER") for p in patterns]
     tried = "; ".join(f"{p} (e.g. {e})" for p, e in zip(patterns, examples))
     held = [os.path.join(sub, n) for sub, files in index.items() for n in files[:3]][:5]
     return (f"No mask in {masks} matches any image. Tried: {tried}; the first image, {name}, "
@@ -270,7 +279,7 @@ def _unmatched(name, stem, masks, index, patterns):
 def from_folders(images, masks, split="train", pattern=None, channels=1, binarize=True,
                  num_classes=None, multiple=MULTIPLE, fractions=FRACTIONS, seed=0,
                  split_manifest=None, missing_mask="error", window=None, percentiles=None,
-                 crop=None):
+                 crop=None, *, max_bytes=None, max_pixels=None):
     """Read a split of your images and their raters' masks from two folders into memory.
 
     The files are decoded a few at a time, in threads, and held in bytes, as stored: a case of
@@ -281,6 +290,11 @@ def from_folders(images, masks, split="train", pattern=None, channels=1, binariz
     4 masks take 184 KB each, 1.7 GB, where they took 737 KB (6.6 GB) as the float32 images and
     int32 masks held before, and several times that while being read. A pipeline reading the
     dataset holds a second copy (tf.data copies the tensors it starts from).
+
+    What the split will take is computed from the files' headers before anything is decoded or
+    allocated, and refused in one line above `max_bytes`; so is a file whose header claims more
+    than `max_pixels` (a PNG file of 65 bytes can claim 13000 x 13000 pixels). Files are decoded
+    a few at a time, at most `_DECODING_PIXELS` of them at once (one case at least).
 
     Args:
         images: folder of image files, one per case (or with `train/`, `val/`, `test/`).
@@ -317,6 +331,10 @@ def from_folders(images, masks, split="train", pattern=None, channels=1, binariz
             pixels (`tfprobunet.data.crops.random_windows`); the other splits keep whole
             images (evaluation and prediction run on the whole image). For images larger than
             the network needs to see: a step costs in proportion to its pixels.
+        max_bytes: the most bytes the split's padded images and masks may take as held (above);
+            None: `TFPROBUNET_MAX_ARRAY_BYTES` if set, else `arrays.MAX_ARRAY_BYTES` (2 GiB).
+        max_pixels: the most pixels (height x width) of one image or mask file; None:
+            `TFPROBUNET_MAX_IMAGE_PIXELS` if set, else `images.MAX_IMAGE_PIXELS` (2**26).
 
     Returns:
         A `tfprobunet.data.Source` of `(image (H, W, channels) float32 in [0, 1], annotations
@@ -329,7 +347,8 @@ def from_folders(images, masks, split="train", pattern=None, channels=1, binariz
             in no layout (the layouts tried named).
         ValueError: an unreadable file, a mask of another size than its image, a mask that is
             not binary with `binarize=True`, labels out of range, or 0/255 masks with
-            `binarize=False` (`checks.check_labels`).
+            `binarize=False` (`checks.check_labels`); a file or a split beyond `max_pixels` or
+            `max_bytes`.
     """
     check_split(split)
     if channels not in (1, 3):
@@ -338,7 +357,9 @@ def from_folders(images, masks, split="train", pattern=None, channels=1, binariz
         crops.check_multiple(crop, multiple)
     rule = intensity.rule(window, percentiles)
     cases = _cases(images, masks, split, pattern, fractions, seed, split_manifest, missing_mask)
-    stored_images, stored_masks, sizes = _load(*cases, channels, binarize, multiple, rule)
+    limits = (arrays.array_limit(max_bytes), images_lib.pixel_limit(max_pixels))
+    stored_images, stored_masks, sizes = _load(*cases, channels, binarize, multiple, rule,
+                                               limits)
     if not binarize:
         labels = _unpadded(stored_masks, sizes)
         if num_classes is None:
@@ -479,23 +500,28 @@ def _cases(images, masks, split, pattern, fractions, seed, split_manifest=None,
     return image_paths, mask_paths
 
 
-def _load(image_paths, mask_paths, channels, binarize, multiple, rule=intensity.DTYPE):
+def _load(image_paths, mask_paths, channels, binarize, multiple, rule=intensity.DTYPE,
+          limits=None):
     """`(images (n, H, W, channels) uint8, or uint16 if any file is 16-bit or `rule` is not
     the data type's (then scaled by it, `intensity.to_uint16`), masks (n, A, H, W), sizes)`:
-    the cases read, padded as
-    `from_folders` says, masks in uint8 (int32 if labels do not fit), `sizes` the images'
-    `(h, w)`. The arrays are allocated once, at the padded size their headers give, and each
-    case is stored as its files are decoded, in order: the first bad file is the one named."""
+    the cases read, padded as `from_folders` says, masks in uint8 (int32 if labels do not fit),
+    `sizes` the images' `(h, w)`. Every file's header is read first: the arrays are sized from
+    them and checked against `limits`, `(bytes, pixels a file)` (`_planned`), then allocated
+    once, and each case is stored as its files are decoded, in order: the first bad file is
+    the one named."""
     count, raters = len(image_paths), len(mask_paths[0])
     with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-        found = [size for size in pool.map(_header_size, image_paths) if size] or [(1, 1)]
-        height = layers.padded_size(max(h for h, _ in found), multiple)
-        width = layers.padded_size(max(w for _, w in found), multiple)
-        images = np.empty((count, height, width, channels), np.uint8)
+        files = [*image_paths, *(p for case in mask_paths for p in case if p is not None)]
+        headers = dict(zip(files, pool.map(_header, files)))
+        height, width, deep = _planned(image_paths, mask_paths, headers, channels, binarize,
+                                       multiple, rule, limits)
+        images = np.empty((count, height, width, channels), np.uint16 if deep else np.uint8)
         masks = np.empty((count, raters, height, width), np.uint8)
         sizes = []
-        arguments = [(i, m, channels, binarize, rule) for i, m in zip(image_paths, mask_paths)]
-        for n, (image, annotations) in enumerate(_in_order(pool, _decode, arguments)):
+        arguments = [(i, m, channels, binarize, rule, [headers.get(p) for p in m])
+                     for i, m in zip(image_paths, mask_paths)]
+        weights = [_pixels(headers[i]) * (1 + raters) for i in image_paths]
+        for n, (image, annotations) in enumerate(_in_order(pool, _decode, arguments, weights)):
             # 8 and 16 bits in one folder: all held in 16, an 8-bit v as v * 257 (v / 255 still)
             if image.dtype == np.uint16 and images.dtype == np.uint8:
                 images = images.astype(np.uint16) * np.uint16(257)
@@ -515,48 +541,102 @@ def _load(image_paths, mask_paths, channels, binarize, multiple, rule=intensity.
     return images, masks, sizes
 
 
-def _header_size(path):
-    """`(height, width)` from the file's header, or None if it cannot be opened: decoding it
-    then raises the error, in the files' order."""
+def _planned(image_paths, mask_paths, headers, channels, binarize, multiple, rule, limits):
+    """`(H, W, deep)`: the padded size of the split and whether its images are held in 16 bits,
+    from the files' `headers` (`{path: (h, w, mode) or None}`, None for a file decoding will
+    name). Refuses, in one line and before anything is allocated, a file of more pixels than
+    `limits[1]`, or a split whose arrays would take more bytes than `limits[0]`: images of
+    `channels` x 1 or 2 bytes (16-bit files, a window or percentiles), masks of 1 byte, or 4
+    for 16- and 32-bit label files with `binarize=False` (labels past 255 are held in int32)."""
+    max_bytes, max_pixels = limits or (arrays.array_limit(), images_lib.pixel_limit())
+    for path in (p for case in zip(image_paths, mask_paths) for p in (case[0], *case[1])):
+        if headers.get(path):
+            images_lib.check_pixels(path, *headers[path][:2], max_pixels,
+                                    "from_folders(..., max_pixels=...)")
+    found = [(headers[path], path) for path in image_paths if headers[path]]
+    (tallest, _, _), tall = max(found, key=lambda found: found[0][0], default=((1, 1, ""), None))
+    (_, widest, _), wide = max(found, key=lambda found: found[0][1], default=((1, 1, ""), None))
+    height, width = layers.padded_size(tallest, multiple), layers.padded_size(widest, multiple)
+    deep = rule["rule"] != "dtype" or any(h[2] in images_lib.DEEP_MODES for h, _ in found)
+    wide_labels = not binarize and any(headers[p] and headers[p][2] in images_lib.DEEP_MODES
+                                       for case in mask_paths for p in case if p)
+    image_bytes, mask_bytes = channels * (2 if deep else 1), 4 if wide_labels else 1
+    total = len(image_paths) * height * width * (image_bytes + len(mask_paths[0]) * mask_bytes)
+    if total > max_bytes:
+        largest = (f"the largest, {tall}, is {tallest} x {widest}" if tall == wide else
+                   f"the tallest, {tall}, is {tallest} high, the widest, {wide}, {widest} wide")
+        raise ValueError(
+            f"The {len(image_paths)} images of the split and their {len(mask_paths[0])} masks "
+            f"each would take {total:,} bytes ({readable(total)}) in memory, above the limit "
+            f"of {max_bytes:,} bytes: padded to {height} x {width} ({largest}), "
+            f"{image_bytes} bytes an image pixel and {mask_bytes} a mask pixel. Nothing was "
+            "decoded. If the files are yours and the machine has the memory (about twice "
+            f"that), raise the limit: {arrays.MAX_ARRAY_BYTES_VARIABLE}={total} (the command "
+            "line, tfprobunet.data.load) or from_folders(..., max_bytes=...); or cut large "
+            "images into tiles.")
+    return height, width, deep
+
+
+def _header(path):
+    """`(height, width, mode)` from the file's header, or None if it cannot be opened: decoding
+    it then raises the error, in the files' order."""
     try:
-        return images_lib.header_size(path)
+        return images_lib.header(path)
     except Exception:  # noqa: BLE001 -- `_decode` raises it, in the files' order
         return None
 
 
-def _in_order(pool, function, arguments):
+def _pixels(header):
+    return header[0] * header[1] if header else 0
+
+
+def _in_order(pool, function, arguments, weights=None):
     """`function(*a) for a in arguments`, run in `pool` and yielded in order, at most
-    `2 * _WORKERS` ahead of the consumer; the first error in order is raised, the calls still
-    waiting are then cancelled."""
-    pending, arguments = collections.deque(), iter(arguments)
+    `2 * _WORKERS` ahead of the consumer and, with `weights` (the pixels of each call's files),
+    at most `_DECODING_PIXELS` of them at once (one call at least); the first error in order is
+    raised, the calls still waiting are then cancelled."""
+    pending, arguments = collections.deque(), list(arguments)
+    weights = [0] * len(arguments) if weights is None else weights
+    submitted = held = 0
     try:
         while True:
-            while len(pending) < 2 * _WORKERS and (item := next(arguments, None)) is not None:
-                pending.append(pool.submit(function, *item))
+            while submitted < len(arguments) and len(pending) < 2 * _WORKERS and (
+                    not pending or held + weights[submitted] <= _DECODING_PIXELS):
+                pending.append((pool.submit(function, *arguments[submitted]),
+                                weights[submitted]))
+                held += weights[submitted]
+                submitted += 1
             if not pending:
                 return
-            yield pending.popleft().result()
+            future, weight = pending.popleft()
+            held -= weight
+            yield future.result()
     finally:
-        for future in pending:
+        for future, _ in pending:
             future.cancel()
 
 
-def _decode(image_path, mask_paths, channels, binarize, rule):
+def _decode(image_path, mask_paths, channels, binarize, rule, mask_headers=None):
     """`(image (h, w, channels) uint8 or uint16, annotations (A, h, w))` of one case, from its
-    files; a mask path None (missing, read as empty) gives zeros."""
+    files; a mask path None (missing, read as empty) gives zeros. A mask whose header
+    (`mask_headers`, `(h, w, mode)` or None) gives another size than the image's is refused
+    before it is decoded."""
     scaled = rule["rule"] != "dtype"  # a window or percentiles: any values, 32-bit too
     image = images_lib.decode(image_path, "L" if channels == 1 else "RGB", any_values=scaled)
     if scaled:
         image = intensity.to_uint16(image, rule, image_path)
     image = image[..., None] if channels == 1 else image
     annotations = []
-    for path in mask_paths:
+    for path, header in zip(mask_paths, mask_headers or [None] * len(mask_paths)):
         if path is None:
             annotations.append(np.zeros(image.shape[:2], np.uint8))
             continue
-        mask = images_lib.decode(path, "mask" if binarize else None)
-        if mask.shape[:2] != image.shape[:2]:
-            raise ValueError(f"{path} is {mask.shape[0]}x{mask.shape[1]} pixels (height x "
+        size = tuple(header[:2]) if header else image.shape[:2]
+        if size == image.shape[:2]:  # else refused unread
+            mask = images_lib.decode(path, "mask" if binarize else None)
+            size = mask.shape[:2]
+        if size != image.shape[:2]:
+            raise ValueError(f"{path} is {size[0]}x{size[1]} pixels (height x "
                              f"width) but its image {image_path} is {image.shape[0]}x"
                              f"{image.shape[1]}: every mask must have its image's size.")
         annotations.append(binary(mask, path) if binarize else mask)

@@ -4,7 +4,11 @@ pixels decoded to arrays. The loaders (`folders`, `lidc`, `cityscapes`),
 through these functions.
 
 - `header_size(path, formats=None)`: `(height, width)` of any image PIL opens (PNG, JPEG, BMP,
-  TIFF, GIF, WebP, ...), from its header; `ValueError` naming the file otherwise.
+  TIFF, GIF, WebP, ...), from its header; `ValueError` naming the file otherwise. `header`
+  adds PIL's mode (`"L"`, `"RGB"`, `"I;16"`, ...), which says the bytes a pixel takes.
+- `check_pixels(path, height, width)`: refuse an image file whose header claims more than
+  `MAX_IMAGE_PIXELS` (2**26, 8192 x 8192) before it is decoded: a PNG file of 65 bytes can claim
+  13000 x 13000, which PIL only warns about (`TFPROBUNET_MAX_IMAGE_PIXELS` raises the limit).
 - `png_size(path)`: `(height, width)` of a PNG from its first 24 and last 12 bytes, refusing an
   empty, foreign or truncated file before anything is decoded (the LIDC crops' check).
 - `decode(path, mode=None)`: the pixels as numpy, with PIL: grey or RGB, uint8 or (16-bit
@@ -31,6 +35,12 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TF_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = struct.pack(">I4sI", 0, b"IEND", zlib.crc32(b"IEND"))  # the last 12 bytes of a PNG
+# The most pixels (height x width) an image file read by the loaders may have, checked from its
+# header before it is decoded: 2**26, 8192 x 8192 (64 MiB a channel at 8 bits). PIL warns only
+# above 89 million pixels and refuses above twice that (`PIL.Image.MAX_IMAGE_PIXELS`), whatever
+# this limit says.
+MAX_IMAGE_PIXELS = 2**26
+MAX_IMAGE_PIXELS_VARIABLE = "TFPROBUNET_MAX_IMAGE_PIXELS"
 
 
 def _names(formats):
@@ -49,6 +59,22 @@ def header_size(path, formats=None):
         `(height, width)` ints.
 
     Raises:
+        ValueError: as `header`.
+    """
+    return header(path, formats)[:2]
+
+
+def header(path, formats=None):
+    """The `(height, width, mode)` of an image file, read from its header: nothing is decoded.
+    `mode` is PIL's (`"1"`, `"L"`, `"P"`, `"RGB"`, `"I;16"`, `"I"`, `"F"`, ...; `DEEP_MODES` are
+    those of more than 8 bits).
+
+    Args:
+        path: the image file.
+        formats: PIL format names accepted (e.g. `TF_FORMATS`); None accepts any image PIL
+            opens.
+
+    Raises:
         ValueError: `path` is missing, not an image (a directory, a text file, a damaged
             header), above PIL's decompression-bomb limit, or of a format not in `formats`;
             the message names the file and says which.
@@ -64,7 +90,7 @@ def header_size(path, formats=None):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
-                kind = image.format
+                kind, mode = image.format, image.mode
     except Image.DecompressionBombError as error:
         raise ValueError(f"{path}: {error}. Resize it, or split it into tiles.") from None
     except (OSError, SyntaxError) as error:  # PIL's UnidentifiedImageError is an OSError
@@ -72,7 +98,39 @@ def header_size(path, formats=None):
                          "files.") from None
     if formats and kind not in formats:
         raise ValueError(f"{path} is a {kind} image: pass a {_names(formats)} file.")
-    return height, width
+    return height, width, mode
+
+
+def pixel_limit(max_pixels=None):
+    """The most pixels one image file may have, in force: `max_pixels` if given, else
+    `TFPROBUNET_MAX_IMAGE_PIXELS` if set (e.g. `2e8`), else `MAX_IMAGE_PIXELS`."""
+    given = max_pixels
+    if given is None:
+        given = os.environ.get(MAX_IMAGE_PIXELS_VARIABLE, "").strip() or MAX_IMAGE_PIXELS
+    try:
+        limit = int(float(given)) if isinstance(given, str) else int(given)
+    except (ValueError, OverflowError):
+        limit = 0
+    if limit < 1:
+        where = "max_pixels" if max_pixels is not None else MAX_IMAGE_PIXELS_VARIABLE
+        raise ValueError(f"{where} must be a positive number of pixels, e.g. 200000000 or 2e8. "
+                         f"Received {given!r}.")
+    return limit
+
+
+def check_pixels(path, height, width, limit=None, option="max_pixels=..."):
+    """Refuse the image file `path` whose header claims `height` x `width` pixels if that is
+    more than `limit` (None: `pixel_limit()`): a `ValueError` in one line naming the file, the
+    size, the limit and how to raise it (`TFPROBUNET_MAX_IMAGE_PIXELS`, or the Python argument
+    `option`)."""
+    limit = pixel_limit() if limit is None else limit
+    if height * width > limit:
+        raise ValueError(
+            f"{path}: its header claims {height} x {width} pixels ({height * width:,}), above "
+            f"the limit of {limit:,} pixels an image. It was not decoded. If the file is yours "
+            f"and the machine has the memory, raise the limit: {MAX_IMAGE_PIXELS_VARIABLE}="
+            f"{height * width} (the command line, tfprobunet.data.load) or {option}; or cut "
+            "the image into tiles.")
 
 
 def png_size(path):
@@ -107,7 +165,7 @@ def png_size(path):
 
 
 # PIL's modes of grey images deeper than 8 bits: 16-bit (PNG, TIFF), 32-bit integer and float.
-_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # How images become what a model takes, for every reader of image files: each value divided by
 # its data type's maximum (255 for 8-bit files, 65535 for 16-bit ones), so [0, 1] spans the
 # file's whole range and a 16-bit image is never clipped to white.
@@ -164,7 +222,7 @@ def decode(path, mode=None, any_values=False):
         with Image.open(path) as image:
             if mode == "mask":  # a binary mask: palette indices as they are, colour as grey
                 mode = None if image.mode in ("1", "L", "P", "I", "I;16") else "L"
-            if mode is not None and image.mode in _DEEP_MODES:
+            if mode is not None and image.mode in DEEP_MODES:
                 grey = _deep_grey(path, image, any_values)
                 return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=-1)
             if mode is None:

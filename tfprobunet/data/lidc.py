@@ -233,7 +233,7 @@ def crop_size(image_size):
 
 
 def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
-          split_manifest=None, cache=False):
+          split_manifest=None, cache=False, *, max_pixels=None):
     """The LIDC crops as a `tf.data.Dataset`, read lazily from the PNG files.
 
     Args:
@@ -254,6 +254,9 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
             tiles), a file path to cache on disk (`tf.data.Dataset.cache`), False to decode
             the PNGs on every pass. The crops and their order are the same either way
             (bench/pipeline.py measures both).
+        max_pixels: the most pixels (height x width) of one tile, checked from its header
+            before it is decoded; None: `TFPROBUNET_MAX_IMAGE_PIXELS` if set, else
+            `images.MAX_IMAGE_PIXELS` (2**26; the published tiles have 32400).
 
     Returns:
         `tf.data.Dataset` of `(image (h, w, 1) float32 in [0, 1], annotations (graders, h, w)
@@ -261,7 +264,7 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
 
     Raises:
         FileNotFoundError, ValueError: as `crops_files`, which checks every file up front; a
-            tile smaller than `image_size`.
+            tile smaller than `image_size`, or larger than `max_pixels`.
 
     Warns:
         SplitCountWarning: the split's images or patients are not as many as published
@@ -280,8 +283,10 @@ def crops(data_dir, split="train", image_size=128, random_crop=False, seed=0,
             raise ValueError(f"The split manifest puts no patient of {data_dir} in {split!r}.")
         images, masks = images[index], masks[index]
     _warn_if_not_published(data_dir, split, images)
+    max_pixels = images_lib.pixel_limit(max_pixels)
     for path in images:
         tile = images_lib.png_size(path)
+        images_lib.check_pixels(path, *tile, max_pixels, "lidc.crops(..., max_pixels=...)")
         if tile[0] < height or tile[1] < width:
             raise ValueError(
                 f"{path} is {tile[0]}x{tile[1]} pixels (height x width), smaller than the "

@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import math
+import numbers
 import os
 
 import numpy as np
@@ -44,7 +45,7 @@ MOSE_RANDOM_STATE = 0
 def data_files(path):
     """The files a manifest's sha256 covers: `path`, or the `*.pickle` files of a folder."""
     if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.pickle")))
+        files = sorted(glob.glob(os.path.join(glob.escape(path), "*.pickle")))
         if not files:
             raise FileNotFoundError(f"No *.pickle file in {path}.")
         return files
@@ -66,15 +67,21 @@ def sha256(path, files=None):
         listing = sorted((os.path.relpath(f, path).replace(os.sep, "/"), os.path.getsize(f))
                          for f in files)
         for name, size in listing:
-            digest.update(f"{name}\0{size}\n".encode())
+            digest.update(_name_bytes(f"{name}\0{size}\n"))
         return digest.hexdigest()
     for file in data_files(path):
         if os.path.isdir(path):
-            digest.update(os.path.basename(file).encode() + b"\0")
+            digest.update(_name_bytes(os.path.basename(file)) + b"\0")
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _name_bytes(text):
+    """`text` (file names) as UTF-8, a name that is not UTF-8 as its bytes on disk (Python keeps
+    them as lone surrogates, `os.fsdecode`), so that such a name is hashed rather than refused."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def split_ids(ids, seed=0, fractions=FRACTIONS):
@@ -178,17 +185,20 @@ def _check_disjoint(splits, where):
 
 def read(manifest, path, dataset, files=None):
     """The manifest `manifest` (a dict, or a JSON file's path), checked against the data at
-    `path` (its `files`, see `sha256`) of `dataset`: its dataset, its keys, its sha256, and no
-    id in two splits. Raises `ValueError` saying which and what to do."""
-    where = manifest if isinstance(manifest, str) else "the split manifest"
-    if isinstance(manifest, str):
-        with open(manifest) as f:
-            manifest = json.load(f)
-    keys = {"dataset", "seed", "fractions", "sha256", "splits"}
-    if not isinstance(manifest, dict) or not keys <= set(manifest) or not (
-            isinstance(manifest["splits"], dict) and set(SPLITS) <= set(manifest["splits"])):
-        raise ValueError(f"{where} is not a split manifest: expected a JSON object with "
-                         f"{sorted(keys)} and splits {list(SPLITS)}.")
+    `path` (its `files`, see `sha256`) of `dataset`: its form (`check_form`), its dataset, its
+    sha256, and no id in two splits. Raises `ValueError` naming the file and saying which and
+    what to do."""
+    where = os.fspath(manifest) if isinstance(manifest, (str, os.PathLike)) else \
+        "the split manifest"
+    if isinstance(manifest, (str, os.PathLike)):
+        try:
+            with open(manifest, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{where} is not a split manifest: it is not JSON text "
+                             f"({type(error).__name__}: {error}). Write one with tfprobunet "
+                             "data manifest.") from None
+    check_form(manifest, where)
     if manifest["dataset"] != dataset:
         raise ValueError(f"{where} is a manifest of {manifest['dataset']!r}, not of "
                          f"{dataset!r}.")
@@ -201,6 +211,42 @@ def read(manifest, path, dataset, files=None):
             "from, or make a manifest of this data (tfprobunet data manifest).")
     _check_disjoint(manifest["splits"], where)
     return manifest
+
+
+# A manifest's keys and what each holds (`check_form`); others (MoSE's `"split"`) are allowed.
+FORM = {"dataset": "a dataset's name (a string)", "seed": "an integer, or null",
+        "fractions": "three shares (numbers)", "sha256": "a hex digest (a string)",
+        "splits": f"an object of {list(SPLITS)}, each a list of ids (strings)"}
+
+
+def check_form(manifest, where="the split manifest"):
+    """Refuse a `manifest` (a dict, as read from JSON) whose keys or values are not those of a
+    split manifest (`FORM`): a `ValueError` naming `where` (its file), the key and what it
+    holds instead."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{where} is not a split manifest: it holds a JSON "
+                         f"{type(manifest).__name__}, not an object with the keys "
+                         f"{list(FORM)}. Write one with tfprobunet data manifest.")
+    missing = [key for key in FORM if key not in manifest]
+    if missing:
+        raise ValueError(f"{where} is not a split manifest: it has no {missing} (it has "
+                         f"{sorted(manifest)[:8]}). Write one with tfprobunet data manifest.")
+    splits, fractions = manifest["splits"], manifest["fractions"]
+    valid = {
+        "dataset": isinstance(manifest["dataset"], str),
+        "seed": manifest["seed"] is None or (isinstance(manifest["seed"], numbers.Integral)
+                                             and not isinstance(manifest["seed"], bool)),
+        "fractions": isinstance(fractions, (list, tuple)) and len(fractions) == 3 and all(
+            isinstance(f, numbers.Real) and not isinstance(f, bool) for f in fractions),
+        "sha256": isinstance(manifest["sha256"], str),
+        "splits": isinstance(splits, dict) and set(SPLITS) <= set(splits) and all(
+            isinstance(splits[s], list) and all(isinstance(i, str) for i in splits[s])
+            for s in SPLITS)}
+    for key, fine in valid.items():
+        if not fine:
+            raise ValueError(f"{where} is not a split manifest: its {key!r} must be "
+                             f"{FORM[key]}; it holds {json.dumps(manifest[key])[:80]}. "
+                             "Write one with tfprobunet data manifest.")
 
 
 def indices(splits, ids, split):

@@ -86,6 +86,8 @@ class SegmentationSampler(KerasOverrides, keras.Model):
                              "a list of class indices, e.g. [1] or [0, 2]. Received: "
                              f"ged_classes={ged_classes!r}")
         check_model_numbers(dict(weight_decay=weight_decay))
+        checks.check_model_sizes(dict(num_channels=num_channels, convs_per_block=convs_per_block,
+                                      ged_samples=ged_samples))
         self.num_classes = num_classes
         self.num_channels = layers_lib.check_num_channels(num_channels)
         self.convs_per_block = convs_per_block
@@ -327,7 +329,7 @@ class UNetWithHeads(SegmentationSampler):
         """Logits `(b, m, h, w, K)` of `num_samples` segmentations per image of `images
         (b, h, w, c)`: `copy_logits` maps `(b * m, h, w, c)`, each image repeated m times in a
         row, to logits `(b * m, h, w, K)`, drawing each copy's randomness itself."""
-        check_num_samples(num_samples)
+        check_num_samples(num_samples, images, self.num_classes)
         images = self._checked_and_built(images)
         shape = tf.shape(images)
         logits = copy_logits(tf.repeat(images, num_samples, axis=0))

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfprobunet import losses
 from tfprobunet.models.base import UNetWithHeads, cycle_samples
-from tfprobunet.models.checks import check_num_samples
+from tfprobunet.models.checks import check_model_sizes, check_num_samples
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -35,6 +35,8 @@ class UNetEnsemble(UNetWithHeads):
                          weight_decay, seed, ged_samples, ged_classes, **kwargs)
         if not isinstance(num_members, int) or num_members < 1:
             raise ValueError(f"`num_members` must be an integer >= 1. Received: {num_members!r}")
+        check_model_sizes(dict(num_channels=self.num_channels, convs_per_block=convs_per_block,
+                               num_members=num_members))
         # Flat lists of layers (Keras saves these on every 3.x version; nested ones it does not
         # before 3.15). Each layer draws its own initial weights.
         self.unets = [self._make_unet(f"unet_{i}") for i in range(num_members)]
@@ -61,7 +63,7 @@ class UNetEnsemble(UNetWithHeads):
 
     def sample(self, images, num_samples=1, seed=None):
         """Logits `(b, m, h, w, K)`: sample i is member i mod M (`seed` is not used)."""
-        check_num_samples(num_samples)
+        check_num_samples(num_samples, images, self.num_classes)
         return cycle_samples(self.member_logits(images), num_samples)
 
     def _loss_terms(self, images, segmentations):

@@ -11,7 +11,7 @@ from tfprobunet.defaults import check_model_numbers, check_number
 from tfprobunet.models import geco as geco_lib
 from tfprobunet.models import hpunet_layers as hl
 from tfprobunet.models.base import SegmentationSampler
-from tfprobunet.models.checks import check_num_samples, seed_pair
+from tfprobunet.models.checks import check_model_sizes, check_num_samples, seed_pair
 
 # The reference's LIDC configuration has 4 latent levels (model.py:277); its channels
 # (model.py:315-322) are the default `num_channels`, written out for `--help` to read.
@@ -144,6 +144,8 @@ class HierarchicalProbabilisticUNet(SegmentationSampler):
                             ("convs_per_block", convs_per_block)):
             check_number(name, value, 1, integer=True, example=3)
         check_number("top_k_fraction", top_k_fraction, maximum=1.0, above=0.0, example=0.02)
+        check_model_sizes(dict(num_channels=self.num_channels, convs_per_block=convs_per_block,
+                               blocks_per_level=blocks_per_level, latent_dims=latent_dims))
         if top_k_mode not in TOP_K_MODES:
             raise ValueError(f"`top_k_mode` must be one of {TOP_K_MODES}. Received: "
                              f"top_k_mode={top_k_mode!r}")
@@ -299,7 +301,7 @@ class HierarchicalProbabilisticUNet(SegmentationSampler):
         `mean_levels`: None, or one bool per latent level (coarse to fine), True taking that
         level's prior mean instead of a draw: the reference notebook's `[1, 1, 1, 0]` varies
         only the finest scale ("local" samples), `[0, 1, 1, 1]` only the coarsest."""
-        check_num_samples(num_samples)
+        check_num_samples(num_samples, images, self.num_classes)
         if mean_levels is not None and len(mean_levels) != len(self.latent_dims):
             raise ValueError(f"`mean_levels` must hold one bool per latent level "
                              f"({len(self.latent_dims)}). Received: {mean_levels!r}")

@@ -9,6 +9,7 @@ from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models.base import UNetWithHeads
+from tfprobunet.models.checks import check_model_sizes
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -40,6 +41,7 @@ class Image2ImageVAE(UNetWithHeads):
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"`latent_dim` must be an integer >= 1. Received: {latent_dim!r}")
         check_model_numbers(dict(beta=beta))
+        check_model_sizes(dict(latent_dim=latent_dim))
         self.unet, self.head = self._make_unet(), self._make_head(num_classes)
         with layers_lib.own_policy(self):
             self.posterior = layers_lib.AxisAlignedGaussian(

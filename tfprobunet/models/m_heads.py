@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfprobunet import losses
 from tfprobunet.models.base import UNetWithHeads, cycle_samples
-from tfprobunet.models.checks import check_num_samples
+from tfprobunet.models.checks import check_model_sizes, check_num_samples
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -38,6 +38,7 @@ class MHeads(UNetWithHeads):
             raise ValueError(f"`num_heads` must be an integer >= 1. Received: {num_heads!r}")
         if not 0.0 <= epsilon < 1.0:
             raise ValueError(f"`epsilon` must be in [0, 1) (paper: 0.05). Received: {epsilon!r}")
+        check_model_sizes(dict(num_heads=num_heads))
         # All heads in one 1x1 convolution: M * K output channels.
         self.unet, self.heads = self._make_unet(), self._make_head(num_heads * num_classes, "heads")
         self._create_trackers()
@@ -63,7 +64,7 @@ class MHeads(UNetWithHeads):
 
     def sample(self, images, num_samples=1, seed=None):
         """Logits `(b, m, h, w, K)`: sample i is head i mod M (`seed` is not used)."""
-        check_num_samples(num_samples)
+        check_num_samples(num_samples, images, self.num_classes)
         return cycle_samples(self.head_logits(images), num_samples)
 
     def _loss_terms(self, images, segmentations):

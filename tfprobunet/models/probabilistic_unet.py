@@ -10,7 +10,7 @@ from tfprobunet import metrics as metrics_lib
 from tfprobunet.defaults import check_model_numbers
 from tfprobunet.models import geco as geco_lib
 from tfprobunet.models.base import IGNORE_LABEL, SegmentationSampler
-from tfprobunet.models.checks import check_num_samples
+from tfprobunet.models.checks import check_model_sizes, check_num_samples
 
 
 @keras.saving.register_keras_serializable(package="tfprobunet")
@@ -137,6 +137,9 @@ class ProbabilisticUNet(SegmentationSampler):
         if not isinstance(energy_samples, int) or energy_samples < 2:
             raise ValueError("`energy_samples` must be an integer >= 2 (the energy score "
                              f"compares samples in pairs). Received: {energy_samples!r}")
+        check_model_sizes(dict(latent_dim=latent_dim, fcomb_layers=fcomb_layers,
+                               fcomb_channels=fcomb_channels, energy_samples=energy_samples,
+                               beta_warmup_steps=beta_warmup_steps))
         self.energy_weight = float(energy_weight)
         self.energy_samples = energy_samples
         if self.energy_weight:
@@ -230,7 +233,7 @@ class ProbabilisticUNet(SegmentationSampler):
         Returns:
             logits `(b, m, h, w, K)`; `argmax(-1)` gives the label maps.
         """
-        check_num_samples(num_samples)
+        check_num_samples(num_samples, images, self.num_classes)
         features, prior = self.features(images)
         return self.decode(features, self.prior_latents(prior.loc, prior.stddev(), num_samples,
                                                         seed))

@@ -14,7 +14,7 @@ import tensorflow_probability as tfp
 from tfprobunet import layers as layers_lib
 from tfprobunet import losses
 from tfprobunet.models.base import IGNORE_LABEL, SegmentationSampler
-from tfprobunet.models.checks import check_num_samples
+from tfprobunet.models.checks import check_model_sizes, check_num_samples
 
 tfd = tfp.distributions
 
@@ -105,6 +105,7 @@ class StochasticSegmentationNetwork(SegmentationSampler):
         if not isinstance(num_mc_samples, int) or num_mc_samples < 1:
             raise ValueError("`num_mc_samples` must be an integer >= 1 (the references': 20). "
                              f"Received: num_mc_samples={num_mc_samples!r}")
+        check_model_sizes(dict(rank=rank, num_mc_samples=num_mc_samples))
         with layers_lib.own_policy(self):
             self.unet = layers_lib.UNet(self.num_channels, convs_per_block, weight_decay,
                                         name="unet")
@@ -191,7 +192,7 @@ class StochasticSegmentationNetwork(SegmentationSampler):
     def sample(self, images, num_samples=1, seed=None):
         """Logits `(b, m, h, w, K)` of `num_samples` (m >= 1) segmentations of `images
         (b, h, w, c)`: the U-Net once, then `sample_logits` (`seed` as there)."""
-        check_num_samples(num_samples)
+        check_num_samples(num_samples, images, self.num_classes)
         return self.sample_logits(*self.distribution_parameters(images), num_samples, seed)
 
     def call(self, images, training=None):

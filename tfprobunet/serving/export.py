@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tfprobunet import _io, layers, saving
 from tfprobunet.data import intensity as intensity_lib
-from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 from tfprobunet.saving import check_finite
 from tfprobunet.serving.signatures import (IMAGE_RANGE, INFO, check_image_range, info_function,
                                            serving_functions)
@@ -93,7 +93,7 @@ def next_version(model_dir):
 def export_for_serving(model, base_dir, name, version=None, config_base_path="/models",
                        max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                        max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE,
-                       intensity=None):
+                       intensity=None, max_sample_bytes=MAX_SAMPLE_BYTES):
     """Write `model` as version `version` of `name` under `base_dir`, as TF Serving expects.
 
     Args:
@@ -123,6 +123,10 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
             recorded for clients, which must scale theirs the same way. None: for a `.keras`
             path, the rule of the training run beside it (`intensity.of_run`: its
             `train_config.json`'s `window` or `percentiles`), else `{"rule": "dtype"}`.
+        max_sample_bytes: the most bytes the per-class probabilities of one request's samples
+            may take, b * m * h * w * K * 4 (`defaults.sample_bytes`); default 2**29 (512 MiB:
+            1000 samples of one 128 x 128 image with up to 8 classes, 32 with 255 classes).
+            They are computed whatever outputs a request asks for.
 
     The signatures refuse requests beyond these limits with INVALID_ARGUMENT before any
     memory is spent: TF Serving itself bounds neither the sample count nor the image size.
@@ -156,7 +160,7 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
         raise TypeError("Expected a tfprobunet model (a keras.Model with `sample(images, m, "
                         f"seed)`, e.g. a ProbabilisticUNet), received {type(model).__name__}.")
     limits = {"max_samples": max_samples, "max_pixels": max_pixels,
-              "max_sample_pixels": max_sample_pixels}
+              "max_sample_pixels": max_sample_pixels, "max_sample_bytes": max_sample_bytes}
     # Checks the model is built, the limits and the range.
     functions = serving_functions(model, **limits, image_range=image_range)
     limits["image_range"] = None if image_range is None else list(check_image_range(image_range))

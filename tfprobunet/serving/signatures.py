@@ -21,8 +21,9 @@ Every input is checked inside the graph: the rules a model's own inputs follow
 (`tfprobunet.models.checks`: rank, channels, sizes the U-Net divides, finite values,
 `num_samples >= 1`), and those of a request (`RequestChecks`): batch sizes that disagree, empty
 batches or images, pixel values outside the exported `image_range`, and requests beyond the
-limits the export records (`max_samples`, `max_pixels`, `max_sample_pixels`), all
-INVALID_ARGUMENT with a message that says what was received and what would work.
+limits the export records (`max_samples`, `max_pixels`, `max_sample_pixels`,
+`max_sample_bytes`), all INVALID_ARGUMENT with a message that says what was received and what
+would work.
 
 Every export adds `info` (`info_function`), for clients: `size (2,) int32` (an image's height
 and width; optional, default (1, 1)) -> `multiple () int32`, the side divisor the other
@@ -40,7 +41,7 @@ import json
 
 import tensorflow as tf
 
-from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS, MAX_SAMPLES
 from tfprobunet.models import checks
 
 SIGNATURES = ("serving_default", "features", "sample", "decode")
@@ -99,16 +100,18 @@ class RequestChecks:
 
     Args:
         model: the built model being exported.
-        max_samples, max_pixels, max_sample_pixels: the limits (see `export_for_serving`).
+        max_samples, max_pixels, max_sample_pixels, max_sample_bytes: the limits (see
+            `export_for_serving`).
         image_range: `(low, high)` of the pixel values the model was trained on, or None.
     """
 
-    def __init__(self, model, max_samples, max_pixels, max_sample_pixels, image_range):
+    def __init__(self, model, max_samples, max_pixels, max_sample_pixels, image_range,
+                 max_sample_bytes=MAX_SAMPLE_BYTES):
         self.channels, self.features_channels = model.image_channels, model.num_channels[0]
         self.num_channels = model.num_channels
         self.num_classes, self.factor_rank = model.num_classes, getattr(model, "rank", None)
         self.max_samples, self.max_pixels = max_samples, max_pixels
-        self.max_sample_pixels = max_sample_pixels
+        self.max_sample_pixels, self.max_sample_bytes = max_sample_pixels, max_sample_bytes
         self.image_range = image_range
 
     @staticmethod
@@ -136,9 +139,13 @@ class RequestChecks:
 
     def samples(self, num_samples, shape, what="`num_samples` is {}"):
         """Checks of `num_samples` (m) per image for `shape = (b, h, w, ...)`: at most
-        `max_samples`, and b * m * h * w at most `max_sample_pixels`. `what` names m."""
+        `max_samples`, b * m * h * w at most `max_sample_pixels`, and the K classes'
+        probabilities of those pixels, b * m * h * w * K * 4 bytes (`defaults.sample_bytes`),
+        at most `max_sample_bytes`. `what` names m."""
         num_samples = tf.cast(num_samples, tf.int64)
         sample_pixels = num_samples * tf.reduce_prod(tf.cast(shape[:3], tf.int64))
+        # When m or b * h * w is beyond its own limit, this may overflow; that check fails.
+        sample_bytes = sample_pixels * (4 * self.num_classes)
         return [
             *checks.check(num_samples <= self.max_samples,
                           f"{what}, above max_samples = {self.max_samples} (recorded in this "
@@ -150,6 +157,13 @@ class RequestChecks:
                           "export): ask for fewer samples or images per request, or export with "
                           "a larger `max_sample_pixels`.", shape[0], num_samples, shape[1],
                           shape[2], sample_pixels),
+            *checks.check(sample_bytes <= self.max_sample_bytes,
+                          f"The request asks for {{}} x {{}} x {{}} x {{}} samples of "
+                          f"{self.num_classes} classes: {{}} bytes of probabilities (float32), "
+                          f"above max_sample_bytes = {self.max_sample_bytes} (recorded in this "
+                          "export): ask for fewer samples or images per request, or export with "
+                          "a larger `max_sample_bytes`.", shape[0], num_samples, shape[1],
+                          shape[2], sample_bytes),
         ]
 
     @staticmethod
@@ -262,7 +276,8 @@ def _specs(model):
 
 
 def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
-                      max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE):
+                      max_sample_pixels=MAX_SAMPLE_PIXELS, image_range=IMAGE_RANGE,
+                      max_sample_bytes=MAX_SAMPLE_BYTES):
     """The signature functions of `model`, as `tf.function`s with named input signatures: the
     four of `SIGNATURES` for a Probabilistic U-Net, `serving_default`, `features` and `sample`
     for a Stochastic Segmentation Network, `serving_default` alone for a model that only has
@@ -271,8 +286,8 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
 
     Args:
         model: a built `tfprobunet.models.SegmentationSampler`.
-        max_samples, max_pixels, max_sample_pixels: the request limits the signatures enforce
-            (see `export_for_serving`).
+        max_samples, max_pixels, max_sample_pixels, max_sample_bytes: the request limits the
+            signatures enforce (see `export_for_serving`).
         image_range: `(low, high)` of the pixel values the model was trained on, or None (see
             `export_for_serving`).
 
@@ -288,7 +303,8 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
     request = RequestChecks(model, check_limit("max_samples", max_samples),
                             check_limit("max_pixels", max_pixels),
                             check_limit("max_sample_pixels", max_sample_pixels),
-                            check_image_range(image_range))
+                            check_image_range(image_range),
+                            check_limit("max_sample_bytes", max_sample_bytes))
     specs = _specs(model)
     functions = {"serving_default": _serving_default(model, request, specs)}
     if samples_cheaply(model):

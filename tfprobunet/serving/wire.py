@@ -3,6 +3,7 @@
 reading of tensor protos. Imports neither grpc nor tensorflow-serving-api (see
 `require_serving_extra`)."""
 
+import math
 import re
 
 import tensorflow as tf
@@ -90,6 +91,11 @@ def op_error_message(error):
 
 
 # ---------------------------------------------------------------------- tensor protos
+# The most dimensions a request's tensor may claim (the signatures' inputs have at most 5).
+MAX_RANK = 8
+# The TensorProto value fields that hold two numbers per element.
+_COMPLEX_VALUES = ("scomplex_val", "dcomplex_val")
+
 def dims(tensor_info):
     """The dimensions of a SignatureDef's `TensorInfo`, -1 where any size goes."""
     return [d.size for d in tensor_info.tensor_shape.dim]
@@ -112,10 +118,84 @@ def proto_spec(key, proto):
     except (TypeError, ValueError):
         raise status_error("INVALID_ARGUMENT", f"Input `{key}` has an unsupported dtype "
                                                f"({proto.dtype}).") from None
+    rank = len(proto.tensor_shape.dim)
+    if rank > MAX_RANK:  # before the dimensions are read: a request may claim millions
+        raise status_error("INVALID_ARGUMENT", (
+            f"Input `{key}` claims {rank} dimensions; the signatures' inputs have at most "
+            f"{MAX_RANK}."))
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in shape):
         raise status_error("INVALID_ARGUMENT", f"Input `{key}` claims shape {shape}.")
     return dtype, shape
+
+
+def count_fields(data, descriptor, limit, depth=32):
+    """The number of fields in the serialized protobuf message `data` of type `descriptor`, at
+    every level of its nested messages, read from the wire format without parsing it and
+    counted up to `limit` + 1 (more than `limit` is all that matters): parsing makes an object
+    of each field, and a 63 MB request that repeats a name 9 million times took gigabytes.
+    Packed values and bytes are one field each (their memory is their size). Nesting deeper
+    than `depth` counts as too many; malformed data is left to the parser."""
+    return _count_fields(memoryview(data), 0, len(data), descriptor, limit, depth)
+
+
+def _count_fields(data, position, end, descriptor, limit, depth):
+    if depth < 0:
+        return limit + 1
+    count = 0
+    while position < end and count <= limit:
+        key, position = _varint(data, position, end)
+        count += 1
+        wire_type = key & 7
+        if wire_type == 0:
+            _, position = _varint(data, position, end)
+        elif wire_type == 1:
+            position += 8
+        elif wire_type == 5:
+            position += 4
+        elif wire_type == 2:
+            length, position = _varint(data, position, end)
+            field = descriptor.fields_by_number.get(key >> 3) if descriptor else None
+            if field is not None and field.message_type is not None:
+                count += _count_fields(data, position, min(position + length, end),
+                                       field.message_type, limit - count, depth - 1)
+            position += length
+        else:  # a group (deprecated) or malformed: the parser decides
+            break
+    return count
+
+
+def _varint(data, position, end):
+    """The varint at `position` of `data` and the position after it (`end` if it is cut)."""
+    value = shift = 0
+    while position < end and shift < 70:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+    return value, end
+
+
+def check_values(key, proto, dtype, shape):
+    """INVALID_ARGUMENT if the TensorProto `proto` of the input `key`, checked to claim `dtype`
+    and `shape`, holds more values than `shape` has elements (a repeated `*_val` field), or more
+    `tensor_content` bytes than they take: counted without reading them, so that parsing costs
+    what the checked shape says and no more."""
+    elements = math.prod(shape)
+    for field, values in proto.ListFields():
+        if field.name == "tensor_content":
+            count, allowed, what = len(values), elements * dtype.size, "bytes of tensor_content"
+        elif field.name.endswith("_val"):
+            per_element = 2 if field.name in _COMPLEX_VALUES else 1
+            count, allowed, what = len(values), elements * per_element, f"values in {field.name}"
+        else:
+            continue
+        if count > allowed:
+            raise status_error("INVALID_ARGUMENT", (
+                f"Input `{key}` holds {count} {what}, more than its shape {list(shape)} of "
+                f"{dtype.name} takes ({allowed})."))
 
 
 def parse_tensor(key, proto):

@@ -24,6 +24,7 @@ from tfprobunet import layers as layers_lib
 from tfprobunet import models as models_lib
 from tfprobunet import saving
 from tfprobunet.data import pipeline
+from tfprobunet.models.checks import check_training
 from tfprobunet.defaults import MIXED_PRECISION, check_model_numbers, check_number
 from tfprobunet.training import precision
 from tfprobunet.training import workdir as workdir_lib
@@ -184,6 +185,8 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
                        num_examples=num_examples, validation_examples=validation_examples,
                        learning_rate=learning_rate, max_minutes=max_minutes)
     _check_mixed_precision(mixed_precision)
+    # The seed, the join limit, the image size, the model's size and the batch's memory.
+    check_training(model, model_kwargs, dataset, image_size, batch_size, seed, connect_timeout)
     distribution = make_strategy(strategy, connect_timeout)  # before TensorFlow runs anything
     workdir_lib.check_model_kwargs(model, model_kwargs)
     check_model_numbers(model_kwargs)

@@ -13,18 +13,22 @@ cannot be installed:
   in the columnar `inputs` format), and picks up new versions by polling.
 
 It cannot be knocked over by one request: request limits (`max_samples`, `max_pixels`,
-`max_sample_pixels`, `max_message_bytes`) are checked before anything runs; a version that fails
-to load, or whose variables hold NaN or Inf, is logged and skipped while the previous one keeps
-serving (clients are told NOT_FOUND and the model's name, never paths or loader errors); every
-malformed REST body gets a JSON 4xx; clients that stop sending are dropped after
-`request_timeout` seconds.
+`max_sample_pixels`, `max_sample_bytes`, `max_message_bytes`) are checked before anything runs,
+a gRPC request's fields are counted before it is parsed; a version folder is loaded once it is
+complete and settled, and one that fails to load, or whose variables hold NaN or Inf, is logged
+once and skipped while the previous one keeps serving (clients are told NOT_FOUND and the
+model's name, never paths or loader errors); every malformed REST body gets a JSON 4xx; clients
+that stop sending are dropped after `request_timeout` seconds. Nor by many: requests beyond
+`rest_queue` or `grpc_queue` in flight are answered 503 or RESOURCE_EXHAUSTED at once, and an
+internal error is answered with a request id, its text only in the server's log.
 
 Loading a SavedModel runs its init ops (`main_op`), as TF Serving's loader does: the base path
 must be as trusted as the code the server runs.
 
 One module per component: `limits` (`RequestLimits`), `servable` (`Servable`), `registry`
 (`Registry`: the versions served, found by polling), `grpc_service` and `rest_service` (the two
-APIs), `server` (`ModelServer`, both on one registry). Imported only when used: `import
+APIs), `errors` (what a failed request leaves: a request id, memory given back), `server`
+(`ModelServer`, both on one registry). Imported only when used: `import
 tfprobunet` imports neither this package nor grpc.
 """
 

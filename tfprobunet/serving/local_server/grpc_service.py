@@ -3,13 +3,16 @@
 request's protos claim (names, dtypes, shapes, bytes, `RequestLimits`) is checked before any
 tensor is parsed; every failure is answered with TF Serving's status, never UNKNOWN."""
 
+import functools
 import logging
 import math
 
 import tensorflow as tf
 
+from tfprobunet.serving.local_server.errors import internal_error, release_freed_memory
 from tfprobunet.serving.local_server.limits import GRPC_BYTES_PER_VALUE
-from tfprobunet.serving.wire import ServingError, parse_tensor, proto_spec, status_error
+from tfprobunet.serving.wire import (ServingError, check_values, count_fields, parse_tensor,
+                                     proto_spec, status_error)
 
 try:  # the `serving` extra
     import grpc
@@ -24,13 +27,22 @@ logger = logging.getLogger("tfprobunet.serving")
 # gRPC drops status messages beyond 16 KB of trailers, turning the status into
 # RESOURCE_EXHAUSTED: messages that echo what a client sent are cut at this length.
 MAX_STATUS_CHARS = 4000
+# The most fields a request may hold at all levels (a Predict request of three inputs holds
+# about 40), counted before it is parsed (`count_fields`).
+MAX_REQUEST_FIELDS = 1024
+_TOO_MANY_FIELDS = (
+    f"The request holds more than {MAX_REQUEST_FIELDS} fields (inputs, dimensions, "
+    "output_filter or metadata_field names, values sent one by one), counted before it is "
+    "parsed: send each input and output name once, and tensors as tensor_content or packed "
+    "values, as tf.make_tensor_proto does.")
 
 
 def _answer(context, method, request):
     """`method(request)`, or the request aborted with its status: TF Serving's for a
-    `ServingError` (logged as one line, the problem), INTERNAL (logged with its traceback) for
-    anything else, never UNKNOWN. The exception is not kept: its traceback would hold the
-    request's inputs until the next garbage collection."""
+    `ServingError` (logged as one line, the problem), INTERNAL with a request id for anything
+    else (`errors.internal_error`: its text in the log, never in the answer), never UNKNOWN.
+    The exception is not kept: its traceback would hold the request's inputs until the next
+    garbage collection."""
     try:
         return method(request)
     except ServingError as e:
@@ -39,8 +51,10 @@ def _answer(context, method, request):
         logger.warning("Refused a gRPC %s (model %.100r, signature %.100r): %s",
                        type(request).__name__, spec.name, spec.signature_name, e.headline)
     except Exception as e:  # noqa: BLE001 (answered, and logged for the operator)
-        logger.exception("Internal error answering a request")
-        code, message = "INTERNAL", f"{type(e).__name__}: {e}"
+        code = "INTERNAL"
+        _, message = internal_error(f"a gRPC {type(request).__name__}", e)
+    if code == "INTERNAL":  # after the exception and the frames it held are gone
+        release_freed_memory()
     context.abort(getattr(grpc.StatusCode, code), _shortened(message))
 
 
@@ -60,6 +74,55 @@ def _spec(request):
 
 _PredictionBase = prediction_service_pb2_grpc.PredictionServiceServicer if grpc else object
 _ModelBase = model_service_pb2_grpc.ModelServiceServicer if grpc else object
+_GenericBase = grpc.GenericRpcHandler if grpc else object
+
+
+# What `_parse_bounded` returns for a request of too many fields (grpc takes None for a parse
+# that failed, and answers INTERNAL).
+_TOO_MANY = object()
+
+
+def _parse_bounded(message_class, data):
+    """`data` parsed as a `message_class`, or `_TOO_MANY` if it holds more than
+    `MAX_REQUEST_FIELDS` fields: then nothing is parsed."""
+    if count_fields(data, message_class.DESCRIPTOR, MAX_REQUEST_FIELDS) > MAX_REQUEST_FIELDS:
+        return _TOO_MANY
+    return message_class.FromString(data)
+
+
+class BoundedParsing(_GenericBase):
+    """The methods of `PredictionServicer` and `ModelServicer`, with requests parsed by
+    `_parse_bounded`: one of too many fields is answered INVALID_ARGUMENT unparsed. Added to
+    the server before the generated handlers, which then answer the other methods
+    (UNIMPLEMENTED)."""
+
+    def __init__(self, prediction, model):
+        self._methods = {
+            "/tensorflow.serving.PredictionService/Predict": (
+                prediction.Predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
+            "/tensorflow.serving.PredictionService/GetModelMetadata": (
+                prediction.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
+                get_model_metadata_pb2.GetModelMetadataResponse),
+            "/tensorflow.serving.ModelService/GetModelStatus": (
+                model.GetModelStatus, get_model_status_pb2.GetModelStatusRequest,
+                get_model_status_pb2.GetModelStatusResponse)}
+
+    def service(self, handler_call_details):
+        if handler_call_details.method not in self._methods:
+            return None
+        behavior, request_class, response_class = self._methods[handler_call_details.method]
+
+        def answer(request, context):
+            if request is _TOO_MANY:
+                logger.warning("Refused a gRPC %s: INVALID_ARGUMENT: more than %d fields",
+                               request_class.__name__, MAX_REQUEST_FIELDS)
+                release_freed_memory()  # what receiving it took
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, _TOO_MANY_FIELDS)
+            return behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            answer, request_deserializer=functools.partial(_parse_bounded, request_class),
+            response_serializer=response_class.SerializeToString)
 
 
 class PredictionServicer(_PredictionBase):
@@ -82,8 +145,10 @@ class PredictionServicer(_PredictionBase):
         servable = self.registry.get(*_spec(request))
         signature_name = request.model_spec.signature_name or "serving_default"
         # Everything the protos claim is checked before any tensor is parsed: a few bytes can
-        # claim a tensor of gigabytes, which parsing would allocate.
+        # claim a tensor of gigabytes, which parsing would allocate. Repeated fields are counted
+        # before they are read: a request may repeat a name or a value millions of times.
         signature = servable.signature(signature_name)
+        servable.check_names(signature, request.inputs)
         specs = {k: proto_spec(k, v) for k, v in request.inputs.items()}
         servable.check_inputs(signature, specs)
         defaults = servable.defaults(signature, specs)
@@ -94,11 +159,13 @@ class PredictionServicer(_PredictionBase):
             raise status_error("INVALID_ARGUMENT", (
                 f"The inputs claim {claimed} bytes, above max_message_bytes = "
                 f"{self.limits.max_message_bytes} (a limit of this server)."))
+        for key, proto in request.inputs.items():
+            check_values(key, proto, *specs[key])
+        output_filter = servable.output_names(signature, request.output_filter)
         num_samples = (parse_tensor("num_samples", request.inputs["num_samples"])
                        if "num_samples" in request.inputs else defaults.get("num_samples"))
-        output_filter = list(request.output_filter)
         self.limits.check(signature, {k: shape for k, (_, shape) in specs.items()}, num_samples,
-                          servable.output_names(signature, output_filter), GRPC_BYTES_PER_VALUE)
+                          output_filter, GRPC_BYTES_PER_VALUE)
         inputs = {**defaults, **{k: parse_tensor(k, v) for k, v in request.inputs.items()}}
         outputs = servable.run(signature_name, inputs, output_filter, self.limits)
         response = predict_pb2.PredictResponse()
@@ -110,7 +177,8 @@ class PredictionServicer(_PredictionBase):
         return response
 
     def _metadata(self, request):
-        if list(request.metadata_field) != ["signature_def"]:
+        fields = request.metadata_field  # counted before it is read
+        if len(fields) != 1 or fields[0] != "signature_def":
             raise status_error("INVALID_ARGUMENT",
                                "Metadata field(s) other than signature_def are not supported.")
         servable = self.registry.get(*_spec(request))

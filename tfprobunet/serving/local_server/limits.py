@@ -5,13 +5,17 @@ count nor the image size; the export records limits of its own, which the signat
 import dataclasses
 import math
 
-from tfprobunet.defaults import MAX_MESSAGE_BYTES, MAX_PIXELS, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+from tfprobunet.defaults import (MAX_MESSAGE_BYTES, MAX_PIXELS, MAX_SAMPLE_BYTES,
+                                 MAX_SAMPLE_PIXELS, MAX_SAMPLES, sample_bytes)
 from tfprobunet.serving.wire import dims, status_error
 
 # Bytes per output value in a response: 4 in a TensorProto, up to about 20 as JSON text.
 GRPC_BYTES_PER_VALUE, JSON_BYTES_PER_VALUE = 4, 20
 # What a gRPC response carries beyond its values (framing, names, shapes), with a margin.
 RESPONSE_OVERHEAD = 2**16
+# The inputs whose first three dimensions are a request's (b, h, w): images, or what the
+# `features` signature made of them (a Probabilistic U-Net's features, an SSN's mean).
+_IMAGE_LIKE = ("images", "features", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +27,16 @@ class RequestLimits:
         max_pixels: image pixels per request, b * h * w of `images` or `features`.
         max_sample_pixels: sampled pixels per request, b * m * h * w.
         max_message_bytes: the largest gRPC message, and the largest response.
+        max_sample_bytes: bytes of the per-class probabilities a request's samples take,
+            b * m * h * w * K * 4 (`defaults.sample_bytes`): computed whatever the outputs
+            asked for, and K classes make a sample K times dearer than a pixel.
     """
 
     max_samples: int = MAX_SAMPLES
     max_pixels: int = MAX_PIXELS
     max_sample_pixels: int = MAX_SAMPLE_PIXELS
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_sample_bytes: int = MAX_SAMPLE_BYTES
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -37,18 +45,19 @@ class RequestLimits:
                 raise ValueError(f"`{field.name}` must be an integer >= 1. Received: {value!r}")
 
     def check(self, signature, shapes, num_samples, output_names, bytes_per_value):
-        """Raise INVALID_ARGUMENT for a request beyond the sample and pixel limits, and
-        RESOURCE_EXHAUSTED for one whose response would exceed `max_message_bytes`.
+        """Raise INVALID_ARGUMENT for a request beyond the sample, pixel and sample-byte limits,
+        and RESOURCE_EXHAUSTED for one whose response (the sum over `output_names`) would exceed
+        `max_message_bytes`.
 
         Args:
             signature: the `SignatureDef` the request runs.
             shapes: input name -> shape, already checked against the signature's.
             num_samples: the `num_samples` input's value, or None.
-            output_names: the outputs the response carries.
+            output_names: the outputs the response carries, each once.
             bytes_per_value: the response's size per output value.
         """
-        key = "images" if "images" in shapes else "features"
-        if key not in shapes:
+        key = next((k for k in _IMAGE_LIKE if k in shapes), None)
+        if key is None:
             return
         b, h, w = shapes[key][:3]
         if b * h * w > self.max_pixels:
@@ -71,6 +80,15 @@ class RequestLimits:
                 f"above max_sample_pixels = {self.max_sample_pixels} (a limit of this server): "
                 "ask for fewer samples or images per request (`tfprobunet serve "
                 "--max-sample-pixels` raises it)."))
+        k = _num_classes(signature)
+        if m is not None and k is not None:
+            cost = sample_bytes(b, m, h, w, k)
+            if cost > self.max_sample_bytes:
+                raise status_error("INVALID_ARGUMENT", (
+                    f"The request asks for {b} x {m} x {h} x {w} samples of {k} classes: {cost} "
+                    f"bytes of probabilities (float32), above max_sample_bytes = "
+                    f"{self.max_sample_bytes} (a limit of this server): ask for fewer samples "
+                    "or images per request (`tfprobunet serve --max-sample-bytes` raises it)."))
         # Unknown output dimensions are, in order, b, m (when sampling), h and w.
         sizes = [b, m, h, w] if m is not None else [b, h, w]
         values = sum(math.prod(sizes[i] if d == -1 and i < len(sizes) else max(d, 1)
@@ -83,3 +101,12 @@ class RequestLimits:
                 f"({self.max_message_bytes / 2**20:.0f} MiB, a limit of this server): ask for "
                 "fewer samples or images per request, or for masks alone (gRPC "
                 "`output_filter=['masks']`)."))
+
+
+def _num_classes(signature):
+    """K, the last dimension of the signature's `probabilities (b, m, h, w, K)` output, or None
+    for a signature that does not sample."""
+    if "probabilities" not in signature.outputs:
+        return None
+    k = dims(signature.outputs["probabilities"])[-1:]
+    return k[0] if k and k[0] > 0 else None

@@ -1,8 +1,10 @@
 """The local server's REST API, TF Serving's: `GET /v1/models/NAME[/versions/N][/metadata]` and
 `POST /v1/models/NAME[/versions/N]:predict` in the columnar `inputs` format. Every request gets
 a JSON answer (a malformed one a JSON 4xx); bodies are bounded (`max_body_bytes`, and
-`BODY_BUDGET` of them at once), requests are answered by at most `rest_workers` at a time, and
-clients that stop sending are dropped after `request_timeout` seconds."""
+`BODY_BUDGET` of them at once), requests are answered by at most `rest_workers` at a time, at
+most `rest_queue` are in flight (more get 503 with Retry-After at once), the listen backlog is
+`rest_backlog`, and clients that stop sending are dropped after `request_timeout` seconds. An
+internal error is answered 500 with a request id, its text logged under that id."""
 
 import contextlib
 import json
@@ -16,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet.serving.local_server.errors import internal_error, release_freed_memory
 from tfprobunet.serving.local_server.limits import JSON_BYTES_PER_VALUE
 from tfprobunet.serving.wire import HTTP_STATUS, ServingError, status_error
 
@@ -29,6 +32,15 @@ logger = logging.getLogger("tfprobunet.serving")
 # The bodies being read or waiting for a slot, in bytes, at most this many times
 # `max_body_bytes` (and twice that in memory for the one being parsed per REST worker).
 BODY_BUDGET = 4
+# Connections the kernel queues before they are accepted (http.server's default, 5, reset
+# 17 % of 200 concurrent clients), and requests in flight (being read, waiting for a worker or
+# answered) beyond which a request is answered 503 at once.
+REST_BACKLOG, REST_QUEUE = 128, 64
+# Seconds a 503 asks its client to wait (`Retry-After`).
+RETRY_AFTER_SECONDS = 1
+# The most bytes of a refused request's body read (and dropped) before its 503, so that closing
+# the connection does not reset it: a client then reads its answer.
+DRAINED_BYTES = 2**16
 
 
 _REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
@@ -87,9 +99,9 @@ def _rest_predict_request(servable, body):
         raise status_error("INVALID_ARGUMENT", (
             "`inputs` must be an object {name: value} (the columnar format); received a "
             f"{type(body['inputs']).__name__}."))
-    signature = servable.signatures.get(signature_name)
-    if signature is None:
-        servable.run(signature_name, {})  # raises the unknown-signature error
+    signature = servable.signature(signature_name)
+    if any(key not in signature.inputs for key in body["inputs"]):  # before any is converted
+        servable.check_names(signature, body["inputs"])
     inputs = {}
     for key, value in body["inputs"].items():
         info = signature.inputs.get(key)
@@ -142,6 +154,8 @@ class _RestHandler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if status == 503:
+                self.send_header("Retry-After", str(RETRY_AFTER_SECONDS))
             self.end_headers()
             self.wfile.write(data)
         except OSError:  # the client is gone
@@ -174,11 +188,14 @@ class _RestHandler(BaseHTTPRequestHandler):
                 f"The request did not arrive within the server's request_timeout of "
                 f"{self.server.request_timeout} s.")}
         except Exception as e:  # noqa: BLE001 (answered, and logged for the operator)
-            logger.exception("Internal error answering a REST request")
-            status, body = 500, {"error": f"Internal error: {type(e).__name__}: {e}"}
+            request_id, message = internal_error(f"a REST request ({method} {self.path[:200]!r})",
+                                                 e)
+            status, body = 500, {"error": message, "request_id": request_id}
         if status != 200:
             self.close_connection = True  # the body may be unread
         self._send_json(status, body)
+        if status == 500:  # after the exception and the frames it held are gone
+            release_freed_memory()
 
     def _route(self, method, held):
         self._check_framing()
@@ -242,15 +259,47 @@ class _RestHandler(BaseHTTPRequestHandler):
         return data
 
 
+class _BusyHandler(_RestHandler):
+    """The answer to a request beyond `rest_queue`: 503 with Retry-After, at once, after
+    reading its head and dropping a small body (a connection closed with unread data is reset,
+    and its client would never read the 503)."""
+
+    def _handle(self, method):
+        length = self.headers.get("Content-Length", "")
+        if length.strip().isascii() and length.strip().isdigit():
+            self._drain(int(length))
+        self.close_connection = True
+        logger.warning("Refused a REST request (%s %.200r): UNAVAILABLE: %d requests in flight "
+                       "(rest_queue)", method, self.path, self.server.rest_queue)
+        self._send_json(503, {"error": (
+            f"The server is busy: {self.server.rest_queue} REST requests are in flight "
+            "(rest_queue, `tfprobunet serve --rest-queue`); try again in "
+            f"{RETRY_AFTER_SECONDS} s.")})
+
+    def _drain(self, length):
+        left = min(length, DRAINED_BYTES)
+        try:
+            while left > 0 and (chunk := self.rfile.read(min(left, 8192))):
+                left -= len(chunk)
+        except OSError:  # a timeout, or the client is gone: answer anyway
+            pass
+
+
 class RestServer(ThreadingHTTPServer):
-    """The REST server: a thread per connection, and a reaper that closes the reading side of
-    connections whose request has not arrived whole within `request_timeout` seconds (a per-read
-    socket timeout alone lets a client that sends a byte now and then hold a thread forever)."""
+    """The REST server: a thread per connection, at most `rest_queue` of them answering (the
+    others answer 503 with Retry-After at once), a listen backlog of `rest_backlog`, and a
+    reaper that closes the reading side of connections whose request has not arrived whole
+    within `request_timeout` seconds (a per-read socket timeout alone lets a client that sends
+    a byte now and then hold a thread forever)."""
 
     daemon_threads = True
 
-    def __init__(self, address, registry, limits, max_body_bytes, request_timeout, rest_workers):
+    def __init__(self, address, registry, limits, max_body_bytes, request_timeout, rest_workers,
+                 rest_queue=REST_QUEUE, rest_backlog=REST_BACKLOG):
         self.registry, self.limits = registry, limits
+        self.rest_queue, self.request_queue_size = rest_queue, rest_backlog  # listen()'s
+        self._in_flight = 0  # connections answered by a _RestHandler
+        self._in_flight_lock = threading.Lock()
         self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
         # Requests parsed, answered and sent at once: each may take about 1 GB at the default
         # limits.
@@ -264,6 +313,36 @@ class RestServer(ThreadingHTTPServer):
         self._closed = threading.Event()
         super().__init__(address, _RestHandler)
         threading.Thread(target=self._reap, daemon=True, name="rest-reaper").start()
+
+    def process_request(self, request, client_address):
+        """Answer the connection in a thread of its own: with `_RestHandler` if fewer than
+        `rest_queue` are in flight, else with `_BusyHandler` (a 503 at once). The threads are
+        daemons and are not joined at `server_close`."""
+        with self._in_flight_lock:
+            admitted = self._in_flight < self.rest_queue
+            if admitted:
+                self._in_flight += 1
+        handler = _RestHandler if admitted else _BusyHandler
+        try:
+            threading.Thread(target=self._answer_connection, daemon=True,
+                             args=(request, client_address, handler, admitted)).start()
+        except BaseException:  # no thread: serve_forever closes the connection
+            self._leave(admitted)
+            raise
+
+    def _leave(self, admitted):
+        if admitted:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _answer_connection(self, request, client_address, handler, admitted):
+        try:
+            handler(request, client_address, self)
+        except Exception:  # noqa: BLE001 (socketserver's own handling: printed, not raised)
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._leave(admitted)
 
     @contextlib.contextmanager
     def slot(self):

@@ -7,11 +7,12 @@ import threading
 from concurrent import futures
 
 from tfprobunet.defaults import (MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
-                                 MAX_SAMPLE_PIXELS, MAX_SAMPLES)
-from tfprobunet.serving.local_server.grpc_service import ModelServicer, PredictionServicer
+                                 MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS, MAX_SAMPLES, check_number)
+from tfprobunet.serving.local_server.grpc_service import (BoundedParsing, ModelServicer,
+                                                          PredictionServicer)
 from tfprobunet.serving.local_server.limits import RequestLimits
 from tfprobunet.serving.local_server.registry import Registry
-from tfprobunet.serving.local_server.rest_service import RestServer
+from tfprobunet.serving.local_server.rest_service import REST_BACKLOG, REST_QUEUE, RestServer
 from tfprobunet.serving.wire import grpc_options, require_serving_extra
 
 try:  # the `serving` extra
@@ -21,6 +22,10 @@ except ImportError:
     grpc = None
 
 logger = logging.getLogger("tfprobunet.serving")
+
+# gRPC calls in flight (answered or waiting for a worker) beyond which a call is answered
+# RESOURCE_EXHAUSTED at once (grpc.server's `maximum_concurrent_rpcs`).
+GRPC_QUEUE = 64
 
 
 class ModelServer:
@@ -37,14 +42,21 @@ class ModelServer:
             bodies being read or waiting total at most `BODY_BUDGET` x `max_body_bytes`.
         poll_seconds: seconds between scans (TF Serving: `--file_system_poll_wait_seconds`);
             0 scans only when a request names an unknown model.
-        max_samples, max_pixels, max_sample_pixels: per-request limits (`RequestLimits`), on
-            top of those each export records; the defaults are the export's.
+        max_samples, max_pixels, max_sample_pixels, max_sample_bytes: per-request limits
+            (`RequestLimits`), on top of those each export records; the defaults are the
+            export's.
         max_message_bytes: the largest gRPC message, both ways, and REST response (default
             256 MiB; TF Serving: `--grpc_channel_arguments=grpc.max_receive_message_length=...`).
         max_body_bytes: the largest REST request body (default 32 MiB: parsed JSON takes about
             34 times its size in memory).
         request_timeout: seconds a REST client may take to send its whole request (TF
             Serving: `--rest_api_timeout_in_ms`).
+        rest_queue: REST requests in flight (being read, waiting for a worker or answered);
+            more are answered 503 with `Retry-After` at once, instead of waiting.
+        rest_backlog: connections the kernel queues before the REST server accepts them (its
+            `listen` backlog; the kernel caps it at `net.core.somaxconn`).
+        grpc_queue: gRPC calls in flight (answered or waiting for a worker); more are answered
+            RESOURCE_EXHAUSTED at once (grpc's `maximum_concurrent_rpcs`).
 
     Example:
 
@@ -58,29 +70,40 @@ class ModelServer:
     def __init__(self, base_path, port=8500, rest_port=8501, host="127.0.0.1", max_workers=4,
                  rest_workers=2, poll_seconds=1.0, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                  max_sample_pixels=MAX_SAMPLE_PIXELS, max_message_bytes=MAX_MESSAGE_BYTES,
-                 max_body_bytes=MAX_BODY_BYTES, request_timeout=30.0):
+                 max_body_bytes=MAX_BODY_BYTES, request_timeout=30.0,
+                 max_sample_bytes=MAX_SAMPLE_BYTES, rest_queue=REST_QUEUE,
+                 rest_backlog=REST_BACKLOG, grpc_queue=GRPC_QUEUE):
         require_serving_extra()
         if not os.path.isdir(base_path):
             raise FileNotFoundError(f"No model base path {base_path!r}: export a model there "
                                     "first (`tfprobunet export`).")
+        for name, value in (("rest_queue", rest_queue), ("rest_backlog", rest_backlog),
+                            ("grpc_queue", grpc_queue)):
+            check_number(name, value, minimum=1, integer=True)
         self.limits = RequestLimits(max_samples, max_pixels, max_sample_pixels,
-                                    max_message_bytes)
+                                    max_message_bytes, max_sample_bytes)
         self.registry = Registry(base_path)
         self.registry.reload()
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                 options=grpc_options(max_message_bytes))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.registry, self.limits), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry),
-                                                                  self._grpc)
+                                 options=grpc_options(max_message_bytes),
+                                 maximum_concurrent_rpcs=grpc_queue)
+        prediction = PredictionServicer(self.registry, self.limits)
+        model = ModelServicer(self.registry)
+        # First: requests are counted before they are parsed.
+        self._grpc.add_generic_rpc_handlers((BoundedParsing(prediction, model),))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction,
+                                                                            self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, self._grpc)
         self.port = self._grpc.add_insecure_port(f"{host}:{port}")
         self.host, self.poll_seconds = host, poll_seconds
         self._stopped = threading.Event()
+        self._poller = None
         self._http = None
         self.rest_port = None
         if rest_port is not None:
             self._http = RestServer((host, rest_port), self.registry, self.limits,
-                                     max_body_bytes, request_timeout, rest_workers)
+                                     max_body_bytes, request_timeout, rest_workers, rest_queue,
+                                     rest_backlog)
             self.rest_port = self._http.server_address[1]
 
     def _poll(self):
@@ -95,7 +118,8 @@ class ModelServer:
     def start(self):
         self._grpc.start()
         if self.poll_seconds:
-            threading.Thread(target=self._poll, daemon=True, name="model-poll").start()
+            self._poller = threading.Thread(target=self._poll, daemon=True, name="model-poll")
+            self._poller.start()
         if self._http is not None:
             threading.Thread(target=self._http.serve_forever, daemon=True).start()
         return self
@@ -106,6 +130,10 @@ class ModelServer:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+        if self._poller is not None:
+            # Its scan may be loading a version: closed after it, not killed mid-load at exit
+            # (TensorFlow aborts the process then) nor served after `close`.
+            self._poller.join()
         self.registry.close()
 
     def wait(self):
