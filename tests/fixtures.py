@@ -252,3 +252,31 @@ def write_phiseg_unwritten(path, count, side=128, compression="gzip"):
             group.create_dataset("labels", (count, side, side, 4), np.uint8, **layout)
             group.create_dataset("images", (count, side, side), np.float64, **layout)
     return str(path)
+
+
+def plant_link(folder, name, outside):
+    """A symbolic link `folder/name` (its parents made) to a new file, or to a new folder
+    holding one, in `outside`, as an attacker would plant it where a command writes: a folder
+    when `name` has no extension. Returns `(link, target, snapshot)`, `snapshot()` the names
+    and bytes under `outside`, to compare before and after."""
+    os.makedirs(outside, exist_ok=True)
+    target = os.path.join(outside, "folder" if "." not in name else os.path.basename(name))
+    if "." in name:
+        with open(target, "w") as f:
+            f.write("keep me")
+    else:
+        os.makedirs(target)
+        with open(os.path.join(target, "keep.txt"), "w") as f:
+            f.write("keep me")
+    link = os.path.join(folder, name)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(target, link)
+
+    def snapshot():
+        found = {}
+        for root, _, files in os.walk(outside):
+            for file in files:
+                with open(os.path.join(root, file), "rb") as f:
+                    found[os.path.relpath(os.path.join(root, file), outside)] = f.read()
+        return found
+    return link, target, snapshot

@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 
+from conftest import cli_error
+from fixtures import plant_link
 from tfprobunet import cli, comparison, data, training
 
 TINY_RUN = ["--dataset", "flips", "--image-size", "16", "--num-examples", "64", "--steps", "20",
@@ -144,3 +146,18 @@ def test_train_trains_a_baseline_and_refuses_to_resume_it_as_another(tmp_path):
     with pytest.raises(ValueError, match="takes no argument 'latent_dim'"):
         training.train(str(tmp_path / "other"), model="dropout", latent_dim=3, **args)
     assert not os.path.exists(tmp_path / "other" / training.CONFIG)
+
+
+@pytest.mark.parametrize("name", ["results.json", "ged.png", "mode_frequencies.png",
+                                  "probunet-seed0", "probunet-seed0/evaluation"])
+def test_a_symlink_where_compare_writes_is_refused_before_anything_trains(tmp_path, capsys,
+                                                                          name):
+    """`compare` wrote its figures through symbolic links (and replaced a `results.json` link
+    without a word), and a run folder that is a link got the run."""
+    out = tmp_path / "out"
+    link, target, snapshot = plant_link(str(out), name, str(tmp_path / "outside"))
+    before = snapshot()
+    line = cli_error(capsys, ["compare", "--out", str(out), "--models", "probunet", *TINY_RUN])
+    assert f"{link} is a symbolic link (to {target})" in line, line
+    assert snapshot() == before and os.path.islink(link)
+    assert sorted(os.listdir(out)) == [name.split("/")[0]]  # nothing was trained

@@ -100,3 +100,17 @@ def test_every_deprecation_is_one_pytest_ini_turns_into_an_error():
         assert "will be removed in tfprobunet 0.3.0" in message, (path, message)
     with open(os.path.join(os.path.dirname(__file__), os.pardir, "pytest.ini")) as f:
         assert "error:tfprobunet:DeprecationWarning" in f.read().split("filterwarnings =")[1]
+
+
+def test_epoch_log_initial_epoch_warns_and_is_unused(tmp_path):
+    """`EpochLog(initial_epoch=...)` has done nothing since rows are replaced by epoch number:
+    passing it warns; the rows written are those written without it."""
+    from tfprobunet.callbacks import EpochLog
+
+    with pytest.warns(DeprecationWarning, match=r"initial_epoch=.*removed in tfprobunet 0\.3\.0"):
+        old = EpochLog(str(tmp_path / "old.csv"), initial_epoch=3)
+    new = EpochLog(str(tmp_path / "new.csv"))
+    for log in (old, new):
+        for epoch, loss in ((0, 2.0), (1, 1.5), (0, 1.75)):  # epoch 0 again: a resume
+            log.on_epoch_end(epoch, {"loss": loss})
+    assert old.rows() == new.rows() == [{"epoch": "0", "loss": "1.75"}]  # epoch 1 dropped

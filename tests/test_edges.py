@@ -6,11 +6,15 @@ that never ends, an image size the U-Net cannot divide, a model too costly to bu
 by `train` before it writes anything."""
 
 import argparse
+import itertools
 import math
 import os
 
+import numpy as np
 import pytest
 
+from conftest import cli_error, tiny_model
+from fixtures import save_png, write_nifti
 from tfprobunet import cli, models, training
 from tfprobunet.cli import flags
 from tfprobunet.models import checks
@@ -23,6 +27,14 @@ EVALUATE = ["evaluate", "--model", "m.keras", "--out", "o"]
 INSPECT = ["inspect", "--model", "m.keras", "--out", "o.png"]
 SEED = (BAD_COUNT[:2] + ["-5", HUGE, str(2**31)], ["0", str(2**31 - 1)])
 COUNT = (BAD_COUNT, ["1", str(2**31 - 1)])
+PREDICT = ["predict", "--image", "x.png", "--out", "o"]
+# TF Serving's versions are int64; ports 0 (any free one) to 65535; byte limits compared in int64.
+VERSION_BAD, VERSION_GOOD = [NAN, INF, "0", "-5", str(2**63), "1.5", "1e3"], ["1", "12"]
+PORT_BAD, PORT_GOOD = [NAN, INF, "-5", "65536", HUGE, "1.5"], ["0", "65535"]
+WORKERS = ([NAN, INF, "0", "-5", "1025", HUGE, "1.5"], ["1", "1024"])
+QUEUE = ([NAN, INF, "0", "-5", "65536", HUGE, "1.5"], ["1", "65535"])
+SECONDS = ([NAN, INF, "0", "-5", "3600.5", HUGE], ["0.01", "3600"])
+BYTES = ([NAN, INF, "0", "-5", str(2**63), "1.5", "1e3"], ["1", str(2**40)])
 
 # (argv before the flag, flag, invalid values, valid values and what they parse to): every
 # numeric flag of train, tune, compare, demo, evaluate and inspect, and the request limits.
@@ -72,12 +84,38 @@ FLAGS = [
     (INSPECT, "--axes", [NAN, "0,-5", HUGE], ["0,3"]),
     (INSPECT, "--extent", [NAN, INF, "0", "-5", "1e9"], ["0.1", "100"]),
     (INSPECT, "--steps", [NAN, INF, "1", "-5", "32", HUGE], ["2", "31"]),
-    (["predict", "--image", "x.png", "--out", "o"], "--max-samples", *COUNT),
+    (PREDICT, "--max-samples", *COUNT),
     (["export"], "--max-pixels", *COUNT),
     (["serve"], "--max-sample-pixels", *COUNT),
+    # the serving and data commands, and the dataset options (`flags.DATA_OPTION_FLAGS`)
+    (["export"], "--version", VERSION_BAD, VERSION_GOOD),
+    (["export"], "--max-samples", *COUNT), (["export"], "--max-sample-pixels", *COUNT),
+    (["export"], "--max-sample-bytes", *BYTES),
+    (["serve"], "--port", PORT_BAD, PORT_GOOD), (["serve"], "--rest-port", PORT_BAD, PORT_GOOD),
+    (["serve"], "--workers", *WORKERS), (["serve"], "--rest-workers", *WORKERS),
+    (["serve"], "--poll-seconds", *SECONDS), (["serve"], "--request-timeout", *SECONDS),
+    (["serve"], "--max-samples", *COUNT), (["serve"], "--max-pixels", *COUNT),
+    (["serve"], "--max-sample-bytes", *BYTES),
+    (["serve"], "--max-message-bytes", *COUNT), (["serve"], "--max-body-bytes", *COUNT),
+    (["serve"], "--rest-queue", *QUEUE), (["serve"], "--rest-backlog", *QUEUE),
+    (["serve"], "--grpc-queue", *QUEUE),
+    (PREDICT, "--version", VERSION_BAD, VERSION_GOOD), (PREDICT, "--num-samples", *COUNT),
+    (PREDICT, "--seed", *SEED), (PREDICT, "--max-pixels", *COUNT),
+    (PREDICT, "--max-sample-pixels", *COUNT), (PREDICT, "--max-sample-bytes", *BYTES),
+    (["data", "manifest", "--dataset", "folder", "--data-dir", "d"], "--seed", *SEED),
+    (TRAIN, "--num-classes", [NAN, INF, "0", "1", "-5", "256", HUGE, "2.5"], ["2", "255"]),
+    (EVALUATE, "--num-classes", [NAN, "1", "256"], ["2"]),
+    (TRAIN, "--axis", [NAN, INF, "-1", "3", HUGE, "1.5"], ["0", "2"]),
+    (INSPECT, "--axis", [NAN, "3"], ["1"]),
+    (TRAIN, "--empty-share", [NAN, INF, "-0.1", "1.5", HUGE], ["0", "0.25", "1"]),
 ]
 CASES = [(argv, flag, value) for argv, flag, bad, _ in FLAGS for value in bad]
 VALID = [(argv, flag, value) for argv, flag, _, good in FLAGS for value in good]
+
+
+def _command(argv):
+    """`train`, `data manifest`: the words of `argv` before its first flag."""
+    return " ".join(itertools.takewhile(lambda word: not word.startswith("-"), argv))
 
 
 @pytest.mark.parametrize("argv, flag, value", CASES,
@@ -90,13 +128,16 @@ def test_an_invalid_number_is_one_usage_line_naming_the_flag(capsys, argv, flag,
     assert exit_.value.code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"tfprobunet {argv[0]}: error: argument {flag}"), lines[0]
+    prefix = f"tfprobunet {_command(argv)}: error: argument "
+    assert lines[0].startswith(prefix), lines[0]
+    assert flag in lines[0][len(prefix):].split(":")[0].split("/"), lines[0]  # -n/--num-samples
     assert repr(value) in lines[0] and "--help" in lines[0], lines[0]
 
 
 def _parsed(argv, flag, value):
-    args = cli.build_parser().parse_args([*argv, f"{flag}={value}"])
-    return getattr(args, flag.lstrip("-").replace("-", "_"))
+    args = vars(cli.build_parser().parse_args([*argv, f"{flag}={value}"]))
+    name = flag.lstrip("-").replace("-", "_")
+    return args[name] if name in args else args[f"data_{name}"]  # a dataset option's
 
 
 @pytest.mark.parametrize("argv, flag, value", VALID,
@@ -123,22 +164,21 @@ def _numeric_actions():
     return list(walk(cli.build_parser(), []))
 
 
-# The flags of the dataset options (`flags.DATA_OPTION_FLAGS`) and of the serving and data
-# commands' own modules: checked by their loaders and servers.
-ELSEWHERE = {f"--{name.replace('_', '-')}" for name, _, _ in flags.DATA_OPTION_FLAGS}
-ELSEWHERE_COMMANDS = {"export", "serve", "predict", "data manifest"}
+# Flags of two or three numbers, read by parsers of their own (their loaders check them).
+PAIRS = {"--crop", "--window", "--percentiles", "--image-range", "--fractions"}
 
 
 def test_every_numeric_flag_is_parsed_by_a_checked_type_and_tested_here():
-    """No flag of these commands reads a bare `int` or `float` (which take nan, inf and any
-    sign), and each is in `FLAGS` above."""
-    tested = {(argv[0], flag) for argv, flag, _, _ in FLAGS}
+    """No flag of any command reads a bare `int` or `float` (which take nan, inf and any
+    sign), and each is in `FLAGS` above (a dataset option's flag, the same type wherever it
+    is, under one command or two)."""
+    tested = {(_command(argv), flag) for argv, flag, _, _ in FLAGS}
+    options = {f"--{name.replace('_', '-')}" for name, _, _ in flags.DATA_OPTION_FLAGS}
     for command, flag, action in _numeric_actions():
-        if flag in ELSEWHERE or command in ELSEWHERE_COMMANDS:
-            continue
         assert action.type not in (int, float), (command, flag)
-        assert (command, flag) in tested or flag in ("--image-size", "--num-examples"), \
-            (command, flag)
+        assert ((command, flag) in tested or flag in ("--image-size", "--num-examples")
+                or flag in options and any(f == flag for _, f in tested)
+                or flag in PAIRS), (command, flag)
 
 
 # ---------------------------------------------------------------------- train refuses first
@@ -227,3 +267,52 @@ def test_every_model_refuses_a_configuration_too_costly_to_build(name, arguments
     with pytest.raises(ValueError) as error:
         models.get(name)(**arguments)
     assert says in str(error.value), str(error.value)
+
+
+# ---------------------------------------------------------------------- predict's byte limit
+@pytest.fixture(scope="module")
+def two_class_model(tmp_path_factory):
+    """A tiny 2-class model's `.keras` file, and a 16 x 16 PNG and a 16 x 16 x 4 NIfTI volume
+    beside it (sides its U-Net of 3 levels divides)."""
+    folder = tmp_path_factory.mktemp("predict")
+    model = tiny_model(2)
+    model.build((None, 16, 16, 1))
+    model.save(str(folder / "model.keras"))
+    save_png(str(folder / "scan.png"), np.zeros((16, 16), np.uint8))
+    write_nifti(str(folder / "case.nii.gz"), np.zeros((16, 16, 4), np.float32))
+    return folder
+
+
+def test_predict_takes_max_sample_bytes_and_names_it_when_it_refuses(two_class_model, capsys):
+    """4 samples of one 16 x 16 image with 2 classes take 4 * 4 * 16 * 16 * 2 = 8,192 bytes of
+    probabilities: 8,191 refuses them, naming the flag (3 samples fit), 8,192 writes them."""
+    argv = ["predict", "--model", str(two_class_model / "model.keras"), "--image",
+            str(two_class_model / "scan.png"), "-n", "4", "--out", str(two_class_model / "out")]
+    line = cli_error(capsys, [*argv, "--max-sample-bytes", "8191"])
+    for part in ("4 samples of 1 image(s) of 16 x 16 pixels with 2 classes take 8.0 KiB",
+                 "at most 3 samples", "--max-sample-bytes", "It was not decoded"):
+        assert part in line, (part, line)
+    assert not os.path.exists(two_class_model / "out")
+    assert cli.main([*argv, "--max-sample-bytes", "8192"]) in (0, None)
+    assert sorted(os.listdir(two_class_model / "out" / "scan")) == [
+        "sample_00.png", "sample_01.png", "sample_02.png", "sample_03.png", "uncertainty.png"]
+
+
+def test_predict_of_volumes_takes_max_sample_bytes(two_class_model, capsys):
+    """The 4 slices of the volume are segmented in one batch: 2 samples take 4 * 4 * 2 * 16 *
+    16 * 2 = 16,384 bytes; at 16,383 nothing is written."""
+    out = two_class_model / "volumes"
+    line = cli_error(capsys, ["predict", "--model", str(two_class_model / "model.keras"),
+                              "--image", str(two_class_model / "case.nii.gz"), "-n", "2",
+                              "--max-sample-bytes", "16383", "--out", str(out)])
+    assert "2 samples of 4 image(s) of 16 x 16 pixels with 2 classes take 16.0 KiB" in line, line
+    assert not os.path.exists(out)
+
+
+def test_predict_refuses_more_samples_than_max_samples_before_reading(tmp_path, capsys):
+    """`-n` above `--max-samples` (a volume's path checks no image header) is refused by the
+    command, naming both flags, before a model is loaded."""
+    line = cli_error(capsys, ["predict", "--model", str(tmp_path / "none.keras"), "--image",
+                              str(tmp_path / "case.nii.gz"), "-n", "1001", "--out",
+                              str(tmp_path / "out")])
+    assert "--num-samples 1001" in line and "--max-samples 1000" in line, line

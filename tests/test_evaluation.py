@@ -244,3 +244,36 @@ def test_figures_the_new_report_does_not_list_are_removed_and_other_files_kept(t
                                  num_examples=2, sample_counts=(1, 2), batch_size=2, verbose=0)
     assert sorted(os.listdir(out)) == sorted([*report["figures"], "notes.txt", "report.json"])
     assert os.path.exists(tmp_path / "outside.png")
+
+
+def test_staging_folders_that_killed_evaluations_left_are_removed_by_the_next(tmp_path):
+    """`evaluate` stages its outputs in `--out/.evaluation-*` and removes that folder when done;
+    a SIGKILL left it there for ever. The next evaluation into the folder removes what killed
+    ones left, and keeps what a live one holds and any symbolic link."""
+    from tfprobunet import _io
+
+    out = tmp_path / "out"
+    out.mkdir()
+    left = {".evaluation-k3x9q1_a": ["ged.png"],  # from before the lock files: a folder alone
+            ".evaluation-999999-0f0f": ["ged.png", "report.json"], ".evaluation-999999-0f0f.lock":
+            None, ".evaluation-7-cafe.lock": None}  # a lock file alone: killed after the rmtree
+    for name, files in left.items():
+        if files is None:
+            (out / name).write_text("")
+            continue
+        (out / name).mkdir()
+        for file in files:
+            (out / name / file).write_bytes(b"partial")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", out / ".evaluation-link")
+    live = out / ".evaluation-1-live"
+    with _io.locked(f"{live}.lock"):  # another evaluation, still writing (`_io.claimed`)
+        live.mkdir()
+        report = evaluation.evaluate(tiny_model(2), "graders", out_dir=str(out), image_size=16,
+                                     num_examples=2, sample_counts=(1, 2), batch_size=2,
+                                     num_figure_examples=0, verbose=0)
+        assert sorted(os.listdir(out)) == sorted([
+            *report["figures"], "report.json", ".evaluation-link", live.name, f"{live.name}.lock"])
+    assert json.loads((out / "report.json").read_text()) == report
+    assert all(os.path.getsize(out / name) > 0 for name in report["figures"])
+    assert os.listdir(tmp_path / "elsewhere") == []

@@ -230,6 +230,35 @@ def test_lidc_tiles_beyond_the_pixel_limit_are_refused_from_their_headers(tmp_pa
     assert len(list(lidc.crops(str(tmp_path), "train", image_size=16, max_pixels=400))) == 4
 
 
+def test_cityscapes_files_beyond_the_pixel_limit_are_refused_from_their_headers(
+        tmp_path, monkeypatch):
+    """The Cityscapes loader decoded its PNGs without the folder loader's pixel budget: a
+    65-byte image claiming 13000 x 13000 was only found (and allocated for) when decoded."""
+    from fixtures import write_cityscapes
+    from tfprobunet import data
+
+    write_cityscapes(str(tmp_path))
+    big = tmp_path / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png"
+    write_png_header(big, 13000, 13000)
+    with pytest.raises(ValueError) as refused:
+        data.load("cityscapes", "train", data_dir=str(tmp_path))
+    _one_line(str(refused.value), str(big), "13000 x 13000 pixels (169,000,000)",
+              "limit of 67,108,864 pixels", f"{images_lib.MAX_IMAGE_PIXELS_VARIABLE}=169000000",
+              "cityscapes.dataset(..., max_pixels=...)")
+    # The label maps are checked too, and the limit is raised as the folder loader's is.
+    label = tmp_path / "gtFine" / "val" / "frankfurt" / \
+        "frankfurt_000000_000019_gtFine_labelTrainIds.png"
+    write_png_header(label, 9, 9)
+    monkeypatch.setenv(images_lib.MAX_IMAGE_PIXELS_VARIABLE, "64")  # the 8 x 8 images pass
+    with pytest.raises(ValueError, match=rf"{label}: its header claims 9 x 9 pixels \(81\), "
+                                         r"above the limit of 64"):
+        data.load("cityscapes", "test", data_dir=str(tmp_path))
+    assert len(list(data.load("cityscapes", "val", data_dir=str(tmp_path)).dataset)) == 2
+    monkeypatch.setenv(images_lib.MAX_IMAGE_PIXELS_VARIABLE, "63")
+    with pytest.raises(ValueError, match="8 x 8 pixels"):
+        data.load("cityscapes", "val", data_dir=str(tmp_path))
+
+
 def test_npz_arrays_that_disagree_are_refused_from_their_headers(tmp_path):
     images = np.zeros((2, 8, 8, 1), np.float32)
     annotations = np.zeros((2, 3, 8, 8), np.uint8)

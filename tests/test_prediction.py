@@ -47,6 +47,36 @@ def test_predict_crops_back_what_the_padded_image_gives(model):
         prediction.predict(model, pixels.astype(np.float32) / 255, 2, seed=1)["masks"])
 
 
+def test_a_request_beyond_one_calls_bytes_is_drawn_in_seeded_calls(model, monkeypatch):
+    """Beyond `CALL_BYTES` of probabilities (512 MiB; lowered here to two samples' worth),
+    `predict` draws the samples in several `model.sample` calls, the i-th seeded `[seed, i]`:
+    the first call's are those of a request that fits in one, the others come from their own
+    seeds, and the whole is as reproducible as one call."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    images = rng.random((2, 16, 16, 1), dtype=np.float32)
+    one_sample = 2 * 16 * 16 * model.num_classes * 4  # bytes of one sample of both images
+    two_samples = prediction.predict(model, images, 2, seed=7)  # one call
+    monkeypatch.setattr(prediction, "CALL_BYTES", 2 * one_sample + 1)
+    chunked = prediction.predict(model, images, 5, seed=7)  # calls of 2, 2 and 1 samples
+    assert chunked["masks"].shape == (2, 5, 16, 16)
+    assert chunked["probabilities"].shape == (2, 5, 16, 16, 2)
+    for name in ("masks", "probabilities"):
+        np.testing.assert_array_equal(chunked[name][:, :2], two_samples[name])
+        np.testing.assert_array_equal(chunked[name], prediction.predict(model, images, 5,
+                                                                        seed=7)[name])
+    for i, start in ((1, 2), (2, 4)):
+        logits = model.sample(images, min(2, 5 - start), seed=tf.constant([7, i], tf.int32))
+        np.testing.assert_allclose(chunked["probabilities"][:, start:start + 2],
+                                   tf.nn.softmax(logits).numpy(), atol=1e-6)
+        np.testing.assert_array_equal(chunked["masks"][:, start:start + 2],
+                                      np.argmax(logits, axis=-1))
+    # Each call draws its own latents: no call repeats the first one's samples.
+    assert not np.allclose(chunked["probabilities"][:, 2:4], chunked["probabilities"][:, :2])
+    assert prediction.predict(model, images, 5)["masks"].shape == (2, 5, 16, 16)  # unseeded
+
+
 def test_cli_predicts_locally_at_each_images_own_size(model, tmp_path, capsys):
     path = str(tmp_path / "model.keras")
     model.save(path)

@@ -74,8 +74,10 @@ def test_the_sample_byte_limit_counts_the_classes(base):
     """For a 255-class model, samples that pass every pixel limit took gigabytes: the server
     refuses them before anything runs, naming the numbers and the flag, over gRPC and REST."""
     assert defaults.sample_bytes(1, 40, 128, 128, MANY) == 668_467_200 > defaults.MAX_SAMPLE_BYTES
-    message = ("1 x 40 x 128 x 128 samples of 255 classes: 668467200 bytes of probabilities "
-               "(float32), above max_sample_bytes = 536870912 (a limit of this server)")
+    message = ("40 samples of 1 image(s) of 128 x 128 pixels with 255 classes take 637.5 MiB as "
+               "float32 probabilities (b*m*h*w*K*4 bytes), above the limit of 512.0 MiB: ask "
+               "for at most 32 samples of 1 image(s) (per request; max_sample_bytes is a limit "
+               "of this server")
     with serving.ModelServer(base, port=0, rest_port=0, poll_seconds=0) as running:
         channel, stub = _stub(running.port)
         for output_filter in ([], ["masks"]):  # masks alone cost the probabilities too
@@ -103,8 +105,9 @@ def test_the_sample_byte_limit_of_the_server_is_exact(base):
         images = served_images()
         assert client.predict(images, 3, seed=[1, 2])["masks"].shape == (2, 3, 16, 16)
         features = client.features(images)
-        message = ("2 x 4 x 16 x 16 samples of 3 classes: 24576 bytes of probabilities (float32), "
-                   "above max_sample_bytes = 18432 (a limit of this server)")
+        message = ("4 samples of 2 image(s) of 16 x 16 pixels with 3 classes take 24.0 KiB as "
+                   "float32 probabilities (b*m*h*w*K*4 bytes), above the limit of 18.0 KiB: ask "
+                   "for at most 3 samples of 2 image(s) or at most 1 image(s) of 4 samples")
         for ask in (lambda: client.predict(images, 4, seed=[1, 2]),
                     lambda: client.sample(features, 4, seed=[1, 2]),
                     lambda: client.decode(features, np.zeros((2, 4, N), np.float32))):

@@ -15,6 +15,7 @@ import pytest
 
 from tfprobunet import data, tuning
 from conftest import TINY, cli_error
+from fixtures import plant_link
 
 LISTED = ("latent_dim", "beta", "learning_rate", "num_levels", "base_channels",
           "convs_per_block", "fcomb_layers")
@@ -215,3 +216,18 @@ def test_cli_refuses_a_distributed_role_without_the_oracle_and_a_bad_fixed_setti
     with pytest.raises(SystemExit):
         cli.main(["tune", "--directory", str(tmp_path), "--chief", "--worker", "0"])
     assert os.listdir(tmp_path) == []  # nothing was started
+
+
+@pytest.mark.parametrize("name", ["search", "search/trial_0/checkpoint.weights.h5",
+                                  "tensorboard", "best_model.keras", "best_hyperparameters.json"])
+def test_a_symlink_where_the_search_writes_is_refused_before_it_starts(tmp_path, capsys, name):
+    """Keras Tuner's project, the TensorBoard logs and the best model's files were written
+    without the symlink refusal of `train`'s workdir: a planted `search` link got the trials,
+    a `best_model.keras` link was replaced without a word."""
+    directory = tmp_path / "tune"
+    link, target, snapshot = plant_link(str(directory), name, str(tmp_path / "outside"))
+    before = snapshot()
+    line = cli_error(capsys, ["tune", "--directory", str(directory), *TINY_SEARCH])
+    assert f"{link} is a symbolic link (to {target})" in line, line
+    assert snapshot() == before and os.path.islink(link)
+    assert sorted(os.listdir(directory)) == [name.split("/")[0]]  # nothing was started

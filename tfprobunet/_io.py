@@ -1,6 +1,7 @@
 """How the library writes its files, the one home of atomic writes and file locks: whole or not
 at all (`replacing`, `write_json`), after checking that the disk has room (`ensure_space`), one
-writer at a time (`locked`), one run per folder at a time (`exclusive`), never through a symbolic
+writer at a time (`locked`), one run per folder at a time (`exclusive`), temporary folders that a
+killed writer left removed by the next (`claimed`, `remove_unclaimed`), never through a symbolic
 link (`refuse_link`), with checksums of what must come back unchanged (`sha256`). Used by training,
 the serving export, `compare` and `tune`. Imports nothing heavy."""
 
@@ -111,6 +112,19 @@ def refuse_link(path, fix="Put the file itself in its place (or remove the link)
         raise _link_error(path, fix)
 
 
+def refuse_links(directory, names, fix="Remove the link: the library writes its own files "
+                                        "there."):
+    """`refuse_link` for each of `names` in `directory` and, for a folder among them,
+    everything under it: what a command writes there (a tuner's project, a comparison's runs)
+    is checked before it starts."""
+    for name in names:
+        top = os.path.join(directory, name)
+        refuse_link(top, fix)
+        for root, folders, files in os.walk(top):  # links are listed, never entered
+            for entry in folders + files:
+                refuse_link(os.path.join(root, entry), fix)
+
+
 def sha256(path):
     """The SHA-256 of the bytes of the file `path`, as hexadecimal (`sha256sum`'s)."""
     import hashlib
@@ -146,6 +160,51 @@ def locked(path, blocking=True):
             yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextlib.contextmanager
+def claimed(path):
+    """Mark the temporary folder `path` as being written while the block runs: its lock file
+    (`path` + `.lock`, created first: create `path` inside the block) is held, and released by
+    the system if the writer dies, so that `remove_unclaimed` can tell what a killed writer
+    left from what a live one is writing."""
+    lock = path + LOCK_SUFFIX
+    with locked(lock):
+        try:
+            yield
+        finally:
+            os.remove(lock)
+
+
+def remove_unclaimed(directory, prefix):
+    """Remove the folders `directory/<prefix>*` (and their lock files) whose lock no process
+    holds (`claimed`): what killed writers left. A folder a live writer holds, in this process
+    or another, is kept, and so are symbolic links (no writer makes one, and they could lead
+    outside `directory`).
+
+    Returns:
+        The removed folders' paths.
+    """
+    entries = os.listdir(directory) if os.path.isdir(directory) else []
+    # Each writer's folder and its lock file; either may be left alone by a kill (the lock
+    # file alone when killed between the folder's move or removal and the unlock).
+    stems = {entry[:-len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else entry
+             for entry in entries if entry.startswith(prefix)}
+    removed = []
+    for stem in sorted(stems):
+        path = os.path.join(directory, stem)
+        if os.path.islink(path) or os.path.islink(path + LOCK_SUFFIX):
+            continue
+        with locked(path + LOCK_SUFFIX, blocking=False) as stale:
+            if stale:
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+                os.remove(path + LOCK_SUFFIX)
+    return removed
 
 
 @contextlib.contextmanager

@@ -341,14 +341,18 @@ class EpochLog(keras.callbacks.Callback):
 
     Args:
         filename: the CSV file; `train` uses `workdir/log.csv`.
-        initial_epoch: unused (the rows to replace are known from each epoch's number); kept
-            for callers of earlier versions.
+        initial_epoch: deprecated and unused (the rows to replace are known from each
+            epoch's number); passing it warns, and it is removed in tfprobunet 0.3.0.
     """
 
-    def __init__(self, filename, initial_epoch=0):
+    def __init__(self, filename, initial_epoch=None):
         super().__init__()
+        if initial_epoch is not None:
+            warnings.warn("tfprobunet.callbacks.EpochLog(initial_epoch=...) is deprecated and "
+                          "will be removed in tfprobunet 0.3.0: it is unused (each epoch's row "
+                          "replaces the rows of that epoch and later ones); drop the argument",
+                          DeprecationWarning, stacklevel=2)
         self.filename = filename
-        self.initial_epoch = initial_epoch
 
     def rows(self):
         """The rows logged so far, as dicts of strings; `WorkdirError` naming the file and the

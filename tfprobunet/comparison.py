@@ -47,6 +47,14 @@ def _finished_model(workdir, epochs):
 
 
 RUN_RECORD = "comparison_run.json"
+RESULTS = "results.json"
+
+
+def _run_folder(name, seed):
+    """The folder of the run of model `name` with training seed `seed`, in `out_dir`."""
+    return f"{name}-seed{seed}"
+
+
 # Recorded with every run, so that a run trained by code that trains differently is never
 # reused: 2 when the Dropout U-Net stopped dropping image pixels at 3 levels and weight decay
 # moved to kernels only (a record without it is of revision 1).
@@ -203,7 +211,9 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
     truth). Each run has its folder `<model>-seed<seed>/` (a `train` workdir with its
     evaluation and `comparison_run.json`, its settings): a `compare` that was stopped
     continues where it stopped, finished runs are reused, and a folder that holds a run with
-    other settings is refused (`ValueError`).
+    other settings is refused (`ValueError`). A symbolic link in place of `results.json`, a
+    figure, a run's folder or anything in it is refused before anything is trained
+    (`tfprobunet.training.WorkdirError`, one line naming the link and its target).
 
     Ensembles and M-Heads are trained once with their default 16 members (heads); GED at k
     samples uses their first k members, where the paper trains a model per k: for the
@@ -272,11 +282,15 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
     os.makedirs(out_dir, exist_ok=True)
 
     runs = [(name, seed) for seed in seeds for name in names]
+    _io.refuse_links(out_dir, [RESULTS, *plots.COMPARISON_FIGURES,
+                               *(_run_folder(name, seed) for name, seed in runs)],
+                     "Remove the link (or use another out_dir): compare writes its own files "
+                     "there.")
     verbose = _console.progress_verbosity(verbose)
     progress = keras.utils.Progbar(len(runs), verbose=1 if verbose == 1 else 0, unit_name="run")
     reports = {name: [] for name in names}
     for i, (name, seed) in enumerate(runs):
-        report = _run(os.path.join(out_dir, f"{name}-seed{seed}"), name, seed,
+        report = _run(os.path.join(out_dir, _run_folder(name, seed)), name, seed,
                       steps // steps_per_epoch, steps_per_epoch, dataset, data_dir, image_size,
                       num_examples, test_data, test_examples, sample_counts, recipe,
                       model_overrides)
@@ -291,5 +305,5 @@ def compare(out_dir, dataset="flips", models=MODELS, steps=2000, seeds=(0,),
                "steps": steps, "sample_counts": list(sample_counts),
                **_summary(reports, sample_counts, seeds)}
     results["figures"] = plots.write_comparison_figures(results, out_dir)
-    _io.write_json(os.path.join(out_dir, "results.json"), results, allow_nan=True)
+    _io.write_json(os.path.join(out_dir, RESULTS), results, allow_nan=True)
     return results

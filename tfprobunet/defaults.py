@@ -36,6 +36,14 @@ MAX_MESSAGE_BYTES = 2**28
 # REST bodies are parsed into Python lists of floats, about 34 times their size in memory: their
 # limit is lower than gRPC messages' (32 MiB: 64 images of 128 x 128 x 3 as JSON).
 MAX_BODY_BYTES = 2**25
+# The local server's queues: REST connections the kernel queues before they are accepted
+# (http.server's default, 5, reset 17 % of 200 concurrent clients), REST requests in flight
+# (being read, waiting for a worker or answered) and gRPC calls in flight (grpc.server's
+# `maximum_concurrent_rpcs`), beyond which a request is answered 503 or RESOURCE_EXHAUSTED at
+# once.
+REST_BACKLOG, REST_QUEUE, GRPC_QUEUE = 128, 64, 64
+# TF Serving's versions are int64.
+MAX_VERSION = 2**63 - 1
 
 
 def sample_bytes(images, samples, height, width, num_classes):

@@ -9,8 +9,8 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 
 import keras
 import numpy as np
@@ -331,6 +331,7 @@ def _check_sample_budget(batch, samples, height, width, num_classes):
 
 
 _REPORT = "report.json"
+_STAGING = ".evaluation-"  # the temporary folders of `_write_outputs`
 
 
 def _write_outputs(out_dir, report, write_figures):
@@ -341,19 +342,25 @@ def _write_outputs(out_dir, report, write_figures):
     `report.json` last (each move atomic, `_io.replacing`); the figures the previous report
     listed and this one does not are removed after. A failure while writing (a full disk)
     removes the temporary folder and leaves `out_dir` as it was: the previous report with its
-    own figures, never new figures beside an old report.
+    own figures, never new figures beside an old report. The temporary folder,
+    `.evaluation-<pid>-<random>`, is held by its lock file (`_io.claimed`) while it is written:
+    one that a killed evaluation left is removed by the next one into `out_dir`, one that a live
+    evaluation is writing is kept.
     """
     os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".evaluation-", dir=out_dir)
-    try:
-        report["figures"] = write_figures(staging)
-        _io.write_json(os.path.join(staging, _REPORT), report, allow_nan=True)
-        previous = _listed_figures(os.path.join(out_dir, _REPORT))
-        for name in [*report["figures"], _REPORT]:
-            with _io.replacing(os.path.join(out_dir, name)) as tmp:
-                os.replace(os.path.join(staging, name), tmp)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _io.remove_unclaimed(out_dir, _STAGING)
+    staging = os.path.join(out_dir, f"{_STAGING}{os.getpid()}-{uuid.uuid4().hex}")
+    with _io.claimed(staging):
+        try:
+            os.mkdir(staging)
+            report["figures"] = write_figures(staging)
+            _io.write_json(os.path.join(staging, _REPORT), report, allow_nan=True)
+            previous = _listed_figures(os.path.join(out_dir, _REPORT))
+            for name in [*report["figures"], _REPORT]:
+                with _io.replacing(os.path.join(out_dir, name)) as tmp:
+                    os.replace(os.path.join(staging, name), tmp)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     for name in set(previous) - set(report["figures"]):
         with contextlib.suppress(OSError):
             os.remove(os.path.join(out_dir, name))

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from tfprobunet import catalog
+from tfprobunet import _io, catalog
 from tfprobunet.catalog import IGNORE_LABEL
 
 
@@ -290,11 +290,18 @@ def comparison_modes(results, path):
     figure.savefig(path, dpi=120)
 
 
+# The figures `write_comparison_figures` may write.
+COMPARISON_FIGURES = ("ged.png", "mode_frequencies.png")
+
+
 def write_comparison_figures(results, out_dir):
-    """The figures of a `compare` run that apply to `results`; returns their file names."""
-    comparison_ged(results, os.path.join(out_dir, "ged.png"))
-    written = ["ged.png"]
-    if "true_probabilities" in results:
-        comparison_modes(results, os.path.join(out_dir, "mode_frequencies.png"))
-        written.append("mode_frequencies.png")
-    return written
+    """The figures of a `compare` run that apply to `results` (`COMPARISON_FIGURES`), each
+    written whole or not at all and by rename (`_io.replacing`: a link in its place is replaced,
+    never written through); returns their file names."""
+    ged, modes = COMPARISON_FIGURES
+    draws = [(ged, comparison_ged)] + ([(modes, comparison_modes)]
+                                       if "true_probabilities" in results else [])
+    for name, draw in draws:
+        with _io.replacing(os.path.join(out_dir, name)) as tmp:
+            draw(results, tmp)
+    return [name for name, _ in draws]

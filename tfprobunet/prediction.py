@@ -26,6 +26,9 @@ from tfprobunet.models import checks
 # What `read_image` decodes (PIL's format names; None: any image PIL reads, as the folder
 # dataset does).
 IMAGE_FORMATS = None
+# The most bytes of probabilities one `model.sample` call of `predict` returns: a request beyond
+# it is drawn in several calls (`MAX_SAMPLE_BYTES`, what `model.sample` itself allows).
+CALL_BYTES = MAX_SAMPLE_BYTES
 
 
 def pad_to_multiple(images, divisor, value=None):
@@ -60,8 +63,8 @@ def predict(model, images, num_samples=16, seed=None, max_sample_bytes=MAX_SAMPL
         num_samples: segmentations per image.
         seed: an int from 0 to 2**31 - 1 makes the samples reproducible; None draws fresh ones.
         max_sample_bytes: the most bytes the probabilities may take (b * m * h * w * K * 4,
-            of the padded images); beyond `MAX_SAMPLE_BYTES`, which one `model.sample` call
-            may return, the samples are drawn in several calls, the i-th seeded `[seed, i]`
+            of the padded images); beyond `CALL_BYTES` (`MAX_SAMPLE_BYTES`), which one
+            `model.sample` call may return, the samples are drawn in several calls, the i-th seeded `[seed, i]`
             (a served model draws them in one call: the same seed gives it other masks).
 
     Returns:
@@ -82,7 +85,7 @@ def predict(model, images, num_samples=16, seed=None, max_sample_bytes=MAX_SAMPL
         b, (ph, pw) = len(padded), padded.shape[1:3]
         checks.check_sample_bytes(b, num_samples, ph, pw, k, max_sample_bytes,
                                   hint="or raise max_sample_bytes")
-        per_call = max(1, MAX_SAMPLE_BYTES // sample_bytes(b, 1, ph, pw, k))
+        per_call = max(1, CALL_BYTES // sample_bytes(b, 1, ph, pw, k))
     masks, probabilities = [], []
     for i, start in enumerate(range(0, num_samples, per_call)):
         call_seed = seed if i == 0 or seed is None else tf.constant([seed, i], tf.int32)
@@ -189,7 +192,7 @@ def check_image_files(paths, num_samples, max_samples=MAX_SAMPLES, max_pixels=MA
                 checks.check_sample_bytes(
                     1, num_samples, layers.padded_size(height, divisor),
                     layers.padded_size(width, divisor), num_classes, max_sample_bytes,
-                    hint="--num-samples, or max_sample_bytes")
+                    hint="--num-samples; max_sample_bytes, --max-sample-bytes, raises the limit")
             except ValueError as error:
                 raise ValueError(f"{path}: {error} It was not decoded.") from None
     return sizes

@@ -162,7 +162,9 @@ def make_tuner(tuner, hypermodel, directory, project_name="search", max_trials=1
         tuner: `"random"`, `"bayesian"` or `"hyperband"` (see `TUNERS`).
         hypermodel: a `ProbabilisticUNetHyperModel` (or any `keras_tuner.HyperModel`).
         directory, project_name: where the trials, their checkpoints and the tuner's state
-            go; with `overwrite=False` (the default) a search started again there resumes.
+            go; with `overwrite=False` (the default) a search started again there resumes. A
+            symbolic link at or under `directory/project_name` is refused
+            (`tfprobunet.training.WorkdirError`, naming the link and its target).
         max_trials: trials to run (random, bayesian).
         max_epochs: hyperband's largest number of epochs per trial (required for it).
         objective: what to minimise or maximise.
@@ -170,6 +172,7 @@ def make_tuner(tuner, hypermodel, directory, project_name="search", max_trials=1
     """
     if tuner not in TUNERS:
         raise ValueError(f"`tuner` must be one of {sorted(TUNERS)}. Received: {tuner!r}")
+    _io.refuse_links(directory, [project_name], _LINK_FIX)
     common = dict(objective=objective, seed=seed, directory=directory,
                   project_name=project_name, overwrite=overwrite, **kwargs)
     if tuner == "hyperband":
@@ -246,6 +249,8 @@ def hyperparameters_from_json(text):
 TUNER_ID, ORACLE_IP, ORACLE_PORT = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP",
                                     "KERASTUNER_ORACLE_PORT")
 BEST_MODEL, BEST_HYPERPARAMETERS = "best_model.keras", "best_hyperparameters.json"
+SEARCH, TENSORBOARD = "search", "tensorboard"  # `tune`'s Keras Tuner project and logs
+_LINK_FIX = "Remove the link (or use another directory): the search writes its own files there."
 
 
 def distributed_role():
@@ -267,6 +272,10 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
     tab), and, once the search is over (on the chief when distributed), `best_model.keras` (the
     best trial's model, at its best epoch) and `best_hyperparameters.json`
     (`hyperparameters_from_json` reads it).
+
+    A symbolic link at any of these paths, or under `search/` or `tensorboard/`, is refused
+    before anything is read or written (`tfprobunet.training.WorkdirError`, one line naming the
+    link and its target): the search never writes outside `directory`.
 
     Distributed (Keras Tuner's protocol): with `KERASTUNER_ORACLE_IP` / `_PORT` set, the process
     with `KERASTUNER_TUNER_ID=chief` runs the oracle and waits, and every other (ids `tuner0`,
@@ -304,6 +313,8 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
                          "fit, which fails under MultiWorkerMirroredStrategy (keras-team/keras"
                          "#20585); spread a search over machines with chief and workers "
                          f"instead. Received: strategy={strategy!r}")
+    _io.refuse_links(directory, [SEARCH, TENSORBOARD, BEST_MODEL, BEST_HYPERPARAMETERS],
+                     _LINK_FIX)
     source = data_lib.as_source(dataset, "train", data_dir, image_size, num_examples, seed,
                                 fixed.pop("num_classes", None), data_options=data_options)
     if validation_data is None and not isinstance(dataset, str):
@@ -317,13 +328,13 @@ def tune(directory, dataset="flips", data_dir=None, tuner="random", max_trials=1
         source.num_classes, source.dataset.element_spec[0].shape, ged_classes=source.classes,
         steps=epochs * steps_per_epoch, seed=seed, **fixed)
     search_tuner = make_tuner(
-        tuner, hypermodel, directory, project_name="search", max_trials=max_trials,
+        tuner, hypermodel, directory, project_name=SEARCH, max_trials=max_trials,
         max_epochs=epochs, seed=seed, distribution_strategy=(
             None if strategy == "default" else training.make_strategy(strategy)))
     verbose = _console.progress_verbosity(verbose)
     trials = search(search_tuner, source, epochs=epochs, steps_per_epoch=steps_per_epoch,
                     validation_data=validation, verbose=verbose,
-                    callbacks=[keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard"),
+                    callbacks=[keras.callbacks.TensorBoard(os.path.join(directory, TENSORBOARD),
                                                            write_graph=False),
                                *callbacks_lib.progress_callbacks(verbose)])
     if distributed_role() == "worker":

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from tfprobunet import catalog
+from tfprobunet.cli import flags
 
 
 def add_parsers(commands):
@@ -25,7 +26,7 @@ def add_parsers(commands):
                                "sklearn's train_test_split of the sorted series uids, "
                                "test_size 0.2, random_state 0, for test, then again on the "
                                "rest for val; 64/16/20 %%), for --protocol phiseg")
-    manifest.add_argument("--seed", type=int, default=0,
+    manifest.add_argument("--seed", type=flags.SEED, default=0,
                           help="shuffles the ids of the datasets split by a seed (lidc-pickle, "
                                "folder without split subfolders); the others come split "
                                "(lidc, lidc-phiseg, folder with subfolders): their manifest is "

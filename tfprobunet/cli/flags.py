@@ -89,6 +89,8 @@ def number_list(minimum=None, maximum=None, *, integer=True):
 
 COUNT = number(1, MAX_COUNT, integer=True)  # epochs, steps, batch sizes, images, trials
 SEED = number(0, MAX_SEED, integer=True)
+# Classes are labels 0..K-1 of 8-bit masks, and 255 the ignore label: K is 2 to 255.
+CLASSES = number(2, catalog.IGNORE_LABEL, integer=True)
 
 
 def int_list(text):
@@ -294,8 +296,9 @@ DATA_OPTION_FLAGS = [
     ("labels", dict(choices=("binary", "multiclass")),
      "binary: masks of 0/255 or 0/1, read as lesion/background; multiclass: the mask values "
      "are class labels 0..K-1 (255 ignored)"),
-    ("num_classes", dict(type=int), "K of multiclass labels (implies --labels multiclass; "
-                                    "none: the largest label + 1)"),
+    ("num_classes", dict(type=CLASSES), "K of multiclass labels, 2 to 255 (label 255 is the "
+                                        "ignore label; implies --labels multiclass; none: the "
+                                        "largest label + 1)"),
     ("missing_mask", dict(choices=("error", "empty")),
      "a rater's mask that is missing for an image: refused (error), or read as all "
      "background (empty)"),
@@ -307,9 +310,9 @@ DATA_OPTION_FLAGS = [
      "-1000,400 Hounsfield units for CT); none: by the data type's range, 255 or 65535"),
     ("percentiles", dict(type=pair, metavar="LOW,HIGH"),
      "scale intensities by each image's own percentiles, e.g. 0.5,99.5 (MR)"),
-    ("axis", dict(type=int, choices=(0, 1, 2)), "the array axis to slice volumes along, as "
-                                                "stored"),
-    ("empty_share", dict(type=float, metavar="SHARE"),
+    ("axis", dict(type=number(0, 2, integer=True)), "the array axis to slice volumes along, "
+                                                    "as stored: 0, 1 or 2"),
+    ("empty_share", dict(type=number(0, 1), metavar="SHARE"),
      "the share of a volume's slices that no rater labelled kept; every labelled slice is"),
 ]
 # The option flags' arguments of `tfprobunet.data.load` (`labels` stands for `binarize`).

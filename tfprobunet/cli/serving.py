@@ -4,11 +4,19 @@ stand-in) and `predict` (image files, here or through a server)."""
 import os
 
 from tfprobunet.cli import flags
-from tfprobunet.defaults import MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_SAMPLE_BYTES
+from tfprobunet.defaults import (GRPC_QUEUE, MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_SAMPLE_BYTES,
+                                 MAX_VERSION, REST_BACKLOG, REST_QUEUE)
 
-# The local server's queues and backlog (`ModelServer`'s defaults; the CLI imports no
-# TensorFlow to show its help).
-REST_QUEUE, REST_BACKLOG, GRPC_QUEUE = 64, 128, 64
+# The ranges of the serving flags: a port (0: any free one, the server prints which), threads
+# answering at once, requests or connections waiting, seconds (between scans, for a request to
+# arrive), a version and a byte limit an export records (TF Serving's int64; a gRPC message's
+# is int32, `flags.COUNT`).
+PORT = flags.number(0, 65535, integer=True)
+WORKERS = flags.number(1, 1024, integer=True)
+QUEUE = flags.number(1, 65535, integer=True)
+SECONDS = flags.number(maximum=3600, above=0)
+VERSION = flags.number(1, MAX_VERSION, integer=True)
+BYTES = flags.number(1, MAX_VERSION, integer=True)
 
 
 def add_parsers(commands):
@@ -20,7 +28,7 @@ def add_parsers(commands):
                              "this too); alone, only that")
     export.add_argument("--base-dir", default="saved_models", help="TF Serving model base path")
     export.add_argument("--name", default="probunet", help="the served model's name")
-    export.add_argument("--version", type=int, help="default: the next free integer")
+    export.add_argument("--version", type=VERSION, help="default: the next free integer")
     flags.add_limit_flags(export, "recorded in the export")
     _add_sample_bytes_flag(export, "recorded in the export")
     export.add_argument("--image-range", type=flags.image_range, default=(0.0, 1.0),
@@ -31,30 +39,30 @@ def add_parsers(commands):
     export.set_defaults(run=_export)
     serve = commands.add_parser("serve", help="a local TF Serving stand-in (gRPC + REST)")
     serve.add_argument("--model-base-path", default="saved_models")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port")
-    serve.add_argument("--rest-port", type=int, default=8501)
+    serve.add_argument("--port", type=PORT, default=8500, help="gRPC port (0: any free one)")
+    serve.add_argument("--rest-port", type=PORT, default=8501, help="REST port (0: any free one)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--workers", type=int, default=4,
+    serve.add_argument("--workers", type=WORKERS, default=4,
                        help="gRPC requests answered at once (each may take ~1 GB at the limits)")
-    serve.add_argument("--rest-workers", type=int, default=2,
+    serve.add_argument("--rest-workers", type=WORKERS, default=2,
                        help="REST requests parsed, answered and sent at once; more wait, "
                             "then 503")
-    serve.add_argument("--poll-seconds", type=float, default=1.0,
+    serve.add_argument("--poll-seconds", type=SECONDS, default=1.0,
                        help="seconds between scans for new versions")
     flags.add_limit_flags(serve, "on top of each export's own")
     _add_sample_bytes_flag(serve, "on top of each export's own")
-    serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES,
+    serve.add_argument("--max-message-bytes", type=flags.COUNT, default=MAX_MESSAGE_BYTES,
                        help="the largest gRPC message (both ways) and response")
-    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+    serve.add_argument("--max-body-bytes", type=flags.COUNT, default=MAX_BODY_BYTES,
                        help="the largest REST request body")
-    serve.add_argument("--request-timeout", type=float, default=30.0,
+    serve.add_argument("--request-timeout", type=SECONDS, default=30.0,
                        help="seconds a REST client may take to send its request")
-    serve.add_argument("--rest-queue", type=int, default=REST_QUEUE,
+    serve.add_argument("--rest-queue", type=QUEUE, default=REST_QUEUE,
                        help="REST requests in flight (read, waiting or answered); more get 503 "
                             "with Retry-After at once")
-    serve.add_argument("--rest-backlog", type=int, default=REST_BACKLOG,
+    serve.add_argument("--rest-backlog", type=QUEUE, default=REST_BACKLOG,
                        help="connections the kernel queues before the REST server accepts them")
-    serve.add_argument("--grpc-queue", type=int, default=GRPC_QUEUE,
+    serve.add_argument("--grpc-queue", type=QUEUE, default=GRPC_QUEUE,
                        help="gRPC calls in flight (answered or waiting); more get "
                             "RESOURCE_EXHAUSTED at once")
     serve.set_defaults(run=_serve)
@@ -62,7 +70,7 @@ def add_parsers(commands):
 
 
 def _add_sample_bytes_flag(parser, whose):
-    parser.add_argument("--max-sample-bytes", type=int, default=MAX_SAMPLE_BYTES,
+    parser.add_argument("--max-sample-bytes", type=BYTES, default=MAX_SAMPLE_BYTES,
                         help=f"{whose}: the most bytes of class probabilities (b*m*h*w*K*4) "
                              "one request's samples may take")
 
@@ -80,12 +88,15 @@ def _add_predict_parser(commands):
                               "its U-Net divides)")
     predict.add_argument("--name", help="with --target: the served model's name (default: "
                                         "probunet)")
-    predict.add_argument("--version", type=int, help="with --target: the served version")
+    predict.add_argument("--version", type=VERSION,
+                         help="with --target: the served version")
     predict.add_argument("--image", nargs="+", required=True, help="PNG or JPEG files")
-    predict.add_argument("-n", "--num-samples", type=int, default=16)
-    predict.add_argument("--seed", type=int)
-    flags.add_limit_flags(predict, "checked on each image's header before it is read (as the "
-                                   "server checks a request)")
+    predict.add_argument("-n", "--num-samples", type=flags.COUNT, default=16,
+                         help="segmentations per image, at most --max-samples (default: 16)")
+    predict.add_argument("--seed", type=flags.SEED)
+    whose = "checked on each image's header before it is read (as the server checks a request)"
+    flags.add_limit_flags(predict, whose)
+    _add_sample_bytes_flag(predict, f"{whose}; with --model")
     predict.add_argument("--out", required=True,
                          help="folder: OUT/<image name>/sample_00.png, ..., uncertainty.png")
     predict.set_defaults(run=_predict)
@@ -135,6 +146,10 @@ def _serve(args):
 def _predict(args):
     from tfprobunet import prediction, serving
 
+    if args.num_samples > args.max_samples:  # before a model or an image is read
+        raise flags.CommandError(
+            f"--num-samples {args.num_samples} is above --max-samples {args.max_samples}: ask "
+            "for fewer samples per run, or raise --max-samples.")
     if (args.model is None) == (args.target is None):
         raise flags.CommandError(
             "give either --model PATH (a .keras model: predict here, no server) or --target "
@@ -149,14 +164,19 @@ def _predict(args):
         if any(map(volumes.is_volume, args.image)):  # NIfTI files, DICOM series folders
             # sliced and scaled as the training run's data_options say
             files = volumes.predict_volumes(args.model, args.image, args.out, args.num_samples,
-                                            args.seed)
+                                            args.seed, max_sample_bytes=args.max_sample_bytes)
         else:
             files = prediction.predict_files(args.model, args.image, args.num_samples,
-                                             args.out, args.seed, **flags.limits(args))
+                                             args.out, args.seed, **_predict_limits(args))
     else:
         with serving.GrpcClient(args.target, args.name or "probunet",
                                 version=args.version) as client:
             files = prediction.predict_files(client, args.image, args.num_samples, args.out,
-                                             args.seed, **flags.limits(args))
+                                             args.seed, **_predict_limits(args))
     print(f"wrote {len(files) - len(args.image)} sample masks and {len(args.image)} uncertainty "
           f"map(s) to {args.out}")
+
+
+def _predict_limits(args):
+    """`predict_files`' limits: the request limits' flags and --max-sample-bytes."""
+    return {**flags.limits(args), "max_sample_bytes": args.max_sample_bytes}

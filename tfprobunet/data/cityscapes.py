@@ -74,7 +74,7 @@ def files(data_dir, split="train"):
     return images, labels
 
 
-def dataset(data_dir, split="train", image_size=(256, 512)):
+def dataset(data_dir, split="train", image_size=(256, 512), *, max_pixels=None):
     """Cityscapes with all 32 flip modes of each label map.
 
     Args:
@@ -82,13 +82,26 @@ def dataset(data_dir, split="train", image_size=(256, 512)):
         split: `"train"`, `"val"` (Darmstadt, Mönchengladbach, Ulm) or `"test"` (official val).
         image_size: `(h, w)` to resize to (images bilinear, labels nearest; the paper works at
             256x512, a quarter of the full resolution), or None for the files' size.
+        max_pixels: the most pixels (height x width) of one image or label file, checked
+            from its header before anything is decoded (a PNG of 65 bytes can claim 13000 x
+            13000); None: `TFPROBUNET_MAX_IMAGE_PIXELS` if set, else
+            `tfprobunet.data.images.MAX_IMAGE_PIXELS` (8192 x 8192; the official files are
+            1024 x 2048).
 
     Returns:
         `tf.data.Dataset` of `(image (h, w, 3) float32 in [0, 1], annotations (32, h, w) int32)`
         in the order of `tfprobunet.data.flip_modes(FLIP_PROBABILITIES)`; `mode_probabilities()`
         gives their probabilities.
+
+    Raises:
+        ValueError: a file that is not a whole PNG, or beyond `max_pixels` (one line naming it,
+            the limit and how to raise it).
     """
     images, labels = files(data_dir, split)
+    max_pixels = images_lib.pixel_limit(max_pixels)
+    for path in images + labels:
+        images_lib.check_pixels(path, *images_lib.png_size(path), max_pixels,
+                                "cityscapes.dataset(..., max_pixels=...)")
     modes, _ = synthetic.flip_modes(FLIP_PROBABILITIES)
 
     def decode(image_path, label_path):

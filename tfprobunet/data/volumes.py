@@ -29,6 +29,7 @@ from tfprobunet.catalog import IGNORE_LABEL
 from tfprobunet.data import checks, crops, folders, manifests
 from tfprobunet.data import intensity as intensity_lib
 from tfprobunet.data.source import Source, check_split
+from tfprobunet.defaults import MAX_SAMPLE_BYTES
 
 NIFTI = (".nii.gz", ".nii")
 DICOM = ".dcm"
@@ -397,7 +398,7 @@ def load(data_dir, split, image_size=None, seed=0, split_manifest=None, *, axis=
 
 
 def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=None, intensity=None,
-                   batch_size=BATCH_SLICES):
+                   batch_size=BATCH_SLICES, max_sample_bytes=MAX_SAMPLE_BYTES):
     """Segment a volume slice by slice and write the samples back as volumes.
 
     Args:
@@ -414,6 +415,8 @@ def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=None, i
         intensity: the intensity rule (`tfprobunet.data.intensity`); None: the training run's
             (`intensity.of_run`) for a model path, else the data type's range.
         batch_size: slices segmented at once (each holds num_samples x h x w x K floats).
+        max_sample_bytes: the most bytes those floats may take, batch_size x num_samples x h x
+            w x K x 4 (`prediction.predict`).
 
     Returns:
         The paths written.
@@ -431,7 +434,7 @@ def predict_volume(model, path, out_dir, num_samples=16, seed=None, axis=None, i
     for start in range(0, len(scaled), batch_size):
         batch = scaled[start:start + batch_size, ..., None]
         batch = np.repeat(batch, model.image_channels or 1, axis=-1)
-        outputs = prediction.predict(model, batch, num_samples, seed)
+        outputs = prediction.predict(model, batch, num_samples, seed, max_sample_bytes)
         masks[:, start:start + len(batch)] = np.moveaxis(outputs["masks"], 1, 0)
         entropy[start:start + len(batch)] = metrics.uncertainty_maps(
             outputs["probabilities"])[0]
@@ -464,10 +467,10 @@ def _as_trained(model, axis, intensity):
 
 
 def predict_volumes(model, paths, out_dir, num_samples=16, seed=None, axis=None,
-                    intensity=None):
+                    intensity=None, max_sample_bytes=MAX_SAMPLE_BYTES):
     """`predict_volume` of each of `paths` into `out_dir/<stem>/` (`tfprobunet predict --model
-    X.keras --image case.nii.gz --out OUT`); the model is loaded once. Returns the paths
-    written."""
+    X.keras --image case.nii.gz --out OUT`, `--max-sample-bytes`); the model is loaded once.
+    Returns the paths written."""
     axis, intensity = _as_trained(model, axis, intensity)
     not_volumes = [p for p in paths if not is_volume(p)]
     if not_volumes:
@@ -481,5 +484,5 @@ def predict_volumes(model, paths, out_dir, num_samples=16, seed=None, axis=None,
     for path in paths:
         stem = folders.name_stem(os.path.basename(os.path.normpath(path)), NIFTI)
         written += predict_volume(model, path, os.path.join(out_dir, stem), num_samples, seed,
-                                  axis, intensity)
+                                  axis, intensity, max_sample_bytes=max_sample_bytes)
     return written

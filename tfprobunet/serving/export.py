@@ -14,7 +14,6 @@ clean-up, `models.config`): each is a folder directly inside the base, and nothi
 removed outside it, through `..` or a symbolic link.
 """
 
-import contextlib
 import inspect
 import json
 import os
@@ -27,7 +26,8 @@ import tensorflow as tf
 
 from tfprobunet import _io, layers, saving
 from tfprobunet.data import intensity as intensity_lib
-from tfprobunet.defaults import MAX_PIXELS, MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS, MAX_SAMPLES
+from tfprobunet.defaults import (MAX_PIXELS, MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS, MAX_SAMPLES,
+                                 MAX_VERSION)
 from tfprobunet.saving import check_finite
 from tfprobunet.serving.signatures import (IMAGE_RANGE, INFO, check_image_range, info_function,
                                            serving_functions)
@@ -35,11 +35,10 @@ from tfprobunet.serving.signatures import (IMAGE_RANGE, INFO, check_image_range,
 CONFIG_ASSET = os.path.join("assets.extra", "tfprobunet_config.json")
 MODELS_CONFIG = "models.config"
 TMP_PREFIX = ".tmp-"  # TF Serving ignores folders whose names are not integers
-LOCK_SUFFIX = ".lock"
+LOCK_SUFFIX = _io.LOCK_SUFFIX
 
 
 _VERSION = re.compile(r"[0-9]+")
-MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 
 
 def version_folders(model_dir):
@@ -249,16 +248,8 @@ def _write_defaults(path, functions):
             f.write(fingerprinting.CreateFingerprintDef(path))
 
 
-@contextlib.contextmanager
-def _writing(tmp):
-    """Mark the temporary folder `tmp` as being written while the block runs: its lock file
-    (`tmp` + `.lock`, created first) is held, and released by the system if the writer dies."""
-    lock = tmp + LOCK_SUFFIX
-    with _io.locked(lock):
-        try:
-            yield
-        finally:
-            os.remove(lock)
+# Marks an export's temporary folder as being written (its lock file held).
+_writing = _io.claimed
 
 
 def clean_stale_exports(base_dir, name):
@@ -270,24 +261,7 @@ def clean_stale_exports(base_dir, name):
     Returns:
         The removed folders' paths.
     """
-    model_dir = model_folder(base_dir, name)
-    entries = os.listdir(model_dir) if os.path.isdir(model_dir) else []
-    # Each export's folder and its lock file; either may be left alone by a kill (the lock
-    # file alone when killed between the rename into place and the unlock).
-    stems = {entry[:-len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else entry
-             for entry in entries if entry.startswith(TMP_PREFIX)}
-    removed = []
-    for stem in sorted(stems):
-        path = os.path.join(model_dir, stem)
-        if os.path.islink(path) or os.path.islink(path + LOCK_SUFFIX):
-            continue
-        with _io.locked(path + LOCK_SUFFIX, blocking=False) as stale:
-            if stale:
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-                os.remove(path + LOCK_SUFFIX)
-    return removed
+    return _io.remove_unclaimed(model_folder(base_dir, name), TMP_PREFIX)
 
 
 def write_models_config(base_dir, name, config_base_path="/models"):

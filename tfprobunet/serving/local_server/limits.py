@@ -6,7 +6,8 @@ import dataclasses
 import math
 
 from tfprobunet.defaults import (MAX_MESSAGE_BYTES, MAX_PIXELS, MAX_SAMPLE_BYTES,
-                                 MAX_SAMPLE_PIXELS, MAX_SAMPLES, sample_bytes)
+                                 MAX_SAMPLE_PIXELS, MAX_SAMPLES)
+from tfprobunet.models.checks import check_sample_bytes
 from tfprobunet.serving.wire import dims, status_error
 
 # Bytes per output value in a response: 4 in a TensorProto, up to about 20 as JSON text.
@@ -82,13 +83,12 @@ class RequestLimits:
                 "--max-sample-pixels` raises it)."))
         k = _num_classes(signature)
         if m is not None and k is not None:
-            cost = sample_bytes(b, m, h, w, k)
-            if cost > self.max_sample_bytes:
-                raise status_error("INVALID_ARGUMENT", (
-                    f"The request asks for {b} x {m} x {h} x {w} samples of {k} classes: {cost} "
-                    f"bytes of probabilities (float32), above max_sample_bytes = "
-                    f"{self.max_sample_bytes} (a limit of this server): ask for fewer samples "
-                    "or images per request (`tfprobunet serve --max-sample-bytes` raises it)."))
+            try:  # the library's words for it
+                check_sample_bytes(b, m, h, w, k, self.max_sample_bytes, hint=(
+                    "per request; max_sample_bytes is a limit of this server: `tfprobunet serve "
+                    "--max-sample-bytes` raises it"))
+            except ValueError as error:
+                raise status_error("INVALID_ARGUMENT", str(error)) from None
         # Unknown output dimensions are, in order, b, m (when sampling), h and w.
         sizes = [b, m, h, w] if m is not None else [b, h, w]
         values = sum(math.prod(sizes[i] if d == -1 and i < len(sizes) else max(d, 1)

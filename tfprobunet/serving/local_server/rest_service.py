@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import tensorflow as tf
 
+from tfprobunet.defaults import REST_BACKLOG, REST_QUEUE
 from tfprobunet.serving.local_server.errors import internal_error, release_freed_memory
 from tfprobunet.serving.local_server.limits import JSON_BYTES_PER_VALUE
 from tfprobunet.serving.wire import HTTP_STATUS, ServingError, status_error
@@ -32,10 +33,6 @@ logger = logging.getLogger("tfprobunet.serving")
 # The bodies being read or waiting for a slot, in bytes, at most this many times
 # `max_body_bytes` (and twice that in memory for the one being parsed per REST worker).
 BODY_BUDGET = 4
-# Connections the kernel queues before they are accepted (http.server's default, 5, reset
-# 17 % of 200 concurrent clients), and requests in flight (being read, waiting for a worker or
-# answered) beyond which a request is answered 503 at once.
-REST_BACKLOG, REST_QUEUE = 128, 64
 # Seconds a 503 asks its client to wait (`Retry-After`).
 RETRY_AFTER_SECONDS = 1
 # The most bytes of a refused request's body read (and dropped) before its 503, so that closing

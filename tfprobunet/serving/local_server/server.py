@@ -6,13 +6,14 @@ import os
 import threading
 from concurrent import futures
 
-from tfprobunet.defaults import (MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
-                                 MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS, MAX_SAMPLES, check_number)
+from tfprobunet.defaults import (GRPC_QUEUE, MAX_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS,
+                                 MAX_SAMPLE_BYTES, MAX_SAMPLE_PIXELS, MAX_SAMPLES, REST_BACKLOG,
+                                 REST_QUEUE, check_number)
 from tfprobunet.serving.local_server.grpc_service import (BoundedParsing, ModelServicer,
                                                           PredictionServicer)
 from tfprobunet.serving.local_server.limits import RequestLimits
 from tfprobunet.serving.local_server.registry import Registry
-from tfprobunet.serving.local_server.rest_service import REST_BACKLOG, REST_QUEUE, RestServer
+from tfprobunet.serving.local_server.rest_service import RestServer
 from tfprobunet.serving.wire import grpc_options, require_serving_extra
 
 try:  # the `serving` extra
@@ -22,10 +23,6 @@ except ImportError:
     grpc = None
 
 logger = logging.getLogger("tfprobunet.serving")
-
-# gRPC calls in flight (answered or waiting for a worker) beyond which a call is answered
-# RESOURCE_EXHAUSTED at once (grpc.server's `maximum_concurrent_rpcs`).
-GRPC_QUEUE = 64
 
 
 class ModelServer:
