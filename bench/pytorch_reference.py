@@ -7,10 +7,12 @@ copied from the port. Prints JSON.
 Needs PyTorch (not a project dependency): `pip install torch==2.13.0` (CPU build).
 
     python bench/pytorch_reference.py [--steps 8] [--repeats 5] [--size 128] [--batch 8]
+        [--profile]   # instead: where a step's time goes (torch.profiler), by phase and op class
 """
 
 import argparse
 import json
+import re
 import resource
 
 import numpy as np
@@ -108,9 +110,37 @@ class ProbUNet(nn.Module):
         return (reconstruction + self.beta * kl) / batch + 1e-5 * l2
 
 
+# Op classes of `--profile`, by the first pattern in an op's name (self times; oneDNN's layout
+# reorders happen inside the convolutions: bench/onednn_profile.py separates them). The
+# optimizer's ops are element-wise: its phase's wall time says what it costs.
+OP_CLASSES = (("convolution backward (input and filter gradients)", "convolution_backward"),
+              ("convolution forward", "convolution"))
+
+
+def profile(step, steps):
+    """Where `steps` calls of `step` spend their time: the wall time of its phases (the
+    `record_function` ranges) and the ops' self time by `OP_CLASSES`, in ms per step."""
+    from torch.profiler import ProfilerActivity
+
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    phases, classes = {}, {}
+    for event in prof.key_averages():
+        if event.key in ("loss", "backward", "optimizer"):
+            phases[event.key] = round(event.cpu_time_total / 1e3 / steps, 1)
+        name = next((c for c, pattern in OP_CLASSES if re.search(pattern, event.key)),
+                    "element-wise, reductions, distributions, loss and optimizer")
+        classes[name] = classes.get(name, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return {"wall_ms_per_step_by_phase": phases,
+            "self_ms_per_step_by_class": {k: round(v, 1) for k, v in sorted(
+                classes.items(), key=lambda kv: -kv[1])}}
+
+
 def main():
     parser = argparse.ArgumentParser()
     add_step_arguments(parser)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -122,11 +152,19 @@ def main():
 
     def step():
         optimizer.zero_grad()
-        loss = model.loss(images, masks)
-        loss.backward()
-        optimizer.step()
+        with torch.profiler.record_function("loss"):
+            loss = model.loss(images, masks)
+        with torch.profiler.record_function("backward"):
+            loss.backward()
+        with torch.profiler.record_function("optimizer"):
+            optimizer.step()
 
     step()
+    if args.profile:
+        print(json.dumps({"framework": f"torch {torch.__version__}",
+                          "capability": torch.backends.cpu.get_cpu_capability(),
+                          **profile(step, args.steps)}, indent=2))
+        return
     times = run_times(lambda: [step() for _ in range(args.steps)], args.repeats, warmup=False)
     rates = [args.batch * args.steps / t for t in times]
     print(json.dumps({

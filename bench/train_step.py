@@ -8,6 +8,10 @@ with every run, the median and best of each configuration, their ratios, and the
 
     python bench/train_step.py [--rounds 5] [--configs float32,mixed_bfloat16,torch]
         [--torch-python PATH]   # an interpreter with PyTorch (default: this one)
+        [--isa avx2]            # what an AVX2-only CPU runs (bench/isa.py), on any x86
+
+`--isa` caps every child process, ours and PyTorch's; the JSON records the cap and what each
+framework reported running on under it.
 """
 
 import argparse
@@ -17,12 +21,14 @@ import resource
 import subprocess
 import sys
 
+import isa
 from timing import add_step_arguments, run_times
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.dirname(os.path.abspath(__file__))
-# "xla": float32 with `jit_compile=True`; "xla_mixed_bfloat16": both.
-CONFIGS = ("float32", "mixed_bfloat16", "xla", "xla_mixed_bfloat16", "torch")
+# "xla": float32 with `jit_compile=True`; "xla_mixed_bfloat16": both; "inter_op1": float32
+# running one op at a time (TensorFlow's inter-op threads 1; the default is one per core).
+CONFIGS = ("float32", "mixed_bfloat16", "xla", "xla_mixed_bfloat16", "inter_op1", "torch")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
@@ -34,6 +40,8 @@ def measure(config, steps, repeats, size, batch):
 
     import tfprobunet
 
+    if config == "inter_op1":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     if config.endswith("mixed_bfloat16"):
         keras.config.set_dtype_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
@@ -69,7 +77,8 @@ def _run(config, args):
         command = [args.torch_python, os.path.join(HERE, "pytorch_reference.py"), *common]
     else:
         command = [sys.executable, __file__, "--one", config, *common]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(command, capture_output=True, text=True, check=True,
+                         env=isa.environment(args.isa)).stdout
     result = json.loads(out[out.index("{"):])
     return result["examples_per_s_runs"], result.get("peak_rss_mib")
 
@@ -88,6 +97,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--configs", default="float32,mixed_bfloat16,torch")
     parser.add_argument("--torch-python", default=sys.executable)
+    parser.add_argument("--isa", choices=tuple(isa.ISAS), default="native")
     parser.add_argument("--one", choices=CONFIGS[:-1], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -106,6 +116,7 @@ def main():
     summary = {c: _summary(r) for c, r in rates.items()}
     ratios = {}
     for a, b in (("float32", "torch"), ("mixed_bfloat16", "float32"), ("xla", "float32"),
+                 ("xla", "torch"), ("inter_op1", "float32"),
                  ("xla_mixed_bfloat16", "mixed_bfloat16"), ("mixed_bfloat16", "torch")):
         if a in summary and b in summary:
             ratios[f"{a}_over_{b}"] = {k: round(summary[a][k] / summary[b][k], 3)
@@ -116,6 +127,11 @@ def main():
                    "steps_per_run": args.steps, "runs_per_process": args.repeats,
                    "rounds": args.rounds},
         "cpu": cpu(),
+        "isa": {"cap": args.isa, "environment": {k: v for k, v in isa.environment(
+                    args.isa, {}).items()},
+                "tensorflow": isa.probe(sys.executable, args.isa, "tf"),
+                **({"torch": isa.probe(args.torch_python, args.isa, "torch")}
+                   if "torch" in configs else {})},
         "examples_per_s": summary,
         "ratios": ratios,
         "peak_rss_mib": memory,
