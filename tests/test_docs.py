@@ -141,3 +141,51 @@ def test_table_numbers_equal_the_json(document, path, header, rows):
                 raise AssertionError(f"{what}: unknown row")
         seen.add(names.get(label))
     assert set(results["models"]) <= seen, f"{document}: models missing from the table of {path}"
+
+
+def _numbers(value):
+    """Every number in the JSON value `value`, nested."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def test_every_number_of_the_instruction_set_section_is_in_its_json():
+    """docs/benchmarks.md's "The training step per instruction set" quotes its JSON: every
+    decimal it prints (but PyTorch's version and the 1.3x target) is a number of a JSON the
+    section links, at the precision printed, and each table row's ratio is its tfprobunet
+    median over its PyTorch median as that row's JSON records them."""
+    with open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8") as f:
+        page = f.read()
+    start = page.index("## The training step per instruction set")
+    section = page[start:page.index("\n## ", start + 1)]
+    linked = sorted(set(re.findall(r"\]\((results/speed/[\w.]+\.json)\)", section)))
+    assert len(linked) >= 7, linked
+    known = []
+    for path in linked:
+        with open(os.path.join(ROOT, "docs", path)) as f:
+            known += _numbers(json.load(f))
+    printed = re.findall(r"(?<![\w.])(\d+\.\d+)(?![\w.])", section)
+    assert len(printed) > 30, printed
+    for text in printed:
+        if text in ("2.13", "1.3"):
+            continue
+        decimals = len(text.split(".")[1])
+        assert any(round(n, decimals) == float(text) for n in known), text
+    rows = [line.split("|")[1:-1] for line in section.split("<!-- isa-ratios -->")[1]
+            .strip().splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == 3, rows
+    for cells in rows:
+        path = re.search(r"\((results/speed/[\w.]+\.json)\)", cells[-1]).group(1)
+        with open(os.path.join(ROOT, "docs", path)) as f:
+            result = json.load(f)
+        rates = result["examples_per_s"]
+        for cell, config in ((cells[3], "float32"), (cells[4], "torch")):
+            median, worst, best = map(float, re.findall(r"\d+\.\d+|\d+", cell))
+            assert (median, worst, best) == tuple(rates[config][k] for k in
+                                                  ("median", "worst", "best")), (path, cell)
+        assert float(cells[5]) == result["ratios"]["float32_over_torch"]["median"], path
+        assert abs(float(cells[5]) - rates["float32"]["median"] / rates["torch"]["median"]) \
+            < 0.01, path
