@@ -17,7 +17,7 @@ import pytest
 from tfprobunet import _io, training
 
 RUN = """
-import json, os, signal, sys, time
+import json, os, signal, sys, threading, time
 import keras
 from tfprobunet import training
 
@@ -34,10 +34,26 @@ class KillAtEpochStart(keras.callbacks.Callback):
                 time.sleep(0.1)
             os.kill(os.getpid(), signal.SIGKILL)
 
+class TermDuringStep(keras.callbacks.Callback):
+    # SIGTERM from another thread `delay` s into the first step of epoch 2: Python handles it
+    # only when the step returns, after the step has shared this worker's "no request".
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.epoch == 1 and batch == 0:
+            threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
 workdir, strategy, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 kill_at = int(os.environ.get("KILL_AT", 0))
 callbacks = [KillAtEpochStart(kill_at, training.EpochCheckpoint(os.path.join(
     workdir, "backup")).path(kill_at - 1))] if kill_at else []
+if float(os.environ.get("TERM_DELAY", 0)):
+    callbacks.append(TermDuringStep(float(os.environ["TERM_DELAY"])))
 training.train(workdir, **json.loads(os.environ["SETTINGS"]), epochs=epochs,
                validation_examples=int(os.environ["VAL"]), strategy=strategy, verbose=2,
                callbacks=callbacks)
@@ -58,7 +74,8 @@ def _ports(count):
     return ports
 
 
-def _workers(script, workdir, epochs, tmp, kill_at=None, validation_examples=0):
+def _workers(script, workdir, epochs, tmp, kill_at=None, validation_examples=0,
+             term_delay=0, settings=None):
     ports = _ports(2)
     processes = []
     for index in range(2):
@@ -66,7 +83,8 @@ def _workers(script, workdir, epochs, tmp, kill_at=None, validation_examples=0):
                      "task": {"type": "worker", "index": index}}
         env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmp),
                    PYTHONUNBUFFERED="1", KILL_AT=str(kill_at if index == 1 and kill_at else 0),
-                   VAL=str(validation_examples), SETTINGS=json.dumps(SETTINGS))
+                   VAL=str(validation_examples), SETTINGS=json.dumps(settings or SETTINGS),
+                   TERM_DELAY=str(term_delay if index == 1 else 0))
         processes.append(subprocess.Popen(
             [sys.executable, str(script), workdir, "multi_worker", str(epochs)], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -215,3 +233,22 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_run_resumes(t
                                                                 tmp_path / "tmp")]
     assert all("EPOCHS-DONE" in out for out in outputs), outputs
     assert _logged_epochs(workdir) == list(range(done + 1))
+
+
+@pytest.mark.slow
+def test_a_signal_that_arrives_during_a_step_stops_every_worker_after_the_next(tmp_path):
+    """A signal that arrives while a step runs is handled when the step returns, after that step
+    shared "no request" from this worker: the worker used to stop at once, alone, and the chief,
+    waiting for it in the next step's collective, failed with another error. Now both stop after
+    the next step, which carries the request to all."""
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    (tmp_path / "tmp").mkdir()
+    # Steps of ~0.1-0.3 s (128x128, batch 16), the signal 0.03 s into the first of epoch 2.
+    settings = {**SETTINGS, "image_size": 128, "batch_size": 16, "num_examples": 32}
+    outputs = [p.communicate(timeout=300)[0] for p in _workers(
+        script, str(tmp_path / "run"), 3, tmp_path / "tmp", term_delay=0.03, settings=settings)]
+    stopped = [re.search(r"TrainingInterrupted: stopped by SIGTERM at epoch (\d+), step (\d+)",
+                         out) for out in outputs]
+    assert all(stopped), "\n=====\n".join(out[-3000:] for out in outputs)
+    assert stopped[0].groups() == stopped[1].groups() == ("2", "2"), [m.group(0) for m in stopped]

@@ -21,10 +21,21 @@ class TrainingInterrupted(Exception):
 
 
 class StopRequest:
-    """What `stop_requests` yields: `signum`, the first signal received (None until then)."""
+    """What `stop_requests` yields: `signum`, the first signal received (None until then), and
+    `shared`: None in one process; in a multi-worker run, whether the step that just ended
+    carried a request to every worker (set by `training.distribute.fit_distributed`).
+
+    A worker acts on its own signal only once it was shared: a signal that arrives while a
+    step runs is handled when the step returns, after the step sent this worker's "no
+    request", so the peers learn of it only in the next step, and all stop after that one."""
 
     def __init__(self):
         self.signum = None
+        self.shared = None
+
+    def due(self):
+        """The signal to stop on at the end of this step, or None."""
+        return self.signum if self.shared in (None, True) else None
 
 
 @contextlib.contextmanager

@@ -557,7 +557,7 @@ class StopOnSignal(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        signum = self.request.signum
+        signum = self.request.due()
         if signum is None:
             return
         kept = (f"the checkpoint after epoch {self._epoch} is kept" if self._epoch else

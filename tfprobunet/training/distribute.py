@@ -157,9 +157,10 @@ def fit_distributed(model, dataset, epochs, steps_per_epoch, initial_epoch=0,
             keys, requested = train_step(batches, tf.constant(
                 0.0 if stop is None or stop.signum is None else 1.0))
             logs = _logs(model, keys)
-            if stop is not None and stop.signum is None and float(
-                    strategy.experimental_local_results(requested)[0]) > 0:
-                stop.signum = signal.SIGTERM  # sent to another worker
+            if stop is not None:
+                stop.shared = float(strategy.experimental_local_results(requested)[0]) > 0
+                if stop.shared and stop.signum is None:
+                    stop.signum = signal.SIGTERM  # sent to another worker
             callback_list.on_train_batch_end(step, logs)
             if model.stop_training:
                 break
