@@ -251,4 +251,7 @@ def test_a_signal_that_arrives_during_a_step_stops_every_worker_after_the_next(t
     stopped = [re.search(r"TrainingInterrupted: stopped by SIGTERM at epoch (\d+), step (\d+)",
                          out) for out in outputs]
     assert all(stopped), "\n=====\n".join(out[-3000:] for out in outputs)
-    assert stopped[0].groups() == stopped[1].groups() == ("2", "2"), [m.group(0) for m in stopped]
+    # Epoch 2, step 2 when the signal lands inside step 1 (as it does but on a loaded machine,
+    # where it may come before step 1 starts and stop both after step 1): the same step always.
+    assert stopped[0].groups() == stopped[1].groups(), [m.group(0) for m in stopped]
+    assert stopped[0].group(1) == "2", stopped[0].group(0)
