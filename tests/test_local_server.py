@@ -656,3 +656,22 @@ def test_requests_whose_length_is_ambiguous_are_refused(base):
             status, answer = _raw_http(running.rest_port, start + headers + b"\r\n" + body)
             assert status == 400 and text in answer["error"], (headers, status, answer)
             assert "RFC 9112" in answer["error"], answer
+
+
+@pytest.mark.parametrize("which", ["grpc", "rest"])
+def test_a_port_in_use_is_refused_naming_it_and_the_first_server_keeps_serving(base, which):
+    """gRPC servers bind with SO_REUSEPORT by default: a second `serve` on a port that another
+    server holds once started without a word and took a share of its connections (a stale
+    server answering for the new one). Both ports are now refused in one line naming the port
+    and the flag; the first server answers every request after."""
+    with serving.ModelServer(base, port=0, rest_port=0, poll_seconds=0) as first:
+        taken = first.port if which == "grpc" else first.rest_port
+        ports = dict(port=taken, rest_port=None) if which == "grpc" else dict(port=0,
+                                                                             rest_port=taken)
+        flag = "--port" if which == "grpc" else "--rest-port"
+        with pytest.raises(OSError, match=rf"port {taken} of 127\.0\.0\.1 is in use .*{flag}"):
+            serving.ModelServer(base, poll_seconds=0, **ports)
+        for _ in range(8):  # new connections each: none lands on another server
+            with serving.GrpcClient(f"127.0.0.1:{first.port}", "pun") as client:
+                assert client.features(served_images(batch=1))["features"].shape[0] == 1
+        assert serving.RestClient(f"http://127.0.0.1:{first.rest_port}", "pun").status()

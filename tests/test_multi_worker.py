@@ -17,8 +17,9 @@ import pytest
 from tfprobunet import _io, training
 
 RUN = """
-import json, os, signal, sys, threading, time
+import faulthandler, json, os, signal, sys, threading, time
 import keras
+faulthandler.register(signal.SIGUSR1)  # `_outputs` asks a stuck worker where it is
 from tfprobunet import training
 
 class KillAtEpochStart(keras.callbacks.Callback):
@@ -91,6 +92,26 @@ def _workers(script, workdir, epochs, tmp, kill_at=None, validation_examples=0,
     return processes
 
 
+def _outputs(processes, timeout):
+    """The processes' outputs once all have ended, within one deadline of `timeout` seconds for
+    all; past it, each prints its threads' stacks and is killed, and the test fails with every
+    output (a worker left running would also slow the tests that run after)."""
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0]
+                for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)
+        time.sleep(2)  # the stacks are written: no condition to wait on in a dying process
+        for p in processes:
+            p.kill()
+        outputs = [p.communicate()[0] for p in processes]
+        pytest.fail(f"not ended within {timeout} s:\n" + "\n=====\n".join(
+            out[-6000:] for out in outputs))
+
+
 def _epochs_run(output):
     return [line.split()[1] for line in output.splitlines() if line.startswith("Epoch ")]
 
@@ -111,7 +132,7 @@ def test_two_workers_train_as_one_process_on_the_global_batch(tmp_path):
     single = subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "default",
                              "2"], capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, VAL="2", SETTINGS=json.dumps(SETTINGS)))
-    outputs = [p.communicate(timeout=300)[0] for p in workers]
+    outputs = _outputs(workers, 300)
     assert [p.returncode for p in workers] == [0, 0], outputs
     assert single.returncode == 0, single.stderr[-3000:]
     multi = keras.saving.load_model(tmp_path / "multi" / "model.keras")
@@ -146,7 +167,10 @@ def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(tmp_path):
     (tmp_path / "tmp").mkdir()
     workdir = str(tmp_path / "run")
     chief, worker = _workers(script, workdir, 3, tmp_path / "tmp", kill_at=3)
-    worker.communicate(timeout=300)
+    try:
+        worker.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        _outputs((chief, worker), 1)  # fails with both outputs
     assert worker.returncode == -signal.SIGKILL
     # The chief now waits for the dead worker in the next collective: stop it as a cluster
     # manager would, then start both again.
@@ -155,8 +179,7 @@ def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(tmp_path):
     first = chief.communicate(timeout=60)[0]
     assert _epochs_run(first)[:2] == ["1/3", "2/3"], first
     assert _logged_epochs(workdir)[:2] == [0, 1]
-    outputs = [p.communicate(timeout=300)[0] for p in _workers(script, workdir, 3,
-                                                                tmp_path / "tmp")]
+    outputs = _outputs(_workers(script, workdir, 3, tmp_path / "tmp"), 300)
     assert all("EPOCHS-DONE" in out for out in outputs), outputs
     assert [_epochs_run(out) for out in outputs] == [["3/3"], ["3/3"]]
     assert _logged_epochs(workdir) == [0, 1, 2]
@@ -221,7 +244,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_run_resumes(t
     while not checkpoint.epochs() and time.monotonic() < deadline:
         time.sleep(0.05)
     worker.send_signal(signal.SIGTERM)  # TensorFlow's own watcher used to swallow it
-    outputs = [p.communicate(timeout=120)[0] for p in (chief, worker)]
+    outputs = _outputs((chief, worker), 120)
     assert chief.returncode != 0 and worker.returncode != 0, outputs
     assert all("TrainingInterrupted: stopped by SIGTERM" in out for out in outputs), outputs
     stopped = [re.search(r"stopped by SIGTERM at epoch (\d+), step (\d+)", out).groups()
@@ -229,8 +252,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_the_run_resumes(t
     assert stopped[0] == stopped[1], stopped
     done = checkpoint.epochs()[-1]
     assert _logged_epochs(workdir) == list(range(done))
-    outputs = [p.communicate(timeout=300)[0] for p in _workers(script, workdir, done + 1,
-                                                                tmp_path / "tmp")]
+    outputs = _outputs(_workers(script, workdir, done + 1, tmp_path / "tmp"), 300)
     assert all("EPOCHS-DONE" in out for out in outputs), outputs
     assert _logged_epochs(workdir) == list(range(done + 1))
 
@@ -246,8 +268,8 @@ def test_a_signal_that_arrives_during_a_step_stops_every_worker_after_the_next(t
     (tmp_path / "tmp").mkdir()
     # Steps of ~0.1-0.3 s (128x128, batch 16), the signal 0.03 s into the first of epoch 2.
     settings = {**SETTINGS, "image_size": 128, "batch_size": 16, "num_examples": 32}
-    outputs = [p.communicate(timeout=300)[0] for p in _workers(
-        script, str(tmp_path / "run"), 6, tmp_path / "tmp", term_delay=0.03, settings=settings)]
+    outputs = _outputs(_workers(script, str(tmp_path / "run"), 6, tmp_path / "tmp",
+                                term_delay=0.03, settings=settings), 300)
     stopped = [re.search(r"TrainingInterrupted: stopped by SIGTERM at epoch (\d+), step (\d+)",
                          out) for out in outputs]
     assert all(stopped), "\n=====\n".join(out[-3000:] for out in outputs)

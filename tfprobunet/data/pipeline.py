@@ -58,7 +58,9 @@ def training_pipeline(dataset, batch_size, annotation_weights=None, shuffle=True
             index = tf.random.stateless_uniform((), key, 0, count, dtype=tf.int64)
         else:
             index = tf.random.stateless_categorical(logits, 1, key)[0, 0]
-        return image, annotations[index]
+        # A copy: a first-axis slice (`annotations[index]`) shares the memory of all A maps,
+        # which the shuffle buffer would then hold (9.5 GB at flips' 128x128, not 1.1).
+        return image, tf.gather(annotations, index)
 
     dataset = tf.data.Dataset.zip(dataset, draws).map(
         draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,8 +1,10 @@
 """`ModelServer`: the local stand-in for `tensorflow_model_server`, the gRPC and REST services on
 one `Registry`, which a thread scans for new versions every `poll_seconds`."""
 
+import errno
 import logging
 import os
+import socket
 import threading
 from concurrent import futures
 
@@ -25,13 +27,40 @@ except ImportError:
 logger = logging.getLogger("tfprobunet.serving")
 
 
+def _in_use(host, port, flag):
+    return OSError(errno.EADDRINUSE, f"port {port} of {host} is in use (another server listens "
+                                     f"there): stop that server, or choose another {flag}")
+
+
+def _check_port_free(host, port, flag):
+    """Raise `OSError` naming `port` and `flag` when a server listens on `host:port` (0: any free
+    port, not checked). gRPC would otherwise share the port with it (SO_REUSEPORT) and the
+    kernel spread new connections over both servers."""
+    if not port:
+        return
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        return  # the server's own bind names the host
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise _in_use(host, port, flag) from None
+            raise
+
+
 class ModelServer:
     """A local TF Serving stand-in: gRPC on `port`, REST on `rest_port` (0: a free port; None:
     no REST). The base path is scanned every `poll_seconds` for new versions, as TF Serving does.
 
     Args:
         base_path: the model base folder, holding `<name>/<version>/`.
-        port, rest_port, host: where to listen.
+        port, rest_port, host: where to listen. A port another server holds is refused
+            (`OSError` naming it), not shared with that server.
         max_workers: gRPC requests answered at once (TF Serving: `--grpc_max_threads`); more
             wait. Each may take about 1 GB at the default limits.
         rest_workers: REST requests parsed, answered and sent at once (TF Serving:
@@ -79,10 +108,15 @@ class ModelServer:
             check_number(name, value, minimum=1, integer=True)
         self.limits = RequestLimits(max_samples, max_pixels, max_sample_pixels,
                                     max_message_bytes, max_sample_bytes)
+        _check_port_free(host, port, "--port")
+        if rest_port is not None:
+            _check_port_free(host, rest_port, "--rest-port")
         self.registry = Registry(base_path)
         self.registry.reload()
+        # Without SO_REUSEPORT: a port another server took meanwhile fails to bind, unshared.
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                 options=grpc_options(max_message_bytes),
+                                 options=[*grpc_options(max_message_bytes),
+                                          ("grpc.so_reuseport", 0)],
                                  maximum_concurrent_rpcs=grpc_queue)
         prediction = PredictionServicer(self.registry, self.limits)
         model = ModelServicer(self.registry)
@@ -91,16 +125,26 @@ class ModelServer:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction,
                                                                             self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(model, self._grpc)
-        self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self._grpc.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            _check_port_free(host, port, "--port")  # taken since the first check: names it
+            raise
         self.host, self.poll_seconds = host, poll_seconds
         self._stopped = threading.Event()
         self._poller = None
         self._http = None
         self.rest_port = None
         if rest_port is not None:
-            self._http = RestServer((host, rest_port), self.registry, self.limits,
-                                     max_body_bytes, request_timeout, rest_workers, rest_queue,
-                                     rest_backlog)
+            try:
+                self._http = RestServer((host, rest_port), self.registry, self.limits,
+                                         max_body_bytes, request_timeout, rest_workers,
+                                         rest_queue, rest_backlog)
+            except OSError as error:
+                self._grpc.stop(grace=None)
+                if error.errno == errno.EADDRINUSE:
+                    raise _in_use(host, rest_port, "--rest-port") from None
+                raise
             self.rest_port = self._http.server_address[1]
 
     def _poll(self):
