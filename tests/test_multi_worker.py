@@ -10,11 +10,10 @@ import subprocess
 import sys
 import time
 
-import keras
 import numpy as np
 import pytest
 
-from tfprobunet import _io, training
+from tfprobunet import _io, saving, training
 
 RUN = """
 import faulthandler, json, os, signal, sys, threading, time
@@ -135,8 +134,8 @@ def test_two_workers_train_as_one_process_on_the_global_batch(tmp_path):
     outputs = _outputs(workers, 300)
     assert [p.returncode for p in workers] == [0, 0], outputs
     assert single.returncode == 0, single.stderr[-3000:]
-    multi = keras.saving.load_model(tmp_path / "multi" / "model.keras")
-    one = keras.saving.load_model(tmp_path / "single" / "model.keras")
+    multi = saving.load_model(str(tmp_path / "multi" / "model.keras"))
+    one = saving.load_model(str(tmp_path / "single" / "model.keras"))
     for a, b in zip(multi.weights, one.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
     logged = [np.genfromtxt(tmp_path / run / "log.csv", delimiter=",", names=True)

@@ -173,3 +173,41 @@ def test_export_archive_of_a_reloaded_model(tmp_path):
     archive.write_out(str(tmp_path / "archive"), verbose=False)
     np.testing.assert_allclose(_served_call(str(tmp_path / "archive"), images), model(images),
                                rtol=1e-5, atol=1e-6)
+
+
+LOAD_IN_A_FRESH_PROCESS = """
+import sys
+import numpy as np
+import tfprobunet
+{imports}
+model = {load}(sys.argv[1])
+print(type(model).__name__, np.asarray(model.weights[0]).ravel()[:3].tolist())
+"""
+
+
+@pytest.mark.parametrize("imports, load", [
+    ("", "tfprobunet.saving.load_model"),
+    ("import keras\nfrom tfprobunet.models import ProbabilisticUNet",
+     "keras.saving.load_model"),
+], ids=["tfprobunet.saving", "keras-after-importing-the-class"])
+def test_a_model_file_loads_in_a_fresh_process_as_the_docs_say(tmp_path, imports, load):
+    """The docs once said `keras.models.load_model` restores `model.keras`: in a new process
+    after `import tfprobunet` alone it fails ("Could not locate class 'ProbabilisticUNet'"),
+    since the package imports model classes, which register them with Keras, at first use.
+    The two ways the docs now give load the same weights."""
+    import subprocess
+    import sys
+
+    model = tiny_model()
+    model(random_batch()[0])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    run = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS.format(imports=imports, load=load), path],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    name, first = run.stdout.split(" ", 1)
+    assert name == type(model).__name__
+    np.testing.assert_array_equal(json.loads(first),
+                                  np.asarray(model.weights[0]).ravel()[:3])
