@@ -356,7 +356,7 @@ def test_top_level_names_are_the_library_objects():
     assert tfprobunet.ProbabilisticUNet is models.ProbabilisticUNet
     assert (tfprobunet.UNet, tfprobunet.FComb) == (layers.UNet, layers.FComb)
     # The HPU-Net joined after the paper's five (compare's default stays those five).
-    assert sorted(models.MODELS) == sorted([*MODEL_NAMES, "hpunet"])
+    assert sorted(models.MODELS) == sorted([*MODEL_NAMES, "hpunet", "ccdm", "mose"])
 
 
 def test_old_module_paths_still_import():

@@ -165,6 +165,56 @@ def test_exact_flips_distribution_against_itself_is_zero():
                                                       annotation_weights=probabilities) > 1e-3)
 
 
+def test_weighted_samples_with_equal_weights_are_the_unweighted_ged():
+    """MoSE's weighted representation with all weights equal (any constant: they are
+    normalised) is the usual GED. (With `self_pairs=False` a weighted side counts as a known
+    distribution and keeps its self-pairs, so only the default convention is compared.)"""
+    rng = np.random.default_rng(7)
+    samples = rng.integers(0, 3, (3, 6, 5, 5))
+    annotations = rng.integers(0, 3, (3, 4, 5, 5))
+    expected = metrics.generalized_energy_distance(samples, annotations, 3)
+    for weights in (np.full(6, 1 / 6), np.full((3, 6), 3.0)):
+        got = metrics.generalized_energy_distance(samples, annotations, 3,
+                                                  sample_weights=weights)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # ... and unequal weights change it.
+    got = metrics.generalized_energy_distance(samples, annotations, 3,
+                                              sample_weights=rng.dirichlet(np.ones(6), 3))
+    assert np.all(np.abs(got - expected) > 1e-4)
+
+
+def test_weighted_samples_ged_hand_worked_and_as_moses_code():
+    """Samples {A, B} weighted (3/4, 1/4) against Y = {A}, with d(A, B) = 2/3 (IoU 2/6):
+    E d(S, Y) = 1/4 * 2/3 = 1/6, E d(S, S') = 2 * 3/4 * 1/4 * 2/3 = 1/4 (the weighted pairs,
+    as MoSE defines them), E d(Y, Y') = 0: GED = 2/6 - 1/4 = 1/12 (equal weights: 2 * 1/3 -
+    1/3 = 1/3). On random binary maps with random weights on both sides, it is
+    MoSE's `cal_metrics_batch` (`utils/metrics.py`): sum(d_sy * p_s p_y) doubled, less
+    sum(d_ss * p_s p_s') and sum(d_yy * p_y p_y')."""
+    ged = metrics.generalized_energy_distance
+    assert ged(_stack(A, B), _stack(A), 2, sample_weights=[0.75, 0.25])[0] == \
+        pytest.approx(1 / 12)
+    assert ged(_stack(A, B), _stack(A), 2)[0] == pytest.approx(1 / 3)
+    rng = np.random.default_rng(8)
+    samples = rng.integers(0, 2, (2, 5, 6, 6))
+    annotations = rng.integers(0, 2, (2, 3, 6, 6))
+    samples[0, 1] = annotations[1, 0] = 0  # empty masks: MoSE's (0 + 1e-8) / (0 + 1e-8) = 1
+    p_s = rng.dirichlet(np.ones(5), 2)
+    p_y = rng.dirichlet(np.ones(3), 2)
+
+    def iou_dist(m1, m2, eps=1e-8):
+        intersection = np.sum(m1 * m2)
+        return 1.0 - (intersection + eps) / (m1.sum() + m2.sum() - intersection + eps)
+
+    def weighted(x, y, u, v):
+        return sum(u[i] * v[j] * iou_dist(x[i], y[j]) for i in range(len(x))
+                   for j in range(len(y)))
+
+    expected = [2 * weighted(s, y, u, v) - weighted(s, s, u, u) - weighted(y, y, v, v)
+                for s, y, u, v in zip(samples, annotations, p_s, p_y)]
+    np.testing.assert_allclose(ged(samples, annotations, 2, sample_weights=p_s,
+                                   annotation_weights=p_y), expected, atol=1e-7)
+
+
 def test_weights_must_fit():
     with pytest.raises(ValueError, match=r"shape \(2,\) or \(1, 2\)"):
         metrics.generalized_energy_distance(_stack(A), _stack(A, B), 2, annotation_weights=[1.0])

@@ -558,12 +558,12 @@ def test_the_comparison_commands_run(tmp_path, monkeypatch):
 
 # docs/successors.md
 
-@runs(("docs/successors.md", "The successors: HPU-Net and SSN", "sh"))
+@runs(("docs/successors.md", "The successors: HPU-Net, SSN, MoSE and CCDM", "sh"))
 def test_the_successors_commands_parse(monkeypatch):
     """Parsed only: training either model is run by the tests of `train` and of each model,
     a comparison by `test_the_comparison_commands_run`."""
     hpunet, ssn, compare = [_parsed(argv, monkeypatch) for argv in _commands(
-        _block("docs/successors.md", "The successors: HPU-Net and SSN", "sh"))]
+        _block("docs/successors.md", "The successors: HPU-Net, SSN, MoSE and CCDM", "sh"))]
     assert (hpunet.model, ssn.model) == ("hpunet", "ssn")
     assert compare.models == ["probunet", "hpunet", "ssn"]
     assert ("hpunet", "num_channels", [16, 32, 64, 64, 64, 64]) in compare.set

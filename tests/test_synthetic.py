@@ -125,6 +125,35 @@ def test_training_pipeline_uniform_for_graders_and_same_batches_per_iterator():
     assert np.all(np.abs(picks / 400 - 0.25) < 0.1)
 
 
+@pytest.mark.parametrize("dataset", ["flips", "graders"])
+def test_training_pipeline_of_all_annotations_gives_each_example_whole(dataset):
+    """`all_annotations` (MoSE's training): every annotation of each example, in its order,
+    and the weights of *flips*' modes beside them; *graders*' are equally likely (no weights).
+    The examples come back whole after the shuffle."""
+    if dataset == "flips":
+        weights = synthetic.flip_modes()[1]
+        data, (images, base) = synthetic.flips(6, 16, seed=0), synthetic.flips_arrays(6, 16)
+        annotations = np.stack([synthetic.mode_label_maps(b, synthetic.flip_modes()[0])
+                                for b in base])
+    else:
+        weights = None
+        data, (images, annotations) = (synthetic.graders(6, 16, seed=0),
+                                       synthetic.graders_arrays(6, 16, seed=0))
+    batches = pipeline.training_pipeline(data, batch_size=3, annotation_weights=weights, seed=2,
+                                         all_annotations=True)
+    seen = []
+    for batch in batches.take(4).as_numpy_iterator():
+        assert len(batch) == (3 if dataset == "flips" else 2)
+        assert batch[1].shape == (3, annotations.shape[1], 16, 16)
+        if dataset == "flips":
+            np.testing.assert_allclose(batch[2], np.tile(weights, (3, 1)), rtol=1e-6)
+        for image, example in zip(batch[0], batch[1]):
+            index = int(np.argmin(np.abs(images - image).sum(axis=(1, 2, 3))))
+            np.testing.assert_array_equal(example, annotations[index])
+            seen.append(index)
+    assert sorted(set(seen)) == list(range(6)) and seen[:6] != list(range(6))  # shuffled
+
+
 def test_the_pipelines_run_without_tf_datas_autotuning_thread():
     # Keras' `fit` and `evaluate` wait for that thread's next wake-up after their last step
     # (up to 2.5 s a call: bench/fit_overhead.py measures it; no timing is asserted here).

@@ -61,6 +61,10 @@ BUILTIN_MODELS = {e.name: e for e in (
                "HPU-Net", False, _ONE),
     ModelEntry("ssn", "tfprobunet.models.ssn", "StochasticSegmentationNetwork",
                "Stochastic Segmentation Network", False, _PARAMETERS),
+    ModelEntry("mose", "tfprobunet.models.mose", "MixtureOfStochasticExperts", "MoSE", False,
+               _ONE),
+    ModelEntry("ccdm", "tfprobunet.models.ccdm", "CategoricalDiffusionSegmenter", "CCDM",
+               False, _ONE),
 )}
 # The paper's comparison, the Probabilistic U-Net (the reference of every comparison) first.
 PAPER_MODELS = tuple(name for name, entry in BUILTIN_MODELS.items() if entry.paper)

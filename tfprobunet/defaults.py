@@ -77,6 +77,15 @@ def check_number(name, value, minimum=None, maximum=None, *, above=None, integer
     return value
 
 
+# The categorical diffusion's (`ccdm`) noise schedules, and its most time steps (the
+# reference's 250; its sampler reads a step count above 10000 as "skip steps", so it has none
+# above that either).
+NOISE_SCHEDULES = ("cosine", "linear")
+MAX_TIME_STEPS = 10000
+# The Mixture of Stochastic Experts' (`mose`) transport costs: the reference's LIDC and
+# Cityscapes ones.
+MOSE_COSTS = ("iou", "ce")
+
 # The numeric model arguments and their ranges (see `check_number`): the models' constructors
 # check those they take, and `train` checks them before it writes anything. None, where an
 # argument's default is None, stays allowed.

@@ -279,9 +279,11 @@ class UNet(_ConvNet):
             and of all L - 1 decoder blocks.
         dropout_blocks: how many inner-most encoder (and decoder) blocks `dropout` acts on
             (the paper's: 3).
+        return_bottleneck: also return the deepest encoder map (MoSE's gate reads it).
 
     Returns:
-        features `(b, h, w, num_channels[0])`.
+        features `(b, h, w, num_channels[0])`; with `return_bottleneck`, `(features,
+        bottleneck (b, h / 2**(L-1), w / 2**(L-1), num_channels[-1]))`.
     """
 
     def __init__(self, num_channels=(32, 64, 128, 192), convs_per_block=3, weight_decay=1e-5,
@@ -302,7 +304,7 @@ class UNet(_ConvNet):
             channels = block.filters
         self.built = True
 
-    def call(self, images, dropout=None, dropout_blocks=3):
+    def call(self, images, dropout=None, dropout_blocks=3, return_bottleneck=False):
         if dropout is None:
             skips = self.encoder(images)
         else:
@@ -313,7 +315,7 @@ class UNet(_ConvNet):
             if dropout is not None and i < dropout_blocks:
                 x = dropout(x, dropout_blocks + i)
             x = block(x)
-        return x
+        return (x, skips[-1]) if return_bottleneck else x
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

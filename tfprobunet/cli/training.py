@@ -6,8 +6,9 @@ import os
 
 from tfprobunet import _console, catalog
 from tfprobunet.cli import flags
-from tfprobunet.defaults import (MAX_CONNECT_TIMEOUT, MAX_SEED, MIXED_PRECISION, MODEL_NUMBERS,
-                                 SCHEDULES, STRATEGIES)
+from tfprobunet.defaults import (MAX_CONNECT_TIMEOUT, MAX_SEED, MAX_TIME_STEPS, MIXED_PRECISION,
+                                 MODEL_NUMBERS, MOSE_COSTS, NOISE_SCHEDULES, SCHEDULES,
+                                 STRATEGIES)
 from tfprobunet.models.presets import PRESETS
 
 # The `train` flags, but the data flags: (argument, argparse spec, help). Every argument of
@@ -113,6 +114,24 @@ MODEL_FLAGS = {
                 "the oracle set loss's weight on the heads that are not the best"),
     "rank": (dict(type=COUNT), "rank of the logits' covariance factor"),
     "num_mc_samples": (dict(type=COUNT), "logit samples per image of the Monte Carlo loss"),
+    "num_experts": (dict(type=COUNT), "the experts, each a Gaussian over the latent"),
+    "samples_per_expert": (dict(type=COUNT), "samples drawn from each expert in training (and "
+                                             "by weighted_sample)"),
+    "cost": (dict(choices=MOSE_COSTS), "the transport cost: 1 - soft IoU (the reference's "
+                                       "LIDC one) or the pixel cross-entropy (its Cityscapes "
+                                       "one)"),
+    "gamma": (dict(type=flags.number(maximum=1.0, above=0.0)),
+              "each sample's share of the transported mass at most"),
+    "gamma_switch_steps": (dict(type=flags.optional(flags.number(0, flags.MAX_COUNT,
+                                                                 integer=True))),
+                           "optimizer steps after which gamma is 1 (none: never)"),
+    "time_steps": (dict(type=flags.number(1, MAX_TIME_STEPS, integer=True)),
+                   "the diffusion's steps T (the reference's: 250)"),
+    "noise_schedule": (dict(choices=NOISE_SCHEDULES),
+                       "the diffusion's noise schedule (the reference's: cosine)"),
+    "sampling_steps": (dict(type=flags.optional(flags.number(1, MAX_TIME_STEPS, integer=True))),
+                       "denoising steps of a sample, at most --time-steps (none: all T); fewer "
+                       "skip steps, faster and coarser"),
 }
 
 

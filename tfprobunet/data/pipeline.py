@@ -10,8 +10,10 @@ from tfprobunet.data import checks
 
 
 def training_pipeline(dataset, batch_size, annotation_weights=None, shuffle=True,
-                      repeat=True, seed=0, num_classes=None, *, annotation_probabilities=None):
-    """Batches of `(images, segmentations)` with one annotation drawn per example and step.
+                      repeat=True, seed=0, num_classes=None, *, all_annotations=False,
+                      annotation_probabilities=None):
+    """Batches of `(images, segmentations)` with one annotation drawn per example and step
+    (or of every annotation, `all_annotations`).
 
     Args:
         dataset: yields `(image (h, w, c), annotations (A, h, w))`.
@@ -27,11 +29,16 @@ def training_pipeline(dataset, batch_size, annotation_weights=None, shuffle=True
         num_classes: K, to refuse labels >= K other than 255 (ignore); None checks only for
             negative labels and 0/255 masks. The first examples are read to check them
             (`tfprobunet.data.checks.check_dataset`).
+        all_annotations: batches of every annotation of each example instead, for models
+            trained on them all (`SegmentationSampler.TRAINS_ON_ALL_ANNOTATIONS`: MoSE), with
+            `annotation_weights` per example when given.
         annotation_probabilities: deprecated, the old name of `annotation_weights` (it warns;
             removed in tfprobunet 0.3.0).
 
     Returns:
-        `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`.
+        `tf.data.Dataset` of `(images (b, h, w, c) float32, segmentations (b, h, w) int32)`;
+        with `all_annotations`, `(images, annotations (b, A, h, w) int32)` and, with
+        `annotation_weights`, `weights (b, A) float32` third.
     """
     if annotation_probabilities is not None:
         if annotation_weights is not None:
@@ -43,6 +50,9 @@ def training_pipeline(dataset, batch_size, annotation_weights=None, shuffle=True
                       DeprecationWarning, stacklevel=2)
         annotation_weights = annotation_probabilities
     checks.check_dataset(dataset, num_classes, "The annotations of the training dataset")
+    if all_annotations:
+        dataset = _with_weights(dataset.repeat() if repeat else dataset, annotation_weights)
+        return _shuffled_batches(dataset, batch_size, shuffle, repeat, seed)
     logits = None
     if annotation_weights is not None:
         logits = tf.math.log(tf.constant(annotation_weights, tf.float32))[None]
@@ -62,17 +72,31 @@ def training_pipeline(dataset, batch_size, annotation_weights=None, shuffle=True
         # which the shuffle buffer would then hold (9.5 GB at flips' 128x128, not 1.1).
         return image, tf.gather(annotations, index)
 
+    # Drawn before the shuffle, so that the buffer holds one label map per example rather than
+    # all A (32 Cityscapes modes at 256x512 would need 16 MB each).
     dataset = tf.data.Dataset.zip(dataset, draws).map(
         draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _shuffled_batches(dataset, batch_size, shuffle, repeat, seed)
+
+
+def _shuffled_batches(dataset, batch_size, shuffle, repeat, seed):
+    """`dataset` shuffled (within `shuffle_buffer_size`) and batched, the last partial batch
+    dropped. With `repeat`, the endless stream is shuffled once with a fixed seed rather than
+    per epoch: every fresh iterator, e.g. the one a distribution strategy makes, gives the same
+    batches."""
     if shuffle:
-        # After the draw, so the buffer holds one label map per example rather than all A (32
-        # Cityscapes modes at 256x512 would need 16 MB each). With `repeat`, the endless stream
-        # is shuffled once with a fixed seed rather than per epoch: every fresh iterator, e.g.
-        # the one a distribution strategy makes, gives the same batches.
         dataset = dataset.shuffle(shuffle_buffer_size(dataset.element_spec), seed=seed,
                                   reshuffle_each_iteration=not repeat)
     return checks.mark_checked(_without_autotune(
         dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)))
+
+
+def _with_weights(dataset, annotation_weights):
+    """`(image, annotations)` examples with the `(A,)` `annotation_weights` third, if given."""
+    if annotation_weights is None:
+        return dataset
+    weights = tf.constant(annotation_weights, tf.float32)
+    return dataset.map(lambda image, annotations: (image, annotations, weights))
 
 
 def _without_autotune(dataset):
@@ -110,8 +134,5 @@ def evaluation_pipeline(dataset, batch_size, annotation_weights=None, num_classe
         reads to report `ged`.
     """
     checks.check_dataset(dataset, num_classes, "The annotations of the evaluation dataset")
-    if annotation_weights is not None:
-        weights = tf.constant(annotation_weights, tf.float32)
-        dataset = dataset.map(lambda image, annotations: (image, annotations, weights))
     return checks.mark_checked(_without_autotune(
-        dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)))
+        _with_weights(dataset, annotation_weights).batch(batch_size).prefetch(tf.data.AUTOTUNE)))

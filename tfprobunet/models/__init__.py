@@ -8,6 +8,10 @@ export need of a model.
 - `HierarchicalProbabilisticUNet` (`hpunet.py`): the HPU-Net of Kohl et al. 2019.
 - `StochasticSegmentationNetwork` (`ssn.py`): Monteiro et al. 2020, a low-rank normal over
   the logits.
+- `MixtureOfStochasticExperts` (`mose.py`): Gao et al. 2023, experts weighted by a gate,
+  trained with an optimal-transport loss.
+- `CategoricalDiffusionSegmenter` (`ccdm.py`): Zbinden et al. 2023, a categorical diffusion
+  over label maps.
 - `presets.py`: the named training recipes (`PRESETS`, `preset`).
 
 `MODELS` maps each name of `tfprobunet.catalog` (`probunet`, `dropout`, ...) to its class, for
@@ -79,6 +83,8 @@ def register(name, cls, label=None):
     return cls
 
 
-__all__ = ["MODELS", "DropoutUNet", "HierarchicalProbabilisticUNet", "Image2ImageVAE", "MHeads",
-           "ProbabilisticUNet", "SegmentationSampler", "StochasticSegmentationNetwork",
-           "UNetEnsemble", "get", "register"]
+__all__ = ["MODELS", "CategoricalDiffusionSegmenter", "DropoutUNet",
+           "HierarchicalProbabilisticUNet", "Image2ImageVAE", "MHeads",
+           "MixtureOfStochasticExperts", "ProbabilisticUNet",
+           "SegmentationSampler", "StochasticSegmentationNetwork", "UNetEnsemble", "get",
+           "register"]

@@ -68,6 +68,10 @@ class SegmentationSampler(KerasOverrides, keras.Model):
     # attribute `<term>_tracker` (created by the subclass for terms other than "loss").
     TERMS = ("loss",)
     LOSS_NAME = "its built-in loss"
+    # Whether `train` gives the model every annotation of an image, `(images, annotations
+    # (b, A, h, w)[, annotation_weights (b, A)])`, rather than one drawn per image and step
+    # (`data.training_pipeline(all_annotations=...)`): MoSE's optimal transport needs them all.
+    TRAINS_ON_ALL_ANNOTATIONS = False
 
     def __init__(self, num_classes=2, num_channels=(32, 64, 128, 192), convs_per_block=3,
                  weight_decay=1e-5, seed=None, ged_samples=16, ged_classes=None, **kwargs):

@@ -111,8 +111,10 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
         max_pixels: the most image pixels one request may send, b * h * w of `images` or
             `features`; default 2**20 (one 1024 x 1024 image, 64 of 128 x 128; about 1 GB of
             activations on the default configuration).
-        max_sample_pixels: the most sampled pixels one request may ask for, b * m * h * w;
-            default 2**24 (1000 samples of one 128 x 128 image).
+        max_sample_pixels: the most sampled pixels one request may ask for, b * m * h * w,
+            counted once per network pass a sample takes (a diffusion model's denoising
+            steps, `passes_per_sample`); default 2**24 (1000 samples of one 128 x 128 image;
+            4 with CCDM's 250 steps).
         image_range: `(low, high)`, the range of the pixel values the model was trained on:
             (0, 1) for every built-in loader. Images with values more than half that range
             beyond it (e.g. 0..255 pixels sent to a [0, 1] model) are refused with the

@@ -113,6 +113,8 @@ class RequestChecks:
         self.max_samples, self.max_pixels = max_samples, max_pixels
         self.max_sample_pixels, self.max_sample_bytes = max_sample_pixels, max_sample_bytes
         self.image_range = image_range
+        # A diffusion model's sample runs its network once per denoising step.
+        self.passes = getattr(model, "passes_per_sample", 1)
 
     @staticmethod
     def rank(tensor, rank, name, layout):
@@ -139,24 +141,33 @@ class RequestChecks:
 
     def samples(self, num_samples, shape, what="`num_samples` is {}"):
         """Checks of `num_samples` (m) per image for `shape = (b, h, w, ...)`: at most
-        `max_samples`, b * m * h * w at most `max_sample_pixels`, and the K classes'
-        probabilities of those pixels, b * m * h * w * K * 4 bytes (`defaults.sample_bytes`),
-        at most `max_sample_bytes`. `what` names m."""
+        `max_samples`, b * m * h * w at most `max_sample_pixels` (times the network passes a
+        sample takes, `passes_per_sample`: a diffusion model's denoising steps), and the K
+        classes' probabilities of those pixels, b * m * h * w * K * 4 bytes
+        (`defaults.sample_bytes`), at most `max_sample_bytes`. `what` names m."""
         num_samples = tf.cast(num_samples, tf.int64)
         sample_pixels = num_samples * tf.reduce_prod(tf.cast(shape[:3], tf.int64))
         # When m or b * h * w is beyond its own limit, this may overflow; that check fails.
         sample_bytes = sample_pixels * (4 * self.num_classes)
+        # A sample of a diffusion model computes its pixels once per denoising step.
+        work = sample_pixels * self.passes
+        computed, fewer, values = "", "", [sample_pixels]
+        if self.passes > 1:
+            computed = (f", each computed {self.passes} times (one per denoising step): "
+                        "{}")
+            fewer, values = " export a model with fewer `sampling_steps`,", [sample_pixels, work]
+        pixels = checks.check(
+            work <= self.max_sample_pixels,
+            f"The request asks for {{}} x {{}} x {{}} x {{}} = {{}} sample pixels{computed}, above "
+            f"max_sample_pixels = {self.max_sample_pixels} (recorded in this export): ask for "
+            f"fewer samples or images per request,{fewer} or export with a larger "
+            "`max_sample_pixels`.", shape[0], num_samples, shape[1], shape[2], *values)
         return [
             *checks.check(num_samples <= self.max_samples,
                           f"{what}, above max_samples = {self.max_samples} (recorded in this "
                           "export): ask in several requests, or export with a larger "
                           "`max_samples`.", num_samples),
-            *checks.check(sample_pixels <= self.max_sample_pixels,
-                          f"The request asks for {{}} x {{}} x {{}} x {{}} = {{}} sample pixels, "
-                          f"above max_sample_pixels = {self.max_sample_pixels} (recorded in this "
-                          "export): ask for fewer samples or images per request, or export with "
-                          "a larger `max_sample_pixels`.", shape[0], num_samples, shape[1],
-                          shape[2], sample_pixels),
+            *pixels,
             *checks.check(sample_bytes <= self.max_sample_bytes,
                           f"The request asks for {{}} x {{}} x {{}} x {{}} samples of "
                           f"{self.num_classes} classes: {{}} bytes of probabilities (float32), "

@@ -101,8 +101,10 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             default), or a baseline of the paper's section 3, `"dropout"` (`DropoutUNet`),
             `"ensemble"` (`UNetEnsemble`), `"mheads"` (`MHeads`), `"i2ivae"`
             (`Image2ImageVAE`); or a successor, `"hpunet"` (`HierarchicalProbabilisticUNet`,
-            Kohl et al. 2019) or `"ssn"` (`StochasticSegmentationNetwork`, Monteiro et al.
-            2020).
+            Kohl et al. 2019), `"ssn"` (`StochasticSegmentationNetwork`, Monteiro et al.
+            2020), `"mose"` (`MixtureOfStochasticExperts`, Gao et al. 2023; trained on every
+            annotation of an image) or `"ccdm"` (`CategoricalDiffusionSegmenter`, Zbinden et
+            al. 2023).
         data_dir: where the real data lives (see `tfprobunet.data.load`).
         split_manifest: a split manifest (JSON file; `tfprobunet data manifest`) fixing which
             patients train and validate, for the datasets split by patient (see
@@ -217,7 +219,9 @@ def train(workdir, dataset="flips", data_dir=None, epochs=10, steps_per_epoch=10
             split_manifest=split_manifest, data_options=data_options, **model_kwargs))
         checkpoint = callbacks_lib.EpochCheckpoint(os.path.join(workdir, workdir_lib.BACKUP))
         points = workdir_lib.resume_points(workdir, checkpoint, saved, settings)
-        batches, validation_batches = _pipelines(source, validation, batch_size, seed)
+        batches, validation_batches = _pipelines(
+            source, validation, batch_size, seed,
+            models_lib.get(model).TRAINS_ON_ALL_ANNOTATIONS)
         calibration = ([] if validation is None or validation.annotation_weights is None
                        else [callbacks_lib.CalibrationLog(validation, seed=seed)])
         # Multi-worker: the non-chief workers write what the chief writes to a folder of their
@@ -287,10 +291,12 @@ def _sources(dataset, validation_data, validation_examples, data_dir, image_size
     return source, validation
 
 
-def _pipelines(source, validation, batch_size, seed):
-    """The training batches, and the validation batches (None without validation)."""
+def _pipelines(source, validation, batch_size, seed, all_annotations=False):
+    """The training batches (of every annotation with `all_annotations`), and the validation
+    batches (None without validation)."""
     batches = pipeline.training_pipeline(source.dataset, batch_size, source.annotation_weights,
-                                         seed=seed, num_classes=source.num_classes)
+                                         seed=seed, num_classes=source.num_classes,
+                                         all_annotations=all_annotations)
     if validation is None:
         return batches, None
     return batches, pipeline.evaluation_pipeline(validation.dataset, batch_size,
