@@ -26,7 +26,8 @@ TestMixtureOfStochasticExperts = run_model_test(
     dict(num_classes=3, num_channels=[8, 16, 16], convs_per_block=1, num_experts=2,
          latent_dim=2, samples_per_expert=2, cost="ce", beta=0.5, gamma=0.5, gamma_switch_steps=10,
          weight_decay=1e-4, seed=1, ged_samples=4, ged_classes=[1, 2]),
-    input_shape=(2, 16, 16, 2), deterministic_training=False)
+    input_shape=(2, 16, 16, 2), deterministic_training=False,
+    signatures=("serving_default", "features", "sample"))
 
 SMALL = dict(num_channels=[4, 8], convs_per_block=1, seed=1)
 IGNORE = losses.IGNORE_LABEL
@@ -334,3 +335,54 @@ def test_train_gives_mose_every_annotation_and_the_one_drawn_to_the_others(tmp_p
         finally:
             catalog.remove_model(name)
         assert _Recorder.shapes and set(_Recorder.shapes) == {(2, annotations, 16, 16)}
+
+
+def test_served_features_then_samples_are_what_serving_default_gives(tmp_path):
+    """A client computes an image's features and the gate's weights once (`features`), then
+    asks `sample` for as many segmentations as it needs: only the decoder runs per sample, and
+    the samples are those `serving_default` (and `model.sample`) give for the same seed.
+    Weights that are not a distribution over the experts are refused, INVALID_ARGUMENT."""
+    from tfprobunet import serving  # not in `make test-compat`'s set
+
+    model = MixtureOfStochasticExperts(num_classes=3, num_experts=3, latent_dim=2, **SMALL)
+    images = np.random.default_rng(5).random((2, 16, 16, 1), dtype=np.float32)
+    model(images)
+    path = serving.export_for_serving(model, str(tmp_path), "mose")
+    servable = serving.Servable("mose", 1, path)
+    try:
+        features = servable.run("features", {"images": images})
+        assert features["features"].shape == (2, 16, 16, 4)
+        np.testing.assert_allclose(features["expert_weights"], model.expert_weights(images),
+                                   atol=1e-6)
+        seed = np.int32([3, 4])
+        sampled = servable.run("sample", {**features, "num_samples": np.int32(5), "seed": seed})
+        whole = servable.run("serving_default", {"images": images, "num_samples": np.int32(5),
+                                                 "seed": seed})
+        expected = tf.nn.softmax(model.sample(images, 5, seed=tf.constant([3, 4]))).numpy()
+        assert sampled["probabilities"].shape == (2, 5, 16, 16, 3)
+        for served in (sampled, whole):
+            np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
+            np.testing.assert_array_equal(served["masks"], expected.argmax(-1))
+        # Through the gRPC client, on an image of another size (padded to the multiple of
+        # two levels, 2, and cropped back).
+        with serving.ModelServer(str(tmp_path), port=0, rest_port=None, poll_seconds=0) as running, \
+                serving.GrpcClient(f"127.0.0.1:{running.port}", "mose") as client:
+            odd = images[:1, :13, :15]
+            computed = client.features(odd)
+            assert set(computed) == {"features", "expert_weights"}
+            drawn = client.sample(computed, 3, seed=[3, 4])
+            padded = np.pad(odd, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")  # as clients do
+            expected = tf.nn.softmax(model.sample(padded, 3, seed=tf.constant([3, 4]))).numpy()
+            np.testing.assert_allclose(drawn["probabilities"], expected[:, :, :13, :15],
+                                       atol=1e-5)
+        for weights, says in ((np.full((2, 3), 0.5, np.float32), "sum to 1 per image"),
+                              (np.float32([[1.5, -0.5, 0.0]] * 2), "must be >= 0"),
+                              (np.full((2, 2), 0.5, np.float32), "signature's [-1, 3]")):
+            with pytest.raises(serving.ServingError) as refused:
+                servable.run("sample", {"features": features["features"],
+                                        "expert_weights": weights, "num_samples": np.int32(2),
+                                        "seed": seed})
+            assert refused.value.code == "INVALID_ARGUMENT"
+            assert says in refused.value.message, refused.value.message
+    finally:
+        servable.close()

@@ -44,7 +44,7 @@ Fields:
 """
 
 _FOUR = ("serving_default", "features", "sample", "decode")
-_PARAMETERS = ("serving_default", "features", "sample")
+_THREE = ("serving_default", "features", "sample")
 _ONE = ("serving_default",)
 
 BUILTIN_MODELS = {e.name: e for e in (
@@ -60,9 +60,9 @@ BUILTIN_MODELS = {e.name: e for e in (
     ModelEntry("hpunet", "tfprobunet.models.hpunet", "HierarchicalProbabilisticUNet",
                "HPU-Net", False, _ONE),
     ModelEntry("ssn", "tfprobunet.models.ssn", "StochasticSegmentationNetwork",
-               "Stochastic Segmentation Network", False, _PARAMETERS),
+               "Stochastic Segmentation Network", False, _THREE),
     ModelEntry("mose", "tfprobunet.models.mose", "MixtureOfStochasticExperts", "MoSE", False,
-               _ONE),
+               _THREE),
     ModelEntry("ccdm", "tfprobunet.models.ccdm", "CategoricalDiffusionSegmenter", "CCDM",
                False, _ONE),
 )}

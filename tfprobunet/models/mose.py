@@ -302,6 +302,19 @@ class MixtureOfStochasticExperts(SegmentationSampler):
             x = layer(x)
         return features, tf.nn.softmax(tf.cast(self.gate_logits(x), tf.float32), axis=-1)
 
+    def features_and_weights(self, images):
+        """What a sample needs of an image, computed once: the U-Net's features `(b, h, w, F)`
+        and the gate's weights `(b, K)` (the serving `features` signature's outputs;
+        `decode_experts` draws from them)."""
+        return self._features_and_weights(self._checked_and_built(images))
+
+    def decode_experts(self, features, weights, num_samples, seed=None):
+        """Logits `(b, m, h, w, K)` of `num_samples` samples drawn from the experts with
+        `weights (b, K)` and decoded on `features (b, h, w, F)`: `sample(images, m, seed)` is
+        `decode_experts(*features_and_weights(images), m, seed)`; only the decoder runs per
+        sample."""
+        return self.decode(features, self.latents(weights, num_samples, seed)[0])
+
     def expert_weights(self, images):
         """The gate's weights `(b, K)` of the experts for `images (b, h, w, c)`: each row
         non-negative, summing to 1."""
@@ -361,8 +374,7 @@ class MixtureOfStochasticExperts(SegmentationSampler):
         """Logits `(b, m, h, w, K)` of `num_samples` (m >= 1) equally weighted segmentations
         of `images (b, h, w, c)` (the standard representation; `seed` as for `latents`)."""
         check_num_samples(num_samples, images, self.num_classes)
-        features, weights = self._features_and_weights(self._checked_and_built(images))
-        return self.decode(features, self.latents(weights, num_samples, seed)[0])
+        return self.decode_experts(*self.features_and_weights(images), num_samples, seed)
 
     def weighted_sample(self, images, samples_per_expert=None, seed=None):
         """The compact representation: S samples from each expert with their weights.

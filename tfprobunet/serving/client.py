@@ -57,9 +57,14 @@ def _seed(seed):
 
 def _features_inputs(features):
     """The `sample` signature's feature inputs from what `features()` returned: a Probabilistic
-    U-Net's `features`, `prior_loc`, `prior_scale`, or an SSN's `mean`, `diagonal`, `factor`."""
-    keys = ("mean", "diagonal", "factor") if "mean" in features else (
-        "features", "prior_loc", "prior_scale")
+    U-Net's `features`, `prior_loc`, `prior_scale`, an SSN's `mean`, `diagonal`, `factor`, or
+    MoSE's `features`, `expert_weights`."""
+    if "mean" in features:
+        keys = ("mean", "diagonal", "factor")
+    elif "expert_weights" in features:
+        keys = ("features", "expert_weights")
+    else:
+        keys = ("features", "prior_loc", "prior_scale")
     missing = set(keys) - set(features)
     if missing:
         raise ValueError(f"`features` must be the dict returned by `features()`; missing "
@@ -134,7 +139,8 @@ class _Client:
 
     def features(self, images):
         """`features` signature for `images (b, h, w, c)` float32 of any height and width:
-        `{"features", "prior_loc", "prior_scale"}` (an SSN's `{"mean", "diagonal", "factor"}`)
+        `{"features", "prior_loc", "prior_scale"}` (an SSN's `{"mean", "diagonal", "factor"}`,
+        MoSE's `{"features", "expert_weights"}`)
         as `Features`, computed on the images padded to the served multiple, so at the padded
         size; its `image_size`, the images' own `(h, w)`, is what `sample` and `decode` crop
         their outputs to."""

@@ -97,7 +97,7 @@ def export_for_serving(model, base_dir, name, version=None, config_base_path="/m
 
     Args:
         model: a built `ProbabilisticUNet` (four signatures), `StochasticSegmentationNetwork`
-            (three) or baseline (`serving_default` only, see `serving_functions`), or the path
+            or `MixtureOfStochasticExperts` (three) or baseline (`serving_default` only, see `serving_functions`), or the path
             of a saved `.keras` model.
         base_dir: the model base folder (e.g. `saved_models/`), holding `<name>/<version>/`.
         name: the model's serving name: ASCII letters, digits, `-`, `_`, `.`, not starting

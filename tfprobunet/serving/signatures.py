@@ -17,6 +17,12 @@ Three for a Stochastic Segmentation Network, whose samples are drawn from per-pi
 - `features`: `images` -> `mean (b, h, w, K)`, `diagonal (b, h, w, K)`, `factor (b, h, w, K, r)`
 - `sample`: `mean`, `diagonal`, `factor`, `num_samples`, `seed` -> `masks`, `probabilities`
 
+Three for a Mixture of Stochastic Experts, whose samples are drawn from its experts:
+- `serving_default` as above;
+- `features`: `images` -> `features (b, h, w, F)`, `expert_weights (b, E)` (the gate's, E
+  experts)
+- `sample`: `features`, `expert_weights`, `num_samples`, `seed` -> `masks`, `probabilities`
+
 Every input is checked inside the graph: the rules a model's own inputs follow
 (`tfprobunet.models.checks`: rank, channels, sizes the U-Net divides, finite values,
 `num_samples >= 1`), and those of a request (`RequestChecks`): batch sizes that disagree, empty
@@ -84,6 +90,14 @@ def samples_cheaply(model):
     `features`, `sample` and `decode` signatures too."""
     return all(callable(getattr(model, m, None)) for m in ("features", "decode",
                                                             "prior_latents"))
+
+
+def samples_from_experts(model):
+    """Whether `model` draws its samples from experts weighted per image (the Mixture of
+    Stochastic Experts' `features_and_weights` and `decode_experts`): then the export has the
+    `features` and `sample` signatures too, and only the decoder runs per sample."""
+    return all(callable(getattr(model, m, None)) for m in ("features_and_weights",
+                                                            "decode_experts"))
 
 
 def samples_from_parameters(model):
@@ -244,6 +258,19 @@ class RequestChecks:
         positive = checks.check(tf.reduce_all(diagonal > 0), "`diagonal` must be > 0.")
         return mean, checks.checked([diagonal], positive)[0], factor
 
+    def experts(self, weights, num_samples, shape):
+        """MoSE's `expert_weights (b, E)` behind their checks (finite, >= 0, summing to 1 per
+        image within 1e-3; the signature fixes E) and those of `num_samples`."""
+        asserts = checks.finite(weights, "expert_weights")
+        asserts += self.num_samples(num_samples, shape)
+        [weights] = checks.checked([weights], asserts)
+        totals = tf.reduce_sum(weights, axis=-1)
+        valid = checks.check(
+            tf.reduce_all(weights >= 0) & tf.reduce_all(tf.abs(totals - 1.0) <= 1e-3),
+            "`expert_weights` must be >= 0 and sum to 1 per image, as `features` returns them; "
+            "received sums {}.", totals)
+        return checks.checked([weights], valid)[0]
+
     def features(self, features, **others):
         """`features (b, h, w, F)` and the per-image `others` behind their checks."""
         asserts, features = self.image_like(features, "features", self.features_channels)
@@ -278,6 +305,11 @@ def _specs(model):
                      prior_loc=tf.TensorSpec([None, n], tf.float32, name="prior_loc"),
                      prior_scale=tf.TensorSpec([None, n], tf.float32, name="prior_scale"),
                      z=tf.TensorSpec([None, None, n], tf.float32, name="z"))
+    if samples_from_experts(model):
+        specs.update(features=tf.TensorSpec([None, None, None, model.num_channels[0]], tf.float32,
+                                            name="features"),
+                     expert_weights=tf.TensorSpec([None, model.num_experts], tf.float32,
+                                                  name="expert_weights"))
     if samples_from_parameters(model):
         k, r = model.num_classes, model.rank
         specs.update(mean=tf.TensorSpec([None, None, None, k], tf.float32, name="mean"),
@@ -291,7 +323,8 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
                       max_sample_bytes=MAX_SAMPLE_BYTES):
     """The signature functions of `model`, as `tf.function`s with named input signatures: the
     four of `SIGNATURES` for a Probabilistic U-Net, `serving_default`, `features` and `sample`
-    for a Stochastic Segmentation Network, `serving_default` alone for a model that only has
+    for a Stochastic Segmentation Network and a Mixture of Stochastic Experts,
+    `serving_default` alone for a model that only has
     `sample` (the baselines: each sample runs the whole network, or is one of M fixed outputs,
     so there are no features to compute once).
 
@@ -325,6 +358,9 @@ def serving_functions(model, max_samples=MAX_SAMPLES, max_pixels=MAX_PIXELS,
     elif samples_from_parameters(model):
         functions.update(features=_parameter_features(model, request, specs),
                          sample=_parameter_sample(model, request, specs))
+    elif samples_from_experts(model):
+        functions.update(features=_expert_features(model, request, specs),
+                         sample=_expert_sample(model, request, specs))
     return functions
 
 
@@ -380,6 +416,33 @@ def _parameter_sample(model, request, specs):
         mean, diagonal, factor = request.parameters(mean, diagonal, factor, num_samples)
         return _outputs(model.sample_logits(mean, diagonal, factor, num_samples,
                                             _fresh_seed(seed)))
+
+    return sample
+
+
+def _expert_features(model, request, specs):
+    @tf.function(input_signature=[specs["images"]])
+    def features(images):
+        features, weights = model.features_and_weights(request.images(images))
+        return _finite_outputs({"features": tf.cast(features, tf.float32),
+                                "expert_weights": weights}, "features or expert weights")
+
+    return features
+
+
+def _expert_sample(model, request, specs):
+    one, random_seed = tf.constant(1, tf.int32), tf.constant(RANDOM_SEED, tf.int32)
+    e = model.num_experts
+
+    @tf.function(input_signature=[specs[k] for k in ("features", "expert_weights",
+                                                     "num_samples", "seed")])
+    def sample(features, expert_weights, num_samples=one, seed=random_seed):
+        features, expert_weights = request.features(
+            features, expert_weights=request.rank(expert_weights, 2, "expert_weights",
+                                                  f"(b, {e})"))
+        expert_weights = request.experts(expert_weights, num_samples, tf.shape(features))
+        return _outputs(model.decode_experts(features, expert_weights, num_samples,
+                                             _fresh_seed(seed)))
 
     return sample
 
