@@ -235,6 +235,28 @@ def test_hungarian_iou_constructed():
         pytest.approx((3 + 2 / 6) / 4)
 
 
+def test_weighted_hm_iou_is_moses_transport_matching():
+    """MoSE's HM-IoU for weighted samples: the exact transport plan P between the weights on
+    d = 1 - IoU, scored sum(P * (1 - d)). By hand, samples weighted (3/4, 1/4), annotations
+    (1/2, 1/2), d = [[0.1, 0.6], [0.4, 0.2]]: every plan is [[x, 3/4 - x], [1/2 - x, x - 1/4]],
+    x in [1/4, 1/2], of cost 0.6 - 0.7 x: x = 1/2, cost 1/4, HM-IoU 3/4."""
+    cross = np.array([[[0.1, 0.6], [0.4, 0.2]]])
+    assert metrics.matched_iou(cross, sample_weights=[0.75, 0.25])[0] == pytest.approx(0.75)
+    # Equal weights, a dividing m: the matching of the annotations tiled to m (a transport
+    # plan of equal weights has an optimum on a permutation; Birkhoff-von Neumann).
+    rng = np.random.default_rng(0)
+    cross = rng.random((5, 8, 4))
+    np.testing.assert_allclose(
+        metrics.matched_iou(cross, sample_weights=np.full(8, 1 / 8)),
+        metrics.matched_iou(cross, "tiled"), atol=1e-9)
+    # On label maps: {A, C} weighted (0.9, 0.1) against {A, C} equally: 0.5 of A-A, 0.1 of
+    # C-C, 0.4 of A-C (IoU 0): 0.6.
+    assert metrics.hungarian_iou(_stack(A, C), _stack(A, C), 2, sample_weights=[0.9, 0.1])[0] \
+        == pytest.approx(0.6)
+    with pytest.raises(ValueError, match=r"`sample_weights` must be non-negative"):
+        metrics.matched_iou(cross, sample_weights=-np.ones(8))
+
+
 def test_assign_modes_and_frequencies():
     near_a = _mask([0, 1, 2])  # IoU 3/4 with A, 1/5 with B
     samples = _stack(near_a, B, EMPTY, C)

@@ -193,7 +193,7 @@ HM_IOU_FORMS = ("tiled", "one_per_annotation")
 
 
 def hungarian_iou(samples, annotations, num_classes, classes=None, ignore_label=IGNORE_LABEL,
-                  form="tiled", empty_pair=0.0):
+                  form="tiled", empty_pair=0.0, sample_weights=None, annotation_weights=None):
     """Hungarian-matched IoU (HM-IoU) per image, in one of the two forms published code uses.
 
     - `"tiled"`: the annotations are repeated to the number of samples (both sides to their
@@ -211,22 +211,52 @@ def hungarian_iou(samples, annotations, num_classes, classes=None, ignore_label=
         samples: `(b, m, h, w)`; annotations: `(b, a, h, w)` int label maps.
         num_classes, classes, ignore_label, empty_pair: as in `pairwise_distances`.
         form: `"tiled"` or `"one_per_annotation"`.
+        sample_weights, annotation_weights: `(m,)` or `(b, m)` and `(a,)` or `(b, a)` weights
+            (e.g. MoSE's weighted samples, `weighted_sample`), or None. With either given, the
+            matching is MoSE's for weighted samples: the exact optimal transport plan P
+            between the two weightings on `d = 1 - IoU`, and HM-IoU = `sum(P * (1 - d))`
+            (`form` does not apply; equal weights with `a` dividing `m` give `"tiled"`).
 
     Returns:
         `(b,)` float64 in [0, 1]; higher is better.
     """
     return matched_iou(pairwise_distances(samples, annotations, num_classes, classes,
-                                          ignore_label, empty_pair), form)
+                                          ignore_label, empty_pair), form, sample_weights,
+                       annotation_weights)
 
 
-def matched_iou(cross, form="tiled"):
-    """HM-IoU from the `(b, m, a)` distances between samples and annotations: `(b,)`. `form` as
-    in `hungarian_iou`."""
+def transport_plan(cost, sample_weights, annotation_weights):
+    """The exact optimal transport plan `(m, a)` between the weights `(m,)` and `(a,)` (each
+    summing to 1) for the `(m, a)` cost: the linear programme min sum(P * cost), P >= 0, its
+    rows summing to `sample_weights` and its columns to `annotation_weights` (what POT's
+    `ot.emd` solves, here by SciPy's HiGHS)."""
+    from scipy.optimize import linprog
+
+    m, a = cost.shape
+    rows = np.kron(np.eye(m), np.ones((1, a)))
+    columns = np.kron(np.ones((1, m)), np.eye(a))
+    solved = linprog(cost.ravel(), A_eq=np.vstack([rows, columns]),
+                     b_eq=np.concatenate([sample_weights, annotation_weights]),
+                     bounds=(0, None), method="highs")
+    if not solved.success:
+        raise ValueError(f"No transport plan for these weights: {solved.message}")
+    return solved.x.reshape(m, a)
+
+
+def matched_iou(cross, form="tiled", sample_weights=None, annotation_weights=None):
+    """HM-IoU from the `(b, m, a)` distances between samples and annotations: `(b,)`. `form`
+    and the weights as in `hungarian_iou`."""
     from scipy.optimize import linear_sum_assignment
 
     if form not in HM_IOU_FORMS:
         raise ValueError(f"`form` must be one of {HM_IOU_FORMS}. Received: {form!r}")
     distances = np.asarray(cross, np.float64)
+    if sample_weights is not None or annotation_weights is not None:
+        u = _weights("sample_weights", sample_weights, *distances.shape[:2])
+        v = _weights("annotation_weights", annotation_weights, distances.shape[0],
+                     distances.shape[2])
+        return np.array([np.sum(transport_plan(d, u[i], v[i]) * (1.0 - d))
+                         for i, d in enumerate(distances)])
     m, a = distances.shape[1:]
     size = math.lcm(m, a)
     result = np.empty(len(distances))
