@@ -2,7 +2,7 @@
 model's defaults, which are its reference's LIDC ones): training examples/s, the cost of 16
 samples over one forward pass, and the serving milliseconds per extra sample. Prints JSON.
 
-    python bench/successors.py [--models probunet,hpunet,ssn] [--rounds 3]
+    python bench/successors.py [--models probunet,hpunet,ssn,mose,ccdm] [--rounds 3]
 
 - `examples_per_s`: `fit` on random images and masks (batch 8, float32), each model in a fresh
   process per round, the models interleaved round by round (the machine's slow and fast phases
@@ -13,7 +13,12 @@ samples over one forward pass, and the serving milliseconds per extra sample. Pr
 - `serving_ms_per_extra_sample`: on the exported SavedModel, run as TF Serving runs it
   (`serving.Servable`): `(t(1 + n) - t(1)) / n` of the cheapest path to more samples of one
   image, `sample` after `features` where the model has them (f_comb per sample for the
-  Probabilistic U-Net, a matrix product for the SSN), else `serving_default`.
+  Probabilistic U-Net, a matrix product for the SSN, the decoder for MoSE), else
+  `serving_default`.
+
+A diffusion model's sample runs its network once per denoising step (CCDM: T = 250 at its
+reference's defaults): its `sample(16)` is timed `--sample-repeats` // 3 times, its serving
+with at most 4 extra samples, exported with `max_sample_pixels` raised by its steps.
 """
 
 import argparse
@@ -30,7 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import run_times  # noqa: E402
 from train_step import cpu  # noqa: E402
 
-MODELS = ("probunet", "hpunet", "ssn")
+MODELS = ("probunet", "hpunet", "ssn")  # --models probunet,hpunet,ssn,mose,ccdm for all
+# At most this many extra samples of a diffusion model per serving request (each costs T
+# U-Net passes).
+DIFFUSION_EXTRA = 4
 
 
 def _median(values):
@@ -63,9 +71,14 @@ def _serving_per_sample(model, name, image, extra, repeats):
     import numpy as np
 
     from tfprobunet import serving
+    from tfprobunet.defaults import MAX_SAMPLE_PIXELS
 
+    passes = getattr(model, "passes_per_sample", 1)
+    if passes > 1:
+        extra = min(extra, DIFFUSION_EXTRA)
     with tempfile.TemporaryDirectory() as base:
-        path = serving.export_for_serving(model, base, name)
+        path = serving.export_for_serving(model, base, name,
+                                          max_sample_pixels=MAX_SAMPLE_PIXELS * passes)
         servable = serving.Servable(name, int(os.path.basename(path)), path)
         seed = np.array([1, 2], np.int32)
         if "features" in servable.signatures:
@@ -102,9 +115,12 @@ def measure(name, args):
               "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables))}
     if args.samples:
         image = images[:1]
-        result["sample16"] = _sample_ratio(model, image, args.sample_repeats)
+        repeats = args.sample_repeats
+        if getattr(model, "passes_per_sample", 1) > 1:
+            repeats = max(1, repeats // 3)
+        result["sample16"] = _sample_ratio(model, image, repeats)
         result["serving"] = _serving_per_sample(model, name, image, args.extra_samples,
-                                                args.sample_repeats)
+                                                repeats)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 

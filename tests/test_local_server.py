@@ -50,7 +50,7 @@ def test_huge_requests_are_refused_before_memory_is_spent(base):
     """`num_samples=100000` and a 4096x4096 image once took the server past 6 GB:
     each is now refused, naming the limit, and the server's peak memory barely moves."""
     # One gRPC worker: each worker thread's malloc arena may keep one request's bytes for the
-    # next (with 4, CI once measured 174 MB kept after five 64 MB refusals, none of it leaked).
+    # next (with 4, a fresh-clone run measured 174 MB kept after five 64 MB refusals).
     with serve_process(base, "--workers", "1") as (process, port, rest_port):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
             ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
@@ -86,9 +86,10 @@ def test_huge_requests_are_refused_before_memory_is_spent(base):
         # Requests that are big on the wire (16 and 64 MB) are refused from their shapes. Their
         # bytes pass through gRPC and protobuf (a few copies each, in whichever worker thread's
         # malloc arena), so the peak moves, but by far less than the 6 GB of the old code; and
-        # they are not kept alive: after the first two 64 MB requests, 8 more leave resident
-        # memory within two requests' size of where it was (an arena may keep one request's
-        # bytes for the next; 8 kept alive would be 512 MB).
+        # they are not kept alive: after the first two 64 MB requests, 10 more leave resident
+        # memory within four requests' size of where it was (10 kept alive would be 640 MB;
+        # what the allocator keeps for the next ones moves with the load: 1 to 24 MB quiet,
+        # 165 MB once in a full run at load 3).
         cases = [
             ("serving_default", {**good, "num_samples": np.int32(100000)},
              grpc.StatusCode.INVALID_ARGUMENT, "max_samples"),
@@ -103,14 +104,14 @@ def test_huge_requests_are_refused_before_memory_is_spent(base):
             assert caught.value.code() == code, (signature, caught.value.details())
             assert limit in caught.value.details(), caught.value.details()
         big = raw_request("features", {"images": np.zeros((1, 4096, 4096, C), np.float32)})
-        for repeat in range(10):
+        for repeat in range(12):
             if repeat == 2:
                 resident = status_mb(process.pid, "VmRSS")
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Predict(big, timeout=60)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         kept = status_mb(process.pid, "VmRSS") - resident
-        assert kept < 2 * big.ByteSize() / 2**20, f"8 refusals kept {kept:.0f} MB resident"
+        assert kept < 4 * big.ByteSize() / 2**20, f"10 refusals kept {kept:.0f} MB resident"
         # Over REST too: the sample count, and a body over the size limit (413).
         connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
         body = json.dumps({"signature_name": "serving_default", "inputs": {
