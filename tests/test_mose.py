@@ -248,8 +248,8 @@ def test_the_weighted_representation_has_each_experts_samples_with_its_weight():
     ("num_experts", 0, "`num_experts` must be an integer from 1 to 256"),
     ("samples_per_expert", 2.0, "`samples_per_expert` must be an integer from 1"),
     ("cost", "dice", r"`cost` must be one of \('iou', 'ce'\)"),
-    ("gamma", 0.0, r"`gamma` must be a number in \(0, 1\]"),
-    ("gamma", 1.5, r"`gamma` must be a number in \(0, 1\]"),
+    ("gamma", 0.0, r"`gamma` must be a finite number > 0.0 and <= 1.0"),
+    ("gamma", 1.5, r"`gamma` must be a finite number > 0.0 and <= 1.0"),
     ("gamma_switch_steps", -1, "`gamma_switch_steps` must be None or an integer >= 0")])
 def test_bad_arguments_are_refused(argument, value, message):
     with pytest.raises(ValueError, match=rf"{message}.*Received: {argument}="):

@@ -95,6 +95,7 @@ MODEL_NUMBERS = {
     "geco_target": dict(above=0.0, example=0.01),
     "geco_rate": dict(above=0.0, maximum=10.0, example=0.01),
     "energy_weight": dict(minimum=0.0, maximum=1e9, example=1000),
+    "gamma": dict(above=0.0, maximum=1.0, example=0.5),
 }
 
 

@@ -120,7 +120,7 @@ MODEL_FLAGS = {
     "cost": (dict(choices=MOSE_COSTS), "the transport cost: 1 - soft IoU (the reference's "
                                        "LIDC one) or the pixel cross-entropy (its Cityscapes "
                                        "one)"),
-    "gamma": (dict(type=flags.number(maximum=1.0, above=0.0)),
+    "gamma": (dict(type=flags.number(**_ranges("gamma"))),
               "each sample's share of the transported mass at most"),
     "gamma_switch_steps": (dict(type=flags.optional(flags.number(0, flags.MAX_COUNT,
                                                                  integer=True))),

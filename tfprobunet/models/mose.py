@@ -239,10 +239,7 @@ class MixtureOfStochasticExperts(SegmentationSampler):
                                  f"4). Received: {name}={value!r}")
         if cost not in COSTS:
             raise ValueError(f"`cost` must be one of {COSTS}. Received: cost={cost!r}")
-        check_model_numbers(dict(beta=beta))
-        if not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
-            raise ValueError("`gamma` must be a number in (0, 1] (reference: 0.5). Received: "
-                             f"gamma={gamma!r}")
+        check_model_numbers(dict(beta=beta, gamma=gamma))
         if gamma_switch_steps is not None and (not isinstance(gamma_switch_steps, int)
                                                or gamma_switch_steps < 0):
             raise ValueError("`gamma_switch_steps` must be None or an integer >= 0. Received: "
