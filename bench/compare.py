@@ -13,6 +13,9 @@ members (16 U-Nets cost 16 steps each; at 4, 8 and 16 samples its samples cycle 
     python bench/compare.py --dataset graders --steps 1500 --warmup-steps 500 --seeds 0,1,2 \
         --publish docs/results/graders
 
+MoSE (`--models ...,mose`) is trained with its reference's settings for the kind of data
+(`MOSE_SETTINGS`: its Cityscapes experiment's on *flips*, its LIDC experiment's on *graders*).
+
 The HPU-Net's U-Net continues the recipe's channels down to a 1x1 level (`--hpunet-levels
 global`, the default), so that its coarsest latent is global as its reference's;
 `--hpunet-levels recipe` trains it on the recipe's 3 levels, as the comparisons published
@@ -50,6 +53,14 @@ from tfprobunet.models import hpunet  # noqa: E402
 from train_step import cpu  # noqa: E402
 
 IMAGE_SIZES = {"flips": 32, "graders": 64}
+# MoSE as its reference trains it on each kind of data: *flips* (the Cityscapes protocol, 11
+# classes) with its Cityscapes experiment's settings, *graders* (binary, 4 graders, as LIDC)
+# with its LIDC ones (`experiments/cityscapes_proposed.py`, `lidc_proposed.py`). The LIDC
+# settings' IoU cost does not train on flips' 11 classes within the step budget.
+MOSE_SETTINGS = {
+    "flips": dict(cost="ce", num_experts=35, latent_dim=5, samples_per_expert=1, gamma=1 / 32),
+    "graders": dict(cost="iou", num_experts=4, latent_dim=1, samples_per_expert=4, gamma=0.5),
+}
 
 
 def most_probable_modes_ged(image_size, num_images, sample_counts):
@@ -130,6 +141,7 @@ def main():
                                                             IMAGE_SIZES[args.dataset])}}
     if args.warmup_steps is not None:
         overrides["probunet"] = {"beta_warmup_steps": args.warmup_steps}
+    overrides["mose"] = dict(MOSE_SETTINGS[args.dataset])
     for name in args.models.split(","):
         overrides.setdefault(name, {})["mixed_precision"] = args.mixed_precision
     results = tfprobunet.compare(
