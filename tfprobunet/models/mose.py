@@ -315,7 +315,7 @@ class MixtureOfStochasticExperts(SegmentationSampler):
     def expert_weights(self, images):
         """The gate's weights `(b, K)` of the experts for `images (b, h, w, c)`: each row
         non-negative, summing to 1."""
-        return self._features_and_weights(self._checked_and_built(images))[1]
+        return self.features_and_weights(images)[1]
 
     def decode(self, features, z):
         """Logits `(b, m, h, w, K)` of the latents `z (b, m, L)` on the U-Net's features
@@ -387,14 +387,14 @@ class MixtureOfStochasticExperts(SegmentationSampler):
         """
         samples_per_expert = samples_per_expert or self.samples_per_expert
         check_num_samples(samples_per_expert * self.num_experts, images, self.num_classes)
-        features, weights = self._features_and_weights(self._checked_and_built(images))
+        features, weights = self.features_and_weights(images)
         z, sample_weights = self.weighted_latents(weights, samples_per_expert, seed)
         return self.decode(features, z), sample_weights
 
     def call(self, images, training=None):
         """Logits `(b, h, w, K)` at the mean of the expert with the largest weight:
         deterministic, what `predict` gives."""
-        features, weights = self._features_and_weights(self._checked_and_built(images))
+        features, weights = self.features_and_weights(images)
         z = tf.gather(self._experts()[0], tf.argmax(weights, axis=-1))
         return self.decode(features, z[:, None])[:, 0]
 
